@@ -1,0 +1,3 @@
+"""calimero-workflow: run YAML test workflows against Calimero nodes."""
+
+__version__ = "0.1.0"
