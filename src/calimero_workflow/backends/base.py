@@ -1,0 +1,172 @@
+"""The seam between the workflow engine and whatever runs the nodes.
+
+A backend owns node processes (in-process embedded nodes, Docker containers) and
+exposes each started node as a :class:`NodeHandle` whose ``url`` the engine's
+HTTP client talks to. The engine never reaches into a backend's internals: every
+lifecycle phase and every fault step goes through the methods below.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class BackendError(Exception):
+    """A backend could not do what the engine asked (start, stop, pull...)."""
+
+    def __init__(self, message: str, *, node: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.node = node
+        self.hint = hint
+
+
+class NodeUnavailableError(BackendError):
+    """A node is gone: it exited, was stopped, or never became ready."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        exit_code: int | None = None,
+        oom_killed: bool = False,
+        last_logs: str = "",
+        hint: str | None = None,
+    ):
+        super().__init__(message, node=node, hint=hint)
+        self.exit_code = exit_code
+        self.oom_killed = oom_killed
+        self.last_logs = last_logs
+
+
+@dataclass
+class NodeSpec:
+    """What the workflow asks for one local node."""
+
+    name: str
+    image: str | None = None
+    #: Host port for the server (admin API + JSON-RPC); None picks a free one.
+    server_port: int | None = None
+    #: Host port for the swarm (peer to peer); None picks a free one.
+    swarm_port: int | None = None
+    data_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    log_level: str | None = None
+
+
+@dataclass
+class NodeHandle:
+    """A started node as the engine sees it."""
+
+    name: str
+    #: Base URL the engine uses, e.g. ``http://127.0.0.1:34567``.
+    url: str
+    backend: str
+    #: Backend-specific facts shown in results (container id, image, ports...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NodeState:
+    """Process state of a node, for failure messages and reports."""
+
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+@dataclass
+class PhaseReport:
+    """What a lifecycle phase did; ``skipped`` phases say why in ``detail``."""
+
+    skipped: bool = False
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class NodeBackend(abc.ABC):
+    """Runs local nodes for one workflow run."""
+
+    #: Short name shown in reports: ``embedded`` or ``docker``.
+    name: str = "abstract"
+
+    def __init__(self, *, run_id: str, workflow_name: str, workdir: Path):
+        self.run_id = run_id
+        self.workflow_name = workflow_name
+        #: Per-run scratch directory (node homes, copied apps, logs).
+        self.workdir = workdir
+
+    async def nuke(self) -> PhaseReport:
+        """Remove leftovers of an earlier run of the same workflow."""
+        return PhaseReport(skipped=True, detail=f"{self.name} nodes leave nothing behind")
+
+    async def pull_image(self, *, force: bool = False) -> PhaseReport:
+        """Make sure the node image is present."""
+        return PhaseReport(skipped=True, detail=f"{self.name} nodes need no image")
+
+    @abc.abstractmethod
+    async def start_nodes(
+        self, specs: list[NodeSpec], *, ready_timeout: float
+    ) -> dict[str, NodeHandle]:
+        """Start every node in parallel and return once all are ready.
+
+        Ready means the admin health route answers 200 and, with more than one
+        node, each node sees the expected number of peers. Raises
+        :class:`NodeUnavailableError` naming the first node that failed.
+        """
+
+    @abc.abstractmethod
+    async def stop_node(self, name: str) -> None:
+        """Stop a node, keeping its data."""
+
+    @abc.abstractmethod
+    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+        """Start a stopped node again on its existing data."""
+
+    async def restart_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+        await self.stop_node(name)
+        return await self.start_node(name, ready_timeout=ready_timeout)
+
+    async def disconnect_node(self, name: str) -> None:
+        """Cut a node off from its peers (the engine can still reach it)."""
+        raise BackendError(
+            f"the {self.name} backend cannot partition nodes", node=name
+        )
+
+    async def connect_node(self, name: str) -> None:
+        """Undo :meth:`disconnect_node`."""
+        raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
+
+    @abc.abstractmethod
+    async def node_state(self, name: str) -> NodeState:
+        """Whether the node runs, and how it ended if it does not."""
+
+    @abc.abstractmethod
+    async def collect_logs(self, dest: Path) -> dict[str, Path]:
+        """Write each node's full log to ``dest/<node>.log`` and return the paths."""
+
+    async def stage_file(self, name: str, path: Path) -> str:
+        """Make a host file readable by the node and return the node's path for it.
+
+        ``install_application`` with a local path sends this path to the node's
+        ``install-dev-application`` route. In-process nodes read the host path.
+        """
+        return str(path.resolve())
+
+    def image_info(self) -> dict[str, Any]:
+        """The node image reference and digest, for the run's results."""
+        return {}
+
+    async def tail_logs(self, name: str, lines: int = 50) -> str:
+        """The last lines of one node's log, for failure messages."""
+        return ""
+
+    @abc.abstractmethod
+    async def cleanup(self) -> PhaseReport:
+        """Stop and remove everything this run created. Safe to call twice."""
