@@ -1,0 +1,265 @@
+"""Constants and byte layouts of merod's wasm host ABI (the ``env`` import module).
+
+Everything here is pure data handling with no wasmtime dependency, so it can be
+reused by tools that inspect app binaries: the limits merod enforces, the
+signatures of every host function, decoders for the little-endian descriptors
+the guest passes by pointer, a reader for wasm custom sections, and ed25519
+signature verification for the ``ed25519_verify`` host call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+
+__all__ = [
+    "DATA_REGISTER",
+    "U64_MAX",
+    "DEFAULT_GAS_LIMIT",
+    "HOST_FUNCTIONS",
+    "Limits",
+    "LIMITS",
+    "BUFFER",
+    "LOCATION",
+    "EVENT",
+    "VALUE_RETURN",
+    "custom_sections",
+    "ed25519_public_key_valid",
+    "ed25519_verify",
+]
+
+#: The register the Rust SDK uses for every host -> guest transfer. It is
+#: ``usize::MAX - 1`` on wasm32, widened to u64 at the boundary.
+DATA_REGISTER = 0xFFFF_FFFE
+
+#: ``register_len`` answers this (i64 -1 as seen by the guest) for an unset register.
+U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+#: merod's default gas budget per call; we meter with wasmtime fuel instead of
+#: merod's own instruction counter, so the numbers are comparable, not identical.
+DEFAULT_GAS_LIMIT = 1_000_000_000
+
+# Value type letters used in HOST_FUNCTIONS: "I" = i64 (u64 on the Rust side),
+# "i" = i32 (booleans).
+#: name -> (parameter types, result types). This is the full set our runtime
+#: links; a module importing anything else from ``env`` is refused at compile
+#: time, the way merod refuses to link it.
+HOST_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "input": ("I", ""),
+    "register_len": ("I", "I"),
+    "read_register": ("II", "i"),
+    "value_return": ("I", ""),
+    "log_utf8": ("I", ""),
+    "panic_utf8": ("II", ""),
+    "panic": ("I", ""),
+    "emit": ("I", ""),
+    "context_id": ("I", ""),
+    "executor_id": ("I", ""),
+    "account_id": ("I", ""),
+    "commit": ("II", ""),
+    "storage_read": ("II", "i"),
+    "storage_write": ("III", "i"),
+    "storage_remove": ("II", "i"),
+    "time_now": ("I", ""),
+    "random_bytes": ("I", ""),
+    "ed25519_verify": ("III", "i"),
+}
+
+
+class Limits:
+    """Per-call resource limits, mirroring merod's ``VMLimits`` defaults."""
+
+    max_registers = 100
+    max_register_size = 100 << 20
+    max_logs = 1024
+    max_log_size = 16 << 10
+    max_events = 100
+    max_event_kind_size = 100
+    max_event_data_size = 16 << 10
+    max_value_return_size = 16 << 20
+    max_storage_key_size = 1 << 20
+    max_storage_value_size = 10 << 20
+    max_artifact_size = 16 << 20
+    max_method_name_size = 256
+    # Not a merod number: caps linear memory so a runaway guest cannot eat the
+    # host. Rust SDK apps use a few MiB.
+    max_memory_size = 256 << 20
+
+
+LIMITS = Limits()
+
+# Descriptor layouts (all little-endian, #[repr(C)] on the Rust side).
+BUFFER = struct.Struct("<QQ")  # ptr, len
+LOCATION = struct.Struct("<QQII")  # file ptr, file len, line, column
+EVENT = struct.Struct("<QQQQ")  # kind ptr, kind len, data ptr, data len
+VALUE_RETURN = struct.Struct("<QQQ")  # discriminant, payload ptr, payload len
+
+
+def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated LEB128 integer")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 35:
+            raise ValueError("LEB128 integer too long for a u32")
+
+
+def custom_sections(wasm: bytes) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(name, payload)`` for every custom section of a wasm binary.
+
+    Raises ``ValueError`` for a binary whose section framing is broken; callers
+    compile the module first, so in practice this only sees valid binaries.
+    """
+    if wasm[:4] != b"\0asm":
+        raise ValueError("not a wasm binary (missing \\0asm magic)")
+    pos = 8
+    while pos < len(wasm):
+        section_id = wasm[pos]
+        size, pos = _read_leb128(wasm, pos + 1)
+        end = pos + size
+        if end > len(wasm):
+            raise ValueError(f"section at offset {pos} runs past the end of the file")
+        if section_id == 0:
+            name_len, name_start = _read_leb128(wasm, pos)
+            name_end = name_start + name_len
+            if name_end > end:
+                raise ValueError(f"custom section name at offset {pos} is truncated")
+            yield wasm[name_start:name_end].decode("utf-8", "replace"), wasm[name_end:end]
+        pos = end
+
+
+# --- ed25519 -------------------------------------------------------------------
+#
+# merod verifies with ed25519-dalek, which rejects a public key that does not
+# decode to a curve point (a host error) and otherwise answers true/false. The
+# `cryptography` package does not expose point validation, so decoding is done
+# here in pure Python (cheap: one modular square root); the signature check
+# itself uses `cryptography` when it is importable and falls back to the pure
+# Python RFC 8032 verifier below.
+
+_P = 2**255 - 19
+_L = 2**252 + 27742317777372353535851937790883648493
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+_BASE_Y = 4 * pow(5, _P - 2, _P) % _P
+
+_Point = tuple[int, int, int, int]  # extended coordinates X, Y, Z, T
+
+
+def _recover_x(y: int, sign: int) -> int | None:
+    if y >= _P:
+        return None
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x
+
+
+def _decode_point(encoded: bytes) -> _Point | None:
+    if len(encoded) != 32:
+        return None
+    y = int.from_bytes(encoded, "little")
+    sign = y >> 255
+    y &= (1 << 255) - 1
+    x = _recover_x(y, sign)
+    if x is None:
+        return None
+    return (x, y, 1, x * y % _P)
+
+
+def _encode_point(point: _Point) -> bytes:
+    x, y, z, _ = point
+    zinv = pow(z, _P - 2, _P)
+    x, y = x * zinv % _P, y * zinv % _P
+    return (y | ((x & 1) << 255)).to_bytes(32, "little")
+
+
+def _add(a: _Point, b: _Point) -> _Point:
+    # "add-2008-hwcd-3" for twisted Edwards curves with a = -1.
+    x1, y1, z1, t1 = a
+    x2, y2, z2, t2 = b
+    aa = (y1 - x1) * (y2 - x2) % _P
+    bb = (y1 + x1) * (y2 + x2) % _P
+    cc = 2 * t1 * t2 * _D % _P
+    dd = 2 * z1 * z2 % _P
+    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
+
+
+def _mul(scalar: int, point: _Point) -> _Point:
+    result: _Point = (0, 1, 1, 0)
+    while scalar:
+        if scalar & 1:
+            result = _add(result, point)
+        point = _add(point, point)
+        scalar >>= 1
+    return result
+
+
+_BASE: _Point = (
+    _recover_x(_BASE_Y, 0) or 0,
+    _BASE_Y,
+    1,
+    (_recover_x(_BASE_Y, 0) or 0) * _BASE_Y % _P,
+)
+
+
+def ed25519_public_key_valid(public_key: bytes) -> bool:
+    """Whether ``public_key`` is 32 bytes that decode to a point on the curve."""
+    return _decode_point(public_key) is not None
+
+
+def _verify_pure(signature: bytes, public_key: bytes, message: bytes) -> bool:
+    point_a = _decode_point(public_key)
+    if point_a is None or len(signature) != 64:
+        return False
+    s = int.from_bytes(signature[32:], "little")
+    if s >= _L:
+        return False
+    h = int.from_bytes(hashlib.sha512(signature[:32] + public_key + message).digest(), "little") % _L
+    # Check [s]B - [h]A == R by encoding, the cofactorless equation dalek uses.
+    neg_a = ((_P - point_a[0]) % _P, point_a[1], point_a[2], (_P - point_a[3]) % _P)
+    candidate = _add(_mul(s, _BASE), _mul(h, neg_a))
+    return _encode_point(candidate) == signature[:32]
+
+
+def _verify_cryptography(signature: bytes, public_key: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+try:
+    import cryptography.hazmat.primitives.asymmetric.ed25519  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the environment
+    _verify_impl = _verify_pure
+else:
+    _verify_impl = _verify_cryptography
+
+
+def ed25519_verify(signature: bytes, public_key: bytes, message: bytes) -> bool:
+    """Verify an ed25519 ``signature`` of ``message`` under ``public_key``.
+
+    The caller checks the key with :func:`ed25519_public_key_valid` first; an
+    invalid key is a host error in merod, not a ``False``.
+    """
+    return _verify_impl(signature, public_key, message)
