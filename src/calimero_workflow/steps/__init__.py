@@ -1,0 +1,15 @@
+"""Built-in step types. Importing a module registers its steps."""
+
+from __future__ import annotations
+
+_loaded = False
+
+
+def load_builtin_steps() -> None:
+    """Import every built-in step module once (registration is a side effect)."""
+    global _loaded
+    if _loaded:
+        return
+    from . import asserts, node_steps, sync  # noqa: F401
+
+    _loaded = True

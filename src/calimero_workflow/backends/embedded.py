@@ -1,0 +1,258 @@
+"""Embedded nodes: Calimero nodes served in this process, no Docker needed.
+
+Each node is an :class:`~calimero_workflow.node.server.EmbeddedNode` with its
+own home directory, admin/JSON-RPC server and swarm port on loopback. They
+share one wasm runtime, so an app is compiled once for the whole run. Node
+log lines are kept per node in memory and written out like container logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+from ..client import NodeClient, NodeError
+from .base import (
+    BackendError,
+    NodeBackend,
+    NodeHandle,
+    NodeSpec,
+    NodeState,
+    NodeUnavailableError,
+    PhaseReport,
+)
+
+_MAX_LOG_LINES = 20_000
+
+
+class _NodeLogHandler(logging.Handler):
+    """Routes log records of embedded nodes to per-node buffers."""
+
+    def __init__(self, buffers: dict[str, deque[str]]):
+        super().__init__(level=logging.DEBUG)
+        self.buffers = buffers
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        node = getattr(record, "node", None)
+        if node is None:
+            # Loggers may also be named "...node.<name>" or carry the name last.
+            tail = record.name.rsplit(".", 1)[-1]
+            node = tail if tail in self.buffers else None
+        if node in self.buffers:
+            try:
+                self.buffers[node].append(self.format(record))
+            except Exception:  # logging must never break a node
+                self.handleError(record)
+
+
+class EmbeddedBackend(NodeBackend):
+    """Runs every local node of the workflow inside this process."""
+
+    name = "embedded"
+
+    def __init__(self, *, run_id: str, workflow_name: str, workdir: Path):
+        super().__init__(run_id=run_id, workflow_name=workflow_name, workdir=workdir)
+        from ..node.runtime import WasmRuntime
+
+        self.runtime = WasmRuntime()
+        self._nodes: dict = {}
+        self._specs: dict[str, NodeSpec] = {}
+        self._logs: dict[str, deque[str]] = {}
+        self._states: dict[str, NodeState] = {}
+        #: Last server URL of each node: a restarted node comes back on it.
+        self._urls: dict[str, str] = {}
+        self._handler = _NodeLogHandler(self._logs)
+        self._logger = logging.getLogger("calimero_workflow.node")
+        self._logger.addHandler(self._handler)
+        if self._logger.level == logging.NOTSET or self._logger.level > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+
+    def _home(self, spec: NodeSpec) -> Path:
+        if spec.data_dir is not None:
+            return spec.data_dir.resolve()
+        return self.workdir / "nodes" / spec.name
+
+    async def start_nodes(self, specs: list[NodeSpec], *, ready_timeout: float) -> dict[str, NodeHandle]:
+        from ..node.server import EmbeddedNode, NodeConfig
+
+        ignored = sorted({s.image for s in specs if s.image})
+        if ignored:
+            logging.getLogger("calimero_workflow").info(
+                "embedded nodes ignore the node image (%s)", ", ".join(ignored)
+            )
+        handles: dict[str, NodeHandle] = {}
+        addrs: list[str] = []
+        # Nodes come up one after another in a few milliseconds each; every
+        # node lists the ones before it, and peers learn of each other from
+        # the incoming connections, so the mesh is complete.
+        for spec in specs:
+            self._specs[spec.name] = spec
+            self._logs.setdefault(spec.name, deque(maxlen=_MAX_LOG_LINES))
+            home = self._home(spec)
+            home.mkdir(parents=True, exist_ok=True)
+            config = NodeConfig(
+                name=spec.name,
+                home=home,
+                server_host="127.0.0.1",
+                server_port=spec.server_port or 0,
+                swarm_host="127.0.0.1",
+                swarm_port=spec.swarm_port or 0,
+                bootstrap=list(addrs),
+            )
+            node = EmbeddedNode(config, runtime=self.runtime)
+            try:
+                await node.start()
+            except OSError as exc:
+                raise NodeUnavailableError(
+                    f"embedded node {spec.name} could not start: {exc}",
+                    node=spec.name,
+                    hint="a fixed port (base_rpc_port, rpc_port, port) may be in use; "
+                    "leave ports unset to pick free ones",
+                ) from exc
+            self._nodes[spec.name] = node
+            self._urls[spec.name] = node.url
+            self._states[spec.name] = NodeState(running=True, started_at=_now())
+            addrs.append(node.swarm_multiaddr)
+            handles[spec.name] = self._handle(spec.name)
+        await self._wait_ready(list(handles), len(specs), ready_timeout)
+        return handles
+
+    def _handle(self, name: str) -> NodeHandle:
+        node = self._nodes[name]
+        return NodeHandle(
+            name=name,
+            url=node.url,
+            backend=self.name,
+            info={"swarm": node.swarm_multiaddr, "peer_id": node.peer_id},
+        )
+
+    async def _wait_ready(self, names: list[str], total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+
+        async def one(name: str) -> None:
+            node = self._nodes[name]
+            async with NodeClient(node.url, name=name, timeout=5) as client:
+                last = "no answer yet"
+                while True:
+                    try:
+                        await client.health(timeout=2)
+                        peers = await client.peers_count() if total > 1 else 0
+                        if total <= 1 or peers >= total - 1:
+                            return
+                        last = f"sees {peers} of {total - 1} peers"
+                    except NodeError as exc:
+                        last = exc.message
+                    if time.monotonic() >= deadline:
+                        raise NodeUnavailableError(
+                            f"node {name} was not ready within {timeout:g}s: {last}",
+                            node=name,
+                            last_logs=await self.tail_logs(name),
+                        )
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(one(n) for n in names))
+
+    def _node(self, name: str):
+        if name not in self._specs:
+            raise BackendError(f"no node named {name!r} in this run", node=name)
+        return self._nodes.get(name)
+
+    async def stop_node(self, name: str) -> None:
+        node = self._node(name)
+        if node is None:
+            return
+        await node.stop()
+        del self._nodes[name]
+        self._states[name] = NodeState(
+            running=False, exit_code=0, started_at=self._states[name].started_at, finished_at=_now()
+        )
+        self._logs[name].append(f"{_now()} INFO node stopped by the workflow")
+
+    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+        from ..node.server import EmbeddedNode, NodeConfig
+
+        if self._node(name) is not None:
+            return self._handle(name)
+        spec = self._specs[name]
+        others = [n.swarm_multiaddr for k, n in self._nodes.items() if k != name]
+        config = NodeConfig(
+            name=name,
+            home=self._home(spec),
+            server_host="127.0.0.1",
+            # Come back on the same address so clients and peers keep working.
+            server_port=_port_of(self._urls[name]),
+            swarm_host="127.0.0.1",
+            swarm_port=spec.swarm_port or 0,
+            bootstrap=others,
+        )
+        node = EmbeddedNode(config, runtime=self.runtime)
+        await node.start()
+        self._nodes[name] = node
+        self._states[name] = NodeState(running=True, started_at=_now())
+        self._logs[name].append(f"{_now()} INFO node started again by the workflow")
+        await self._wait_ready([name], 1, ready_timeout)
+        return self._handle(name)
+
+    async def disconnect_node(self, name: str) -> None:
+        node = self._node(name)
+        if node is None:
+            raise BackendError(f"node {name} is not running", node=name)
+        node.swarm.partitioned = True
+        self._logs[name].append(f"{_now()} INFO node disconnected from its peers by the workflow")
+
+    async def connect_node(self, name: str) -> None:
+        node = self._node(name)
+        if node is None:
+            raise BackendError(f"node {name} is not running", node=name)
+        node.swarm.partitioned = False
+        self._logs[name].append(f"{_now()} INFO node reconnected to its peers by the workflow")
+
+    async def node_state(self, name: str) -> NodeState:
+        self._node(name)
+        return self._states[name]
+
+    async def tail_logs(self, name: str, lines: int = 50) -> str:
+        buffer = self._logs.get(name)
+        if not buffer:
+            return ""
+        return "\n".join(list(buffer)[-lines:])
+
+    async def collect_logs(self, dest: Path) -> dict[str, Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        out: dict[str, Path] = {}
+        for name, buffer in self._logs.items():
+            path = dest / f"{name}.log"
+            path.write_text("\n".join(buffer) + ("\n" if buffer else ""), encoding="utf-8")
+            state = self._states.get(name)
+            if state is not None:
+                (dest / f"{name}.state.json").write_text(json.dumps(state.__dict__, indent=2))
+            out[name] = path
+        return out
+
+    async def cleanup(self) -> PhaseReport:
+        stopped = []
+        for name, node in list(self._nodes.items()):
+            try:
+                await node.stop()
+            finally:
+                self._nodes.pop(name, None)
+                self._states[name] = NodeState(
+                    running=False, exit_code=0,
+                    started_at=self._states[name].started_at, finished_at=_now(),
+                )
+            stopped.append(name)
+        self._logger.removeHandler(self._handler)
+        return PhaseReport(detail=f"stopped {len(stopped)} embedded node(s)" if stopped else "")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[-1].split("/", 1)[0])

@@ -1,0 +1,227 @@
+"""The ``calimero-workflow`` command line.
+
+Exit codes are stable: 0 every workflow passed, 1 a step or phase failed,
+2 a workflow file or the command line is invalid, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import Problem, WorkflowValidationError
+from .results import RunResult
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+class _ArgParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep its text short
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgParser(
+        prog="calimero-workflow",
+        description="Run YAML test workflows against Calimero nodes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgParser)
+
+    run = sub.add_parser("run", help="run workflow files")
+    run.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    run.add_argument(
+        "--backend", choices=("embedded", "docker"),
+        help="where local nodes run (default: the workflow's `backend`, else embedded)",
+    )
+    run.add_argument("--image", help="node image for the docker backend (overrides the workflow)")
+    run.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="set a variable for ${KEY} expansion (wins over the environment); repeatable",
+    )
+    run.add_argument("--results", type=Path, metavar="FILE", help="write workflow_results as JSON")
+    run.add_argument("--report", type=Path, metavar="FILE", help="write the full run report as JSON")
+    run.add_argument("--logs-dir", type=Path, metavar="DIR", help="where node logs are written")
+    run.add_argument("--workdir", type=Path, metavar="DIR", help="scratch directory for node data (default ./.cw-runs)")
+    run.add_argument("--nuke", action="store_true", default=None, help="remove leftovers of an earlier run first")
+    run.add_argument("--force-pull", action="store_true", default=None, help="pull the node image even if present")
+    run.add_argument("-v", "--verbose", action="store_true", help="show step logs of passing steps too")
+    run.add_argument("-q", "--quiet", action="store_true", help="show only failures and the summary")
+    run.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+    validate = sub.add_parser("validate", help="check workflow files without running them")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="set a variable for ${KEY} expansion; repeatable",
+    )
+    sub.add_parser("steps", help="list the step types and what they do")
+    return parser
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    problems = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            problems.append(
+                Problem(f"--env {pair!r} is not KEY=VALUE", hint="for example --env APP_PATH=./app.wasm")
+            )
+            continue
+        env[key] = value
+    if problems:
+        raise WorkflowValidationError(problems)
+    return env
+
+
+def _print_problems(exc: WorkflowValidationError) -> None:
+    from .report.console import sanitize
+
+    for problem in exc.problems:
+        print(sanitize(problem.render()), file=sys.stderr)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .workflow import load_workflow
+
+    env = _parse_env(args.env)
+    status = EXIT_OK
+    for file in args.files:
+        try:
+            workflow = load_workflow(file, environ=env)
+        except WorkflowValidationError as exc:
+            _print_problems(exc)
+            status = EXIT_INVALID
+            continue
+        print(f"{file}: ok ({len(workflow.nodes)} node(s), {len(workflow.steps)} step(s))")
+    return status
+
+
+def _cmd_steps() -> int:
+    from .steps import load_builtin_steps
+    from .steps.base import registry
+
+    load_builtin_steps()
+    for cls in registry.classes():
+        aliases = f" (also: {', '.join(cls.aliases)})" if cls.aliases else ""
+        print(f"{cls.type_name}{aliases}\n    {cls.summary}")
+    return EXIT_OK
+
+
+async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, list[RunResult]]:
+    from .executor import WorkflowExecutor
+    from .report.console import ConsoleReporter
+    from .workflow import load_workflow
+
+    workflows = []
+    invalid = False
+    for file in args.files:
+        try:
+            workflows.append(load_workflow(file, environ=env))
+        except WorkflowValidationError as exc:
+            _print_problems(exc)
+            invalid = True
+    if invalid:
+        return EXIT_INVALID, []
+    color = {"always": True, "never": False}.get(args.color)
+    reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
+    results: list[RunResult] = []
+    for workflow in workflows:
+        executor = WorkflowExecutor(
+            workflow,
+            backend=args.backend,
+            image=args.image,
+            env=env,
+            events=reporter,
+            workdir=args.workdir.resolve() if args.workdir else None,
+            logs_dir=(args.logs_dir / _safe_name(workflow)) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
+            nuke=args.nuke,
+            force_pull=args.force_pull,
+        )
+        reporter.run_started(executor.result)
+        result = await executor.run()
+        reporter.run_finished(result)
+        results.append(result)
+        if result.interrupted:
+            return EXIT_INTERRUPTED, results
+    return (EXIT_OK if all(r.passed for r in results) else EXIT_FAILED), results
+
+
+def _safe_name(workflow: Any) -> str:
+    from .executor import _slug
+
+    return _slug(workflow.name)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    env = _parse_env(args.env)
+
+    async def main() -> tuple[int, list[RunResult]]:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            try:
+                loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            except (NotImplementedError, RuntimeError):  # not on the main thread
+                pass
+        return await _run_all(args, env)
+
+    try:
+        code, results = asyncio.run(main())
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if results:
+        if args.results:
+            data = (
+                results[0].workflow_results
+                if len(results) == 1
+                else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
+            )
+            _write_json(args.results, data)
+        if args.report:
+            _write_json(args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Node log lines go to per-node files, not to the console.
+    logging.getLogger("calimero_workflow.node").propagate = False
+    logging.getLogger("uvicorn").propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _cmd_validate(args)
+        if args.command == "steps":
+            return _cmd_steps()
+        return _cmd_run(args)
+    except WorkflowValidationError as exc:
+        _print_problems(exc)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

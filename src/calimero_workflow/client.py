@@ -1,0 +1,386 @@
+"""A typed async client for a Calimero node's admin API and JSON-RPC.
+
+It speaks the current (namespace era) routes of ``merod`` and accepts the
+older response spellings where that is cheap (``rootHash`` for
+``contextStateHash``). Every failure is raised as :class:`NodeApiError` (the
+node answered with an error) or :class:`NodeConnectionError` (it did not
+answer), both carrying the node's name, so a step can say which node failed
+and why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("calimero_workflow.client")
+
+ZERO_HASH = "11111111111111111111111111111111"
+
+
+class NodeError(Exception):
+    """Base of the errors a node call can raise."""
+
+    def __init__(self, message: str, *, node: str, route: str):
+        super().__init__(message)
+        self.message = message
+        self.node = node
+        self.route = route
+
+
+class NodeConnectionError(NodeError):
+    """The node could not be reached (refused, reset, timed out)."""
+
+    transient = True
+
+
+class NodeApiError(NodeError):
+    """The node answered with an error.
+
+    ``error_type`` is the JSON-RPC error ``type`` (``FunctionCallError``,
+    ``Uninitialized``…) or ``HTTP <status>`` for admin routes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        route: str,
+        status: int | None = None,
+        error_type: str | None = None,
+        data: Any = None,
+    ):
+        super().__init__(message, node=node, route=route)
+        self.status = status
+        self.error_type = error_type or (f"HTTP {status}" if status else "Error")
+        self.data = data
+
+    @property
+    def transient(self) -> bool:
+        # 503 means the node cannot decide yet; Uninitialized means the
+        # context still waits for its first sync. Both pass with time.
+        return self.status == 503 or self.error_type in {"Uninitialized", "GroupKeyPending"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "route": self.route,
+            "status": self.status,
+            "error_type": self.error_type,
+            "message": self.message,
+            "data": self.data,
+        }
+
+
+@dataclass
+class ExecuteResult:
+    """The outcome of a JSON-RPC ``execute``."""
+
+    output: Any
+    logs: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _error_text(payload: Any) -> str:
+    if isinstance(payload, dict):
+        if "error" in payload:
+            err = payload["error"]
+            return err if isinstance(err, str) else json.dumps(err)
+        if "message" in payload:
+            return str(payload["message"])
+    return json.dumps(payload) if not isinstance(payload, str) else payload
+
+
+def describe_rpc_error(error: Any) -> tuple[str, str, Any]:
+    """``(type, message, data)`` of a JSON-RPC error object, whatever its shape."""
+    if not isinstance(error, dict):
+        return "Error", str(error), error
+    etype = str(error.get("type") or error.get("code") or "Error")
+    data = error.get("data")
+    if isinstance(data, str):
+        message = data
+    elif isinstance(data, dict) and "message" in data:
+        message = str(data["message"])
+    elif data in (None, {}):
+        message = str(error.get("message") or etype)
+    else:
+        message = json.dumps(data)
+    return etype, message, data
+
+
+class NodeClient:
+    """Talks to one node. Use as ``async with NodeClient(url, name=…)``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.name = name
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
+        )
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport -----------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        route = f"{method} {path}"
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            if content is not None:
+                return await self._http.request(method, path, content=content, **kwargs)
+            if json_body is not None:
+                return await self._http.request(method, path, json=json_body, **kwargs)
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise NodeConnectionError(
+                f"node {self.name} did not answer {route} in time ({type(exc).__name__})",
+                node=self.name,
+                route=route,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise NodeConnectionError(
+                f"node {self.name} is unreachable at {self.url} ({exc or type(exc).__name__})",
+                node=self.name,
+                route=route,
+            ) from exc
+
+    async def _admin(
+        self, method: str, path: str, body: Any = None, *, unwrap: bool = True,
+        content: bytes | None = None, timeout: float | None = None,
+    ) -> Any:
+        full = f"/admin-api{path}"
+        response = await self._request(method, full, json_body=body, content=content, timeout=timeout)
+        route = f"{method} {full}"
+        try:
+            payload = response.json() if response.content else None
+        except ValueError:
+            payload = response.text
+        if response.status_code >= 400:
+            raise NodeApiError(
+                f"{route} failed with HTTP {response.status_code}: "
+                f"{_error_text(payload) or response.reason_phrase}",
+                node=self.name,
+                route=route,
+                status=response.status_code,
+                data=payload,
+            )
+        if unwrap and isinstance(payload, dict) and "data" in payload:
+            return payload["data"]
+        return payload
+
+    # -- health and peers ------------------------------------------------
+
+    async def health(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return await self._admin("GET", "/health", timeout=timeout)
+
+    async def peers_count(self) -> int:
+        data = await self._admin("GET", "/peers", unwrap=False)
+        if isinstance(data, dict) and "data" in data and isinstance(data["data"], dict):
+            data = data["data"]
+        return int(data.get("count", 0)) if isinstance(data, dict) else 0
+
+    # -- applications ------------------------------------------------------
+
+    async def install_dev_application(
+        self, path: str, *, metadata: bytes = b"", package: str | None = None,
+        version: str | None = None,
+    ) -> str:
+        body: dict[str, Any] = {"path": path, "metadata": list(metadata)}
+        if package:
+            body["package"] = package
+        if version:
+            body["version"] = version
+        data = await self._admin("POST", "/install-dev-application", body)
+        return data["applicationId"]
+
+    async def install_application(
+        self, url: str, *, hash: str | None = None, metadata: bytes = b"",
+        package: str | None = None, version: str | None = None,
+    ) -> str:
+        body: dict[str, Any] = {"url": url, "metadata": list(metadata)}
+        if hash:
+            body["hash"] = hash
+        if package:
+            body["package"] = package
+        if version:
+            body["version"] = version
+        data = await self._admin("POST", "/install-application", body)
+        return data["applicationId"]
+
+    async def get_application(self, application_id: str) -> dict[str, Any] | None:
+        data = await self._admin("GET", f"/applications/{application_id}")
+        return data.get("application") if isinstance(data, dict) else None
+
+    async def list_applications(self) -> list[dict[str, Any]]:
+        data = await self._admin("GET", "/applications")
+        return list(data.get("apps", [])) if isinstance(data, dict) else []
+
+    # -- namespaces --------------------------------------------------------
+
+    async def create_namespace(
+        self, application_id: str, *, name: str | None = None, app_key: str | None = None
+    ) -> str:
+        body: dict[str, Any] = {"applicationId": application_id}
+        if name:
+            body["name"] = name
+        if app_key:
+            body["appKey"] = app_key
+        data = await self._admin("POST", "/namespaces", body)
+        return data["namespaceId"]
+
+    async def get_namespace(self, namespace_id: str) -> dict[str, Any]:
+        return await self._admin("GET", f"/namespaces/{namespace_id}")
+
+    async def create_namespace_invitation(
+        self, namespace_id: str, *, expiration_timestamp: int | None = None,
+        recursive: bool | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if expiration_timestamp is not None:
+            body["expirationTimestamp"] = expiration_timestamp
+        if recursive is not None:
+            body["recursive"] = recursive
+        return await self._admin("POST", f"/namespaces/{namespace_id}/invite", body)
+
+    async def join_namespace(
+        self, namespace_id: str, invitation: Any, *, group_name: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"invitation": invitation}
+        if group_name:
+            body["groupName"] = group_name
+        return await self._admin("POST", f"/namespaces/{namespace_id}/join", body)
+
+    # -- contexts and identities -------------------------------------------
+
+    async def create_context(
+        self, application_id: str, group_id: str, *, params: bytes = b"",
+        seed: str | None = None, service_name: str | None = None, name: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "applicationId": application_id,
+            "groupId": group_id,
+            "initializationParams": list(params),
+        }
+        if seed:
+            body["contextSeed"] = seed
+        if service_name:
+            body["serviceName"] = service_name
+        if name:
+            body["name"] = name
+        return await self._admin("POST", "/contexts", body)
+
+    async def get_context(self, context_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        data = await self._admin("GET", f"/contexts/{context_id}", timeout=timeout)
+        if isinstance(data, dict) and "contextStateHash" not in data and "rootHash" in data:
+            data = {**data, "contextStateHash": data["rootHash"]}
+        return data
+
+    async def context_state_hash(self, context_id: str, *, timeout: float | None = None) -> str:
+        data = await self.get_context(context_id, timeout=timeout)
+        return str(data.get("contextStateHash") or ZERO_HASH)
+
+    async def list_contexts(self) -> list[dict[str, Any]]:
+        data = await self._admin("GET", "/contexts")
+        return list(data.get("contexts", [])) if isinstance(data, dict) else []
+
+    async def join_context(self, context_id: str) -> dict[str, Any]:
+        return await self._admin("POST", f"/contexts/{context_id}/join")
+
+    async def context_identities(self, context_id: str, *, owned: bool = False) -> list[str]:
+        suffix = "identities-owned" if owned else "identities"
+        data = await self._admin("GET", f"/contexts/{context_id}/{suffix}")
+        return list(data.get("identities", [])) if isinstance(data, dict) else []
+
+    async def create_identity(self) -> str:
+        data = await self._admin("POST", "/identity/context", {})
+        return data["publicKey"]
+
+    async def sync(self, context_id: str | None = None) -> None:
+        path = f"/contexts/sync/{context_id}" if context_id else "/contexts/sync"
+        await self._admin("POST", path)
+
+    # -- blobs -----------------------------------------------------------------
+
+    async def upload_blob(self, content: bytes) -> dict[str, Any]:
+        return await self._admin("PUT", "/blobs", content=content)
+
+    # -- JSON-RPC ----------------------------------------------------------------
+
+    async def execute(
+        self, context_id: str, method: str, args: Any = None, *,
+        executor_public_key: str | None = None, timeout: float | None = None,
+    ) -> ExecuteResult:
+        params: dict[str, Any] = {
+            "contextId": context_id,
+            "method": method,
+            "argsJson": {} if args is None else args,
+        }
+        if executor_public_key:
+            # Required by 0.10-era nodes, ignored by current ones.
+            params["executorPublicKey"] = executor_public_key
+        request_id = next(self._ids)
+        envelope = {"jsonrpc": "2.0", "id": request_id, "method": "execute", "params": params}
+        route = "POST /jsonrpc"
+        response = await self._request("POST", "/jsonrpc", json_body=envelope, timeout=timeout)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise NodeApiError(
+                f"{route} returned HTTP {response.status_code} with a body that is not JSON: "
+                f"{response.text[:200]!r}",
+                node=self.name, route=route, status=response.status_code,
+            ) from None
+        if not isinstance(payload, dict):
+            raise NodeApiError(f"{route} returned {payload!r}", node=self.name, route=route)
+        if payload.get("error") is not None:
+            etype, message, data = describe_rpc_error(payload["error"])
+            raise NodeApiError(
+                f"{method} failed on node {self.name}: {etype}: {message}",
+                node=self.name, route=route, status=response.status_code,
+                error_type=etype, data=data,
+            )
+        if response.status_code >= 400:
+            raise NodeApiError(
+                f"{route} failed with HTTP {response.status_code}: {_error_text(payload)}",
+                node=self.name, route=route, status=response.status_code,
+            )
+        result = payload.get("result") or {}
+        return ExecuteResult(
+            output=result.get("output"),
+            logs=list(result.get("logs") or []),
+            events=list(result.get("events") or []),
+            raw=payload,
+        )

@@ -1,0 +1,205 @@
+"""Run-time placeholders: ``${results.step.field}``, ``${nodes.name.url}``…
+
+A step's configuration is resolved just before it runs, against a
+:class:`Scope` holding the results so far, the nodes and the loop variables.
+A string that is exactly one placeholder takes the referenced value with its
+type; placeholders inside longer text are formatted as text (JSON for lists,
+mappings, booleans and null).
+
+The syntax is pluggable: a :class:`Syntax` finds references in text and a
+:class:`Scope` looks them up, so other spellings (merobox's ``{{name}}``) can
+be added next to the default one without touching the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PlaceholderError
+
+_INDEX_RE = re.compile(r"\[(-?\d+)\]")
+
+
+def split_path(expr: str) -> list[str]:
+    """``a.b[0].c`` → ``["a", "b", "0", "c"]``."""
+    return [p for p in _INDEX_RE.sub(r".\1", expr.strip()).split(".") if p != ""]
+
+
+def _keys_of(value: Any) -> str:
+    if isinstance(value, Mapping):
+        keys = list(value.keys())
+        return "keys: " + (", ".join(map(str, keys[:20])) or "(none)")
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def traverse(value: Any, parts: list[str], shown: str) -> Any:
+    """Follow ``parts`` into ``value``; JSON text is parsed on the way."""
+    walked = shown
+    for part in parts:
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, Mapping):
+            if part not in value:
+                raise PlaceholderError(
+                    f"{walked} has no field {part!r}",
+                    hint=f"{walked} has {_keys_of(value)}",
+                )
+            value = value[part]
+        elif isinstance(value, list):
+            try:
+                index = int(part)
+            except ValueError:
+                raise PlaceholderError(
+                    f"{walked} is a list; {part!r} is not an index",
+                    hint=f"use a number, e.g. {walked}.0",
+                ) from None
+            if not -len(value) <= index < len(value):
+                raise PlaceholderError(
+                    f"{walked} has {len(value)} item(s); index {index} is out of range"
+                )
+            value = value[index]
+        else:
+            raise PlaceholderError(
+                f"{walked} is {_keys_of(value)} ({value!r}), it has no field {part!r}"
+            )
+        walked = f"{walked}.{part}"
+    return value
+
+
+@dataclass
+class Scope:
+    """What placeholders can refer to while one step runs."""
+
+    results: Mapping[str, Any]
+    nodes: Mapping[str, Mapping[str, Any]]
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def child(self, **variables: Any) -> Scope:
+        merged = {**self.variables, **variables}
+        return Scope(self.results, self.nodes, merged, self.env)
+
+    def lookup(self, expr: str) -> Any:
+        parts = split_path(expr)
+        if not parts:
+            raise PlaceholderError("empty placeholder ${}")
+        head, rest = parts[0], parts[1:]
+        if head == "results":
+            if not rest:
+                raise PlaceholderError(
+                    "${results} needs a step name: ${results.<step>.<field>}"
+                )
+            step = rest[0]
+            if step not in self.results:
+                known = ", ".join(self.results) or "(none yet)"
+                raise PlaceholderError(
+                    f"no results for step {step!r}",
+                    hint=f"steps with results so far: {known}; a step's results "
+                    "exist only after it has run",
+                )
+            return traverse(self.results[step], rest[1:], f"results.{step}")
+        if head == "nodes":
+            if not rest:
+                raise PlaceholderError("${nodes} needs a node name: ${nodes.<name>.url}")
+            name = rest[0]
+            if name not in self.nodes:
+                known = ", ".join(self.nodes) or "(none)"
+                raise PlaceholderError(
+                    f"no node named {name!r}", hint=f"nodes of this run: {known}"
+                )
+            return traverse(self.nodes[name], rest[1:], f"nodes.{name}")
+        if head == "env":
+            if len(rest) != 1 or rest[0] not in self.env:
+                raise PlaceholderError(f"environment variable {'.'.join(rest)!r} is not set")
+            return self.env[rest[0]]
+        if head in self.variables:
+            return traverse(self.variables[head], rest, head)
+        raise PlaceholderError(
+            f"unknown placeholder ${{{expr}}}",
+            hint="use ${results.<step>.<field>}, ${nodes.<name>.<field>}"
+            + (
+                ", or one of: " + ", ".join(sorted(self.variables))
+                if self.variables
+                else ""
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Syntax:
+    """One placeholder spelling: a regex whose group 1 is the expression."""
+
+    name: str
+    pattern: re.Pattern[str]
+    #: Returns the value for an expression; defaults to ``Scope.lookup``.
+    lookup: Callable[[Scope, str], Any] | None = None
+
+
+DOLLAR = Syntax("dollar", re.compile(r"(?<!\$)\$\{([^{}]+)\}"))
+
+
+def format_embedded(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, type(None), dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+class Resolver:
+    """Resolves placeholders in nested configuration values."""
+
+    def __init__(self, syntaxes: tuple[Syntax, ...] = (DOLLAR,)):
+        self.syntaxes = syntaxes
+
+    def _lookup(self, syntax: Syntax, scope: Scope, expr: str) -> Any:
+        if syntax.lookup is not None:
+            return syntax.lookup(scope, expr)
+        return scope.lookup(expr)
+
+    def resolve_text(self, text: str, scope: Scope) -> Any:
+        for syntax in self.syntaxes:
+            whole = syntax.pattern.fullmatch(text)
+            if whole:
+                return self._lookup(syntax, scope, whole.group(1))
+        for syntax in self.syntaxes:
+            text = syntax.pattern.sub(
+                lambda m, s=syntax: format_embedded(self._lookup(s, scope, m.group(1))),
+                text,
+            )
+        return text.replace("$${", "${")
+
+    def resolve(self, value: Any, scope: Scope) -> Any:
+        """Return a copy of ``value`` with every placeholder resolved."""
+        if isinstance(value, str):
+            if "{" not in value:
+                return value
+            return self.resolve_text(value, scope)
+        if isinstance(value, dict):
+            return {k: self.resolve(v, scope) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, scope) for v in value]
+        return value
+
+    def references(self, value: Any) -> list[str]:
+        """Every placeholder expression inside ``value`` (for static checks)."""
+        found: list[str] = []
+        if isinstance(value, str):
+            for syntax in self.syntaxes:
+                found.extend(m.group(1) for m in syntax.pattern.finditer(value))
+        elif isinstance(value, dict):
+            for v in value.values():
+                found.extend(self.references(v))
+        elif isinstance(value, list):
+            for v in value:
+                found.extend(self.references(v))
+        return found

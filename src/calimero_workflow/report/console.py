@@ -1,0 +1,126 @@
+"""Console output: one line per phase and step, then a summary line.
+
+Text that comes from nodes or apps (logs, error messages) is printed with
+control characters made visible, so it can never move the cursor, change
+colours or otherwise act on the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, TextIO
+
+from ..results import PhaseRecord, RunResult, Status, StepRecord
+from ..steps.base import RunEvents
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def sanitize(text: str) -> str:
+    """Make control characters visible (``\\x1b`` → ``\\x1b`` as text)."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+_MARK = {Status.PASSED: "PASS", Status.FAILED: "FAIL", Status.SKIPPED: "SKIP"}
+_COLOR = {Status.PASSED: "32", Status.FAILED: "31", Status.SKIPPED: "33"}
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f}ms"
+    return f"{seconds:.2f}s"
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = sanitize(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ConsoleReporter(RunEvents):
+    """Prints a run as it happens."""
+
+    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False,
+                 quiet: bool = False, color: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.verbose = verbose
+        self.quiet = quiet
+        self.color = self.stream.isatty() if color is None else color
+
+    def _paint(self, status: Status, text: str) -> str:
+        if not self.color:
+            return text
+        return f"\x1b[{_COLOR[status]}m{text}\x1b[0m"
+
+    def _write(self, line: str = "") -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def run_started(self, result: RunResult) -> None:
+        where = f" ({result.workflow_file})" if result.workflow_file else ""
+        self._write(f"== {sanitize(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
+
+    def phase_finished(self, record: PhaseRecord) -> None:
+        if self.quiet and record.status is not Status.FAILED:
+            return
+        mark = self._paint(record.status, _MARK[record.status])
+        detail = f"  {sanitize(record.detail)}" if record.detail else ""
+        line = f"  {mark} phase {record.name} {_fmt_duration(record.duration_s)}{detail}"
+        if record.status is Status.SKIPPED:
+            line = f"  {mark} phase {record.name}{detail}"
+        self._write(line)
+        if record.error is not None and record.name != "steps":
+            self._write(f"       {sanitize(record.error.message)}")
+            if record.error.hint:
+                self._write(f"       hint: {sanitize(record.error.hint)}")
+            last = record.data.get("last_logs")
+            if last:
+                self._write("       last node log lines:")
+                for line in str(last).splitlines()[-20:]:
+                    self._write(f"         | {sanitize(line)}")
+
+    def step_finished(self, record: StepRecord) -> None:
+        if self.quiet and record.status is not Status.FAILED:
+            return
+        depth = record.path.count("/")
+        indent = "    " + "  " * depth
+        mark = self._paint(record.status, _MARK[record.status])
+        extra = ""
+        if record.attempts > 1:
+            extra += f" after {record.attempts} attempts"
+        if record.non_blocking:
+            extra += " (non-blocking)"
+        timing = "" if record.status is Status.SKIPPED else f" {_fmt_duration(record.duration_s)}"
+        self._write(f"{indent}{mark} {sanitize(record.path.rsplit('/', 1)[-1])} [{record.type}]{timing}{extra}")
+        if record.error is not None:
+            err = record.error
+            where = f"{err.location}: " if err.location else ""
+            self._write(f"{indent}     {where}{sanitize(err.message)}")
+            if err.expected is not None or err.actual is not None:
+                self._write(f"{indent}     expected: {_short(err.expected)}")
+                self._write(f"{indent}     actual:   {_short(err.actual)}")
+            if err.hint:
+                self._write(f"{indent}     hint: {sanitize(err.hint)}")
+        if record.logs and (self.verbose or record.status is Status.FAILED):
+            for line in record.logs[-50:]:
+                self._write(f"{indent}     | {sanitize(line)}")
+        if record.status is Status.FAILED:
+            for node, tail in record.node_logs.items():
+                self._write(f"{indent}     last log lines of {node}:")
+                for line in tail.splitlines()[-20:]:
+                    self._write(f"{indent}       | {sanitize(line)}")
+
+    def run_finished(self, result: RunResult) -> None:
+        counts = result.counts()
+        status = result.status
+        word = "INTERRUPTED" if result.interrupted else str(status).upper()
+        self._write(
+            self._paint(status, word)
+            + f" {sanitize(result.workflow_name)}: {counts['passed']} passed, {counts['failed']} failed,"
+            f" {counts['skipped']} skipped in {_fmt_duration(result.duration_s)}"
+        )
+        if result.node_log_files and status is Status.FAILED:
+            first = next(iter(result.node_log_files.values()))
+            self._write(f"   node logs: {first.rsplit('/', 1)[0]}/")

@@ -1,0 +1,199 @@
+"""What a run produced: phases, steps, captured results, as plain data.
+
+Reporters (console, JSON, JUnit, step summary, annotations) read these
+records and nothing else, so each can be tested by building records by hand.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import Location
+
+
+class Status(str, enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class ErrorInfo:
+    """Why something failed, with the YAML position that explains it."""
+
+    message: str
+    kind: str = "error"
+    expected: Any = None
+    actual: Any = None
+    location: Location | None = None
+    hint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "message": self.message,
+            "kind": self.kind,
+            "hint": self.hint,
+            "location": str(self.location) if self.location else None,
+        }
+        if self.expected is not None or self.actual is not None:
+            data["expected"] = self.expected
+            data["actual"] = self.actual
+        return data
+
+
+@dataclass
+class StepRecord:
+    """One executed (or skipped) step."""
+
+    name: str
+    type: str
+    #: Path in the step tree, e.g. ``repeat[2]/call set``.
+    path: str
+    status: Status
+    duration_s: float = 0.0
+    location: Location | None = None
+    error: ErrorInfo | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    #: Lines produced by the step: app logs, events, notes.
+    logs: list[str] = field(default_factory=list)
+    #: Tail of node logs captured when the step failed, per node.
+    node_logs: dict[str, str] = field(default_factory=dict)
+    children: list[StepRecord] = field(default_factory=list)
+    attempts: int = 1
+    #: The step failed but was configured not to stop the workflow.
+    non_blocking: bool = False
+    node: str | None = None
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "path": self.path,
+            "status": str(self.status),
+            "duration_s": round(self.duration_s, 6),
+            "location": str(self.location) if self.location else None,
+            "node": self.node,
+            "attempts": self.attempts,
+            "non_blocking": self.non_blocking,
+            "error": self.error.to_dict() if self.error else None,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+@dataclass
+class PhaseRecord:
+    """One lifecycle phase of the run."""
+
+    name: str
+    status: Status
+    duration_s: float = 0.0
+    detail: str = ""
+    error: ErrorInfo | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": str(self.status),
+            "duration_s": round(self.duration_s, 6),
+            "detail": self.detail,
+            "error": self.error.to_dict() if self.error else None,
+            "data": self.data,
+        }
+
+
+@dataclass
+class RunResult:
+    """Everything about one workflow run."""
+
+    workflow_name: str
+    workflow_file: str | None
+    run_id: str
+    backend: str
+    status: Status = Status.PASSED
+    phases: list[PhaseRecord] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    workflow_results: dict[str, Any] = field(default_factory=dict)
+    image: dict[str, Any] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    node_log_files: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASSED
+
+    def all_steps(self):
+        for step in self.steps:
+            yield from step.walk()
+
+    def counts(self) -> dict[str, int]:
+        """Counts over top-level steps and their nested steps (leaves)."""
+        counts = {"total": 0, "passed": 0, "failed": 0, "skipped": 0}
+        for step in self.all_steps():
+            if step.children:
+                continue
+            counts["total"] += 1
+            counts[str(step.status)] += 1
+        return counts
+
+    def failed_steps(self) -> list[StepRecord]:
+        return [s for s in self.all_steps() if s.status is Status.FAILED and not s.children]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow_name,
+            "file": self.workflow_file,
+            "run_id": self.run_id,
+            "backend": self.backend,
+            "status": str(self.status),
+            "interrupted": self.interrupted,
+            "duration_s": round(self.duration_s, 6),
+            "image": self.image,
+            "nodes": self.nodes,
+            "node_log_files": self.node_log_files,
+            "counts": self.counts(),
+            "phases": [p.to_dict() for p in self.phases],
+            "steps": [s.to_dict() for s in self.steps],
+            "workflow_results": self.workflow_results,
+        }
+
+
+def error_from_exception(exc: BaseException) -> ErrorInfo:
+    """Best-effort :class:`ErrorInfo` for any exception."""
+    from .errors import StepFailure
+
+    if isinstance(exc, StepFailure):
+        return ErrorInfo(
+            message=exc.message,
+            kind=exc.kind,
+            expected=exc.expected,
+            actual=exc.actual,
+            location=exc.location,
+            hint=exc.hint,
+        )
+    hint = getattr(exc, "hint", None)
+    return ErrorInfo(message=str(exc) or type(exc).__name__, kind=type(exc).__name__, hint=hint)
+
+
+__all__ = [
+    "ErrorInfo",
+    "PhaseRecord",
+    "RunResult",
+    "Status",
+    "StepRecord",
+    "asdict",
+    "error_from_exception",
+]

@@ -1,0 +1,387 @@
+"""``assert``: one check on a value, or a list of merobox-style statements.
+
+Statements are parsed before placeholders are resolved, so an operand that is
+exactly one placeholder keeps its type (``equal(${results.len.output}, 3)``
+compares numbers), and commas inside quotes, brackets or placeholders never
+split an argument.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ..errors import Location, Problem, StepFailure
+from ..yamlsrc import LocatedList
+from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .node_steps import outputs_equal
+
+_MISSING: Any = object()
+
+CHECKS = ("equals", "not_equals", "contains", "not_contains", "matches", "greater_than",
+          "less_than", "greater_or_equal", "less_or_equal", "is_set", "is_empty")
+
+
+class AssertConfig(StepConfig):
+    actual: Any = Field(default=_MISSING)
+    equals: Any = Field(default=_MISSING)
+    not_equals: Any = Field(default=_MISSING)
+    contains: Any = Field(default=_MISSING)
+    not_contains: Any = Field(default=_MISSING)
+    matches: str | None = None
+    greater_than: float | None = None
+    less_than: float | None = None
+    greater_or_equal: float | None = None
+    less_or_equal: float | None = None
+    is_set: bool | None = None
+    is_empty: bool | None = None
+    statements: list[str] | None = None
+    #: Record a failure without stopping the workflow (still reported failed).
+    non_blocking: bool = False
+    message: str | None = None
+
+    def given_checks(self) -> list[str]:
+        out = []
+        for name in CHECKS:
+            value = getattr(self, name)
+            if value is not _MISSING and value is not None:
+                out.append(name)
+        return out
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AssertConfig:
+        checks = self.given_checks()
+        if self.statements is not None:
+            if self.actual is not _MISSING or checks:
+                raise ValueError("use either `statements:` or `actual:` with one check, not both")
+            if not self.statements:
+                raise ValueError("`statements:` is empty")
+            return self
+        if self.actual is _MISSING:
+            raise ValueError(
+                "an assert needs `actual:` with one check (" + ", ".join(CHECKS) + ") or `statements:`"
+            )
+        if len(checks) != 1:
+            raise ValueError(
+                f"give exactly one check next to `actual:` (found {len(checks)}: "
+                + (", ".join(checks) or "none") + "); allowed: " + ", ".join(CHECKS)
+            )
+        return self
+
+
+# -- statement grammar ---------------------------------------------------------------
+
+_FUNCS = {
+    "equal": 2, "equals": 2, "not_equal": 2, "not_equals": 2,
+    "contains": 2, "not_contains": 2, "regex": 2, "matches": 2,
+    "is_set": 1, "is_empty": 1, "exists": 1, "empty": 1,
+    "gt": 2, "gte": 2, "lt": 2, "lte": 2,
+}
+_INFIX = ("==", "!=", ">=", "<=", ">", "<")
+_CALL_RE = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
+
+
+class StatementError(ValueError):
+    pass
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside quotes, brackets, braces, parens and placeholders."""
+    parts: list[str] = []
+    depth = 0
+    quote: str | None = None
+    start = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise StatementError(f"unbalanced {ch!r}")
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quote:
+        raise StatementError(f"unterminated {quote} quote")
+    if depth:
+        raise StatementError("unbalanced brackets")
+    parts.append(text[start:])
+    return parts
+
+
+def _find_infix(text: str) -> tuple[str, str, str] | None:
+    depth = 0
+    quote: str | None = None
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0:
+            for op in _INFIX:
+                if text.startswith(op, i):
+                    return text[:i], op, text[i + len(op):]
+        i += 1
+    return None
+
+
+@dataclass
+class Statement:
+    text: str
+    op: str
+    operands: list[str]
+
+
+def parse_statement(text: str) -> Statement:
+    call = _CALL_RE.match(text)
+    if call and call.group(1).lower() in _FUNCS:
+        name = call.group(1).lower()
+        args = split_top_level(call.group(2))
+        if len(args) == 1 and not args[0].strip():
+            args = []
+        want = _FUNCS[name]
+        if len(args) != want:
+            raise StatementError(f"{name}() takes {want} argument(s), got {len(args)}")
+        return Statement(text, name, [a.strip() for a in args])
+    if call:
+        raise StatementError(
+            f"unknown function {call.group(1)!r}; known: " + ", ".join(sorted(_FUNCS))
+        )
+    infix = _find_infix(text)
+    if infix:
+        left, op, right = infix
+        if not left.strip() or not right.strip():
+            raise StatementError(f"{op!r} needs a value on each side")
+        return Statement(text, op, [left.strip(), right.strip()])
+    raise StatementError(
+        "not a statement: use a function such as equal(a, b), contains(a, b), regex(a, p), "
+        "is_set(a), or a comparison such as `a >= b`"
+    )
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def loose_equal(a: Any, b: Any) -> bool:
+    if outputs_equal(a, b):
+        return True
+    na, nb = _as_number(a), _as_number(b)
+    return na is not None and nb is not None and na == nb
+
+
+def _contains(container: Any, item: Any) -> bool:
+    if isinstance(container, str):
+        return (item if isinstance(item, str) else json.dumps(item)) in container
+    if isinstance(container, dict):
+        return item in container
+    if isinstance(container, list):
+        return any(loose_equal(e, item) for e in container)
+    return False
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, "", [], {})
+
+
+def _ordered(op: str, a: Any, b: Any) -> bool:
+    na, nb = _as_number(a), _as_number(b)
+    if na is not None and nb is not None:
+        left, right = na, nb
+    elif isinstance(a, str) and isinstance(b, str):
+        left, right = a, b  # type: ignore[assignment]
+    else:
+        raise StepFailure(
+            f"cannot compare {a!r} {op} {b!r}: need two numbers or two strings", kind="assertion"
+        )
+    return {
+        ">": left > right, ">=": left >= right, "<": left < right, "<=": left <= right,
+        "gt": left > right, "gte": left >= right, "lt": left < right, "lte": left <= right,
+    }[op]
+
+
+def evaluate(op: str, values: list[Any]) -> bool:
+    if op in ("equal", "equals", "=="):
+        return loose_equal(values[0], values[1])
+    if op in ("not_equal", "not_equals", "!="):
+        return not loose_equal(values[0], values[1])
+    if op == "contains":
+        return _contains(values[0], values[1])
+    if op == "not_contains":
+        return not _contains(values[0], values[1])
+    if op in ("regex", "matches"):
+        try:
+            return re.search(str(values[1]), values[0] if isinstance(values[0], str) else json.dumps(values[0])) is not None
+        except re.error as exc:
+            raise StepFailure(f"invalid regular expression {values[1]!r}: {exc}", kind="invalid") from None
+    if op in ("is_set", "exists"):
+        return _is_set(values[0])
+    if op in ("is_empty", "empty"):
+        return not _is_set(values[0])
+    return _ordered(op, values[0], values[1])
+
+
+def _literal(text: str) -> Any:
+    """A bare operand: JSON when it parses (numbers, true, lists…), else text."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@register_step
+class Assert(BaseStep):
+    type_name = "assert"
+    Config = AssertConfig
+    deferred_keys = frozenset({"statements"})
+    summary = (
+        "check a value: `actual` with one of " + ", ".join(CHECKS)
+        + "; or `statements:` like `equal(a, b)`, `a >= b`"
+    )
+
+    def check(self, config: AssertConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        for i, text in enumerate(config.statements or []):
+            try:
+                parse_statement(text)
+            except StatementError as exc:
+                problems.append(Problem(f"statement {text!r}: {exc}", self._statement_location(i)))
+        return problems
+
+    def _statement_location(self, index: int) -> Location:
+        items = self.raw.get("statements")
+        if isinstance(items, LocatedList):
+            return Location(self.file, *items.item_pos(index))
+        return self.key_location("statements")
+
+    def _operand(self, text: str, run: StepRun) -> Any:
+        """A quoted operand is text; a lone placeholder keeps its value's type;
+        text holding placeholders stays text; anything else is a literal."""
+        stripped = text.strip()
+        resolver = run.ctx.resolver
+        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+            return resolver.resolve(stripped[1:-1], run.scope())
+        if resolver.references(stripped):
+            return resolver.resolve(stripped, run.scope())
+        return _literal(stripped)
+
+    async def execute(self, config: AssertConfig, run: StepRun) -> dict[str, Any]:
+        if config.statements is None:
+            return self._single(config)
+        outcomes = []
+        failures = []
+        for i, text in enumerate(config.statements):
+            location = self._statement_location(i)
+            try:
+                stmt = parse_statement(text)
+            except StatementError as exc:
+                raise StepFailure(f"statement {text!r}: {exc}", kind="invalid", location=location) from None
+            try:
+                values = [self._operand(o, run) for o in stmt.operands]
+            except StepFailure as exc:
+                exc.location = location
+                raise
+            ok = evaluate(stmt.op, values)
+            outcome = {"statement": text, "passed": ok, "values": values, "line": location.line}
+            outcomes.append(outcome)
+            run.log(f"{'PASS' if ok else 'FAIL'} {text}  → {json.dumps(values, ensure_ascii=False, default=str)}")
+            if not ok:
+                failures.append((stmt, values, location))
+        data = {"statements": outcomes, "passed": len(outcomes) - len(failures), "failed": len(failures)}
+        if failures:
+            stmt, values, location = failures[0]
+            more = f" (and {len(failures) - 1} more failed statement(s))" if len(failures) > 1 else ""
+            expected, actual = _expected_actual(stmt.op, values)
+            raise StepFailure(
+                (config.message + ": " if config.message else "") + f"assertion failed: {stmt.text}{more}",
+                kind="assertion",
+                expected=expected,
+                actual=actual,
+                location=location,
+                data=data,
+            )
+        return data
+
+    def _single(self, config: AssertConfig) -> dict[str, Any]:
+        check = config.given_checks()[0]
+        expected = getattr(config, check)
+        actual = config.actual
+        op = {
+            "equals": "equal", "not_equals": "not_equal", "contains": "contains",
+            "not_contains": "not_contains", "matches": "regex", "greater_than": ">",
+            "less_than": "<", "greater_or_equal": ">=", "less_or_equal": "<=",
+        }.get(check)
+        if check in ("is_set", "is_empty"):
+            ok = _is_set(actual) == bool(expected) if check == "is_set" else (not _is_set(actual)) == bool(expected)
+        else:
+            ok = evaluate(op, [actual, expected])
+        data = {"check": check, "actual": actual, "expected": expected, "passed": ok}
+        if not ok:
+            text = {
+                "equals": "to equal", "not_equals": "not to equal", "contains": "to contain",
+                "not_contains": "not to contain", "matches": "to match", "greater_than": "to be greater than",
+                "less_than": "to be less than", "greater_or_equal": "to be at least",
+                "less_or_equal": "to be at most", "is_set": "to be set" if expected else "to be unset",
+                "is_empty": "to be empty" if expected else "to be non-empty",
+            }[check]
+            shown = "" if check in ("is_set", "is_empty") else f" {json.dumps(expected, default=str, ensure_ascii=False)}"
+            raise StepFailure(
+                (config.message + ": " if config.message else "")
+                + f"expected {json.dumps(actual, default=str, ensure_ascii=False)} {text}{shown}",
+                kind="assertion",
+                expected=expected,
+                actual=actual,
+                location=self.key_location(check),
+                data=data,
+            )
+        return data
+
+    async def run(self, run: StepRun):  # type: ignore[override]
+        record = await super().run(run)
+        cfg = self.static_config
+        non_blocking = bool(self.raw.get("non_blocking")) if cfg is None else cfg.non_blocking  # type: ignore[attr-defined]
+        record.non_blocking = non_blocking and record.error is not None
+        return record
+
+
+def _expected_actual(op: str, values: list[Any]) -> tuple[Any, Any]:
+    if len(values) == 1:
+        return ("set" if op in ("is_set", "exists") else "empty"), values[0]
+    return values[1], values[0]

@@ -1,0 +1,523 @@
+"""``BaseStep``, the step registry, and the shared run context steps use.
+
+A step goes through four stages, always in this order:
+
+1. **validate**: at load time, against its pydantic model. Values that hold
+   run-time placeholders are type-checked later, once resolved.
+2. **resolve**: just before it runs, placeholders become values and the
+   model is validated again, strictly.
+3. **execute**: the step's own ``async`` work, with ``timeout``,
+   ``retries`` for transient node errors and ``expected_failure`` applied
+   around it by :meth:`BaseStep.run`.
+4. **store**: a named step's data lands in ``workflow_results[name]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..backends.base import BackendError, NodeUnavailableError
+from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
+from ..errors import Location, PlaceholderError, Problem, StepFailure
+from ..placeholders import Resolver, Scope
+from ..results import ErrorInfo, Status, StepRecord, error_from_exception
+from ..validation import validate_model
+from ..yamlsrc import LocatedDict
+
+if TYPE_CHECKING:
+    from ..backends.base import NodeBackend
+    from ..workflow import Workflow
+
+log = logging.getLogger("calimero_workflow.steps")
+
+
+class StepConfig(BaseModel):
+    """Keys every step accepts."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: str
+    name: str | None = None
+    description: str | None = None
+    #: Seconds the step may take before it fails.
+    timeout: float | None = Field(default=None, gt=0)
+    #: Extra attempts after a transient node error (unreachable, 503, uninitialised).
+    retries: int | None = Field(default=None, ge=0, le=100)
+    #: First delay between attempts, doubled each time.
+    retry_delay: float = Field(default=0.2, ge=0)
+    #: The step passes only if its operation fails.
+    expected_failure: bool = False
+    #: With expected_failure: a substring the error must contain.
+    expected_error: str | None = None
+
+
+class NodeStepConfig(StepConfig):
+    """A step that talks to one node."""
+
+    node: str
+
+
+# -- registry ----------------------------------------------------------------
+
+
+class StepRegistry:
+    """Maps a YAML ``type`` (and its aliases) to a step class."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[BaseStep]] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, cls: type[BaseStep]) -> type[BaseStep]:
+        names = (cls.type_name, *cls.aliases)
+        for name in names:
+            if name in self._types or name in self._aliases:
+                raise ValueError(f"step type {name!r} is registered twice")
+        if not issubclass(cls.Config, StepConfig):
+            raise TypeError(f"{cls.__name__}.Config must derive from StepConfig")
+        self._types[cls.type_name] = cls
+        for alias in cls.aliases:
+            self._aliases[alias] = cls.type_name
+        return cls
+
+    def get(self, name: str) -> type[BaseStep] | None:
+        canonical = self._aliases.get(name, name)
+        return self._types.get(canonical)
+
+    def canonical(self, name: str) -> str:
+        return self._aliases.get(name, name)
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def all_names(self) -> list[str]:
+        return sorted([*self._types, *self._aliases])
+
+    def classes(self) -> list[type[BaseStep]]:
+        return [self._types[n] for n in self.names()]
+
+
+registry = StepRegistry()
+
+
+def register_step(cls: type[BaseStep]) -> type[BaseStep]:
+    """Class decorator adding a step type to the default registry."""
+    return registry.register(cls)
+
+
+# -- run context ----------------------------------------------------------------
+
+
+@dataclass
+class NodeRef:
+    """A node steps can address: local (started by a backend) or remote."""
+
+    name: str
+    url: str
+    kind: str  # "embedded", "docker" or "remote"
+    client: NodeClient
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def as_placeholder(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "kind": self.kind, **self.info}
+
+
+class RunEvents:
+    """Callbacks the executor fires; reporters subclass this."""
+
+    def phase_started(self, name: str) -> None: ...
+
+    def phase_finished(self, record: Any) -> None: ...
+
+    def step_started(self, step: BaseStep, path: str) -> None: ...
+
+    def step_finished(self, record: StepRecord) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+@dataclass
+class RunContext:
+    """State shared by every step of one run."""
+
+    workflow: Workflow
+    run_id: str
+    workdir: Path
+    resolver: Resolver
+    env: dict[str, str]
+    events: RunEvents
+    backend: NodeBackend | None = None
+    nodes: dict[str, NodeRef] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    #: Ready-wait timeout for start/restart steps.
+    ready_timeout: float = 60.0
+
+    def scope(self, variables: dict[str, Any] | None = None) -> Scope:
+        return Scope(
+            results=self.results,
+            nodes={n: ref.as_placeholder() for n, ref in self.nodes.items()},
+            variables=variables or {},
+            env=self.env,
+        )
+
+    def node(self, name: str) -> NodeRef:
+        if name not in self.nodes:
+            raise StepFailure(
+                f"no node named {name!r}",
+                hint="nodes of this run: " + (", ".join(self.nodes) or "(none)"),
+            )
+        return self.nodes[name]
+
+    def client(self, name: str) -> NodeClient:
+        return self.node(name).client
+
+
+@dataclass
+class StepRun:
+    """One execution of one step: where it sits, its variables, its log."""
+
+    ctx: RunContext
+    path: str
+    variables: dict[str, Any] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+    children: list[StepRecord] = field(default_factory=list)
+
+    def log(self, line: str) -> None:
+        self.logs.append(line)
+
+    def scope(self) -> Scope:
+        return self.ctx.scope(self.variables)
+
+
+# -- the step base class ------------------------------------------------------
+
+
+@dataclass
+class ValidationContext:
+    """What static checks know about the workflow."""
+
+    file: Path | None
+    base_dir: Path
+    node_names: set[str]
+    remote_node_names: set[str]
+    check_files: bool = True
+
+    @property
+    def all_nodes(self) -> set[str]:
+        return self.node_names | self.remote_node_names
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, NodeConnectionError):
+        return True
+    if isinstance(exc, NodeApiError):
+        return exc.transient
+    return False
+
+
+class BaseStep:
+    """A step of a workflow. Subclasses set ``type_name``, ``Config``, ``execute``."""
+
+    type_name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StepConfig]] = StepConfig
+    #: Keys left unresolved by the generic resolver (nested steps resolve
+    #: them themselves, per iteration).
+    deferred_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Transient-error retries when the YAML does not say.
+    default_retries: ClassVar[int] = 0
+    #: One line for the README's step reference.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, raw: LocatedDict, *, file: Path | None, index: int):
+        self.raw = raw
+        self.file = file
+        self.index = index
+        self.location = Location(file, getattr(raw, "line", 0) or 1, getattr(raw, "col", 0) or 1)
+        name = raw.get("name")
+        self.explicit_name: str | None = name if isinstance(name, str) and name else None
+        self.display_name = self.explicit_name or f"{self.type_name} #{index + 1}"
+        #: The model built at load time when no placeholder was involved.
+        self.static_config: StepConfig | None = None
+
+    # -- stage 1: validation --------------------------------------------------
+
+    def validate(self, vctx: ValidationContext) -> list[Problem]:
+        config, problems = validate_model(
+            self.Config,
+            self._validatable(self.raw),
+            self.file,
+            what=f"step {self.display_name!r} ({self.type_name})",
+            tolerate_deferred=True,
+        )
+        # Positions in the error refer to self.raw; _validatable keeps keys.
+        if config is not None:
+            self.static_config = config
+            problems.extend(self.check(config, vctx))
+        problems.extend(self.check_raw(vctx))
+        return problems
+
+    def _validatable(self, raw: LocatedDict) -> Any:
+        return raw
+
+    def check(self, config: StepConfig, vctx: ValidationContext) -> list[Problem]:
+        """Semantic checks on a valid model (node names, files...)."""
+        problems: list[Problem] = []
+        if config.expected_error is not None and not config.expected_failure:
+            problems.append(
+                self.problem(
+                    "expected_error is set but expected_failure is not",
+                    key="expected_error",
+                    hint="add `expected_failure: true`",
+                )
+            )
+        return problems
+
+    def check_raw(self, vctx: ValidationContext) -> list[Problem]:
+        """Checks that work on raw values even when they hold placeholders."""
+        problems = []
+        node = self.raw.get("node")
+        if isinstance(node, str) and "${" not in node and "{{" not in node:
+            if vctx.all_nodes and node not in vctx.all_nodes:
+                problems.append(self.unknown_node_problem(node, "node", vctx))
+        return problems
+
+    def unknown_node_problem(self, node: str, key: str, vctx: ValidationContext) -> Problem:
+        import difflib
+
+        known = sorted(vctx.all_nodes)
+        close = difflib.get_close_matches(node, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return self.problem(
+            f"step {self.display_name!r} uses node {node!r}, which the workflow does not define",
+            key=key,
+            hint=hint + "nodes: " + ", ".join(known),
+        )
+
+    def problem(self, message: str, *, key: str | None = None, hint: str | None = None) -> Problem:
+        return Problem(message, self.key_location(key), hint)
+
+    def key_location(self, key: str | None) -> Location:
+        if key is not None and isinstance(self.raw, LocatedDict) and key in self.raw:
+            line, col = self.raw.value_pos(key)
+            return Location(self.file, line, col)
+        return self.location
+
+    # -- stage 2: resolution ----------------------------------------------------
+
+    def resolve(self, run: StepRun) -> StepConfig:
+        """Resolve placeholders and validate the result strictly."""
+        raw = {k: v for k, v in self.raw.items() if k not in self.deferred_keys}
+        try:
+            resolved = run.ctx.resolver.resolve(raw, run.scope())
+        except PlaceholderError as exc:
+            exc.location = exc.location or self.location
+            raise
+        for key in self.deferred_keys:
+            if key in self.raw:
+                resolved[key] = self.raw[key]
+        config, problems = validate_model(
+            self.Config, resolved, self.file, what=f"step {self.display_name!r}"
+        )
+        if config is None:
+            first = problems[0]
+            raise StepFailure(
+                "invalid value after resolving placeholders: "
+                + "; ".join(p.message for p in problems),
+                kind="invalid",
+                location=self._relocate(first.location),
+                hint=first.hint,
+            )
+        return config
+
+    def _relocate(self, loc: Location | None) -> Location:
+        # A resolved dict has no marks; point at the step's own key instead.
+        return loc if loc is not None and loc.line > 0 else self.location
+
+    # -- stage 3: execution -------------------------------------------------------
+
+    async def execute(self, config: Any, run: StepRun) -> dict[str, Any]:
+        """Do the step's work; return the data stored as its results."""
+        raise NotImplementedError
+
+    def node_of(self, config: Any) -> str | None:
+        return getattr(config, "node", None)
+
+    async def run(self, run: StepRun) -> StepRecord:
+        """Resolve, execute with timeout/retries/expected_failure, and record."""
+        ctx = run.ctx
+        ctx.events.step_started(self, run.path)
+        started = time.perf_counter()
+        record = StepRecord(
+            name=self.display_name,
+            type=self.type_name,
+            path=run.path,
+            status=Status.PASSED,
+            location=self.location,
+        )
+        config: StepConfig | None = None
+        try:
+            config = self.resolve(run)
+            record.node = self.node_of(config)
+            data, attempts = await self._execute_with_policy(config, run)
+            record.attempts = attempts
+            if config.expected_failure:
+                raise StepFailure(
+                    "expected this step to fail, but it succeeded",
+                    kind="expected_failure",
+                    expected="failure" + (f" containing {config.expected_error!r}" if config.expected_error else ""),
+                    actual="success",
+                    location=self.location,
+                )
+            record.data = data
+        except StepFailure as exc:
+            if exc.location is None:
+                exc.location = self.location
+            record.status = Status.FAILED
+            record.error = error_from_exception(exc)
+            record.data = exc.data
+        except (NodeError, BackendError) as exc:
+            handled = config is not None and config.expected_failure
+            if handled:
+                record.data = self._expected_failure_data(exc)
+                problem = self._expected_error_mismatch(config, exc)
+                if problem:
+                    record.status = Status.FAILED
+                    record.error = problem
+                else:
+                    run.log(f"failed as expected: {exc}")
+            else:
+                record.status = Status.FAILED
+                record.error = await self._error_for(exc, run)
+        except TimeoutError:
+            record.status = Status.FAILED
+            limit = config.timeout if config else None
+            record.error = ErrorInfo(
+                message=f"step timed out after {limit:g} s" if limit else "step timed out",
+                kind="timeout",
+                location=self.key_location("timeout"),
+                hint="raise `timeout:` on the step if the operation is legitimately slow",
+            )
+        except asyncio.CancelledError:
+            record.status = Status.FAILED
+            record.error = ErrorInfo(message="cancelled", kind="cancelled", location=self.location)
+            record.duration_s = time.perf_counter() - started
+            record.logs = run.logs
+            record.children = run.children
+            ctx.events.step_finished(record)
+            raise
+        except Exception as exc:  # a bug in a step: fail it, keep the run going to cleanup
+            log.exception("step %s crashed", self.display_name)
+            record.status = Status.FAILED
+            record.error = ErrorInfo(
+                message=f"internal error in step {self.type_name}: {type(exc).__name__}: {exc}",
+                kind="internal",
+                location=self.location,
+                hint="this is a bug in calimero-workflow; please report it with this workflow",
+            )
+        record.duration_s = time.perf_counter() - started
+        record.logs = run.logs
+        record.children = run.children
+        if record.status is Status.FAILED and record.node and ctx.backend is not None:
+            record.node_logs = await self._node_logs(ctx, record.node)
+        if record.status is Status.PASSED and self.explicit_name:
+            ctx.results[self.explicit_name] = record.data
+        ctx.events.step_finished(record)
+        return record
+
+    async def _execute_with_policy(
+        self, config: StepConfig, run: StepRun
+    ) -> tuple[dict[str, Any], int]:
+        retries = config.retries if config.retries is not None else self.default_retries
+        delay = config.retry_delay
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if config.timeout:
+                    data = await asyncio.wait_for(self.execute(config, run), config.timeout)
+                else:
+                    data = await self.execute(config, run)
+                return (data if data is not None else {}), attempt
+            except (NodeError, BackendError) as exc:
+                if attempt > retries or not _is_transient(exc) or config.expected_failure:
+                    raise
+                run.log(f"attempt {attempt} failed ({exc}); retrying in {delay:.2f}s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    def _expected_failure_data(exc: BaseException) -> dict[str, Any]:
+        data: dict[str, Any] = {"error": str(exc), "error_message": str(exc)}
+        if isinstance(exc, NodeApiError):
+            data.update(
+                error_type=exc.error_type,
+                error_code=exc.status,
+                error_message=exc.message,
+                error_data=exc.data,
+            )
+        else:
+            data.update(error_type=type(exc).__name__, error_code=None)
+        return data
+
+    def _expected_error_mismatch(self, config: StepConfig, exc: BaseException) -> ErrorInfo | None:
+        wanted = config.expected_error
+        text = str(exc)
+        if isinstance(exc, NodeApiError):
+            text = f"{exc.error_type}: {exc.message} {exc.data if exc.data is not None else ''}"
+        if wanted and wanted not in text:
+            return ErrorInfo(
+                message="the step failed as expected, but not with the expected error",
+                kind="expected_error",
+                expected=wanted,
+                actual=str(exc),
+                location=self.key_location("expected_error"),
+            )
+        return None
+
+    async def _error_for(self, exc: BaseException, run: StepRun) -> ErrorInfo:
+        info = error_from_exception(exc)
+        info.location = self.location
+        if isinstance(exc, NodeApiError):
+            info.kind = exc.error_type
+        if isinstance(exc, NodeUnavailableError):
+            info.kind = "node_unavailable"
+        elif isinstance(exc, NodeConnectionError) and run.ctx.backend is not None:
+            # Say it plainly when the node died under the step.
+            node = exc.node
+            if node in run.ctx.nodes and run.ctx.nodes[node].kind != "remote":
+                try:
+                    state = await run.ctx.backend.node_state(node)
+                except Exception:  # the backend may not know the node any more
+                    state = None
+                if state is not None and not state.running:
+                    oom = ", killed for lack of memory (OOM)" if state.oom_killed else ""
+                    info.message = (
+                        f"node {node} is not running (exit code {state.exit_code}{oom}): {exc}"
+                    )
+                    info.kind = "node_died"
+        return info
+
+    @staticmethod
+    async def _node_logs(ctx: RunContext, node: str) -> dict[str, str]:
+        if node not in ctx.nodes or ctx.nodes[node].kind == "remote" or ctx.backend is None:
+            return {}
+        try:
+            tail = await ctx.backend.tail_logs(node, 50)
+        except Exception:  # logs are best effort; the failure itself matters more
+            return {}
+        return {node: tail} if tail else {}
+
+
+def child_run(run: StepRun, path: str, **variables: Any) -> StepRun:
+    return StepRun(ctx=run.ctx, path=path, variables={**run.variables, **variables})
+
+
+StepFactory = Callable[[LocatedDict, int], BaseStep]

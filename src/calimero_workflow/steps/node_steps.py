@@ -1,0 +1,353 @@
+"""Steps that ask one node to do something: install, namespaces, contexts, calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+
+from ..errors import Problem, StepFailure
+from .base import BaseStep, NodeStepConfig, StepRun, ValidationContext, register_step
+
+
+def _ns_field() -> Any:
+    return Field(validation_alias=AliasChoices("namespace_id", "group_id"))
+
+
+# -- install_application ------------------------------------------------------
+
+
+class InstallConfig(NodeStepConfig):
+    path: str | None = None
+    url: str | None = None
+    #: merobox's switch for a local file; a `path` is always a dev install here.
+    dev: bool | None = None
+    hash: str | None = None
+    metadata: str | dict[str, Any] | None = None
+    package: str | None = None
+    version: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InstallConfig:
+        if bool(self.path) == bool(self.url):
+            raise ValueError("give exactly one of `path` (a local .wasm file) or `url`")
+        return self
+
+
+def _metadata_bytes(value: str | dict[str, Any] | None) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":")).encode()
+    return value.encode()
+
+
+@register_step
+class InstallApplication(BaseStep):
+    """Install an application from a local ``path`` (relative to the workflow) or a ``url``."""
+
+    type_name = "install_application"
+    Config = InstallConfig
+    default_retries = 2
+    summary = "install an app on a node from `path` (relative to the workflow file) or `url` → `application_id`"
+
+    def check(self, config: InstallConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        if config.path and vctx.check_files and "${" not in config.path:
+            path = (vctx.base_dir / config.path)
+            if not path.is_file():
+                problems.append(
+                    self.problem(
+                        f"application file not found: {config.path}",
+                        key="path",
+                        hint=f"paths are relative to the workflow file's folder ({vctx.base_dir})",
+                    )
+                )
+        return problems
+
+    async def execute(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
+        ctx = run.ctx
+        client = ctx.client(config.node)
+        metadata = _metadata_bytes(config.metadata)
+        if config.path:
+            local = (ctx.workflow.base_dir / config.path).resolve()
+            if not local.is_file():
+                raise StepFailure(
+                    f"application file not found: {local}",
+                    location=self.key_location("path"),
+                )
+            ref = ctx.node(config.node)
+            if ref.kind == "remote":
+                raise StepFailure(
+                    f"node {config.node} is remote: it cannot read a local path",
+                    location=self.key_location("path"),
+                    hint="install from a `url` the remote node can fetch",
+                )
+            node_path = await ctx.backend.stage_file(config.node, local) if ctx.backend else str(local)
+            app_id = await client.install_dev_application(
+                node_path, metadata=metadata, package=config.package, version=config.version
+            )
+            run.log(f"installed {local.name} on {config.node} as {app_id}")
+            return {"application_id": app_id, "path": str(local), "node": config.node}
+        app_id = await client.install_application(
+            config.url or "", hash=config.hash, metadata=metadata,
+            package=config.package, version=config.version,
+        )
+        return {"application_id": app_id, "url": config.url, "node": config.node}
+
+
+# -- namespaces --------------------------------------------------------------------
+
+
+class CreateNamespaceConfig(NodeStepConfig):
+    application_id: str
+    namespace_name: str | None = Field(default=None, validation_alias=AliasChoices("namespace_name", "group_name"))
+    app_key: str | None = None
+
+
+@register_step
+class CreateNamespace(BaseStep):
+    type_name = "create_namespace"
+    aliases = ("create_group",)
+    Config = CreateNamespaceConfig
+    default_retries = 2
+    summary = "create a namespace for an installed app → `namespace_id`"
+
+    async def execute(self, config: CreateNamespaceConfig, run: StepRun) -> dict[str, Any]:
+        ns = await run.ctx.client(config.node).create_namespace(
+            config.application_id, name=config.namespace_name, app_key=config.app_key
+        )
+        return {"namespace_id": ns, "application_id": config.application_id}
+
+
+class InviteConfig(NodeStepConfig):
+    namespace_id: str = _ns_field()
+    recursive: bool | None = None
+    expiration_timestamp: int | None = None
+
+
+@register_step
+class Invite(BaseStep):
+    type_name = "invite"
+    aliases = (
+        "create_namespace_invitation",
+        "create_group_invitation",
+        "invite_open",
+        "invite_identity",
+    )
+    Config = InviteConfig
+    default_retries = 2
+    summary = "create an invitation to a namespace → `invitation`"
+
+    async def execute(self, config: InviteConfig, run: StepRun) -> dict[str, Any]:
+        data = await run.ctx.client(config.node).create_namespace_invitation(
+            config.namespace_id,
+            expiration_timestamp=config.expiration_timestamp,
+            recursive=config.recursive,
+        )
+        out: dict[str, Any] = {"namespace_id": config.namespace_id}
+        if isinstance(data, dict):
+            if "invitation" in data:
+                out["invitation"] = data["invitation"]
+            if "invitations" in data:
+                out["invitations"] = data["invitations"]
+            if data.get("groupName"):
+                out["group_name"] = data["groupName"]
+        return out
+
+
+def _unwrap_invitation(value: Any) -> Any:
+    """Accept an invitation as an object, JSON text, or wrapped in ``invitation``."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise StepFailure(
+                "invitation is text that is not JSON",
+                hint="pass ${results.<invite step>.invitation}",
+            ) from None
+    while (
+        isinstance(value, dict)
+        and "inviter_signature" not in value
+        and isinstance(value.get("invitation"), (dict, str))
+    ):
+        inner = value["invitation"]
+        value = json.loads(inner) if isinstance(inner, str) else inner
+    return value
+
+
+class JoinConfig(NodeStepConfig):
+    namespace_id: str = _ns_field()
+    invitation: Any
+
+
+@register_step
+class Join(BaseStep):
+    type_name = "join"
+    aliases = ("join_namespace", "join_group", "join_open")
+    Config = JoinConfig
+    default_retries = 2
+    summary = "join a namespace with an invitation → `namespace_id`, `member_identity`"
+
+    async def execute(self, config: JoinConfig, run: StepRun) -> dict[str, Any]:
+        data = await run.ctx.client(config.node).join_namespace(
+            config.namespace_id, _unwrap_invitation(config.invitation)
+        )
+        return {
+            "namespace_id": data.get("namespaceId", config.namespace_id),
+            "member_identity": data.get("memberIdentity"),
+            "member_account": data.get("memberAccount"),
+        }
+
+
+# -- contexts and identities ----------------------------------------------------------
+
+
+class CreateContextConfig(NodeStepConfig):
+    application_id: str
+    namespace_id: str = _ns_field()
+    #: Initialisation arguments: a mapping, or JSON text.
+    params: dict[str, Any] | str | None = None
+    seed: str | None = None
+    service_name: str | None = None
+    context_name: str | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _json_params(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip():
+            try:
+                json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"params is not valid JSON: {exc}") from None
+        return value
+
+
+@register_step
+class CreateContext(BaseStep):
+    type_name = "create_context"
+    Config = CreateContextConfig
+    default_retries = 2
+    summary = "create a context in a namespace, running the app's `init` → `context_id`, `member_public_key`"
+
+    async def execute(self, config: CreateContextConfig, run: StepRun) -> dict[str, Any]:
+        if isinstance(config.params, dict):
+            params = json.dumps(config.params, separators=(",", ":")).encode()
+        elif isinstance(config.params, str) and config.params.strip():
+            params = config.params.encode()
+        else:
+            params = b""
+        data = await run.ctx.client(config.node).create_context(
+            config.application_id,
+            config.namespace_id,
+            params=params,
+            seed=config.seed,
+            service_name=config.service_name,
+            name=config.context_name,
+        )
+        return {
+            "context_id": data["contextId"],
+            "member_public_key": data.get("memberPublicKey"),
+            "namespace_id": data.get("groupId") or config.namespace_id,
+            "application_id": config.application_id,
+        }
+
+
+@register_step
+class CreateIdentity(BaseStep):
+    type_name = "create_identity"
+    Config = NodeStepConfig
+    default_retries = 2
+    summary = "generate a new identity key pair on a node → `public_key`"
+
+    async def execute(self, config: NodeStepConfig, run: StepRun) -> dict[str, Any]:
+        return {"public_key": await run.ctx.client(config.node).create_identity()}
+
+
+class JoinContextConfig(NodeStepConfig):
+    context_id: str
+
+
+@register_step
+class JoinContext(BaseStep):
+    type_name = "join_context"
+    Config = JoinContextConfig
+    default_retries = 2
+    summary = "join a context of a namespace the node belongs to → `context_id`, `member_public_key`"
+
+    async def execute(self, config: JoinContextConfig, run: StepRun) -> dict[str, Any]:
+        data = await run.ctx.client(config.node).join_context(config.context_id)
+        data = data or {}
+        return {
+            "context_id": data.get("contextId", config.context_id),
+            "member_public_key": data.get("memberPublicKey"),
+        }
+
+
+# -- call ------------------------------------------------------------------------------
+
+
+_MISSING = object()
+
+
+class CallConfig(NodeStepConfig):
+    context_id: str
+    method: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_]+$")
+    args: dict[str, Any] | None = None
+    #: Accepted for merobox files; every call is a JSON-RPC execute.
+    exec_type: str | None = None
+    executor_public_key: str | None = None
+    #: When given, the call fails unless its output equals this value.
+    expected: Any = Field(default=_MISSING)
+
+
+def outputs_equal(expected: Any, actual: Any) -> bool:
+    """Equality used by ``call.expected`` and ``assert``: numbers compare numerically."""
+    if expected == actual and type(expected) is type(actual):
+        return True
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return expected == actual and isinstance(expected, bool) and isinstance(actual, bool)
+    if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
+        return float(expected) == float(actual)
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return expected.keys() == actual.keys() and all(
+            outputs_equal(expected[k], actual[k]) for k in expected
+        )
+    if isinstance(expected, list) and isinstance(actual, list):
+        return len(expected) == len(actual) and all(
+            outputs_equal(e, a) for e, a in zip(expected, actual, strict=True)
+        )
+    return expected == actual
+
+
+@register_step
+class Call(BaseStep):
+    type_name = "call"
+    Config = CallConfig
+    default_retries = 3
+    summary = "call an app method over JSON-RPC → `output`, `logs`, `events`"
+
+    async def execute(self, config: CallConfig, run: StepRun) -> dict[str, Any]:
+        result = await run.ctx.client(config.node).execute(
+            config.context_id,
+            config.method,
+            config.args or {},
+            executor_public_key=config.executor_public_key,
+        )
+        for line in result.logs:
+            run.log(f"[{config.node} app log] {line}")
+        for event in result.events:
+            run.log(f"[{config.node} event] {json.dumps(event, ensure_ascii=False)}")
+        data = {"output": result.output, "logs": result.logs, "events": result.events}
+        if config.expected is not _MISSING and not outputs_equal(config.expected, result.output):
+            raise StepFailure(
+                f"{config.method} returned an unexpected value",
+                kind="assertion",
+                expected=config.expected,
+                actual=result.output,
+                location=self.key_location("expected"),
+                data=data,
+            )
+        return data

@@ -1,0 +1,184 @@
+"""Waiting: a fixed pause, and waiting until nodes agree on a context's state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..client import ZERO_HASH, NodeError
+from ..errors import Problem, StepFailure
+from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .node_steps import outputs_equal
+
+
+class WaitConfig(StepConfig):
+    seconds: float = Field(gt=0, le=24 * 3600)
+    message: str | None = None
+
+
+@register_step
+class Wait(BaseStep):
+    type_name = "wait"
+    Config = WaitConfig
+    summary = "pause for `seconds` (prefer `wait_for_sync` to wait for replication)"
+
+    async def execute(self, config: WaitConfig, run: StepRun) -> dict[str, Any]:
+        if config.message:
+            run.log(config.message)
+        await asyncio.sleep(config.seconds)
+        return {"seconds": config.seconds}
+
+
+class ExpectConfig(BaseModel):
+    """``expect:`` of wait_for_sync: a read every node must agree on."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    args: dict[str, Any] | None = None
+    equals: Any = None
+
+
+class WaitForSyncConfig(StepConfig):
+    context_id: str
+    #: Nodes to compare; all nodes of the run when omitted.
+    nodes: list[str] | str | None = None
+    timeout: float = Field(default=60.0, gt=0)  # type: ignore[assignment]
+    #: Ask each node to sync before polling (and again every few polls).
+    trigger_sync: bool = True
+    initial_check_interval: float = Field(default=0.02, gt=0)
+    check_interval: float = Field(default=0.5, gt=0)
+    backoff_factor: float = Field(default=1.5, ge=1)
+    retry_attempts: int | None = Field(default=None, ge=1)
+    expect: ExpectConfig | None = None
+
+    @model_validator(mode="after")
+    def _intervals(self) -> WaitForSyncConfig:
+        if self.initial_check_interval > self.check_interval:
+            self.check_interval = self.initial_check_interval
+        return self
+
+
+@register_step
+class WaitForSync(BaseStep):
+    type_name = "wait_for_sync"
+    Config = WaitForSyncConfig
+    summary = (
+        "poll `contextStateHash` on the nodes until all are equal → "
+        "`context_state_hash`, `elapsed_seconds`, `hashes`"
+    )
+
+    def check_raw(self, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check_raw(vctx)
+        nodes = self.raw.get("nodes")
+        names = [nodes] if isinstance(nodes, str) else nodes if isinstance(nodes, list) else []
+        for name in names:
+            if isinstance(name, str) and "${" not in name and vctx.all_nodes and name not in vctx.all_nodes:
+                problems.append(self.unknown_node_problem(name, "nodes", vctx))
+        return problems
+
+    async def _execute_with_policy(self, config, run):  # type: ignore[override]
+        # The step's own timeout bounds the polling loop; it reports per-node
+        # hashes instead of a bare "timed out".
+        data = await self.execute(config, run)
+        return data, 1
+
+    async def execute(self, config: WaitForSyncConfig, run: StepRun) -> dict[str, Any]:
+        ctx = run.ctx
+        if config.nodes is None:
+            names = list(ctx.nodes)
+        elif isinstance(config.nodes, str):
+            names = [config.nodes]
+        else:
+            names = list(config.nodes)
+        for name in names:
+            ctx.node(name)
+        if len(names) < 1:
+            raise StepFailure("wait_for_sync needs at least one node", location=self.key_location("nodes"))
+        started = time.perf_counter()
+        deadline = started + config.timeout
+        interval = config.initial_check_interval
+        attempts = 0
+        hashes: dict[str, str | None] = {}
+        errors: dict[str, str] = {}
+
+        async def fetch(name: str) -> None:
+            try:
+                hashes[name] = await ctx.client(name).context_state_hash(
+                    config.context_id, timeout=max(0.5, min(5.0, deadline - time.perf_counter()))
+                )
+                errors.pop(name, None)
+            except NodeError as exc:
+                hashes[name] = None
+                errors[name] = exc.message
+
+        async def trigger(name: str) -> None:
+            try:
+                await ctx.client(name).sync(config.context_id)
+            except NodeError:
+                pass  # a node that cannot sync yet shows up in the hash poll
+
+        while True:
+            attempts += 1
+            if config.trigger_sync and attempts % 10 == 1:
+                await asyncio.gather(*(trigger(n) for n in names))
+            await asyncio.gather(*(fetch(n) for n in names))
+            values = set(hashes.values())
+            converged = (
+                len(values) == 1 and None not in values and ZERO_HASH not in values
+            )
+            if converged and config.expect is not None:
+                converged = await self._expect_matches(config, names, run)
+            if converged:
+                elapsed = time.perf_counter() - started
+                root = next(iter(values))
+                run.log(f"{len(names)} node(s) agree on {root} after {elapsed:.3f}s ({attempts} polls)")
+                return {
+                    "context_state_hash": root,
+                    "elapsed_seconds": round(elapsed, 6),
+                    "hashes": dict(hashes),
+                    "nodes": names,
+                    "polls": attempts,
+                }
+            now = time.perf_counter()
+            if now >= deadline or (config.retry_attempts and attempts >= config.retry_attempts):
+                break
+            await asyncio.sleep(min(interval, max(0.0, deadline - now)))
+            interval = min(interval * config.backoff_factor, config.check_interval)
+        detail = ", ".join(
+            f"{n}={hashes.get(n) or 'unreachable'}" + (f" ({errors[n]})" if n in errors else "")
+            for n in names
+        )
+        reason = "did not converge"
+        if all(h == ZERO_HASH for h in hashes.values()):
+            reason = "has no state yet on any node"
+        raise StepFailure(
+            f"context {config.context_id} {reason} within {config.timeout:g}s: {detail}",
+            kind="sync_timeout",
+            expected="the same contextStateHash on every node",
+            actual=dict(hashes),
+            hint="check that every node joined the context; raise `timeout:` for slow networks",
+            data={"hashes": dict(hashes), "errors": dict(errors), "polls": attempts},
+        )
+
+    async def _expect_matches(self, config: WaitForSyncConfig, names: list[str], run: StepRun) -> bool:
+        expect = config.expect
+        assert expect is not None
+
+        async def read(name: str) -> Any:
+            try:
+                result = await run.ctx.client(name).execute(
+                    config.context_id, expect.method, expect.args or {}
+                )
+                return result.output
+            except NodeError:
+                return _Unreadable
+
+        outputs = await asyncio.gather(*(read(n) for n in names))
+        return all(o is not _Unreadable and outputs_equal(expect.equals, o) for o in outputs)
+
+
+class _Unreadable:
+    pass

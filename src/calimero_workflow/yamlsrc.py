@@ -1,0 +1,265 @@
+"""Safe YAML loading that remembers where every value came from.
+
+Mappings load as :class:`LocatedDict` and sequences as :class:`LocatedList`:
+ordinary ``dict`` and ``list`` objects that also know the line and column of
+themselves, of each key and of each value. Error messages and GitHub
+annotations use these positions; nothing else in the engine needs to care.
+
+``${VAR}`` and ``${VAR:-default}`` are expanded from the environment here, at
+load time, on every string in the file. References that are resolved when a
+step runs (``${results.…}``, ``${nodes.…}``, ``${iteration}``…) are left alone,
+and ``$${…}`` stays a literal ``${…}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Location, Problem, WorkflowValidationError
+
+#: Placeholder names that belong to the run, not to the environment.
+RUNTIME_NAMESPACES = ("results", "nodes", "env", "workflow")
+RUNTIME_NAMES = frozenset(
+    {"iteration", "iteration_index", "total_iterations", "run_id", "workflow_dir"}
+)
+
+_ENV_RE = re.compile(r"\$(\$?)\{([^{}]*)\}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class LocatedDict(dict):
+    """A mapping that knows where it and each of its keys and values start."""
+
+    line: int = 0
+    col: int = 0
+    key_marks: dict[Any, tuple[int, int]]
+    value_marks: dict[Any, tuple[int, int]]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.key_marks = {}
+        self.value_marks = {}
+
+    def key_pos(self, key: Any) -> tuple[int, int]:
+        return self.key_marks.get(key, (self.line, self.col))
+
+    def value_pos(self, key: Any) -> tuple[int, int]:
+        return self.value_marks.get(key, self.key_pos(key))
+
+
+class LocatedList(list):
+    """A sequence that knows where it and each item start."""
+
+    line: int = 0
+    col: int = 0
+    item_marks: list[tuple[int, int]]
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.item_marks = []
+
+    def item_pos(self, index: int) -> tuple[int, int]:
+        if 0 <= index < len(self.item_marks):
+            return self.item_marks[index]
+        return (self.line, self.col)
+
+
+def _pos(mark: yaml.Mark) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader building located containers and refusing duplicate keys."""
+
+    source_file: Path | None = None
+    environ: Mapping[str, str] = {}
+    problems: list[Problem]
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        return super().construct_document(node)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
+    loader.flatten_mapping(node)
+    result = LocatedDict()
+    result.line, result.col = _pos(node.start_mark)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            loader.problems.append(
+                Problem(
+                    f"a mapping key must be a plain value, not {type(key).__name__}",
+                    Location(loader.source_file, *_pos(key_node.start_mark)),
+                )
+            )
+            continue
+        if key in seen:
+            first = _pos(seen[key].start_mark)
+            loader.problems.append(
+                Problem(
+                    f"key {key!r} is given twice in one mapping "
+                    f"(first at line {first[0]}, again at line "
+                    f"{key_node.start_mark.line + 1})",
+                    Location(loader.source_file, *_pos(key_node.start_mark)),
+                    hint="remove one of them; YAML would silently keep only the last",
+                )
+            )
+            continue
+        seen[key] = key_node
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_marks[key] = _pos(key_node.start_mark)
+        result.value_marks[key] = _pos(value_node.start_mark)
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
+    result = LocatedList()
+    result.line, result.col = _pos(node.start_mark)
+    for child in node.value:
+        result.append(loader.construct_object(child, deep=True))
+        result.item_marks.append(_pos(child.start_mark))
+    return result
+
+
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    value = loader.construct_scalar(node)
+    expanded = expand_env(
+        value,
+        loader.environ,
+        location=Location(loader.source_file, *_pos(node.start_mark)),
+        problems=loader.problems,
+    )
+    if expanded is value or node.style is not None:
+        return expanded
+    # An unquoted scalar that expanded to something else is typed as YAML
+    # would type the expanded text: `count: ${N}` with N=3 gives the int 3.
+    if _ENV_RE.fullmatch(value) and isinstance(expanded, str):
+        tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))
+        if tag != "tag:yaml.org,2002:str":
+            return loader.construct_object(
+                yaml.ScalarNode(tag, expanded, node.start_mark, node.end_mark)
+            )
+    return expanded
+
+
+_Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+_Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence
+)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+
+
+def is_runtime_reference(expr: str) -> bool:
+    """Whether ``${expr}`` is resolved when a step runs rather than at load."""
+    head = expr.split(".", 1)[0].strip()
+    if "." in expr and head in RUNTIME_NAMESPACES:
+        return True
+    return expr.strip() in RUNTIME_NAMES
+
+
+def expand_env(
+    value: str,
+    environ: Mapping[str, str],
+    *,
+    location: Location | None = None,
+    problems: list[Problem] | None = None,
+) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in one string.
+
+    Unset variables without a default are reported into ``problems`` (or
+    raised when no list is given) and left in place.
+    """
+    if "$" not in value:
+        return value
+    found: list[Problem] = []
+
+    def replace(match: re.Match[str]) -> str:
+        escaped, expr = match.group(1), match.group(2)
+        if escaped:
+            # Kept escaped; the run-time resolver turns `$${` into `${`.
+            return match.group(0)
+        if is_runtime_reference(expr):
+            return match.group(0)
+        name, sep, default = expr.partition(":-")
+        if not _ENV_NAME_RE.fullmatch(name):
+            found.append(
+                Problem(
+                    f"${{{expr}}} is not a valid reference",
+                    location,
+                    hint="environment variables look like ${NAME} or ${NAME:-default};"
+                    " step results like ${results.<step>.<field>}",
+                )
+            )
+            return match.group(0)
+        if name in environ:
+            return environ[name]
+        if sep:
+            return default
+        found.append(
+            Problem(
+                f"environment variable {name} is not set",
+                location,
+                hint=f"export {name}, pass --env {name}=VALUE, "
+                f"or give a default: ${{{name}:-value}}",
+            )
+        )
+        return match.group(0)
+
+    result = _ENV_RE.sub(replace, value)
+    if found:
+        if problems is None:
+            raise WorkflowValidationError(found)
+        problems.extend(found)
+    return result if result != value else value
+
+
+def load_yaml(
+    text: str, *, source_file: Path | None, environ: Mapping[str, str]
+) -> Any:
+    """Parse one YAML document safely, with positions and env expansion.
+
+    Raises :class:`WorkflowValidationError` listing every problem found.
+    """
+    loader = _Loader(text)
+    loader.source_file = source_file
+    loader.environ = environ
+    loader.problems = []
+    try:
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        location = Location(source_file, *_pos(mark)) if mark else None
+        message = f"{exc.problem or exc.context or 'invalid YAML'}"
+        if exc.context and exc.problem:
+            message = f"{exc.problem} ({exc.context})"
+        hint = None
+        if mark is not None:
+            lines = text.splitlines()
+            if mark.line < len(lines) and "${" in lines[mark.line]:
+                hint = (
+                    "inside [...] or {...} a ${...} value must be quoted: "
+                    "'${NAME}', or use block style"
+                )
+        raise WorkflowValidationError(
+            [Problem(f"YAML syntax error: {message}", location, hint)]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise WorkflowValidationError(
+            [Problem(f"YAML error: {exc}", Location(source_file, 1))]
+        ) from None
+    if loader.problems:
+        raise WorkflowValidationError(loader.problems)
+    return data

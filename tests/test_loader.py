@@ -1,0 +1,168 @@
+"""Loading workflow files: positions, env expansion, validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.errors import WorkflowValidationError
+from calimero_workflow.workflow import load_workflow, parse_workflow
+
+
+def problems_of(text: str, env: dict[str, str] | None = None, file: Path | None = None) -> list[str]:
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=file or Path("wf.yml"), environ=env or {})
+    return [p.render() for p in info.value.problems]
+
+
+MINIMAL = """\
+name: demo
+nodes: {count: 2, prefix: node}
+steps:
+  - name: pause
+    type: wait
+    seconds: 0.01
+"""
+
+
+def test_minimal_workflow_loads_with_count_mode_nodes():
+    wf = parse_workflow(MINIMAL, file=Path("wf.yml"), environ={})
+    assert wf.name == "demo"
+    assert wf.node_names == ["node-1", "node-2"]
+    assert [s.type_name for s in wf.steps] == ["wait"]
+    assert wf.steps[0].location.line == 4
+
+
+def test_explicit_nodes_keep_their_names_and_settings():
+    wf = parse_workflow(
+        "name: x\nnodes:\n  image: img:1\n  alice: {rpc_port: 4001}\n  bob:\nsteps: []\n",
+        environ={},
+    )
+    assert wf.node_names == ["alice", "bob"]
+    assert wf.nodes[0].server_port == 4001
+    assert wf.nodes[1].image == "img:1"
+
+
+def test_unknown_key_is_reported_at_its_line_with_a_suggestion():
+    text = MINIMAL + "  - type: wait\n    seconds: 1\n    mesage: hi\n"
+    (msg,) = problems_of(text)
+    assert msg.startswith("wf.yml:9:5: ")
+    assert "unknown key 'mesage'" in msg
+    assert "did you mean 'message'" in msg
+
+
+def test_duplicate_key_names_both_lines():
+    text = "name: a\nname: b\nnodes: {count: 1}\nsteps: []\n"
+    (msg,) = problems_of(text)
+    assert msg.startswith("wf.yml:2:1: ")
+    assert "first at line 1, again at line 2" in msg
+
+
+def test_unknown_step_type_lists_supported_types():
+    (msg,) = problems_of("name: a\nnodes: {count: 1}\nsteps:\n  - type: instal_application\n")
+    assert "wf.yml:4:11: unknown step type 'instal_application'" in msg
+    assert "did you mean 'install_application'" in msg
+    assert "supported types:" in msg
+
+
+def test_env_expansion_with_default_and_typed_plain_scalars():
+    text = "name: ${NAME:-fallback}\nnodes:\n  count: ${N}\nsteps:\n  - type: wait\n    seconds: ${S}\n"
+    wf = parse_workflow(text, environ={"N": "3", "S": "0.5"})
+    assert wf.name == "fallback"
+    assert len(wf.nodes) == 3
+    assert wf.steps[0].static_config.seconds == 0.5
+
+
+def test_quoted_env_value_stays_a_string():
+    wf = parse_workflow(
+        'name: "${V}"\nnodes: {count: 1}\nsteps: []\n', environ={"V": "123"}
+    )
+    assert wf.name == "123"
+
+
+def test_unset_env_var_is_an_error_at_its_position():
+    (msg,) = problems_of("name: demo\nnodes: {count: 1}\nsteps:\n  - type: wait\n    seconds: ${DELAY}\n")
+    assert msg.startswith("wf.yml:5:14: environment variable DELAY is not set")
+    assert "--env DELAY=VALUE" in msg
+
+
+def test_runtime_references_survive_loading():
+    text = (
+        "name: a\nnodes: {count: 1}\nsteps:\n"
+        "  - {name: s, type: assert, actual: '${results.x.y}', equals: '$${LITERAL}'}\n"
+    )
+    wf = parse_workflow(text, environ={})
+    assert wf.steps[0].raw["actual"] == "${results.x.y}"
+    assert wf.steps[0].raw["equals"] == "$${LITERAL}"
+
+
+def test_env_value_cannot_inject_yaml_structure():
+    wf = parse_workflow(
+        "name: ${EVIL}\nnodes: {count: 1}\nsteps: []\n",
+        environ={"EVIL": "x\nsteps: [{type: script}]"},
+    )
+    assert wf.name == "x\nsteps: [{type: script}]"
+    assert wf.steps == []
+
+
+def test_missing_application_file_is_reported_at_the_path(tmp_path: Path):
+    wf = tmp_path / "wf.yml"
+    wf.write_text("name: a\nnodes: {count: 1}\nsteps:\n  - type: install_application\n    node: calimero-node-1\n    path: ./nope.wasm\n")
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(wf, environ={})
+    (problem,) = info.value.problems
+    assert problem.location.line == 6
+    assert "application file not found: ./nope.wasm" in problem.message
+
+
+def test_yaml_syntax_error_has_a_position():
+    (msg,) = problems_of("name: a\nsteps: [\n")
+    assert msg.startswith("wf.yml:3:")
+    assert "YAML syntax error" in msg
+
+
+def test_yaml_is_loaded_safely():
+    (msg,) = problems_of("name: !!python/object/apply:os.system ['true']\nsteps: []\n")
+    assert "YAML" in msg
+
+
+def test_duplicate_step_names_are_rejected():
+    text = MINIMAL + "  - name: pause\n    type: wait\n    seconds: 1\n"
+    (msg,) = problems_of(text)
+    assert "step name 'pause' is used twice (first at line 4)" in msg
+
+
+def test_invalid_value_type_shows_the_value():
+    (msg,) = problems_of("name: a\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: soon}\n")
+    assert "wf.yml:4:27" in msg and "'soon'" in msg
+
+
+def test_placeholder_values_are_type_checked_only_when_resolved():
+    wf = parse_workflow(
+        "name: a\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: '${results.x.n}'}\n",
+        environ={},
+    )
+    assert wf.steps[0].static_config is None
+
+
+def test_missing_file_and_empty_file():
+    with pytest.raises(WorkflowValidationError, match="workflow file not found"):
+        load_workflow("/nonexistent/wf.yml")
+    (msg,) = problems_of("")
+    assert "must be a YAML mapping" in msg
+
+
+def test_every_problem_is_reported_not_just_the_first():
+    text = "name: a\nnodes: {count: 1}\nsteps:\n  - {type: wait}\n  - {type: nope}\n  - {type: call, node: calimero-node-1}\n"
+    msgs = problems_of(text)
+    assert len(msgs) >= 3
+    assert any("missing required key 'seconds'" in m for m in msgs)
+    assert any("unknown step type 'nope'" in m for m in msgs)
+    assert any("'context_id'" in m for m in msgs)
+
+
+def test_placeholder_in_flow_mapping_gets_a_quoting_hint():
+    (msg,) = problems_of("name: a\nnodes: {count: ${N}}\nsteps: []\n")
+    assert "YAML syntax error" in msg
+    assert "quote" in msg
