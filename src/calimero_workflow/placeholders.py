@@ -171,12 +171,24 @@ class Resolver:
             whole = syntax.pattern.fullmatch(text)
             if whole:
                 return self._lookup(syntax, scope, whole.group(1))
-        for syntax in self.syntaxes:
-            text = syntax.pattern.sub(
-                lambda m, s=syntax: format_embedded(self._lookup(s, scope, m.group(1))),
-                text,
-            )
-        return text.replace("$${", "${")
+        # One pass over the text: escapes and every syntax together, so a
+        # substituted value is never scanned again nor unescaped.
+        alternatives = [r"(?P<esc>\$\$\{)"] + [
+            f"(?P<s{i}>{syntax.pattern.pattern})" for i, syntax in enumerate(self.syntaxes)
+        ]
+        combined = re.compile("|".join(alternatives))
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group("esc"):
+                return "${"
+            for i, syntax in enumerate(self.syntaxes):
+                if match.group(f"s{i}") is not None:
+                    inner = syntax.pattern.fullmatch(match.group(f"s{i}"))
+                    assert inner is not None
+                    return format_embedded(self._lookup(syntax, scope, inner.group(1)))
+            return match.group(0)
+
+        return combined.sub(replace, text)
 
     def resolve(self, value: Any, scope: Scope) -> Any:
         """Return a copy of ``value`` with every placeholder resolved."""

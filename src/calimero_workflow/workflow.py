@@ -224,14 +224,6 @@ def _parse_nodes(
                 )
             )
         return specs
-    if not named_raw:
-        problems.append(
-            Problem(
-                "nodes: no nodes defined",
-                loc,
-                hint="give `count: N` or name the nodes: `nodes: {alice: {}, bob: {}}`",
-            )
-        )
     for name, value in named_raw.items():
         node_loc = Location(file, *raw.key_pos(name)) if isinstance(raw, LocatedDict) else loc
         if not isinstance(name, str) or not _NODE_NAME_RE.match(name):
@@ -388,14 +380,6 @@ def parse_workflow(
             Problem(
                 f"{name!r} is both a local and a remote node",
                 Location(file, *data.value_pos("remote_nodes")),
-            )
-        )
-    if settings is not None and not nodes and not remote and "nodes" not in data:
-        problems.append(
-            Problem(
-                "the workflow defines no nodes",
-                top_loc,
-                hint="add `nodes: {count: 2}` or `remote_nodes:`",
             )
         )
     steps_loc = Location(file, *data.value_pos("steps")) if "steps" in data else top_loc

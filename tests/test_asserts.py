@@ -1,0 +1,181 @@
+"""The assert step, run through the real executor (no nodes needed)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.errors import WorkflowValidationError
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.steps.asserts import StatementError, parse_statement, split_top_level
+from calimero_workflow.workflow import parse_workflow
+
+
+async def run_text(text: str, tmp_path: Path):
+    wf = parse_workflow(textwrap.dedent(text), file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+
+
+@pytest.mark.parametrize(
+    "statement, passes",
+    [
+        ("equal(3, 3)", True),
+        ("equal(3, 3.0)", True),
+        ("equal('3', 3)", True),
+        ("equal(abc, abd)", False),
+        ("not_equal(a, b)", True),
+        ("contains('a,b,c', ',b,')", True),
+        ("contains([1, 2, 3], 2)", True),
+        ("contains([1, 2, 3], 4)", False),
+        ("not_contains('hello', 'z')", True),
+        ("regex('v1.2.3', '^v\\d+\\.\\d+')", True),
+        ("regex('x', '^y')", False),
+        ("is_set('')", False),
+        ("is_empty([])", True),
+        ("10 >= 9", True),
+        ("10 > 10", False),
+        ("2 < 10", True),
+        ("'b' > 'a'", True),
+        ("'a,b' == 'a,b'", True),
+        ("EQUAL(1, 1)", True),
+    ],
+)
+async def test_statement_semantics(statement: str, passes: bool, tmp_path: Path):
+    text = f"""
+    name: t
+    steps:
+      - type: assert
+        statements:
+          - "{statement.replace(chr(92), chr(92) * 2)}"
+    """
+    result = await run_text(text, tmp_path)
+    assert result.passed is passes, result.steps[0].error
+
+
+async def test_placeholders_keep_types_and_commas_in_values(tmp_path: Path):
+    text = """
+    name: t
+    steps:
+      - name: src
+        type: assert
+        actual: {n: 3, text: "a, b", list: [1, 2]}
+        is_set: true
+      - type: assert
+        statements:
+          - equal(${results.src.actual.n}, 3)
+          - contains(${results.src.actual.text}, ", b")
+          - equal(${results.src.actual.list}, [1, 2])
+          - ${results.src.actual.n} >= 3
+    """
+    result = await run_text(text, tmp_path)
+    assert result.passed, result.steps[1].error
+
+
+async def test_failed_statement_reports_its_own_line_expected_and_actual(tmp_path: Path):
+    text = """
+    name: t
+    steps:
+      - name: src
+        type: assert
+        actual: 41
+        less_than: 100
+      - type: assert
+        statements:
+          - equal(1, 1)
+          - equal(${results.src.actual}, 42)
+          - equal(2, 2)
+    """
+    result = await run_text(text, tmp_path)
+    assert not result.passed
+    step = result.steps[1]
+    assert step.error.location.line == 11
+    assert step.error.expected == 42 and step.error.actual == 41
+    assert "equal(${results.src.actual}, 42)" in step.error.message
+    assert step.data["passed"] == 2 and step.data["failed"] == 1
+
+
+@pytest.mark.parametrize(
+    "check, value, actual, passes",
+    [
+        ("equals", '"world"', '"world"', True),
+        ("equals", "1", "2", False),
+        ("not_equals", "1", "2", True),
+        ("contains", '"or"', '"world"', True),
+        ("matches", '"^w.+d$"', '"world"', True),
+        ("greater_than", "5", "6", True),
+        ("less_than", "5", "6", False),
+        ("is_set", "true", "null", False),
+    ],
+)
+async def test_single_checks(check, value, actual, passes, tmp_path: Path):
+    text = f"""
+    name: t
+    steps:
+      - type: assert
+        actual: {actual}
+        {check}: {value}
+    """
+    result = await run_text(text, tmp_path)
+    assert result.passed is passes
+    if not passes:
+        assert result.steps[0].error.location.line == 6
+        assert "expected" in result.steps[0].error.message
+
+
+async def test_non_blocking_failure_continues_but_fails_the_run(tmp_path: Path):
+    text = """
+    name: t
+    steps:
+      - type: assert
+        actual: 1
+        equals: 2
+        non_blocking: true
+      - name: after
+        type: assert
+        actual: 1
+        equals: 1
+    """
+    result = await run_text(text, tmp_path)
+    assert [s.status for s in result.steps] == [Status.FAILED, Status.PASSED]
+    assert result.steps[0].non_blocking
+    assert not result.passed
+
+
+async def test_failure_skips_the_remaining_steps(tmp_path: Path):
+    text = """
+    name: t
+    steps:
+      - {type: assert, actual: 1, equals: 2}
+      - {type: assert, actual: 1, equals: 1}
+    """
+    result = await run_text(text, tmp_path)
+    assert [s.status for s in result.steps] == [Status.FAILED, Status.SKIPPED]
+    assert result.counts() == {"total": 2, "passed": 0, "failed": 1, "skipped": 1}
+
+
+def test_bad_statements_are_validation_errors(tmp_path: Path):
+    text = "name: t\nsteps:\n  - type: assert\n    statements:\n      - equal(1)\n      - frobnicate(1, 2)\n      - just words\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    lines = sorted(p.location.line for p in info.value.problems)
+    assert lines == [5, 6, 7]
+
+
+def test_assert_needs_exactly_one_form(tmp_path: Path):
+    for body in ("    actual: 1\n", "    actual: 1\n    equals: 1\n    contains: 1\n",
+                 "    actual: 1\n    equals: 1\n    statements: [equal(1,1)]\n"):
+        with pytest.raises(WorkflowValidationError):
+            parse_workflow("name: t\nsteps:\n  - type: assert\n" + body, environ={})
+
+
+def test_split_top_level_respects_nesting():
+    assert split_top_level("a, 'b,c', [1,2], {x: 1, y: 2}, ${r.a,b}") == [
+        "a", " 'b,c'", " [1,2]", " {x: 1, y: 2}", " ${r.a,b}"
+    ]
+    with pytest.raises(StatementError):
+        split_top_level("'unterminated")
+    with pytest.raises(StatementError):
+        parse_statement("equal(1, 2, 3)")

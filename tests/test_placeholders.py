@@ -1,0 +1,105 @@
+"""Run-time placeholder resolution."""
+
+from __future__ import annotations
+
+import pytest
+
+from calimero_workflow.errors import PlaceholderError
+from calimero_workflow.placeholders import Resolver, Scope, split_path
+
+
+@pytest.fixture
+def scope() -> Scope:
+    return Scope(
+        results={
+            "install": {"application_id": "app1"},
+            "get": {"output": {"items": [{"name": "a"}, {"name": "b"}], "n": 2}},
+            "raw": {"output": '{"nested": {"k": [10, 20]}}'},
+            "flag": {"output": True},
+        },
+        nodes={"node-1": {"name": "node-1", "url": "http://127.0.0.1:1234"}},
+        variables={"iteration": 3},
+        env={"HOME_DIR": "/h"},
+    )
+
+
+def test_whole_placeholder_keeps_type(scope: Scope):
+    r = Resolver()
+    assert r.resolve("${results.get.output.n}", scope) == 2
+    assert r.resolve("${results.get.output.items}", scope) == [{"name": "a"}, {"name": "b"}]
+    assert r.resolve("${results.flag.output}", scope) is True
+    assert r.resolve("${iteration}", scope) == 3
+
+
+def test_list_indices_in_both_spellings(scope: Scope):
+    r = Resolver()
+    assert r.resolve("${results.get.output.items.1.name}", scope) == "b"
+    assert r.resolve("${results.get.output.items[0].name}", scope) == "a"
+    assert r.resolve("${results.get.output.items[-1].name}", scope) == "b"
+
+
+def test_embedded_placeholders_format_as_text(scope: Scope):
+    r = Resolver()
+    assert r.resolve("app=${results.install.application_id}!", scope) == "app=app1!"
+    assert r.resolve("n=${results.get.output.n} ok=${results.flag.output}", scope) == "n=2 ok=true"
+    assert r.resolve("x${results.get.output.items.0}", scope) == 'x{"name":"a"}'
+
+
+def test_json_text_is_parsed_when_traversed(scope: Scope):
+    assert Resolver().resolve("${results.raw.output.nested.k.1}", scope) == 20
+
+
+def test_nested_structures_are_resolved(scope: Scope):
+    value = {"args": {"key": "${nodes.node-1.url}", "list": ["${iteration}", "lit"]}}
+    assert Resolver().resolve(value, scope) == {
+        "args": {"key": "http://127.0.0.1:1234", "list": [3, "lit"]}
+    }
+
+
+def test_escaped_dollar_is_literal(scope: Scope):
+    assert Resolver().resolve("cost $${results.install.application_id}", scope) == (
+        "cost ${results.install.application_id}"
+    )
+
+
+def test_missing_step_names_existing_ones(scope: Scope):
+    with pytest.raises(PlaceholderError) as info:
+        Resolver().resolve("${results.nope.x}", scope)
+    assert "no results for step 'nope'" in str(info.value)
+    assert "install, get, raw, flag" in info.value.hint
+
+
+def test_missing_field_lists_keys(scope: Scope):
+    with pytest.raises(PlaceholderError) as info:
+        Resolver().resolve("${results.install.app_id}", scope)
+    assert "results.install has no field 'app_id'" in str(info.value)
+    assert "application_id" in info.value.hint
+
+
+def test_missing_node_and_out_of_range(scope: Scope):
+    with pytest.raises(PlaceholderError, match="no node named 'node-9'"):
+        Resolver().resolve("${nodes.node-9.url}", scope)
+    with pytest.raises(PlaceholderError, match="index 5 is out of range"):
+        Resolver().resolve("${results.get.output.items.5}", scope)
+    with pytest.raises(PlaceholderError, match="not an index"):
+        Resolver().resolve("${results.get.output.items.x}", scope)
+
+
+def test_unknown_head_is_an_error(scope: Scope):
+    with pytest.raises(PlaceholderError, match="unknown placeholder"):
+        Resolver().resolve("${whatever}", scope)
+
+
+def test_values_are_never_re_expanded(scope: Scope):
+    s = Scope(results={"a": {"v": "${results.a.v}"}}, nodes={})
+    assert Resolver().resolve("${results.a.v}", s) == "${results.a.v}"
+    assert Resolver().resolve("x ${results.a.v}", s) == "x ${results.a.v}"
+
+
+def test_split_path():
+    assert split_path("a.b[2].c") == ["a", "b", "2", "c"]
+
+
+def test_escapes_inside_substituted_values_are_kept():
+    s = Scope(results={"a": {"v": "$${X}"}}, nodes={})
+    assert Resolver().resolve("pre ${results.a.v} $${Y}", s) == "pre $${X} ${Y}"
