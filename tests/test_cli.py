@@ -1,0 +1,133 @@
+"""The command line: exit codes, messages, result files, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from calimero_workflow.cli import main
+
+PASSING = """\
+name: passing
+steps:
+  - name: a
+    type: assert
+    actual: ${GREETING:-hello}
+    equals: hello
+"""
+
+FAILING = """\
+name: failing
+steps:
+  - name: a
+    type: assert
+    actual: 1
+    equals: 2
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_run_exit_0_and_results_file(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    out = tmp_path / "results.json"
+    report = tmp_path / "report.json"
+    code = main(["run", str(wf), "--results", str(out), "--report", str(report),
+                 "--workdir", str(tmp_path / "w"), "--color", "never"])
+    assert code == 0
+    assert json.loads(out.read_text()) == {"a": {"check": "equals", "actual": "hello", "expected": "hello", "passed": True}}
+    full = json.loads(report.read_text())
+    assert full["status"] == "passed"
+    assert [p["name"] for p in full["phases"]] == [
+        "nuke", "pull_image", "sandbox_start", "deploy_contracts", "nodes_start",
+        "register_remote_nodes", "steps", "on_failure", "cleanup",
+    ]
+    printed = capsys.readouterr().out
+    assert "PASS a [assert]" in printed
+    assert "PASSED passing: 1 passed, 0 failed, 0 skipped" in printed
+
+
+def test_run_exit_1_on_failure(tmp_path: Path, capsys):
+    wf = write(tmp_path, "bad.yml", FAILING)
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1
+    printed = capsys.readouterr().out
+    assert f"{wf}:6:13: expected 1 to equal 2" in printed
+    assert "FAILED failing" in printed
+
+
+def test_env_flag_wins_over_environment(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GREETING", "hello")
+    wf = write(tmp_path, "ok.yml", PASSING)
+    assert main(["run", str(wf), "--env", "GREETING=bye", "--workdir", str(tmp_path / "w")]) == 1
+
+
+def test_exit_2_on_invalid_file_and_bad_flags(tmp_path: Path, capsys):
+    wf = write(tmp_path, "invalid.yml", "name: x\nsteps:\n  - type: wait\n")
+    assert main(["run", str(wf)]) == 2
+    assert f"{wf}:3:5: step 'wait #1' (wait): missing required key 'seconds'" in capsys.readouterr().err
+    assert main(["run", str(wf), "--env", "no-equals"]) == 2
+    assert main(["validate", str(tmp_path / "missing.yml")]) == 2
+    try:
+        main(["run"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("argparse should exit")
+
+
+def test_validate_reports_each_file(tmp_path: Path, capsys):
+    good = write(tmp_path, "good.yml", PASSING)
+    bad = write(tmp_path, "bad.yml", "name: x\nnodes: {count: 0}\nsteps: []\n")
+    assert main(["validate", str(good), str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert f"{good}: ok" in captured.out
+    assert f"{bad}:2:" in captured.err and "count" in captured.err
+
+
+def test_several_files_one_failing(tmp_path: Path):
+    ok = write(tmp_path, "ok.yml", PASSING)
+    bad = write(tmp_path, "bad.yml", FAILING)
+    out = tmp_path / "r.json"
+    assert main(["run", str(ok), str(bad), "--results", str(out), "--workdir", str(tmp_path / "w")]) == 1
+    data = json.loads(out.read_text())
+    assert set(data) == {str(ok), str(bad)}
+
+
+def test_node_text_cannot_drive_the_terminal(tmp_path: Path, capsys):
+    wf = write(tmp_path, "esc.yml", 'name: esc\nsteps:\n  - {type: assert, actual: "\\e[2Jboom", equals: x}\n')
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed
+    assert "\\x1b[2Jboom" in printed
+
+
+def test_sigterm_interrupts_cleans_up_and_exits_130(tmp_path: Path):
+    wf = write(tmp_path, "slow.yml", "name: slow\nsteps:\n  - {type: wait, seconds: 60}\n")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "phase register_remote_nodes" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True and data["status"] == "failed"
+    assert data["phases"][-1]["name"] == "cleanup"
+    assert "INTERRUPTED slow" in rest
