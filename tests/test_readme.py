@@ -1,0 +1,51 @@
+"""The README stays true: commands, step types and their fields."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from calimero_workflow.steps import load_builtin_steps
+from calimero_workflow.steps.base import StepConfig, registry
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _reference_rows() -> dict[str, str]:
+    rows = {}
+    for line in README.splitlines():
+        m = re.match(r"^\| `([a-z_]+)`(?: \(([^)]*)\))? \|(.*)$", line)
+        if m:
+            rows[m.group(1)] = line
+    return rows
+
+
+def test_every_step_type_its_aliases_and_fields_are_documented():
+    load_builtin_steps()
+    rows = _reference_rows()
+    common = set(StepConfig.model_fields)
+    for cls in registry.classes():
+        assert cls.type_name in rows, f"README lacks step type {cls.type_name}"
+        row = rows[cls.type_name]
+        for alias in cls.aliases:
+            assert f"`{alias}`" in row, f"README lacks alias {alias} of {cls.type_name}"
+        for field in set(cls.Config.model_fields) - common:
+            assert f"`{field}`" in row, f"README lacks field {field} of {cls.type_name}"
+
+
+def test_common_step_keys_are_documented():
+    for field in StepConfig.model_fields:
+        assert f"`{field}`" in README or field == "description", field
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"```sh\n(python3 -m pytest[^\n]*)\n```", README)
+    assert command, "README must show the test command"
+    assert command.group(1) in ci
+
+
+def test_readme_example_files_exist():
+    for path in re.findall(r"(examples/[\w./-]+\.yml)", README):
+        assert (ROOT / path).is_file(), path
