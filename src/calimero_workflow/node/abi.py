@@ -131,7 +131,10 @@ def custom_sections(wasm: bytes) -> Iterator[tuple[str, bytes]]:
             name_end = name_start + name_len
             if name_end > end:
                 raise ValueError(f"custom section name at offset {pos} is truncated")
-            yield wasm[name_start:name_end].decode("utf-8", "replace"), wasm[name_end:end]
+            yield (
+                wasm[name_start:name_end].decode("utf-8", "replace"),
+                wasm[name_end:end],
+            )
         pos = end
 
 
@@ -230,7 +233,12 @@ def _verify_pure(signature: bytes, public_key: bytes, message: bytes) -> bool:
     s = int.from_bytes(signature[32:], "little")
     if s >= _L:
         return False
-    h = int.from_bytes(hashlib.sha512(signature[:32] + public_key + message).digest(), "little") % _L
+    h = (
+        int.from_bytes(
+            hashlib.sha512(signature[:32] + public_key + message).digest(), "little"
+        )
+        % _L
+    )
     # Check [s]B - [h]A == R by encoding, the cofactorless equation dalek uses.
     neg_a = ((_P - point_a[0]) % _P, point_a[1], point_a[2], (_P - point_a[3]) % _P)
     candidate = _add(_mul(s, _BASE), _mul(h, neg_a))

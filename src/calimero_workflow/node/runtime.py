@@ -18,6 +18,7 @@ caller to apply, only when :attr:`Outcome.failure` is ``None``.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -79,7 +80,7 @@ class AppLinkError(AppFormatError):
 
 @dataclass(frozen=True)
 class Event:
-    """An event the guest emitted: ``kind`` is the variant name, ``data`` its payload."""
+    """An event the guest emitted: ``kind`` is the variant name, ``data`` the payload."""
 
     kind: str
     data: bytes
@@ -225,33 +226,39 @@ class _Host:
             state.memory = memory
         return state.memory
 
-    def _read(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+    def _span(self, caller: wasmtime.Caller, ptr: int, length: int) -> int:
+        """Bounds-check ``length`` bytes at guest offset ``ptr``; return the host address."""
         memory = self._memory(caller, self._state())
-        if ptr + length > memory.data_len(caller):
+        # Ask for the base each time: memory.grow may have moved it.
+        size = memory.data_len(caller)
+        if ptr + length > size:
             raise _host_error(
-                f"invalid memory access: {length} bytes at offset {ptr} lie outside guest memory"
+                f"invalid memory access: {length} bytes at offset {ptr} lie outside "
+                f"guest memory of {size} bytes"
             )
-        if length == 0:
-            return b""
-        return bytes(memory.read(caller, ptr, ptr + length))
+        return ctypes.addressof(memory.data_ptr(caller).contents) + ptr
+
+    def _read(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+        address = self._span(caller, ptr, length)
+        return ctypes.string_at(address, length) if length else b""
 
     def _write(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
-        memory = self._memory(caller, self._state())
-        if ptr + len(data) > memory.data_len(caller):
-            raise _host_error(
-                f"invalid memory access: {len(data)} bytes at offset {ptr} lie outside guest memory"
-            )
+        address = self._span(caller, ptr, len(data))
         if data:
-            memory.write(caller, data, ptr)
+            ctypes.memmove(address, data, len(data))
 
     def _buffer(self, caller: wasmtime.Caller, desc_ptr: int) -> tuple[int, int]:
         ptr, length = abi.BUFFER.unpack(self._read(caller, desc_ptr, abi.BUFFER.size))
         return ptr, length
 
-    def _buffer_bytes(self, caller: wasmtime.Caller, desc_ptr: int, limit: int, what: str) -> bytes:
+    def _buffer_bytes(
+        self, caller: wasmtime.Caller, desc_ptr: int, limit: int, what: str
+    ) -> bytes:
         ptr, length = self._buffer(caller, desc_ptr)
         if length > limit:
-            raise _host_error(f"{what} of {length} bytes exceeds the {limit}-byte limit")
+            raise _host_error(
+                f"{what} of {length} bytes exceeds the {limit}-byte limit"
+            )
         return self._read(caller, ptr, length)
 
     def _set_register(self, register_id: int, data: bytes) -> None:
@@ -275,7 +282,9 @@ class _Host:
         return state.storage.get(key)
 
     def _storage_key(self, caller: wasmtime.Caller, desc_ptr: int) -> bytes:
-        return self._buffer_bytes(caller, desc_ptr, LIMITS.max_storage_key_size, "storage key")
+        return self._buffer_bytes(
+            caller, desc_ptr, LIMITS.max_storage_key_size, "storage key"
+        )
 
     # -- registers and input ----------------------------------------------------
 
@@ -287,7 +296,9 @@ class _Host:
         # u64::MAX for "unset"; wasmtime-py wants the i64 bit pattern.
         return -1 if data is None else len(data)
 
-    def read_register(self, caller: wasmtime.Caller, register_id: int, desc_ptr: int) -> int:
+    def read_register(
+        self, caller: wasmtime.Caller, register_id: int, desc_ptr: int
+    ) -> int:
         data = self._state().registers.get(register_id)
         if data is None:
             raise _host_error(f"invalid register id: {register_id} (register is unset)")
@@ -329,12 +340,16 @@ class _Host:
     def log_utf8(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
         outcome = self._state().outcome
         if len(outcome.logs) >= LIMITS.max_logs:
-            raise _host_error(f"too many log lines: the limit is {LIMITS.max_logs} per call")
+            raise _host_error(
+                f"too many log lines: the limit is {LIMITS.max_logs} per call"
+            )
         raw = self._buffer_bytes(caller, desc_ptr, LIMITS.max_log_size, "log line")
         try:
             outcome.logs.append(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise _host_error(f"log line is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+            raise _host_error(
+                f"log line is not valid UTF-8: {exc.reason} at byte {exc.start}"
+            ) from None
 
     def _location(self, caller: wasmtime.Caller, loc_ptr: int) -> str:
         file_ptr, file_len, line, column = abi.LOCATION.unpack(
@@ -350,16 +365,22 @@ class _Host:
         except UnicodeDecodeError:
             raise _host_error("panic message is not valid UTF-8") from None
         location = self._location(caller, loc_ptr)
-        raise _HostAbort(ExecutionFailure("Panic", f"guest panicked: {message} at {location}"))
+        raise _HostAbort(
+            ExecutionFailure("Panic", f"guest panicked: {message} at {location}")
+        )
 
     def panic(self, caller: wasmtime.Caller, loc_ptr: int) -> None:
         location = self._location(caller, loc_ptr)
-        raise _HostAbort(ExecutionFailure("Panic", f"guest panicked: explicit panic at {location}"))
+        raise _HostAbort(
+            ExecutionFailure("Panic", f"guest panicked: explicit panic at {location}")
+        )
 
     def emit(self, caller: wasmtime.Caller, event_ptr: int) -> None:
         outcome = self._state().outcome
         if len(outcome.events) >= LIMITS.max_events:
-            raise _host_error(f"too many events: the limit is {LIMITS.max_events} per call")
+            raise _host_error(
+                f"too many events: the limit is {LIMITS.max_events} per call"
+            )
         kind_ptr, kind_len, data_ptr, data_len = abi.EVENT.unpack(
             self._read(caller, event_ptr, abi.EVENT.size)
         )
@@ -385,14 +406,20 @@ class _Host:
             raise _host_error("commit called more than once in one execution")
         root_addr, root_len = self._buffer(caller, root_ptr)
         if root_len != 32:
-            raise _host_error(f"commit: the root hash must be exactly 32 bytes, got {root_len}")
+            raise _host_error(
+                f"commit: the root hash must be exactly 32 bytes, got {root_len}"
+            )
         root = self._read(caller, root_addr, root_len)
-        artifact = self._buffer_bytes(caller, artifact_ptr, LIMITS.max_artifact_size, "artifact")
+        artifact = self._buffer_bytes(
+            caller, artifact_ptr, LIMITS.max_artifact_size, "artifact"
+        )
         state.committed = True
         state.outcome.root_hash = root
         state.outcome.artifact = artifact
 
-    def storage_read(self, caller: wasmtime.Caller, key_ptr: int, register_id: int) -> int:
+    def storage_read(
+        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+    ) -> int:
         value = self._storage_get(self._storage_key(caller, key_ptr))
         if value is None:
             return 0
@@ -413,7 +440,9 @@ class _Host:
         self._set_register(register_id, old)
         return 1
 
-    def storage_remove(self, caller: wasmtime.Caller, key_ptr: int, register_id: int) -> int:
+    def storage_remove(
+        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+    ) -> int:
         key = self._storage_key(caller, key_ptr)
         old = self._storage_get(key)
         if old is None:
@@ -427,7 +456,9 @@ class _Host:
     def time_now(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
         ptr, length = self._buffer(caller, desc_ptr)
         if length != 8:
-            raise _host_error(f"time_now: the buffer must be 8 bytes long, got {length}")
+            raise _host_error(
+                f"time_now: the buffer must be 8 bytes long, got {length}"
+            )
         now = self._state().clock() & U64_MAX
         self._write(caller, ptr, now.to_bytes(8, "little"))
 
@@ -451,7 +482,9 @@ class _Host:
                 f"ed25519_verify: invalid public key {public_key.hex()} "
                 "(must be 32 bytes encoding a curve point)"
             )
-        message = self._buffer_bytes(caller, msg_ptr, LIMITS.max_register_size, "message")
+        message = self._buffer_bytes(
+            caller, msg_ptr, LIMITS.max_register_size, "message"
+        )
         return 1 if abi.ed25519_verify(signature, public_key, message) else 0
 
     # -- wiring --------------------------------------------------------------------
@@ -459,7 +492,11 @@ class _Host:
     def define(self, linker: wasmtime.Linker) -> None:
         for name, (params, results) in abi.HOST_FUNCTIONS.items():
             linker.define_func(
-                "env", name, _func_type(params, results), self._guarded(name), access_caller=True
+                "env",
+                name,
+                _func_type(params, results),
+                self._guarded(name),
+                access_caller=True,
             )
 
     def _guarded(self, name: str) -> Callable[..., Any]:
@@ -476,7 +513,9 @@ class _Host:
             except Exception as exc:
                 # A bug of ours must not be mistaken for guest misbehaviour.
                 logger.exception("host function env.%s failed", name)
-                failure = ExecutionFailure("HostError", f"internal error in env.{name}: {exc}")
+                failure = ExecutionFailure(
+                    "HostError", f"internal error in env.{name}: {exc}"
+                )
                 self._state().abort = failure
                 raise _HostAbort(failure) from exc
 
@@ -511,7 +550,10 @@ def _trap_failure(exc: BaseException, gas_limit: int) -> ExecutionFailure:
     # backtrace that only helps someone holding the module's source.
     text = str(getattr(exc, "message", None) or exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
-    return ExecutionFailure("Trap", first.removeprefix("wasm trap: ").removeprefix("error while executing at "))
+    return ExecutionFailure(
+        "Trap",
+        first.removeprefix("wasm trap: ").removeprefix("error while executing at "),
+    )
 
 
 def _valid_method_name(method: str) -> bool:
@@ -593,8 +635,17 @@ class AppModule:
         Returns:
             The :class:`Outcome`; a guest failure is reported in
             ``Outcome.failure``, never raised.
+
+        Raises:
+            ValueError: ``context_id`` or ``executor_id`` is not 32 bytes.
         """
         started = time.perf_counter()
+        for name, value in (("context_id", context_id), ("executor_id", executor_id)):
+            if len(value) != 32:
+                raise ValueError(
+                    f"{name} must be 32 raw bytes, got {len(value)} ({bytes(value)[:40]!r}); "
+                    "decode base58/hex ids before calling run()"
+                )
         state = _CallState(
             bytes(input),
             storage,
@@ -649,7 +700,9 @@ class AppModule:
                 merge(store)
             except Exception as exc:
                 # merod ignores this failure too; note it for whoever debugs an app.
-                logger.debug("%s failed (ignored): %s", _REGISTER_MERGE, state.abort or exc)
+                logger.debug(
+                    "%s failed (ignored): %s", _REGISTER_MERGE, state.abort or exc
+                )
                 state.abort = None
 
         func = exports[method]
@@ -745,7 +798,9 @@ class WasmRuntime:
                     f"the module imports its memory ({name}); Calimero apps must define and "
                     "export their own memory (build without --import-memory)"
                 )
-            expected = abi.HOST_FUNCTIONS.get(imp.name or "") if imp.module == "env" else None
+            expected = (
+                abi.HOST_FUNCTIONS.get(imp.name or "") if imp.module == "env" else None
+            )
             if expected is None or not isinstance(ty, wasmtime.FuncType):
                 unknown.append(name)
                 continue
@@ -759,12 +814,17 @@ class WasmRuntime:
             parts = []
             if unknown:
                 parts.append(
-                    "imports the node does not provide: " + ", ".join(unknown)
+                    "imports the node does not provide: "
+                    + ", ".join(unknown)
                     + " (merod refuses to link such a module; rebuild against a current SDK)"
                 )
             if mismatched:
-                parts.append("imports with the wrong signature: " + "; ".join(mismatched))
-            raise AppLinkError("cannot link the module: " + "; ".join(parts), unknown, mismatched)
+                parts.append(
+                    "imports with the wrong signature: " + "; ".join(mismatched)
+                )
+            raise AppLinkError(
+                "cannot link the module: " + "; ".join(parts), unknown, mismatched
+            )
 
     @staticmethod
     def _classify_exports(
@@ -802,7 +862,11 @@ class WasmRuntime:
 
 def _read_abi(wasm: bytes) -> dict[str, Any] | None:
     try:
-        sections = [payload for name, payload in abi.custom_sections(wasm) if name == ABI_SECTION]
+        sections = [
+            payload
+            for name, payload in abi.custom_sections(wasm)
+            if name == ABI_SECTION
+        ]
     except ValueError as exc:
         logger.warning("cannot read custom sections: %s", exc)
         return None

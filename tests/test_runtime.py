@@ -1,0 +1,878 @@
+"""The wasm host runtime: every `env` host function, linking rules, failures.
+
+Most probes are WAT modules (no compiler needed, exact control over the ABI);
+``tests/wasm/*.c`` checks the same functions as a C app declares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import wasmtime
+
+from calimero_workflow.node import abi
+from calimero_workflow.node.runtime import (
+    DATA_REGISTER,
+    AppFormatError,
+    AppLinkError,
+    AppModule,
+    Event,
+    Outcome,
+    WasmRuntime,
+)
+
+# Fixtures (runtime, c_test_wasm) live in tests/wasm_fixtures.py.
+pytest_plugins = ["wasm_fixtures"]
+
+CTX = bytes(range(32))
+EXECUTOR = bytes(range(100, 132))
+
+# The import surface as written in the reference (calimero-node-api.md §3.1),
+# deliberately not generated from the runtime's own table.
+IMPORTS = """
+(import "env" "input" (func $input (param i64)))
+(import "env" "register_len" (func $register_len (param i64) (result i64)))
+(import "env" "read_register" (func $read_register (param i64 i64) (result i32)))
+(import "env" "value_return" (func $value_return (param i64)))
+(import "env" "log_utf8" (func $log_utf8 (param i64)))
+(import "env" "panic_utf8" (func $panic_utf8 (param i64 i64)))
+(import "env" "panic" (func $panic (param i64)))
+(import "env" "emit" (func $emit (param i64)))
+(import "env" "context_id" (func $context_id (param i64)))
+(import "env" "executor_id" (func $executor_id (param i64)))
+(import "env" "account_id" (func $account_id (param i64)))
+(import "env" "commit" (func $commit (param i64 i64)))
+(import "env" "storage_read" (func $storage_read (param i64 i64) (result i32)))
+(import "env" "storage_write" (func $storage_write (param i64 i64 i64) (result i32)))
+(import "env" "storage_remove" (func $storage_remove (param i64 i64) (result i32)))
+(import "env" "time_now" (func $time_now (param i64)))
+(import "env" "random_bytes" (func $random_bytes (param i64)))
+(import "env" "ed25519_verify" (func $ed25519_verify (param i64 i64 i64) (result i32)))
+"""
+
+# Memory map used by the probes: 0..127 descriptors, 128..1023 small results,
+# 1024.. constant data, 8192.. buffers.
+HELPERS = """
+(memory (export "memory") 1)
+;; write a Buffer descriptor {ptr, len} at $at
+(func $buf (param $at i32) (param $ptr i32) (param $len i32)
+  (i64.store (local.get $at) (i64.extend_i32_u (local.get $ptr)))
+  (i64.store offset=8 (local.get $at) (i64.extend_i32_u (local.get $len))))
+;; value_return with a discriminant, via a ValueReturn descriptor at 96
+(func $return (param $disc i64) (param $ptr i32) (param $len i32)
+  (i64.store (i32.const 96) (local.get $disc))
+  (call $buf (i32.const 104) (local.get $ptr) (local.get $len))
+  (call $value_return (i64.const 96)))
+(func $ok (param $ptr i32) (param $len i32)
+  (call $return (i64.const 0) (local.get $ptr) (local.get $len)))
+;; return an i64 as 8 little-endian bytes
+(func $ok_i64 (param $v i64)
+  (i64.store (i32.const 128) (local.get $v))
+  (call $ok (i32.const 128) (i32.const 8)))
+;; copy register $r to 8192 and return it
+(func $return_register (param $r i64)
+  (local $n i32)
+  (local.set $n (i32.wrap_i64 (call $register_len (local.get $r))))
+  (call $buf (i32.const 0) (i32.const 8192) (local.get $n))
+  (drop (call $read_register (local.get $r) (i64.const 0)))
+  (call $ok (i32.const 8192) (local.get $n)))
+"""
+
+
+def compile_wat(
+    rt: WasmRuntime, body: str, *, imports: str = IMPORTS, helpers: str = HELPERS
+) -> AppModule:
+    return rt.compile(wasmtime.wat2wasm(f"(module {imports} {helpers} {body})"))
+
+
+def run(module: AppModule, method: str, data: bytes = b"", **kwargs: object) -> Outcome:
+    kwargs.setdefault("storage", {})
+    kwargs.setdefault("context_id", CTX)
+    kwargs.setdefault("executor_id", EXECUTOR)
+    return module.run(method, data, **kwargs)  # type: ignore[arg-type]
+
+
+def ok(outcome: Outcome) -> Outcome:
+    assert outcome.failure is None, outcome.failure
+    return outcome
+
+
+def host_error(outcome: Outcome) -> str:
+    assert outcome.failure is not None, "expected the call to fail"
+    assert outcome.failure.kind == "HostError", outcome.failure
+    return outcome.failure.message
+
+
+# --- registers and input ------------------------------------------------------------
+
+
+def test_input_lands_in_the_requested_register(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func (export "echo")
+      (call $input (i64.const 0xFFFFFFFE))
+      (call $return_register (i64.const 0xFFFFFFFE)))
+    (func (export "echo_reg3")
+      (call $input (i64.const 3))
+      (call $return_register (i64.const 3)))
+    """,
+    )
+    assert ok(run(module, "echo", b'{"key":"a"}')).returns == b'{"key":"a"}'
+    assert ok(run(module, "echo_reg3", b"\x00\xff")).returns == b"\x00\xff"
+    assert ok(run(module, "echo", b"")).returns == b""
+    assert DATA_REGISTER == 0xFFFF_FFFE
+
+
+def test_register_len_of_unset_register_is_u64_max(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func (export "len_unset") (call $ok_i64 (call $register_len (i64.const 7))))
+    (func (export "len_set")
+      (call $input (i64.const 7))
+      (call $ok_i64 (call $register_len (i64.const 7))))
+    """,
+    )
+    assert ok(run(module, "len_unset")).returns == b"\xff" * 8
+    assert (
+        int.from_bytes(ok(run(module, "len_set", b"12345")).returns or b"", "little")
+        == 5
+    )
+
+
+def test_read_register_returns_one_on_exact_length_zero_on_mismatch(
+    runtime: WasmRuntime,
+) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func $read_with_len (param $len i32)
+      (call $input (i64.const 1))
+      (call $buf (i32.const 0) (i32.const 8192) (local.get $len))
+      (call $ok_i64 (i64.extend_i32_u (call $read_register (i64.const 1) (i64.const 0)))))
+    (func (export "exact") (call $read_with_len (i32.const 4)))
+    (func (export "short") (call $read_with_len (i32.const 3)))
+    (func (export "long") (call $read_with_len (i32.const 5)))
+    (func (export "unset")
+      (call $buf (i32.const 0) (i32.const 8192) (i32.const 4))
+      (drop (call $read_register (i64.const 9) (i64.const 0))))
+    """,
+    )
+    assert ok(run(module, "exact", b"abcd")).returns == (1).to_bytes(8, "little")
+    assert ok(run(module, "short", b"abcd")).returns == (0).to_bytes(8, "little")
+    assert ok(run(module, "long", b"abcd")).returns == (0).to_bytes(8, "little")
+    assert "invalid register id: 9" in host_error(run(module, "unset"))
+
+
+def test_register_count_is_limited(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func $fill (param $n i64) (local $i i64)
+      (loop $again
+        (call $input (local.get $i))
+        (local.set $i (i64.add (local.get $i) (i64.const 1)))
+        (br_if $again (i64.lt_u (local.get $i) (local.get $n)))))
+    (func (export "regs100") (call $fill (i64.const 100)))
+    (func (export "regs101") (call $fill (i64.const 101)))
+    """,
+    )
+    ok(run(module, "regs100"))
+    assert "too many registers" in host_error(run(module, "regs101"))
+
+
+# --- identity -----------------------------------------------------------------------
+
+
+def test_context_executor_and_account_ids(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func (export "ctx") (call $context_id (i64.const 0xFFFFFFFE)) (call $return_register (i64.const 0xFFFFFFFE)))
+    (func (export "exe") (call $executor_id (i64.const 0xFFFFFFFE)) (call $return_register (i64.const 0xFFFFFFFE)))
+    (func (export "acc") (call $account_id (i64.const 0xFFFFFFFE)) (call $return_register (i64.const 0xFFFFFFFE)))
+    """,
+    )
+    assert ok(run(module, "ctx")).returns == CTX
+    assert ok(run(module, "exe")).returns == EXECUTOR
+    # At HEAD executor_id is a shim for the account id: the same 32 bytes.
+    assert ok(run(module, "acc")).returns == EXECUTOR
+
+
+def test_ids_must_be_32_bytes(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, '(func (export "m"))')
+    with pytest.raises(ValueError, match="context_id must be 32 raw bytes, got 5"):
+        module.run("m", b"", storage={}, context_id=b"short", executor_id=EXECUTOR)
+    with pytest.raises(ValueError, match="executor_id must be 32 raw bytes"):
+        module.run("m", b"", storage={}, context_id=CTX, executor_id=b"x" * 33)
+
+
+# --- value_return ---------------------------------------------------------------------
+
+
+def test_value_return_ok_err_last_call_wins_and_bad_discriminant(
+    runtime: WasmRuntime,
+) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (data (i32.const 1024) "first" "second" "{\\"kind\\":\\"NotFound\\"}")
+    (func (export "nothing"))
+    (func (export "twice")
+      (call $ok (i32.const 1024) (i32.const 5))
+      (call $ok (i32.const 1029) (i32.const 6)))
+    (func (export "err") (call $return (i64.const 1) (i32.const 1035) (i32.const 19)))
+    (func (export "disc2") (call $return (i64.const 2) (i32.const 1024) (i32.const 5)))
+    """,
+    )
+    nothing = ok(run(module, "nothing"))
+    assert nothing.returns is None and not nothing.is_error
+    twice = ok(run(module, "twice"))
+    assert twice.returns == b"second" and not twice.is_error
+    err = ok(run(module, "err"))
+    assert err.is_error and json.loads(err.returns or b"") == {"kind": "NotFound"}
+    assert "invalid discriminant 2" in host_error(run(module, "disc2"))
+
+
+# --- logs -------------------------------------------------------------------------------
+
+
+def test_log_utf8_collects_lines_and_rejects_bad_utf8(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (data (i32.const 1024) "hello" "w\\c3\\b6rld" "\\ff\\fe")
+    (func (export "two")
+      (call $buf (i32.const 0) (i32.const 1024) (i32.const 5)) (call $log_utf8 (i64.const 0))
+      (call $buf (i32.const 0) (i32.const 1029) (i32.const 6)) (call $log_utf8 (i64.const 0)))
+    (func (export "bad")
+      (call $buf (i32.const 0) (i32.const 1035) (i32.const 2)) (call $log_utf8 (i64.const 0)))
+    """,
+    )
+    assert ok(run(module, "two")).logs == ["hello", "wörld"]
+    assert "not valid UTF-8" in host_error(run(module, "bad"))
+
+
+def test_log_limits_line_count_and_size(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func $log_n (param $n i32) (param $len i32) (local $i i32)
+      (call $buf (i32.const 0) (i32.const 8192) (local.get $len))
+      (loop $again
+        (call $log_utf8 (i64.const 0))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $again (i32.lt_u (local.get $i) (local.get $n)))))
+    (func (export "max_lines") (call $log_n (i32.const 1024) (i32.const 1)))
+    (func (export "too_many") (call $log_n (i32.const 1025) (i32.const 1)))
+    (func (export "max_size") (call $log_n (i32.const 1) (i32.const 16384)))
+    (func (export "too_big") (call $log_n (i32.const 1) (i32.const 16385)))
+    """,
+    )
+    assert len(ok(run(module, "max_lines")).logs) == 1024
+    assert "too many log lines" in host_error(run(module, "too_many"))
+    assert ok(run(module, "max_size")).logs == ["\0" * 16384]
+    assert "log line of 16385 bytes" in host_error(run(module, "too_big"))
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+def test_emit_reads_the_event_descriptor(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (data (i32.const 1024) "Inserted" "{\\"key\\":\\"a\\"}")
+    (func (export "one")
+      (call $buf (i32.const 0) (i32.const 1024) (i32.const 8))
+      (call $buf (i32.const 16) (i32.const 1032) (i32.const 11))
+      (call $emit (i64.const 0)))
+    """,
+    )
+    assert ok(run(module, "one")).events == [Event("Inserted", b'{"key":"a"}')]
+
+
+def test_emit_limits(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func $emit_n (param $n i32) (param $kind_len i32) (param $data_len i32) (local $i i32)
+      (call $buf (i32.const 0) (i32.const 8192) (local.get $kind_len))
+      (call $buf (i32.const 16) (i32.const 8192) (local.get $data_len))
+      (loop $again
+        (call $emit (i64.const 0))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $again (i32.lt_u (local.get $i) (local.get $n)))))
+    (func (export "hundred") (call $emit_n (i32.const 100) (i32.const 1) (i32.const 0)))
+    (func (export "too_many") (call $emit_n (i32.const 101) (i32.const 1) (i32.const 0)))
+    (func (export "long_kind") (call $emit_n (i32.const 1) (i32.const 101) (i32.const 0)))
+    (func (export "big_data") (call $emit_n (i32.const 1) (i32.const 1) (i32.const 16385)))
+    """,
+    )
+    assert len(ok(run(module, "hundred")).events) == 100
+    assert "too many events" in host_error(run(module, "too_many"))
+    assert "event kind of 101 bytes" in host_error(run(module, "long_kind"))
+    assert "event data of 16385 bytes" in host_error(run(module, "big_data"))
+
+
+# --- panics -------------------------------------------------------------------------------
+
+
+PANIC_BODY = """
+(data (i32.const 1024) "key not found" "src/lib.rs")
+;; Location {file: Buffer, line: u32, column: u32} at 32
+(func $location
+  (call $buf (i32.const 32) (i32.const 1037) (i32.const 10))
+  (i32.store (i32.const 48) (i32.const 92))
+  (i32.store (i32.const 52) (i32.const 33)))
+(func (export "panic_msg")
+  (call $buf (i32.const 0) (i32.const 1024) (i32.const 13))
+  (call $location)
+  (call $panic_utf8 (i64.const 0) (i64.const 32)))
+(func (export "panic_bare") (call $location) (call $panic (i64.const 32)))
+(func (export "log_then_panic")
+  (call $buf (i32.const 0) (i32.const 1024) (i32.const 3))
+  (call $log_utf8 (i64.const 0))
+  (call $buf (i32.const 64) (i32.const 1024) (i32.const 13))
+  (call $location)
+  (call $panic_utf8 (i64.const 64) (i64.const 32)))
+"""
+
+
+def test_panic_utf8_reports_message_and_location(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, PANIC_BODY)
+    outcome = run(module, "panic_msg")
+    assert outcome.failure is not None
+    assert outcome.failure.kind == "Panic"
+    assert (
+        outcome.failure.message == "guest panicked: key not found at src/lib.rs:92:33"
+    )
+
+
+def test_panic_without_message(runtime: WasmRuntime) -> None:
+    outcome = run(compile_wat(runtime, PANIC_BODY), "panic_bare")
+    assert outcome.failure is not None and outcome.failure.kind == "Panic"
+    assert (
+        outcome.failure.message == "guest panicked: explicit panic at src/lib.rs:92:33"
+    )
+
+
+def test_logs_before_a_panic_are_kept_for_diagnostics(runtime: WasmRuntime) -> None:
+    outcome = run(compile_wat(runtime, PANIC_BODY), "log_then_panic")
+    assert outcome.failure is not None and outcome.logs == ["key"]
+
+
+# --- commit --------------------------------------------------------------------------------
+
+
+COMMIT_BODY = """
+(data (i32.const 1024) "0123456789abcdef0123456789abcdef" "artifact!")
+(func $commit_root (param $root_len i32)
+  (call $buf (i32.const 0) (i32.const 1024) (local.get $root_len))
+  (call $buf (i32.const 16) (i32.const 1056) (i32.const 9))
+  (call $commit (i64.const 0) (i64.const 16)))
+(func $write_k
+  (call $buf (i32.const 32) (i32.const 1056) (i32.const 1))
+  (call $buf (i32.const 48) (i32.const 1056) (i32.const 9))
+  (drop (call $storage_write (i64.const 32) (i64.const 48) (i64.const 5))))
+(func (export "once") (call $write_k) (call $commit_root (i32.const 32)))
+(func (export "twice") (call $write_k) (call $commit_root (i32.const 32)) (call $commit_root (i32.const 32)))
+(func (export "short_root") (call $commit_root (i32.const 31)))
+(func (export "no_commit") (call $write_k))
+"""
+
+
+def test_commit_records_root_and_artifact(runtime: WasmRuntime) -> None:
+    outcome = ok(run(compile_wat(runtime, COMMIT_BODY), "once"))
+    assert outcome.root_hash == b"0123456789abcdef0123456789abcdef"
+    assert outcome.artifact == b"artifact!"
+    assert outcome.writes == {b"a": b"artifact!"}
+
+
+def test_no_commit_means_no_root(runtime: WasmRuntime) -> None:
+    outcome = ok(run(compile_wat(runtime, COMMIT_BODY), "no_commit"))
+    assert outcome.root_hash is None and outcome.artifact == b""
+
+
+def test_commit_twice_is_an_error_and_discards_everything(runtime: WasmRuntime) -> None:
+    outcome = run(compile_wat(runtime, COMMIT_BODY), "twice")
+    assert "commit called more than once" in host_error(outcome)
+    # A failed call must leave nothing to apply.
+    assert (
+        outcome.writes == {} and outcome.root_hash is None and outcome.artifact == b""
+    )
+
+
+def test_commit_root_must_be_32_bytes(runtime: WasmRuntime) -> None:
+    message = host_error(run(compile_wat(runtime, COMMIT_BODY), "short_root"))
+    assert "exactly 32 bytes, got 31" in message
+
+
+# --- storage --------------------------------------------------------------------------------
+
+
+STORAGE_BODY = """
+(data (i32.const 1024) "key" "new-value")
+;; key descriptor at 0, value descriptor at 16
+(func $kv
+  (call $buf (i32.const 0) (i32.const 1024) (i32.const 3))
+  (call $buf (i32.const 16) (i32.const 1027) (i32.const 9)))
+(func (export "read") (call $kv)
+  (if (call $storage_read (i64.const 0) (i64.const 4))
+    (then (call $return_register (i64.const 4)))))
+(func (export "write_returns_old") (call $kv)
+  (if (call $storage_write (i64.const 0) (i64.const 16) (i64.const 4))
+    (then (call $return_register (i64.const 4)))
+    (else (call $ok (i32.const 0) (i32.const 0)))))
+(func (export "write_then_read") (call $kv)
+  (drop (call $storage_write (i64.const 0) (i64.const 16) (i64.const 4)))
+  (drop (call $storage_read (i64.const 0) (i64.const 5)))
+  (call $return_register (i64.const 5)))
+(func (export "remove_then_read") (call $kv)
+  (i64.store (i32.const 128) (i64.extend_i32_u (call $storage_remove (i64.const 0) (i64.const 4))))
+  (i64.store (i32.const 136) (i64.extend_i32_u (call $storage_read (i64.const 0) (i64.const 5))))
+  (call $ok (i32.const 128) (i32.const 16)))
+(func (export "write_then_trap") (call $kv)
+  (drop (call $storage_write (i64.const 0) (i64.const 16) (i64.const 4)))
+  unreachable)
+"""
+
+
+def test_storage_read_present_and_absent(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, STORAGE_BODY)
+    assert ok(run(module, "read", storage={b"key": b"stored"})).returns == b"stored"
+    assert ok(run(module, "read", storage={})).returns is None
+
+
+def test_storage_write_reports_old_value_and_goes_to_the_overlay(
+    runtime: WasmRuntime,
+) -> None:
+    module = compile_wat(runtime, STORAGE_BODY)
+    storage = {b"key": b"old"}
+    outcome = ok(run(module, "write_returns_old", storage=storage))
+    assert outcome.returns == b"old"
+    assert outcome.writes == {b"key": b"new-value"}
+    assert storage == {b"key": b"old"}, "the caller's storage must not be mutated"
+    assert ok(run(module, "write_returns_old", storage={})).returns == b""
+
+
+def test_reads_see_the_calls_own_writes(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, STORAGE_BODY)
+    assert (
+        ok(run(module, "write_then_read", storage={b"key": b"old"})).returns
+        == b"new-value"
+    )
+
+
+def test_storage_remove_marks_deleted_and_hides_the_key(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, STORAGE_BODY)
+    outcome = ok(run(module, "remove_then_read", storage={b"key": b"old"}))
+    removed, read_after = outcome.returns[:8], outcome.returns[8:]  # type: ignore[index]
+    assert int.from_bytes(removed, "little") == 1
+    assert int.from_bytes(read_after, "little") == 0
+    assert outcome.writes == {b"key": None}
+    absent = ok(run(module, "remove_then_read", storage={}))
+    assert absent.returns == bytes(16) and absent.writes == {}
+
+
+def test_failed_call_returns_no_writes(runtime: WasmRuntime) -> None:
+    outcome = run(compile_wat(runtime, STORAGE_BODY), "write_then_trap")
+    assert outcome.failure is not None and outcome.failure.kind == "Trap"
+    assert outcome.writes == {}
+
+
+# --- time, randomness, signatures --------------------------------------------------------------
+
+
+TIME_BODY = """
+(func $time_into (param $len i32)
+  (call $buf (i32.const 0) (i32.const 128) (local.get $len))
+  (call $time_now (i64.const 0))
+  (call $ok (i32.const 128) (i32.const 8)))
+(func (export "now") (call $time_into (i32.const 8)))
+(func (export "now4") (call $time_into (i32.const 4)))
+(func (export "now16") (call $time_into (i32.const 16)))
+(func (export "random")
+  (call $buf (i32.const 0) (i32.const 8192) (i32.const 20))
+  (call $random_bytes (i64.const 0))
+  (call $ok (i32.const 8192) (i32.const 20)))
+"""
+
+
+def test_time_now_writes_u64_le_nanoseconds(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, TIME_BODY)
+    fixed = 1_767_225_600_123_456_789
+    outcome = ok(run(module, "now", clock=lambda: fixed))
+    assert outcome.returns == fixed.to_bytes(8, "little")
+    # Without a clock override it is wall-clock time in ns.
+    real = int.from_bytes(ok(run(module, "now")).returns or b"", "little")
+    assert real > 1_600_000_000 * 10**9
+
+
+@pytest.mark.parametrize("method, length", [("now4", 4), ("now16", 16)])
+def test_time_now_rejects_a_buffer_that_is_not_8_bytes(
+    runtime: WasmRuntime, method: str, length: int
+) -> None:
+    message = host_error(run(compile_wat(runtime, TIME_BODY), method))
+    assert f"must be 8 bytes long, got {length}" in message
+
+
+def test_random_bytes_fills_the_buffer(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, TIME_BODY)
+    assert (
+        ok(run(module, "random", random=lambda n: b"\x07" * n)).returns == b"\x07" * 20
+    )
+    first, second = ok(run(module, "random")).returns, ok(run(module, "random")).returns
+    assert first != second and len(first or b"") == 20
+
+
+VERIFY_BODY = """
+;; input = signature (64) | public key (32) | message
+(func (export "verify") (local $n i32)
+  (call $input (i64.const 1))
+  (local.set $n (i32.wrap_i64 (call $register_len (i64.const 1))))
+  (call $buf (i32.const 0) (i32.const 8192) (local.get $n))
+  (drop (call $read_register (i64.const 1) (i64.const 0)))
+  (call $buf (i32.const 0) (i32.const 8192) (i32.const 64))
+  (call $buf (i32.const 16) (i32.const 8256) (i32.const 32))
+  (call $buf (i32.const 32) (i32.const 8288) (i32.sub (local.get $n) (i32.const 96)))
+  (call $ok_i64 (i64.extend_i32_u
+    (call $ed25519_verify (i64.const 0) (i64.const 16) (i64.const 32)))))
+"""
+
+# RFC 8032 §7.1, TEST 2 (one-byte message 0x72).
+RFC_PUBLIC = bytes.fromhex(
+    "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
+)
+RFC_SIGNATURE = bytes.fromhex(
+    "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+    "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
+)
+
+
+def test_ed25519_verify_valid_tampered_and_bad_key(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, VERIFY_BODY)
+    valid = RFC_SIGNATURE + RFC_PUBLIC + b"\x72"
+    assert ok(run(module, "verify", valid)).returns == (1).to_bytes(8, "little")
+    tampered = RFC_SIGNATURE + RFC_PUBLIC + b"\x73"
+    assert ok(run(module, "verify", tampered)).returns == (0).to_bytes(8, "little")
+    # y = 2 has no x on the curve: not a public key at all, which is a host error.
+    not_a_point = (2).to_bytes(32, "little")
+    assert "invalid public key" in host_error(
+        run(module, "verify", RFC_SIGNATURE + not_a_point + b"\x72")
+    )
+
+
+def test_pure_python_ed25519_agrees_with_cryptography() -> None:
+    ed25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.ed25519")
+    assert abi._verify_pure(RFC_SIGNATURE, RFC_PUBLIC, b"\x72")
+    for i in range(5):
+        key = ed25519.Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes_raw()
+        message = hashlib.sha256(bytes([i])).digest() * i
+        signature = key.sign(message)
+        assert abi.ed25519_public_key_valid(public)
+        assert abi._verify_pure(signature, public, message)
+        assert not abi._verify_pure(signature, public, message + b"!")
+        flipped = bytes([signature[0] ^ 1]) + signature[1:]
+        assert not abi._verify_pure(flipped, public, message)
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+DISPATCH_BODY = """
+(data (i32.const 1024) "merge" "method")
+(global $calls (mut i32) (i32.const 0))
+(func $log (param $ptr i32) (param $len i32)
+  (call $buf (i32.const 0) (local.get $ptr) (local.get $len))
+  (call $log_utf8 (i64.const 0)))
+(func (export "__calimero_register_merge") (call $log (i32.const 1024) (i32.const 5)))
+(func (export "method") (call $log (i32.const 1029) (i32.const 6)))
+(func (export "count")
+  (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+  (call $ok_i64 (i64.extend_i32_u (global.get $calls))))
+(func (export "takes_arg") (param i32))
+(func (export "returns_value") (result i32) (i32.const 1))
+(func (export "__calimero_sync_next"))
+(global (export "not_a_function") i32 (i32.const 0))
+"""
+
+
+def test_register_merge_runs_first(runtime: WasmRuntime) -> None:
+    assert ok(run(compile_wat(runtime, DISPATCH_BODY), "method")).logs == [
+        "merge",
+        "method",
+    ]
+
+
+def test_register_merge_failure_is_ignored(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func (export "__calimero_register_merge") unreachable)
+    (func (export "method") (call $ok_i64 (i64.const 42)))
+    """,
+    )
+    assert ok(run(module, "method")).returns == (42).to_bytes(8, "little")
+
+
+def test_every_call_gets_a_fresh_instance(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, DISPATCH_BODY)
+    counts = [ok(run(module, "count")).returns for _ in range(3)]
+    assert counts == [(1).to_bytes(8, "little")] * 3
+
+
+def test_methods_are_unit_exports_without_internals(runtime: WasmRuntime) -> None:
+    module = compile_wat(runtime, DISPATCH_BODY)
+    assert module.methods == frozenset({"method", "count"})
+    assert module.size > 0 and len(module.sha256) == 64
+
+
+def test_missing_method(runtime: WasmRuntime) -> None:
+    outcome = run(compile_wat(runtime, DISPATCH_BODY), "nope")
+    assert outcome.failure is not None
+    assert (outcome.failure.kind, outcome.failure.message) == (
+        "MethodNotFound",
+        'method "nope" not found',
+    )
+    non_function = run(compile_wat(runtime, DISPATCH_BODY), "not_a_function")
+    assert (
+        non_function.failure is not None
+        and non_function.failure.kind == "MethodNotFound"
+    )
+
+
+@pytest.mark.parametrize("method", ["takes_arg", "returns_value"])
+def test_wrong_signature(runtime: WasmRuntime, method: str) -> None:
+    outcome = run(compile_wat(runtime, DISPATCH_BODY), method)
+    assert outcome.failure is not None and outcome.failure.kind == "InvalidSignature"
+    assert method in outcome.failure.message
+
+
+@pytest.mark.parametrize("method", ["", "has space", "dash-ed", "é", "x" * 257])
+def test_invalid_method_names_are_refused(runtime: WasmRuntime, method: str) -> None:
+    outcome = run(compile_wat(runtime, DISPATCH_BODY), method)
+    assert outcome.failure is not None and outcome.failure.kind == "MethodNotFound"
+    assert "invalid name" in outcome.failure.message
+
+
+def test_internal_exports_are_callable_by_name(runtime: WasmRuntime) -> None:
+    ok(run(compile_wat(runtime, DISPATCH_BODY), "__calimero_sync_next"))
+
+
+# --- traps and gas ---------------------------------------------------------------------------------
+
+
+TRAP_BODY = """
+(func (export "unreachable") unreachable)
+(func (export "oob") (drop (i64.load (i32.const 70000))))
+(func (export "div0") (drop (i32.div_u (i32.const 1) (i32.load (i32.const 200)))))
+(func (export "spin") (loop $forever (br $forever)))
+(func $recurse (export "recurse") (call $recurse))
+(func (export "bad_descriptor") (call $log_utf8 (i64.const 65530)))
+(func (export "bad_buffer")
+  (call $buf (i32.const 0) (i32.const 65000) (i32.const 1000))
+  (call $log_utf8 (i64.const 0)))
+"""
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("unreachable", "unreachable code reached"),
+        ("oob", "memory out of bounds"),
+        ("div0", "integer division by zero"),
+        ("recurse", "stack overflow"),
+    ],
+)
+def test_traps_carry_merods_text(
+    runtime: WasmRuntime, method: str, message: str
+) -> None:
+    outcome = run(compile_wat(runtime, TRAP_BODY), method)
+    assert outcome.failure is not None
+    assert (outcome.failure.kind, outcome.failure.message) == ("Trap", message)
+
+
+def test_fuel_exhaustion_stops_an_infinite_loop() -> None:
+    small = WasmRuntime(gas_limit=1_000_000)
+    outcome = run(compile_wat(small, TRAP_BODY), "spin")
+    assert outcome.failure is not None
+    assert (
+        outcome.failure.message == "execution exhausted its gas limit of 1000000 points"
+    )
+
+
+@pytest.mark.parametrize("method", ["bad_descriptor", "bad_buffer"])
+def test_out_of_bounds_pointers_are_host_errors(
+    runtime: WasmRuntime, method: str
+) -> None:
+    assert "invalid memory access" in host_error(
+        run(compile_wat(runtime, TRAP_BODY), method)
+    )
+
+
+# --- compile-time checks ----------------------------------------------------------------------------
+
+
+def test_unknown_imports_are_refused_by_name(runtime: WasmRuntime) -> None:
+    wat = """(module
+      (import "env" "send_proposal" (func (param i64 i64)))
+      (import "env" "input" (func (param i64)))
+      (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1))"""
+    with pytest.raises(AppLinkError) as info:
+        runtime.compile(wasmtime.wat2wasm(wat))
+    assert info.value.unknown_imports == [
+        "env.send_proposal",
+        "wasi_snapshot_preview1.fd_write",
+    ]
+    assert "env.send_proposal" in str(info.value)
+    assert isinstance(info.value, AppFormatError)
+
+
+def test_known_import_with_wrong_signature_is_refused(runtime: WasmRuntime) -> None:
+    wat = '(module (import "env" "input" (func (param i32))) (memory (export "memory") 1))'
+    with pytest.raises(AppLinkError) as info:
+        runtime.compile(wasmtime.wat2wasm(wat))
+    assert info.value.unknown_imports == []
+    assert "env.input (expected (i64) -> (), got (i32) -> ())" in str(info.value)
+
+
+def test_imported_memory_is_refused(runtime: WasmRuntime) -> None:
+    wat = '(module (import "env" "memory" (memory 1)) (func (export "m")))'
+    with pytest.raises(AppFormatError, match=r"imports its memory \(env.memory\)"):
+        runtime.compile(wasmtime.wat2wasm(wat))
+
+
+def test_module_must_export_memory(runtime: WasmRuntime) -> None:
+    with pytest.raises(AppFormatError, match="does not export a memory"):
+        runtime.compile(wasmtime.wat2wasm('(module (memory 1) (func (export "m")))'))
+
+
+def test_start_export_is_refused(runtime: WasmRuntime) -> None:
+    wat = '(module (memory (export "memory") 1) (func (export "_start")))'
+    with pytest.raises(AppFormatError, match="exports `_start`"):
+        runtime.compile(wasmtime.wat2wasm(wat))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "not a wasm module"),
+        (b"(module)", "not a wasm module"),
+        (b"\0asm\x01\0\0\0\x05", "cannot compile the wasm module"),
+    ],
+)
+def test_not_wasm_is_a_format_error(
+    runtime: WasmRuntime, data: bytes, message: str
+) -> None:
+    with pytest.raises(AppFormatError, match=message) as info:
+        runtime.compile(data)
+    assert not isinstance(info.value, AppLinkError)
+
+
+def _with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
+    def leb(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    body = leb(len(name)) + name.encode() + payload
+    return wasm + b"\0" + leb(len(body)) + body
+
+
+def test_abi_custom_section_is_parsed(runtime: WasmRuntime) -> None:
+    base = wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "m")))'
+    )
+    document = {"schema_version": "wasm-abi/1", "methods": [{"name": "m"}]}
+    module = runtime.compile(
+        _with_custom_section(base, "calimero_abi_v1", json.dumps(document).encode())
+    )
+    assert module.abi == document
+    assert runtime.compile(base).abi is None
+    broken = runtime.compile(
+        _with_custom_section(base, "calimero_abi_v1", b"{not json")
+    )
+    assert broken.abi is None
+
+
+def test_compile_caches_by_content(runtime: WasmRuntime) -> None:
+    wasm = wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "cached")))'
+    )
+    first = runtime.compile(wasm)
+    assert runtime.compile(bytearray(wasm)) is first
+    assert first.sha256 == hashlib.sha256(wasm).hexdigest()
+
+
+# --- the same ABI from C -----------------------------------------------------------------------------
+
+
+def test_c_probe_ids(runtime: WasmRuntime, c_test_wasm: dict[str, bytes]) -> None:
+    module = runtime.compile(c_test_wasm["host_probe"])
+    assert ok(run(module, "ids")).returns == CTX + EXECUTOR + EXECUTOR
+
+
+def test_c_probe_storage(runtime: WasmRuntime, c_test_wasm: dict[str, bytes]) -> None:
+    module = runtime.compile(c_test_wasm["host_probe"])
+    outcome = ok(run(module, "storage", b"k", storage={}))
+    # write(new)=0, write(again)=1 + old "one", read=1 + "two", remove=1, read=0
+    assert outcome.returns == b"\x00\x01one\x01two\x01\x00"
+    assert outcome.writes == {b"k": None}
+
+
+def test_c_probe_environment(
+    runtime: WasmRuntime, c_test_wasm: dict[str, bytes]
+) -> None:
+    module = runtime.compile(c_test_wasm["host_probe"])
+    outcome = ok(
+        run(
+            module,
+            "environment",
+            b'{"x":1}',
+            clock=lambda: 77,
+            random=lambda n: b"r" * n,
+        )
+    )
+    assert outcome.returns == (77).to_bytes(8, "little") + b"r" * 16
+    assert outcome.logs == ["probe says hi"]
+    assert outcome.events == [Event("Probed", b'{"x":1}')]
+
+
+def test_c_probe_verify_and_panic(
+    runtime: WasmRuntime, c_test_wasm: dict[str, bytes]
+) -> None:
+    module = runtime.compile(c_test_wasm["host_probe"])
+    assert (
+        ok(run(module, "verify", RFC_SIGNATURE + RFC_PUBLIC + b"\x72")).returns
+        == b"\x01"
+    )
+    assert (
+        ok(run(module, "verify", RFC_SIGNATURE + RFC_PUBLIC + b"\x00")).returns
+        == b"\x00"
+    )
+    failure = run(module, "fail").failure
+    assert failure is not None
+    assert (
+        failure.message
+        == "guest panicked: probe failed on purpose at tests/wasm/host_probe.c:4242:7"
+    )
+
+
+def test_c_module_with_removed_imports_does_not_link(
+    runtime: WasmRuntime, c_test_wasm: dict[str, bytes]
+) -> None:
+    with pytest.raises(AppLinkError) as info:
+        runtime.compile(c_test_wasm["uses_removed_imports"])
+    assert sorted(info.value.unknown_imports) == [
+        "env.approve_proposal",
+        "env.send_proposal",
+    ]
