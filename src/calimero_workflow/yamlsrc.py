@@ -25,7 +25,17 @@ from .errors import Location, Problem, WorkflowValidationError
 #: Placeholder names that belong to the run, not to the environment.
 RUNTIME_NAMESPACES = ("results", "nodes", "env", "workflow")
 RUNTIME_NAMES = frozenset(
-    {"iteration", "iteration_index", "total_iterations", "run_id", "workflow_dir"}
+    {
+        "iteration",
+        "iteration_index",
+        "iteration_zero_based",
+        "iteration_one_based",
+        "total_iterations",
+        "group_index",
+        "group_name",
+        "run_id",
+        "workflow_dir",
+    }
 )
 
 _ENV_RE = re.compile(r"\$(\$?)\{([^{}]*)\}")
@@ -248,10 +258,11 @@ def load_yaml(
         hint = None
         if mark is not None:
             lines = text.splitlines()
-            if mark.line < len(lines) and "${" in lines[mark.line]:
+            line = lines[mark.line] if mark.line < len(lines) else ""
+            if any(token in line for token in ("${", "{{", ": ", "(")):
                 hint = (
-                    "inside [...] or {...} a ${...} value must be quoted: "
-                    "'${NAME}', or use block style"
+                    "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
+                    "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
                 )
         raise WorkflowValidationError(
             [Problem(f"YAML syntax error: {message}", location, hint)]

@@ -93,7 +93,7 @@ class ConsoleReporter(RunEvents):
         if record.non_blocking:
             extra += " (non-blocking)"
         timing = "" if record.status is Status.SKIPPED else f" {_fmt_duration(record.duration_s)}"
-        self._write(f"{indent}{mark} {sanitize(record.path.rsplit('/', 1)[-1])} [{record.type}]{timing}{extra}")
+        self._write(f"{indent}{mark} {sanitize(record.path)} [{record.type}]{timing}{extra}")
         if record.error is not None:
             err = record.error
             where = f"{err.location}: " if err.location else ""

@@ -385,3 +385,103 @@ def _expected_actual(op: str, values: list[Any]) -> tuple[Any, Any]:
     if len(values) == 1:
         return ("set" if op in ("is_set", "exists") else "empty"), values[0]
     return values[1], values[0]
+
+
+# -- json_assert -----------------------------------------------------------------------
+
+_JSON_FUNCS = {
+    "json_equal": "equal", "equal": "equal",
+    "json_not_equal": "not_equal", "not_equal": "not_equal",
+    "json_subset": "subset", "subset": "subset",
+}
+
+
+class JsonAssertConfig(StepConfig):
+    statements: list[str] = Field(min_length=1)
+    non_blocking: bool = False
+    message: str | None = None
+
+
+def json_subset(part: Any, whole: Any) -> bool:
+    """Whether ``part`` is contained in ``whole``: mappings recursively,
+    lists element-wise in any order, scalars by equality."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(
+            k in whole and json_subset(v, whole[k]) for k, v in part.items()
+        )
+    if isinstance(part, list):
+        return isinstance(whole, list) and all(
+            any(json_subset(p, w) for w in whole) for p in part
+        )
+    return outputs_equal(part, whole)
+
+
+@register_step
+class JsonAssert(Assert):
+    type_name = "json_assert"
+    Config = JsonAssertConfig  # type: ignore[assignment]
+    summary = (
+        "compare JSON values: `statements:` of json_equal(a, b), json_not_equal(a, b), "
+        "json_subset(part, whole)"
+    )
+
+    def check(self, config: StepConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = BaseStep.check(self, config, vctx)
+        for i, text in enumerate(getattr(config, "statements", None) or []):
+            try:
+                self._parse(text)
+            except StatementError as exc:
+                problems.append(Problem(f"statement {text!r}: {exc}", self._statement_location(i)))
+        return problems
+
+    @staticmethod
+    def _parse(text: str) -> tuple[str, list[str]]:
+        call = _CALL_RE.match(text)
+        if not call or call.group(1).lower() not in _JSON_FUNCS:
+            raise StatementError(
+                "use json_equal(a, b), json_not_equal(a, b) or json_subset(part, whole)"
+            )
+        args = split_top_level(call.group(2))
+        if len(args) != 2:
+            raise StatementError(f"{call.group(1)}() takes 2 arguments, got {len(args)}")
+        return _JSON_FUNCS[call.group(1).lower()], [a.strip() for a in args]
+
+    def _json_operand(self, text: str, run: StepRun) -> Any:
+        value = self._operand(text, run)
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise StepFailure(
+                    f"{text.strip()!r} is not JSON: {value[:200]!r}", kind="assertion"
+                ) from None
+        return value
+
+    async def execute(self, config: JsonAssertConfig, run: StepRun) -> dict[str, Any]:  # type: ignore[override]
+        outcomes = []
+        failures = []
+        for i, text in enumerate(config.statements):
+            location = self._statement_location(i)
+            try:
+                op, operands = self._parse(text)
+                left, right = (self._json_operand(o, run) for o in operands)
+            except (StatementError, StepFailure) as exc:
+                raise StepFailure(f"statement {text!r}: {exc}", kind="assertion", location=location) from None
+            if op == "equal":
+                ok = outputs_equal(right, left)
+            elif op == "not_equal":
+                ok = not outputs_equal(right, left)
+            else:
+                ok = json_subset(left, right)
+            outcomes.append({"statement": text, "passed": ok, "values": [left, right], "line": location.line})
+            run.log(f"{'PASS' if ok else 'FAIL'} {text}")
+            if not ok:
+                failures.append((text, left, right, location))
+        data = {"statements": outcomes, "passed": len(outcomes) - len(failures), "failed": len(failures)}
+        if failures:
+            text, left, right, location = failures[0]
+            raise StepFailure(
+                (config.message + ": " if config.message else "") + f"assertion failed: {text}",
+                kind="assertion", expected=right, actual=left, location=location, data=data,
+            )
+        return data

@@ -1,0 +1,262 @@
+"""Control flow: ``repeat`` and ``parallel`` run nested steps.
+
+Nested steps are built and validated with the workflow, so a mistake inside
+a loop is reported at load time at its own line. Any step type may be nested,
+assertions included. A nested step's record is named by its path, e.g.
+``repeat[2]/call set``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import Location, Problem, StepFailure
+from ..results import Status, StepRecord
+from ..yamlsrc import LocatedDict
+from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+
+
+def _nested(parent: BaseStep, key: str, raw: Any, vctx: ValidationContext | None) -> tuple[list[BaseStep], list[Problem]]:
+    from ..workflow import build_steps, validate_steps
+
+    problems: list[Problem] = []
+    where = parent.key_location(key)
+    steps = build_steps(raw, file=parent.file, problems=problems, where=where, what=key)
+    if vctx is not None:
+        problems.extend(validate_steps(steps, vctx))
+    return steps, problems
+
+
+async def run_sequence(
+    steps: list[BaseStep], run: StepRun, prefix: str, variables: dict[str, Any]
+) -> tuple[list[StepRecord], bool]:
+    """Run steps in order under ``prefix``; stop at the first blocking failure."""
+    records: list[StepRecord] = []
+    ok = True
+    for i, step in enumerate(steps):
+        child = StepRun(ctx=run.ctx, path=f"{prefix}/{step.display_name}", variables=variables)
+        record = await step.run(child)
+        records.append(record)
+        if record.status is Status.FAILED:
+            ok = False
+            if not record.non_blocking:
+                for rest in steps[i + 1:]:
+                    records.append(
+                        StepRecord(
+                            name=rest.display_name, type=rest.type_name,
+                            path=f"{prefix}/{rest.display_name}", status=Status.SKIPPED,
+                            location=rest.location,
+                        )
+                    )
+                break
+    return records, ok
+
+
+# -- repeat ----------------------------------------------------------------------------
+
+
+class RepeatConfig(StepConfig):
+    count: int = Field(ge=1, le=1_000_000)
+    steps: list[Any]
+    #: Stop at the first failed iteration (default), or run them all.
+    stop_on_failure: bool = True
+    outputs: dict[str, str] | None = None
+
+
+@register_step
+class Repeat(BaseStep):
+    type_name = "repeat"
+    Config = RepeatConfig
+    deferred_keys = frozenset({"steps"})
+    summary = (
+        "run nested `steps` `count` times with ${iteration} (1-based), ${iteration_index}, "
+        "${total_iterations} → `iterations` (each iteration's named results)"
+    )
+
+    def __init__(self, raw: LocatedDict, *, file, index: int):
+        super().__init__(raw, file=file, index=index)
+        self.children: list[BaseStep] = []
+
+    def validate(self, vctx: ValidationContext) -> list[Problem]:
+        problems = super().validate(vctx)
+        self.children, found = _nested(self, "steps", self.raw.get("steps"), vctx)
+        problems.extend(found)
+        if isinstance(self.raw.get("steps"), list) and not self.raw.get("steps"):
+            problems.append(self.problem("`steps` of a repeat is empty", key="steps"))
+        return problems
+
+    async def execute(self, config: RepeatConfig, run: StepRun) -> dict[str, Any]:
+        iterations: list[dict[str, Any]] = []
+        failed_iterations: list[int] = []
+        started = time.perf_counter()
+        for i in range(config.count):
+            variables = {
+                **run.variables,
+                "iteration": i + 1,
+                "iteration_index": i,
+                "iteration_zero_based": i,
+                "iteration_one_based": i + 1,
+                "total_iterations": config.count,
+            }
+            records, ok = await run_sequence(
+                self.children, run, f"{run.path}[{i + 1}]", variables
+            )
+            run.children.extend(records)
+            iterations.append(
+                {r.name: r.data for r, s in zip(records, self.children, strict=False) if s.explicit_name and r.status is Status.PASSED}
+            )
+            if not ok:
+                failed_iterations.append(i + 1)
+                if config.stop_on_failure:
+                    break
+        elapsed = time.perf_counter() - started
+        data = {
+            "iterations": iterations,
+            "total_iterations": config.count,
+            "completed_iterations": len(iterations),
+            "failed_iterations": failed_iterations,
+            "duration_seconds": round(elapsed, 6),
+        }
+        if failed_iterations:
+            first = failed_iterations[0]
+            raise StepFailure(
+                f"iteration {first} of {config.count} failed"
+                + (f" (and {len(failed_iterations) - 1} more)" if len(failed_iterations) > 1 else ""),
+                kind="nested",
+                location=self.location,
+                data=data,
+            )
+        return data
+
+
+# -- parallel ----------------------------------------------------------------------------
+
+
+class GroupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    steps: list[Any]
+    count: int = Field(default=1, ge=1, le=100_000)
+
+
+class ParallelConfig(StepConfig):
+    groups: list[GroupConfig] = Field(min_length=1)
+    failure_mode: Literal["fail-slow", "fail-fast", "continue-on-error"] = "fail-slow"
+    #: merobox's load shapes; only bursts exist, so the others are refused.
+    mode: Literal["burst"] = "burst"
+    outputs: dict[str, str] | None = None
+
+
+@register_step
+class Parallel(BaseStep):
+    type_name = "parallel"
+    Config = ParallelConfig
+    deferred_keys = frozenset({"groups"})
+    summary = (
+        "run `groups` of steps concurrently (steps inside a group in order); `failure_mode`: "
+        "fail-slow (default), fail-fast, continue-on-error"
+    )
+
+    def __init__(self, raw: LocatedDict, *, file, index: int):
+        super().__init__(raw, file=file, index=index)
+        self.groups: list[tuple[str, list[BaseStep], int]] = []
+
+    def validate(self, vctx: ValidationContext) -> list[Problem]:
+        problems = super().validate(vctx)
+        groups = self.raw.get("groups")
+        if not isinstance(groups, list):
+            return problems
+        for gi, group in enumerate(groups):
+            if not isinstance(group, dict):
+                continue
+            name = group.get("name") if isinstance(group.get("name"), str) else f"group-{gi + 1}"
+            steps, found = _nested(self, "groups", group.get("steps"), vctx)
+            if group.get("steps") is None:
+                line, col = groups.item_pos(gi) if hasattr(groups, "item_pos") else (self.location.line, 1)
+                found = [Problem(f"group {name!r} has no `steps`", Location(self.file, line, col))]
+            problems.extend(found)
+            count = group.get("count", 1)
+            self.groups.append((name, steps, count if isinstance(count, int) else 1))
+        return problems
+
+    async def execute(self, config: ParallelConfig, run: StepRun) -> dict[str, Any]:
+        started = time.perf_counter()
+        durations: dict[str, float] = {}
+        outcome: dict[str, bool] = {}
+        records: dict[str, list[StepRecord]] = {}
+
+        async def run_group(index: int, name: str, steps: list[BaseStep], count: int) -> bool:
+            group_started = time.perf_counter()
+            all_ok = True
+            records[name] = []
+            for rep in range(count):
+                prefix = f"{run.path}/{name}" + (f"[{rep + 1}]" if count > 1 else "")
+                variables = {
+                    **run.variables,
+                    "group_index": index,
+                    "group_name": name,
+                    "iteration": rep + 1,
+                    "iteration_index": rep,
+                }
+                recs, ok = await run_sequence(steps, run, prefix, variables)
+                records[name].extend(recs)
+                if not ok:
+                    all_ok = False
+                    break
+            durations[name] = time.perf_counter() - group_started
+            outcome[name] = all_ok
+            if not all_ok and config.failure_mode == "fail-fast":
+                raise _GroupFailed(name)
+            return all_ok
+
+        tasks = [
+            asyncio.create_task(run_group(i, name, steps, count))
+            for i, (name, steps, count) in enumerate(self.groups)
+        ]
+        cancelled: list[str] = []
+        try:
+            if config.failure_mode == "fail-fast":
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+                cancelled = [self.groups[tasks.index(t)][0] for t in pending]
+            else:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        for name, _, _ in self.groups:
+            run.children.extend(records.get(name, []))
+        passed = [n for n, ok in outcome.items() if ok]
+        failed = [n for n, ok in outcome.items() if not ok]
+        data = {
+            "group_count": len(self.groups),
+            "passed_groups": passed,
+            "failed_groups": failed,
+            "cancelled_groups": cancelled,
+            "durations": {k: round(v, 6) for k, v in durations.items()},
+            "duration_seconds": round(time.perf_counter() - started, 6),
+        }
+        if config.failure_mode == "continue-on-error":
+            if passed:
+                return data
+            raise StepFailure("every group failed", kind="nested", data=data)
+        if failed or cancelled:
+            raise StepFailure(
+                f"group(s) failed: {', '.join(failed)}"
+                + (f"; cancelled: {', '.join(cancelled)}" if cancelled else ""),
+                kind="nested",
+                data=data,
+            )
+        return data
+
+
+class _GroupFailed(Exception):
+    pass
