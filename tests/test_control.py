@@ -1,0 +1,156 @@
+"""repeat, parallel and json_assert through the real executor."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.errors import WorkflowValidationError
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.workflow import parse_workflow
+
+
+async def run_text(text: str, tmp_path: Path):
+    wf = parse_workflow(textwrap.dedent(text), file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+
+
+async def test_repeat_iteration_variables_and_results(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: loop
+            type: repeat
+            count: 3
+            steps:
+              - name: it
+                type: assert
+                actual: ${iteration}
+                equals: ${iteration}
+              - type: assert
+                statements:
+                  - equal(${iteration_index}, ${iteration} - 1)
+                  - equal(${total_iterations}, 3)
+        """,
+        tmp_path,
+    )
+    # `${iteration} - 1` is text, so the second statement fails on purpose;
+    # the first iteration stops the loop.
+    assert not result.passed
+    loop = result.steps[0]
+    assert [c.path for c in loop.children] == ["loop[1]/it", "loop[1]/assert #2"]
+    assert loop.error.message == "iteration 1 of 3 failed"
+
+
+async def test_repeat_passes_and_keeps_each_iteration(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: loop
+            type: repeat
+            count: 4
+            steps:
+              - name: it
+                type: assert
+                actual: ${iteration}
+                less_or_equal: 4
+          - type: assert
+            statements:
+              - equal(${results.loop.iterations.3.it.actual}, 4)
+              - equal(${results.it.actual}, 4)
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    assert len(result.steps[0].children) == 4
+    assert result.counts()["total"] == 5
+
+
+async def test_repeat_stop_on_failure_false_runs_every_iteration(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: loop
+            type: repeat
+            count: 3
+            stop_on_failure: false
+            steps:
+              - {type: assert, actual: "${iteration}", not_equals: 2}
+        """,
+        tmp_path,
+    )
+    loop = result.steps[0]
+    assert [c.status for c in loop.children] == [Status.PASSED, Status.FAILED, Status.PASSED]
+    assert loop.data["failed_iterations"] == [2]
+
+
+def test_nested_mistakes_are_reported_at_their_line(tmp_path: Path):
+    text = "name: t\nsteps:\n  - type: repeat\n    count: 2\n    steps:\n      - type: wait\n        secs: 1\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    lines = {p.location.line for p in info.value.problems}
+    assert 7 in lines
+    assert any("secs" in p.message for p in info.value.problems)
+
+
+@pytest.mark.parametrize("mode, step_status, groups_ran", [
+    ("fail-slow", Status.FAILED, {"slow"}),
+    ("continue-on-error", Status.PASSED, {"slow"}),
+    ("fail-fast", Status.FAILED, set()),
+])
+async def test_parallel_failure_modes(mode, step_status, groups_ran, tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        steps:
+          - name: par
+            type: parallel
+            failure_mode: {mode}
+            groups:
+              - name: bad
+                steps:
+                  - {{type: assert, actual: 1, equals: 2}}
+              - name: slow
+                steps:
+                  - {{type: wait, seconds: 0.3}}
+                  - {{name: after, type: assert, actual: 1, equals: 1}}
+        """,
+        tmp_path,
+    )
+    par = result.steps[0]
+    assert par.status is step_status
+    assert not result.passed  # the failed assertion always counts
+    assert set(par.data.get("passed_groups", [])) == groups_ran
+    if mode == "fail-fast":
+        assert par.data["cancelled_groups"] == ["slow"]
+
+
+async def test_json_assert(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: src
+            type: assert
+            actual: {a: 1, b: [1, 2, {c: x}], s: '{"k": [1,2]}'}
+            is_set: true
+          - type: json_assert
+            statements:
+              - json_equal(${results.src.actual.a}, 1)
+              - 'json_subset({"b": [{"c": "x"}]}, ${results.src.actual})'
+              - 'json_equal(${results.src.actual.s}, {"k": [1, 2]})'
+              - json_not_equal(${results.src.actual.b}, [2, 1])
+          - type: json_assert
+            statements:
+              - 'json_subset({"b": [{"c": "y"}]}, ${results.src.actual})'
+        """,
+        tmp_path,
+    )
+    assert [s.status for s in result.steps] == [Status.PASSED, Status.PASSED, Status.FAILED]
+    assert result.steps[2].error.location.line == 16
