@@ -87,6 +87,7 @@ for app in "${apps[@]}"; do
     target="${out_dir:-$src_dir}/$name"
     "$CLANG" "${CFLAGS[@]}" "${LDFLAGS[@]}" -o "$tmp/$name" "${sources[@]}"
     mv "$tmp/$name" "$target"
+    chmod 644 "$target"   # data, not a program
     if [[ "$mode" == check ]]; then
         if cmp -s "$target" "$src_dir/$name"; then
             echo "ok       $src_dir/$name"

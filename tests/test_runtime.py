@@ -816,11 +816,13 @@ def test_compile_caches_by_content(runtime: WasmRuntime) -> None:
 # --- the same ABI from C -----------------------------------------------------------------------------
 
 
+@pytest.mark.wasm_toolchain
 def test_c_probe_ids(runtime: WasmRuntime, c_test_wasm: dict[str, bytes]) -> None:
     module = runtime.compile(c_test_wasm["host_probe"])
     assert ok(run(module, "ids")).returns == CTX + EXECUTOR + EXECUTOR
 
 
+@pytest.mark.wasm_toolchain
 def test_c_probe_storage(runtime: WasmRuntime, c_test_wasm: dict[str, bytes]) -> None:
     module = runtime.compile(c_test_wasm["host_probe"])
     outcome = ok(run(module, "storage", b"k", storage={}))
@@ -829,6 +831,7 @@ def test_c_probe_storage(runtime: WasmRuntime, c_test_wasm: dict[str, bytes]) ->
     assert outcome.writes == {b"k": None}
 
 
+@pytest.mark.wasm_toolchain
 def test_c_probe_environment(
     runtime: WasmRuntime, c_test_wasm: dict[str, bytes]
 ) -> None:
@@ -847,6 +850,7 @@ def test_c_probe_environment(
     assert outcome.events == [Event("Probed", b'{"x":1}')]
 
 
+@pytest.mark.wasm_toolchain
 def test_c_probe_verify_and_panic(
     runtime: WasmRuntime, c_test_wasm: dict[str, bytes]
 ) -> None:
@@ -867,6 +871,7 @@ def test_c_probe_verify_and_panic(
     )
 
 
+@pytest.mark.wasm_toolchain
 def test_c_module_with_removed_imports_does_not_link(
     runtime: WasmRuntime, c_test_wasm: dict[str, bytes]
 ) -> None:
