@@ -1,0 +1,504 @@
+"""The node's HTTP surface: merod's admin API and JSON-RPC, as a plain ASGI app.
+
+Shapes follow merod at 0.11 (era C, see docs/reference): JSON bodies wrapped in
+``{"data": …}``, camelCase fields, ``{"error": message}`` with a meaningful status
+for failures, base58 ids and hex namespace ids. ``GET /admin-api/peers`` answers
+a bare ``{"count": N}``. JSON-RPC answers are always HTTP 200 with either
+``result`` or an ``error`` object of merod's ``{"type", "data"}`` shapes.
+
+Beyond merod, the execute result (and a FunctionCallError) also carries the
+call's ``logs`` and ``events``, and an app ``Err`` return carries the parsed
+value as ``returnedError`` so callers can show it without decoding byte lists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from .errors import ApiError, RpcError
+from .ids import IdError, b58decode32
+from .logs import node_logger
+
+if TYPE_CHECKING:
+    from .runtime import Outcome
+    from .server import EmbeddedNode
+
+__all__ = ["MAX_BODY_BYTES", "NodeApi", "Request", "Response"]
+
+MAX_BODY_BYTES = 128 * 1024 * 1024
+_METHOD_NAME = re.compile(r"[A-Za-z0-9_]{1,256}")
+_ARGS_LIMIT = 10 * 1024 * 1024
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Request:
+    """What a route handler sees of an HTTP request."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)
+
+    def json(self, *, empty_ok: bool = True) -> dict[str, Any]:
+        """The body as a JSON object; 400 naming the problem otherwise."""
+        if not self.body.strip():
+            if empty_ok:
+                return {}
+            raise ApiError(400, f"{self.method} {self.path} needs a JSON body")
+        try:
+            value = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ApiError(
+                400, f"request body must be a JSON object, got {type(value).__name__}"
+            )
+        return value
+
+
+@dataclass
+class Response:
+    """An HTTP response to send."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Response:
+        return cls(status, json.dumps(value, separators=(",", ":")).encode())
+
+    @classmethod
+    def data(cls, value: Any) -> Response:
+        return cls.json({"data": value})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _rust_debug_bytes(data: bytes) -> str:
+    # How Rust's Debug prints a Vec<u8>; merod embeds it in FunctionCallError text.
+    return "[" + ", ".join(str(b) for b in data) + "]"
+
+
+def _parse_json_or_text(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return data.decode("utf-8", errors="replace")
+
+
+def _events(outcome: Outcome) -> list[dict[str, Any]]:
+    return [
+        {"kind": e.kind, "data": _parse_json_or_text(e.data)} for e in outcome.events
+    ]
+
+
+class NodeApi:
+    """The ASGI application of one :class:`EmbeddedNode`."""
+
+    def __init__(self, node: EmbeddedNode) -> None:
+        self.node = node
+        self.log = node_logger(node.config.name, "api")
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        a = "/admin-api"
+        table: list[tuple[str, str, Handler]] = [
+            ("GET", f"{a}/health", self.health),
+            ("GET", f"{a}/ready", self.ready),
+            ("GET", f"{a}/is-authed", self.health),
+            ("POST", f"{a}/install-dev-application", self.install_dev),
+            ("POST", f"{a}/install-application", self.install_url),
+            ("GET", f"{a}/applications", self.list_apps),
+            ("GET", f"{a}/applications/{{app}}", self.get_app),
+            ("DELETE", f"{a}/applications/{{app}}", self.delete_app),
+            ("GET", f"{a}/applications/{{app}}/abi", self.app_abi),
+            ("POST", f"{a}/namespaces", self.create_namespace),
+            ("GET", f"{a}/namespaces", self.list_namespaces),
+            ("GET", f"{a}/namespaces/{{ns}}", self.get_namespace),
+            ("POST", f"{a}/namespaces/{{ns}}/invite", self.invite),
+            ("POST", f"{a}/namespaces/{{ns}}/join", self.join_namespace),
+            ("POST", f"{a}/contexts", self.create_context),
+            ("GET", f"{a}/contexts", self.list_contexts),
+            ("POST", f"{a}/contexts/sync", self.sync_all),
+            ("POST", f"{a}/contexts/sync/{{ctx}}", self.sync_context),
+            ("GET", f"{a}/contexts/{{ctx}}", self.get_context),
+            ("DELETE", f"{a}/contexts/{{ctx}}", self.delete_context),
+            ("GET", f"{a}/contexts/{{ctx}}/identities", self.identities),
+            ("GET", f"{a}/contexts/{{ctx}}/identities-owned", self.identities_owned),
+            ("POST", f"{a}/contexts/{{ctx}}/join", self.join_context),
+            ("POST", f"{a}/identity/context", self.new_identity),
+            ("GET", f"{a}/identity", self.identity),
+            ("GET", f"{a}/peers", self.peers),
+            ("PUT", f"{a}/blobs", self.put_blob),
+            ("GET", f"{a}/blobs", self.list_blobs),
+            ("GET", f"{a}/blobs/{{blob}}", self.get_blob),
+            ("HEAD", f"{a}/blobs/{{blob}}", self.get_blob),
+            ("DELETE", f"{a}/blobs/{{blob}}", self.delete_blob),
+            ("POST", "/jsonrpc", self.jsonrpc),
+        ]
+        for method, template, handler in table:
+            pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+            self._routes.append((method, re.compile(pattern + "/?"), handler))
+
+    @property
+    def service(self) -> Any:
+        return self.node.service
+
+    # -- ASGI plumbing ---------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        method, path = scope["method"], scope["path"]
+        try:
+            body = await self._read_body(receive)
+            request = Request(
+                method=method,
+                path=path,
+                query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
+                body=body,
+            )
+            response = await self._dispatch(request)
+        except ApiError as exc:
+            response = Response.json({"error": exc.message}, exc.status)
+        except Exception:  # untyped failures are logged, never echoed (as merod)
+            self.log.exception("%s %s failed", method, path)
+            response = Response.json({"error": "Internal server error"}, 500)
+        headers = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+            *response.headers,
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": headers,
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"" if method == "HEAD" else response.body,
+            }
+        )
+        self.log.info(
+            "%s %s %d %.1fms",
+            method,
+            path,
+            response.status,
+            (time.perf_counter() - started) * 1e3,
+        )
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError(
+                    413, f"request body is larger than {MAX_BODY_BYTES} bytes"
+                )
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
+    async def _dispatch(self, request: Request) -> Response:
+        allowed = []
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            request.params = match.groupdict()
+            return await handler(request)
+        if allowed:
+            msg = f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}"
+            return Response.json({"error": msg}, 405)
+        msg = f"no route for {request.method} {request.path}; admin routes live under /admin-api"
+        return Response.json({"error": msg}, 404)
+
+    # -- status --------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return Response.data({"status": "alive"})
+
+    async def ready(self, request: Request) -> Response:
+        if not self.node.running:
+            return Response.json({"data": {"status": "stopping"}}, 503)
+        return Response.data({"status": "ready"})
+
+    async def peers(self, request: Request) -> Response:
+        return Response.json({"count": self.node.peer_count})
+
+    # -- applications ----------------------------------------------------------------
+
+    async def install_dev(self, request: Request) -> Response:
+        app = self.service.install_dev(request.json(empty_ok=False))
+        return Response.data({"applicationId": app.id})
+
+    async def install_url(self, request: Request) -> Response:
+        app = await self.service.install_url(request.json(empty_ok=False))
+        return Response.data({"applicationId": app.id})
+
+    async def list_apps(self, request: Request) -> Response:
+        apps = sorted(self.service.store.apps.values(), key=lambda a: a.installed_at)
+        return Response.data({"apps": [a.to_api() for a in apps]})
+
+    async def get_app(self, request: Request) -> Response:
+        app = self.service.app(request.params["app"])
+        return Response.data({"application": app.to_api() if app else None})
+
+    async def delete_app(self, request: Request) -> Response:
+        self.service.uninstall(request.params["app"])
+        return Response.data({"applicationId": request.params["app"]})
+
+    async def app_abi(self, request: Request) -> Response:
+        app = self.service.require_app(request.params["app"])
+        abi = self.service.module(app).abi
+        if abi is None:
+            msg = f"application {app.id} has no ABI (no calimero_abi_v1 custom section)"
+            raise ApiError(404, msg)
+        return Response.data(abi)
+
+    # -- namespaces ------------------------------------------------------------------
+
+    async def create_namespace(self, request: Request) -> Response:
+        ns = self.service.create_namespace(request.json(empty_ok=False))
+        return Response.data({"namespaceId": ns.id})
+
+    async def list_namespaces(self, request: Request) -> Response:
+        spaces = [n for n in self.service.store.namespaces.values() if n.identity]
+        return Response.data([self.service.namespace_api(n) for n in spaces])
+
+    async def get_namespace(self, request: Request) -> Response:
+        ns = self.service.namespace(request.params["ns"])
+        return Response.data(self.service.namespace_api(ns))
+
+    async def invite(self, request: Request) -> Response:
+        signed = self.service.invite(request.params["ns"], request.json())
+        return Response.data({"invitation": signed})
+
+    async def join_namespace(self, request: Request) -> Response:
+        joined = await self.service.join_namespace(request.params["ns"], request.json())
+        return Response.data(joined)
+
+    # -- contexts --------------------------------------------------------------------
+
+    async def create_context(self, request: Request) -> Response:
+        return Response.data(
+            await self.service.create_context(request.json(empty_ok=False))
+        )
+
+    def _int_query(self, request: Request, name: str, default: int, top: int) -> int:
+        raw = request.query.get(name, [str(default)])[-1]
+        if not raw.isdigit():
+            raise ApiError(
+                400,
+                f"query parameter {name} must be a non-negative integer, got {raw!r}",
+            )
+        return min(int(raw), top)
+
+    async def list_contexts(self, request: Request) -> Response:
+        offset = self._int_query(request, "offset", 0, 1 << 31)
+        limit = self._int_query(request, "limit", 100, 1000)
+        contexts = sorted(
+            self.service.store.contexts.values(), key=lambda c: (c.created_at, c.id)
+        )
+        page = contexts[offset : offset + limit]
+        return Response.data({"contexts": [self.service.context_api(c) for c in page]})
+
+    async def get_context(self, request: Request) -> Response:
+        ctx = self.service.context(request.params["ctx"])
+        return Response.data(self.service.context_api(ctx))
+
+    async def delete_context(self, request: Request) -> Response:
+        self.service.delete_context(request.params["ctx"])
+        return Response.data({"isDeleted": True})
+
+    async def identities(self, request: Request) -> Response:
+        ctx = self.service.context(request.params["ctx"])
+        return Response.data({"identities": sorted(ctx.members)})
+
+    async def identities_owned(self, request: Request) -> Response:
+        ctx = self.service.context(request.params["ctx"])
+        owned = [k for k in sorted(ctx.members) if k in self.service.store.identities]
+        return Response.data({"identities": owned})
+
+    async def join_context(self, request: Request) -> Response:
+        return Response.data(await self.service.join_context(request.params["ctx"]))
+
+    async def sync_all(self, request: Request) -> Response:
+        await self.service.sync.sync_all()
+        return Response.data(None)
+
+    async def sync_context(self, request: Request) -> Response:
+        ctx = self.service.context(request.params["ctx"])
+        await self.service.sync.sync_context(ctx.id)
+        return Response.data(None)
+
+    # -- identities ------------------------------------------------------------------
+
+    async def new_identity(self, request: Request) -> Response:
+        return Response.data({"publicKey": self.service.new_context_identity()})
+
+    async def identity(self, request: Request) -> Response:
+        return Response.data(self.service.node_identity())
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def _blob_id(self, request: Request) -> str:
+        blob_id = request.params["blob"]
+        try:
+            b58decode32(blob_id, "blob id")
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        return blob_id
+
+    async def put_blob(self, request: Request) -> Response:
+        blob_id = self.service.store.put_blob(request.body)
+        return Response.data({"blobId": blob_id, "size": len(request.body)})
+
+    async def list_blobs(self, request: Request) -> Response:
+        sizes = self.service.store.blob_sizes()
+        return Response.data(
+            {"blobs": [{"blobId": k, "size": v} for k, v in sizes.items()]}
+        )
+
+    async def get_blob(self, request: Request) -> Response:
+        blob_id = self._blob_id(request)
+        data = self.service.store.blob(blob_id)
+        if data is None:
+            raise ApiError(404, f"blob {blob_id} not found")
+        return Response(200, data, "application/octet-stream")
+
+    async def delete_blob(self, request: Request) -> Response:
+        blob_id = self._blob_id(request)
+        if not self.service.store.delete_blob(blob_id):
+            raise ApiError(404, f"blob {blob_id} not found")
+        return Response.data({"blobId": blob_id, "deleted": True})
+
+    # -- JSON-RPC ------------------------------------------------------------------------
+
+    async def jsonrpc(self, request: Request) -> Response:
+        req_id: Any = None
+        try:
+            try:
+                envelope = json.loads(request.body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RpcError(
+                    "ParseError", f"request body is not valid JSON: {exc}"
+                ) from None
+            if not isinstance(envelope, dict):
+                raise RpcError("ParseError", "a JSON-RPC request must be a JSON object")
+            req_id = envelope.get("id")
+            if envelope.get("jsonrpc") != "2.0":
+                msg = f'"jsonrpc" must be "2.0", got {envelope.get("jsonrpc")!r}'
+                raise RpcError("ParseError", msg)
+            params = envelope.get("params")
+            if not isinstance(params, dict):
+                raise RpcError(
+                    "ParseError", f'"params" must be an object, got {params!r:.80}'
+                )
+            method = envelope.get("method")
+            if method == "execute":
+                result = await self._execute(params)
+            elif method == "sync_status":
+                result = self._sync_status(params)
+            else:
+                msg = f"unknown JSON-RPC method {method!r}; expected execute or sync_status"
+                raise RpcError("ParseError", msg)
+        except RpcError as exc:
+            return Response.json(
+                {"jsonrpc": "2.0", "id": req_id, "error": exc.to_json()}
+            )
+        return Response.json({"jsonrpc": "2.0", "id": req_id, "result": result})
+
+    async def _execute(self, params: dict[str, Any]) -> dict[str, Any]:
+        ctx_id = params.get("contextId")
+        method = params.get("method")
+        if not isinstance(ctx_id, str):
+            raise RpcError(
+                "ParseError", f'"contextId" must be a base58 string, got {ctx_id!r}'
+            )
+        if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
+            msg = f"invalid method name {method!r}: use 1-256 ASCII letters, digits or '_'"
+            raise RpcError("ParseError", msg)
+        if "argsJson" not in params:
+            raise RpcError(
+                "ParseError", 'missing field "argsJson" (use {} for no arguments)'
+            )
+        args = json.dumps(
+            params["argsJson"], separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        if len(args) > _ARGS_LIMIT:
+            raise RpcError(
+                "ParseError",
+                f"argsJson is {len(args)} bytes; the limit is {_ARGS_LIMIT}",
+            )
+
+        outcome = await self.service.execute(ctx_id, method, args)
+        extras = {"logs": list(outcome.logs), "events": _events(outcome)}
+        if outcome.failure is not None:
+            self.log.info(
+                "execute %s on %s failed: %s", method, ctx_id, outcome.failure.message
+            )
+            raise RpcError("FunctionCallError", outcome.failure.message, **extras)
+        if outcome.is_error:
+            returned = outcome.returns or b""
+            text = f"the method call returned an error: {_rust_debug_bytes(returned)}"
+            raise RpcError(
+                "FunctionCallError",
+                text,
+                returnedError=_parse_json_or_text(returned),
+                **extras,
+            )
+        output = None
+        if outcome.returns is not None:
+            try:
+                output = json.loads(outcome.returns)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RpcError(
+                    "SerdeError", {"message": f"output is not JSON: {exc}"}
+                ) from None
+        return {"output": output, **extras}
+
+    def _sync_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        ctx_id = params.get("contextId")
+        ctx = (
+            self.service.store.contexts.get(ctx_id) if isinstance(ctx_id, str) else None
+        )
+        if ctx is None:
+            raise RpcError("ContextNotFound")
+        return {
+            "contextId": ctx.id,
+            "isInitialized": ctx.initialized,
+            **self.service.sync.status(ctx.id),
+        }

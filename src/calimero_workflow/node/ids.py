@@ -1,0 +1,243 @@
+"""Identifier encodings and keys used by the embedded node.
+
+merod shows 32-byte ids (contexts, applications, public keys, blobs, hashes) as
+base58 strings and group/namespace/account ids as 64 lowercase hex digits. Peer
+ids follow libp2p: base58 of an identity multihash over the protobuf-encoded
+ed25519 public key, which is why they all start with ``12D3KooW``. Keys are
+ed25519 via the ``cryptography`` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+__all__ = [
+    "ZERO_HASH_B58",
+    "IdError",
+    "Keypair",
+    "Multiaddr",
+    "b58decode",
+    "b58decode32",
+    "b58encode",
+    "hex32",
+    "parse_hex32",
+    "parse_multiaddr",
+    "peer_id_from_public_key",
+    "public_key_from_peer_id",
+    "sha256",
+    "verify_signature",
+]
+
+_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_INDEX = {c: i for i, c in enumerate(_ALPHABET)}
+
+#: How merod shows an all-zero hash: the state hash of an uninitialised context.
+ZERO_HASH_B58 = "1" * 32
+
+# libp2p protobuf framing: field 1 (KeyType) = 1 (Ed25519), field 2 = key bytes.
+_PB_PUBLIC_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
+_PB_KEYPAIR_PREFIX = bytes([0x08, 0x01, 0x12, 0x40])
+# Identity multihash (code 0x00) of the 36-byte protobuf public key.
+_PEER_ID_PREFIX = bytes([0x00, 0x24]) + _PB_PUBLIC_PREFIX
+
+
+class IdError(ValueError):
+    """A string is not a valid id of the expected kind."""
+
+
+def b58encode(data: bytes) -> str:
+    """Encode bytes as base58 (Bitcoin alphabet), keeping leading zero bytes as ``1``."""
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    num = int.from_bytes(data, "big")
+    out = []
+    while num:
+        num, rem = divmod(num, 58)
+        out.append(_ALPHABET[rem])
+    return "1" * zeros + "".join(reversed(out))
+
+
+def b58decode(text: str) -> bytes:
+    """Decode a base58 string; raises :class:`IdError` naming the bad character."""
+    num = 0
+    for pos, char in enumerate(text):
+        digit = _INDEX.get(char)
+        if digit is None:
+            msg = f"{text!r} is not base58: bad character {char!r} at position {pos}"
+            raise IdError(msg)
+        num = num * 58 + digit
+    zeros = len(text) - len(text.lstrip("1"))
+    body = num.to_bytes((num.bit_length() + 7) // 8, "big") if num else b""
+    return b"\0" * zeros + body
+
+
+def b58decode32(text: object, what: str = "id") -> bytes:
+    """Decode a base58 id that must be exactly 32 bytes (context, app, key, blob ids)."""
+    if not isinstance(text, str) or not text:
+        raise IdError(f"{what} must be a base58 string of 32 bytes, got {text!r}")
+    raw = b58decode(text)
+    if len(raw) != 32:
+        msg = f"{what} {text!r} decodes to {len(raw)} bytes; expected 32 (base58)"
+        raise IdError(msg)
+    return raw
+
+
+def hex32(data: bytes) -> str:
+    """Lowercase hex of a 32-byte id (namespace, group, account ids)."""
+    return data.hex()
+
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def parse_hex32(text: object, what: str = "id") -> bytes:
+    """Parse a 64-digit hex id (namespace/group/account ids)."""
+    if not isinstance(text, str) or not _HEX64.fullmatch(text):
+        msg = f"{what} must be 64 hex digits (32 bytes), got {text!r}"
+        raise IdError(msg)
+    return bytes.fromhex(text)
+
+
+def sha256(*parts: bytes) -> bytes:
+    """SHA-256 over the concatenation of ``parts``."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """The libp2p peer id (``12D3KooW…``) of an ed25519 public key."""
+    return b58encode(_PEER_ID_PREFIX + public_key)
+
+
+def public_key_from_peer_id(peer_id: str) -> bytes:
+    """The ed25519 public key inside a libp2p peer id; :class:`IdError` if it has none."""
+    raw = b58decode(peer_id)
+    if len(raw) != len(_PEER_ID_PREFIX) + 32 or not raw.startswith(_PEER_ID_PREFIX):
+        msg = (
+            f"peer id {peer_id!r} is not an ed25519 identity peer id "
+            "(expected the 12D3KooW... form)"
+        )
+        raise IdError(msg)
+    return raw[len(_PEER_ID_PREFIX) :]
+
+
+def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """True when ``signature`` is a valid ed25519 signature of ``message``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Keypair:
+    """An ed25519 keypair: 32-byte secret seed and 32-byte public key."""
+
+    secret: bytes
+    public: bytes
+
+    @classmethod
+    def generate(cls) -> Keypair:
+        """A fresh random keypair."""
+        return cls.from_secret(os.urandom(32))
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> Keypair:
+        """The keypair of a 32-byte secret seed."""
+        if len(secret) != 32:
+            raise IdError(f"an ed25519 secret is 32 bytes, got {len(secret)}")
+        key = Ed25519PrivateKey.from_private_bytes(secret)
+        public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return cls(secret=secret, public=public)
+
+    @classmethod
+    def from_libp2p(cls, text: str) -> Keypair:
+        """Parse the base58 protobuf keypair merod writes to ``[identity] keypair``."""
+        raw = b58decode(text)
+        if len(raw) != 68 or not raw.startswith(_PB_KEYPAIR_PREFIX):
+            msg = (
+                f"identity keypair {text[:12]!r}... is not a base58 libp2p ed25519 "
+                "keypair (expected 68 bytes starting 08 01 12 40)"
+            )
+            raise IdError(msg)
+        pair = cls.from_secret(raw[4:36])
+        if pair.public != raw[36:]:
+            raise IdError("identity keypair is corrupt: its public half does not match")
+        return pair
+
+    def to_libp2p(self) -> str:
+        """The base58 protobuf form merod stores in config.toml."""
+        return b58encode(_PB_KEYPAIR_PREFIX + self.secret + self.public)
+
+    @property
+    def peer_id(self) -> str:
+        """This key's libp2p peer id."""
+        return peer_id_from_public_key(self.public)
+
+    @property
+    def public_b58(self) -> str:
+        """The public key as merod shows it (base58)."""
+        return b58encode(self.public)
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte ed25519 signature over ``message``."""
+        return Ed25519PrivateKey.from_private_bytes(self.secret).sign(message)
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Keypair(public={self.public_b58})"
+
+
+@dataclass(frozen=True)
+class Multiaddr:
+    """A dialable TCP address parsed from a multiaddr."""
+
+    host: str
+    port: int
+    peer_id: str | None = None
+
+    def __str__(self) -> str:
+        proto = "ip4" if re.fullmatch(r"[\d.]+", self.host) else "dns4"
+        tail = f"/p2p/{self.peer_id}" if self.peer_id else ""
+        return f"/{proto}/{self.host}/tcp/{self.port}{tail}"
+
+
+def parse_multiaddr(text: str) -> Multiaddr | None:
+    """Parse ``/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port>[/p2p/<peer id>]``.
+
+    Returns None for well-formed addresses on transports we do not speak (QUIC,
+    UDP), so a config copied from real merod still loads; raises :class:`IdError`
+    for anything malformed.
+    """
+    parts = text.strip().split("/")
+    if len(parts) < 5 or parts[0] != "":
+        msg = f"multiaddr {text!r} is malformed; expected /ip4/<ip>/tcp/<port>/p2p/<peer id>"
+        raise IdError(msg)
+    proto, host, transport, port_text = parts[1:5]
+    if proto not in {"ip4", "ip6", "dns", "dns4", "dns6"}:
+        raise IdError(f"multiaddr {text!r}: unsupported address protocol {proto!r}")
+    if transport == "udp":
+        return None
+    if transport != "tcp" or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise IdError(f"multiaddr {text!r}: expected /tcp/<port> after the host")
+    rest = parts[5:]
+    peer_id = None
+    if rest:
+        if len(rest) != 2 or rest[0] != "p2p":
+            raise IdError(
+                f"multiaddr {text!r}: only /p2p/<peer id> may follow the port"
+            )
+        peer_id = rest[1]
+        public_key_from_peer_id(peer_id)
+    return Multiaddr(host=host, port=int(port_text), peer_id=peer_id)

@@ -1,0 +1,816 @@
+"""What one node does, independent of HTTP: the operations behind the admin API.
+
+``NodeService`` installs applications, keeps blobs, manages namespaces,
+invitations, identities and contexts, and executes app methods through the
+shared :class:`~calimero_workflow.node.runtime.WasmRuntime`. Everything that
+talks to other nodes is delegated to :class:`~calimero_workflow.node.sync.Replicator`.
+Errors are raised as :class:`ApiError` (admin API) or :class:`RpcError`
+(JSON-RPC) with messages that name the bad value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import ApiError, RpcError
+from .ids import (
+    IdError,
+    Keypair,
+    b58decode32,
+    b58encode,
+    parse_hex32,
+    sha256,
+    verify_signature,
+)
+from .logs import node_logger
+from .runtime import AppFormatError, AppModule, Outcome, WasmRuntime
+from .store import (
+    ZERO_ROOT,
+    AppRecord,
+    ContextRecord,
+    Delta,
+    NamespaceRecord,
+    NodeStore,
+    delta_id,
+)
+
+if TYPE_CHECKING:
+    from .sync import Replicator
+
+__all__ = [
+    "INVITATION_TTL_S",
+    "MAX_APP_BYTES",
+    "NodeService",
+    "check_public_url",
+    "invitation_message",
+]
+
+#: Default lifetime of a namespace invitation, as in merod (one year).
+INVITATION_TTL_S = 365 * 24 * 3600
+#: Largest application we install (merod's limit is in the same range).
+MAX_APP_BYTES = 64 * 1024 * 1024
+_SYNC_METHOD = "__calimero_sync_next"
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def invitation_message(invitation: Mapping[str, Any]) -> bytes:
+    """The exact bytes an inviter signs: canonical JSON of the invitation."""
+    return json.dumps(invitation, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+        or (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT)
+    )
+
+
+async def check_public_url(url: str, *, allow_private: bool) -> None:
+    """Refuse URLs merod's SSRF guard refuses: non-http(s), localhost, private IPs.
+
+    Host names are resolved and every address is checked. (A name that resolves
+    differently on the second lookup could still slip through; merod has the same
+    window.)
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ApiError(400, f"url {url!r} must be an absolute http:// or https:// URL")
+    if allow_private:
+        return
+    host = parts.hostname.lower()
+    hint = "set CALIMERO_NODE_ALLOW_PRIVATE_URLS=1 on the node to allow it for testing"
+    if host == "localhost" or host.endswith(".localhost"):
+        raise ApiError(
+            400, f"refusing to fetch {url!r}: {host!r} is a local host; {hint}"
+        )
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, parts.port or 443, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise ApiError(
+                400, f"cannot resolve host {host!r} of {url!r}: {exc}"
+            ) from None
+        addresses = [
+            ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos
+        ]
+    for ip in addresses:
+        if _blocked_address(ip):
+            msg = f"refusing to fetch {url!r}: {host!r} is a private address ({ip}); {hint}"
+            raise ApiError(400, msg)
+
+
+def _app_id(blob_id: str, size: int, source: str, metadata: bytes) -> str:
+    # merod hashes borsh((blob, size, source, metadata)); ours is a different but
+    # equally deterministic encoding, so ids are stable across nodes and installs.
+    return b58encode(
+        sha256(
+            b"calimero-app-v1",
+            b58decode32(blob_id),
+            struct.pack("<Q", size),
+            struct.pack("<I", len(source)),
+            source.encode(),
+            metadata,
+        )
+    )
+
+
+def _bytes_field(value: Any, what: str) -> bytes:
+    """A ``Vec<u8>`` JSON field: an array of integers 0-255."""
+    if not isinstance(value, list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in value
+    ):
+        raise ApiError(
+            400, f"{what} must be an array of byte values 0-255, got {value!r:.80}"
+        )
+    return bytes(value)
+
+
+def _ctx_id(text: Any) -> bytes:
+    try:
+        return b58decode32(text, "context id")
+    except IdError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+class NodeService:
+    """The state and local operations of one node."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: NodeStore,
+        runtime: WasmRuntime,
+        keypair: Keypair,
+        allow_private_urls: bool,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.runtime = runtime
+        self.keypair = keypair
+        self.allow_private_urls = allow_private_urls
+        self.replicator: Replicator | None = None
+        self.log = node_logger(name, "service")
+        self._modules: dict[str, AppModule] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def peer_id(self) -> str:
+        return self.keypair.peer_id
+
+    def lock(self, ctx_id: str) -> asyncio.Lock:
+        """The lock serialising executions and state changes of one context."""
+        lock = self._locks.get(ctx_id)
+        if lock is None:
+            lock = self._locks[ctx_id] = asyncio.Lock()
+        return lock
+
+    @property
+    def sync(self) -> Replicator:
+        if self.replicator is None:
+            raise RuntimeError("the node's replicator is not attached")
+        return self.replicator
+
+    # -- applications ------------------------------------------------------------
+
+    def module(self, app: AppRecord) -> AppModule:
+        """The compiled module of an installed app (compiled on first use)."""
+        mod = self._modules.get(app.id)
+        if mod is None:
+            wasm = self.store.blob(app.blob_id)
+            if wasm is None:
+                raise ApiError(500, f"application {app.id} has lost its bytecode blob")
+            mod = self._modules[app.id] = self.runtime.compile(wasm)
+        return mod
+
+    def install_bytes(
+        self,
+        wasm: bytes,
+        *,
+        source: str,
+        metadata: bytes,
+        package: str | None = None,
+        version: str | None = None,
+    ) -> AppRecord:
+        """Install wasm bytes; refuses what merod would refuse to link."""
+        if wasm[:4] == b"PK\x03\x04" or wasm[:2] == b"\x1f\x8b":
+            raise ApiError(
+                400, f"{source}: .mpk bundles are not supported; install the .wasm"
+            )
+        try:
+            mod = self.runtime.compile(wasm)
+        except AppFormatError as exc:
+            raise ApiError(400, f"cannot install {source}: {exc}") from None
+        blob_id = self.store.put_blob(wasm)
+        app_id = _app_id(blob_id, len(wasm), source, metadata)
+        rec = AppRecord(
+            id=app_id,
+            blob_id=blob_id,
+            size=len(wasm),
+            source=source,
+            metadata=list(metadata),
+            package=package,
+            version=version,
+        )
+        self.store.put_app(rec)
+        self._modules[app_id] = mod
+        self.log.info(
+            "installed application %s from %s (%d bytes)", app_id, source, len(wasm)
+        )
+        return rec
+
+    def install_dev(self, body: Mapping[str, Any]) -> AppRecord:
+        """``install-dev-application``: ``path`` is a file on this node's filesystem."""
+        path = body.get("path")
+        if not isinstance(path, str) or not path:
+            raise ApiError(
+                400, f"'path' must be the wasm file's path on the node, got {path!r}"
+            )
+        if "metadata" not in body:
+            raise ApiError(
+                400, "'metadata' is required (an array of bytes; [] for none)"
+            )
+        metadata = _bytes_field(body["metadata"], "metadata")
+        file = Path(path).expanduser()
+        if not file.is_file():
+            msg = (
+                f"application file {path!r} does not exist on node {self.name}; the path "
+                "is read on the node's filesystem, not the caller's"
+            )
+            raise ApiError(400, msg)
+        try:
+            wasm = file.read_bytes()
+        except OSError as exc:
+            raise ApiError(
+                400, f"cannot read application file {path!r}: {exc}"
+            ) from None
+        return self.install_bytes(
+            wasm,
+            source=file.resolve().as_uri(),
+            metadata=metadata,
+            package=body.get("package"),
+            version=body.get("version"),
+        )
+
+    async def install_url(self, body: Mapping[str, Any]) -> AppRecord:
+        """``install-application``: fetch the wasm over HTTP(S), SSRF-guarded."""
+        url = body.get("url")
+        if not isinstance(url, str):
+            raise ApiError(400, f"'url' must be a string, got {url!r}")
+        if "metadata" not in body:
+            raise ApiError(
+                400, "'metadata' is required (an array of bytes; [] for none)"
+            )
+        metadata = _bytes_field(body["metadata"], "metadata")
+        await check_public_url(url, allow_private=self.allow_private_urls)
+        try:
+            # Redirects are not followed: a public URL must not bounce us inward.
+            async with httpx.AsyncClient(follow_redirects=False, timeout=60) as client:
+                async with client.stream("GET", url) as resp:
+                    if resp.status_code != 200:
+                        msg = f"fetching {url!r} failed: HTTP {resp.status_code}"
+                        raise ApiError(400, msg)
+                    chunks, size = [], 0
+                    async for chunk in resp.aiter_bytes():
+                        size += len(chunk)
+                        if size > MAX_APP_BYTES:
+                            msg = f"{url!r} is larger than the {MAX_APP_BYTES}-byte app limit"
+                            raise ApiError(400, msg)
+                        chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise ApiError(400, f"fetching {url!r} failed: {exc}") from None
+        wasm = b"".join(chunks)
+        expected = body.get("hash")
+        if expected is not None and expected != b58encode(sha256(wasm)):
+            msg = f"{url!r} has hash {b58encode(sha256(wasm))}, not the expected {expected!r}"
+            raise ApiError(400, msg)
+        return self.install_bytes(
+            wasm,
+            source=url,
+            metadata=metadata,
+            package=body.get("package"),
+            version=body.get("version"),
+        )
+
+    def app(self, app_id: str) -> AppRecord | None:
+        """An installed application, None if unknown; 400 if the id is malformed."""
+        try:
+            b58decode32(app_id, "application id")
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        return self.store.apps.get(app_id)
+
+    def require_app(self, app_id: Any) -> AppRecord:
+        if not isinstance(app_id, str):
+            raise ApiError(
+                400, f"'applicationId' must be a base58 string, got {app_id!r}"
+            )
+        app = self.app(app_id)
+        if app is None:
+            msg = f"application {app_id} is not installed on node {self.name}; install it first"
+            raise ApiError(404, msg)
+        return app
+
+    def uninstall(self, app_id: str) -> None:
+        self.require_app(app_id)
+        self.store.delete_app(app_id)
+        self._modules.pop(app_id, None)
+        self.log.info("uninstalled application %s", app_id)
+
+    # -- namespaces and invitations ----------------------------------------------
+
+    def _new_identity(self) -> Keypair:
+        pair = Keypair.generate()
+        self.store.add_identity(pair.public, pair.secret)
+        return pair
+
+    def identity_pair(self, public_b58: str) -> Keypair:
+        secret = self.store.identities.get(public_b58)
+        if secret is None:
+            raise ApiError(
+                500, f"this node does not hold the key of identity {public_b58}"
+            )
+        return Keypair.from_secret(secret)
+
+    def namespace(self, ns_id: str) -> NamespaceRecord:
+        try:
+            parse_hex32(ns_id, "namespace id")
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        ns = self.store.namespaces.get(ns_id.lower())
+        if ns is None:
+            raise ApiError(404, f"namespace {ns_id} not found on node {self.name}")
+        return ns
+
+    def member_namespace(
+        self, ns_id: Any, field: str = "namespace id"
+    ) -> NamespaceRecord:
+        """A namespace this node is a member of (403 if it only heard of it)."""
+        if not isinstance(ns_id, str):
+            raise ApiError(400, f"{field} must be 64 hex digits, got {ns_id!r}")
+        try:
+            parse_hex32(ns_id, field)
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        ns = self.store.namespaces.get(ns_id.lower())
+        if ns is None or ns.identity is None:
+            msg = (
+                f"node {self.name} is not a member of namespace {ns_id}; create it here "
+                "or join it with an invitation first"
+            )
+            raise ApiError(403, msg)
+        return ns
+
+    def create_namespace(self, body: Mapping[str, Any]) -> NamespaceRecord:
+        app = self.require_app(body.get("applicationId"))
+        name = body.get("name")
+        app_key = body.get("appKey")
+        me = self._new_identity()
+        ns = NamespaceRecord(
+            id=os.urandom(32).hex(),
+            application_id=app.id,
+            app_key=app_key
+            if isinstance(app_key, str)
+            else sha256(app.blob_id.encode()).hex(),
+            created_at=_now(),
+            name=name if isinstance(name, str) else None,
+            members={
+                me.public_b58: {
+                    "peerId": self.peer_id,
+                    "account": me.public.hex(),
+                    "joinedAt": _now(),
+                    "role": "Admin",
+                }
+            },
+            identity=me.public_b58,
+        )
+        self.store.save_namespace(ns)
+        self.log.info("created namespace %s for application %s", ns.id, app.id)
+        return ns
+
+    def namespace_api(self, ns: NamespaceRecord) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "namespaceId": ns.id,
+            "appKey": ns.app_key,
+            "targetApplicationId": ns.application_id,
+            "createdAt": ns.created_at,
+            "memberCount": len(ns.members),
+            "contextCount": len(ns.contexts),
+            "subgroupCount": 0,
+        }
+        if ns.name is not None:
+            body["name"] = ns.name
+        app = self.store.apps.get(ns.application_id)
+        if app is not None and app.version is not None:
+            body["appVersion"] = app.version
+        return body
+
+    def invite(self, ns_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A signed open invitation to a namespace this node belongs to."""
+        ns = self.member_namespace(ns_id)
+        expires = body.get("expirationTimestamp")
+        if expires is None:
+            expires = _now() + INVITATION_TTL_S
+        if isinstance(expires, bool) or not isinstance(expires, int) or expires < 0:
+            raise ApiError(
+                400, f"expirationTimestamp must be unix seconds, got {expires!r}"
+            )
+        assert ns.identity is not None
+        inviter = self.identity_pair(ns.identity)
+        invitation = {
+            "inviter_identity": inviter.public_b58,
+            "group_id": ns.id,
+            "expiration_timestamp": expires,
+            "secret_salt": list(os.urandom(32)),
+            "invited_role": "Member",
+        }
+        signature = inviter.sign(invitation_message(invitation)).hex()
+        self.log.info(
+            "issued an invitation to namespace %s (expires %d)", ns.id, expires
+        )
+        return {"invitation": invitation, "inviter_signature": signature}
+
+    @staticmethod
+    def verify_invitation(signed: Any, ns_id: str | None = None) -> dict[str, Any]:
+        """Check shape, signature and expiry of a signed invitation; returns it."""
+        if not isinstance(signed, dict) or not isinstance(
+            signed.get("invitation"), dict
+        ):
+            msg = (
+                "'invitation' must be the signed invitation object "
+                "{invitation: {...}, inviter_signature} returned by /namespaces/:ns/invite"
+            )
+            raise ApiError(400, msg)
+        inv = signed["invitation"]
+        for key in (
+            "inviter_identity",
+            "group_id",
+            "expiration_timestamp",
+            "secret_salt",
+        ):
+            if key not in inv:
+                raise ApiError(400, f"invitation is missing {key!r}")
+        if ns_id is not None and str(inv["group_id"]).lower() != ns_id.lower():
+            msg = f"invitation is for namespace {inv['group_id']}, not {ns_id}"
+            raise ApiError(400, msg)
+        try:
+            inviter = b58decode32(inv["inviter_identity"], "inviter_identity")
+            signature = bytes.fromhex(str(signed.get("inviter_signature")))
+        except (IdError, ValueError) as exc:
+            raise ApiError(400, f"malformed invitation: {exc}") from None
+        if not verify_signature(inviter, signature, invitation_message(inv)):
+            msg = (
+                "invitation signature does not verify: it was altered or not signed by "
+                f"{inv['inviter_identity']}"
+            )
+            raise ApiError(403, msg)
+        expires = inv["expiration_timestamp"]
+        if not isinstance(expires, int) or expires < _now():
+            raise ApiError(
+                400,
+                f"invitation expired at {expires} (now {_now()}); ask for a new one",
+            )
+        return inv
+
+    async def join_namespace(
+        self, ns_id: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            parse_hex32(ns_id, "namespace id")
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        ns_id = ns_id.lower()
+        signed = body.get("invitation")
+        self.verify_invitation(signed, ns_id)
+        existing = self.store.namespaces.get(ns_id)
+        if existing is not None and existing.identity is not None:
+            me = self.identity_pair(existing.identity)
+        else:
+            me = self._new_identity()
+            state = await self.sync.join_namespace(ns_id, signed, me)
+            ns = NamespaceRecord(
+                id=ns_id,
+                application_id=state["application_id"],
+                app_key=state["app_key"],
+                created_at=state["created_at"],
+                name=state.get("name"),
+                identity=me.public_b58,
+            )
+            ns.merge(state)
+            self.store.save_namespace(ns)
+            self.log.info("joined namespace %s as %s", ns_id, me.public_b58)
+        return {
+            "namespaceId": ns_id,
+            "memberIdentity": me.public_b58,
+            "memberAccount": me.public.hex(),
+        }
+
+    # -- identities -----------------------------------------------------------------
+
+    def new_context_identity(self) -> str:
+        return self._new_identity().public_b58
+
+    def node_identity(self) -> dict[str, Any]:
+        for ns in self.store.namespaces.values():
+            if ns.identity is not None:
+                pk = b58decode32(ns.identity)
+                return {
+                    "accountId": pk.hex(),
+                    "deviceId": self.keypair.public.hex(),
+                    "publicKey": ns.identity,
+                    "accountRootPublicKey": ns.identity,
+                }
+        msg = (
+            f"node {self.name} has no identity yet: it gets one when it creates or "
+            "joins a namespace"
+        )
+        raise ApiError(404, msg)
+
+    # -- contexts -----------------------------------------------------------------
+
+    def context(self, ctx_id: str) -> ContextRecord:
+        _ctx_id(ctx_id)
+        ctx = self.store.contexts.get(ctx_id)
+        if ctx is None:
+            raise ApiError(404, "Context not found")
+        return ctx
+
+    def context_api(self, ctx: ContextRecord) -> dict[str, Any]:
+        state_hash = b58encode(ctx.root)
+        body: dict[str, Any] = {
+            "id": ctx.id,
+            "applicationId": ctx.application_id,
+            "contextStateHash": state_hash,
+            # Era-B clients (merod <= 0.10) read rootHash.
+            "rootHash": state_hash,
+            "groupId": ctx.namespace_id,
+        }
+        if ctx.heads:
+            body["dagHeads"] = [list(h) for h in sorted(ctx.heads)]
+        if ctx.service_name is not None:
+            body["serviceName"] = ctx.service_name
+        if ctx.name is not None:
+            body["name"] = ctx.name
+        app = self.store.apps.get(ctx.application_id)
+        if app is not None and app.version is not None:
+            body["applicationVersion"] = app.version
+        return body
+
+    async def create_context(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        if "groupId" not in body or body.get("groupId") is None:
+            msg = (
+                "'groupId' is required: the hex id of a namespace this node belongs to"
+            )
+            raise ApiError(400, msg)
+        ns = self.member_namespace(body["groupId"], "groupId")
+        app = self.require_app(body.get("applicationId"))
+        params = _bytes_field(
+            body.get("initializationParams", []), "initializationParams"
+        )
+        seed = body.get("contextSeed")
+        if seed is not None:
+            try:
+                context_key = Keypair.from_secret(b58decode32(seed, "contextSeed"))
+            except IdError as exc:
+                raise ApiError(400, str(exc)) from None
+        else:
+            context_key = Keypair.generate()
+        ctx_id = context_key.public_b58
+        if ctx_id in self.store.contexts or ctx_id in ns.contexts:
+            raise ApiError(
+                400, f"context {ctx_id} already exists; use another contextSeed"
+            )
+        assert ns.identity is not None
+
+        # The executor is the node's member identity in the namespace.
+        ctx = ContextRecord(
+            id=ctx_id,
+            application_id=app.id,
+            namespace_id=ns.id,
+            identity=ns.identity,
+            members={ns.identity: self.peer_id},
+            name=body.get("name") if isinstance(body.get("name"), str) else None,
+            service_name=body.get("serviceName")
+            if isinstance(body.get("serviceName"), str)
+            else None,
+        )
+        module = self.module(app)
+        outcome = await asyncio.to_thread(
+            module.run,
+            "init",
+            params or b"{}",
+            storage={},
+            context_id=context_key.public,
+            executor_id=b58decode32(ns.identity),
+        )
+        if outcome.failure is not None:
+            raise ApiError(400, outcome.failure.message)
+        deltas = []
+        if outcome.artifact:
+            d = Delta(
+                id=delta_id((), outcome.artifact),
+                parents=(),
+                artifact=outcome.artifact,
+                author=self.peer_id,
+            )
+            deltas.append(d)
+            ctx.heads = [d.id]
+        ctx.root = outcome.root_hash or ZERO_ROOT
+        if ctx.root == ZERO_ROOT:
+            # An init that commits nothing still initialises the context.
+            ctx.root = sha256(b"initialised", context_key.public)
+        self.store.commit_changes(ctx, outcome.writes, deltas)
+        ns.contexts[ctx_id] = {"applicationId": app.id, "createdAt": ctx.created_at}
+        self.store.save_namespace(ns)
+        self.log.info(
+            "created context %s (app %s) in namespace %s", ctx_id, app.id, ns.id
+        )
+        await self.sync.announce_namespace(ns)
+        return {
+            "contextId": ctx_id,
+            "memberPublicKey": ns.identity,
+            "groupId": ns.id,
+            "groupCreated": False,
+        }
+
+    def delete_context(self, ctx_id: str) -> None:
+        ctx = self.context(ctx_id)
+        self.store.delete_context(ctx.id)
+        self._locks.pop(ctx.id, None)
+        self.sync.forget_context(ctx.id)
+        self.log.info("deleted context %s from this node", ctx.id)
+
+    async def join_context(self, ctx_id: str) -> dict[str, Any]:
+        _ctx_id(ctx_id)
+        existing = self.store.contexts.get(ctx_id)
+        if existing is not None:
+            return {"contextId": ctx_id, "memberPublicKey": existing.identity}
+        ns = next(
+            (
+                n
+                for n in self.store.namespaces.values()
+                if ctx_id in n.contexts and n.identity
+            ),
+            None,
+        )
+        if ns is None:
+            # The namespace update announcing the context may not have reached us.
+            await self.sync.refresh_namespaces()
+            ns = next(
+                (
+                    n
+                    for n in self.store.namespaces.values()
+                    if ctx_id in n.contexts and n.identity
+                ),
+                None,
+            )
+        if ns is None:
+            msg = (
+                f"context {ctx_id} is not in any namespace node {self.name} belongs to; "
+                "join its namespace (POST /admin-api/namespaces/:ns/join) first"
+            )
+            raise ApiError(403, msg)
+        assert ns.identity is not None
+        app_id = ns.contexts[ctx_id]["applicationId"]
+        if app_id not in self.store.apps:
+            await self.sync.fetch_application(app_id, ns)
+        ctx = ContextRecord(
+            id=ctx_id,
+            application_id=app_id,
+            namespace_id=ns.id,
+            identity=ns.identity,
+            members={ns.identity: self.peer_id},
+        )
+        async with self.lock(ctx_id):
+            self.store.save_context(ctx)
+        self.log.info("joined context %s as %s", ctx_id, ns.identity)
+        await self.sync.announce_context_join(ctx)
+        await self.sync.sync_context(ctx_id)
+        return {"contextId": ctx_id, "memberPublicKey": ns.identity}
+
+    # -- execution -------------------------------------------------------------------
+
+    def _runnable(self, ctx_id: str) -> tuple[ContextRecord, AppModule]:
+        try:
+            b58decode32(ctx_id, "contextId")
+        except IdError as exc:
+            raise RpcError("ParseError", str(exc)) from None
+        ctx = self.store.contexts.get(ctx_id)
+        if ctx is None:
+            raise RpcError("ContextNotFound")
+        app = self.store.apps.get(ctx.application_id)
+        if app is None:
+            raise RpcError(
+                "ApplicationNotInstalled", {"application_id": ctx.application_id}
+            )
+        if not ctx.initialized:
+            raise RpcError("Uninitialized")
+        return ctx, self.module(app)
+
+    async def execute(self, ctx_id: str, method: str, args: bytes) -> Outcome:
+        """Run ``method`` in a context; apply, log and broadcast its changes.
+
+        A failure of the guest is returned in ``Outcome.failure`` (nothing is
+        applied); node-side problems raise :class:`RpcError`.
+        """
+        ctx, module = self._runnable(ctx_id)
+        delta = None
+        async with self.lock(ctx_id):
+            ctx = self.store.contexts.get(ctx_id) or ctx
+            outcome = await asyncio.to_thread(
+                module.run,
+                method,
+                args,
+                storage=self.store.kv(ctx_id),
+                context_id=b58decode32(ctx_id),
+                executor_id=b58decode32(ctx.identity),
+            )
+            if outcome.failure is not None:
+                return outcome
+            deltas = []
+            if outcome.artifact:
+                parents = tuple(sorted(ctx.heads))
+                delta = Delta(
+                    id=delta_id(parents, outcome.artifact),
+                    parents=parents,
+                    artifact=outcome.artifact,
+                    author=self.peer_id,
+                )
+                deltas.append(delta)
+                ctx.heads = [delta.id]
+            if outcome.root_hash is not None:
+                ctx.root = outcome.root_hash
+            if outcome.writes or deltas:
+                self.store.commit_changes(ctx, outcome.writes, deltas)
+        if delta is not None:
+            self.log.info(
+                "context %s: %s produced delta %s, root %s",
+                ctx_id,
+                method,
+                delta.id.hex()[:16],
+                b58encode(ctx.root),
+            )
+            self.sync.broadcast_delta(ctx, delta)
+        return outcome
+
+    async def apply_delta(self, ctx_id: str, delta: Delta, source: str) -> bool:
+        """Apply a delta from a peer through ``__calimero_sync_next``; False if skipped."""
+        async with self.lock(ctx_id):
+            ctx = self.store.contexts.get(ctx_id)
+            if ctx is None or not ctx.initialized:
+                return False
+            if delta.id in self.store.deltas(ctx_id):
+                return False
+            app = self.store.apps.get(ctx.application_id)
+            if app is None:
+                return False
+            outcome = await asyncio.to_thread(
+                self.module(app).run,
+                _SYNC_METHOD,
+                delta.artifact,
+                storage=self.store.kv(ctx_id),
+                context_id=b58decode32(ctx_id),
+                executor_id=b58decode32(ctx.identity),
+            )
+            if outcome.failure is not None:
+                msg = f"delta {delta.id.hex()[:16]} from {source} failed to apply: "
+                raise ValueError(msg + outcome.failure.message)
+            if outcome.root_hash is not None:
+                ctx.root = outcome.root_hash
+            ctx.heads = self.sync.heads_after(ctx, delta)
+            self.store.commit_changes(ctx, outcome.writes, [delta])
+        self.log.info(
+            "context %s: applied delta %s from %s, root %s",
+            ctx_id,
+            delta.id.hex()[:16],
+            source,
+            b58encode(ctx.root),
+        )
+        return True

@@ -1,0 +1,494 @@
+"""The peer-to-peer transport of the embedded node.
+
+Our own protocol, not libp2p: length-prefixed JSON frames over plain TCP. Each
+frame is a 4-byte big-endian length and a UTF-8 JSON object. A connection opens
+with a mutual challenge-response handshake: each side signs the other's nonce
+with the ed25519 key behind its peer id, so a peer id cannot be claimed without
+its key and a dialer that knows the expected id (from ``/p2p/<id>``) refuses an
+impostor. After that both sides send requests ``{"t", "id", "body"}`` and answer
+``{"re", "body"}`` or ``{"re", "err"}``, multiplexed on the one connection.
+
+The swarm knows nothing of contexts: the node registers a request handler and
+a connect callback. Peers come from the bootstrap list, from whoever dials us,
+and from peer exchange (every new connection is asked for its peers' addresses);
+a background loop redials missing peers. ``partitioned = True`` drops every
+connection and refuses new ones until it is set back, to simulate a network cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import PeerError
+from .ids import IdError, Keypair, Multiaddr, parse_multiaddr, public_key_from_peer_id
+from .ids import verify_signature as _verify
+from .logs import node_logger
+
+__all__ = ["Handler", "Swarm"]
+
+#: Answers a request ``(peer id, message type, body) -> reply body``.
+Handler = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+_PROTOCOL = b"calimero-embedded-swarm/1|"
+_MAX_FRAME = 256 * 1024 * 1024
+_HANDSHAKE_TIMEOUT = 5.0
+_DIAL_TIMEOUT = 3.0
+_HEADER = struct.Struct(">I")
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    header = await reader.readexactly(4)
+    (length,) = _HEADER.unpack(header)
+    if length > _MAX_FRAME:
+        raise PeerError(f"peer sent a {length}-byte frame; the limit is {_MAX_FRAME}")
+    msg = json.loads(await reader.readexactly(length))
+    if not isinstance(msg, dict):
+        raise PeerError(f"peer sent a frame that is not a JSON object: {msg!r:.80}")
+    return msg
+
+
+def _encode_frame(msg: dict[str, Any]) -> bytes:
+    data = json.dumps(msg, separators=(",", ":")).encode()
+    return _HEADER.pack(len(data)) + data
+
+
+class _Connection:
+    """One authenticated connection to a peer, with request multiplexing."""
+
+    def __init__(
+        self,
+        swarm: Swarm,
+        peer_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        addr: Multiaddr | None,
+    ) -> None:
+        self.swarm = swarm
+        self.peer_id = peer_id
+        self.reader = reader
+        self.writer = writer
+        self.addr = addr
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.reader_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.reader_task = asyncio.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = await _read_frame(self.reader)
+                if "re" in msg:
+                    fut = self._pending.pop(int(msg["re"]), None)
+                    if fut is not None and not fut.done():
+                        if "err" in msg:
+                            err = PeerError(
+                                f"peer {self.peer_id} refused: {msg['err']}"
+                            )
+                            fut.set_exception(err)
+                        else:
+                            fut.set_result(dict(msg.get("body") or {}))
+                elif "t" in msg:
+                    task = asyncio.create_task(self._serve(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except (PeerError, ValueError) as exc:
+            self.swarm.log.warning("dropping peer %s: %s", self.peer_id, exc)
+        finally:
+            self.close()
+
+    async def _serve(self, msg: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"re": msg.get("id")}
+        try:
+            body = msg.get("body")
+            kind = str(msg["t"])
+            if kind == "peers":
+                # Peer exchange is the swarm's own business.
+                known = self.swarm.addresses()
+                known.pop(self.peer_id, None)
+                reply["body"] = {"addresses": known}
+            else:
+                reply["body"] = await self.swarm.handler(
+                    self.peer_id, kind, body if isinstance(body, dict) else {}
+                )
+        except Exception as exc:  # any failure becomes the peer's error answer
+            if not isinstance(exc, PeerError | ValueError | KeyError | LookupError):
+                self.swarm.log.exception(
+                    "handling %r from %s failed", msg.get("t"), self.peer_id
+                )
+            reply["err"] = str(exc) or type(exc).__name__
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            await self.send(reply)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            raise PeerError(f"connection to {self.peer_id} is closed")
+        # StreamWriter.write is synchronous and frames go out whole, so
+        # concurrent senders cannot interleave bytes; drain only applies backpressure.
+        self.writer.write(_encode_frame(msg))
+        await self.writer.drain()
+
+    async def request(
+        self, kind: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        req_id = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            await self.send({"t": kind, "id": req_id, "body": body})
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise PeerError(
+                f"peer {self.peer_id} did not answer {kind!r} within {timeout:g}s"
+            ) from None
+        except (ConnectionError, OSError) as exc:
+            raise PeerError(f"peer {self.peer_id} is unreachable: {exc}") from exc
+        finally:
+            self._pending.pop(req_id, None)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(PeerError(f"connection to {self.peer_id} closed"))
+        self._pending.clear()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self.swarm._forget(self)
+
+
+class Swarm:
+    """Connections to other nodes, keyed by verified peer id."""
+
+    def __init__(
+        self,
+        keypair: Keypair,
+        *,
+        host: str,
+        port: int,
+        bootstrap: list[str],
+        handler: Handler,
+        on_connect: Callable[[str], None] | None = None,
+        known_peers: dict[str, str] | None = None,
+        remember_peer: Callable[[str, str], None] | None = None,
+        redial_interval: float = 1.0,
+        node_name: str = "node",
+    ) -> None:
+        self.keypair = keypair
+        self.peer_id = keypair.peer_id
+        self.host = host
+        self.port = port
+        self.handler = handler
+        self.on_connect = on_connect
+        self.remember_peer = remember_peer
+        self.redial_interval = redial_interval
+        self._bootstrap = [a for a in (parse_multiaddr(b) for b in bootstrap) if a]
+        #: peer id -> last dialable address seen for it
+        self._addresses: dict[str, Multiaddr] = {}
+        for peer, text in (known_peers or {}).items():
+            with contextlib.suppress(IdError):
+                addr = parse_multiaddr(text)
+                if addr is not None and peer != self.peer_id:
+                    self._addresses[peer] = addr
+        self._conns: dict[str, list[_Connection]] = {}
+        self._dialing: set[tuple[str, int]] = set()
+        self._server: asyncio.Server | None = None
+        self._maintainer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._partitioned = False
+        self.connected = asyncio.Event()
+        self.log = node_logger(node_name, "swarm")
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on an already bound and listening socket and start dialing."""
+        self._server = await asyncio.start_server(self._accept, sock=sock)
+        self.port = sock.getsockname()[1]
+        self._maintainer = asyncio.create_task(self._maintain())
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; no waiting on peers."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+        if self._server is not None:
+            self._server.close()
+        for conns in list(self._conns.values()):
+            for conn in list(conns):
+                conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 0.5)
+            self._server = None
+
+    @property
+    def partitioned(self) -> bool:
+        """True while this node is cut off: no swarm traffic in or out."""
+        return self._partitioned
+
+    @partitioned.setter
+    def partitioned(self, value: bool) -> None:
+        self._partitioned = bool(value)
+        if self._partitioned:
+            for conns in list(self._conns.values()):
+                for conn in list(conns):
+                    conn.close()
+            self.log.info("swarm partitioned: all peer connections dropped")
+        else:
+            self.log.info("swarm partition healed: redialing peers")
+            self._wake.set()
+
+    # -- peers ---------------------------------------------------------------------
+
+    @property
+    def peer_count(self) -> int:
+        """Number of distinct peers with a live, authenticated connection."""
+        return len(self._conns)
+
+    def peers(self) -> list[str]:
+        """Peer ids currently connected."""
+        return list(self._conns)
+
+    def is_connected(self, peer_id: str) -> bool:
+        return peer_id in self._conns
+
+    def addresses(self) -> dict[str, str]:
+        """Dialable addresses of known peers (for peer exchange)."""
+        return {p: str(a) for p, a in self._addresses.items()}
+
+    def learn(self, peer_id: str, addr_text: str) -> None:
+        """Remember a peer address heard from someone else; dialed by the maintainer."""
+        if peer_id == self.peer_id:
+            return
+        with contextlib.suppress(IdError):
+            addr = parse_multiaddr(addr_text)
+            if addr is not None and addr.peer_id == peer_id:
+                if peer_id not in self._addresses:
+                    self._addresses[peer_id] = addr
+                    self._wake.set()
+
+    async def request(
+        self, peer_id: str, kind: str, body: dict[str, Any], *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send a request to a connected peer and await its answer (PeerError if not)."""
+        if self._partitioned:
+            raise PeerError(f"cannot reach {peer_id}: this node is partitioned")
+        conns = self._conns.get(peer_id)
+        if not conns:
+            raise PeerError(f"peer {peer_id} is not connected")
+        return await conns[-1].request(kind, body, timeout)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run a background coroutine owned by the swarm (cancelled on stop)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _register(self, conn: _Connection) -> None:
+        first = conn.peer_id not in self._conns
+        self._conns.setdefault(conn.peer_id, []).append(conn)
+        if conn.addr is not None:
+            self._addresses[conn.peer_id] = conn.addr
+            if self.remember_peer is not None:
+                self.remember_peer(conn.peer_id, str(conn.addr))
+        conn.start()
+        self.connected.set()
+        if first:
+            self.log.info(
+                "peer connected: %s (%d peers)", conn.peer_id, self.peer_count
+            )
+            if self.on_connect is not None:
+                self.on_connect(conn.peer_id)
+            self.spawn(self._exchange_peers(conn.peer_id))
+
+    def _forget(self, conn: _Connection) -> None:
+        conns = self._conns.get(conn.peer_id)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._conns[conn.peer_id]
+                self.log.info(
+                    "peer disconnected: %s (%d peers)", conn.peer_id, self.peer_count
+                )
+                if not self._conns:
+                    self.connected.clear()
+                self._wake.set()
+
+    async def _exchange_peers(self, peer_id: str) -> None:
+        with contextlib.suppress(PeerError):
+            reply = await self.request(peer_id, "peers", {}, timeout=5.0)
+            for other, addr in dict(reply.get("addresses") or {}).items():
+                self.learn(str(other), str(addr))
+
+    # -- handshake -------------------------------------------------------------------
+
+    def _proof(self, nonce: bytes, peer: str) -> str:
+        return self.keypair.sign(_PROTOCOL + nonce + peer.encode()).hex()
+
+    def _check_proof(self, claimed: str, sig_hex: str, nonce: bytes) -> None:
+        try:
+            public = public_key_from_peer_id(claimed)
+            sig = bytes.fromhex(sig_hex)
+        except (IdError, ValueError, TypeError) as exc:
+            raise PeerError(f"bad handshake from {claimed!r}: {exc}") from None
+        if not _verify(public, sig, _PROTOCOL + nonce + self.peer_id.encode()):
+            raise PeerError(
+                f"peer {claimed!r} failed the handshake: signature does not verify"
+            )
+
+    def _hello(self, nonce: bytes) -> dict[str, Any]:
+        return {
+            "t": "hello",
+            "peer": self.peer_id,
+            "nonce": nonce.hex(),
+            "port": self.port,
+        }
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if self._partitioned:
+            writer.close()
+            return
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                hello = await _read_frame(reader)
+                claimed = str(hello.get("peer"))
+                their_nonce = bytes.fromhex(str(hello.get("nonce")))
+                nonce = os.urandom(32)
+                answer = self._hello(nonce) | {"sig": self._proof(their_nonce, claimed)}
+                writer.write(_encode_frame(answer))
+                auth = await _read_frame(reader)
+                self._check_proof(claimed, str(auth.get("sig")), nonce)
+        except (
+            TimeoutError,
+            PeerError,
+            ValueError,
+            OSError,
+            asyncio.IncompleteReadError,
+        ) as exc:
+            self.log.debug("refused an incoming swarm connection: %s", exc)
+            writer.close()
+            return
+        if claimed == self.peer_id or self._partitioned:
+            writer.close()
+            return
+        # Peers dial from ephemeral ports; their listen port comes in the hello.
+        addr = None
+        peername = writer.get_extra_info("peername")
+        port = hello.get("port")
+        if peername and isinstance(port, int) and port > 0:
+            addr = Multiaddr(host=str(peername[0]), port=port, peer_id=claimed)
+        self._register(_Connection(self, claimed, reader, writer, addr))
+
+    async def _dial(self, addr: Multiaddr) -> None:
+        key = (addr.host, addr.port)
+        if key in self._dialing or self._partitioned:
+            return
+        self._dialing.add(key)
+        writer = None
+        try:
+            async with asyncio.timeout(_DIAL_TIMEOUT + _HANDSHAKE_TIMEOUT):
+                reader, writer = await asyncio.open_connection(addr.host, addr.port)
+                nonce = os.urandom(32)
+                writer.write(_encode_frame(self._hello(nonce)))
+                hello = await _read_frame(reader)
+                claimed = str(hello.get("peer"))
+                if addr.peer_id is not None and claimed != addr.peer_id:
+                    msg = (
+                        f"{addr} answered as {claimed}, not the expected {addr.peer_id}"
+                    )
+                    raise PeerError(msg)
+                self._check_proof(claimed, str(hello.get("sig")), nonce)
+                their_nonce = bytes.fromhex(str(hello.get("nonce")))
+                writer.write(
+                    _encode_frame(
+                        {"t": "auth", "sig": self._proof(their_nonce, claimed)}
+                    )
+                )
+                await writer.drain()
+        except (
+            TimeoutError,
+            PeerError,
+            ValueError,
+            OSError,
+            asyncio.IncompleteReadError,
+        ) as exc:
+            self.log.debug("dialing %s failed: %s", addr, exc)
+            if writer is not None:
+                writer.close()
+            return
+        finally:
+            self._dialing.discard(key)
+        if claimed == self.peer_id or self._partitioned:
+            writer.close()
+            return
+        self._register(
+            _Connection(
+                self, claimed, reader, writer, Multiaddr(addr.host, addr.port, claimed)
+            )
+        )
+
+    def _dial_targets(self) -> list[Multiaddr]:
+        targets: list[Multiaddr] = []
+        seen: set[tuple[str, int]] = set()
+        for addr in [*self._bootstrap, *self._addresses.values()]:
+            if addr.peer_id == self.peer_id or (
+                addr.peer_id and addr.peer_id in self._conns
+            ):
+                continue
+            key = (addr.host, addr.port)
+            if key in seen:
+                continue
+            # A bootstrap entry without /p2p/ is dialed until some peer answers there.
+            if addr.peer_id is None and any(
+                c.addr and (c.addr.host, c.addr.port) == key
+                for conns in self._conns.values()
+                for c in conns
+            ):
+                continue
+            seen.add(key)
+            targets.append(addr)
+        return targets
+
+    async def dial_missing(self) -> None:
+        """Dial every known peer that is not connected (all at once)."""
+        if self._partitioned:
+            return
+        targets = self._dial_targets()
+        if targets:
+            await asyncio.gather(*(self._dial(a) for a in targets))
+
+    async def _maintain(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.dial_missing()
+            except Exception:  # the maintainer must outlive any single bad dial
+                self.log.exception("swarm maintenance failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.redial_interval)
