@@ -83,10 +83,13 @@ class Scope:
     nodes: Mapping[str, Mapping[str, Any]]
     variables: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Values captured with ``outputs:`` and the automatic per-node exports
+    #: (merobox's "dynamic values"), read by ``{{name}}``.
+    captured: Mapping[str, Any] = field(default_factory=dict)
 
     def child(self, **variables: Any) -> Scope:
         merged = {**self.variables, **variables}
-        return Scope(self.results, self.nodes, merged, self.env)
+        return Scope(self.results, self.nodes, merged, self.env, self.captured)
 
     def lookup(self, expr: str) -> Any:
         parts = split_path(expr)
@@ -146,6 +149,54 @@ class Syntax:
 
 DOLLAR = Syntax("dollar", re.compile(r"(?<!\$)\$\{([^{}]+)\}"))
 
+#: Legacy merobox forms, e.g. ``{{install.node-1}}`` → ``app_id_node-1``.
+_LEGACY = {"install": "app_id_{}", "context": "context_id_{}", "identity": "public_key_{}"}
+
+
+def mustache_lookup(scope: Scope, expr: str) -> Any:
+    """Resolve merobox's ``{{name}}``: captured values, loop variables,
+    the legacy ``{{install.<node>}}`` forms, then ``results.``/``nodes.``."""
+    expr = expr.strip()
+    if expr in scope.captured:
+        return scope.captured[expr]
+    if expr in scope.variables:
+        return scope.variables[expr]
+    parts = split_path(expr)
+    head = parts[0] if parts else ""
+    if head in scope.captured:
+        return traverse(scope.captured[head], parts[1:], head)
+    if head in scope.variables:
+        return traverse(scope.variables[head], parts[1:], head)
+    if head in _LEGACY and len(parts) >= 2:
+        # Node names may contain dots, so try the longest name first.
+        for cut in range(len(parts), 1, -1):
+            node = ".".join(parts[1:cut])
+            key = _LEGACY[head].format(node)
+            if key in scope.captured:
+                if head == "context" and cut < len(parts):
+                    record = scope.captured.get(f"context_{node}")
+                    if record is not None:
+                        return traverse(record, parts[cut:], f"context.{node}")
+                return traverse(scope.captured[key], parts[cut:], key)
+    if head == "invite" and len(parts) >= 3 and parts[1].endswith("_identity"):
+        key = f"namespace_invitation_{parts[1][: -len('_identity')]}"
+        if key in scope.captured:
+            return scope.captured[key]
+    if head in ("results", "nodes", "env"):
+        return scope.lookup(expr)
+    known = sorted(scope.captured)
+    raise PlaceholderError(
+        f"unresolved placeholder {{{{{expr}}}}}",
+        hint=(
+            "values captured so far: " + ", ".join(known[:30]) + ("…" if len(known) > 30 else "")
+            if known
+            else "nothing has been captured yet; capture values with `outputs:` on an earlier step"
+        ),
+    )
+
+
+MUSTACHE = Syntax("mustache", re.compile(r"\{\{\s*([^{}]+?)\s*\}\}"), mustache_lookup)
+
 
 def format_embedded(value: Any) -> str:
     if isinstance(value, str):
@@ -158,7 +209,7 @@ def format_embedded(value: Any) -> str:
 class Resolver:
     """Resolves placeholders in nested configuration values."""
 
-    def __init__(self, syntaxes: tuple[Syntax, ...] = (DOLLAR,)):
+    def __init__(self, syntaxes: tuple[Syntax, ...] = (DOLLAR, MUSTACHE)):
         self.syntaxes = syntaxes
 
     def _lookup(self, syntax: Syntax, scope: Scope, expr: str) -> Any:

@@ -15,6 +15,7 @@ A step goes through four stages, always in this order:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -39,6 +40,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("calimero_workflow.steps")
 
 
+class OutputSpec(BaseModel):
+    """The mapping form of an ``outputs:`` entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: A top-level key of the step's response (no dots).
+    field: str
+    #: Parse the value as JSON text first.
+    json: bool = False
+    #: A dotted path into the (parsed) value.
+    path: str | None = None
+    #: The variable name; ``{node_name}`` becomes the step's node.
+    target: str | None = None
+
+
 class StepConfig(BaseModel):
     """Keys every step accepts."""
 
@@ -57,6 +73,9 @@ class StepConfig(BaseModel):
     expected_failure: bool = False
     #: With expected_failure: a substring the error must contain.
     expected_error: str | None = None
+    #: Capture values into ``{{name}}`` variables: ``name: dotted.path`` or
+    #: ``name: {field, path, json, target}`` (merobox's ``outputs:``).
+    outputs: dict[str, str | OutputSpec] | None = None
 
 
 class NodeStepConfig(StepConfig):
@@ -156,6 +175,8 @@ class RunContext:
     backend: NodeBackend | None = None
     nodes: dict[str, NodeRef] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    #: ``{{name}}`` values: ``outputs:`` captures and per-node auto exports.
+    captured: dict[str, Any] = field(default_factory=dict)
     #: Ready-wait timeout for start/restart steps.
     ready_timeout: float = 60.0
 
@@ -165,6 +186,7 @@ class RunContext:
             nodes={n: ref.as_placeholder() for n, ref in self.nodes.items()},
             variables=variables or {},
             env=self.env,
+            captured=self.captured,
         )
 
     def node(self, name: str) -> NodeRef:
@@ -188,6 +210,9 @@ class StepRun:
     variables: dict[str, Any] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
     children: list[StepRecord] = field(default_factory=list)
+    #: The node's own response (``data`` unwrapped, camelCase), which
+    #: ``outputs:`` paths may name besides the step's snake_case results.
+    response: Any = None
 
     def log(self, line: str) -> None:
         self.logs.append(line)
@@ -235,6 +260,9 @@ class BaseStep:
     default_retries: ClassVar[int] = 0
     #: One line for the README's step reference.
     summary: ClassVar[str] = ""
+    #: Automatic ``{{…}}`` exports: variable template (``{node}`` is the
+    #: step's node) → key of the step's data, or ``*`` for all of it.
+    exports: ClassVar[dict[str, str]] = {}
 
     def __init__(self, raw: LocatedDict, *, file: Path | None, index: int):
         self.raw = raw
@@ -377,6 +405,7 @@ class BaseStep:
                     location=self.location,
                 )
             record.data = data
+            self.export(config, data, run)
         except StepFailure as exc:
             if exc.location is None:
                 exc.location = self.location
@@ -387,6 +416,7 @@ class BaseStep:
             handled = config is not None and config.expected_failure
             if handled:
                 record.data = self._expected_failure_data(exc)
+                self.export(config, record.data, run, lenient=True)
                 problem = self._expected_error_mismatch(config, exc)
                 if problem:
                     record.status = Status.FAILED
@@ -431,6 +461,61 @@ class BaseStep:
             ctx.results[self.explicit_name] = record.data
         ctx.events.step_finished(record)
         return record
+
+    def export(self, config: StepConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:
+        """Apply the automatic exports and the step's ``outputs:`` captures."""
+        from ..placeholders import split_path, traverse
+
+        captured = run.ctx.captured
+        node = self.node_of(config) or ""
+        for template, key in self.exports.items():
+            if key == "*":
+                captured[template.format(node=node)] = data
+            elif key in data and data[key] is not None:
+                captured[template.format(node=node)] = data[key]
+        if not config.outputs:
+            return
+        source: dict[str, Any] = {}
+        if isinstance(run.response, dict):
+            source.update(run.response)
+        source.update(data)
+        for name, spec in config.outputs.items():
+            try:
+                if isinstance(spec, str):
+                    value = traverse(source, split_path(spec), "the response")
+                    target = name
+                else:
+                    if spec.field not in source:
+                        raise PlaceholderError(
+                            f"the response has no field {spec.field!r}",
+                            hint="available keys: " + ", ".join(map(str, source)),
+                        )
+                    value = source[spec.field]
+                    if spec.json and isinstance(value, str):
+                        try:
+                            value = json.loads(value)
+                        except ValueError:
+                            raise PlaceholderError(f"field {spec.field!r} is not JSON text: {value[:100]!r}") from None
+                    if spec.path:
+                        value = traverse(value, split_path(spec.path), spec.field)
+                    target = (spec.target or name).replace("{node_name}", node)
+            except PlaceholderError as exc:
+                if lenient:
+                    continue
+                raise StepFailure(
+                    f"output {name!r} cannot be captured: {exc.message}",
+                    kind="capture",
+                    location=self._output_location(name),
+                    hint=exc.hint or ("available keys: " + ", ".join(map(str, source))),
+                    data=data,
+                ) from None
+            captured[target] = value
+
+    def _output_location(self, name: str) -> Location:
+        outputs = self.raw.get("outputs")
+        if isinstance(outputs, LocatedDict) and name in outputs:
+            return Location(self.file, *outputs.key_pos(name))
+        return self.key_location("outputs")
 
     async def _execute_with_policy(
         self, config: StepConfig, run: StepRun

@@ -64,7 +64,6 @@ class RepeatConfig(StepConfig):
     steps: list[Any]
     #: Stop at the first failed iteration (default), or run them all.
     stop_on_failure: bool = True
-    outputs: dict[str, str] | None = None
 
 
 @register_step
@@ -148,7 +147,6 @@ class ParallelConfig(StepConfig):
     failure_mode: Literal["fail-slow", "fail-fast", "continue-on-error"] = "fail-slow"
     #: merobox's load shapes; only bursts exist, so the others are refused.
     mode: Literal["burst"] = "burst"
-    outputs: dict[str, str] | None = None
 
 
 @register_step

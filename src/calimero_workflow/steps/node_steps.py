@@ -50,6 +50,7 @@ class InstallApplication(BaseStep):
 
     type_name = "install_application"
     Config = InstallConfig
+    exports = {"app_id_{node}": "application_id", "app_path_{node}": "path"}
     default_retries = 2
     summary = "install an app on a node from `path` (relative to the workflow file) or `url` → `application_id`"
 
@@ -90,11 +91,13 @@ class InstallApplication(BaseStep):
                 node_path, metadata=metadata, package=config.package, version=config.version
             )
             run.log(f"installed {local.name} on {config.node} as {app_id}")
+            run.response = {"applicationId": app_id}
             return {"application_id": app_id, "path": str(local), "node": config.node}
         app_id = await client.install_application(
             config.url or "", hash=config.hash, metadata=metadata,
             package=config.package, version=config.version,
         )
+        run.response = {"applicationId": app_id}
         return {"application_id": app_id, "url": config.url, "node": config.node}
 
 
@@ -112,6 +115,7 @@ class CreateNamespace(BaseStep):
     type_name = "create_namespace"
     aliases = ("create_group",)
     Config = CreateNamespaceConfig
+    exports = {"namespace_id_{node}": "namespace_id"}
     default_retries = 2
     summary = "create a namespace for an installed app → `namespace_id`"
 
@@ -119,6 +123,7 @@ class CreateNamespace(BaseStep):
         ns = await run.ctx.client(config.node).create_namespace(
             config.application_id, name=config.namespace_name, app_key=config.app_key
         )
+        run.response = {"namespaceId": ns}
         return {"namespace_id": ns, "application_id": config.application_id}
 
 
@@ -138,6 +143,7 @@ class Invite(BaseStep):
         "invite_identity",
     )
     Config = InviteConfig
+    exports = {"namespace_invitation_{node}": "invitation"}
     default_retries = 2
     summary = "create an invitation to a namespace → `invitation`"
 
@@ -147,6 +153,7 @@ class Invite(BaseStep):
             expiration_timestamp=config.expiration_timestamp,
             recursive=config.recursive,
         )
+        run.response = data
         out: dict[str, Any] = {"namespace_id": config.namespace_id}
         if isinstance(data, dict):
             if "invitation" in data:
@@ -188,6 +195,7 @@ class Join(BaseStep):
     type_name = "join"
     aliases = ("join_namespace", "join_group", "join_open")
     Config = JoinConfig
+    exports = {"member_identity_{node}": "member_identity", "member_account_{node}": "member_account"}
     default_retries = 2
     summary = "join a namespace with an invitation → `namespace_id`, `member_identity`"
 
@@ -195,6 +203,7 @@ class Join(BaseStep):
         data = await run.ctx.client(config.node).join_namespace(
             config.namespace_id, _unwrap_invitation(config.invitation)
         )
+        run.response = data
         return {
             "namespace_id": data.get("namespaceId", config.namespace_id),
             "member_identity": data.get("memberIdentity"),
@@ -229,6 +238,12 @@ class CreateContextConfig(NodeStepConfig):
 class CreateContext(BaseStep):
     type_name = "create_context"
     Config = CreateContextConfig
+    exports = {
+        "context_id_{node}": "context_id",
+        "member_public_key_{node}": "member_public_key",
+        "namespace_id_{node}": "namespace_id",
+        "context_{node}": "*",
+    }
     default_retries = 2
     summary = "create a context in a namespace, running the app's `init` → `context_id`, `member_public_key`"
 
@@ -247,6 +262,7 @@ class CreateContext(BaseStep):
             service_name=config.service_name,
             name=config.context_name,
         )
+        run.response = data
         return {
             "context_id": data["contextId"],
             "member_public_key": data.get("memberPublicKey"),
@@ -259,11 +275,14 @@ class CreateContext(BaseStep):
 class CreateIdentity(BaseStep):
     type_name = "create_identity"
     Config = NodeStepConfig
+    exports = {"public_key_{node}": "public_key"}
     default_retries = 2
     summary = "generate a new identity key pair on a node → `public_key`"
 
     async def execute(self, config: NodeStepConfig, run: StepRun) -> dict[str, Any]:
-        return {"public_key": await run.ctx.client(config.node).create_identity()}
+        key = await run.ctx.client(config.node).create_identity()
+        run.response = {"publicKey": key}
+        return {"public_key": key}
 
 
 class JoinContextConfig(NodeStepConfig):
@@ -280,6 +299,7 @@ class JoinContext(BaseStep):
     async def execute(self, config: JoinContextConfig, run: StepRun) -> dict[str, Any]:
         data = await run.ctx.client(config.node).join_context(config.context_id)
         data = data or {}
+        run.response = data
         return {
             "context_id": data.get("contextId", config.context_id),
             "member_public_key": data.get("memberPublicKey"),
@@ -340,6 +360,7 @@ class Call(BaseStep):
             run.log(f"[{config.node} app log] {line}")
         for event in result.events:
             run.log(f"[{config.node} event] {json.dumps(event, ensure_ascii=False)}")
+        run.response = result.raw
         data = {"output": result.output, "logs": result.logs, "events": result.events}
         if config.expected is not _MISSING and not outputs_equal(config.expected, result.output):
             raise StepFailure(
