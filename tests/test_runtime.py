@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import wasmtime
@@ -881,3 +882,39 @@ def test_c_module_with_removed_imports_does_not_link(
         "env.approve_proposal",
         "env.send_proposal",
     ]
+
+
+# --- threads ------------------------------------------------------------------------------------------
+
+
+def test_concurrent_calls_keep_their_own_state(runtime: WasmRuntime) -> None:
+    # Panicking and succeeding calls interleaved on several threads must each
+    # see their own input, storage and failure.
+    module = compile_wat(
+        runtime,
+        """
+        (data (i32.const 1024) "key" "boom" "f.c")
+        (func (export "read")
+          (call $buf (i32.const 0) (i32.const 1024) (i32.const 3))
+          (drop (call $storage_read (i64.const 0) (i64.const 4)))
+          (call $return_register (i64.const 4)))
+        (func (export "boom")
+          (call $input (i64.const 1))
+          (call $buf (i32.const 0) (i32.const 1027) (i32.const 4))
+          (call $buf (i32.const 32) (i32.const 1031) (i32.const 3))
+          (i32.store (i32.const 48) (i32.wrap_i64 (call $register_len (i64.const 1))))
+          (call $panic_utf8 (i64.const 0) (i64.const 32)))
+        """,
+    )
+
+    def one(i: int) -> None:
+        if i % 2:
+            outcome = run(module, "boom", b"x" * i)
+            assert outcome.failure is not None and outcome.failure.kind == "Panic"
+            assert outcome.failure.message == f"guest panicked: boom at f.c:{i}:0"
+        else:
+            value = f"v{i}".encode()
+            assert ok(run(module, "read", storage={b"key": value})).returns == value
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, range(400)))

@@ -564,6 +564,39 @@ def _valid_method_name(method: str) -> bool:
     )
 
 
+# wasmtime-py hands a Python exception raised by a host function back through a
+# module-global slot, so two threads inside wasm at once could pick up each
+# other's exception. Calls are therefore serialised process-wide; the host
+# functions hold the GIL anyway, so little parallelism is lost.
+_CALL_LOCK = threading.Lock()
+
+
+def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
+    """Look up one export by name.
+
+    ``Instance.exports()`` wraps every export of the module (about 10 µs
+    each), which dominated a cheap call; the C API has a by-name lookup that
+    wasmtime-py does not expose, so use its bindings when they are where we
+    expect them and fall back to the public API otherwise.
+    """
+    try:
+        from wasmtime import _ffi as ffi
+        from wasmtime._extern import wrap_extern
+
+        raw = name.encode()
+        item = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_instance_export_get(
+            store._context(),
+            ctypes.byref(instance._instance),
+            raw,
+            len(raw),
+            ctypes.byref(item),
+        )
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other wasmtime-py
+        return instance.exports(store).get(name)
+    return wrap_extern(item) if found else None
+
+
 def _default_clock() -> int:
     return time.time_ns()
 
@@ -603,6 +636,7 @@ class AppModule:
         self._engine = engine
         self._host = host
         self._internal = internal
+        self._has_merge = _REGISTER_MERGE in internal
         self._bad_signatures = bad_signatures
         self.gas_limit = gas_limit
 
@@ -686,18 +720,20 @@ class AppModule:
         store.set_fuel(self.gas_limit)
         self._host.enter(state)
         try:
-            instance = self._pre.instantiate(store)
+            with _CALL_LOCK:
+                instance = self._pre.instantiate(store)
         except Exception as exc:
             return state.abort or _trap_failure(exc, self.gas_limit)
-        exports = instance.exports(store)
-        memory = exports["memory"]
+        memory = _export(store, instance, "memory")
         assert isinstance(memory, wasmtime.Memory)
         state.memory = memory
 
-        merge = exports.get(_REGISTER_MERGE) if method != _REGISTER_MERGE else None
-        if isinstance(merge, wasmtime.Func):
+        if self._has_merge and method != _REGISTER_MERGE:
+            merge = _export(store, instance, _REGISTER_MERGE)
+            assert isinstance(merge, wasmtime.Func)
             try:
-                merge(store)
+                with _CALL_LOCK:
+                    merge(store)
             except Exception as exc:
                 # merod ignores this failure too; note it for whoever debugs an app.
                 logger.debug(
@@ -705,10 +741,11 @@ class AppModule:
                 )
                 state.abort = None
 
-        func = exports[method]
+        func = _export(store, instance, method)
         assert isinstance(func, wasmtime.Func)
         try:
-            func(store)
+            with _CALL_LOCK:
+                func(store)
         except Exception as exc:
             return state.abort or _trap_failure(exc, self.gas_limit)
         return None
