@@ -61,7 +61,8 @@ __attribute__((noreturn)) static void panic_at(const u8 *msg, usize len, const c
     __builtin_trap(); /* the host never returns from panic_utf8 */
 }
 
-/* Like Rust's panic!: the location is where the macro is written. */
+/* Like Rust's panic!: the location is where the macro is written (clang reports
+ * the column where the PANIC(...) invocation ends, Rust where it starts). */
 #define PANIC(msg) panic_at((const u8 *)(msg), sizeof(msg) - 1, __FILE__, __LINE__, __builtin_COLUMN())
 #define PANIC_BUF(b) panic_at((b).p, (b).len, __FILE__, __LINE__, __builtin_COLUMN())
 

@@ -45,6 +45,9 @@ DEFAULT_GAS_LIMIT = 1_000_000_000
 #: name -> (parameter types, result types). This is the full set our runtime
 #: links; a module importing anything else from ``env`` is refused at compile
 #: time, the way merod refuses to link it.
+#: Not provided (yet): HEAD merod also offers device_id, xcall*, emit_with_handler,
+#: storage_index_*, private_storage_*, blob_*, fetch and the JS-SDK js_* functions,
+#: so apps built against the newest SDKs may be refused here but run on merod.
 HOST_FUNCTIONS: dict[str, tuple[str, str]] = {
     "input": ("I", ""),
     "register_len": ("I", "I"),

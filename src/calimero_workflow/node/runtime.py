@@ -434,6 +434,8 @@ class _Host:
             caller, value_ptr, LIMITS.max_storage_value_size, "storage value"
         )
         old = self._storage_get(key)
+        # Known gap: merod also charges each write against a per-run budget;
+        # only the key and value size limits are enforced here.
         self._state().writes[key] = value
         if old is None:
             return 0
