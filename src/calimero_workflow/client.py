@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,27 @@ def _error_text(payload: Any) -> str:
     return json.dumps(payload) if not isinstance(payload, str) else payload
 
 
+_RETURNED_ERROR_RE = re.compile(r"^(the method call returned an error: )\[([\d,\s]*)\]$")
+
+
+def decode_returned_error(message: str) -> tuple[str, Any] | None:
+    """merod shows an app's ``Err`` as the Rust Debug form of its JSON bytes
+    (``[123, 34, …]``). Decode it to text (and JSON where it parses)."""
+    match = _RETURNED_ERROR_RE.match(message.strip())
+    if not match:
+        return None
+    try:
+        raw = bytes(int(n) for n in match.group(2).split(",") if n.strip())
+        text = raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    return match.group(1) + text, value
+
+
 def describe_rpc_error(error: Any) -> tuple[str, str, Any]:
     """``(type, message, data)`` of a JSON-RPC error object, whatever its shape."""
     if not isinstance(error, dict):
@@ -112,6 +134,10 @@ def describe_rpc_error(error: Any) -> tuple[str, str, Any]:
         message = str(error.get("message") or etype)
     else:
         message = json.dumps(data)
+    decoded = decode_returned_error(message)
+    if decoded is not None:
+        message, returned = decoded
+        data = {"message": message, "returned_error": returned}
     return etype, message, data
 
 

@@ -43,12 +43,12 @@ log = logging.getLogger("calimero_workflow.steps")
 class OutputSpec(BaseModel):
     """The mapping form of an ``outputs:`` entry."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     #: A top-level key of the step's response (no dots).
     field: str
-    #: Parse the value as JSON text first.
-    json: bool = False
+    #: Parse the value as JSON text first (``json:`` in YAML).
+    parse_json: bool = Field(default=False, alias="json")
     #: A dotted path into the (parsed) value.
     path: str | None = None
     #: The variable name; ``{node_name}`` becomes the step's node.
@@ -58,7 +58,8 @@ class OutputSpec(BaseModel):
 class StepConfig(BaseModel):
     """Keys every step accepts."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Ids that YAML reads as numbers stay usable as text.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
 
     type: str
     name: str | None = None
@@ -491,7 +492,7 @@ class BaseStep:
                             hint="available keys: " + ", ".join(map(str, source)),
                         )
                     value = source[spec.field]
-                    if spec.json and isinstance(value, str):
+                    if spec.parse_json and isinstance(value, str):
                         try:
                             value = json.loads(value)
                         except ValueError:

@@ -1,0 +1,314 @@
+"""Whole workflows on embedded nodes with the real kv-store app."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.cli import main
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.workflow import parse_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "kv-store" / "kv_store.wasm"
+
+SETUP = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    path: {APP}
+  - name: ns
+    type: create_namespace
+    node: node-1
+    application_id: ${{results.install.application_id}}
+  - name: ctx
+    type: create_context
+    node: node-1
+    application_id: ${{results.install.application_id}}
+    namespace_id: ${{results.ns.namespace_id}}
+"""
+
+JOIN2 = """
+  - name: inv
+    type: invite
+    node: node-1
+    namespace_id: ${results.ns.namespace_id}
+  - name: join
+    type: join
+    node: node-2
+    namespace_id: ${results.ns.namespace_id}
+    invitation: ${results.inv.invitation}
+  - name: ctx2
+    type: join_context
+    node: node-2
+    context_id: ${results.ctx.context_id}
+"""
+
+
+async def run_workflow(tmp_path: Path, nodes: int, steps: str):
+    text = f"name: e2e\nnodes: {{count: {nodes}, prefix: node}}\nsteps:\n{steps}"
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs").run()
+
+
+def failures(result) -> list[str]:
+    return [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+
+
+def test_example_runs_and_replicates(tmp_path: Path, capsys):
+    results = tmp_path / "results.json"
+    code = main([
+        "run", str(ROOT / "examples" / "kv-store" / "workflow.yml"),
+        "--results", str(results), "--workdir", str(tmp_path / "w"), "--color", "never",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    data = json.loads(results.read_text())
+    assert data["get2"]["output"] == "world"
+    assert data["get3"]["output"] == "world"
+    assert data["read-on-1"]["output"] == "from node 3"
+    assert set(data["synced"]["hashes"]) == {"node-1", "node-2", "node-3"}
+    assert len(set(data["synced"]["hashes"].values())) == 1
+    assert data["synced"]["context_state_hash"] != data["synced-again"]["context_state_hash"]
+    logs = list((tmp_path / "w").glob("*/node-logs/node-*.log"))
+    assert len(logs) == 3 and all(p.stat().st_size > 0 for p in logs)
+
+
+async def test_call_results_logs_and_events(tmp_path: Path):
+    steps = SETUP + """
+  - name: set
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: set
+    args: {key: k, value: "v, with \\"quotes\\""}
+  - name: entries
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: entries
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert result.passed, failures(result)
+    data = result.workflow_results
+    assert data["set"]["output"] is None
+    assert data["entries"]["output"] == {"k": 'v, with "quotes"'}
+    assert any("k" in line for line in data["set"]["logs"])
+    assert data["set"]["events"] and data["set"]["events"][0]["kind"] == "Inserted"
+    set_record = next(s for s in result.steps if s.name == "set")
+    assert any("app log" in line for line in set_record.logs)
+
+
+@pytest.mark.parametrize(
+    "method, args, error_kind, text",
+    [
+        ("nope", "{}", "FunctionCallError", 'method \\"nope\\" not found'),
+        ("get_result", "{key: missing}", "FunctionCallError", "NotFound"),
+        ("get_unchecked", "{key: missing}", "FunctionCallError", "key not found"),
+        ("get", "{key: 1}", "FunctionCallError", "Failed to deserialize input"),
+    ],
+)
+async def test_call_errors_carry_the_node_error(tmp_path: Path, method, args, error_kind, text):
+    steps = SETUP + f"""
+  - name: bad
+    type: call
+    node: node-1
+    context_id: ${{results.ctx.context_id}}
+    method: {method}
+    args: {args}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert not result.passed
+    bad = next(s for s in result.steps if s.name == "bad")
+    assert bad.error.kind == error_kind
+    assert text.replace("\\", "") in bad.error.message
+    assert bad.error.location.line == steps.count("\n", 0, steps.index("name: bad")) + 4
+
+
+async def test_expected_failure_and_expected_error(tmp_path: Path):
+    steps = SETUP + """
+  - name: missing
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: get_result
+    args: {key: zzz}
+    expected_failure: true
+    expected_error: NotFound
+  - name: wrong-text
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: get_result
+    args: {key: zzz}
+    expected_failure: true
+    expected_error: SomethingElse
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    statuses = {s.name: s.status for s in result.steps}
+    assert statuses["missing"] is Status.PASSED
+    assert statuses["wrong-text"] is Status.FAILED
+    assert result.workflow_results["missing"]["error_type"] == "FunctionCallError"
+    wrong = next(s for s in result.steps if s.name == "wrong-text")
+    assert wrong.error.expected == "SomethingElse"
+
+
+async def test_expected_failure_that_succeeds_fails(tmp_path: Path):
+    steps = SETUP + """
+  - name: fine
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: len
+    expected_failure: true
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    fine = next(s for s in result.steps if s.name == "fine")
+    assert fine.status is Status.FAILED
+    assert "expected this step to fail" in fine.error.message
+
+
+async def test_call_expected_value_mismatch_reports_both(tmp_path: Path):
+    steps = SETUP + """
+  - name: len
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: len
+    expected: 5
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    step = next(s for s in result.steps if s.name == "len")
+    assert step.status is Status.FAILED
+    assert step.error.expected == 5 and step.error.actual == 0
+
+
+async def test_wait_for_sync_times_out_with_per_node_hashes(tmp_path: Path):
+    # node-2 never joins the context, so it can never agree.
+    steps = SETUP + """
+  - name: sync
+    type: wait_for_sync
+    context_id: ${results.ctx.context_id}
+    timeout: 0.5
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    sync = next(s for s in result.steps if s.name == "sync")
+    assert sync.status is Status.FAILED
+    assert sync.error.kind == "sync_timeout"
+    assert "node-1=" in sync.error.message and "node-2=" in sync.error.message
+    assert set(sync.error.actual) == {"node-1", "node-2"}
+    # on failure, node logs and states are written
+    assert "node-1" in result.node_log_files
+    states = json.loads(next((tmp_path / "runs").glob("*/node-logs/node-states.json")).read_text())
+    assert states["node-1"]["contexts"][0]["id"] == result.workflow_results["ctx"]["context_id"]
+
+
+async def test_two_nodes_converge_after_writes_on_both(tmp_path: Path):
+    steps = SETUP + JOIN2 + """
+  - name: w1
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: set
+    args: {key: a, value: "1"}
+  - name: w2
+    type: call
+    node: node-2
+    context_id: ${results.ctx.context_id}
+    method: set
+    args: {key: b, value: "2"}
+  - name: sync
+    type: wait_for_sync
+    context_id: ${results.ctx.context_id}
+    expect: {method: len, equals: 2}
+  - name: e1
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: entries
+  - name: e2
+    type: call
+    node: node-2
+    context_id: ${results.ctx.context_id}
+    method: entries
+  - type: json_assert
+    statements:
+      - json_equal(${results.e1.output}, ${results.e2.output})
+      - 'json_equal(${results.e1.output}, {"a": "1", "b": "2"})'
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    assert result.passed, failures(result)
+
+
+async def test_create_identity_and_node_placeholders(tmp_path: Path):
+    steps = """
+  - name: id
+    type: create_identity
+    node: node-1
+  - type: assert
+    statements:
+      - is_set(${results.id.public_key})
+      - contains(${nodes.node-1.url}, "http://127.0.0.1:")
+      - equal(${nodes.node-1.name}, node-1)
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert result.passed, failures(result)
+
+
+async def test_join_with_a_tampered_invitation_fails(tmp_path: Path):
+    steps = SETUP + """
+  - name: inv
+    type: invite
+    node: node-1
+    namespace_id: ${results.ns.namespace_id}
+  - name: join
+    type: join
+    node: node-2
+    namespace_id: ${results.ns.namespace_id}
+    invitation:
+      invitation:
+        inviter_identity: ${results.inv.invitation.invitation.inviter_identity}
+        group_id: ${results.inv.invitation.invitation.group_id}
+        expiration_timestamp: ${results.inv.invitation.invitation.expiration_timestamp}
+        secret_salt: ${results.inv.invitation.invitation.secret_salt}
+        invited_role: 0
+      inviter_signature: ${results.inv.invitation.inviter_signature}
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    join = next(s for s in result.steps if s.name == "join")
+    assert join.status is Status.FAILED, result.workflow_results.get("inv")
+    assert "HTTP 4" in join.error.message
+
+
+async def test_missing_placeholder_fails_the_step_and_names_what_exists(tmp_path: Path):
+    steps = SETUP + """
+  - name: bad
+    type: call
+    node: node-1
+    context_id: ${results.ctxx.context_id}
+    method: len
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    bad = next(s for s in result.steps if s.name == "bad")
+    assert bad.status is Status.FAILED
+    assert "no results for step 'ctxx'" in bad.error.message
+    assert "install, ns, ctx" in bad.error.hint
+
+
+async def test_unknown_context_and_uninstalled_app(tmp_path: Path):
+    steps = SETUP + """
+  - name: nope
+    type: call
+    node: node-1
+    context_id: 11111111111111111111111111111112
+    method: len
+    retries: 0
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    nope = next(s for s in result.steps if s.name == "nope")
+    assert nope.status is Status.FAILED
+    assert nope.error.kind in ("ContextNotFound", "ParseError")
