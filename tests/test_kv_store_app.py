@@ -6,9 +6,11 @@ then replicas exchanging artifacts through ``__calimero_sync_next``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
+import struct
 
 import pytest
 
@@ -468,3 +470,83 @@ def test_an_empty_artifact_list_still_commits_the_root(node: KvNode) -> None:
     root = node.root
     outcome = node.apply(b"\x00\x00\x00\x00\x00")
     assert outcome.root_hash == root
+
+
+# --- the documented formats (apps/kv-store/README.md) ------------------------------------
+
+
+def _index(storage: dict[bytes, bytes]) -> list[tuple[bytes, int, bytes]]:
+    data = storage[b"kv-store/v1/index"]
+    count, pos, rows = int.from_bytes(data[:4], "little"), 4, []
+    for _ in range(count):
+        klen = int.from_bytes(data[pos : pos + 4], "little")
+        key = data[pos + 4 : pos + 4 + klen]
+        live, entry_hash = data[pos + 4 + klen], data[pos + 5 + klen : pos + 37 + klen]
+        rows.append((key, live, entry_hash))
+        pos += 37 + klen
+    assert pos == len(data)
+    return rows
+
+
+def test_root_hash_follows_the_documented_formula(node: KvNode) -> None:
+    node.call("set", {"key": "long", "value": "x" * 300})  # multi-block SHA-256
+    node.call("set", {"key": "b", "value": "2"})
+    node.call("remove", {"key": "gone"})  # a tombstone for a key never set
+    rows = _index(node.storage)
+    assert [(key, live) for key, live, _ in rows] == [
+        (b"b", 1),
+        (b"gone", 0),
+        (b"long", 1),
+    ]
+    root = hashlib.sha256(b"calimero-workflow/kv-store/v1/root")
+    root.update(struct.pack("<I", len(rows)))
+    for key, _live, entry_hash in rows:
+        record = node.storage[b"kv-store/v1/entry/" + key]
+        assert (
+            entry_hash
+            == hashlib.sha256(struct.pack("<I", len(key)) + key + record).digest()
+        )
+        root.update(struct.pack("<I", len(key)) + key + entry_hash)
+    assert node.root == root.digest()
+    assert node.storage[b"kv-store/v1/meta"] == b"\x01" + struct.pack("<I", 2)
+
+
+def test_artifact_follows_the_documented_encoding(node: KvNode) -> None:
+    node.now = 0x0102030405060708 - 1  # the next time_now
+    artifact = node.run("set", {"key": "k", "value": "val"}).artifact
+    assert artifact == (
+        b"\x00"
+        + struct.pack("<I", 1)
+        + b"\x01"
+        + struct.pack("<I", 1)
+        + b"k"
+        + struct.pack("<Q", 0x0102030405060708)
+        + ALICE
+        + struct.pack("<I", 3)
+        + b"val"
+    )
+    delete = node.run("remove", {"key": "k"}).artifact
+    assert delete == (
+        b"\x00"
+        + struct.pack("<I", 1)
+        + b"\x02"
+        + struct.pack("<I", 1)
+        + b"k"
+        + struct.pack("<Q", 0x0102030405060709)
+        + ALICE
+    )
+
+
+def test_a_hand_written_artifact_applies(node: KvNode) -> None:
+    put = (
+        b"\x01"
+        + struct.pack("<I", 3)
+        + b"new"
+        + struct.pack("<Q", 10**18)
+        + CAROL
+        + struct.pack("<I", 2)
+        + b"hi"
+    )
+    init = b"\x00"
+    node.apply(b"\x00" + struct.pack("<I", 2) + init + put)
+    assert node.call("get", {"key": "new"}) == "hi"

@@ -545,9 +545,8 @@ static void json_skip_value(Json *j, int depth) {
 
 /* serde's wording for a value of the wrong type, e.g. "integer `1`". */
 static void json_describe_value(Json *j, Buf *out) {
-    usize start = j->pos;
     int c = json_peek(j);
-    start = j->pos;
+    usize start = j->pos;
     if (c == '{') { json_skip_value(j, 0); buf_str(out, "map"); }
     else if (c == '[') { json_skip_value(j, 0); buf_str(out, "sequence"); }
     else if (c == 'n') { json_skip_value(j, 0); buf_str(out, "null"); }
@@ -1099,7 +1098,8 @@ EXPORT("__calimero_sync_next") void kv_sync_next(void) {
     Reader rd = {input.p, input.len, 0, 0};
     if (rd_u8(&rd) != 0) PANIC("fatal: sync failed");
     u32 count = rd_u32(&rd);
-    if (rd.bad || count > input.len) PANIC("fatal: sync failed");
+    /* Every action takes at least one byte, which bounds the allocation below. */
+    if (rd.bad || count > input.len - rd.pos) PANIC("fatal: sync failed");
 
     typedef struct { const u8 *key; usize klen; Record r; } Action;
     Action *actions = alloc((usize)count * sizeof(Action) + 1);
