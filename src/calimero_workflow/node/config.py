@@ -180,7 +180,6 @@ def write_config(cfg: NodeConfig, path: Path | None = None) -> Path:
         "bootstrap": {"nodes": list(cfg.bootstrap)},
         "discovery": {"mdns": False},
         "sync": {"interval_ms": cfg.sync_interval_ms, "timeout_ms": 30000},
-        "datastore": {"path": "data"},
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".toml.tmp")
