@@ -159,6 +159,16 @@ class NodeBackend(abc.ABC):
         """
         return str(path.resolve())
 
+    async def exec_in_node(
+        self, name: str, argv: list[str], env: dict[str, str]
+    ) -> tuple[int, bytes, bytes]:
+        """Run a command inside a node's container: ``(exit code, stdout, stderr)``."""
+        raise BackendError(
+            f"the {self.name} backend has no node containers to run commands in",
+            node=name,
+            hint="use `target: local`, or run with --backend docker",
+        )
+
     def image_info(self) -> dict[str, Any]:
         """The node image reference and digest, for the run's results."""
         return {}

@@ -1,0 +1,228 @@
+"""``script``: run a local script or an inline command, or a command in node containers.
+
+Placeholder values never become shell text. ``args`` reach the program as
+separate arguments and ``env`` values as environment variables, and every
+earlier result is available to the script as environment variables too. An
+inline ``run:`` is the workflow author's own text: placeholders inside it are
+refused at load time, with a hint to use ``$VARIABLES`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ..errors import Problem, StepFailure
+from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+
+_ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
+_OUTPUT_LIMIT = 1024 * 1024
+
+
+class ScriptConfig(StepConfig):
+    #: A script file, relative to the workflow file.
+    script: str | None = None
+    #: An inline command, run with ``/bin/sh -c``.
+    run: str | None = None
+    args: list[str | int | float | bool] = Field(default_factory=list)
+    env: dict[str, Any] = Field(default_factory=dict)
+    target: Literal["local", "nodes"] = "local"
+    #: With ``target: nodes``: which nodes (default all local nodes).
+    nodes: list[str] | str | None = None
+    cwd: str | None = None
+    shell: str = "/bin/sh"
+
+    @model_validator(mode="after")
+    def _one_program(self) -> ScriptConfig:
+        if bool(self.script) == bool(self.run):
+            raise ValueError("give exactly one of `script` (a file) or `run` (an inline command)")
+        return self
+
+
+def env_name(key: str) -> str:
+    """``app_id_node-1`` → ``APP_ID_NODE_1``."""
+    return _ENV_NAME_RE.sub("_", key).strip("_").upper()
+
+
+def _as_env_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+@register_step
+class Script(BaseStep):
+    type_name = "script"
+    Config = ScriptConfig
+    # The inline command is the author's text, never a template.
+    deferred_keys = frozenset({"run"})
+    summary = (
+        "run a `script` file or an inline `run` command (locally, or in node containers with "
+        "`target: nodes`); results reach it as environment variables → `exit_code`, `stdout`, `stderr`"
+    )
+
+    def check(self, config: ScriptConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        if config.run and ("${" in config.run.replace("$${", "") or "{{" in config.run):
+            problems.append(
+                self.problem(
+                    "placeholders are not expanded inside `run` (they would become shell text)",
+                    key="run",
+                    hint="pass values through `env:` (e.g. env: {CTX: ${results.ctx.context_id}}) "
+                    "and use \"$CTX\" in the command, or through `args:` as \"$1\"",
+                )
+            )
+        if config.script and vctx.check_files and "${" not in config.script and "{{" not in config.script:
+            problem = self._script_problem(config.script, vctx.base_dir)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    def _script_problem(self, script: str, base_dir: Path) -> Problem | None:
+        path = (base_dir / script).resolve()
+        roots = [base_dir.resolve(), Path.cwd().resolve()]
+        if not _inside(path, roots):
+            return self.problem(
+                f"script {script!r} is outside the workflow's folder and the working directory",
+                key="script",
+                hint="keep scripts next to the workflow or inside the repository",
+            )
+        if not path.is_file():
+            return self.problem(
+                f"script not found: {script}",
+                key="script",
+                hint=f"paths are relative to the workflow file's folder ({base_dir})",
+            )
+        return None
+
+    def _environment(self, config: ScriptConfig, run: StepRun, results_file: Path) -> dict[str, str]:
+        ctx = run.ctx
+        env = dict(ctx.env)
+        for key, value in ctx.captured.items():
+            env[env_name(key)] = _as_env_value(value)
+        for key, value in run.variables.items():
+            env[env_name(key)] = _as_env_value(value)
+        for name, ref in ctx.nodes.items():
+            env[f"CW_NODE_{env_name(name)}_URL"] = ref.url
+        env["CW_RESULTS_FILE"] = str(results_file)
+        env["CW_RUN_ID"] = ctx.run_id
+        env["CW_WORKFLOW_DIR"] = str(ctx.workflow.base_dir)
+        for key, value in config.env.items():
+            env[str(key)] = _as_env_value(value)
+        return env
+
+    async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+        if config.target == "nodes":
+            return await self._in_nodes(config, run)
+        base = run.ctx.workflow.base_dir
+        if config.script:
+            problem = self._script_problem(config.script, base)
+            if problem:
+                raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
+            argv = [config.shell, str((base / config.script).resolve())]
+        else:
+            argv = [config.shell, "-c", config.run or "", "script"]
+        argv += [_as_env_value(a) for a in config.args]
+        with tempfile.NamedTemporaryFile(
+            "w", suffix=".json", prefix="cw-results-", dir=run.ctx.workdir, delete=False
+        ) as handle:
+            json.dump(run.ctx.results, handle, default=str)
+            results_file = Path(handle.name)
+        try:
+            cwd = (base / config.cwd).resolve() if config.cwd else base
+            return await self._run_local(argv, self._environment(config, run, results_file), cwd, run)
+        finally:
+            results_file.unlink(missing_ok=True)
+
+    async def _run_local(self, argv: list[str], env: dict[str, str], cwd: Path, run: StepRun) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StepFailure(f"cannot start {argv[0]}: {exc}", location=self.location) from exc
+        try:
+            stdout, stderr = await proc.communicate()
+        except asyncio.CancelledError:
+            # Timeout or interrupt: take the whole process group down.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+            raise
+        return self._finish(run, proc.returncode or 0, stdout, stderr, time.perf_counter() - started)
+
+    def _finish(self, run: StepRun, code: int, stdout: bytes, stderr: bytes, elapsed: float, node: str | None = None) -> dict[str, Any]:
+        out = stdout[:_OUTPUT_LIMIT].decode("utf-8", "replace")
+        err = stderr[:_OUTPUT_LIMIT].decode("utf-8", "replace")
+        prefix = f"[{node}] " if node else ""
+        for line in out.splitlines()[-200:]:
+            run.log(f"{prefix}stdout: {line}")
+        for line in err.splitlines()[-200:]:
+            run.log(f"{prefix}stderr: {line}")
+        try:
+            parsed = json.loads(out) if out.strip() else None
+        except ValueError:
+            parsed = None
+        data = {
+            "exit_code": code,
+            "stdout": out,
+            "stderr": err,
+            "output": parsed,
+            "duration_seconds": round(elapsed, 6),
+        }
+        if code != 0:
+            raise StepFailure(
+                f"{prefix}script exited with code {code}"
+                + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""),
+                kind="script",
+                expected="exit code 0",
+                actual=f"exit code {code}",
+                location=self.location,
+                data=data,
+            )
+        return data
+
+    async def _in_nodes(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+        ctx = run.ctx
+        if ctx.backend is None:
+            raise StepFailure("`target: nodes` needs local nodes", location=self.key_location("target"))
+        names = (
+            [config.nodes] if isinstance(config.nodes, str)
+            else list(config.nodes) if config.nodes
+            else [n for n, ref in ctx.nodes.items() if ref.kind != "remote"]
+        )
+        if config.script:
+            body = (ctx.workflow.base_dir / config.script).read_text(encoding="utf-8")
+        else:
+            body = config.run or ""
+        env = {str(k): _as_env_value(v) for k, v in config.env.items()}
+        per_node: dict[str, Any] = {}
+        for name in names:
+            started = time.perf_counter()
+            code, stdout, stderr = await ctx.backend.exec_in_node(
+                name, ["/bin/sh", "-c", body, "script", *[_as_env_value(a) for a in config.args]], env
+            )
+            per_node[name] = self._finish(run, code, stdout, stderr, time.perf_counter() - started, node=name)
+        return {"nodes": per_node, "exit_code": 0}

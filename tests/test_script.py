@@ -1,0 +1,142 @@
+"""The script step: values reach scripts as data, never as shell text."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.errors import WorkflowValidationError
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.workflow import parse_workflow
+
+
+async def run_text(text: str, tmp_path: Path):
+    wf = parse_workflow(textwrap.dedent(text), file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={"PATH": "/usr/bin:/bin"}, workdir=tmp_path / "runs").run()
+
+
+async def test_placeholder_values_are_never_executed(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    result = await run_text(
+        f"""
+        name: t
+        steps:
+          - name: evil
+            type: assert
+            actual: "$(touch {marker}); `touch {marker}`; ' \\" ; touch {marker}"
+            is_set: true
+          - name: s
+            type: script
+            run: 'printf "%s" "$VAL"; printf "|%s" "$@"'
+            args: ["${{results.evil.actual}}", "two words"]
+            env: {{VAL: "${{results.evil.actual}}"}}
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.steps]
+    evil = result.workflow_results["evil"]["actual"]
+    assert result.workflow_results["s"]["stdout"] == f"{evil}|{evil}|two words"
+    assert not marker.exists()
+
+
+async def test_script_file_sees_results_and_captured_values(tmp_path: Path):
+    script = tmp_path / "check.sh"
+    script.write_text('cat "$CW_RESULTS_FILE"; echo; echo "$GREETING_VALUE"\n')
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: first
+            type: assert
+            actual: hello
+            is_set: true
+            outputs: {greeting_value: actual}
+          - name: s
+            type: script
+            script: check.sh
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.steps]
+    lines = result.workflow_results["s"]["stdout"].splitlines()
+    assert json.loads(lines[0])["first"]["actual"] == "hello"
+    assert lines[1] == "hello"
+
+
+async def test_json_stdout_is_parsed_and_nonzero_exit_fails(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: j
+            type: script
+            run: 'echo "{\\"n\\": 3}"'
+          - type: assert
+            actual: ${results.j.output.n}
+            equals: 3
+          - name: boom
+            type: script
+            run: 'echo bad >&2; exit 7'
+        """,
+        tmp_path,
+    )
+    assert [s.status for s in result.steps] == [Status.PASSED, Status.PASSED, Status.FAILED]
+    boom = result.steps[2]
+    assert boom.error.message == "script exited with code 7: bad"
+    assert boom.data["exit_code"] == 7
+
+
+async def test_timeout_kills_the_script(tmp_path: Path):
+    pidfile = tmp_path / "pid"
+    result = await run_text(
+        f"""
+        name: t
+        steps:
+          - type: script
+            run: 'echo $$ > {pidfile}; sleep 30'
+            timeout: 0.5
+        """,
+        tmp_path,
+    )
+    assert result.steps[0].error.kind == "timeout"
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("run: 'echo ${results.a.b}'", "placeholders are not expanded inside `run`"),
+        ("run: 'echo {{x}}'", "placeholders are not expanded inside `run`"),
+        ("script: missing.sh", "script not found: missing.sh"),
+        ("script: ../../../etc/passwd", "outside the workflow's folder"),
+        ("run: x\n    script: y.sh", "exactly one of `script`"),
+    ],
+)
+def test_bad_script_configuration(tmp_path: Path, body: str, message: str, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sub = tmp_path / "wf"
+    sub.mkdir()
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(f"name: t\nsteps:\n  - type: script\n    {body}\n", file=sub / "wf.yml", environ={})
+    assert any(message in p.message for p in info.value.problems), info.value
+    assert all(p.location.line >= 3 for p in info.value.problems)
+
+
+async def test_target_nodes_is_refused_on_embedded_nodes(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        nodes: {count: 1}
+        steps:
+          - type: script
+            target: nodes
+            run: echo hi
+        """,
+        tmp_path,
+    )
+    assert "has no node containers" in result.steps[0].error.message
