@@ -1,0 +1,191 @@
+"""Peer-to-peer behaviour of embedded nodes: delta push, catch-up and partitions.
+
+Every wait polls with a deadline (``wait_until``/``Cluster.converged``); the
+background sync runs every 100 ms here so catch-up tests finish quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
+
+from calimero_workflow.node.ids import Keypair
+from calimero_workflow.node.server import EmbeddedNode, NodeConfig
+
+__all__ = ["cluster", "node_runtime"]  # fixtures used by name
+
+
+async def values(api: Api, ctx: str) -> dict[str, str]:
+    return dict(await api.call(ctx, "entries"))
+
+
+async def test_nodes_bootstrapped_to_one_peer_form_a_full_mesh(cluster: Cluster) -> None:
+    first = await cluster.start("node-1")
+    await cluster.start("node-2", bootstrap=[first.node.swarm_multiaddr])
+    await cluster.start("node-3", bootstrap=[first.node.swarm_multiaddr])
+    # Nodes 2 and 3 learn of each other through peer exchange with node 1.
+    await cluster.connected()
+
+
+async def test_handshake_refuses_a_peer_with_the_wrong_id(cluster: Cluster) -> None:
+    first = await cluster.start("node-1")
+    port = first.node.swarm.port
+    impostor = f"/ip4/127.0.0.1/tcp/{port}/p2p/{Keypair.generate().peer_id}"
+    second = await cluster.start("node-2", bootstrap=[impostor])
+    await second.node.swarm.dial_missing()
+    assert second.node.peer_count == 0
+    assert first.node.peer_count == 0
+
+
+async def test_three_nodes_converge(cluster: Cluster) -> None:
+    for name in ("node-1", "node-2", "node-3"):
+        await cluster.start(name)
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2", "node-3")
+    apis = [cluster.api(n) for n in ("node-1", "node-2", "node-3")]
+
+    for i, api in enumerate(apis):
+        await api.call(ctx, "set", {"key": f"from-{i}", "value": str(i)})
+    await apis[1].call(ctx, "remove", {"key": "from-0"})
+
+    await cluster.converged(ctx)
+    expected = {"from-1": "1", "from-2": "2"}
+
+    async def all_agree() -> bool:
+        return all([await values(a, ctx) == expected for a in apis])
+
+    await wait_until(all_agree, what="every node to hold the same entries")
+
+
+async def test_concurrent_writes_on_two_nodes_converge(cluster: Cluster) -> None:
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2")
+
+    async def writes(api: Api, tag: str) -> None:
+        for i in range(10):
+            await api.call(ctx, "set", {"key": "same", "value": f"{tag}-{i}"})
+            await api.call(ctx, "set", {"key": f"{tag}-{i}", "value": tag})
+
+    await asyncio.gather(writes(node1, "a"), writes(node2, "b"))
+    await cluster.converged(ctx)
+    left, right = await values(node1, ctx), await values(node2, ctx)
+    assert left == right
+    assert left["same"] in {"a-9", "b-9"}
+    assert len(left) == 21
+
+
+async def test_a_restarted_node_catches_up(cluster: Cluster) -> None:
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2")
+    await node1.call(ctx, "set", {"key": "before", "value": "1"})
+    await cluster.converged(ctx)
+
+    await node2.node.stop()
+    for i in range(5):
+        await node1.call(ctx, "set", {"key": f"while-down-{i}", "value": str(i)})
+    await node1.call(ctx, "remove", {"key": "before"})
+
+    # A new node object on the same home, as a backend restart does.
+    config = NodeConfig(
+        name="node-2",
+        home=node2.node.home,
+        bootstrap=[node1.node.swarm_multiaddr],
+        sync_interval_ms=100,
+    )
+    revived = EmbeddedNode(config, runtime=cluster.runtime)
+    await revived.start()
+    cluster.nodes["node-2"] = revived
+    assert revived.peer_id == node2.node.peer_id
+
+    await cluster.converged(ctx)
+    again = cluster.api("node-2")
+    assert await values(again, ctx) == {f"while-down-{i}": str(i) for i in range(5)}
+
+
+async def test_a_stopped_node_that_restarts_without_bootstrap_redials_known_peers(
+    cluster: Cluster,
+) -> None:
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2")
+
+    await node1.node.stop()
+    await node2.call(ctx, "set", {"key": "k", "value": "v"})
+    # Node 1 has no bootstrap list, yet it remembers node 2's address.
+    await node1.node.start()
+    await cluster.converged(ctx)
+    assert await node1.call(ctx, "get", {"key": "k"}) == "v"
+
+
+async def test_a_partitioned_node_diverges_then_converges_after_heal(cluster: Cluster) -> None:
+    for name in ("node-1", "node-2", "node-3"):
+        await cluster.start(name)
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2", "node-3")
+    node1, node3 = cluster.api("node-1"), cluster.api("node-3")
+    await cluster.converged(ctx)
+
+    node3.node.swarm.partitioned = True
+    assert node3.node.peer_count == 0
+    await node1.call(ctx, "set", {"key": "majority", "value": "m"})
+    await node1.call(ctx, "set", {"key": "contested", "value": "from-1"})
+    await node3.call(ctx, "set", {"key": "minority", "value": "n"})
+    await node3.call(ctx, "set", {"key": "contested", "value": "from-3"})
+
+    # The connected side converges without node 3; node 3 stays different.
+    majority = await cluster.converged(ctx, "node-1", "node-2")
+    await cluster.api("node-1").data("POST", "/admin-api/contexts/sync")
+    assert await node3.state_hash(ctx) != majority
+    assert await node3.call(ctx, "get", {"key": "majority"}) is None
+    assert node3.node.peer_count == 0
+
+    node3.node.swarm.partitioned = False
+    await cluster.connected()
+    await cluster.converged(ctx)
+    merged = await values(node1, ctx)
+    assert merged == await values(node3, ctx)
+    assert merged["majority"] == "m" and merged["minority"] == "n"
+    assert merged["contested"] in {"from-1", "from-3"}
+
+
+async def test_admin_sync_pulls_missed_deltas(cluster: Cluster) -> None:
+    # A slow background sync, so the explicit sync route does the catch-up.
+    node1 = await cluster.start("node-1", sync_interval_ms=600_000)
+    node2 = await cluster.start("node-2", sync_interval_ms=600_000)
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2")
+    await cluster.converged(ctx)
+
+    node2.node.swarm.partitioned = True
+    await node1.call(ctx, "set", {"key": "missed", "value": "x"})
+    node2.node.swarm.partitioned = False
+    await cluster.connected()
+    await node2.data("POST", f"/admin-api/contexts/sync/{ctx}")
+    assert await node2.call(ctx, "get", {"key": "missed"}) == "x"
+    assert await node1.state_hash(ctx) == await node2.state_hash(ctx)
+
+
+async def test_a_late_joiner_gets_a_snapshot_and_later_deltas(cluster: Cluster) -> None:
+    node1 = await cluster.start("node-1")
+    await cluster.start("node-2")
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2")
+    for i in range(20):
+        await node1.call(ctx, "set", {"key": f"k{i}", "value": str(i)})
+
+    node3 = await cluster.start("node-3")
+    await cluster.connected()
+    ns = (await node1.data("GET", f"/admin-api/contexts/{ctx}"))["groupId"]
+    await node3.join(ns, await node1.invite(ns))
+    await node3.join_context(ctx)
+    assert await node3.call(ctx, "len") == 20
+
+    await node3.call(ctx, "set", {"key": "late", "value": "yes"})
+    await cluster.converged(ctx)
+    assert await cluster.api("node-2").call(ctx, "get", {"key": "late"}) == "yes"
