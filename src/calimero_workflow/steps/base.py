@@ -240,6 +240,10 @@ class ValidationContext:
         return self.node_names | self.remote_node_names
 
 
+#: StepFailure kinds that mean the workflow is wrong, not that the operation failed.
+_NOT_AN_OPERATION_FAILURE = frozenset({"placeholder", "invalid", "capture", "expected_failure", "internal"})
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NodeConnectionError):
         return True
@@ -410,9 +414,24 @@ class BaseStep:
         except StepFailure as exc:
             if exc.location is None:
                 exc.location = self.location
-            record.status = Status.FAILED
-            record.error = error_from_exception(exc)
-            record.data = exc.data
+            # Configuration mistakes never count as the expected failure.
+            expected = (
+                config is not None
+                and config.expected_failure
+                and exc.kind not in _NOT_AN_OPERATION_FAILURE
+            )
+            if expected:
+                record.data = {**exc.data, **self._expected_failure_data(exc)}
+                problem = self._expected_error_mismatch(config, exc)
+                if problem:
+                    record.status = Status.FAILED
+                    record.error = problem
+                else:
+                    run.log(f"failed as expected: {exc}")
+            else:
+                record.status = Status.FAILED
+                record.error = error_from_exception(exc)
+                record.data = exc.data
         except (NodeError, BackendError) as exc:
             handled = config is not None and config.expected_failure
             if handled:
@@ -549,6 +568,8 @@ class BaseStep:
                 error_message=exc.message,
                 error_data=exc.data,
             )
+        elif isinstance(exc, StepFailure):
+            data.update(error_type=exc.kind, error_code=None)
         else:
             data.update(error_type=type(exc).__name__, error_code=None)
         return data
