@@ -108,7 +108,7 @@ class Api:
             return None
         return str(resp.json()["data"]["contextStateHash"])
 
-    # -- the §1.4 flow in pieces ------------------------------------------------
+    # -- the §1.4 flow in pieces ---------------------------------------------------
 
     async def install_kv_store(self) -> str:
         body = {"path": str(KV_STORE_WASM), "metadata": []}

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from node_fixtures import KV_STORE_WASM, wait_until
 
 import calimero_workflow
 from calimero_workflow.node.config import load_config, write_config
 from calimero_workflow.node.ids import Keypair
 from calimero_workflow.node.merod import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK, main
+from node_fixtures import KV_STORE_WASM, wait_until
 
 SRC = Path(calimero_workflow.__file__).resolve().parent.parent
 START_TIMEOUT = 30.0

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from node_fixtures import KV_STORE_WASM, Api, Cluster, cluster, node_runtime, wait_until
 
 from calimero_workflow.node.errors import ApiError
 from calimero_workflow.node.ids import b58decode, b58encode, sha256
 from calimero_workflow.node.service import check_public_url
+from node_fixtures import KV_STORE_WASM, Api, Cluster, cluster, node_runtime, wait_until
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
@@ -48,7 +48,7 @@ async def one_node(cluster: Cluster) -> tuple[Api, str, str, str]:
     return api, app_id, ns, ctx
 
 
-# -- status routes ---------------------------------------------------------------
+# -- status routes -----------------------------------------------------------------
 
 
 async def test_status_routes_answer_merod_shapes(cluster: Cluster) -> None:
@@ -82,7 +82,7 @@ async def test_peers_counts_connected_nodes(cluster: Cluster) -> None:
     assert (await node3.get("/admin-api/peers")).json() == {"count": 2}
 
 
-# -- applications ----------------------------------------------------------------
+# -- applications ------------------------------------------------------------------
 
 
 async def test_install_dev_application_and_read_it_back(cluster: Cluster) -> None:
@@ -268,7 +268,7 @@ async def test_blob_routes(cluster: Cluster) -> None:
     assert (await api.get("/admin-api/blobs/xyz0")).status_code == 400
 
 
-# -- namespaces and identities -------------------------------------------------------
+# -- namespaces and identities -----------------------------------------------------
 
 
 async def test_namespace_routes(cluster: Cluster) -> None:
@@ -439,7 +439,7 @@ async def test_context_seed_gives_a_deterministic_id(cluster: Cluster) -> None:
     assert first["groupCreated"] is False and first["groupId"] == ns
 
 
-# -- JSON-RPC ---------------------------------------------------------------------------
+# -- JSON-RPC ----------------------------------------------------------------------
 
 
 async def test_execute_returns_output_logs_and_events(cluster: Cluster) -> None:
@@ -602,7 +602,7 @@ async def test_sync_status(cluster: Cluster) -> None:
     }
 
 
-# -- two nodes: the §1.4 flow ----------------------------------------------------------
+# -- two nodes: the §1.4 flow ------------------------------------------------------
 
 
 async def test_two_node_flow_reaches_the_same_state(cluster: Cluster) -> None:

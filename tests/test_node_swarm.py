@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
-
 from calimero_workflow.node.ids import Keypair
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
+from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
@@ -20,7 +19,9 @@ async def values(api: Api, ctx: str) -> dict[str, str]:
     return dict(await api.call(ctx, "entries"))
 
 
-async def test_nodes_bootstrapped_to_one_peer_form_a_full_mesh(cluster: Cluster) -> None:
+async def test_nodes_bootstrapped_to_one_peer_form_a_full_mesh(
+    cluster: Cluster,
+) -> None:
     first = await cluster.start("node-1")
     await cluster.start("node-2", bootstrap=[first.node.swarm_multiaddr])
     await cluster.start("node-3", bootstrap=[first.node.swarm_multiaddr])
@@ -123,7 +124,9 @@ async def test_a_stopped_node_that_restarts_without_bootstrap_redials_known_peer
     assert await node1.call(ctx, "get", {"key": "k"}) == "v"
 
 
-async def test_a_partitioned_node_diverges_then_converges_after_heal(cluster: Cluster) -> None:
+async def test_a_partitioned_node_diverges_then_converges_after_heal(
+    cluster: Cluster,
+) -> None:
     for name in ("node-1", "node-2", "node-3"):
         await cluster.start(name)
     await cluster.connected()

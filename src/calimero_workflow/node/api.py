@@ -156,7 +156,7 @@ class NodeApi:
     def service(self) -> Any:
         return self.node.service
 
-    # -- ASGI plumbing ---------------------------------------------------------------
+    # -- ASGI plumbing -------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -234,7 +234,13 @@ class NodeApi:
             match = pattern.fullmatch(request.path)
             if match is None:
                 continue
-            if method != request.method:
+            # HEAD is answered like GET (without the body) unless routed itself.
+            wanted = request.method
+            if wanted == "HEAD" and not any(
+                m == "HEAD" and p.fullmatch(request.path) for m, p, _ in self._routes
+            ):
+                wanted = "GET"
+            if method != wanted:
                 allowed.append(method)
                 continue
             request.params = match.groupdict()
@@ -252,13 +258,14 @@ class NodeApi:
 
     async def ready(self, request: Request) -> Response:
         if not self.node.running:
-            return Response.json({"data": {"status": "stopping"}}, 503)
+            # Requests can arrive while start() finishes or stop() drains.
+            return Response.json({"data": {"status": "not running"}}, 503)
         return Response.data({"status": "ready"})
 
     async def peers(self, request: Request) -> Response:
         return Response.json({"count": self.node.peer_count})
 
-    # -- applications ----------------------------------------------------------------
+    # -- applications --------------------------------------------------------------
 
     async def install_dev(self, request: Request) -> Response:
         app = self.service.install_dev(request.json(empty_ok=False))
@@ -288,7 +295,7 @@ class NodeApi:
             raise ApiError(404, msg)
         return Response.data(abi)
 
-    # -- namespaces ------------------------------------------------------------------
+    # -- namespaces ----------------------------------------------------------------
 
     async def create_namespace(self, request: Request) -> Response:
         ns = self.service.create_namespace(request.json(empty_ok=False))
@@ -310,7 +317,7 @@ class NodeApi:
         joined = await self.service.join_namespace(request.params["ns"], request.json())
         return Response.data(joined)
 
-    # -- contexts --------------------------------------------------------------------
+    # -- contexts ------------------------------------------------------------------
 
     async def create_context(self, request: Request) -> Response:
         return Response.data(
@@ -364,7 +371,7 @@ class NodeApi:
         await self.service.sync.sync_context(ctx.id)
         return Response.data(None)
 
-    # -- identities ------------------------------------------------------------------
+    # -- identities ----------------------------------------------------------------
 
     async def new_identity(self, request: Request) -> Response:
         return Response.data({"publicKey": self.service.new_context_identity()})
@@ -372,7 +379,7 @@ class NodeApi:
     async def identity(self, request: Request) -> Response:
         return Response.data(self.service.node_identity())
 
-    # -- blobs -------------------------------------------------------------------------
+    # -- blobs ---------------------------------------------------------------------
 
     def _blob_id(self, request: Request) -> str:
         blob_id = request.params["blob"]
@@ -405,7 +412,7 @@ class NodeApi:
             raise ApiError(404, f"blob {blob_id} not found")
         return Response.data({"blobId": blob_id, "deleted": True})
 
-    # -- JSON-RPC ------------------------------------------------------------------------
+    # -- JSON-RPC ------------------------------------------------------------------
 
     async def jsonrpc(self, request: Request) -> Response:
         req_id: Any = None

@@ -97,7 +97,7 @@ class NodeConfig:
         return replace(self, identity=identity)
 
 
-# -- writing -------------------------------------------------------------------
+# -- writing -----------------------------------------------------------------------
 
 
 def _toml_key(key: str) -> str:
@@ -189,7 +189,7 @@ def write_config(cfg: NodeConfig, path: Path | None = None) -> Path:
     return target
 
 
-# -- reading -------------------------------------------------------------------
+# -- reading -----------------------------------------------------------------------
 
 
 def _first_tcp_listen(

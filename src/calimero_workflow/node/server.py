@@ -91,7 +91,7 @@ class EmbeddedNode:
         self._server_port = 0
         self._host = config.server_host
 
-    # -- identity ---------------------------------------------------------------------
+    # -- identity ------------------------------------------------------------------
 
     def _load_identity(self) -> Keypair:
         """The node's keypair: from the config, else home/config.toml, else a new one."""
@@ -108,7 +108,7 @@ class EmbeddedNode:
         )
         return identity
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
         """Bind both ports, load state from home and start serving.
@@ -245,7 +245,7 @@ class EmbeddedNode:
     ) -> None:
         await self.stop()
 
-    # -- addresses and parts ----------------------------------------------------------
+    # -- addresses and parts -------------------------------------------------------
 
     @property
     def home(self) -> Path:

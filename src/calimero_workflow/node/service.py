@@ -198,7 +198,7 @@ class NodeService:
             raise RuntimeError("the node's replicator is not attached")
         return self.replicator
 
-    # -- applications ------------------------------------------------------------
+    # -- applications --------------------------------------------------------------
 
     def module(self, app: AppRecord) -> AppModule:
         """The compiled module of an installed app (compiled on first use)."""
@@ -344,7 +344,7 @@ class NodeService:
         self._modules.pop(app_id, None)
         self.log.info("uninstalled application %s", app_id)
 
-    # -- namespaces and invitations ----------------------------------------------
+    # -- namespaces and invitations ------------------------------------------------
 
     def _new_identity(self) -> Keypair:
         pair = Keypair.generate()
@@ -532,7 +532,7 @@ class NodeService:
             "memberAccount": me.public.hex(),
         }
 
-    # -- identities -----------------------------------------------------------------
+    # -- identities ----------------------------------------------------------------
 
     def new_context_identity(self) -> str:
         return self._new_identity().public_b58
@@ -553,7 +553,7 @@ class NodeService:
         )
         raise ApiError(404, msg)
 
-    # -- contexts -----------------------------------------------------------------
+    # -- contexts ------------------------------------------------------------------
 
     def context(self, ctx_id: str) -> ContextRecord:
         _ctx_id(ctx_id)
@@ -715,7 +715,7 @@ class NodeService:
         await self.sync.sync_context(ctx_id)
         return {"contextId": ctx_id, "memberPublicKey": ns.identity}
 
-    # -- execution -------------------------------------------------------------------
+    # -- execution -----------------------------------------------------------------
 
     def _runnable(self, ctx_id: str) -> tuple[ContextRecord, AppModule]:
         try:

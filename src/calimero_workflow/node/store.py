@@ -11,6 +11,7 @@ a killed process, which is the failure tests and containers produce.
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import time
@@ -186,8 +187,6 @@ class Delta:
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-safe form for the swarm."""
-        import base64
-
         return {
             "id": self.id.hex(),
             "parents": [p.hex() for p in self.parents],
@@ -198,8 +197,6 @@ class Delta:
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> Delta:
         """Parse and check a delta received from a peer (ValueError if forged)."""
-        import base64
-
         parents = tuple(bytes.fromhex(p) for p in body["parents"])
         artifact = base64.b64decode(body["artifact"], validate=True)
         ident = bytes.fromhex(body["id"])
@@ -224,7 +221,7 @@ class NodeStore:
         self._kv: dict[str, dict[bytes, bytes]] = {}
         self._deltas: dict[str, dict[bytes, Delta]] = {}
 
-    # -- lifecycle ---------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------
 
     def open(self) -> None:
         """Open (creating if needed) the database and load the records."""
@@ -272,7 +269,7 @@ class NodeStore:
             raise
         db.execute("COMMIT")
 
-    # -- meta and identities -----------------------------------------------------
+    # -- meta and identities -------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -295,7 +292,7 @@ class NodeStore:
         self.identities[key] = secret
         return key
 
-    # -- blobs and applications --------------------------------------------------
+    # -- blobs and applications ----------------------------------------------------
 
     def put_blob(self, data: bytes) -> str:
         """Store bytes under their content id (base58 sha256) and return the id."""
@@ -328,7 +325,7 @@ class NodeStore:
         self._write([("DELETE FROM applications WHERE id = ?", (app_id,))])
         self.apps.pop(app_id, None)
 
-    # -- namespaces and contexts -------------------------------------------------
+    # -- namespaces and contexts ---------------------------------------------------
 
     def save_namespace(self, ns: NamespaceRecord) -> None:
         text = json.dumps(asdict(ns))
@@ -443,7 +440,7 @@ class NodeStore:
         writes.update(entries)
         self.commit_changes(ctx, writes, deltas)
 
-    # -- peers -------------------------------------------------------------------
+    # -- peers ---------------------------------------------------------------------
 
     def remember_peer(self, peer_id: str, addr: str) -> None:
         """Keep the last dialable address of a peer, to find it after a restart."""

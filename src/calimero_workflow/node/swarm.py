@@ -344,7 +344,7 @@ class Swarm:
             for other, addr in dict(reply.get("addresses") or {}).items():
                 self.learn(str(other), str(addr))
 
-    # -- handshake -------------------------------------------------------------------
+    # -- handshake -----------------------------------------------------------------
 
     def _proof(self, nonce: bytes, peer: str) -> str:
         return self.keypair.sign(_PROTOCOL + nonce + peer.encode()).hex()

@@ -59,7 +59,7 @@ class Replicator:
         self.log = node_logger(service.name, "sync")
         service.replicator = self
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Start the periodic catch-up loop."""
@@ -86,7 +86,7 @@ class Replicator:
             except Exception:  # the loop must survive any one failed round
                 self.log.exception("background sync round failed")
 
-    # -- helpers -----------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------
 
     def _member_peers(self, ns: NamespaceRecord) -> list[str]:
         return [
@@ -159,7 +159,7 @@ class Replicator:
             list(await asyncio.gather(*coros, return_exceptions=True)) if coros else []
         )
 
-    # -- outgoing: namespaces ---------------------------------------------------------
+    # -- outgoing: namespaces ------------------------------------------------------
 
     async def _wait_for_peers(self) -> None:
         if not self.swarm.peers():
@@ -248,7 +248,7 @@ class Replicator:
         msg = f"application {app_id} is not installed here and could not be fetched: {detail}"
         raise ApiError(503, msg)
 
-    # -- outgoing: contexts -----------------------------------------------------------
+    # -- outgoing: contexts --------------------------------------------------------
 
     async def announce_context_join(self, ctx: ContextRecord) -> None:
         ns = self.store.namespaces[ctx.namespace_id]
@@ -382,7 +382,7 @@ class Replicator:
             b58encode(ctx.root),
         )
 
-    # -- incoming ------------------------------------------------------------------------
+    # -- incoming ------------------------------------------------------------------
 
     async def handle(
         self, peer: str, kind: str, body: dict[str, Any]
