@@ -14,7 +14,11 @@ be added next to the default one without touching the steps.
 from __future__ import annotations
 
 import json
+import random
 import re
+import string
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +79,57 @@ def traverse(value: Any, parts: list[str], shown: str) -> Any:
     return value
 
 
+_NOT_A_GENERATOR = object()
+GENERATOR_RE = re.compile(r"^\s*(random_int|random_float|random_string|random_choice|uuid|timestamp)\s*(?:\((.*)\))?\s*$", re.S)
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _generator_args(name: str, text: str | None) -> list[Any]:
+    if not text or not text.strip():
+        return []
+    try:
+        parsed = json.loads(f"[{text}]")
+    except ValueError:
+        raise PlaceholderError(
+            f"cannot read the arguments of {name}({text})",
+            hint="e.g. random_int(1, 100), random_string(8), random_choice([\"a\", \"b\"])",
+        ) from None
+    return parsed
+
+
+def generate(scope: Scope, expr: str) -> Any:
+    """Values of the random generators; ``_NOT_A_GENERATOR`` for other text."""
+    match = GENERATOR_RE.match(expr)
+    if not match:
+        return _NOT_A_GENERATOR
+    name, raw_args = match.group(1), match.group(2)
+    rng = scope.rng or random.Random()
+    args = _generator_args(name, raw_args)
+    try:
+        if name == "random_int":
+            low, high = (int(a) for a in args)
+            return rng.randint(low, high)
+        if name == "random_float":
+            low, high = (float(a) for a in args)
+            return rng.uniform(low, high)
+        if name == "random_string":
+            length = int(args[0]) if args else 8
+            return "".join(rng.choice(_ALPHABET) for _ in range(length))
+        if name == "random_choice":
+            choices = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+            if not choices:
+                raise ValueError("nothing to choose from")
+            return rng.choice(choices)
+        if name == "uuid":
+            return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        return int(time.time())
+    except (TypeError, ValueError) as exc:
+        raise PlaceholderError(
+            f"bad arguments for {name}: {raw_args!r} ({exc})",
+            hint="e.g. random_int(1, 100), random_float(0, 1), random_string(8), random_choice([1, 2])",
+        ) from None
+
+
 @dataclass
 class Scope:
     """What placeholders can refer to while one step runs."""
@@ -86,12 +141,17 @@ class Scope:
     #: Values captured with ``outputs:`` and the automatic per-node exports
     #: (merobox's "dynamic values"), read by ``{{name}}``.
     captured: Mapping[str, Any] = field(default_factory=dict)
+    #: Random source of ``random_int(…)`` and friends (seeded in fuzzy tests).
+    rng: random.Random | None = None
 
     def child(self, **variables: Any) -> Scope:
         merged = {**self.variables, **variables}
-        return Scope(self.results, self.nodes, merged, self.env, self.captured)
+        return Scope(self.results, self.nodes, merged, self.env, self.captured, self.rng)
 
     def lookup(self, expr: str) -> Any:
+        generated = generate(self, expr)
+        if generated is not _NOT_A_GENERATOR:
+            return generated
         parts = split_path(expr)
         if not parts:
             raise PlaceholderError("empty placeholder ${}")
@@ -154,9 +214,12 @@ _LEGACY = {"install": "app_id_{}", "context": "context_id_{}", "identity": "publ
 
 
 def mustache_lookup(scope: Scope, expr: str) -> Any:
-    """Resolve merobox's ``{{name}}``: captured values, loop variables,
-    the legacy ``{{install.<node>}}`` forms, then ``results.``/``nodes.``."""
+    """Resolve merobox's ``{{name}}``: generators, captured values, loop
+    variables, the legacy ``{{install.<node>}}`` forms, then ``results.``/``nodes.``."""
     expr = expr.strip()
+    generated = generate(scope, expr)
+    if generated is not _NOT_A_GENERATOR:
+        return generated
     if expr in scope.captured:
         return scope.captured[expr]
     if expr in scope.variables:

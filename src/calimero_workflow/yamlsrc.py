@@ -35,6 +35,7 @@ RUNTIME_NAMES = frozenset(
         "group_name",
         "run_id",
         "workflow_dir",
+        "random_node",
     }
 )
 
@@ -169,8 +170,15 @@ _Loader.add_constructor(
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
+_GENERATOR_CALL_RE = re.compile(
+    r"^\s*(random_int|random_float|random_string|random_choice|uuid|timestamp)\s*(\(.*\))?\s*$", re.S
+)
+
+
 def is_runtime_reference(expr: str) -> bool:
     """Whether ``${expr}`` is resolved when a step runs rather than at load."""
+    if _GENERATOR_CALL_RE.match(expr):
+        return True
     head = expr.split(".", 1)[0].strip()
     if "." in expr and head in RUNTIME_NAMESPACES:
         return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,13 +182,14 @@ class RunContext:
     #: Ready-wait timeout for start/restart steps.
     ready_timeout: float = 60.0
 
-    def scope(self, variables: dict[str, Any] | None = None) -> Scope:
+    def scope(self, variables: dict[str, Any] | None = None, rng: random.Random | None = None) -> Scope:
         return Scope(
             results=self.results,
             nodes={n: ref.as_placeholder() for n, ref in self.nodes.items()},
             variables=variables or {},
             env=self.env,
             captured=self.captured,
+            rng=rng,
         )
 
     def node(self, name: str) -> NodeRef:
@@ -214,12 +216,16 @@ class StepRun:
     #: The node's own response (``data`` unwrapped, camelCase), which
     #: ``outputs:`` paths may name besides the step's snake_case results.
     response: Any = None
+    #: Seeded random source for generators (fuzzy tests); None is unseeded.
+    rng: random.Random | None = None
+    #: Fire step events for reporters (off for the many operations of a fuzz).
+    report: bool = True
 
     def log(self, line: str) -> None:
         self.logs.append(line)
 
     def scope(self) -> Scope:
-        return self.ctx.scope(self.variables)
+        return self.ctx.scope(self.variables, self.rng)
 
 
 # -- the step base class ------------------------------------------------------
@@ -386,7 +392,8 @@ class BaseStep:
     async def run(self, run: StepRun) -> StepRecord:
         """Resolve, execute with timeout/retries/expected_failure, and record."""
         ctx = run.ctx
-        ctx.events.step_started(self, run.path)
+        if run.report:
+            ctx.events.step_started(self, run.path)
         started = time.perf_counter()
         record = StepRecord(
             name=self.display_name,
@@ -461,7 +468,8 @@ class BaseStep:
             record.duration_s = time.perf_counter() - started
             record.logs = run.logs
             record.children = run.children
-            ctx.events.step_finished(record)
+            if run.report:
+                ctx.events.step_finished(record)
             raise
         except Exception as exc:  # a bug in a step: fail it, keep the run going to cleanup
             log.exception("step %s crashed", self.display_name)
@@ -479,7 +487,8 @@ class BaseStep:
             record.node_logs = await self._node_logs(ctx, record.node)
         if record.status is Status.PASSED and self.explicit_name:
             ctx.results[self.explicit_name] = record.data
-        ctx.events.step_finished(record)
+        if run.report:
+            ctx.events.step_finished(record)
         return record
 
     def export(self, config: StepConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:

@@ -361,7 +361,12 @@ class Call(BaseStep):
         for event in result.events:
             run.log(f"[{config.node} event] {json.dumps(event, ensure_ascii=False)}")
         run.response = result.raw
-        data = {"output": result.output, "logs": result.logs, "events": result.events}
+        data = {
+            "output": result.output,
+            "logs": result.logs,
+            "events": result.events,
+            "args": config.args or {},
+        }
         if config.expected is not _MISSING and not outputs_equal(config.expected, result.output):
             raise StepFailure(
                 f"{config.method} returned an unexpected value",

@@ -86,98 +86,103 @@ class WaitForSync(BaseStep):
         return data, 1
 
     async def execute(self, config: WaitForSyncConfig, run: StepRun) -> dict[str, Any]:
-        ctx = run.ctx
-        if config.nodes is None:
-            names = list(ctx.nodes)
-        elif isinstance(config.nodes, str):
-            names = [config.nodes]
-        else:
-            names = list(config.nodes)
-        for name in names:
-            ctx.node(name)
-        if len(names) < 1:
-            raise StepFailure("wait_for_sync needs at least one node", location=self.key_location("nodes"))
-        started = time.perf_counter()
-        deadline = started + config.timeout
-        interval = config.initial_check_interval
-        attempts = 0
-        hashes: dict[str, str | None] = {}
-        errors: dict[str, str] = {}
+        return await converge(run, config)
 
-        async def fetch(name: str) -> None:
-            try:
-                hashes[name] = await ctx.client(name).context_state_hash(
-                    config.context_id, timeout=max(0.5, min(5.0, deadline - time.perf_counter()))
-                )
-                errors.pop(name, None)
-            except NodeError as exc:
-                hashes[name] = None
-                errors[name] = exc.message
 
-        async def trigger(name: str) -> None:
-            try:
-                await ctx.client(name).sync(config.context_id)
-            except NodeError:
-                pass  # a node that cannot sync yet shows up in the hash poll
+async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
+    """Poll every node's contextStateHash until all agree (and ``expect`` holds)."""
+    ctx = run.ctx
+    if config.nodes is None:
+        names = list(ctx.nodes)
+    elif isinstance(config.nodes, str):
+        names = [config.nodes]
+    else:
+        names = list(config.nodes)
+    for name in names:
+        ctx.node(name)
+    if len(names) < 1:
+        raise StepFailure("wait_for_sync needs at least one node")
+    started = time.perf_counter()
+    deadline = started + config.timeout
+    interval = config.initial_check_interval
+    attempts = 0
+    hashes: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
 
-        while True:
-            attempts += 1
-            if config.trigger_sync and attempts % 10 == 1:
-                await asyncio.gather(*(trigger(n) for n in names))
-            await asyncio.gather(*(fetch(n) for n in names))
-            values = set(hashes.values())
-            converged = (
-                len(values) == 1 and None not in values and ZERO_HASH not in values
+    async def fetch(name: str) -> None:
+        try:
+            hashes[name] = await ctx.client(name).context_state_hash(
+                config.context_id, timeout=max(0.5, min(5.0, deadline - time.perf_counter()))
             )
-            if converged and config.expect is not None:
-                converged = await self._expect_matches(config, names, run)
-            if converged:
-                elapsed = time.perf_counter() - started
-                root = next(iter(values))
-                run.log(f"{len(names)} node(s) agree on {root} after {elapsed:.3f}s ({attempts} polls)")
-                return {
-                    "context_state_hash": root,
-                    "elapsed_seconds": round(elapsed, 6),
-                    "hashes": dict(hashes),
-                    "nodes": names,
-                    "polls": attempts,
-                }
-            now = time.perf_counter()
-            if now >= deadline or (config.retry_attempts and attempts >= config.retry_attempts):
-                break
-            await asyncio.sleep(min(interval, max(0.0, deadline - now)))
-            interval = min(interval * config.backoff_factor, config.check_interval)
-        detail = ", ".join(
-            f"{n}={hashes.get(n) or 'unreachable'}" + (f" ({errors[n]})" if n in errors else "")
-            for n in names
+            errors.pop(name, None)
+        except NodeError as exc:
+            hashes[name] = None
+            errors[name] = exc.message
+
+    async def trigger(name: str) -> None:
+        try:
+            await ctx.client(name).sync(config.context_id)
+        except NodeError:
+            pass  # a node that cannot sync yet shows up in the hash poll
+
+    while True:
+        attempts += 1
+        if config.trigger_sync and attempts % 10 == 1:
+            await asyncio.gather(*(trigger(n) for n in names))
+        await asyncio.gather(*(fetch(n) for n in names))
+        values = set(hashes.values())
+        converged = (
+            len(values) == 1 and None not in values and ZERO_HASH not in values
         )
-        reason = "did not converge"
-        if all(h == ZERO_HASH for h in hashes.values()):
-            reason = "has no state yet on any node"
-        raise StepFailure(
-            f"context {config.context_id} {reason} within {config.timeout:g}s: {detail}",
-            kind="sync_timeout",
-            expected="the same contextStateHash on every node",
-            actual=dict(hashes),
-            hint="check that every node joined the context; raise `timeout:` for slow networks",
-            data={"hashes": dict(hashes), "errors": dict(errors), "polls": attempts},
-        )
+        if converged and config.expect is not None:
+            converged = await _expect_matches(config, names, run)
+        if converged:
+            elapsed = time.perf_counter() - started
+            root = next(iter(values))
+            run.log(f"{len(names)} node(s) agree on {root} after {elapsed:.3f}s ({attempts} polls)")
+            return {
+                "context_state_hash": root,
+                "elapsed_seconds": round(elapsed, 6),
+                "hashes": dict(hashes),
+                "nodes": names,
+                "polls": attempts,
+            }
+        now = time.perf_counter()
+        if now >= deadline or (config.retry_attempts and attempts >= config.retry_attempts):
+            break
+        await asyncio.sleep(min(interval, max(0.0, deadline - now)))
+        interval = min(interval * config.backoff_factor, config.check_interval)
+    detail = ", ".join(
+        f"{n}={hashes.get(n) or 'unreachable'}" + (f" ({errors[n]})" if n in errors else "")
+        for n in names
+    )
+    reason = "did not converge"
+    if all(h == ZERO_HASH for h in hashes.values()):
+        reason = "has no state yet on any node"
+    raise StepFailure(
+        f"context {config.context_id} {reason} within {config.timeout:g}s: {detail}",
+        kind="sync_timeout",
+        expected="the same contextStateHash on every node",
+        actual=dict(hashes),
+        hint="check that every node joined the context; raise `timeout:` for slow networks",
+        data={"hashes": dict(hashes), "errors": dict(errors), "polls": attempts},
+    )
 
-    async def _expect_matches(self, config: WaitForSyncConfig, names: list[str], run: StepRun) -> bool:
-        expect = config.expect
-        assert expect is not None
+async def _expect_matches(config: WaitForSyncConfig, names: list[str], run: StepRun) -> bool:
+    expect = config.expect
+    assert expect is not None
 
-        async def read(name: str) -> Any:
-            try:
-                result = await run.ctx.client(name).execute(
-                    config.context_id, expect.method, expect.args or {}
-                )
-                return result.output
-            except NodeError:
-                return _Unreadable
+    async def read(name: str) -> Any:
+        try:
+            result = await run.ctx.client(name).execute(
+                config.context_id, expect.method, expect.args or {}
+            )
+            return result.output
+        except NodeError:
+            return _Unreadable
 
-        outputs = await asyncio.gather(*(read(n) for n in names))
-        return all(o is not _Unreadable and outputs_equal(expect.equals, o) for o in outputs)
+    outputs = await asyncio.gather(*(read(n) for n in names))
+    return all(o is not _Unreadable and outputs_equal(expect.equals, o) for o in outputs)
 
 
 class _Unreadable:
