@@ -338,3 +338,47 @@ async def test_two_subprocess_nodes_bootstrapped_to_each_other_converge(
 
     assert [await n.stop() for n in nodes] == [0, 0]
     assert any("applied delta" in line for line in nodes[1].lines)
+
+
+async def test_state_survives_a_killed_process(
+    tmp_path: Path, processes: list[MerodProcess]
+) -> None:
+    assert init(tmp_path, "n", "--server-port", "0", "--swarm-port", "0") == EXIT_OK
+    node = await spawn(tmp_path, "n")
+    processes.append(node)
+    await node.ready()
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = {"path": str(KV_STORE_WASM), "metadata": []}
+        resp = await client.post(
+            node.url + "/admin-api/install-dev-application", json=body
+        )
+        app_id = resp.json()["data"]["applicationId"]
+        resp = await client.post(
+            node.url + "/admin-api/namespaces", json={"applicationId": app_id}
+        )
+        ns = resp.json()["data"]["namespaceId"]
+        body = {"applicationId": app_id, "groupId": ns, "initializationParams": []}
+        resp = await client.post(node.url + "/admin-api/contexts", json=body)
+        ctx = resp.json()["data"]["contextId"]
+        rpc = {"jsonrpc": "2.0", "id": 1, "method": "execute"}
+        params = {
+            "contextId": ctx,
+            "method": "set",
+            "argsJson": {"key": "k", "value": "kept"},
+        }
+        assert (
+            "result"
+            in (
+                await client.post(node.url + "/jsonrpc", json={**rpc, "params": params})
+            ).json()
+        )
+
+        node.proc.kill()  # no clean shutdown
+        await node.proc.wait()
+        again = await spawn(tmp_path, "n")
+        processes.append(again)
+        await again.ready()
+        params = {"contextId": ctx, "method": "get", "argsJson": {"key": "k"}}
+        resp = await client.post(again.url + "/jsonrpc", json={**rpc, "params": params})
+        assert resp.json()["result"]["output"] == "kept"
+    assert await again.stop() == 0

@@ -192,3 +192,10 @@ async def test_a_late_joiner_gets_a_snapshot_and_later_deltas(cluster: Cluster) 
     await node3.call(ctx, "set", {"key": "late", "value": "yes"})
     await cluster.converged(ctx)
     assert await cluster.api("node-2").call(ctx, "get", {"key": "late"}) == "yes"
+
+
+async def test_dns4_bootstrap_addresses_are_dialed(cluster: Cluster) -> None:
+    first = await cluster.start("node-1")
+    addr = f"/dns4/localhost/tcp/{first.node.swarm.port}/p2p/{first.node.peer_id}"
+    await cluster.start("node-2", bootstrap=[addr])
+    await cluster.connected()

@@ -182,14 +182,22 @@ class EmbeddedNode:
             date_header=False,
             timeout_graceful_shutdown=int(_SHUTDOWN_GRACE_S),
         )
+        # Server.startup() is the public half of uvicorn's serve(); we skip
+        # serve()'s polling main loop, which would make stop() slow.
         uv_config.load()
         http = uvicorn.Server(uv_config)
         http.lifespan = uv_config.lifespan_class(uv_config)
-        await http.startup(sockets=[http_sock])
-        self._http = http
-        await swarm.start(swarm_sock)
-        replicator.start()
         self.running = True
+        try:
+            await http.startup(sockets=[http_sock])
+            self._http = http
+            await swarm.start(swarm_sock)
+            replicator.start()
+        except BaseException:
+            http_sock.close()
+            swarm_sock.close()
+            await self.stop()
+            raise
         self.log.info(
             "node %s started: server %s, swarm %s",
             cfg.name,
