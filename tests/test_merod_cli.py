@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import calimero_workflow
-from calimero_workflow.node.config import load_config, write_config
+from calimero_workflow.node.config import dump_toml, load_config, write_config
 from calimero_workflow.node.ids import Keypair
 from calimero_workflow.node.merod import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK, main
 from node_fixtures import KV_STORE_WASM, wait_until
@@ -142,6 +142,33 @@ def test_config_accepts_merod_extras_and_skips_quic_addresses(tmp_path: Path) ->
     path.write_text(text)
     cfg = load_config(tmp_path / "n")
     assert len(cfg.bootstrap) == 2
+
+
+def test_dump_toml_round_trips_nested_tables() -> None:
+    doc = {
+        "bootstrap": {
+            "nodes": ["/ip4/1.2.3.4/tcp/2428/p2p/x", 'quote " and \\ backslash']
+        },
+        "discovery": {
+            "mdns": True,
+            "rendezvous": {"namespace": "calimero/merobox-tests/wf"},
+        },
+        "sync": {"interval_ms": 500, "ratio": 0.5},
+        "only": {"nested": {"deep": {"value": "\u00e9\t"}}},
+    }
+    assert tomllib.loads(dump_toml(doc)) == doc
+
+
+def test_real_merod_listen_lists_with_ip6_and_quic_are_accepted(tmp_path: Path) -> None:
+    assert init(tmp_path, "n") == EXIT_OK
+    path = tmp_path / "n" / "config.toml"
+    text = path.read_text().replace(
+        'listen = ["/ip4/0.0.0.0/tcp/2428"]',
+        'listen = ["/ip4/0.0.0.0/udp/2428/quic-v1", "/ip6/::/tcp/2428", "/ip4/0.0.0.0/tcp/2428"]',
+    )
+    path.write_text(text)
+    cfg = load_config(tmp_path / "n")
+    assert (cfg.swarm_host, cfg.swarm_port) == ("::", 2428)
 
 
 # -- run as a subprocess -----------------------------------------------------------

@@ -280,10 +280,12 @@ class EmbeddedNode:
     def swarm_multiaddr(self) -> str:
         """``/ip4/<host>/tcp/<port>/p2p/<peer id>`` for other nodes' bootstrap lists."""
         host = self.config.swarm_host
-        if host in {"0.0.0.0", ""}:
-            host = "127.0.0.1"
+        # A wildcard listener is reachable on loopback; peers elsewhere (other
+        # containers) must be given the node's real address by whoever wires them.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        proto = "ip6" if ":" in host else "ip4"
         port = self._swarm.port if self._swarm is not None else self.config.swarm_port
-        return f"/ip4/{host}/tcp/{port}/p2p/{self.peer_id}"
+        return f"/{proto}/{host}/tcp/{port}/p2p/{self.peer_id}"
 
     @property
     def peer_count(self) -> int:
