@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +227,43 @@ class NodeClient:
         if unwrap and isinstance(payload, dict) and "data" in payload:
             return payload["data"]
         return payload
+
+    # -- authentication ------------------------------------------------------
+
+    async def obtain_token(self, username: str, password: str) -> str:
+        """Log in with a user name and password (``POST /auth/token``) and use the token."""
+        body = {
+            "auth_method": "user_password",
+            "public_key": username,
+            "client_name": "calimero-workflow",
+            "timestamp": int(time.time()),
+            "provider_data": {"username": username, "password": password},
+        }
+        route = "POST /auth/token"
+        response = await self._request("POST", "/auth/token", json_body=body)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = response.text
+        if response.status_code >= 400:
+            raise NodeApiError(
+                f"node {self.name} refused the login of {username!r} (HTTP {response.status_code})",
+                node=self.name, route=route, status=response.status_code,
+            )
+        data = payload.get("data", payload) if isinstance(payload, dict) else None
+        token = data.get("access_token") if isinstance(data, dict) else None
+        if not token:
+            raise NodeApiError(
+                f"node {self.name} answered the login without an access_token", node=self.name, route=route
+            )
+        self.set_token(token)
+        return token
+
+    def set_token(self, token: str | None) -> None:
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self._http.headers.pop("Authorization", None)
 
     # -- health and peers ------------------------------------------------
 

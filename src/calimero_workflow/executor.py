@@ -220,22 +220,23 @@ class WorkflowExecutor:
         if not remotes:
             return PhaseReport(skipped=True, detail="no remote nodes")
         for name, settings in remotes.items():
-            token = None
             auth = settings.auth
-            if auth is not None and auth.method == "api_key":
-                token = auth.api_key or auth.key
-            elif auth is not None and auth.method in ("password", "user_password"):
-                raise BackendError(
-                    f"remote node {name}: password authentication is not supported yet",
-                    node=name,
-                    hint="use `auth: {method: api_key, api_key: ...}` or no auth",
-                )
+            token = (auth.api_key or auth.key) if auth is not None and auth.method == "api_key" else None
             client = NodeClient(settings.url, name=name, token=token)
             try:
                 await client.health(timeout=10)
+                if auth is not None and auth.method in ("password", "user_password"):
+                    await client.obtain_token(auth.username or "", auth.password or "")
+                if auth is not None and auth.method != "none":
+                    # health is public; a guarded route proves the credentials work
+                    await client.peers_count()
             except NodeError as exc:
                 await client.aclose()
-                raise BackendError(f"remote node {name} at {settings.url} is not reachable: {exc}", node=name) from exc
+                raise BackendError(
+                    f"remote node {name} at {settings.url}: {exc}",
+                    node=name,
+                    hint="check the URL and the node's auth settings (`remote_nodes.<name>.auth`)",
+                ) from exc
             self.ctx.nodes[name] = NodeRef(name=name, url=settings.url, kind="remote", client=client)
             self.result.nodes[name] = {"url": settings.url, "kind": "remote"}
         return PhaseReport(detail=f"{len(remotes)} remote node(s) answer: " + ", ".join(remotes))

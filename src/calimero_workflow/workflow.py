@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .backends.base import NodeSpec
 from .errors import Location, Problem, WorkflowValidationError
@@ -86,6 +86,14 @@ class NodesSection(_Strict):
 
 class RemoteAuth(_Strict):
     method: Literal["none", "api_key", "password", "user_password"] = "none"
+
+    @model_validator(mode="after")
+    def _complete(self) -> RemoteAuth:
+        if self.method == "api_key" and not (self.api_key or self.key):
+            raise ValueError("auth method api_key needs `api_key`")
+        if self.method in ("password", "user_password") and not (self.username and self.password):
+            raise ValueError(f"auth method {self.method} needs `username` and `password`")
+        return self
     username: str | None = None
     password: str | None = None
     api_key: str | None = None
@@ -146,6 +154,16 @@ class Workflow:
     @property
     def node_names(self) -> list[str]:
         return [n.name for n in self.nodes]
+
+    def secret_values(self) -> list[str]:
+        """Credentials in the workflow, to be masked in logs and reports."""
+        secrets: list[str] = []
+        for remote in self.settings.remote_nodes.values():
+            auth = remote.auth
+            if auth is None:
+                continue
+            secrets.extend(v for v in (auth.password, auth.api_key, auth.key) if v)
+        return secrets
 
     def location(self, *keys: Any) -> Location:
         node: Any = self.raw

@@ -4,7 +4,8 @@ merod shows 32-byte ids (contexts, applications, public keys, blobs, hashes) as
 base58 strings and group/namespace/account ids as 64 lowercase hex digits. Peer
 ids follow libp2p: base58 of an identity multihash over the protobuf-encoded
 ed25519 public key, which is why they all start with ``12D3KooW``. Keys are
-ed25519 via the ``cryptography`` package.
+ed25519: via the ``cryptography`` package when it is installed, else a small
+pure-Python RFC 8032 signer (slow, but nodes sign only handshakes and invitations).
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from .abi import ed25519_public_key_valid, ed25519_verify
 
 __all__ = [
     "ZERO_HASH_B58",
@@ -134,11 +130,98 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
 
 def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when ``signature`` is a valid ed25519 signature of ``message``."""
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
+    if len(signature) != 64 or not ed25519_public_key_valid(public_key):
         return False
-    return True
+    return ed25519_verify(signature, public_key, message)
+
+
+# -- signing -------------------------------------------------------------------
+#
+# RFC 8032 Ed25519 over edwards25519, in extended coordinates (X:Y:Z:T with
+# x = X/Z, y = Y/Z, xy = T/Z). Used only when `cryptography` is missing.
+
+_Q = 2**255 - 19
+_ORDER = 2**252 + 27742317777372353535851937790883648493
+_CURVE_D = (-121665 * pow(121666, -1, _Q)) % _Q
+
+
+def _x_for(y: int) -> int:
+    # Solve x^2 = (y^2 - 1) / (d y^2 + 1) and take the even root (sign bit 0).
+    xx = (y * y - 1) * pow(_CURVE_D * y * y + 1, -1, _Q) % _Q
+    x = pow(xx, (_Q + 3) // 8, _Q)
+    if (x * x - xx) % _Q:
+        x = x * pow(2, (_Q - 1) // 4, _Q) % _Q
+    return _Q - x if x & 1 else x
+
+
+_GY = 4 * pow(5, -1, _Q) % _Q
+_GENERATOR = (_x_for(_GY), _GY, 1, _x_for(_GY) * _GY % _Q)
+
+
+def _point_add(
+    p1: tuple[int, int, int, int], p2: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    x1, y1, z1, t1 = p1
+    x2, y2, z2, t2 = p2
+    a = (y1 - x1) * (y2 - x2) % _Q
+    b = (y1 + x1) * (y2 + x2) % _Q
+    c = 2 * _CURVE_D * t1 * t2 % _Q
+    d = 2 * z1 * z2 % _Q
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % _Q, g * h % _Q, f * g % _Q, e * h % _Q)
+
+
+def _base_times(k: int) -> bytes:
+    acc, addend = (0, 1, 1, 0), _GENERATOR
+    while k:
+        if k & 1:
+            acc = _point_add(acc, addend)
+        addend = _point_add(addend, addend)
+        k >>= 1
+    x, y, z, _ = acc
+    inv = pow(z, -1, _Q)
+    x, y = x * inv % _Q, y * inv % _Q
+    return (y | (x & 1) << 255).to_bytes(32, "little")
+
+
+def _expand(secret: bytes) -> tuple[int, bytes]:
+    digest = hashlib.sha512(secret).digest()
+    scalar = int.from_bytes(digest[:32], "little")
+    scalar = (scalar & ((1 << 254) - 8)) | (1 << 254)
+    return scalar, digest[32:]
+
+
+def _pure_public(secret: bytes) -> bytes:
+    return _base_times(_expand(secret)[0])
+
+
+def _pure_sign(secret: bytes, public: bytes, message: bytes) -> bytes:
+    scalar, prefix = _expand(secret)
+    r = int.from_bytes(hashlib.sha512(prefix + message).digest(), "little") % _ORDER
+    big_r = _base_times(r)
+    k = int.from_bytes(hashlib.sha512(big_r + public + message).digest(), "little")
+    s = (r + (k % _ORDER) * scalar) % _ORDER
+    return big_r + s.to_bytes(32, "little")
+
+
+try:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+except ImportError:  # pragma: no cover - depends on the environment
+    Ed25519PrivateKey = None  # type: ignore[assignment,misc]
+
+
+def _public_of(secret: bytes) -> bytes:
+    if Ed25519PrivateKey is None:
+        return _pure_public(secret)
+    key = Ed25519PrivateKey.from_private_bytes(secret)
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _sign(secret: bytes, public: bytes, message: bytes) -> bytes:
+    if Ed25519PrivateKey is None:
+        return _pure_sign(secret, public, message)
+    return Ed25519PrivateKey.from_private_bytes(secret).sign(message)
 
 
 @dataclass(frozen=True)
@@ -158,9 +241,7 @@ class Keypair:
         """The keypair of a 32-byte secret seed."""
         if len(secret) != 32:
             raise IdError(f"an ed25519 secret is 32 bytes, got {len(secret)}")
-        key = Ed25519PrivateKey.from_private_bytes(secret)
-        public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return cls(secret=secret, public=public)
+        return cls(secret=secret, public=_public_of(secret))
 
     @classmethod
     def from_libp2p(cls, text: str) -> Keypair:
@@ -193,7 +274,7 @@ class Keypair:
 
     def sign(self, message: bytes) -> bytes:
         """A 64-byte ed25519 signature over ``message``."""
-        return Ed25519PrivateKey.from_private_bytes(self.secret).sign(message)
+        return _sign(self.secret, self.public, message)
 
     def __repr__(self) -> str:  # never print the secret
         return f"Keypair(public={self.public_b58})"
@@ -208,7 +289,10 @@ class Multiaddr:
     peer_id: str | None = None
 
     def __str__(self) -> str:
-        proto = "ip4" if re.fullmatch(r"[\d.]+", self.host) else "dns4"
+        if ":" in self.host:
+            proto = "ip6"
+        else:
+            proto = "ip4" if re.fullmatch(r"[\d.]+", self.host) else "dns4"
         tail = f"/p2p/{self.peer_id}" if self.peer_id else ""
         return f"/{proto}/{self.host}/tcp/{self.port}{tail}"
 
