@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from calimero_workflow.node import ids
 from calimero_workflow.node.ids import Keypair
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
 from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
@@ -199,3 +202,28 @@ async def test_dns4_bootstrap_addresses_are_dialed(cluster: Cluster) -> None:
     addr = f"/dns4/localhost/tcp/{first.node.swarm.port}/p2p/{first.node.peer_id}"
     await cluster.start("node-2", bootstrap=[addr])
     await cluster.connected()
+
+
+def test_pure_python_signer_matches_cryptography() -> None:
+    # Ed25519 signatures are deterministic, so both signers must agree bit for bit.
+    pytest.importorskip("cryptography")
+    for seed in range(4):
+        secret = bytes([seed]) * 32
+        pair = Keypair.from_secret(secret)
+        message = b"calimero" * seed
+        assert ids._pure_public(secret) == pair.public
+        assert ids._pure_sign(secret, pair.public, message) == pair.sign(message)
+        assert ids.verify_signature(pair.public, pair.sign(message), message)
+        assert not ids.verify_signature(pair.public, pair.sign(message), message + b"!")
+
+
+async def test_nodes_work_without_the_cryptography_package(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ids, "Ed25519PrivateKey", None)
+    await cluster.start("node-1")
+    await cluster.start("node-2")
+    await cluster.connected()
+    ctx = await cluster.shared_context("node-1", "node-2")
+    await cluster.api("node-2").call(ctx, "set", {"key": "k", "value": "v"})
+    await cluster.converged(ctx)
