@@ -16,7 +16,7 @@ import wasmtime
 
 from calimero_workflow.node.errors import ApiError
 from calimero_workflow.node.ids import b58decode, b58encode, sha256
-from calimero_workflow.node.service import check_public_url
+from calimero_workflow.node.urlguard import check_public_url
 from node_fixtures import KV_STORE_WASM, Api, Cluster, cluster, node_runtime, wait_until
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name

@@ -11,18 +11,13 @@ Errors are raised as :class:`ApiError` (admin API) or :class:`RpcError`
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
-import socket
 import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-
-import httpx
 
 from .errors import ApiError, RpcError
 from .ids import (
@@ -45,24 +40,20 @@ from .store import (
     NodeStore,
     delta_id,
 )
+from .urlguard import fetch_app
 
 if TYPE_CHECKING:
     from .sync import Replicator
 
 __all__ = [
     "INVITATION_TTL_S",
-    "MAX_APP_BYTES",
     "NodeService",
-    "check_public_url",
     "invitation_message",
 ]
 
 #: Default lifetime of a namespace invitation, as in merod (one year).
 INVITATION_TTL_S = 365 * 24 * 3600
-#: Largest application we install (merod's limit is in the same range).
-MAX_APP_BYTES = 64 * 1024 * 1024
 _SYNC_METHOD = "__calimero_sync_next"
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 def _now() -> int:
@@ -72,58 +63,6 @@ def _now() -> int:
 def invitation_message(invitation: Mapping[str, Any]) -> bytes:
     """The exact bytes an inviter signs: canonical JSON of the invitation."""
     return json.dumps(invitation, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _blocked_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT)
-    )
-
-
-async def check_public_url(url: str, *, allow_private: bool) -> None:
-    """Refuse URLs merod's SSRF guard refuses: non-http(s), localhost, private IPs.
-
-    Host names are resolved and every address is checked. (A name that resolves
-    differently on the second lookup could still slip through; merod has the same
-    window.)
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ApiError(400, f"url {url!r} must be an absolute http:// or https:// URL")
-    if allow_private:
-        return
-    host = parts.hostname.lower()
-    hint = "set CALIMERO_NODE_ALLOW_PRIVATE_URLS=1 on the node to allow it for testing"
-    if host == "localhost" or host.endswith(".localhost"):
-        raise ApiError(
-            400, f"refusing to fetch {url!r}: {host!r} is a local host; {hint}"
-        )
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, parts.port or 443, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise ApiError(
-                400, f"cannot resolve host {host!r} of {url!r}: {exc}"
-            ) from None
-        addresses = [
-            ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos
-        ]
-    for ip in addresses:
-        if _blocked_address(ip):
-            msg = f"refusing to fetch {url!r}: {host!r} is a private address ({ip}); {hint}"
-            raise ApiError(400, msg)
 
 
 def _app_id(blob_id: str, size: int, source: str, metadata: bytes) -> str:
@@ -289,24 +228,7 @@ class NodeService:
                 400, "'metadata' is required (an array of bytes; [] for none)"
             )
         metadata = _bytes_field(body["metadata"], "metadata")
-        await check_public_url(url, allow_private=self.allow_private_urls)
-        try:
-            # Redirects are not followed: a public URL must not bounce us inward.
-            async with httpx.AsyncClient(follow_redirects=False, timeout=60) as client:
-                async with client.stream("GET", url) as resp:
-                    if resp.status_code != 200:
-                        msg = f"fetching {url!r} failed: HTTP {resp.status_code}"
-                        raise ApiError(400, msg)
-                    chunks, size = [], 0
-                    async for chunk in resp.aiter_bytes():
-                        size += len(chunk)
-                        if size > MAX_APP_BYTES:
-                            msg = f"{url!r} is larger than the {MAX_APP_BYTES}-byte app limit"
-                            raise ApiError(400, msg)
-                        chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise ApiError(400, f"fetching {url!r} failed: {exc}") from None
-        wasm = b"".join(chunks)
+        wasm = await fetch_app(url, allow_private=self.allow_private_urls)
         expected = body.get("hash")
         if expected is not None and expected != b58encode(sha256(wasm)):
             msg = f"{url!r} has hash {b58encode(sha256(wasm))}, not the expected {expected!r}"
@@ -752,7 +674,8 @@ class NodeService:
                 context_id=b58decode32(ctx_id),
                 executor_id=b58decode32(ctx.identity),
             )
-            if outcome.failure is not None:
+            if outcome.failure is not None or ctx_id not in self.store.contexts:
+                # Failed, or the context was deleted while the call ran.
                 return outcome
             deltas = []
             if outcome.artifact:
