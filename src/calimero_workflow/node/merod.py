@@ -50,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         "--node",
         "--node-name",
         dest="node",
-        required=True,
-        help="node name (directory)",
+        default=os.environ.get("NODE_NAME") or None,
+        required=not os.environ.get("NODE_NAME"),
+        help="node name: its directory under --home (default: $NODE_NAME)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
