@@ -127,10 +127,14 @@ def test_yaml_is_loaded_safely():
     assert "YAML" in msg
 
 
-def test_duplicate_step_names_are_rejected():
+def test_reused_step_names_are_rejected_only_where_results_read_them():
     text = MINIMAL + "  - name: pause\n    type: wait\n    seconds: 1\n"
+    parse_workflow(text, environ={})  # merobox files reuse names freely
+    text += "  - {type: assert, actual: '${results.pause.seconds}', equals: 1}\n"
     (msg,) = problems_of(text)
+    assert msg.startswith("wf.yml:7:11: ")
     assert "step name 'pause' is used twice (first at line 4)" in msg
+    assert "ambiguous" in msg
 
 
 def test_invalid_value_type_shows_the_value():

@@ -398,8 +398,19 @@ class NodeClient:
 
     # -- blobs -----------------------------------------------------------------
 
-    async def upload_blob(self, content: bytes) -> dict[str, Any]:
-        return await self._admin("PUT", "/blobs", content=content)
+    async def upload_blob(self, content: bytes, *, context_id: str | None = None) -> dict[str, Any]:
+        path = f"/blobs?context_id={context_id}" if context_id else "/blobs"
+        return await self._admin("PUT", path, content=content)
+
+    async def download_blob(self, blob_id: str, *, context_id: str | None = None) -> bytes:
+        path = f"/admin-api/blobs/{blob_id}" + (f"?context_id={context_id}" if context_id else "")
+        response = await self._request("GET", path)
+        if response.status_code >= 400:
+            raise NodeApiError(
+                f"GET {path} failed with HTTP {response.status_code}: {response.text[:200]}",
+                node=self.name, route=f"GET {path}", status=response.status_code,
+            )
+        return response.content
 
     # -- JSON-RPC ----------------------------------------------------------------
 

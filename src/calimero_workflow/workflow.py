@@ -326,22 +326,55 @@ def build_steps(
 
 def validate_steps(steps: list[BaseStep], vctx: ValidationContext) -> list[Problem]:
     problems: list[Problem] = []
-    seen: dict[str, BaseStep] = {}
     for step in steps:
         problems.extend(step.validate(vctx))
-        name = step.explicit_name
-        if name:
-            if name in seen:
-                first = seen[name].location
-                problems.append(
-                    step.problem(
-                        f"step name {name!r} is used twice (first at line {first.line})",
-                        key="name",
-                        hint="results are stored by name; give each step its own",
-                    )
+    return problems
+
+
+def _ambiguous_names(steps: list[BaseStep], raw: Any) -> list[Problem]:
+    """A name used by two steps is an error only where ``${results.<name>}`` reads it.
+
+    merobox files often reuse names (they pass values with ``outputs:``); a
+    ``${results…}`` reference to a reused name would be ambiguous.
+    """
+    from .placeholders import DOLLAR, Resolver, split_path
+
+    first: dict[str, BaseStep] = {}
+    reused: dict[str, BaseStep] = {}
+
+    def walk(items: list[BaseStep]) -> None:
+        for step in items:
+            name = step.explicit_name
+            if name:
+                if name in first and name not in reused:
+                    reused[name] = step
+                first.setdefault(name, step)
+            for attr in ("children",):
+                walk(getattr(step, attr, []) or [])
+            for group in getattr(step, "groups", []) or []:
+                walk(group[1])
+            for op in getattr(step, "operations", []) or []:
+                walk(op[2])
+
+    walk(steps)
+    if not reused:
+        return []
+    referenced = set()
+    for expr in Resolver((DOLLAR,)).references(raw):
+        parts = split_path(expr)
+        if len(parts) >= 2 and parts[0] == "results":
+            referenced.add(parts[1])
+    problems = []
+    for name, step in reused.items():
+        if name in referenced:
+            problems.append(
+                step.problem(
+                    f"step name {name!r} is used twice (first at line {first[name].location.line}), "
+                    f"so ${{results.{name}…}} is ambiguous",
+                    key="name",
+                    hint="give each step its own name",
                 )
-            else:
-                seen[name] = step
+            )
     return problems
 
 
@@ -411,6 +444,7 @@ def parse_workflow(
         check_files=check_files,
     )
     problems.extend(validate_steps(steps, vctx))
+    problems.extend(_ambiguous_names(steps, data.get("steps")))
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(path=file, settings=settings, raw=data, nodes=nodes, steps=steps)

@@ -10,6 +10,6 @@ def load_builtin_steps() -> None:
     global _loaded
     if _loaded:
         return
-    from . import asserts, control, faults, fuzzy, node_steps, script, sync  # noqa: F401
+    from . import asserts, control, faults, fuzzy, more_steps, node_steps, script, sync  # noqa: F401
 
     _loaded = True

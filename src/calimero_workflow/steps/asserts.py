@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import Location, Problem, StepFailure
 from ..yamlsrc import LocatedList
@@ -24,6 +24,22 @@ _MISSING: Any = object()
 
 CHECKS = ("equals", "not_equals", "contains", "not_contains", "matches", "greater_than",
           "less_than", "greater_or_equal", "less_or_equal", "is_set", "is_empty")
+
+
+class StatementSpec(BaseModel):
+    """A statement with its own failure message (merobox's mapping form)."""
+
+    model_config = ConfigDict(extra="forbid")
+    statement: str
+    message: str | None = None
+
+
+def _statement_text(item: str | StatementSpec) -> str:
+    return item if isinstance(item, str) else item.statement
+
+
+def _statement_message(item: str | StatementSpec) -> str | None:
+    return None if isinstance(item, str) else item.message
 
 
 class AssertConfig(StepConfig):
@@ -39,7 +55,7 @@ class AssertConfig(StepConfig):
     less_or_equal: float | None = None
     is_set: bool | None = None
     is_empty: bool | None = None
-    statements: list[str] | None = None
+    statements: list[str | StatementSpec] | None = None
     #: Record a failure without stopping the workflow (still reported failed).
     non_blocking: bool = False
     message: str | None = None
@@ -278,7 +294,8 @@ class Assert(BaseStep):
 
     def check(self, config: AssertConfig, vctx: ValidationContext) -> list[Problem]:
         problems = super().check(config, vctx)
-        for i, text in enumerate(config.statements or []):
+        for i, item in enumerate(config.statements or []):
+            text = _statement_text(item)
             try:
                 parse_statement(text)
             except StatementError as exc:
@@ -307,7 +324,8 @@ class Assert(BaseStep):
             return self._single(config)
         outcomes = []
         failures = []
-        for i, text in enumerate(config.statements):
+        for i, item in enumerate(config.statements):
+            text = _statement_text(item)
             location = self._statement_location(i)
             try:
                 stmt = parse_statement(text)
@@ -323,14 +341,15 @@ class Assert(BaseStep):
             outcomes.append(outcome)
             run.log(f"{'PASS' if ok else 'FAIL'} {text}  → {json.dumps(values, ensure_ascii=False, default=str)}")
             if not ok:
-                failures.append((stmt, values, location))
+                failures.append((stmt, values, location, _statement_message(item)))
         data = {"statements": outcomes, "passed": len(outcomes) - len(failures), "failed": len(failures)}
         if failures:
-            stmt, values, location = failures[0]
+            stmt, values, location, own_message = failures[0]
             more = f" (and {len(failures) - 1} more failed statement(s))" if len(failures) > 1 else ""
             expected, actual = _expected_actual(stmt.op, values)
+            message = own_message or config.message
             raise StepFailure(
-                (config.message + ": " if config.message else "") + f"assertion failed: {stmt.text}{more}",
+                (message + ": " if message else "") + f"assertion failed: {stmt.text}{more}",
                 kind="assertion",
                 expected=expected,
                 actual=actual,

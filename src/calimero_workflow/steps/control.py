@@ -115,6 +115,9 @@ class Repeat(BaseStep):
         elapsed = time.perf_counter() - started
         data = {
             "iterations": iterations,
+            # The last iteration's variables, so `outputs:` can rename them.
+            "iteration": len(iterations),
+            "iteration_index": len(iterations) - 1,
             "total_iterations": config.count,
             "completed_iterations": len(iterations),
             "failed_iterations": failed_iterations,

@@ -1,0 +1,185 @@
+"""Applications, blobs and ``create_mesh`` (one step for a whole shared context)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+
+from ..errors import Problem, StepFailure
+from .base import BaseStep, NodeStepConfig, StepConfig, StepRun, ValidationContext, register_step
+from .node_steps import _metadata_bytes
+
+
+class GetApplicationConfig(NodeStepConfig):
+    application_id: str
+
+
+@register_step
+class GetApplication(BaseStep):
+    type_name = "get_application"
+    Config = GetApplicationConfig
+    default_retries = 2
+    summary = "read an installed application's record → `application` (null when absent)"
+
+    async def execute(self, config: GetApplicationConfig, run: StepRun) -> dict[str, Any]:
+        app = await run.ctx.client(config.node).get_application(config.application_id)
+        run.response = {"application": app}
+        return {"application": app, "installed": app is not None}
+
+
+def _confined(step: BaseStep, value: str, base: Path, key: str) -> Path:
+    path = (base / value).resolve()
+    roots = [base.resolve(), Path.cwd().resolve()]
+    if not any(path == r or r in path.parents for r in roots):
+        raise StepFailure(
+            f"{key} {value!r} is outside the workflow's folder and the working directory",
+            location=step.key_location(key),
+        )
+    return path
+
+
+class UploadBlobConfig(NodeStepConfig):
+    file_path: str = Field(validation_alias=AliasChoices("file_path", "path"))
+    context_id: str | None = None
+
+
+@register_step
+class UploadBlob(BaseStep):
+    type_name = "upload_blob"
+    Config = UploadBlobConfig
+    default_retries = 2
+    exports = {"blob_id_{node}": "blob_id"}
+    summary = "upload a file as a blob → `blob_id`, `size`, `sha256`"
+
+    def check(self, config: UploadBlobConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        if vctx.check_files and "${" not in config.file_path and "{{" not in config.file_path:
+            if not (vctx.base_dir / config.file_path).is_file():
+                problems.append(self.problem(f"file not found: {config.file_path}", key="file_path"))
+        return problems
+
+    async def execute(self, config: UploadBlobConfig, run: StepRun) -> dict[str, Any]:
+        path = _confined(self, config.file_path, run.ctx.workflow.base_dir, "file_path")
+        content = path.read_bytes()
+        data = await run.ctx.client(config.node).upload_blob(content, context_id=config.context_id)
+        run.response = data
+        blob_id = data.get("blobId") or data.get("blob_id")
+        return {"blob_id": blob_id, "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+
+
+class DownloadBlobConfig(NodeStepConfig):
+    blob_id: str
+    context_id: str | None = None
+    output_path: str | None = None
+    expected_size: int | None = Field(default=None, ge=0)
+    expected_sha256: str | None = None
+
+
+@register_step
+class DownloadBlob(BaseStep):
+    type_name = "download_blob"
+    Config = DownloadBlobConfig
+    default_retries = 2
+    summary = "download a blob, optionally checking its size and sha256 → `size`, `sha256`"
+
+    async def execute(self, config: DownloadBlobConfig, run: StepRun) -> dict[str, Any]:
+        content = await run.ctx.client(config.node).download_blob(config.blob_id, context_id=config.context_id)
+        digest = hashlib.sha256(content).hexdigest()
+        data: dict[str, Any] = {"blob_id": config.blob_id, "size": len(content), "sha256": digest}
+        if config.output_path:
+            out = _confined(self, config.output_path, run.ctx.workflow.base_dir, "output_path")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(content)
+            data["output_path"] = str(out)
+        if config.expected_size is not None and config.expected_size != len(content):
+            raise StepFailure("blob size differs", kind="assertion", expected=config.expected_size,
+                              actual=len(content), location=self.key_location("expected_size"), data=data)
+        if config.expected_sha256 and config.expected_sha256.lower() != digest:
+            raise StepFailure("blob sha256 differs", kind="assertion", expected=config.expected_sha256,
+                              actual=digest, location=self.key_location("expected_sha256"), data=data)
+        return data
+
+
+class CreateMeshConfig(StepConfig):
+    context_node: str
+    application_id: str
+    nodes: list[str] = Field(min_length=1)
+    params: dict[str, Any] | str | None = None
+    #: A wasm file to dev-install on every other node first (relative to the workflow).
+    path: str | None = None
+
+
+@register_step
+class CreateMesh(BaseStep):
+    type_name = "create_mesh"
+    Config = CreateMeshConfig
+    default_retries = 2
+    summary = (
+        "namespace + context on `context_node`, then invite, join and join the context on every "
+        "other node → `context_id`, `namespace_id`, `member_public_key`, per-node `members`"
+    )
+
+    def node_of(self, config: Any) -> str | None:
+        return getattr(config, "context_node", None)
+
+    def check_raw(self, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check_raw(vctx)
+        names = [self.raw.get("context_node")] + list(self.raw.get("nodes") or [])
+        for name in names:
+            if isinstance(name, str) and "${" not in name and "{{" not in name and vctx.all_nodes and name not in vctx.all_nodes:
+                problems.append(self.unknown_node_problem(name, "nodes", vctx))
+        return problems
+
+    async def execute(self, config: CreateMeshConfig, run: StepRun) -> dict[str, Any]:
+        import json
+
+        ctx = run.ctx
+        owner = ctx.client(config.context_node)
+        ns = await owner.create_namespace(config.application_id)
+        if isinstance(config.params, dict):
+            params = json.dumps(config.params, separators=(",", ":")).encode()
+        else:
+            params = (config.params or "").encode()
+        created = await owner.create_context(config.application_id, ns, params=params)
+        context_id = created["contextId"]
+        members: dict[str, Any] = {}
+        captured = ctx.captured
+        captured["namespace_id"] = ns
+        captured[f"namespace_id_{config.context_node}"] = ns
+        captured[f"context_id_{config.context_node}"] = context_id
+        captured[f"public_key_{config.context_node}"] = created.get("memberPublicKey")
+        for name in config.nodes:
+            if name == config.context_node:
+                continue
+            client = ctx.client(name)
+            if config.path:
+                local = (ctx.workflow.base_dir / config.path).resolve()
+                node_path = await ctx.backend.stage_file(name, local) if ctx.backend else str(local)
+                await client.install_dev_application(node_path, metadata=_metadata_bytes(None))
+            invitation = await owner.create_namespace_invitation(ns)
+            joined = await client.join_namespace(ns, invitation["invitation"])
+            in_context = await client.join_context(context_id)
+            members[name] = {
+                "member_identity": joined.get("memberIdentity"),
+                "member_account": joined.get("memberAccount"),
+                "public_key": (in_context or {}).get("memberPublicKey"),
+            }
+            captured[f"member_identity_{name}"] = joined.get("memberIdentity")
+            captured[f"member_account_{name}"] = joined.get("memberAccount")
+            captured[f"public_key_{name}"] = (in_context or {}).get("memberPublicKey")
+            captured[f"context_id_{name}"] = context_id
+            run.log(f"{name} joined namespace {ns} and context {context_id}")
+        run.response = {
+            "contextId": context_id,
+            "memberPublicKey": created.get("memberPublicKey"),
+            "namespaceId": ns,
+        }
+        return {
+            "context_id": context_id,
+            "member_public_key": created.get("memberPublicKey"),
+            "namespace_id": ns,
+            "members": members,
+        }
