@@ -342,6 +342,8 @@ class WorkflowExecutor:
             ready_timeout=self.workflow.settings.wait_timeout,
         )
         failed = False
+        for note in self.workflow.notes:
+            self.events.note(note)
         try:
             needs_backend = bool(self.workflow.nodes)
             if needs_backend:

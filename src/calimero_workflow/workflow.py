@@ -447,7 +447,32 @@ def parse_workflow(
     problems.extend(_ambiguous_names(steps, data.get("steps")))
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
-    return Workflow(path=file, settings=settings, raw=data, nodes=nodes, steps=steps)
+    return Workflow(
+        path=file, settings=settings, raw=data, nodes=nodes, steps=steps, notes=_notes(settings)
+    )
+
+
+def _notes(settings: WorkflowSettings) -> list[str]:
+    """Settings merobox knows that mean nothing (or something else) here."""
+    notes = []
+    if settings.e2e_mode:
+        notes.append(
+            "e2e_mode: nodes of a run are always wired to each other directly and sync "
+            "quickly; the setting changes nothing more"
+        )
+    if settings.restart or settings.stop_all_nodes:
+        notes.append(
+            "restart / stop_all_nodes: every run starts its own fresh nodes and removes "
+            "them at the end; nodes of other runs are never touched"
+        )
+    if settings.auth_service or settings.auth_mode:
+        notes.append(
+            "auth_service / auth_mode: no auth proxy is started; to test an authenticating "
+            "node, list it under remote_nodes with its auth"
+        )
+    if settings.preserve_default_bootstrap or settings.bootstrap_nodes:
+        notes.append("bootstrap_nodes / preserve_default_bootstrap: nodes only peer with the nodes of this run")
+    return notes
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:

@@ -62,6 +62,10 @@ class ConsoleReporter(RunEvents):
         where = f" ({result.workflow_file})" if result.workflow_file else ""
         self._write(f"== {sanitize(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self._write(f"  note: {sanitize(message)}")
+
     def phase_finished(self, record: PhaseRecord) -> None:
         if self.quiet and record.status is not Status.FAILED:
             return

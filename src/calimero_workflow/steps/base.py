@@ -512,7 +512,7 @@ class BaseStep:
             try:
                 if isinstance(spec, str):
                     value = traverse(source, split_path(spec), "the response")
-                    target = name
+                    target = name.replace("{node_name}", node)
                 else:
                     if spec.field not in source:
                         raise PlaceholderError(

@@ -1,0 +1,252 @@
+"""merobox workflow files run unmodified, and merobox's known defects are fixed.
+
+The corpus in tests/compat/ is written in merobox's format (``{{name}}``
+placeholders, ``outputs:`` captures, merobox step names and aliases). Each
+file runs on embedded nodes with the kv-store app.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.errors import WorkflowValidationError
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.workflow import load_workflow, parse_workflow
+
+COMPAT = Path(__file__).resolve().parent / "compat"
+CORPUS = sorted(COMPAT.glob("*.yml"))
+APP = COMPAT.parent.parent / "apps" / "kv-store" / "kv_store.wasm"
+
+
+def failures(result) -> list[str]:
+    out = [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    out += [f"phase {p.name}: {p.error.message}" for p in result.phases if p.error]
+    return out
+
+
+async def run_file(path: Path, tmp_path: Path, environ: dict[str, str] | None = None):
+    wf = load_workflow(path, environ=environ or {})
+    return await WorkflowExecutor(wf, env=environ or {}, workdir=tmp_path).run()
+
+
+async def run_text(text: str, tmp_path: Path, file: Path | None = None):
+    wf = parse_workflow(textwrap.dedent(text), file=file or tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs").run()
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+async def test_corpus_file_passes(path: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(COMPAT)
+    result = await run_file(path, tmp_path)
+    assert result.passed, failures(result)
+    assert result.counts()["failed"] == 0
+
+
+@pytest.mark.parametrize(
+    "name, old, new",
+    [
+        ("01-groups.yml", '"equal({{read_value}}, hello)"', '"equal({{read_value}}, goodbye)"'),
+        ("02-three-nodes-repeat.yml", '"equal({{count_on_3}}, 3)"', '"equal({{count_on_3}}, 4)"'),
+        ("04-assert-grammar.yml", "\"contains({{csv}}, ', b,')\"", "\"contains({{csv}}, ', d,')\""),
+        ("05-nested-json.yml", '"equal({{second_tag}}, y)"', '"equal({{second_tag}}, x)"'),
+        ("06-negative.yml", "expected_error: NotFound", "expected_error: Forbidden"),
+        ("08-legacy-placeholders.yml", "method: get\n", "method: len\n"),
+    ],
+)
+async def test_corpus_checks_can_fail(name: str, old: str, new: str, tmp_path: Path):
+    text = (COMPAT / name).read_text()
+    assert old in text
+    mutated = COMPAT / f".mutated-{name}"
+    mutated.write_text(text.replace(old, new))
+    try:
+        result = await run_file(mutated, tmp_path)
+    finally:
+        mutated.unlink()
+    assert not result.passed
+
+
+def test_unsupported_merobox_step_is_a_validation_error(tmp_path: Path):
+    text = "name: x\nnodes: {count: 1}\nsteps:\n  - type: tee_fleet_join\n    node: calimero-node-1\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    (problem,) = info.value.problems
+    assert problem.location.line == 4
+    assert "unknown step type 'tee_fleet_join'" in problem.message
+    assert "supported types:" in problem.hint and "create_mesh" in problem.hint
+
+
+# -- merobox defects (reference §9 and §3), each with our behaviour ----------------
+
+
+async def test_env_expands_across_the_whole_file(tmp_path: Path, monkeypatch):
+    # §9.1: merobox expanded ${VAR} only in remote_nodes.
+    monkeypatch.chdir(COMPAT)
+    env = {"WORKFLOW_TITLE": "From env", "NODE_COUNT": "2", "NODE_PREFIX": "n"}
+    wf = load_workflow(COMPAT / "12-env-and-top-level.yml", environ=env)
+    assert wf.name == "From env"
+    assert wf.node_names == ["n-1", "n-2"]
+    assert wf.steps[0].raw["node"] == "n-1"
+
+
+async def test_invite_open_and_join_open_behave_as_namespace_steps(tmp_path: Path, monkeypatch):
+    # §9.2: they are aliases of the namespace invite/join (corpus 02 uses them).
+    monkeypatch.chdir(COMPAT)
+    result = await run_file(COMPAT / "02-three-nodes-repeat.yml", tmp_path)
+    types = {s.name: s.type for s in result.steps}
+    assert types["Invite 3"] == "invite" and types["Join 3"] == "join"
+    assert result.passed
+
+
+def test_base_port_is_the_swarm_port_and_base_rpc_port_the_server_port():
+    # §9.3: documented as "server port", it is the swarm port; we name both plainly.
+    wf = parse_workflow("name: p\nnodes: {count: 2, base_port: 3000, base_rpc_port: 4000}\nsteps: []\n", environ={})
+    assert [(n.swarm_port, n.server_port) for n in wf.nodes] == [(3000, 4000), (3001, 4001)]
+
+
+async def test_yaml_log_level_reaches_the_nodes(tmp_path: Path):
+    # §9.4: merobox's CLI defaults shadowed log_level from the YAML.
+    from calimero_workflow.executor import WorkflowExecutor as Executor
+
+    wf = parse_workflow("name: p\nnodes: {count: 1}\nlog_level: warn\nsteps: []\n", environ={})
+    seen = []
+
+    class Recording:
+        def __init__(self, *a, **k):
+            from calimero_workflow.backends.embedded import EmbeddedBackend
+
+            self.inner = EmbeddedBackend(run_id=k["run_id"], workflow_name="p", workdir=k["workdir"])
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        async def start_nodes(self, specs, *, ready_timeout):
+            seen.extend(s.log_level for s in specs)
+            return await self.inner.start_nodes(specs, ready_timeout=ready_timeout)
+
+    result = await Executor(wf, env={}, workdir=tmp_path, backend_factory=lambda kind, **k: Recording(**k)).run()
+    assert result.passed, failures(result)
+    assert seen == ["warn"]
+
+
+async def test_executor_public_key_is_accepted_and_sent(tmp_path: Path, monkeypatch):
+    # §9.5: merobox validated it and dropped it; we send it (0.10-era nodes need it,
+    # current nodes ignore it) — corpus 01 passes it to a current node.
+    monkeypatch.chdir(COMPAT)
+    result = await run_file(COMPAT / "01-groups.yml", tmp_path)
+    assert result.passed
+    step = next(s for s in result.steps if s.name == "Set value")
+    assert step.status is Status.PASSED
+
+
+async def test_assertions_work_inside_repeat_and_parallel(tmp_path: Path, monkeypatch):
+    # §9.6: merobox failed at run time with "Unknown nested step type".
+    monkeypatch.chdir(COMPAT)
+    result = await run_file(COMPAT / "11-parallel.yml", tmp_path)
+    nested = [s for s in result.all_steps() if s.type == "assert" and "/" in s.path]
+    assert len(nested) == 3 and all(s.status is Status.PASSED for s in nested)
+
+
+def test_wait_zero_seconds_is_refused_at_load(tmp_path: Path):
+    # §9.9: merobox's schema took `seconds: 0` and the run failed later.
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow("name: w\nsteps:\n  - {type: wait, seconds: 0}\n", file=tmp_path / "w.yml", environ={})
+    assert info.value.problems[0].location.line == 3
+
+
+async def test_upload_blob_captures_both_spellings(tmp_path: Path, monkeypatch):
+    # §9.10: docs said blobId, examples used blob_id; both capture here.
+    monkeypatch.chdir(COMPAT)
+    result = await run_file(COMPAT / "09-mesh-blobs-restart.yml", tmp_path)
+    assert result.passed, failures(result)
+
+
+async def test_unresolved_placeholder_fails_instead_of_passing_literal_text(tmp_path: Path):
+    # §3.2: merobox warned and sent "{{nope}}" to the node.
+    result = await run_text(
+        f"""
+        name: u
+        nodes: {{count: 1}}
+        steps:
+          - {{type: install_application, node: calimero-node-1, path: {APP}}}
+          - {{type: create_namespace, node: calimero-node-1, application_id: '{{{{nope}}}}'}}
+        """,
+        tmp_path,
+    )
+    step = result.steps[1]
+    assert step.status is Status.FAILED
+    assert "unresolved placeholder {{nope}}" in step.error.message
+    assert "app_id_calimero-node-1" in step.error.hint
+
+
+async def test_embedded_mapping_placeholder_is_json_not_python_repr(tmp_path: Path):
+    # §3.2: merobox substituted str(dict) (single quotes, True/None).
+    result = await run_text(
+        """
+        name: j
+        steps:
+          - name: src
+            type: assert
+            actual: {ok: true, none: null}
+            is_set: true
+            outputs: {obj: actual}
+          - name: text
+            type: assert
+            actual: 'obj={{obj}}'
+            equals: 'obj={"ok":true,"none":null}'
+        """,
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+
+
+async def test_node_name_is_replaced_in_string_form_targets_too(tmp_path: Path):
+    # §3.1: merobox replaced {node_name} only in the mapping form.
+    result = await run_text(
+        f"""
+        name: t
+        nodes: {{count: 1}}
+        steps:
+          - type: install_application
+            node: calimero-node-1
+            path: {APP}
+            outputs: {{'app_of_{{node_name}}': applicationId}}
+          - type: assert
+            statements: ["is_set({{{{app_of_calimero-node-1}}}})"]
+        """,
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+
+
+async def test_capture_that_cannot_bind_lists_available_keys(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        nodes: {{count: 1}}
+        steps:
+          - type: install_application
+            node: calimero-node-1
+            path: {APP}
+            outputs: {{app: appId}}
+        """,
+        tmp_path,
+    )
+    step = result.steps[0]
+    assert step.status is Status.FAILED
+    assert step.error.kind == "capture"
+    assert "output 'app' cannot be captured" in step.error.message
+    assert "applicationId" in step.error.hint
+    assert step.error.location.line == 8
+
+
+async def test_commas_inside_quoted_operands_do_not_split(tmp_path: Path, monkeypatch):
+    # §3.5: merobox split contains()/regex() arguments on every comma.
+    monkeypatch.chdir(COMPAT)
+    result = await run_file(COMPAT / "04-assert-grammar.yml", tmp_path)
+    grammar = next(s for s in result.steps if s.name == "Grammar")
+    assert grammar.status is Status.PASSED
+    assert grammar.data["passed"] == 13
