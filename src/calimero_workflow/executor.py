@@ -183,8 +183,7 @@ class WorkflowExecutor:
         self.result.image = self.backend.image_info()
         return report
 
-    async def _start_nodes(self) -> PhaseReport:
-        assert self.backend is not None and self.ctx is not None
+    def _node_specs(self) -> list[NodeSpec]:
         specs: list[NodeSpec] = []
         for spec in self.workflow.nodes:
             specs.append(
@@ -198,6 +197,11 @@ class WorkflowExecutor:
                     log_level=self.workflow.settings.log_level,
                 )
             )
+        return specs
+
+    async def _start_nodes(self) -> PhaseReport:
+        assert self.backend is not None and self.ctx is not None
+        specs = self._node_specs()
         if not specs:
             return PhaseReport(skipped=True, detail="the workflow has no local nodes")
         handles = await self.backend.start_nodes(specs, ready_timeout=self.workflow.settings.wait_timeout)
@@ -355,6 +359,7 @@ class WorkflowExecutor:
                     image=self.image,
                 )
                 self.ctx.backend = self.backend
+                self.backend.plan(self._node_specs())
             if not self.nuke:
                 self._skip("nuke", "nuke_on_start is off")
             elif self.backend is None:

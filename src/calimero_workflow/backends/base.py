@@ -102,6 +102,10 @@ class NodeBackend(abc.ABC):
         #: Per-run scratch directory (node homes, copied apps, logs).
         self.workdir = workdir
 
+    def plan(self, specs: list[NodeSpec]) -> None:
+        """Learn the nodes the run will start (before ``pull_image``)."""
+        self.planned = list(specs)
+
     async def nuke(self) -> PhaseReport:
         """Remove leftovers of an earlier run of the same workflow."""
         return PhaseReport(skipped=True, detail=f"{self.name} nodes leave nothing behind")
