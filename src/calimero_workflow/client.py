@@ -392,9 +392,9 @@ class NodeClient:
         data = await self._admin("POST", "/identity/context", {})
         return data["publicKey"]
 
-    async def sync(self, context_id: str | None = None) -> None:
+    async def sync(self, context_id: str | None = None, *, timeout: float | None = None) -> None:
         path = f"/contexts/sync/{context_id}" if context_id else "/contexts/sync"
-        await self._admin("POST", path)
+        await self._admin("POST", path, timeout=timeout)
 
     # -- blobs -----------------------------------------------------------------
 

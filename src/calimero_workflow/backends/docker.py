@@ -13,7 +13,7 @@ Per run:
   the same code works when the engine itself runs in a container);
 - ``merod --home /app/data --node <name> init …`` in a throwaway container,
   then each node's ``bootstrap.nodes`` lists its siblings as
-  ``/dns4/<name>/tcp/2428/p2p/<peer id>`` before ``merod … run`` starts.
+  ``/dns4/<name>.peers/tcp/2428/p2p/<peer id>`` before ``merod … run`` starts.
 
 The engine reaches nodes through ports published on 127.0.0.1 when it runs on
 the host, and by joining the control network when it runs inside a container.
@@ -144,6 +144,12 @@ def set_bootstrap(config_text: str, nodes: list[str]) -> str:
     text = "\n".join(out) + "\n"
     tomllib.loads(text)  # never hand a node a config it cannot read
     return text
+
+
+def _peer_alias(node: str) -> str:
+    # Only the peers network knows this name, so swarm traffic never takes
+    # the control network (a plain node name could resolve on both).
+    return f"{node}.peers"
 
 
 def _tar_one(name: str, data: bytes, mode: int = 0o644) -> bytes:
@@ -332,12 +338,11 @@ class DockerBackend(NodeBackend):
             volumes={f"cw-{self.short}-{name}": {"bind": DATA, "mode": "rw"}},
             labels=self._labels(name),
             name=self._container_name(name),
-            hostname=name,
             environment=env,
             ports=ports,
             network=control.name,
         )
-        peers.connect(container, aliases=[name])
+        peers.connect(container, aliases=[_peer_alias(name)])
         text = set_bootstrap(self._configs[name], bootstrap)
         container.put_archive(f"{DATA}/{name}", _tar_one("config.toml", text.encode()))
         return container
@@ -358,7 +363,7 @@ class DockerBackend(NodeBackend):
         )
         for spec in specs:
             siblings = [
-                f"/dns4/{other}/tcp/{SWARM_PORT}/p2p/{peer_ids[other]}"
+                f"/dns4/{_peer_alias(other)}/tcp/{SWARM_PORT}/p2p/{peer_ids[other]}"
                 for other in peer_ids
                 if other != spec.name
             ]
@@ -472,7 +477,7 @@ class DockerBackend(NodeBackend):
 
     async def connect_node(self, name: str) -> None:
         container = self._container(name)
-        await self._io(self._network("peers").connect, container, aliases=[name])
+        await self._io(self._network("peers").connect, container, aliases=[_peer_alias(name)])
 
     # -- observation ---------------------------------------------------------------
 

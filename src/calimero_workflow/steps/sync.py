@@ -120,8 +120,11 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
             errors[name] = exc.message
 
     async def trigger(name: str) -> None:
+        # Bounded: a node cut off from its peers may take long to give up on
+        # a sync, and the poll must still report in time.
+        remaining = deadline - time.perf_counter()
         try:
-            await ctx.client(name).sync(config.context_id)
+            await ctx.client(name).sync(config.context_id, timeout=max(0.2, min(2.0, remaining)))
         except NodeError:
             pass  # a node that cannot sync yet shows up in the hash poll
 

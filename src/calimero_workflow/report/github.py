@@ -1,0 +1,412 @@
+"""One adapter for everything the action tells the GitHub Actions runner.
+
+Two channels exist. Workflow commands are lines on stdout that the runner
+parses (``::error file=…::message``, ``::group::``, ``::add-mask::``); their
+data and properties must be escaped the way the runner unescapes them.
+Environment files (``GITHUB_OUTPUT``, ``GITHUB_STEP_SUMMARY``,
+``GITHUB_STATE``) are appended to; their paths come from the environment,
+never from a hard-coded ``/github/...``. The runner's limits (10 annotations
+of each level per step, 4096-character messages, 1 MiB of step summary,
+1 MB of outputs per job) are enforced here, when the text is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import sys
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+from .console import sanitize
+
+__all__ = [
+    "MAX_ANNOTATIONS_PER_LEVEL",
+    "MAX_MESSAGE_CHARS",
+    "MAX_TITLE_CHARS",
+    "OUTPUT_BUDGET_BYTES",
+    "OUTPUT_VALUE_LIMIT_BYTES",
+    "SUMMARY_LIMIT_BYTES",
+    "Annotation",
+    "GitHub",
+    "Level",
+    "OutputWritten",
+    "escape_data",
+    "escape_property",
+    "utf16_size",
+]
+
+Level = Literal["error", "warning", "notice"]
+
+#: The runner keeps 10 error, 10 warning (and, with enhanced annotations,
+#: 10 notice) annotations per step and drops the rest silently (toolkit PR #734).
+MAX_ANNOTATIONS_PER_LEVEL = 10
+#: The runner truncates an annotation message to 4096 characters.
+MAX_MESSAGE_CHARS = 4096
+#: Titles are shown on one line; longer ones are cut by the UI anyway.
+MAX_TITLE_CHARS = 255
+#: ``$GITHUB_STEP_SUMMARY`` over 1 MiB is dropped whole ("upload aborted").
+SUMMARY_LIMIT_BYTES = 1024 * 1024
+#: Outputs may total 1 MB per job, sized as UTF-16. This step keeps a margin
+#: for the outputs of the job's other steps.
+OUTPUT_BUDGET_BYTES = 900_000
+#: No single output value may take more than this (UTF-16 bytes).
+OUTPUT_VALUE_LIMIT_BYTES = 256 * 1024
+
+_PROPERTY_ORDER = ("file", "line", "col", "endLine", "endColumn", "title")
+
+
+def escape_data(text: str) -> str:
+    """Escape the message part of a workflow command.
+
+    ``%`` goes first so that the escapes added for CR and LF are not
+    escaped a second time.
+    """
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """Escape a property value: as data, plus ``:`` and ``,`` (separators)."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def utf16_size(text: str) -> int:
+    """Size of ``text`` the way GitHub approximates output sizes (UTF-16)."""
+    return len(text.encode("utf-16-le"))
+
+
+def _cut(text: str, limit: int, note: str) -> str:
+    """``text`` cut to ``limit`` characters, ending with ``note`` when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - len(note), 0)] + note
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """An error, warning or notice shown on a file and line of the change."""
+
+    level: Level
+    message: str
+    #: Workspace-relative path (the runner also maps container paths back).
+    file: str | None = None
+    line: int | None = None
+    col: int | None = None
+    title: str | None = None
+
+    def to_command(self) -> str:
+        """The workflow command line, escaped and cut to the runner's limits."""
+        props: dict[str, str] = {}
+        if self.file:
+            props["file"] = self.file
+        # the runner drops a column given without a line (ValidateLinesAndColumns)
+        if self.line is not None and self.line > 0:
+            props["line"] = str(self.line)
+            if self.col is not None and self.col > 0:
+                props["col"] = str(self.col)
+        if self.title:
+            title = " ".join(sanitize(self.title).split())
+            props["title"] = _cut(title, MAX_TITLE_CHARS, "…")
+        message = _cut(
+            sanitize(self.message),
+            MAX_MESSAGE_CHARS,
+            "\n… (cut to 4096 characters; the step summary and the JUnit report have it all)",
+        )
+        return _format_command(self.level, props, message)
+
+
+def _format_command(name: str, props: Mapping[str, str], message: str) -> str:
+    ordered = sorted(props, key=lambda k: (_PROPERTY_ORDER + (k,)).index(k))
+    rendered = ",".join(f"{key}={escape_property(props[key])}" for key in ordered)
+    head = f"::{name} {rendered}" if rendered else f"::{name}"
+    return f"{head}::{escape_data(message)}"
+
+
+@dataclass(frozen=True)
+class OutputWritten:
+    """What :meth:`GitHub.set_output` did with one value."""
+
+    name: str
+    #: UTF-16 bytes written for the value.
+    size: int
+    #: The value did not fit and was replaced by a cut copy with a note.
+    truncated: bool
+
+
+class GitHub:
+    """Workflow commands on ``stream`` and environment files from ``env``.
+
+    Args:
+        env: The process environment (injected, so tests pass a dict).
+        stream: Where commands go; the runner reads stdout.
+        output_budget: UTF-16 bytes all outputs of this step may use.
+        output_value_limit: UTF-16 bytes one output value may use.
+        summary_limit: Bytes ``$GITHUB_STEP_SUMMARY`` may hold.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        stream: TextIO | None = None,
+        *,
+        output_budget: int = OUTPUT_BUDGET_BYTES,
+        output_value_limit: int = OUTPUT_VALUE_LIMIT_BYTES,
+        summary_limit: int = SUMMARY_LIMIT_BYTES,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.output_file = _env_path(env, "GITHUB_OUTPUT")
+        self.summary_file = _env_path(env, "GITHUB_STEP_SUMMARY")
+        self.state_file = _env_path(env, "GITHUB_STATE")
+        self.output_budget = output_budget
+        self.output_value_limit = output_value_limit
+        self.summary_limit = summary_limit
+        self._output_used = 0
+        self._annotations: dict[str, int] = {"error": 0, "warning": 0, "notice": 0}
+        self._dropped: dict[str, int] = {"error": 0, "warning": 0, "notice": 0}
+        self._masked: set[str] = set()
+        self._in_group = False
+
+    # -- workflow commands ----------------------------------------------------------
+
+    def _emit(self, line: str) -> None:
+        # one write and a flush per line: stderr (logging) is unbuffered, and
+        # the runner must see a stop-commands line before anything after it
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def echo(self, text: str = "") -> None:
+        """Print our own text. It must not start with ``::`` (use :meth:`untrusted`)."""
+        for line in text.split("\n"):
+            if line.lstrip().startswith("::"):
+                raise ValueError(
+                    f"refusing to print {line[:40]!r} as plain text: the runner would "
+                    "read it as a workflow command; print it with GitHub.untrusted()"
+                )
+            self._emit(line)
+
+    def add_mask(self, value: str) -> None:
+        """Mask ``value`` in every later log line of the job.
+
+        The runner masks line by line, so a multi-line value is also masked
+        one line at a time. Empty and blank values are ignored (masking the
+        empty string would be meaningless).
+        """
+        for part in [value, *value.splitlines()]:
+            part = part.strip()
+            if not part or part in self._masked:
+                continue
+            self._masked.add(part)
+            self._emit(_format_command("add-mask", {}, part))
+
+    @contextlib.contextmanager
+    def group(self, title: str) -> Iterator[None]:
+        """A collapsible log group. The runner does not nest groups, so neither do we."""
+        if self._in_group:
+            raise RuntimeError(
+                f"group {title!r} opened inside another group; groups do not nest"
+            )
+        self._in_group = True
+        self._emit(_format_command("group", {}, " ".join(sanitize(title).split())))
+        try:
+            yield
+        finally:
+            self._emit("::endgroup::")
+            self._in_group = False
+
+    @contextlib.contextmanager
+    def stop_commands(self, avoid: str = "") -> Iterator[str]:
+        """Turn command processing off until the block ends.
+
+        Everything printed inside, by us or by anything sharing stdout and
+        stderr, is shown as text. The resume token is random, so text from a
+        node cannot guess it; ``avoid`` is text already known to be printed,
+        and the token is drawn again in the (unlikely) case it occurs there.
+        """
+        token = secrets.token_hex(16)
+        while token in avoid:
+            token = secrets.token_hex(16)
+        self._emit(f"::stop-commands::{token}")
+        try:
+            yield token
+        finally:
+            self._emit(f"::{token}::")
+
+    def untrusted(self, text: str | Iterable[str]) -> None:
+        """Print text we do not control (node logs, app output) inertly."""
+        lines = text.split("\n") if isinstance(text, str) else list(text)
+        lines = [sanitize(line) for line in lines]
+        with self.stop_commands(avoid="\n".join(lines)):
+            for line in lines:
+                self._emit(line)
+
+    def debug(self, message: str) -> None:
+        """A line shown only when step debug logging is on."""
+        self._emit(_format_command("debug", {}, sanitize(message)))
+
+    # -- annotations ------------------------------------------------------------------
+
+    def annotate(self, annotation: Annotation) -> bool:
+        """Emit ``annotation`` if its level still has room in this step.
+
+        Past the limit the annotation is counted, not printed, and
+        :meth:`flush_annotations` reports the count. One notice is kept free
+        for that report. Returns whether the annotation was printed.
+        """
+        level = annotation.level
+        room = MAX_ANNOTATIONS_PER_LEVEL - (1 if level == "notice" else 0)
+        if self._annotations[level] >= room:
+            self._dropped[level] += 1
+            return False
+        self._annotations[level] += 1
+        self._emit(annotation.to_command())
+        return True
+
+    @property
+    def dropped_annotations(self) -> dict[str, int]:
+        """How many annotations of each level did not fit, so far."""
+        return dict(self._dropped)
+
+    def flush_annotations(
+        self, where: str = "the step summary and the JUnit report"
+    ) -> None:
+        """Say in one notice how many annotations were left out, if any."""
+        parts = [
+            f"{count} {level}{'s' if count > 1 else ''}"
+            for level, count in self._dropped.items()
+            if count
+        ]
+        if not parts:
+            return
+        message = (
+            f"{', '.join(parts)} more not annotated: GitHub keeps "
+            f"{MAX_ANNOTATIONS_PER_LEVEL} annotations of each level per step. "
+            f"See {where}."
+        )
+        self._annotations["notice"] += 1
+        self._emit(
+            Annotation(
+                "notice", message, title="More results than annotations"
+            ).to_command()
+        )
+        self._dropped = dict.fromkeys(self._dropped, 0)
+
+    # -- environment files ------------------------------------------------------------
+
+    def set_output(
+        self,
+        name: str,
+        value: str,
+        *,
+        is_json: bool = False,
+        full_value: str | None = None,
+    ) -> OutputWritten:
+        """Append ``name`` = ``value`` to ``$GITHUB_OUTPUT`` as a heredoc.
+
+        Values too large for the per-value limit or the remaining budget are
+        cut with a note naming ``full_value`` (where the caller keeps the whole
+        value). A cut JSON value is replaced by a small JSON object saying so,
+        so ``fromJSON`` still works on it.
+
+        Raises:
+            ValueError: ``name`` is not a valid output name.
+        """
+        if not _valid_name(name):
+            raise ValueError(
+                f"output name {name!r} is not valid: use letters, digits, '_' and '-', "
+                "starting with a letter or '_'"
+            )
+        limit = min(
+            self.output_value_limit,
+            self.output_budget - self._output_used - utf16_size(name),
+        )
+        size = utf16_size(value)
+        truncated = size > limit
+        if truncated:
+            value = _shrink_output(
+                value, size, max(limit, 0), is_json=is_json, full_value=full_value
+            )
+        written = utf16_size(value)
+        self._output_used += written + utf16_size(name)
+        if self.output_file is not None:
+            delimiter = f"ghadelimiter_{uuid.uuid4()}"
+            while delimiter in value:
+                delimiter = f"ghadelimiter_{uuid.uuid4()}"
+            with self.output_file.open("a", encoding="utf-8") as fh:
+                fh.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+        return OutputWritten(name=name, size=written, truncated=truncated)
+
+    def save_state(self, name: str, value: str) -> None:
+        """Pass ``value`` to this action's post step (as ``STATE_<name>``)."""
+        if not _valid_name(name):
+            raise ValueError(f"state name {name!r} is not valid")
+        if self.state_file is None:
+            return
+        delimiter = f"ghadelimiter_{uuid.uuid4()}"
+        with self.state_file.open("a", encoding="utf-8") as fh:
+            fh.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+
+    def summary_room(self) -> int:
+        """Bytes the step summary can still take."""
+        used = 0
+        if self.summary_file is not None and self.summary_file.exists():
+            used = self.summary_file.stat().st_size
+        return max(self.summary_limit - used, 0)
+
+    def append_summary(self, markdown: str) -> bool:
+        """Append to ``$GITHUB_STEP_SUMMARY``; False when there is no such file.
+
+        Raises:
+            ValueError: the text would push the summary over its limit, which
+                would make the runner drop the whole summary.
+        """
+        data = markdown.encode("utf-8")
+        room = self.summary_room()
+        if len(data) > room:
+            raise ValueError(
+                f"step summary of {len(data)} bytes does not fit the {room} bytes left "
+                f"of GitHub's {self.summary_limit}-byte limit; build it with that budget"
+            )
+        if self.summary_file is None:
+            return False
+        with self.summary_file.open("ab") as fh:
+            fh.write(data)
+        return True
+
+
+def _env_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    return Path(value) if value else None
+
+
+def _valid_name(name: str) -> bool:
+    return (
+        bool(name)
+        and (name[0].isalpha() or name[0] == "_")
+        and all(c.isalnum() or c in "_-" for c in name)
+        and name.isascii()
+    )
+
+
+def _shrink_output(
+    value: str, size: int, limit: int, *, is_json: bool, full_value: str | None
+) -> str:
+    where = f"; the full value is in {full_value}" if full_value else ""
+    note = (
+        f"cut: {size} UTF-16 bytes do not fit the {limit} left for this output{where}"
+    )
+    if is_json:
+        return json.dumps(
+            {"truncated": True, "size": size, "file": full_value, "note": note}
+        )
+    tail = f"\n… {note}"
+    # UTF-16 counts 2 bytes per BMP character and 4 beyond; cut by characters
+    # until it fits, so the note always survives
+    keep = max(limit // 2 - len(tail), 0)
+    head = value[:keep]
+    while head and utf16_size(head + tail) > limit:
+        head = head[: len(head) - max(len(head) // 16, 1)]
+    return head + tail
