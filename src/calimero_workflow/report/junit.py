@@ -124,7 +124,7 @@ def _case_element(
         "name": _text(name),
         "classname": _text(classname),
         "time": _seconds(seconds),
-        "file": file,
+        "file": _text(file),
     }
     if line:
         attrs["line"] = str(line)
@@ -202,7 +202,7 @@ def _add_reruns(
             base = "error" if failure.step is None else "failure"
             prefix = "flaky" if case.outcome == "passed" else "rerun"
             tag = prefix + base.capitalize()
-            # Surefire lists reruns before the final verdict's output
+            # as Surefire does: the verdict, then the reruns in order, then output
             position = len([c for c in case.element if c.tag != "system-out"])
             case.element.insert(position, _verdict(tag, failure, root))
     return cases + extra
@@ -227,7 +227,7 @@ def _suite(
             "skipped": str(outcomes.count("skipped")),
             "time": _seconds(final.duration_s),
             "timestamp": started.isoformat(timespec="seconds"),
-            "file": display_path(final.workflow_file, root),
+            "file": _text(display_path(final.workflow_file, root)),
         },
     )
     props = ET.SubElement(suite, "properties")
