@@ -11,7 +11,8 @@ RUN python3 -m venv /opt/cw
 # Dependencies first, so source changes reuse this layer.
 COPY pyproject.toml README.md /src/
 RUN mkdir -p /src/src/calimero_workflow && touch /src/src/calimero_workflow/__init__.py \
- && /opt/cw/bin/pip install --quiet /src && /opt/cw/bin/pip uninstall --quiet -y calimero-workflow
+ && /opt/cw/bin/pip install --quiet /src && /opt/cw/bin/pip uninstall --quiet -y calimero-workflow \
+ && rm -rf /src/build /src/src /src/*.egg-info
 COPY src /src/src
 RUN /opt/cw/bin/pip install --quiet --no-deps /src \
  && printf '#!/bin/sh\nexec /opt/cw/bin/merod-embedded "$@"\n' > /opt/cw/merod && chmod 0755 /opt/cw/merod

@@ -215,7 +215,16 @@ class DockerBackend(NodeBackend):
         return f"cw-{self.short}-{node}"
 
     async def _io(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run a blocking SDK call in a thread; Docker errors become BackendError."""
+        import docker.errors
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except BackendError:
+            raise
+        except docker.errors.DockerException as exc:
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            raise BackendError(f"Docker: {explanation}") from exc
 
     def _image_for(self, spec: NodeSpec) -> str:
         return spec.image or self.image
@@ -300,8 +309,17 @@ class DockerBackend(NodeBackend):
             name=f"{self._container_name(name)}-init",
             environment={"NODE_NAME": name, "CALIMERO_HOME": DATA},
         )
+        import docker.errors
+
         try:
-            init.start()
+            try:
+                init.start()
+            except docker.errors.APIError as exc:
+                raise NodeUnavailableError(
+                    f"`merod init` for node {name} could not start: {exc.explanation or exc}",
+                    node=name,
+                    hint=f"the image {self._image_for(spec)} must provide `merod` on its PATH",
+                ) from exc
             status = init.wait(timeout=120)
             output = init.logs().decode("utf-8", "replace")
             code = status.get("StatusCode", 1)
@@ -373,9 +391,19 @@ class DockerBackend(NodeBackend):
         await self._wait_ready([h.name for h in handles], len(specs), ready_timeout)
         return {h.name: h for h in handles}
 
+    async def _exited(self, name: str, state: NodeState) -> NodeUnavailableError:
+        oom = " (killed: out of memory)" if state.oom_killed else ""
+        return NodeUnavailableError(
+            f"node {name} exited with code {state.exit_code}{oom} before it was ready",
+            node=name, exit_code=state.exit_code, oom_killed=state.oom_killed,
+            last_logs=await self.tail_logs(name),
+        )
+
     async def _handle(self, name: str) -> NodeHandle:
         container = self._containers[name]
-        await self._io(container.reload)
+        state = await self.node_state(name)
+        if not state.running:
+            raise await self._exited(name, state)
         if self._own is not None:
             url = f"http://{container.name}:{SERVER_PORT}"
         else:
@@ -403,12 +431,7 @@ class DockerBackend(NodeBackend):
                 while True:
                     state = await self.node_state(name)
                     if not state.running:
-                        oom = " (killed: out of memory)" if state.oom_killed else ""
-                        raise NodeUnavailableError(
-                            f"node {name} exited with code {state.exit_code}{oom} before it was ready",
-                            node=name, exit_code=state.exit_code, oom_killed=state.oom_killed,
-                            last_logs=await self.tail_logs(name),
-                        )
+                        raise await self._exited(name, state)
                     try:
                         await client.health(timeout=2)
                         peers = await client.peers_count() if total > 1 else 0
