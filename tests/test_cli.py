@@ -113,7 +113,7 @@ def test_node_text_cannot_drive_the_terminal(tmp_path: Path, capsys):
 def test_sigterm_interrupts_cleans_up_and_exits_130(tmp_path: Path):
     wf = write(tmp_path, "slow.yml", "name: slow\nsteps:\n  - {type: wait, seconds: 60}\n")
     report = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
          "--workdir", str(tmp_path / "w"), "--color", "never"],

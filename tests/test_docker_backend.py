@@ -156,7 +156,7 @@ def test_sigterm_cleans_up_everything(client, tmp_path: Path):
         [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--backend", "docker",
          "--image", NODE_IMAGE, "--workdir", str(tmp_path / "w"), "--color", "never"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")},
     )
     seen = ""
     deadline = time.monotonic() + 120
