@@ -127,6 +127,7 @@ class WorkflowExecutor:
         self.force_pull = workflow.settings.force_pull_image if force_pull is None else force_pull
         self._backend_factory = backend_factory or make_backend
         self.backend: NodeBackend | None = None
+        self.sandbox: Any = None
         self.ctx: RunContext | None = None
         self.result = RunResult(
             workflow_name=workflow.name,
@@ -198,6 +199,34 @@ class WorkflowExecutor:
                 )
             )
         return specs
+
+    async def _start_sandbox(self) -> PhaseReport:
+        from .backends.sandbox import Sandbox
+
+        self.sandbox = Sandbox(
+            run_id=self.run_id,
+            workflow_name=self.workflow.name,
+            settings=self.workflow.settings.sandbox,
+            contracts=self.workflow.settings.contracts,
+            base_dir=self.workflow.base_dir,
+        )
+        report = await self.sandbox.start()
+        assert self.ctx is not None
+        self.ctx.results["sandbox"] = {"url": self.sandbox.url, "internal_url": self.sandbox.internal_url}
+        return report
+
+    async def _deploy_contracts(self) -> PhaseReport:
+        assert self.sandbox is not None and self.ctx is not None
+        report = await self.sandbox.deploy()
+        self.ctx.results["deploy_contracts"] = self.sandbox.deployed
+        if self.backend is not None:
+            # Nodes learn where the contracts are at init.
+            self.backend.node_setup(
+                env=self.sandbox.node_env(),
+                init_args=self.sandbox.init_args(),
+                networks=[self.sandbox.network_name],
+            )
+        return report
 
     async def _start_nodes(self) -> PhaseReport:
         assert self.backend is not None and self.ctx is not None
@@ -323,6 +352,9 @@ class WorkflowExecutor:
             if self.workflow.settings.nuke_on_end:
                 nuked = await self.backend.nuke()
                 details.append(nuked.detail)
+        if self.sandbox is not None:
+            await self.sandbox.cleanup()
+            details.append("sandbox removed")
         if self.ctx is not None:
             for ref in self.ctx.nodes.values():
                 await ref.client.aclose()
@@ -370,8 +402,14 @@ class WorkflowExecutor:
                 self._skip("pull_image", "no local nodes")
             else:
                 await self._phase("pull_image", self._pull)
-            self._skip("sandbox_start", "the workflow names no sandbox")
-            self._skip("deploy_contracts", "the workflow names no contracts")
+            if self.workflow.settings.sandbox is None:
+                self._skip("sandbox_start", "the workflow names no sandbox")
+            else:
+                await self._phase("sandbox_start", self._start_sandbox)
+            if self.workflow.settings.contracts is None:
+                self._skip("deploy_contracts", "the workflow names no contracts")
+            else:
+                await self._phase("deploy_contracts", self._deploy_contracts)
             if self.backend is None:
                 self._skip("nodes_start", "no local nodes")
             else:
@@ -393,6 +431,9 @@ class WorkflowExecutor:
 
     async def _finish(self, failed: bool) -> None:
         ran_phases = {p.name for p in self.result.phases}
+        for name in PHASES[: PHASES.index("steps")]:
+            if name not in ran_phases:
+                self._skip(name, "an earlier phase failed" if failed else "not reached")
         if "steps" not in ran_phases:
             self._skip("steps", "an earlier phase failed" if failed else "not reached")
             for step in self.workflow.steps:

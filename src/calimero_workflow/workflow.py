@@ -106,6 +106,30 @@ class RemoteNodeSettings(_Strict):
     description: str | None = None
 
 
+class SandboxSettings(_Strict):
+    """A chain sandbox container started before the nodes."""
+
+    image: str
+    port: int = Field(ge=1, le=65535)
+    #: An HTTP path that answers 2xx when ready; without it, any answer will do.
+    ready_path: str | None = None
+    command: list[str] | str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=60, gt=0)
+
+
+class ContractsSettings(_Strict):
+    """Deploy contracts into the sandbox; the command prints a JSON object."""
+
+    #: Copied to /contracts in the deploy container (relative to the workflow).
+    dir: str | None = None
+    command: list[str] | str
+    #: Image of the deploy container (default: the sandbox image).
+    image: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=300, gt=0)
+
+
 class WorkflowSettings(_Strict):
     """The top level of a workflow file (``steps`` and ``nodes`` checked apart)."""
 
@@ -129,6 +153,8 @@ class WorkflowSettings(_Strict):
     auth_mode: str | None = None
     preserve_default_bootstrap: bool = False
     bootstrap_nodes: list[str] = Field(default_factory=list)
+    sandbox: SandboxSettings | None = None
+    contracts: ContractsSettings | None = None
 
 
 @dataclass
@@ -433,6 +459,26 @@ def parse_workflow(
                 Location(file, *data.value_pos("remote_nodes")),
             )
         )
+    if settings is not None and settings.contracts is not None:
+        if settings.sandbox is None:
+            problems.append(
+                Problem(
+                    "`contracts` needs a `sandbox` to deploy into",
+                    Location(file, *data.value_pos("contracts")),
+                    hint="add `sandbox: {image: ..., port: ...}`",
+                )
+            )
+        folder = settings.contracts.dir
+        if folder and check_files and not ((file.parent if file else Path.cwd()) / folder).is_dir():
+            contracts_raw = data.get("contracts")
+            pos = contracts_raw.value_pos("dir") if isinstance(contracts_raw, LocatedDict) else data.value_pos("contracts")
+            problems.append(
+                Problem(
+                    f"contracts directory not found: {folder}",
+                    Location(file, *pos),
+                    hint="paths are relative to the workflow file's folder",
+                )
+            )
     steps_loc = Location(file, *data.value_pos("steps")) if "steps" in data else top_loc
     steps = build_steps(data.get("steps"), file=file, problems=problems, where=steps_loc)
     base_dir = file.parent if file is not None else Path.cwd()

@@ -102,6 +102,11 @@ class NodeBackend(abc.ABC):
         #: Per-run scratch directory (node homes, copied apps, logs).
         self.workdir = workdir
 
+    def node_setup(self, *, env: dict[str, str], init_args: list[str], networks: list[str]) -> None:
+        """Extra environment, ``merod init`` arguments and networks for every node
+        (from the contract deployment). Backends without containers keep only the env."""
+        self.extra_env = dict(env)
+
     def plan(self, specs: list[NodeSpec]) -> None:
         """Learn the nodes the run will start (before ``pull_image``)."""
         self.planned = list(specs)

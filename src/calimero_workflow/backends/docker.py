@@ -192,9 +192,18 @@ class DockerBackend(NodeBackend):
         self._containers: dict[str, Any] = {}
         self._specs: dict[str, NodeSpec] = {}
         self._images: dict[str, Any] = {}
+        #: From the contract deployment: see :meth:`node_setup`.
+        self.extra_env: dict[str, str] = {}
+        self.extra_init_args: list[str] = []
+        self.extra_networks: list[str] = []
         #: Logs of containers that were replaced, kept so nothing is lost.
         self._old_logs: dict[str, list[bytes]] = {}
         self._cleaned = False
+
+    def node_setup(self, *, env: dict[str, str], init_args: list[str], networks: list[str]) -> None:
+        self.extra_env = dict(env)
+        self.extra_init_args = list(init_args)
+        self.extra_networks = list(networks)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -302,12 +311,13 @@ class DockerBackend(NodeBackend):
             command=[
                 "merod", "--home", DATA, "--node", name, "init",
                 "--server-host", "0.0.0.0", "--server-port", str(SERVER_PORT),
-                "--swarm-port", str(SWARM_PORT),
+                "--swarm-port", str(SWARM_PORT), *self.extra_init_args,
             ],
             volumes={volume.name: {"bind": DATA, "mode": "rw"}},
             labels=self._labels(name),
             name=f"{self._container_name(name)}-init",
-            environment={"NODE_NAME": name, "CALIMERO_HOME": DATA},
+            environment={"NODE_NAME": name, "CALIMERO_HOME": DATA, **self.extra_env},
+            network=self.extra_networks[0] if self.extra_networks else None,
         )
         import docker.errors
 
@@ -346,7 +356,7 @@ class DockerBackend(NodeBackend):
             ports = {f"{SERVER_PORT}/tcp": ("127.0.0.1", spec.server_port)}
             if spec.swarm_port:
                 ports[f"{SWARM_PORT}/tcp"] = ("127.0.0.1", spec.swarm_port)
-        env = {"NODE_NAME": name, "CALIMERO_HOME": DATA, **spec.env}
+        env = {"NODE_NAME": name, "CALIMERO_HOME": DATA, **self.extra_env, **spec.env}
         if spec.log_level:
             env["RUST_LOG"] = spec.log_level
         container = self.client.containers.create(
@@ -361,6 +371,8 @@ class DockerBackend(NodeBackend):
             network=control.name,
         )
         peers.connect(container, aliases=[_peer_alias(name)])
+        for extra in self.extra_networks:
+            self.client.networks.get(extra).connect(container)
         text = set_bootstrap(self._configs[name], bootstrap)
         container.put_archive(f"{DATA}/{name}", _tar_one("config.toml", text.encode()))
         return container

@@ -1,0 +1,987 @@
+"""The GitHub Action: environment in, reports and an exit code out.
+
+The runner starts the action image with ``INPUT_<NAME>`` variables (dashes
+kept, e.g. ``INPUT_JUNIT-PATH``) and the ``GITHUB_*`` paths of this step. The
+entry point is a pipeline of small stages:
+
+1. :func:`read_settings` validates every input into a frozen
+   :class:`ActionSettings` (tests pass plain dicts);
+2. :func:`discover_workflows` expands the ``workflows`` globs inside the
+   workspace, refusing anything that escapes it;
+3. each file is loaded; a file that does not load becomes a failed result
+   with its problems at their ``file:line`` (no exception escapes);
+4. each workflow runs with :class:`WorkflowExecutor`, again on failure up to
+   ``retries`` times, each attempt bounded by ``timeout-minutes``;
+5. JUnit XML, the step summary, annotations and outputs are written, and the
+   files handed to the workspace's owner (the action runs as root).
+
+Called with arguments (``docker run <image> run wf.yml``) the image is the
+plain ``calimero-workflow`` command line instead; ``post`` is the action's
+post step, which removes whatever Docker objects a run left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TextIO
+
+from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from .errors import Problem, WorkflowValidationError
+from .executor import BACKENDS, WorkflowExecutor, new_run_id
+from .report.console import ConsoleReporter, sanitize
+from .report.github import Annotation, GitHub
+from .report.junit import write_junit
+from .report.summary import (
+    DEFAULT_BUDGET,
+    build_summary,
+    display_path,
+    failures_of,
+    format_value,
+    is_flaky,
+)
+from .results import ErrorInfo, PhaseRecord, RunResult, Status
+
+__all__ = [
+    "INPUTS",
+    "ActionSettings",
+    "InputError",
+    "discover_workflows",
+    "main",
+    "post",
+    "read_settings",
+    "run_action",
+]
+
+log = logging.getLogger("calimero_workflow.action")
+
+#: Every input of action.yml with the default the entry point assumes when
+#: the variable is absent (a ``docker run`` without the runner).
+INPUTS: Mapping[str, str] = MappingProxyType(
+    {
+        "workflows": "",
+        "image": "",
+        "backend": "docker",
+        "env": "",
+        "working-directory": ".",
+        "junit-path": "calimero-workflow-results/junit.xml",
+        "summary": "true",
+        "annotations": "true",
+        "retries": "0",
+        "fail-on-failure": "true",
+        "timeout-minutes": "0",
+        "node-logs-dir": "calimero-workflow-results/node-logs",
+    }
+)
+
+STATUS_PASSED = "passed"
+STATUS_FAILED = "failed"
+STATUS_INVALID = "invalid"
+STATUS_CANCELLED = "cancelled"
+
+_MAX_RETRIES = 10
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: ``env`` entries whose key looks like this are masked in the log.
+_SECRET_KEY = re.compile(
+    r"TOKEN|SECRET|PASSW|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE|SESSION", re.I
+)
+#: Variables of the action's own environment a workflow must not read:
+#: the inputs, and the runner's tokens for the Actions services.
+_HIDDEN_ENV = re.compile(r"^(INPUT_|ACTIONS_)")
+_TRUE = ("true", "True", "TRUE")
+_FALSE = ("false", "False", "FALSE")
+#: Groups of step logs printed per workflow attempt; the rest is in the reports.
+_MAX_LOG_GROUPS = 20
+#: Below this many bytes of room a step summary is not worth writing.
+_MIN_SUMMARY = 2000
+
+
+class InputError(Exception):
+    """One or more inputs are invalid; each message names the input and value."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class ActionSettings:
+    """Every input, validated, with paths resolved inside the workspace."""
+
+    workspace: Path
+    workflows: tuple[str, ...]
+    image: str | None
+    backend: str
+    env: Mapping[str, str]
+    working_directory: Path
+    junit_path: Path
+    summary: bool
+    annotations: bool
+    retries: int
+    fail_on_failure: bool
+    timeout_minutes: float
+    node_logs_dir: Path
+    #: Scratch space for node data, outside the workspace.
+    workdir: Path
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where the summary, results and failed-steps files go: beside the JUnit file."""
+        return self.junit_path.parent
+
+
+# -- stage 1: settings ----------------------------------------------------------------
+
+
+def _input(env: Mapping[str, str], name: str) -> str:
+    """The runner's spelling (``INPUT_JUNIT-PATH``) first, then ``INPUT_JUNIT_PATH``."""
+    for key in (f"INPUT_{name.upper()}", f"INPUT_{name.upper().replace('-', '_')}"):
+        if key in env:
+            return env[key].strip()
+    return INPUTS[name]
+
+
+def _bool(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
+    value = _input(env, name)
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    problems.append(f"input {name} must be true or false, got {value!r}")
+    return INPUTS[name] == "true"
+
+
+def _confined(
+    workspace: Path, base: Path, value: str, what: str, problems: list[str]
+) -> Path:
+    """``value`` resolved against ``base``; it must stay inside ``workspace``."""
+    path = (base / value).resolve()
+    if path != workspace and not path.is_relative_to(workspace):
+        problems.append(
+            f"{what} {value!r} is outside the workspace {workspace}: use a path inside the repository"
+        )
+    return path
+
+
+def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not _ENV_KEY.fullmatch(key):
+            problems.append(
+                f"input env, line {number}: {line.strip()[:60]!r} is not KEY=VALUE "
+                "(one per line, e.g. APP_PATH=./app.wasm)"
+            )
+            continue
+        pairs[key] = value
+    return pairs
+
+
+def read_settings(env: Mapping[str, str]) -> ActionSettings:
+    """Validate every input up front.
+
+    Raises:
+        InputError: listing every invalid input, not just the first.
+    """
+    problems: list[str] = []
+    workspace = Path(env.get("GITHUB_WORKSPACE") or os.getcwd()).resolve()
+
+    workflows = tuple(
+        line.strip() for line in _input(env, "workflows").splitlines() if line.strip()
+    )
+    if not workflows:
+        problems.append(
+            "input workflows is empty: list workflow files or globs, one per line "
+            "(e.g. `workflows: tests/workflows/*.yml`)"
+        )
+
+    backend = _input(env, "backend") or INPUTS["backend"]
+    if backend not in BACKENDS:
+        problems.append(
+            f"input backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+        )
+
+    retries_text = _input(env, "retries") or "0"
+    retries = 0
+    if not retries_text.isdigit() or int(retries_text) > _MAX_RETRIES:
+        problems.append(
+            f"input retries must be a whole number from 0 to {_MAX_RETRIES}, got {retries_text!r}"
+        )
+    else:
+        retries = int(retries_text)
+
+    timeout_text = _input(env, "timeout-minutes") or "0"
+    timeout = 0.0
+    try:
+        timeout = float(timeout_text)
+        if not 0 <= timeout < 10_000:
+            raise ValueError
+    except ValueError:
+        problems.append(
+            f"input timeout-minutes must be a number of minutes (0 for no limit), got {timeout_text!r}"
+        )
+
+    working_directory = _confined(
+        workspace,
+        workspace,
+        _input(env, "working-directory") or ".",
+        "input working-directory",
+        problems,
+    )
+    if not problems and not working_directory.is_dir():
+        problems.append(
+            f"input working-directory {_input(env, 'working-directory')!r} is not a directory"
+        )
+
+    junit_text = _input(env, "junit-path") or INPUTS["junit-path"]
+    junit_path = _confined(
+        workspace, workspace, junit_text, "input junit-path", problems
+    )
+    if junit_path == workspace or junit_text.endswith("/"):
+        problems.append(
+            f"input junit-path {junit_text!r} must name a file, e.g. reports/junit.xml"
+        )
+    logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
+    node_logs_dir = _confined(
+        workspace, workspace, logs_text, "input node-logs-dir", problems
+    )
+
+    settings_env = _parse_env(_input(env, "env"), problems)
+    summary = _bool(env, "summary", problems)
+    annotations = _bool(env, "annotations", problems)
+    fail_on_failure = _bool(env, "fail-on-failure", problems)
+    if problems:
+        raise InputError(problems)
+
+    # node scratch data stays in the container (not RUNNER_TEMP, which is the
+    # host's: root-owned files there would outlive the job); CW_WORKDIR is the
+    # engine's own override
+    scratch = Path(
+        env.get("CW_WORKDIR") or Path(tempfile.gettempdir()) / "calimero-workflow"
+    )
+    return ActionSettings(
+        workspace=workspace,
+        workflows=workflows,
+        image=_input(env, "image") or None,
+        backend=backend,
+        env=MappingProxyType(settings_env),
+        working_directory=working_directory,
+        junit_path=junit_path,
+        summary=summary,
+        annotations=annotations,
+        retries=retries,
+        fail_on_failure=fail_on_failure,
+        timeout_minutes=timeout,
+        node_logs_dir=node_logs_dir,
+        workdir=scratch,
+    )
+
+
+# -- stage 2: discovery ----------------------------------------------------------------
+
+
+@dataclass
+class Discovery:
+    """The workflow files the patterns matched, and what went wrong."""
+
+    files: list[Path] = field(default_factory=list)
+    #: Per pattern that matched nothing usable, why.
+    unmatched: dict[str, str] = field(default_factory=dict)
+
+
+def discover_workflows(settings: ActionSettings) -> Discovery:
+    """Expand the ``workflows`` patterns inside the workspace, in order, once each.
+
+    Patterns are relative to ``working-directory``; ``**`` crosses folders.
+    A match outside the workspace (through ``..``, an absolute path or a
+    symlink) is refused, never read.
+    """
+    found = Discovery()
+    seen: set[Path] = set()
+    base = settings.working_directory
+    for pattern in settings.workflows:
+        matches = sorted(glob.glob(pattern, root_dir=base, recursive=True))
+        kept: list[Path] = []
+        outside: list[str] = []
+        for match in matches:
+            path = (base / match).resolve()
+            if path != settings.workspace and not path.is_relative_to(
+                settings.workspace
+            ):
+                outside.append(match)
+                continue
+            if path.is_file():
+                kept.append(path)
+        if not kept:
+            if outside:
+                reason = f"{pattern!r} only matches files outside the workspace (e.g. {outside[0]!r})"
+            else:
+                where = (
+                    display_path(base, settings.workspace)
+                    if base != settings.workspace
+                    else "the workspace"
+                )
+                reason = f"no workflow file matches {pattern!r} in {where}"
+            found.unmatched[pattern] = reason
+            continue
+        for path in kept:
+            if path not in seen:
+                seen.add(path)
+                found.files.append(path)
+    return found
+
+
+# -- stage 3 and 4: load and run --------------------------------------------------------
+
+
+def _problem_result(
+    name: str, file: Path | None, backend: str, phase: str, problems: Sequence[Problem]
+) -> RunResult:
+    """A failed result for a workflow that never ran, its problems as phases."""
+    result = RunResult(
+        workflow_name=name,
+        workflow_file=str(file) if file is not None else None,
+        run_id="-",
+        backend=backend,
+        status=Status.FAILED,
+        started_at=time.time(),
+    )
+    for number, problem in enumerate(problems, start=1):
+        result.phases.append(
+            PhaseRecord(
+                name=phase if len(problems) == 1 else f"{phase} {number}",
+                status=Status.FAILED,
+                error=ErrorInfo(
+                    message=problem.message,
+                    kind="invalid",
+                    location=problem.location,
+                    hint=problem.hint,
+                ),
+            )
+        )
+    return result
+
+
+def _skipped_result(file: Path, backend: str) -> RunResult:
+    result = RunResult(
+        workflow_name=file.name,
+        workflow_file=str(file),
+        run_id="-",
+        backend=backend,
+        status=Status.SKIPPED,
+    )
+    result.phases.append(
+        PhaseRecord("steps", Status.SKIPPED, detail="not run: the action was cancelled")
+    )
+    return result
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "workflow"
+
+
+class _ActionEvents(ConsoleReporter):
+    """The console reporter, plus putting Docker nodes on the job's network."""
+
+    def __init__(self, stream: TextIO, *, run_id: str, job_network: str | None):
+        super().__init__(stream, color=True)
+        self.run_id = run_id
+        self.job_network = job_network
+
+    def phase_finished(self, record: PhaseRecord) -> None:
+        super().phase_finished(record)
+        if (
+            record.name == "nodes_start"
+            and record.status is Status.PASSED
+            and self.job_network
+        ):
+            # a few quick Docker calls; the event hook is synchronous, and the
+            # run waits for its nodes at this point anyway
+            attached = _attach_to_network(self.run_id, self.job_network)
+            self._write(
+                f"  nodes on the job network {self.job_network}: {', '.join(attached) or 'none'}"
+            )
+
+
+def _docker_client() -> Any:
+    import docker
+
+    return docker.from_env(timeout=30)
+
+
+def _job_network() -> str | None:
+    """The network the runner put this container on (job with services), if any."""
+    try:
+        from .backends.docker import own_container_id
+
+        client = _docker_client()
+        own = own_container_id(client)
+        if own is None:
+            return None
+        networks = client.containers.get(own).attrs["NetworkSettings"]["Networks"] or {}
+    except Exception as exc:  # no Docker here: then there is no job network either
+        log.debug("no job network: %s", exc)
+        return None
+    for name in networks:
+        if name not in ("bridge", "host", "none") and not name.startswith("cw-"):
+            return name
+    return None
+
+
+def _attach_to_network(run_id: str, network_name: str) -> list[str]:
+    """Connect this run's node containers to ``network_name``, known by their names."""
+    from .backends.docker import LABEL_NODE, LABEL_RUN
+
+    client = _docker_client()
+    network = client.networks.get(network_name)
+    attached = []
+    for container in client.containers.list(filters={"label": f"{LABEL_RUN}={run_id}"}):
+        if LABEL_NODE not in container.labels:
+            continue
+        network.connect(container, aliases=[container.name])
+        attached.append(container.name)
+    return attached
+
+
+@dataclass
+class _Run:
+    """Everything the action ran, for the reports."""
+
+    workflows: list[list[RunResult]] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    #: Node log folders written into the workspace.
+    logs_dirs: list[Path] = field(default_factory=list)
+    cancelled: bool = False
+    invalid: bool = False
+
+
+def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str]:
+    """What ``${VAR}`` in a workflow (and its scripts) may read."""
+    base = {k: v for k, v in env.items() if not _HIDDEN_ENV.match(k)}
+    base.update(settings.env)
+    return base
+
+
+class _Runner:
+    """Stage 3 and 4: load, run with retries and a timeout, print grouped logs."""
+
+    def __init__(self, settings: ActionSettings, gh: GitHub, env: Mapping[str, str]):
+        self.settings = settings
+        self.gh = gh
+        self.load_env = _load_env(env, settings)
+        self.run = _Run()
+        self.job_network = _job_network() if settings.backend == "docker" else None
+        self._executor: WorkflowExecutor | None = None
+        #: Attempts of the workflow being run, kept if the action is cancelled.
+        self._pending_attempts: list[RunResult] = []
+
+    async def run_all(self, files: Sequence[Path]) -> _Run:
+        for index, file in enumerate(files):
+            try:
+                self.run.workflows.append(await self._attempts(file))
+            except asyncio.CancelledError:
+                self.run.cancelled = True
+                partial = self._executor.result if self._executor is not None else None
+                done = (
+                    [partial]
+                    if partial is not None
+                    else [_skipped_result(file, self.settings.backend)]
+                )
+                self.run.workflows.append(self._pending_attempts + done)
+                for rest in files[index + 1 :]:
+                    self.run.workflows.append(
+                        [_skipped_result(rest, self.settings.backend)]
+                    )
+                break
+        return self.run
+
+    async def _attempts(self, file: Path) -> list[RunResult]:
+        from .workflow import load_workflow
+
+        settings = self.settings
+        rel = display_path(file, settings.workspace)
+        self._pending_attempts = []
+        self._executor = None
+        total = settings.retries + 1
+        for attempt in range(1, total + 1):
+            try:
+                workflow = load_workflow(file, environ=self.load_env)
+            except WorkflowValidationError as exc:
+                self.run.invalid = True
+                return [
+                    _problem_result(rel, file, settings.backend, "load", exc.problems)
+                ]
+            for secret in workflow.secret_values():
+                self.gh.add_mask(secret)
+
+            run_id = new_run_id()
+            self.run.run_ids.append(run_id)
+            # before the nodes exist: the post step must find them even if this
+            # process is killed
+            self.gh.save_state("run_ids", ",".join(self.run.run_ids))
+            logs_dir = settings.node_logs_dir / _slug(rel)
+            if total > 1:
+                logs_dir = logs_dir / f"attempt-{attempt}"
+            self.run.logs_dirs.append(logs_dir)
+            events = _ActionEvents(
+                self.gh.stream, run_id=run_id, job_network=self.job_network
+            )
+            executor = WorkflowExecutor(
+                workflow,
+                backend=settings.backend,
+                image=settings.image,
+                env=self.load_env,
+                events=events,
+                workdir=settings.workdir,
+                logs_dir=logs_dir,
+                run_id=run_id,
+            )
+            self._executor = executor
+            title = f"{workflow.name} ({rel})" + (
+                f", attempt {attempt} of {total}" if total > 1 else ""
+            )
+            with self.gh.group(title):
+                with self.gh.stop_commands():
+                    events.run_started(executor.result)
+                    result = await self._run_once(executor)
+                    events.run_finished(result)
+            self._print_step_logs(result, title)
+            self._executor = None
+            self._pending_attempts.append(result)
+            if result.passed:
+                break
+        return self._pending_attempts
+
+    async def _run_once(self, executor: WorkflowExecutor) -> RunResult:
+        """One attempt; cancelled (with node cleanup) after ``timeout-minutes``."""
+        minutes = self.settings.timeout_minutes
+        # a task of its own, so that cancelling the action is never swallowed
+        # by the executor, which turns its own cancellation into a result
+        task = asyncio.ensure_future(executor.run())
+        try:
+            result = await asyncio.wait_for(
+                task, timeout=minutes * 60 if minutes else None
+            )
+        except TimeoutError:
+            result = executor.result
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # the action was cancelled just as the attempt ended
+            raise asyncio.CancelledError
+        if not result.interrupted:
+            return result
+        # interrupted without the action being cancelled: our timeout fired
+        result.interrupted = False
+        result.status = Status.FAILED
+        result.phases.append(
+            PhaseRecord(
+                "timeout",
+                Status.FAILED,
+                error=ErrorInfo(
+                    message=f"the workflow did not finish within {minutes:g} minute(s); its nodes were stopped",
+                    kind="timeout",
+                    hint="raise the action's timeout-minutes, or look at the step that was running",
+                ),
+            )
+        )
+        return result
+
+    def _print_step_logs(self, result: RunResult, title: str) -> None:
+        """A log group per step that has logs: a failing step, or one with app logs."""
+        shown = 0
+        for step in result.all_steps():
+            if step.children or not (
+                step.node_logs or (step.logs and step.status is Status.FAILED)
+            ):
+                continue
+            if shown == _MAX_LOG_GROUPS:
+                self.gh.echo(f"(more step logs are in the JUnit report: {title})")
+                break
+            shown += 1
+            with self.gh.group(f"{title} › {step.path} logs"):
+                lines = [*step.logs]
+                for node, text in step.node_logs.items():
+                    lines.append(f"--- last log lines of {node} ---")
+                    lines.extend(text.rstrip("\n").split("\n"))
+                self.gh.untrusted(lines)
+
+
+# -- stage 5: reports -------------------------------------------------------------------
+
+
+def _status(run: _Run) -> str:
+    if run.cancelled:
+        return STATUS_CANCELLED
+    if run.invalid:
+        return STATUS_INVALID
+    if all(attempts[-1].passed for attempts in run.workflows):
+        return STATUS_PASSED
+    return STATUS_FAILED
+
+
+def _counts(run: _Run) -> dict[str, int]:
+    finals = [attempts[-1] for attempts in run.workflows]
+    return {
+        "total": len(finals),
+        "passed": sum(r.status is Status.PASSED for r in finals),
+        "failed": sum(r.status is Status.FAILED for r in finals),
+        "skipped": sum(r.status is Status.SKIPPED for r in finals),
+        "flaky": sum(is_flaky(attempts) for attempts in run.workflows),
+    }
+
+
+def _annotation_message(error: ErrorInfo) -> str:
+    lines = [error.message]
+    if error.expected is not None or error.actual is not None:
+        lines.append(f"expected: {format_value(error.expected)}")
+        lines.append(f"actual:   {format_value(error.actual)}")
+    if error.hint:
+        lines.append(f"hint: {error.hint}")
+    return "\n".join(lines)
+
+
+def _annotate(gh: GitHub, run: _Run, workspace: Path) -> None:
+    for attempts in run.workflows:
+        final = attempts[-1]
+        for failure in failures_of(final):
+            location = failure.location
+            gh.annotate(
+                Annotation(
+                    "error",
+                    _annotation_message(failure.error),
+                    file=display_path(location.file, workspace)
+                    if location and location.file
+                    else None,
+                    line=location.line if location else None,
+                    col=location.col if location else None,
+                    title=f"{final.workflow_name}: {failure.what}",
+                )
+            )
+        if is_flaky(attempts):
+            earlier = "; ".join(f.what for a in attempts[:-1] for f in failures_of(a))
+            gh.annotate(
+                Annotation(
+                    "warning",
+                    f"passed on attempt {len(attempts)} of {len(attempts)}; earlier attempts failed at: {earlier}",
+                    file=display_path(final.workflow_file, workspace)
+                    if final.workflow_file
+                    else None,
+                    line=1,
+                    title=f"{final.workflow_name}: flaky",
+                )
+            )
+    gh.flush_annotations()
+
+
+def _failed_steps(run: _Run, workspace: Path) -> list[dict[str, Any]]:
+    rows = []
+    for attempts in run.workflows:
+        final = attempts[-1]
+        for failure in failures_of(final):
+            location = failure.location
+            rows.append(
+                {
+                    "workflow": final.workflow_name,
+                    "file": display_path(final.workflow_file, workspace)
+                    if final.workflow_file
+                    else None,
+                    "step": failure.what,
+                    "line": location.line if location else None,
+                    "message": failure.error.message[:300],
+                }
+            )
+    return rows
+
+
+def _write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
+        json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n",
+        encoding="utf-8",
+    )
+    tmp.replace(path)
+
+
+def _hand_over(paths: Sequence[Path], workspace: Path) -> None:
+    """Give what we wrote into the workspace to its owner.
+
+    The action runs as root, but later steps run as the runner's user, who
+    could not otherwise change or delete these files (actions/runner#434).
+    Only ``paths``, the folders created on the way to them, and what is
+    inside the folders among them are touched; never the workspace itself.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    owner = workspace.stat()
+    if (owner.st_uid, owner.st_gid) == (0, 0):
+        return
+    ids = (owner.st_uid, owner.st_gid)
+    done: set[Path] = set()
+    for top in paths:
+        if top == workspace or not top.is_relative_to(workspace) or not top.exists():
+            continue
+        for parent in [top, *top.parents]:
+            if parent == workspace:
+                break
+            if parent not in done:
+                os.chown(parent, *ids, follow_symlinks=False)
+                done.add(parent)
+        if top.is_dir() and not top.is_symlink():
+            for folder, dirs, files in os.walk(top):
+                for name in [*dirs, *files]:
+                    os.chown(Path(folder) / name, *ids, follow_symlinks=False)
+
+
+def _results_key(result: RunResult, workspace: Path) -> str:
+    if result.workflow_file:
+        return display_path(result.workflow_file, workspace)
+    return result.workflow_name
+
+
+def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
+    """Write every report and output; return the status."""
+    workspace = settings.workspace
+    status = _status(run)
+    reports = settings.reports_dir
+    reports.mkdir(parents=True, exist_ok=True)
+    properties = {"action.backend": settings.backend}
+    if settings.image:
+        properties["action.image"] = settings.image
+    write_junit(
+        settings.junit_path, run.workflows, root=workspace, properties=properties
+    )
+
+    title = "calimero-workflow" + (" (cancelled)" if run.cancelled else "")
+    room = gh.summary_room()
+    summary_text = build_summary(
+        run.workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
+    )
+    summary_path = reports / "summary.md"
+    summary_path.write_text(summary_text, encoding="utf-8")
+    if settings.summary:
+        if len(summary_text.encode("utf-8")) > room:
+            # other tools filled this step's summary first: fit into what is left
+            summary_text = (
+                build_summary(run.workflows, root=workspace, budget=room, title=title)
+                if room >= _MIN_SUMMARY
+                else ""
+            )
+        if summary_text:
+            gh.append_summary(summary_text)
+        else:
+            gh.echo(
+                f"the step summary has only {room} bytes left; the summary is in {display_path(summary_path, workspace)}"
+            )
+
+    results = {
+        _results_key(a[-1], workspace): a[-1].workflow_results for a in run.workflows
+    }
+    failed_steps = _failed_steps(run, workspace)
+    results_path = reports / "results.json"
+    failed_path = reports / "failed-steps.json"
+    _write_json(results_path, results)
+    _write_json(failed_path, failed_steps)
+    report_path = reports / "report.json"
+    _write_json(
+        report_path, [[r.to_dict() for r in attempts] for attempts in run.workflows]
+    )
+
+    if settings.annotations:
+        _annotate(gh, run, workspace)
+
+    def rel(path: Path) -> str:
+        return display_path(path, workspace)
+
+    gh.set_output("status", status)
+    for name, value in _counts(run).items():
+        gh.set_output(name, str(value))
+    gh.set_output(
+        "results",
+        json.dumps(results, ensure_ascii=False, default=str),
+        is_json=True,
+        full_value=rel(results_path),
+    )
+    gh.set_output(
+        "failed-steps",
+        json.dumps(failed_steps, ensure_ascii=False, separators=(",", ":")),
+        is_json=True,
+        full_value=rel(failed_path),
+    )
+    gh.set_output("junit-path", rel(settings.junit_path))
+    gh.set_output("summary-path", rel(summary_path))
+
+    written = [
+        settings.junit_path,
+        summary_path,
+        results_path,
+        failed_path,
+        report_path,
+    ]
+    _hand_over([*written, *run.logs_dirs], workspace)
+    return status
+
+
+def _exit_code(status: str, settings: ActionSettings | None) -> int:
+    if status == STATUS_CANCELLED:
+        return EXIT_INTERRUPTED
+    if status == STATUS_INVALID:
+        return EXIT_INVALID
+    if status == STATUS_FAILED:
+        return EXIT_FAILED if settings is None or settings.fail_on_failure else EXIT_OK
+    return EXIT_OK
+
+
+# -- the entry points -------------------------------------------------------------------
+
+
+class _LineSafeFormatter(logging.Formatter):
+    """Log records on stderr, which the runner also parses: no line may start a command."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return sanitize(super().format(record)).replace("\n", "\n| ")
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineSafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    # node log lines go to per-node files, not to the console
+    logging.getLogger("calimero_workflow.node").propagate = False
+    logging.getLogger("uvicorn").propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _mask_env_secrets(gh: GitHub, settings: ActionSettings) -> None:
+    for key, value in settings.env.items():
+        if _SECRET_KEY.search(key):
+            gh.add_mask(value)
+
+
+async def _discover_and_run(
+    settings: ActionSettings, gh: GitHub, env: Mapping[str, str]
+) -> _Run:
+    runner = _Runner(settings, gh, env)
+    found = discover_workflows(settings)
+    for pattern, reason in found.unmatched.items():
+        runner.run.invalid = True
+        problem = Problem(
+            reason, hint="check the action's `workflows` and `working-directory` inputs"
+        )
+        runner.run.workflows.append(
+            [_problem_result(pattern, None, settings.backend, "discover", [problem])]
+        )
+    listed = "\n".join(
+        f"  - {display_path(f, settings.workspace)}" for f in found.files
+    )
+    gh.echo(
+        f"calimero-workflow: {len(found.files)} workflow file(s), backend {settings.backend}\n{listed}"
+    )
+    if runner.job_network:
+        gh.echo(f"job network: {runner.job_network}")
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    signalled = False
+
+    def cancel() -> None:
+        nonlocal signalled
+        if (
+            not signalled and task is not None
+        ):  # a second signal must not cut cleanup short
+            signalled = True
+            task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, cancel)
+        except (NotImplementedError, RuntimeError):  # not on the main thread (tests)
+            pass
+    return await runner.run_all(found.files)
+
+
+def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
+    """Run the action for ``env`` (the process environment); return the exit code."""
+    gh = GitHub(env, stream)
+    try:
+        settings = read_settings(env)
+    except InputError as exc:
+        for problem in exc.problems:
+            gh.annotate(
+                Annotation("error", problem, title="calimero-workflow: invalid input")
+            )
+        gh.flush_annotations()
+        gh.set_output("status", STATUS_INVALID)
+        return EXIT_INVALID
+
+    _mask_env_secrets(gh, settings)
+    run = asyncio.run(_discover_and_run(settings, gh, env))
+    status = _report(settings, gh, run)
+    counts = _counts(run)
+    gh.echo(
+        f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
+        f"{counts['failed']} failed, {counts['flaky']} flaky; JUnit report at "
+        f"{display_path(settings.junit_path, settings.workspace)}"
+    )
+    return _exit_code(status, settings)
+
+
+def post(env: Mapping[str, str], stream: TextIO | None = None) -> int:
+    """The post step: remove every Docker object of this job's runs, by label.
+
+    The main step cleans up after itself; this catches what a killed or
+    cancelled main step left. It never fails the job.
+    """
+    gh = GitHub(env, stream)
+    run_ids = [r for r in env.get("STATE_run_ids", "").split(",") if r.strip()]
+    if not run_ids:
+        gh.echo("calimero-workflow post: nothing to clean up")
+        return EXIT_OK
+    try:
+        from .backends.docker import remove_run
+
+        for run_id in run_ids:
+            containers, networks, volumes = remove_run(run_id)
+            gh.echo(
+                f"calimero-workflow post: run {run_id}: removed {containers} container(s), "
+                f"{networks} network(s), {volumes} volume(s)"
+            )
+    except (
+        Exception
+    ) as exc:  # Docker gone or never used (embedded runs): nothing to remove
+        gh.echo(
+            f"calimero-workflow post: no Docker cleanup ({sanitize(str(exc)).splitlines()[0]})"
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m calimero_workflow.action [post | CLI ARGS…]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["post"]:
+        return post(dict(os.environ))
+    if args:
+        from .cli import main as cli_main
+
+        return cli_main(args)
+    _setup_logging()
+    return run_action(dict(os.environ))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
