@@ -72,6 +72,22 @@ class EmbeddedBackend(NodeBackend):
         if self._logger.level == logging.NOTSET or self._logger.level > logging.INFO:
             self._logger.setLevel(logging.INFO)
 
+    async def nuke(self) -> PhaseReport:
+        """Remove node data left by earlier runs of the same workflow."""
+        import shutil
+
+        prefix = self.workdir.name[: -len(self.run_id)] if self.workdir.name.endswith(self.run_id) else None
+        removed = []
+        if prefix and self.workdir.parent.is_dir():
+            for old in sorted(self.workdir.parent.iterdir()):
+                if old.is_dir() and old.name.startswith(prefix) and old != self.workdir:
+                    shutil.rmtree(old / "nodes", ignore_errors=True)
+                    removed.append(old.name)
+        return PhaseReport(
+            detail=f"removed node data of {len(removed)} earlier run(s)" if removed else "nothing left by earlier runs",
+            data={"removed": removed},
+        )
+
     def _home(self, spec: NodeSpec) -> Path:
         if spec.data_dir is not None:
             return spec.data_dir.resolve()

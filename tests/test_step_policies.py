@@ -1,0 +1,119 @@
+"""Per-step policies: retries with backoff, timeout, and the examples that use them."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.workflow import load_workflow, parse_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "kv-store" / "kv_store.wasm"
+
+
+async def run_text(text: str, tmp_path: Path, **kw):
+    wf = parse_workflow(textwrap.dedent(text), file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs", **kw).run()
+
+
+async def test_retries_ride_out_a_node_restart(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: retry
+        nodes: {{count: 1, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{type: stop_node, nodes: node-1}}
+          - name: both
+            type: parallel
+            groups:
+              - name: caller
+                steps:
+                  - name: ns
+                    type: create_namespace
+                    node: node-1
+                    application_id: ${{results.install.application_id}}
+                    retries: 8
+                    retry_delay: 0.1
+              - name: restarter
+                steps:
+                  - {{type: wait, seconds: 0.4}}
+                  - {{type: start_node, nodes: node-1}}
+        """,
+        tmp_path,
+    )
+    assert result.passed, [(s.path, s.error) for s in result.all_steps() if s.error]
+    ns = next(s for s in result.all_steps() if s.name == "ns")
+    assert ns.attempts > 1
+    assert any("retrying in" in line for line in ns.logs)
+
+
+async def test_no_retries_fails_at_once(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: retry
+        nodes: {{count: 1, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{type: stop_node, nodes: node-1}}
+          - {{name: ns, type: create_namespace, node: node-1, application_id: "${{results.install.application_id}}", retries: 0}}
+        """,
+        tmp_path,
+    )
+    ns = result.steps[2]
+    assert ns.status is Status.FAILED and ns.attempts == 1
+
+
+async def test_app_errors_are_not_retried(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: retry
+        nodes: {{count: 1, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{name: ns, type: create_namespace, node: node-1, application_id: "${{results.install.application_id}}"}}
+          - {{name: ctx, type: create_context, node: node-1, application_id: "${{results.install.application_id}}", namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{name: bad, type: call, node: node-1, context_id: "${{results.ctx.context_id}}", method: nope, retries: 5}}
+        """,
+        tmp_path,
+    )
+    bad = result.steps[3]
+    assert bad.status is Status.FAILED and bad.attempts == 1
+
+
+async def test_timeout_on_any_step(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {type: wait, seconds: 5, timeout: 0.2}
+        """,
+        tmp_path,
+    )
+    step = result.steps[0]
+    assert step.error.kind == "timeout"
+    assert "timed out after 0.2 s" in step.error.message
+    assert step.error.location.line == 4
+
+
+async def test_embedded_nuke_removes_node_data_of_earlier_runs(tmp_path: Path):
+    text = "name: nuke me\nnodes: {count: 1}\nsteps: []\n"
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    first = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+    old = next(tmp_path.glob(f"*{first.run_id}"))
+    assert (old / "nodes").is_dir()
+    second = await WorkflowExecutor(wf, env={}, workdir=tmp_path, nuke=True).run()
+    nuke = next(p for p in second.phases if p.name == "nuke")
+    assert nuke.status is Status.PASSED and nuke.data["removed"] == [old.name]
+    assert not (old / "nodes").exists()
+
+
+@pytest.mark.parametrize("name", ["kv-store", "control", "fuzzy", "faults"])
+async def test_examples_pass_on_embedded_nodes(name: str, tmp_path: Path):
+    wf = load_workflow(ROOT / "examples" / name / "workflow.yml", environ={})
+    result = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+    assert result.passed, [(s.path, s.error.message) for s in result.all_steps() if s.error]
