@@ -10,7 +10,11 @@ import pytest
 from calimero_workflow.errors import WorkflowValidationError
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
-from calimero_workflow.steps.asserts import StatementError, parse_statement, split_top_level
+from calimero_workflow.steps.asserts import (
+    StatementError,
+    parse_statement,
+    split_top_level,
+)
 from calimero_workflow.workflow import parse_workflow
 
 

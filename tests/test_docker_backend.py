@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from docker_support import NODE_IMAGE, ROOT, docker_client, leftovers
 from calimero_workflow.backends.base import NodeSpec, NodeUnavailableError
 from calimero_workflow.backends.docker import DockerBackend, set_bootstrap
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
+from docker_support import NODE_IMAGE, ROOT, docker_client, leftovers
 
 pytestmark = pytest.mark.docker
 pytest_plugins = []

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from docker_support import NODE_IMAGE, docker_client, leftovers
 from calimero_workflow.errors import WorkflowValidationError
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
+from docker_support import NODE_IMAGE, docker_client, leftovers
 
 pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent / "sandbox"

@@ -30,11 +30,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .backends.base import BackendError, NodeBackend, NodeSpec, NodeUnavailableError, PhaseReport
+from .backends.base import (
+    BackendError,
+    NodeBackend,
+    NodeSpec,
+    NodeUnavailableError,
+    PhaseReport,
+)
 from .client import NodeClient, NodeError
 from .errors import StepFailure
 from .placeholders import Resolver
-from .results import ErrorInfo, PhaseRecord, RunResult, Status, StepRecord, error_from_exception
+from .results import (
+    ErrorInfo,
+    PhaseRecord,
+    RunResult,
+    Status,
+    StepRecord,
+    error_from_exception,
+)
 from .steps.base import NodeRef, RunContext, RunEvents, StepRun
 from .workflow import Workflow
 

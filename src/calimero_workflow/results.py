@@ -7,13 +7,13 @@ records and nothing else, so each can be tested by building records by hand.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Location
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -194,6 +194,5 @@ __all__ = [
     "RunResult",
     "Status",
     "StepRecord",
-    "asdict",
     "error_from_exception",
 ]

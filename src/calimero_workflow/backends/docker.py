@@ -493,7 +493,6 @@ class DockerBackend(NodeBackend):
         await self._io(container.reload)
         if container.status != "running":
             await self._io(container.start)
-        total = len(self._containers)
         running = 0
         for other in self._containers.values():
             await self._io(other.reload)

@@ -12,7 +12,14 @@ from pydantic import Field
 
 from ..client import NodeClient
 from ..errors import Problem, StepFailure
-from .base import BaseStep, NodeRef, StepConfig, StepRun, ValidationContext, register_step
+from .base import (
+    BaseStep,
+    NodeRef,
+    StepConfig,
+    StepRun,
+    ValidationContext,
+    register_step,
+)
 
 
 class NodesConfig(StepConfig):

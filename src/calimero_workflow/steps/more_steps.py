@@ -9,7 +9,14 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from ..errors import Problem, StepFailure
-from .base import BaseStep, NodeStepConfig, StepConfig, StepRun, ValidationContext, register_step
+from .base import (
+    BaseStep,
+    NodeStepConfig,
+    StepConfig,
+    StepRun,
+    ValidationContext,
+    register_step,
+)
 from .node_steps import _metadata_bytes
 
 
