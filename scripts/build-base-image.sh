@@ -42,10 +42,15 @@ if [ "$force" = 1 ] || [ ! -s "$TARBALL" ]; then
     --include=python3,python3-venv,python3-pip,ca-certificates,tini \
     "$SUITE" "$root" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
       log "debootstrap failed; last lines of $CACHE/debootstrap.log:"; tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
+  # This machine's bundle may hold a CA that its network needs (a TLS proxy);
+  # Debian's own bundle would not.
   if [ -s "$CA_BUNDLE" ]; then
     cp "$CA_BUNDLE" "$root/etc/ssl/certs/ca-certificates.crt"
   fi
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  # Smaller tarball: no package caches, no docs except the copyright files.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+    "$root"/usr/share/man/* "$root"/usr/share/info/*
+  find "$root/usr/share/doc" -type f ! -name copyright -delete 2>/dev/null || true
   tar -C "$root" -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
 fi
@@ -55,6 +60,7 @@ docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+  --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
   --change 'CMD ["/bin/sh"]' \
   "$TARBALL" "$IMAGE" >/dev/null
 log "built $IMAGE"

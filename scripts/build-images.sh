@@ -16,7 +16,9 @@ NODE_IMAGE="${CW_NODE_IMAGE:-calimero-workflow/node:dev}"
 ACTION_IMAGE="${CW_ACTION_IMAGE:-calimero-workflow/action:dev}"
 
 base="${CW_BASE_IMAGE:-}"
-if [ -z "$base" ]; then
+if [ "$base" = "$LOCAL_BASE" ]; then
+  bash scripts/build-base-image.sh
+elif [ -z "$base" ]; then
   if docker image inspect "$PUBLIC_BASE" >/dev/null 2>&1 \
      || timeout 30 docker pull -q "$PUBLIC_BASE" >/dev/null 2>&1; then
     base="$PUBLIC_BASE"
@@ -43,6 +45,7 @@ build() {
 }
 
 build "$NODE_IMAGE" docker/node.Dockerfile
+# The action image (the repository's Dockerfile, built the same way).
 if [ -f Dockerfile ]; then
   build "$ACTION_IMAGE" Dockerfile
 fi

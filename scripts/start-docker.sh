@@ -11,6 +11,12 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
+if [ "$(id -u)" != 0 ]; then
+  log "no Docker engine answers, and starting one needs root: run this script with sudo," \
+      "or start Docker (systemctl start docker) and make sure your user may use it"
+  exit 1
+fi
+
 if ! command -v dockerd >/dev/null 2>&1; then
   log "installing docker.io"
   export DEBIAN_FRONTEND=noninteractive

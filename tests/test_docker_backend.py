@@ -1,9 +1,16 @@
-"""The Docker backend against our merod-compatible node image."""
+"""The Docker backend against our merod-compatible node image.
+
+Workflow-level tests run the engine with ``backend="docker"``; backend-level
+tests drive :class:`DockerBackend` directly and talk to nodes over HTTP.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -11,17 +18,27 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from calimero_workflow.backends.base import NodeSpec, NodeUnavailableError
-from calimero_workflow.backends.docker import DockerBackend, set_bootstrap
+from calimero_workflow.backends.base import BackendError, NodeSpec, NodeUnavailableError
+from calimero_workflow.backends.docker import (
+    LABEL_RUN,
+    LABEL_WORKFLOW,
+    DockerBackend,
+    host_path_for,
+    set_bootstrap,
+)
+from calimero_workflow.client import NodeClient
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
 from docker_support import NODE_IMAGE, ROOT, docker_client, leftovers
 
 pytestmark = pytest.mark.docker
-pytest_plugins = []
+
+KV_WASM = ROOT / "apps" / "kv-store" / "kv_store.wasm"
+NOTHING = {"containers": [], "networks": [], "volumes": []}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +53,9 @@ def failures(result) -> list[str]:
 
 
 async def run_docker(wf, tmp_path: Path, **kwargs):
-    return await WorkflowExecutor(wf, backend="docker", image=NODE_IMAGE, env={}, workdir=tmp_path, **kwargs).run()
+    return await WorkflowExecutor(
+        wf, backend="docker", image=NODE_IMAGE, env={}, workdir=tmp_path, **kwargs
+    ).run()
 
 
 async def test_example_passes_with_three_containers(client, tmp_path: Path):
@@ -51,12 +70,14 @@ async def test_example_passes_with_three_containers(client, tmp_path: Path):
     assert result.image["image"] == NODE_IMAGE and result.image["digest"]
     # logs of every node were written, green run included
     assert sorted(Path(p).name for p in result.node_log_files.values()) == [
-        "node-1.log", "node-2.log", "node-3.log"
+        "node-1.log",
+        "node-2.log",
+        "node-3.log",
     ]
-    assert all("node node-" in Path(p).read_text() for p in result.node_log_files.values())
-    assert leftovers(client, f"calimero-workflow.run-id={result.run_id}") == {
-        "containers": [], "networks": [], "volumes": []
-    }
+    assert all(
+        "node node-" in Path(p).read_text() for p in result.node_log_files.values()
+    )
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
 async def test_stop_restart_and_partition_converge(client, tmp_path: Path):
@@ -71,27 +92,36 @@ async def test_stop_restart_and_partition_converge(client, tmp_path: Path):
     assert log.count("node node-2 started") >= 2
 
 
-async def test_node_that_cannot_init_fails_with_exit_code_and_logs(client, tmp_path: Path):
-    from docker_support import BASE_IMAGE
+async def test_node_that_cannot_init_fails_with_exit_code_and_logs(
+    client, tmp_path: Path
+):
+    from docker_support import BASE_IMAGE  # has no merod at all
 
-    wf = parse_workflow("name: broken image\nnodes: {count: 1}\nsteps: []\n", environ={})
-    result = await WorkflowExecutor(wf, backend="docker", image=BASE_IMAGE, env={}, workdir=tmp_path).run()
+    wf = parse_workflow(
+        "name: broken image\nnodes: {count: 1}\nsteps: []\n", environ={}
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=BASE_IMAGE, env={}, workdir=tmp_path
+    ).run()
     phase = next(p for p in result.phases if p.name == "nodes_start")
     assert phase.status is Status.FAILED
-    assert "`merod init` for node calimero-node-1 could not start" in phase.error.message
+    assert (
+        "`merod init` for node calimero-node-1 could not start" in phase.error.message
+    )
     assert "executable file not found" in phase.error.message
     assert "must provide `merod`" in phase.error.hint
-    assert leftovers(client, f"calimero-workflow.run-id={result.run_id}")["containers"] == []
+    assert (
+        leftovers(client, f"calimero-workflow.run-id={result.run_id}")["containers"]
+        == []
+    )
 
 
 def _variant_image(client, tag: str, on_run: str) -> str:
     """Our node image whose `merod ... run` does ``on_run`` instead of serving."""
-    import io
-
     dockerfile = (
         f"FROM {NODE_IMAGE}\n"
-        f"RUN printf '#!/bin/sh\\ncase \"$*\" in *\" run\"*) {on_run};; esac\\n"
-        "exec /opt/cw/bin/merod-embedded \"$@\"\\n' > /usr/local/bin/merod-variant "
+        f'RUN printf \'#!/bin/sh\\ncase "$*" in *" run"*) {on_run};; esac\\n'
+        'exec /opt/cw/bin/merod-embedded "$@"\\n\' > /usr/local/bin/merod-variant '
         "&& chmod 0755 /usr/local/bin/merod-variant && ln -sf /usr/local/bin/merod-variant /usr/local/bin/merod\n"
     )
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
@@ -101,26 +131,66 @@ def _variant_image(client, tag: str, on_run: str) -> str:
 @pytest.fixture(scope="module")
 def silent_image(client):
     """A node that never serves: it can never become ready."""
-    return _variant_image(client, "calimero-workflow/test-silent:dev", "exec sleep 3600")
+    return _variant_image(
+        client, "calimero-workflow/test-silent:dev", "exec sleep 3600"
+    )
+
+
+@pytest.fixture(scope="module")
+def wrong_server_image(client):
+    """A node whose server answers, but 404 for every admin route."""
+    return _variant_image(
+        client, "calimero-workflow/test-404:dev", "exec python3 -m http.server 2528"
+    )
 
 
 async def test_node_that_exits_reports_exit_code_and_last_logs(client, tmp_path: Path):
-    image = _variant_image(client, "calimero-workflow/test-crash:dev", "echo boom-before-exit; exit 3")
-    wf = parse_workflow("name: crash\nnodes: {count: 2}\nwait_timeout: 30\nsteps: []\n", environ={})
-    result = await WorkflowExecutor(wf, backend="docker", image=image, env={}, workdir=tmp_path).run()
+    image = _variant_image(
+        client, "calimero-workflow/test-crash:dev", "echo boom-before-exit; exit 3"
+    )
+    wf = parse_workflow(
+        "name: crash\nnodes: {count: 2}\nwait_timeout: 30\nsteps: []\n", environ={}
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=image, env={}, workdir=tmp_path
+    ).run()
     phase = next(p for p in result.phases if p.name == "nodes_start")
     assert phase.status is Status.FAILED
     assert "exited with code 3 before it was ready" in phase.error.message
     assert "boom-before-exit" in phase.data["last_logs"]
 
 
-async def test_node_that_never_answers_times_out_clearly(client, silent_image, tmp_path: Path):
-    wf = parse_workflow("name: silent\nnodes: {count: 1}\nwait_timeout: 2\nsteps: []\n", environ={})
-    result = await WorkflowExecutor(wf, backend="docker", image=silent_image, env={}, workdir=tmp_path).run()
+async def test_node_that_never_answers_times_out_clearly(
+    client, silent_image, tmp_path: Path
+):
+    wf = parse_workflow(
+        "name: silent\nnodes: {count: 1}\nwait_timeout: 2\nsteps: []\n", environ={}
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=silent_image, env={}, workdir=tmp_path
+    ).run()
     phase = next(p for p in result.phases if p.name == "nodes_start")
     assert phase.status is Status.FAILED
     assert "was not ready within 2s" in phase.error.message
     assert not result.passed
+
+
+async def test_health_must_answer_200_not_just_anything(
+    client, wrong_server_image, tmp_path: Path
+):
+    wf = parse_workflow(
+        "name: wrong server\nnodes: {count: 1}\nwait_timeout: 2\nsteps: []\n",
+        environ={},
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=wrong_server_image, env={}, workdir=tmp_path
+    ).run()
+    phase = next(p for p in result.phases if p.name == "nodes_start")
+    assert phase.status is Status.FAILED
+    assert (
+        "was not ready within 2s: GET /admin-api/health answered HTTP 404"
+        in phase.error.message
+    )
 
 
 async def test_two_runs_side_by_side_do_not_touch_each_other(client, tmp_path: Path):
@@ -139,51 +209,297 @@ async def test_two_runs_side_by_side_do_not_touch_each_other(client, tmp_path: P
 async def test_failed_run_leaves_nothing_and_writes_states(client, tmp_path: Path):
     wf = parse_workflow(
         "name: fails\nnodes: {count: 2}\nsteps:\n  - {type: assert, actual: 1, equals: 2}\n",
-        file=tmp_path / "wf.yml", environ={},
+        file=tmp_path / "wf.yml",
+        environ={},
     )
     result = await run_docker(wf, tmp_path)
     assert not result.passed
-    assert (Path(next(iter(result.node_log_files.values()))).parent / "node-states.json").is_file()
-    assert leftovers(client, f"calimero-workflow.run-id={result.run_id}") == {
-        "containers": [], "networks": [], "volumes": []
-    }
+    assert (
+        Path(next(iter(result.node_log_files.values()))).parent / "node-states.json"
+    ).is_file()
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
 def test_sigterm_cleans_up_everything(client, tmp_path: Path):
     wf = tmp_path / "slow.yml"
-    wf.write_text("name: sigterm docker\nnodes: {count: 2}\nsteps:\n  - {type: wait, seconds: 120}\n")
+    wf.write_text(
+        "name: sigterm docker\nnodes: {count: 2}\nsteps:\n  - {type: wait, seconds: 120}\n"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--backend", "docker",
-         "--image", NODE_IMAGE, "--workdir", str(tmp_path / "w"), "--color", "never"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "calimero_workflow.cli",
+            "run",
+            str(wf),
+            "--backend",
+            "docker",
+            "--image",
+            NODE_IMAGE,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--color",
+            "never",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")},
     )
     seen = ""
     deadline = time.monotonic() + 120
-    while "phase nodes_start" not in seen and time.monotonic() < deadline and proc.poll() is None:
+    while (
+        "phase nodes_start" not in seen
+        and time.monotonic() < deadline
+        and proc.poll() is None
+    ):
         seen += proc.stdout.readline()
-    label = "calimero-workflow.workflow=sigterm-docker"
+    label = f"{LABEL_WORKFLOW}=sigterm docker"
     assert leftovers(client, label)["containers"], seen
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, seen + rest
-    assert leftovers(client, label) == {"containers": [], "networks": [], "volumes": []}
+    assert leftovers(client, label) == NOTHING
+
+
+def _backend(tmp_path: Path, workflow: str = "backend test", **kwargs) -> DockerBackend:
+    run_id = f"t-{secrets.token_hex(4)}"
+    return DockerBackend(
+        run_id=run_id,
+        workflow_name=workflow,
+        workdir=tmp_path / f"wf-{run_id}",
+        image=NODE_IMAGE,
+        **kwargs,
+    )
+
+
+async def _kv_context(node: NodeClient, staged: str) -> str:
+    app = await node.install_dev_application(staged)
+    namespace = await node.create_namespace(app)
+    return (await node.create_context(app, namespace))["contextId"]
+
+
+async def test_stopped_node_keeps_data_url_and_logs(client, tmp_path: Path):
+    backend = _backend(tmp_path)
+    try:
+        handles = await backend.start_nodes([NodeSpec(name="solo")], ready_timeout=60)
+        url = handles["solo"].url
+        # The data dir is bind-mounted from the run's workdir.
+        config = backend.workdir / "nodes" / "solo" / "solo" / "config.toml"
+        assert config.is_file()
+        assert handles["solo"].info["data"] == str(
+            backend.workdir.resolve() / "nodes" / "solo"
+        )
+        staged = await backend.stage_file("solo", KV_WASM)
+        async with NodeClient(url, name="solo") as node:
+            context = await _kv_context(node, staged)
+            await node.execute(context, "set", {"key": "k", "value": "before stop"})
+
+        await backend.stop_node("solo")
+        stopped = await backend.node_state("solo")
+        assert not stopped.running and stopped.exit_code == 0 and stopped.finished_at
+        again = await backend.start_node("solo", ready_timeout=60)
+        assert again.url == url  # the published port survives the restart
+        again = await backend.restart_node("solo", ready_timeout=60)
+        assert again.url == url
+        async with NodeClient(url, name="solo") as node:
+            assert (
+                await node.execute(context, "get", {"key": "k"})
+            ).output == "before stop"
+
+        files = await backend.collect_logs(tmp_path / "logs")
+        log = files["solo"].read_text()
+        assert log.count("node solo started") == 3, log
+        state = json.loads((tmp_path / "logs" / "solo.state.json").read_text())
+        assert set(state) == {
+            "running",
+            "exit_code",
+            "oom_killed",
+            "error",
+            "started_at",
+            "finished_at",
+        }
+        assert state["running"] is True
+        tail = await backend.tail_logs("solo", 2)
+        assert len(tail.splitlines()) == 2 and tail[:4].isdigit()  # timestamped
+    finally:
+        await backend.cleanup()
+    assert config.is_file()  # cleanup keeps data; nuke removes it
+
+
+async def test_partitioned_node_is_cut_off_from_peers_on_every_network(
+    client, tmp_path: Path
+):
+    backend = _backend(tmp_path)
+    try:
+        handles = await backend.start_nodes(
+            [NodeSpec(name="a"), NodeSpec(name="b")], ready_timeout=60
+        )
+        b = client.containers.get(handles["b"].info["container"])
+        control_ip = next(
+            net["IPAddress"]
+            for name, net in b.attrs["NetworkSettings"]["Networks"].items()
+            if name.endswith("-control")
+        )
+
+        async def reach_b() -> list[int]:
+            """From a: can a TCP connection reach b's swarm port by peers alias, by control IP?"""
+            probe = (
+                "import socket,sys\n"
+                "for host in sys.argv[1:]:\n"
+                "    try:\n"
+                "        socket.create_connection((host, 2428), timeout=2).close(); print(1)\n"
+                "    except OSError:\n"
+                "        print(0)\n"
+            )
+            code, out, err = await backend.exec_in_node(
+                "a", ["python3", "-c", probe, "b.peers", control_ip], {}
+            )
+            assert code == 0, err
+            return [int(x) for x in out.split()]
+
+        # Over peers yes; over the control network never (inter-container traffic is off there).
+        assert await reach_b() == [1, 0]
+        await backend.disconnect_node("b")
+        assert await reach_b() == [0, 0]
+        async with httpx.AsyncClient(trust_env=False) as http:
+            assert (
+                await http.get(f"{handles['b'].url}/admin-api/health")
+            ).status_code == 200
+        await backend.connect_node("b")
+        assert await reach_b() == [1, 0]
+        await backend._wait_ready(["a", "b"], 1, 30)  # they find each other again
+    finally:
+        await backend.cleanup()
 
 
 async def test_backend_parallel_start_and_stage_file(client, tmp_path: Path):
-    backend = DockerBackend(run_id="t-stage-" + str(os.getpid()), workflow_name="stage", workdir=tmp_path, image=NODE_IMAGE)
+    backend = _backend(tmp_path)
     try:
-        handles = await backend.start_nodes([NodeSpec(name="a"), NodeSpec(name="b")], ready_timeout=60)
-        assert set(handles) == {"a", "b"}
-        staged = await backend.stage_file("a", ROOT / "apps" / "kv-store" / "kv_store.wasm")
+        handles = await backend.start_nodes(
+            [
+                NodeSpec(name="a"),
+                NodeSpec(name="b", log_level="debug"),
+                NodeSpec(name="c"),
+            ],
+            ready_timeout=60,
+        )
+        assert set(handles) == {"a", "b", "c"}
+        env = client.containers.get(handles["b"].info["container"]).attrs["Config"][
+            "Env"
+        ]
+        assert {"RUST_LOG=debug", "NODE_NAME=b", "CALIMERO_HOME=/app/data"} <= set(env)
+        staged = await backend.stage_file("a", KV_WASM)
         assert staged == "/app/data/kv_store.wasm"
-        code, out, _ = await backend.exec_in_node("a", ["sh", "-c", f"wc -c < {staged}"], {})
+        code, out, _ = await backend.exec_in_node(
+            "a", ["sh", "-c", f"wc -c < {staged}"], {}
+        )
         assert code == 0
-        assert int(out.strip()) == (ROOT / "apps" / "kv-store" / "kv_store.wasm").stat().st_size
-        with pytest.raises(NodeUnavailableError):
-            await backend._wait_ready(["a"], 5, 0.3)  # a never sees four peers
+        assert int(out.strip()) == KV_WASM.stat().st_size
+        # A file named like the node's own directory does not replace it.
+        (tmp_path / "a").write_bytes(b"x")
+        assert await backend.stage_file("a", tmp_path / "a") == "/app/data/staged-a"
+        with pytest.raises(BackendError, match="not a regular file"):
+            await backend.stage_file("a", tmp_path)
+        with pytest.raises(
+            NodeUnavailableError, match="was not ready within 0.3s: it sees 2 of 5 peer"
+        ):
+            await backend._wait_ready(["a"], 5, 0.3)
     finally:
-        await backend.cleanup()
+        report = await backend.cleanup()
+    assert "3 container(s), 2 network(s)" in report.detail
+    again = await backend.cleanup()  # twice is fine
+    assert again.detail.startswith("removed 0 container(s)")
+    with pytest.raises(BackendError, match="already cleaned up"):
+        await backend.start_nodes([NodeSpec(name="late")], ready_timeout=5)
+    assert leftovers(client, f"{LABEL_RUN}={backend.run_id}") == NOTHING
+
+
+async def test_cleanup_during_a_cancelled_start_leaves_nothing(client, tmp_path: Path):
+    """What SIGTERM does to a run: the start is cancelled while worker threads
+    are still creating containers, and cleanup must see what they create."""
+    backend = _backend(tmp_path)
+    label = f"{LABEL_RUN}={backend.run_id}"
+    start = asyncio.create_task(
+        backend.start_nodes(
+            [NodeSpec(name=f"n{i}") for i in range(3)], ready_timeout=60
+        )
+    )
+    while not leftovers(client, label)["containers"] and not start.done():
+        await asyncio.sleep(0.01)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await backend.cleanup()
+    assert leftovers(client, label) == NOTHING
+
+
+async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path):
+    backend = _backend(tmp_path)
+    with pytest.raises(BackendError, match="would share the container name"):
+        await backend.start_nodes(
+            [NodeSpec(name="Node_1"), NodeSpec(name="node-1")], ready_timeout=5
+        )
+    await backend.cleanup()
+
+
+async def test_nuke_removes_only_this_workflows_leftovers(client, tmp_path: Path):
+    # A crashed earlier run of "nuke me", and a live run of "nuke-me" (same slug!).
+    crashed = _backend(tmp_path, "nuke me")
+    other = _backend(tmp_path, "nuke-me")
+    try:
+        await crashed.start_nodes([NodeSpec(name="n")], ready_timeout=60)
+        await other.start_nodes([NodeSpec(name="n")], ready_timeout=60)
+        fresh = _backend(tmp_path, "nuke me")
+        report = await fresh.nuke()
+        assert report.data["data_dirs"] == [crashed.workdir.name]
+        assert "1 container(s), 2 network(s)" in report.detail
+        assert leftovers(client, f"{LABEL_RUN}={crashed.run_id}") == NOTHING
+        assert not (crashed.workdir / "nodes").exists()
+        assert leftovers(client, f"{LABEL_RUN}={other.run_id}")["containers"] == [
+            f"cw-{other.short}-n"
+        ]
+        assert (other.workdir / "nodes" / "n" / "n" / "config.toml").is_file()
+    finally:
+        await crashed.cleanup()
+        await other.cleanup()
+
+
+def test_host_path_for_maps_through_the_deepest_mount():
+    mounts = [
+        {
+            "Type": "bind",
+            "Source": "/var/run/docker.sock",
+            "Destination": "/var/run/docker.sock",
+        },
+        {
+            "Type": "bind",
+            "Source": "/home/runner/work/r/r",
+            "Destination": "/github/workspace",
+        },
+        {
+            "Type": "bind",
+            "Source": "/home/runner/work/_temp",
+            "Destination": "/github/runner_temp",
+        },
+        {
+            "Type": "volume",
+            "Source": "/var/lib/docker/volumes/v/_data",
+            "Destination": "/github/workspace/cache",
+        },
+        {"Type": "tmpfs", "Source": "", "Destination": "/scratch"},
+    ]
+    assert (
+        host_path_for(Path("/github/workspace/.cw-runs/x/nodes/n"), mounts)
+        == "/home/runner/work/r/r/.cw-runs/x/nodes/n"
+    )
+    assert (
+        host_path_for(Path("/github/workspace/cache/n"), mounts)
+        == "/var/lib/docker/volumes/v/_data/n"
+    )
+    assert host_path_for(Path("/github/workspacex/n"), mounts) is None
+    assert host_path_for(Path("/scratch/n"), mounts) is None
+    assert host_path_for(Path("/tmp/runs"), mounts) is None
 
 
 def test_set_bootstrap_keeps_the_rest_of_the_config():
@@ -205,25 +521,90 @@ def test_set_bootstrap_keeps_the_rest_of_the_config():
     data = tomllib.loads(out)
     assert data["bootstrap"]["nodes"] == ["/dns4/a.peers/tcp/2428/p2p/P"]
     assert data["sync"]["interval_ms"] == 5 and data["identity"]["peer_id"] == "x"
-    assert tomllib.loads(set_bootstrap('[identity]\npeer_id = "y"\n', ["n"]))["bootstrap"]["nodes"] == ["n"]
+    assert tomllib.loads(set_bootstrap('[identity]\npeer_id = "y"\n', ["n"]))[
+        "bootstrap"
+    ]["nodes"] == ["n"]
 
 
-def test_engine_inside_a_container_joins_the_run_network(client, tmp_path: Path):
-    """As in the GitHub Action: the engine runs in a container and reaches its
-    sibling node containers through the run's network, not published ports."""
+def _engine_in_container(
+    client, out: Path, workdir: str, mounts: dict
+) -> tuple[str, dict]:
+    """Run the kv-store example with the engine in a container; its output and report."""
     output = client.containers.run(
         NODE_IMAGE,
         entrypoint=["calimero-workflow"],
-        command=["run", "/repo/examples/kv-store/workflow.yml", "--backend", "docker",
-                 "--image", NODE_IMAGE, "--workdir", "/tmp/runs", "--color", "never"],
+        command=[
+            "run",
+            "/repo/examples/kv-store/workflow.yml",
+            "--backend",
+            "docker",
+            "--image",
+            NODE_IMAGE,
+            "--workdir",
+            workdir,
+            "--color",
+            "never",
+            "--report",
+            "/out/report.json",
+        ],
         volumes={
             "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
             str(ROOT): {"bind": "/repo", "mode": "ro"},
+            str(out): {"bind": "/out", "mode": "rw"},
+            **mounts,
         },
         labels={"calimero-workflow.test": "engine-in-container"},
         remove=True,
         stdout=True,
         stderr=True,
     ).decode()
+    report = json.loads((out / "report.json").read_text())
+    return output, report
+
+
+def _cleanup_detail(report: dict) -> str:
+    return next(p["detail"] for p in report["phases"] if p["name"] == "cleanup")
+
+
+def test_engine_inside_a_container_reaches_nodes_by_name(client, tmp_path: Path):
+    """As in the GitHub Action: the engine runs in a container, reaches its sibling
+    node containers by name through per-node control networks, and node data
+    lands in the host directory behind its workdir mount."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    output, report = _engine_in_container(
+        client, tmp_path, "/runs", {str(runs): {"bind": "/runs", "mode": "rw"}}
+    )
     assert "PASSED kv-store replicates: 19 passed" in output, output
     assert "ready: node-1, node-2, node-3" in output
+    for name, node in report["nodes"].items():
+        assert node["url"] == f"http://{node['container']}:2528"
+        assert node["data"].startswith(str(runs)) and node["data"].endswith(
+            f"/nodes/{name}"
+        )
+    configs = sorted(
+        p.relative_to(runs).parts[1:] for p in runs.glob("*/nodes/*/*/config.toml")
+    )
+    assert configs == [
+        ("nodes", f"node-{i}", f"node-{i}", "config.toml") for i in (1, 2, 3)
+    ]
+    # peers + a control network per node; no volumes
+    assert "removed 3 container(s), 4 network(s), 0 volume(s)" in _cleanup_detail(
+        report
+    )
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_inside_a_container_without_a_mounted_workdir_uses_volumes(
+    client, tmp_path: Path
+):
+    output, report = _engine_in_container(client, tmp_path, "/tmp/runs", {})
+    assert "PASSED kv-store replicates: 19 passed" in output, output
+    short = report["run_id"].replace("-", "")[-10:]
+    assert {n["data"] for n in report["nodes"].values()} == {
+        f"cw-{short}-node-{i}" for i in (1, 2, 3)
+    }
+    assert "removed 3 container(s), 4 network(s), 3 volume(s)" in _cleanup_detail(
+        report
+    )
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING

@@ -1,40 +1,53 @@
-"""Docker nodes: real ``merod`` containers (or our merod-compatible image).
+"""Docker nodes: ``merod`` containers (the real image or our merod-compatible one).
 
-Per run:
+What one run creates, all labelled ``calimero-workflow.run-id=<run id>``,
+``calimero-workflow.workflow=<workflow name>`` and, on node objects,
+``calimero-workflow.node=<node>``; cleanup removes exactly that run-id label:
 
-- every container, network and volume carries the labels
-  ``calimero-workflow.run-id``, ``calimero-workflow.workflow`` and (on nodes)
-  ``calimero-workflow.node``; cleanup removes exactly the run's objects;
-- two bridge networks: a *control* network, through which the engine reaches
-  each node's server port, and a *peers* network for the swarm, on which each
-  node is known by its own name. ``disconnect_node`` takes a node off the peers
-  network only, so the workflow still reaches it while its peers cannot;
-- one volume per node at ``/app/data`` (volumes rather than bind mounts, so
-  the same code works when the engine itself runs in a container);
-- ``merod --home /app/data --node <name> init …`` in a throwaway container,
-  then each node's ``bootstrap.nodes`` lists its siblings as
-  ``/dns4/<name>.peers/tcp/2428/p2p/<peer id>`` before ``merod … run`` starts.
+- a *peers* bridge network for the swarm, on which each node is known as
+  ``<node>.peers`` (the only name its siblings' ``bootstrap.nodes`` use).
+  ``disconnect_node`` takes a node off this network and nothing else;
+- *control* networks through which the workflow reaches each node's server
+  port. Docker drops a container's published ports when it leaves its only
+  network, which is why peers and control are separate. Nodes must not talk to
+  each other over control, or a partition would leak (a real merod announces
+  every interface and runs mDNS): on the host, one control network with
+  inter-container traffic disabled (published ports still work); when the
+  engine itself runs in a container, one control network per node, shared only
+  with the engine's container;
+- a data dir per node, ``<workdir>/nodes/<node>`` (or ``data_dir``), bind-mounted
+  at ``/app/data``. Inside a container the engine maps the dir to its host path
+  through its own mounts; a dir that is on no mount becomes a labelled volume;
+- ``merod --home /app/data --node <node> init …`` in a throwaway container,
+  then ``bootstrap.nodes`` in each config.toml lists the siblings as
+  ``/dns4/<node>.peers/tcp/2428/p2p/<peer id>``, then ``merod … run``.
 
-The engine reaches nodes through ports published on 127.0.0.1 when it runs on
-the host, and by joining the control network when it runs inside a container.
+The engine uses ``http://127.0.0.1:<published port>`` from the host, and
+``http://<container name>:2528`` from inside a container.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tarfile
+import threading
 import time
 import tomllib
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
-from ..client import NodeClient, NodeError
+import httpx
+
 from .base import (
     BackendError,
     NodeBackend,
@@ -45,6 +58,19 @@ from .base import (
     PhaseReport,
 )
 
+__all__ = [
+    "DEFAULT_IMAGE",
+    "LABEL_NODE",
+    "LABEL_RUN",
+    "LABEL_WORKFLOW",
+    "DockerBackend",
+    "host_path_for",
+    "labels_for",
+    "own_container_id",
+    "remove_run",
+    "set_bootstrap",
+]
+
 log = logging.getLogger("calimero_workflow.docker")
 
 DEFAULT_IMAGE = "ghcr.io/calimero-network/merod:edge"
@@ -54,18 +80,51 @@ LABEL_NODE = "calimero-workflow.node"
 SERVER_PORT = 2528
 SWARM_PORT = 2428
 DATA = "/app/data"
+#: Written into each run's workdir so ``nuke`` knows which workflow left it.
+RUN_MARKER = ".cw-docker-run.json"
+#: How often readiness is polled; a node takes a few hundred ms to serve.
+POLL_INTERVAL = 0.05
+#: Bound on waiting for Docker calls still in flight when cleanup starts.
+IN_FLIGHT_WAIT = 60.0
+
+T = TypeVar("T")
+
+
+def labels_for(
+    run_id: str, workflow_name: str, node: str | None = None
+) -> dict[str, str]:
+    """The labels every Docker object of a run carries (sandbox objects too)."""
+    labels = {LABEL_RUN: run_id, LABEL_WORKFLOW: workflow_name}
+    if node is not None:
+        labels[LABEL_NODE] = node
+    return labels
 
 
 def _slug(text: str) -> str:
+    # Kept for callers that name things after a workflow; labels use the name itself.
     out = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return out[:40] or "workflow"
 
 
-def _docker():
+def _name_part(node: str) -> str:
+    """``node`` as a container-name and DNS-label fragment."""
+    return re.sub(r"[^a-z0-9-]+", "-", node.lower()).strip("-") or "node"
+
+
+def _peer_alias(node: str) -> str:
+    # Only the peers network knows this name, so swarm dials never take a
+    # control network even where a plain name would resolve on both.
+    return f"{_name_part(node)}.peers"
+
+
+def _docker() -> Any:
+    """A connected Docker client, or BackendError with a hint."""
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - docker is a dependency
-        raise BackendError("the docker package is not installed", hint="pip install docker") from exc
+        raise BackendError(
+            "the docker package is not installed", hint="pip install docker"
+        ) from exc
     try:
         client = docker.from_env(timeout=120)
         client.ping()
@@ -78,26 +137,29 @@ def _docker():
 
 
 def own_container_id(client: Any) -> str | None:
-    """Our container's id when this process runs inside a container the engine knows."""
+    """Our container's id when this process runs in a container ``client``'s engine knows.
+
+    ``/.dockerenv`` or the cgroup says whether we are in a container at all; the
+    hostname (Docker's default is the short id) or a ``/containers/<id>/`` path
+    in mountinfo names it. A container of another engine (a CI machine that is
+    itself a container) is not found, and the engine then counts as on the host.
+    """
     in_container = Path("/.dockerenv").exists()
     if not in_container:
         try:
+            cgroup = Path("/proc/1/cgroup").read_text()
             in_container = any(
-                word in Path("/proc/1/cgroup").read_text() for word in ("docker", "kubepods", "containerd")
+                word in cgroup for word in ("docker", "kubepods", "containerd")
             )
         except OSError:
             in_container = False
     if not in_container:
         return None
     candidates = [socket.gethostname()]
-    try:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            match = re.search(r"/containers/([0-9a-f]{64})/", line)
-            if match:
-                candidates.append(match.group(1))
-    except OSError:
-        pass
-    for candidate in candidates:
+    with contextlib.suppress(OSError):
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        candidates += re.findall(r"/containers/([0-9a-f]{64})/", mountinfo)
+    for candidate in dict.fromkeys(candidates):
         try:
             return client.containers.get(candidate).id
         except Exception:  # not a container this engine knows
@@ -105,24 +167,44 @@ def own_container_id(client: Any) -> str | None:
     return None
 
 
+def host_path_for(path: Path, mounts: Iterable[dict[str, Any]]) -> str | None:
+    """The daemon-side path of ``path`` as seen in a container with ``mounts``.
+
+    ``mounts`` is the container's ``Mounts`` from ``docker inspect``. The
+    deepest mount whose destination contains ``path`` wins; None when no bind
+    or volume mount contains it (the path exists only inside the container).
+    """
+    target = PurePosixPath(path)
+    best: tuple[int, str] | None = None
+    for mount in mounts:
+        dest, source = mount.get("Destination"), mount.get("Source")
+        if mount.get("Type") not in ("bind", "volume") or not dest or not source:
+            continue
+        try:
+            rest = target.relative_to(PurePosixPath(dest))
+        except ValueError:
+            continue
+        depth = len(PurePosixPath(dest).parts)
+        if best is None or depth > best[0]:
+            best = (depth, str(PurePosixPath(source) / rest))
+    return best[1] if best else None
+
+
 def set_bootstrap(config_text: str, nodes: list[str]) -> str:
     """Return ``config_text`` with ``[bootstrap] nodes`` replaced by ``nodes``.
 
-    A textual edit, so the rest of a real merod config keeps its form.
+    A textual edit, so the rest of a real merod config keeps its form and
+    comments; the result is parsed once so a node never gets a broken file.
     """
     rendered = "nodes = [" + ", ".join(json.dumps(n) for n in nodes) + "]"
-    lines = config_text.splitlines()
     out: list[str] = []
     section = None
     done = False
-    skipping = False
     depth = 0
-    for line in lines:
+    for line in config_text.splitlines():
         stripped = line.strip()
-        if skipping:
+        if depth > 0:  # inside the old multi-line array
             depth += stripped.count("[") - stripped.count("]")
-            if depth <= 0:
-                skipping = False
             continue
         header = re.match(r"^\[([^\[\]]+)\]\s*(#.*)?$", stripped)
         if header:
@@ -130,11 +212,10 @@ def set_bootstrap(config_text: str, nodes: list[str]) -> str:
                 out.append(rendered)
                 done = True
             section = header.group(1).strip()
-        elif section == "bootstrap" and re.match(r"^nodes\s*=", stripped) and not done:
+        elif section == "bootstrap" and not done and re.match(r"^nodes\s*=", stripped):
             out.append(rendered)
             done = True
             depth = stripped.count("[") - stripped.count("]")
-            skipping = depth > 0
             continue
         out.append(line)
     if not done:
@@ -142,105 +223,207 @@ def set_bootstrap(config_text: str, nodes: list[str]) -> str:
             out.extend(["", "[bootstrap]"])
         out.append(rendered)
     text = "\n".join(out) + "\n"
-    tomllib.loads(text)  # never hand a node a config it cannot read
+    tomllib.loads(text)
     return text
 
 
-def _peer_alias(node: str) -> str:
-    # Only the peers network knows this name, so swarm traffic never takes
-    # the control network (a plain node name could resolve on both).
-    return f"{node}.peers"
-
-
-def _tar_one(name: str, data: bytes, mode: int = 0o644) -> bytes:
+def _tar_one(name: str, data: bytes, *, owner: tuple[int, int] | None) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo(name)
         info.size = len(data)
-        info.mode = mode
+        info.mode = 0o644
         info.mtime = int(time.time())
+        if owner is not None:
+            info.uid, info.gid = owner
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
 def _read_archive(container: Any, path: str) -> bytes:
     stream, _ = container.get_archive(path)
-    raw = b"".join(stream)
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         member = tar.next()
-        if member is None:
-            raise BackendError(f"{path} is empty in {container.name}")
-        handle = tar.extractfile(member)
+        handle = tar.extractfile(member) if member is not None else None
         if handle is None:
             raise BackendError(f"{path} is not a file in {container.name}")
         return handle.read()
 
 
+def _merge_logs(earlier: bytes, current: bytes) -> bytes:
+    """Earlier log segments plus the current log, without repeating lines.
+
+    Docker keeps a container's log across stop/start, so ``current`` usually
+    starts with ``earlier``; with rotating log drivers it may not.
+    """
+    if not earlier or current.startswith(earlier):
+        return current
+    return (
+        earlier
+        + b"--- calimero-workflow: log continues after a restart ---\n"
+        + current
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _peer_count(payload: Any) -> int:
+    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+        payload = payload["data"]
+    if isinstance(payload, dict):
+        return int(payload.get("count", 0) or 0)
+    return 0
+
+
 class DockerBackend(NodeBackend):
-    """Runs each local node as a container on the Docker engine."""
+    """Runs each local node of one workflow run as a Docker container.
+
+    Args:
+        run_id: Unique per run; names and labels every object.
+        workflow_name: Label value that ``nuke`` matches earlier runs by.
+        workdir: Per-run scratch directory; node data lives in ``nodes/``.
+        image: Node image, unless a node's spec names its own.
+    """
 
     name = "docker"
 
-    def __init__(self, *, run_id: str, workflow_name: str, workdir: Path, image: str | None = None):
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow_name: str,
+        workdir: Path,
+        image: str | None = None,
+    ):
         super().__init__(run_id=run_id, workflow_name=workflow_name, workdir=workdir)
         self.image = image or DEFAULT_IMAGE
-        self.short = re.sub(r"[^a-z0-9]", "", run_id.lower())[-10:]
-        self.workflow_slug = _slug(workflow_name)
+        #: Short run id in every object name, so two runs on one daemon never collide.
+        self.short = re.sub(r"[^a-z0-9]", "", run_id.lower())[-10:] or "run"
+        self.extra_env: dict[str, str] = {}
+        self.extra_init_args: list[str] = []
+        self.extra_networks: list[str] = []
         self._client: Any = None
         self._own: str | None = None
+        self._own_mounts: list[dict[str, Any]] = []
+        self._user: str | None = None
         self._networks: dict[str, Any] = {}
         self._containers: dict[str, Any] = {}
         self._specs: dict[str, NodeSpec] = {}
         self._images: dict[str, Any] = {}
-        #: From the contract deployment: see :meth:`node_setup`.
-        self.extra_env: dict[str, str] = {}
-        self.extra_init_args: list[str] = []
-        self.extra_networks: list[str] = []
-        #: Logs of containers that were replaced, kept so nothing is lost.
-        self._old_logs: dict[str, list[bytes]] = {}
-        self._cleaned = False
+        self._configs: dict[str, str] = {}
+        self._data: dict[str, str] = {}
+        self._urls: dict[str, str] = {}
+        self._disconnected: set[str] = set()
+        #: Log text saved at each stop, merged with the live log at collection.
+        self._log_history: dict[str, bytes] = {}
+        # Docker calls run in worker threads that a cancelled task cannot stop;
+        # cleanup waits for them so nothing is created after it has looked.
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._closed = False
 
-    def node_setup(self, *, env: dict[str, str], init_args: list[str], networks: list[str]) -> None:
+    def node_setup(
+        self, *, env: dict[str, str], init_args: list[str], networks: list[str]
+    ) -> None:
+        """Extra env, ``merod init`` arguments and networks (from contract deployment)."""
         self.extra_env = dict(env)
         self.extra_init_args = list(init_args)
         self.extra_networks = list(networks)
 
-    # -- plumbing ---------------------------------------------------------------------
+    # -- plumbing -----------------------------------------------------------------
 
     @property
     def client(self) -> Any:
+        """The Docker client, connected on first use (in a worker thread)."""
         if self._client is None:
-            self._client = _docker()
-            self._own = own_container_id(self._client)
+            client = _docker()
+            self._own = own_container_id(client)
+            if self._own is not None:
+                self._own_mounts = (
+                    client.containers.get(self._own).attrs.get("Mounts") or []
+                )
+            self._user = self._container_user(client)
+            self._client = client
         return self._client
 
+    def _container_user(self, client: Any) -> str | None:
+        # A non-root user on the host must be able to delete the node data
+        # later, so nodes run as that user. Rootless Docker maps container root
+        # to the user already, and inside a container we are root anyway.
+        if self._own is not None or os.geteuid() == 0:
+            return None
+        options = client.info().get("SecurityOptions") or []
+        if any("rootless" in option for option in options):
+            return None
+        return f"{os.getuid()}:{os.getgid()}"
+
+    def _tar_owner(self) -> tuple[int, int] | None:
+        return (os.getuid(), os.getgid()) if self._user else None
+
     def _labels(self, node: str | None = None) -> dict[str, str]:
-        labels = {LABEL_RUN: self.run_id, LABEL_WORKFLOW: self.workflow_slug}
-        if node:
-            labels[LABEL_NODE] = node
-        return labels
+        return labels_for(self.run_id, self.workflow_name, node)
 
     def _container_name(self, node: str) -> str:
-        return f"cw-{self.short}-{node}"
+        return f"cw-{self.short}-{_name_part(node)}"
 
-    async def _io(self, fn, *args, **kwargs):
+    def _tracked(
+        self, fn: Callable[..., T], cleanup: bool, *args: Any, **kwargs: Any
+    ) -> T:
+        with self._idle:
+            if self._closed and not cleanup:
+                raise BackendError(
+                    "this run's Docker objects were already cleaned up",
+                    hint="a backend serves one run; create a new one",
+                )
+            self._busy += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    async def _io(
+        self, fn: Callable[..., T], *args: Any, _cleanup: bool = False, **kwargs: Any
+    ) -> T:
         """Run a blocking SDK call in a thread; Docker errors become BackendError."""
         import docker.errors
+        import requests
 
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        except BackendError:
-            raise
+            return await asyncio.to_thread(self._tracked, fn, _cleanup, *args, **kwargs)
         except docker.errors.DockerException as exc:
             explanation = getattr(exc, "explanation", None) or str(exc)
             raise BackendError(f"Docker: {explanation}") from exc
+        except requests.RequestException as exc:  # the engine went away or timed out
+            raise BackendError(
+                f"the Docker engine did not answer: {exc}",
+                hint="is the Docker daemon still running?",
+            ) from exc
+
+    def _wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout)
 
     def _image_for(self, spec: NodeSpec) -> str:
         return spec.image or self.image
 
-    # -- image ----------------------------------------------------------------------
+    def _container(self, name: str) -> Any:
+        if name not in self._containers:
+            known = ", ".join(sorted(self._containers)) or "none started"
+            raise BackendError(
+                f"no Docker node named {name!r} in this run (nodes: {known})", node=name
+            )
+        return self._containers[name]
+
+    # -- image --------------------------------------------------------------------
 
     async def pull_image(self, *, force: bool = False) -> PhaseReport:
+        """Pull the node image(s) unless present; ``force`` pulls anyway."""
         planned = getattr(self, "planned", [])
         images = sorted({self.image, *(s.image for s in planned if s.image)})
         pulled, present = [], []
@@ -258,10 +441,12 @@ class DockerBackend(NodeBackend):
         return PhaseReport(skipped=not pulled, detail="; ".join(detail))
 
     def _image_present(self, ref: str) -> bool:
+        import docker.errors
+
         try:
             self._images[ref] = self.client.images.get(ref)
             return True
-        except Exception:
+        except docker.errors.ImageNotFound:
             return False
 
     async def _pull(self, ref: str) -> None:
@@ -271,56 +456,141 @@ class DockerBackend(NodeBackend):
             try:
                 self._images[ref] = await self._io(self.client.images.pull, ref)
                 return
-            except Exception as exc:  # registry errors come in many types
+            except BackendError as exc:
                 last = exc
+                log.debug("pulling %s, attempt %d: %s", ref, attempt + 1, exc)
                 if attempt < 2:
                     await asyncio.sleep(delay)
                     delay *= 2
         raise BackendError(
-            f"cannot pull image {ref} after 3 attempts: {last}",
-            hint="check the registry is reachable, or build a local image and pass it with --image "
-            "(scripts/build-images.sh builds calimero-workflow/node:dev)",
+            f"cannot pull the node image {ref!r} after 3 attempts: {last}",
+            hint="check that the registry is reachable, or build the image locally "
+            "(scripts/build-images.sh makes calimero-workflow/node:dev) and pass it with --image",
         )
 
     def image_info(self) -> dict[str, Any]:
+        """The default node image, its id and digest (RepoDigests, else the id)."""
         image = self._images.get(self.image)
         if image is None:
             try:
                 image = self.client.images.get(self.image)
-            except Exception:
+            except Exception:  # not pulled yet, or no engine: report the reference
                 return {"image": self.image}
         digests = image.attrs.get("RepoDigests") or []
-        return {"image": self.image, "id": image.id, "digest": digests[0] if digests else image.id}
+        return {
+            "image": self.image,
+            "id": image.id,
+            "digest": digests[0] if digests else image.id,
+        }
 
-    # -- start ---------------------------------------------------------------------
+    # -- start --------------------------------------------------------------------
 
-    def _network(self, role: str) -> Any:
+    def _network(self, role: str, *, isolated: bool = False) -> Any:
         if role not in self._networks:
-            self._networks[role] = self.client.networks.create(
-                f"cw-{self.short}-{role}", driver="bridge", labels=self._labels(), check_duplicate=True
+            options = (
+                {"com.docker.network.bridge.enable_icc": "false"} if isolated else None
             )
+            network = self.client.networks.create(
+                f"cw-{self.short}-{role}",
+                driver="bridge",
+                labels=self._labels(),
+                options=options,
+                check_duplicate=True,
+            )
+            self._networks[role] = network
+            if self._own is not None and role != "peers":
+                network.connect(self._own)
         return self._networks[role]
 
+    def _control_network(self, node: str) -> Any:
+        if self._own is None:
+            return self._network("control", isolated=True)
+        return self._network(f"ctl-{_name_part(node)}")
+
+    def _write_marker(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        marker = {
+            "workflow": self.workflow_name,
+            "run_id": self.run_id,
+            "backend": self.name,
+        }
+        (self.workdir / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+
+    def _local_data_dir(self, spec: NodeSpec) -> Path:
+        if spec.data_dir is not None:
+            return Path(spec.data_dir).resolve()
+        return (self.workdir / "nodes" / spec.name).resolve()
+
+    def _prepare_data(self, spec: NodeSpec) -> bool:
+        """Make the node's data dir (a host path, else a volume) and say whether we see it."""
+        local = self._local_data_dir(spec)
+        source = (
+            str(local) if self._own is None else host_path_for(local, self._own_mounts)
+        )
+        if source is not None:
+            local.mkdir(parents=True, exist_ok=True)
+            self._data[spec.name] = source
+            return True
+        log.info(
+            "%s is on no mount of this container; node %s keeps its data in a volume",
+            local,
+            spec.name,
+        )
+        volume = self.client.volumes.create(
+            f"cw-{self.short}-{_name_part(spec.name)}", labels=self._labels(spec.name)
+        )
+        self._data[spec.name] = volume.name
+        return False
+
     def _init_node(self, spec: NodeSpec) -> str:
-        """Create the node's volume, run ``merod init``, return its peer id."""
+        """Run ``merod init`` for one node (unless its data dir has a config); return its peer id."""
         name = spec.name
-        volume = self.client.volumes.create(f"cw-{self.short}-{name}", labels=self._labels(name))
+        visible = self._prepare_data(spec)
+        # A data_dir that already holds this node (merobox reuses them) keeps its identity.
+        existing = self._local_data_dir(spec) / name / "config.toml"
+        if visible and existing.is_file():
+            self._configs[name] = existing.read_text()
+        else:
+            self._configs[name] = self._run_init(spec, self._data[name])
+        peer_id = tomllib.loads(self._configs[name]).get("identity", {}).get("peer_id")
+        if not peer_id:
+            raise NodeUnavailableError(
+                f"node {name}: {DATA}/{name}/config.toml has no [identity] peer_id",
+                node=name,
+                hint=f"the image {self._image_for(spec)} must write merod's config format",
+            )
+        return str(peer_id)
+
+    def _run_init(self, spec: NodeSpec, source: str) -> str:
+        import docker.errors
+
+        name = spec.name
+        image = self._image_for(spec)
         init = self.client.containers.create(
-            self._image_for(spec),
+            image,
             entrypoint=[],
             command=[
-                "merod", "--home", DATA, "--node", name, "init",
-                "--server-host", "0.0.0.0", "--server-port", str(SERVER_PORT),
-                "--swarm-port", str(SWARM_PORT), *self.extra_init_args,
+                "merod",
+                "--home",
+                DATA,
+                "--node",
+                name,
+                "init",
+                "--server-host",
+                "0.0.0.0",
+                "--server-port",
+                str(SERVER_PORT),
+                "--swarm-port",
+                str(SWARM_PORT),
+                *self.extra_init_args,
             ],
-            volumes={volume.name: {"bind": DATA, "mode": "rw"}},
+            volumes={source: {"bind": DATA, "mode": "rw"}},
             labels=self._labels(name),
             name=f"{self._container_name(name)}-init",
             environment={"NODE_NAME": name, "CALIMERO_HOME": DATA, **self.extra_env},
             network=self.extra_networks[0] if self.extra_networks else None,
+            user=self._user,
         )
-        import docker.errors
-
         try:
             try:
                 init.start()
@@ -328,32 +598,30 @@ class DockerBackend(NodeBackend):
                 raise NodeUnavailableError(
                     f"`merod init` for node {name} could not start: {exc.explanation or exc}",
                     node=name,
-                    hint=f"the image {self._image_for(spec)} must provide `merod` on its PATH",
+                    hint=f"the image {image} must provide `merod` on its PATH",
                 ) from exc
             status = init.wait(timeout=120)
-            output = init.logs().decode("utf-8", "replace")
             code = status.get("StatusCode", 1)
             if code != 0:
+                output = init.logs().decode("utf-8", "replace")
                 raise NodeUnavailableError(
                     f"`merod init` for node {name} exited with code {code}",
-                    node=name, exit_code=code, last_logs=output[-4000:],
-                    hint=f"check that {self._image_for(spec)} provides merod",
+                    node=name,
+                    exit_code=code,
+                    last_logs="\n".join(output.splitlines()[-50:]),
+                    hint=f"check that {image} provides a merod that accepts `init`",
                 )
-            config = _read_archive(init, f"{DATA}/{name}/config.toml").decode()
+            return _read_archive(init, f"{DATA}/{name}/config.toml").decode()
         finally:
             init.remove(force=True)
-        peer_id = tomllib.loads(config).get("identity", {}).get("peer_id")
-        if not peer_id:
-            raise NodeUnavailableError(f"node {name}: config.toml has no identity.peer_id", node=name)
-        self._configs[name] = config
-        return peer_id
 
-    def _create_node(self, spec: NodeSpec, bootstrap: list[str]) -> Any:
+    def _create_node(
+        self, spec: NodeSpec, bootstrap: list[str], host_port: int | None
+    ) -> Any:
         name = spec.name
-        control, peers = self._network("control"), self._network("peers")
         ports = None
         if self._own is None:
-            ports = {f"{SERVER_PORT}/tcp": ("127.0.0.1", spec.server_port)}
+            ports = {f"{SERVER_PORT}/tcp": ("127.0.0.1", host_port)}
             if spec.swarm_port:
                 ports[f"{SWARM_PORT}/tcp"] = ("127.0.0.1", spec.swarm_port)
         env = {"NODE_NAME": name, "CALIMERO_HOME": DATA, **self.extra_env, **spec.env}
@@ -363,159 +631,261 @@ class DockerBackend(NodeBackend):
             self._image_for(spec),
             entrypoint=[],
             command=["merod", "--home", DATA, "--node", name, "run"],
-            volumes={f"cw-{self.short}-{name}": {"bind": DATA, "mode": "rw"}},
+            volumes={self._data[name]: {"bind": DATA, "mode": "rw"}},
             labels=self._labels(name),
             name=self._container_name(name),
             environment=env,
             ports=ports,
-            network=control.name,
+            network=self._control_network(name).name,
+            user=self._user,
         )
-        peers.connect(container, aliases=[_peer_alias(name)])
+        self._network("peers").connect(container, aliases=[_peer_alias(name)])
         for extra in self.extra_networks:
             self.client.networks.get(extra).connect(container)
         text = set_bootstrap(self._configs[name], bootstrap)
-        container.put_archive(f"{DATA}/{name}", _tar_one("config.toml", text.encode()))
+        container.put_archive(
+            f"{DATA}/{name}",
+            _tar_one("config.toml", text.encode(), owner=self._tar_owner()),
+        )
         return container
 
-    async def start_nodes(self, specs: list[NodeSpec], *, ready_timeout: float) -> dict[str, NodeHandle]:
-        self._configs: dict[str, str] = {}
+    def _launch(self, spec: NodeSpec, bootstrap: list[str]) -> None:
+        """Create and start one node container; an auto-picked port that got taken is re-picked."""
+        import docker.errors
+
+        for attempt in range(3):
+            port = spec.server_port or _free_port()
+            container = self._create_node(spec, bootstrap, port)
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                container.remove(force=True)
+                # We pick the port (so it survives restarts); someone may take it first.
+                taken = "already allocated" in str(
+                    exc
+                ) or "address already in use" in str(exc)
+                if taken and not spec.server_port and attempt < 2:
+                    continue
+                hint = (
+                    f"host port {port} is taken; pick another server_port"
+                    if taken
+                    else None
+                )
+                raise NodeUnavailableError(
+                    f"node {spec.name} could not start: {exc.explanation or exc}",
+                    node=spec.name,
+                    hint=hint,
+                ) from exc
+            self._containers[spec.name] = container
+            self._urls[spec.name] = (
+                f"http://127.0.0.1:{port}"
+                if self._own is None
+                else f"http://{container.name}:{SERVER_PORT}"
+            )
+            return
+
+    def _check_names(self, specs: list[NodeSpec]) -> None:
+        seen: dict[str, str] = {}
         for spec in specs:
-            self._specs[spec.name] = spec
+            part = _name_part(spec.name)
+            if part in seen:
+                raise BackendError(
+                    f"nodes {seen[part]!r} and {spec.name!r} would share the container name "
+                    f"{self._container_name(spec.name)!r}",
+                    node=spec.name,
+                    hint="give nodes names that differ in letters or digits, not only in punctuation or case",
+                )
+            seen[part] = spec.name
+
+    async def start_nodes(
+        self, specs: list[NodeSpec], *, ready_timeout: float
+    ) -> dict[str, NodeHandle]:
+        """Init every node, wire each to its siblings, start all, wait until ready."""
+        self._check_names(specs)
+        self._specs.update({s.name: s for s in specs})
         await self._io(lambda: self.client)
-        if self._own is not None:
-            await self._io(self._network("control").connect, self._own)
-        peer_ids = dict(
-            zip(
-                [s.name for s in specs],
-                await asyncio.gather(*(self._io(self._init_node, s) for s in specs)),
-                strict=True,
+        await self._io(self._write_marker)
+        peer_ids = await asyncio.gather(*(self._io(self._init_node, s) for s in specs))
+        addresses = {
+            s.name: f"/dns4/{_peer_alias(s.name)}/tcp/{SWARM_PORT}/p2p/{peer}"
+            for s, peer in zip(specs, peer_ids, strict=True)
+        }
+        # Networks first: creating them from parallel threads would race.
+        await self._io(self._network, "peers")
+        for spec in specs:
+            await self._io(self._control_network, spec.name)
+        await asyncio.gather(
+            *(
+                self._io(
+                    self._launch, s, [a for n, a in addresses.items() if n != s.name]
+                )
+                for s in specs
             )
         )
-        for spec in specs:
-            siblings = [
-                f"/dns4/{_peer_alias(other)}/tcp/{SWARM_PORT}/p2p/{peer_ids[other]}"
-                for other in peer_ids
-                if other != spec.name
-            ]
-            self._containers[spec.name] = await self._io(self._create_node, spec, siblings)
-        await asyncio.gather(*(self._io(c.start) for c in self._containers.values()))
-        handles = await asyncio.gather(*(self._handle(s.name) for s in specs))
-        await self._wait_ready([h.name for h in handles], len(specs), ready_timeout)
-        return {h.name: h for h in handles}
+        await self._wait_ready([s.name for s in specs], len(specs) - 1, ready_timeout)
+        return {s.name: self._handle(s.name) for s in specs}
 
-    async def _exited(self, name: str, state: NodeState) -> NodeUnavailableError:
+    def _handle(self, name: str) -> NodeHandle:
+        container = self._containers[name]
+        info = {
+            "container": container.name,
+            "image": self._image_for(self._specs[name]),
+            "data": self._data.get(name),
+        }
+        return NodeHandle(name=name, url=self._urls[name], backend=self.name, info=info)
+
+    # -- readiness ----------------------------------------------------------------
+
+    async def _exited(
+        self, name: str, state: NodeState, what: str
+    ) -> NodeUnavailableError:
         oom = " (killed: out of memory)" if state.oom_killed else ""
         return NodeUnavailableError(
-            f"node {name} exited with code {state.exit_code}{oom} before it was ready",
-            node=name, exit_code=state.exit_code, oom_killed=state.oom_killed,
+            f"node {name} exited with code {state.exit_code}{oom} {what}",
+            node=name,
+            exit_code=state.exit_code,
+            oom_killed=state.oom_killed,
             last_logs=await self.tail_logs(name),
+            hint="the node's last log lines say why",
         )
 
-    async def _handle(self, name: str) -> NodeHandle:
-        container = self._containers[name]
-        state = await self.node_state(name)
-        if not state.running:
-            raise await self._exited(name, state)
-        if self._own is not None:
-            url = f"http://{container.name}:{SERVER_PORT}"
-        else:
-            binding = (container.attrs["NetworkSettings"]["Ports"] or {}).get(f"{SERVER_PORT}/tcp") or []
-            if not binding:
-                raise NodeUnavailableError(
-                    f"node {name} has no published server port (is the container running?)",
-                    node=name, last_logs=await self.tail_logs(name),
-                )
-            url = f"http://127.0.0.1:{binding[0]['HostPort']}"
-        return NodeHandle(
-            name=name,
-            url=url,
-            backend=self.name,
-            info={"container": container.name, "image": self._image_for(self._specs[name])},
-        )
-
-    async def _wait_ready(self, names: list[str], total: int, timeout: float) -> None:
+    async def _wait_ready(self, names: list[str], peers: int, timeout: float) -> None:
+        """Wait until each node's health answers 200 and it sees ``peers`` peers."""
         deadline = time.monotonic() + timeout
+        # trust_env=False: a proxy from the environment must not carry loopback
+        # or container-name requests.
+        try:
+            async with (
+                httpx.AsyncClient(timeout=2.0, trust_env=False) as http,
+                asyncio.TaskGroup() as group,
+            ):
+                for name in names:
+                    group.create_task(
+                        self._wait_one(http, name, peers, deadline, timeout)
+                    )
+        except ExceptionGroup as failed:
+            # The first node that failed explains the run; the others were cancelled.
+            raise failed.exceptions[0] from None
 
-        async def one(name: str) -> None:
-            handle = await self._handle(name)
-            async with NodeClient(handle.url, name=name, timeout=5) as client:
-                last = "no answer yet"
-                while True:
-                    state = await self.node_state(name)
-                    if not state.running:
-                        raise await self._exited(name, state)
-                    try:
-                        await client.health(timeout=2)
-                        peers = await client.peers_count() if total > 1 else 0
-                        if total <= 1 or peers >= total - 1:
-                            return
-                        last = f"it sees {peers} of {total - 1} peers"
-                    except NodeError as exc:
-                        last = exc.message
-                    if time.monotonic() >= deadline:
-                        raise NodeUnavailableError(
-                            f"node {name} was not ready within {timeout:g}s: {last}",
-                            node=name, last_logs=await self.tail_logs(name),
-                            hint="raise `wait_timeout`, or check the node's log lines above",
-                        )
-                    await asyncio.sleep(0.05)
+    async def _wait_one(
+        self,
+        http: httpx.AsyncClient,
+        name: str,
+        peers: int,
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        url = self._urls[name]
+        last = "it did not answer yet"
+        while True:
+            answered = False
+            try:
+                health = await http.get(f"{url}/admin-api/health")
+                if health.status_code == 200:
+                    answered = True
+                    if peers <= 0:
+                        return
+                    seen = _peer_count(
+                        (await http.get(f"{url}/admin-api/peers")).json()
+                    )
+                    if seen >= peers:
+                        return
+                    last = f"it sees {seen} of {peers} peer(s)"
+                else:
+                    last = f"GET /admin-api/health answered HTTP {health.status_code}"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"GET {url}/admin-api/health failed: {type(exc).__name__}"
+            if not answered:
+                state = await self.node_state(name)
+                if not state.running:
+                    raise await self._exited(name, state, "before it was ready")
+            if time.monotonic() >= deadline:
+                raise NodeUnavailableError(
+                    f"node {name} was not ready within {timeout:g}s: {last}",
+                    node=name,
+                    last_logs=await self.tail_logs(name),
+                    hint="raise `wait_timeout`, or read the node's log lines for why it is slow",
+                )
+            await asyncio.sleep(POLL_INTERVAL)
 
-        await asyncio.gather(*(one(n) for n in names))
-
-    # -- files, commands, faults -------------------------------------------------------
-
-    def _container(self, name: str) -> Any:
-        if name not in self._containers:
-            raise BackendError(f"no node named {name!r} in this run", node=name)
-        return self._containers[name]
+    # -- files and commands ------------------------------------------------------
 
     async def stage_file(self, name: str, path: Path) -> str:
-        path = path.resolve()
-        if not path.is_file():
-            raise BackendError(f"{path} is not a regular file", node=name)
-        target = re.sub(r"[^A-Za-z0-9._-]", "_", path.name)
+        """Copy a regular host file into the node's data dir; return its path in the node."""
         container = self._container(name)
-        await self._io(container.put_archive, DATA, _tar_one(target, path.read_bytes()))
+        source = Path(path)
+        if not source.is_file():
+            raise BackendError(
+                f"cannot give node {name} {str(path)!r}: not a regular file",
+                node=name,
+                hint="install_application `path` must name a .wasm file",
+            )
+        target = re.sub(r"[^A-Za-z0-9._-]", "_", source.name).lstrip(".") or "staged"
+        if target in self._specs:  # the node's own directory under /app/data
+            target = f"staged-{target}"
+        data = await asyncio.to_thread(source.read_bytes)
+        await self._io(
+            container.put_archive, DATA, _tar_one(target, data, owner=self._tar_owner())
+        )
         return f"{DATA}/{target}"
 
-    async def exec_in_node(self, name: str, argv: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    async def exec_in_node(
+        self, name: str, argv: list[str], env: dict[str, str]
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` in the node's container: ``(exit code, stdout, stderr)``."""
         container = self._container(name)
-        result = await self._io(container.exec_run, argv, environment=env, demux=True)
-        stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, b"")
+        result = await self._io(
+            container.exec_run, argv, environment=env, demux=True, user=self._user or ""
+        )
+        stdout, stderr = (
+            result.output if isinstance(result.output, tuple) else (result.output, b"")
+        )
         return result.exit_code or 0, stdout or b"", stderr or b""
 
+    # -- faults -------------------------------------------------------------------
+
     async def stop_node(self, name: str) -> None:
+        """SIGTERM the node (SIGKILL after 10 s); container, data and logs stay."""
         container = self._container(name)
         await self._io(container.stop, timeout=10)
+        current = await self._io(container.logs, timestamps=True)
+        self._log_history[name] = _merge_logs(self._log_history.get(name, b""), current)
 
     async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+        """Start a stopped node on its data; ready once it sees the reachable running peers."""
         container = self._container(name)
         await self._io(container.reload)
         if container.status != "running":
             await self._io(container.start)
-        running = 0
-        for other in self._containers.values():
-            await self._io(other.reload)
-            running += other.status == "running"
-        # Ready once it sees the peers that are running now.
-        await self._wait_ready([name], max(1, running), ready_timeout)
-        return await self._handle(name)
-
-    async def restart_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
-        await self.stop_node(name)
-        return await self.start_node(name, ready_timeout=ready_timeout)
+        expected = 0
+        if name not in self._disconnected:
+            for other, sibling in self._containers.items():
+                if other == name or other in self._disconnected:
+                    continue
+                await self._io(sibling.reload)
+                expected += sibling.status == "running"
+        await self._wait_ready([name], expected, ready_timeout)
+        return self._handle(name)
 
     async def disconnect_node(self, name: str) -> None:
+        """Take the node off the peers network; the workflow still reaches it."""
         container = self._container(name)
         await self._io(self._network("peers").disconnect, container, force=True)
+        self._disconnected.add(name)
 
     async def connect_node(self, name: str) -> None:
+        """Put a disconnected node back on the peers network under its alias."""
         container = self._container(name)
-        await self._io(self._network("peers").connect, container, aliases=[_peer_alias(name)])
+        if name in self._disconnected:
+            await self._io(
+                self._network("peers").connect, container, aliases=[_peer_alias(name)]
+            )
+            self._disconnected.discard(name)
 
-    # -- observation ---------------------------------------------------------------
+    # -- observation --------------------------------------------------------------
 
     async def node_state(self, name: str) -> NodeState:
+        """The container's state as Docker reports it."""
         container = self._container(name)
         await self._io(container.reload)
         state = container.attrs.get("State", {})
@@ -529,32 +899,41 @@ class DockerBackend(NodeBackend):
         )
 
     async def tail_logs(self, name: str, lines: int = 50) -> str:
+        """The last ``lines`` log lines of a node, with timestamps ('' when gone)."""
         try:
             container = self._container(name)
             raw = await self._io(container.logs, tail=lines, timestamps=True)
-        except Exception:  # the container may be gone
+        except BackendError:  # the container is gone: nothing to show
             return ""
         return raw.decode("utf-8", "replace").rstrip("\n")
 
     async def collect_logs(self, dest: Path) -> dict[str, Path]:
+        """Write ``<node>.log`` (all segments, timestamps) and ``<node>.state.json`` per node."""
         dest.mkdir(parents=True, exist_ok=True)
         out: dict[str, Path] = {}
-        for name, container in self._containers.items():
+        for name, container in list(self._containers.items()):
+            path = dest / f"{name}.log"
             try:
                 raw = await self._io(container.logs, timestamps=True)
                 state = await self.node_state(name)
-            except Exception as exc:  # keep going for the other nodes
-                (dest / f"{name}.log").write_text(f"could not read logs: {exc}\n")
+            except BackendError as exc:  # keep going for the other nodes
+                path.write_bytes(
+                    self._log_history.get(name, b"")
+                    + f"could not read logs: {exc}\n".encode()
+                )
+                out[name] = path
                 continue
-            path = dest / f"{name}.log"
-            path.write_bytes(b"".join(self._old_logs.get(name, [])) + raw)
-            (dest / f"{name}.state.json").write_text(json.dumps(state.__dict__, indent=2))
+            path.write_bytes(_merge_logs(self._log_history.get(name, b""), raw))
+            (dest / f"{name}.state.json").write_text(
+                json.dumps(asdict(state), indent=2) + "\n"
+            )
             out[name] = path
         return out
 
-    # -- teardown ------------------------------------------------------------------
+    # -- teardown -----------------------------------------------------------------
 
     def _remove_labelled(self, label: str) -> tuple[int, int, int]:
+        """Remove containers, then networks, then volumes carrying ``label``."""
         client = self.client
         containers = client.containers.list(all=True, filters={"label": label})
         for container in containers:
@@ -566,7 +945,8 @@ class DockerBackend(NodeBackend):
         for network in networks:
             try:
                 network.reload()
-                for attached in network.attrs.get("Containers", {}) or {}:
+                # Our own container (engine in a container) is still attached.
+                for attached in network.attrs.get("Containers") or {}:
                     network.disconnect(attached, force=True)
                 network.remove()
             except Exception as exc:
@@ -580,25 +960,73 @@ class DockerBackend(NodeBackend):
         return len(containers), len(networks), len(volumes)
 
     async def cleanup(self) -> PhaseReport:
+        """Remove everything labelled with this run id. Safe to call twice, and
+        while a cancelled start is still creating objects."""
+        with self._idle:
+            self._closed = True
+        if not await asyncio.to_thread(self._wait_idle, IN_FLIGHT_WAIT):
+            log.warning(
+                "Docker calls still running after %gs; cleaning up anyway",
+                IN_FLIGHT_WAIT,
+            )
         if self._client is None:
-            return PhaseReport(detail="nothing was created")
-        counts = await self._io(self._remove_labelled, f"{LABEL_RUN}={self.run_id}")
+            return PhaseReport(detail="no Docker objects were created")
+        counts = await self._io(
+            self._remove_labelled, f"{LABEL_RUN}={self.run_id}", _cleanup=True
+        )
         self._containers.clear()
         self._networks.clear()
-        self._cleaned = True
         return PhaseReport(
             detail=f"removed {counts[0]} container(s), {counts[1]} network(s), {counts[2]} volume(s)"
         )
 
+    def _remove_old_data(self) -> list[str]:
+        removed = []
+        parent = self.workdir.parent
+        if not parent.is_dir():
+            return removed
+        for run_dir in sorted(parent.iterdir()):
+            try:
+                marker = json.loads((run_dir / RUN_MARKER).read_text())
+            except (OSError, ValueError):
+                continue
+            if (
+                not isinstance(marker, dict)
+                or marker.get("workflow") != self.workflow_name
+                or not (run_dir / "nodes").is_dir()
+            ):
+                continue
+            shutil.rmtree(run_dir / "nodes")
+            removed.append(run_dir.name)
+        return removed
+
     async def nuke(self) -> PhaseReport:
-        counts = await self._io(self._remove_labelled, f"{LABEL_WORKFLOW}={self.workflow_slug}")
+        """Remove containers, networks, volumes and node data dirs of earlier runs of this workflow."""
+        # Allowed after cleanup: the engine nukes at the end with `nuke_on_end`.
+        counts = await self._io(
+            self._remove_labelled,
+            f"{LABEL_WORKFLOW}={self.workflow_name}",
+            _cleanup=True,
+        )
+        try:
+            dirs = await asyncio.to_thread(self._remove_old_data)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot remove node data of an earlier run: {exc}",
+                hint="the files may belong to another user; remove them by hand",
+            ) from exc
         return PhaseReport(
-            detail=f"removed leftovers of earlier runs of this workflow: {counts[0]} container(s), "
-            f"{counts[1]} network(s), {counts[2]} volume(s)"
+            detail=f"removed leftovers of this workflow: {counts[0]} container(s), "
+            f"{counts[1]} network(s), {counts[2]} volume(s), node data of {len(dirs)} run(s)",
+            data={"data_dirs": dirs},
         )
 
 
 def remove_run(run_id: str) -> tuple[int, int, int]:
-    """Remove every object of one run (the action's post step uses this)."""
+    """Synchronously remove every Docker object of one run.
+
+    For the action's post step, signal handlers and atexit hooks: no event loop
+    needed. Returns the numbers of containers, networks and volumes removed.
+    """
     backend = DockerBackend(run_id=run_id, workflow_name="-", workdir=Path(os.devnull))
     return backend._remove_labelled(f"{LABEL_RUN}={run_id}")
