@@ -585,20 +585,24 @@ class _Runner:
             raise asyncio.CancelledError
         if not result.interrupted:
             return result
-        # interrupted without the action being cancelled: our timeout fired
+        # interrupted without the action being cancelled: our timeout fired.
+        # The phase that was running recorded the cancellation; say why.
         result.interrupted = False
         result.status = Status.FAILED
-        result.phases.append(
-            PhaseRecord(
-                "timeout",
-                Status.FAILED,
-                error=ErrorInfo(
-                    message=f"the workflow did not finish within {minutes:g} minute(s); its nodes were stopped",
-                    kind="timeout",
-                    hint="raise the action's timeout-minutes, or look at the step that was running",
-                ),
-            )
+        timeout = ErrorInfo(
+            message=f"the workflow did not finish within {minutes:g} minute(s); its nodes were stopped",
+            kind="timeout",
+            hint="raise the action's timeout-minutes, or look at the step that was running",
         )
+        cancelled = [
+            p
+            for p in result.phases
+            if p.error is not None and p.error.kind == "cancelled"
+        ]
+        for phase in cancelled:
+            phase.error = timeout
+        if not cancelled:
+            result.phases.append(PhaseRecord("timeout", Status.FAILED, error=timeout))
         return result
 
     def _print_step_logs(self, result: RunResult, title: str) -> None:

@@ -1,0 +1,639 @@
+"""The action entry point: inputs, discovery, runs, reports, outputs, exit codes.
+
+Settings are built from plain dicts, as the runner's environment would hold
+them. Runs use embedded nodes in this process (the Docker path is covered by
+test_action_e2e.py); their output is read back with the runner-side parsers
+of test_report_github.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from calimero_workflow.action import (
+    INPUTS,
+    ActionSettings,
+    InputError,
+    discover_workflows,
+    main,
+    post,
+    read_settings,
+    run_action,
+)
+from test_report_github import read_env_file, runner_commands
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
+DOCS = (ROOT / "docs" / "action.md").read_text()
+APP = ROOT / "apps" / "kv-store" / "kv_store.wasm"
+
+PASSING = """\
+name: passing
+steps:
+  - name: greet
+    type: assert
+    actual: ${GREETING:-unset}
+    equals: hello
+"""
+
+FAILING = """\
+name: failing
+nodes: {count: 1, prefix: node}
+steps:
+  - name: install
+    type: install_application
+    node: node-1
+    path: ../kv_store.wasm
+  - name: wrong
+    type: assert
+    statements:
+      - equal(${results.install.node}, node-1)
+      - equal(${results.install.node}, node-9)
+"""
+
+INVALID = """\
+name: invalid
+steps:
+  - name: a
+    type: no_such_step
+"""
+
+
+def env_for(workspace: Path, **inputs: str) -> dict[str, str]:
+    """The environment the runner gives the action; ``junit_path`` → ``INPUT_JUNIT-PATH``."""
+    files = workspace.parent / "runner"
+    files.mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_WORKSPACE": str(workspace),
+        "GITHUB_OUTPUT": str(files / "output"),
+        "GITHUB_STEP_SUMMARY": str(files / "summary.md"),
+        "GITHUB_STATE": str(files / "state"),
+        "CW_WORKDIR": str(workspace.parent / "scratch"),
+        "INPUT_BACKEND": "embedded",
+    }
+    for name, value in inputs.items():
+        env[f"INPUT_{name.upper().replace('_', '-')}"] = value
+    return env
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    (ws / "wf").mkdir(parents=True)
+    (ws / "kv_store.wasm").write_bytes(APP.read_bytes())
+    return ws
+
+
+def write(ws: Path, rel: str, text: str) -> Path:
+    path = ws / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def run(env: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+    out = io.StringIO()
+    code = run_action(env, out)
+    output_file = Path(env["GITHUB_OUTPUT"])
+    outputs = read_env_file(output_file) if output_file.exists() else {}
+    return code, out.getvalue(), outputs
+
+
+# -- consistency: action.yml, the entry point and the docs agree -------------------------
+
+
+def test_action_yml_inputs_match_the_entry_point_and_the_docs():
+    declared = ACTION["inputs"]
+    assert list(declared) == list(INPUTS)
+    for name, spec in declared.items():
+        assert spec["description"], name
+        assert str(spec.get("default", "")) == INPUTS[name], (
+            f"default of {name} differs"
+        )
+        assert re.search(rf"^\| `{re.escape(name)}` \|", DOCS, flags=re.M), (
+            f"docs/action.md lacks input {name}"
+        )
+    for name in ACTION["outputs"]:
+        assert re.search(rf"^\| `{re.escape(name)}` \|", DOCS, flags=re.M), (
+            f"docs/action.md lacks output {name}"
+        )
+
+
+#: Per input: a value different from its default, and how settings show it was read.
+READS = {
+    "workflows": ("a.yml\n  b/*.yml \n", lambda s: s.workflows == ("a.yml", "b/*.yml")),
+    "image": ("my/node:1", lambda s: s.image == "my/node:1"),
+    "backend": ("docker", lambda s: s.backend == "docker"),
+    "env": ("A=1\n# note\nB = x=y\n", lambda s: dict(s.env) == {"A": "1", "B": " x=y"}),
+    "working-directory": ("wf", lambda s: s.working_directory == s.workspace / "wf"),
+    "junit-path": (
+        "out/j.xml",
+        lambda s: s.junit_path == s.workspace / "out" / "j.xml",
+    ),
+    "summary": ("false", lambda s: s.summary is False),
+    "annotations": ("FALSE", lambda s: s.annotations is False),
+    "retries": ("3", lambda s: s.retries == 3),
+    "fail-on-failure": ("False", lambda s: s.fail_on_failure is False),
+    "timeout-minutes": ("2.5", lambda s: s.timeout_minutes == 2.5),
+    "node-logs-dir": ("logs", lambda s: s.node_logs_dir == s.workspace / "logs"),
+}
+
+
+def test_the_entry_point_reads_every_input(workspace):
+    assert set(READS) == set(INPUTS)
+    base = env_for(workspace, workflows="x.yml")
+    for name, (value, shows) in READS.items():
+        settings = read_settings({**base, f"INPUT_{name.upper()}": value})
+        assert shows(settings), f"input {name} was not read"
+
+
+def test_defaults_when_the_runner_passes_only_workflows(workspace):
+    settings = read_settings(
+        {"GITHUB_WORKSPACE": str(workspace), "INPUT_WORKFLOWS": "wf/*.yml"}
+    )
+    assert settings == ActionSettings(
+        workspace=workspace.resolve(),
+        workflows=("wf/*.yml",),
+        image=None,
+        backend="docker",
+        env=settings.env,
+        working_directory=workspace.resolve(),
+        junit_path=workspace.resolve() / "calimero-workflow-results" / "junit.xml",
+        summary=True,
+        annotations=True,
+        retries=0,
+        fail_on_failure=True,
+        timeout_minutes=0.0,
+        node_logs_dir=workspace.resolve() / "calimero-workflow-results" / "node-logs",
+        workdir=settings.workdir,
+    )
+    assert dict(settings.env) == {}
+    assert not settings.workdir.is_relative_to(workspace)
+
+
+def test_dashed_names_win_over_underscored_ones(workspace):
+    env = {
+        "GITHUB_WORKSPACE": str(workspace),
+        "INPUT_WORKFLOWS": "a.yml",
+        "INPUT_JUNIT-PATH": "dashed.xml",
+        "INPUT_JUNIT_PATH": "underscored.xml",
+        "INPUT_NODE_LOGS_DIR": "underscored-logs",
+    }
+    settings = read_settings(env)
+    assert settings.junit_path.name == "dashed.xml"
+    assert settings.node_logs_dir.name == "underscored-logs"
+
+
+def test_every_invalid_input_is_reported_at_once(workspace):
+    env = env_for(
+        workspace,
+        workflows="  \n",
+        backend="kubernetes",
+        retries="-1",
+        timeout_minutes="soon",
+        summary="yes",
+        env="GOOD=1\nnot a pair\n1BAD=x",
+    )
+    with pytest.raises(InputError) as caught:
+        read_settings(env)
+    problems = "\n".join(caught.value.problems)
+    assert "input workflows is empty" in problems
+    assert "input backend must be one of embedded, docker, got 'kubernetes'" in problems
+    assert "input retries must be a whole number from 0 to 10, got '-1'" in problems
+    assert (
+        "input timeout-minutes must be a number of minutes (0 for no limit), got 'soon'"
+        in problems
+    )
+    assert "input summary must be true or false, got 'yes'" in problems
+    assert "input env, line 2: 'not a pair' is not KEY=VALUE" in problems
+    assert "input env, line 3: '1BAD=x' is not KEY=VALUE" in problems
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("working-directory", ".."),
+        ("working-directory", "/"),
+        ("junit-path", "../junit.xml"),
+        ("junit-path", "/etc/junit.xml"),
+        ("node-logs-dir", "wf/../../logs"),
+    ],
+)
+def test_path_inputs_cannot_leave_the_workspace(workspace, name, value):
+    with pytest.raises(InputError, match=rf"input {name} .* is outside the workspace"):
+        read_settings(
+            {**env_for(workspace, workflows="a.yml"), f"INPUT_{name.upper()}": value}
+        )
+
+
+def test_a_symlink_out_of_the_workspace_is_outside_it(workspace, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (workspace / "reports").symlink_to(outside)
+    with pytest.raises(
+        InputError, match="input junit-path 'reports/j.xml' is outside the workspace"
+    ):
+        read_settings(env_for(workspace, workflows="a.yml", junit_path="reports/j.xml"))
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def test_globs_expand_in_order_once_each_inside_the_workspace(workspace, tmp_path):
+    for rel in ("wf/b.yml", "wf/a.yml", "wf/deep/c.yml", "wf/notes.txt", "other/d.yml"):
+        write(workspace, rel, PASSING)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside, "evil.yml", PASSING)
+    (workspace / "wf" / "link").symlink_to(outside)
+    settings = read_settings(
+        env_for(
+            workspace,
+            working_directory="wf",
+            workflows="b.yml\n*.yml\n**/*.yml\n../other/*.yml\n../../outside/*.yml\nnothing/*.yml",
+        )
+    )
+    found = discover_workflows(settings)
+    rel = [p.relative_to(workspace).as_posix() for p in found.files]
+    assert rel == ["wf/b.yml", "wf/a.yml", "wf/deep/c.yml", "other/d.yml"]
+    assert found.unmatched == {
+        "../../outside/*.yml": "'../../outside/*.yml' only matches files outside the workspace "
+        "(e.g. '../../outside/evil.yml')",
+        "nothing/*.yml": "no workflow file matches 'nothing/*.yml' in wf",
+    }
+
+
+def test_an_absolute_pattern_inside_the_workspace_is_fine(workspace):
+    write(workspace, "wf/a.yml", PASSING)
+    settings = read_settings(
+        env_for(workspace, workflows=f"{workspace}/wf/*.yml\n/etc/host*")
+    )
+    found = discover_workflows(settings)
+    assert found.files == [(workspace / "wf" / "a.yml").resolve()]
+    assert "/etc/host*" in found.unmatched
+
+
+# -- whole runs (embedded nodes) -----------------------------------------------------------
+
+
+def test_a_run_with_a_passing_a_failing_and_an_invalid_workflow(workspace):
+    write(workspace, "wf/1-passing.yml", PASSING)
+    write(workspace, "wf/2-failing.yml", FAILING)
+    write(workspace, "wf/3-invalid.yml", INVALID)
+    env = env_for(workspace, workflows="wf/*.yml", env="GREETING=hello")
+    code, printed, outputs = run(env)
+
+    # an invalid file makes the run invalid: exit 2, whatever fail-on-failure says
+    assert code == 2
+    assert set(outputs) == set(ACTION["outputs"])
+    assert outputs["status"] == "invalid"
+    assert (
+        outputs["total"],
+        outputs["passed"],
+        outputs["failed"],
+        outputs["skipped"],
+        outputs["flaky"],
+    ) == (
+        "3",
+        "1",
+        "2",
+        "0",
+        "0",
+    )
+    results = json.loads(outputs["results"])
+    assert results["wf/1-passing.yml"]["greet"]["actual"] == "hello"
+    assert results["wf/2-failing.yml"]["install"]["node"] == "node-1"
+    failed = json.loads(outputs["failed-steps"])
+    assert [(f["file"], f["step"], f["line"]) for f in failed] == [
+        ("wf/2-failing.yml", "wrong", 12),
+        ("wf/3-invalid.yml", "phase load", 4),
+    ]
+    assert outputs["junit-path"] == "calimero-workflow-results/junit.xml"
+    assert outputs["summary-path"] == "calimero-workflow-results/summary.md"
+
+    # annotations at the failing statement's line and the invalid step's line
+    errors = [
+        (p.get("file"), p.get("line"), m)
+        for name, p, m in runner_commands(printed)
+        if name == "error"
+    ]
+    assert errors[0][:2] == ("wf/2-failing.yml", "12")
+    assert "expected: node-9\nactual:   node-1" in errors[0][2]
+    assert errors[1][:2] == ("wf/3-invalid.yml", "4")
+    assert "no_such_step" in errors[1][2]
+
+    # the reports, in the workspace
+    junit = ET.parse(workspace / outputs["junit-path"]).getroot()
+    assert [s.get("file") for s in junit] == [
+        "wf/1-passing.yml",
+        "wf/2-failing.yml",
+        "wf/3-invalid.yml",
+    ]
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert summary == (workspace / outputs["summary-path"]).read_text()
+    assert "### ❌ failing (failed)" in summary and "### ✅ passing (passed)" in summary
+    assert (
+        workspace
+        / "calimero-workflow-results"
+        / "node-logs"
+        / "wf-2-failing-yml"
+        / "node-1.log"
+    ).is_file()
+
+    # the log: a group per workflow, then one per failing step
+    groups = [m for name, _, m in runner_commands(printed) if name == "group"]
+    assert groups[:2] == ["passing (wf/1-passing.yml)", "failing (wf/2-failing.yml)"]
+    assert "failing (wf/2-failing.yml) › wrong logs" in groups
+
+
+def test_fail_on_failure_false_passes_the_step_but_not_the_status(workspace):
+    write(workspace, "wf/failing.yml", FAILING)
+    code, _, outputs = run(
+        env_for(workspace, workflows="wf/*.yml", fail_on_failure="false")
+    )
+    assert (code, outputs["status"]) == (0, "failed")
+    code, _, _ = run(env_for(workspace, workflows="wf/*.yml"))
+    assert code == 1
+
+
+def test_a_pattern_that_matches_nothing_never_passes(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    code, printed, outputs = run(
+        env_for(
+            workspace,
+            workflows="wf/ok.yml\nwf/typo.yml",
+            env="GREETING=hello",
+            fail_on_failure="false",
+        )
+    )
+    assert (code, outputs["status"], outputs["total"], outputs["failed"]) == (
+        2,
+        "invalid",
+        "2",
+        "1",
+    )
+    assert any(
+        m.startswith("no workflow file matches 'wf/typo.yml'")
+        for n, _, m in runner_commands(printed)
+        if n == "error"
+    )
+
+
+def test_invalid_input_is_reported_as_annotations_and_status(workspace):
+    code, printed, outputs = run(env_for(workspace, workflows="a.yml", retries="many"))
+    assert code == 2 and outputs == {"status": "invalid"}
+    [(name, props, message)] = runner_commands(printed)
+    assert (name, props["title"]) == ("error", "calimero-workflow: invalid input")
+    assert message == "input retries must be a whole number from 0 to 10, got 'many'"
+
+
+FLAKY = """\
+name: flaky
+steps:
+  - name: first-time-fails
+    type: script
+    run: if [ -f marker ]; then exit 0; else touch marker; exit 1; fi
+"""
+
+
+def test_a_workflow_that_passes_on_a_retry_is_flaky(workspace):
+    write(workspace, "wf/flaky.yml", FLAKY)
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/flaky.yml", retries="2")
+    )
+    assert (code, outputs["status"], outputs["passed"], outputs["flaky"]) == (
+        0,
+        "passed",
+        "1",
+        "1",
+    )
+    suite = ET.parse(workspace / outputs["junit-path"]).getroot().find("testsuite")
+    assert suite.find("testcase/flakyFailure") is not None
+    warnings = [m for n, _, m in runner_commands(printed) if n == "warning"]
+    assert warnings == [
+        "passed on attempt 2 of 2; earlier attempts failed at: first-time-fails"
+    ]
+
+
+SLOW = """\
+name: slow
+nodes: {count: 1, prefix: node}
+steps:
+  - name: nap
+    type: wait
+    seconds: 600
+"""
+
+
+def test_a_workflow_over_its_time_is_stopped_cleaned_up_and_failed(workspace):
+    write(workspace, "wf/slow.yml", SLOW)
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/slow.yml", timeout_minutes="0.02")
+    )
+    assert (code, outputs["status"]) == (1, "failed")
+    [failure] = json.loads(outputs["failed-steps"])
+    assert failure["step"] == "phase steps"  # the phase that was running
+    assert "did not finish within 0.02 minute(s)" in failure["message"]
+    report = json.loads(
+        (workspace / "calimero-workflow-results" / "report.json").read_text()
+    )
+    phases = {p["name"]: p["status"] for p in report[0][0]["phases"]}
+    assert phases["cleanup"] == "passed" and phases["steps"] == "failed"
+
+
+def test_text_from_the_run_cannot_issue_workflow_commands(workspace):
+    write(
+        workspace,
+        "wf/hostile.yml",
+        """\
+name: hostile
+steps:
+  - name: speak
+    type: script
+    run: printf '::error file=x.yml::injected\\n::add-mask::everything\\n'
+  - name: check
+    type: assert
+    actual: ${results.speak.stdout}
+    equals: calm
+    message: "oops\\n::warning::injected too"
+""",
+    )
+    code, printed, _ = run(env_for(workspace, workflows="wf/hostile.yml"))
+    assert code == 1
+    assert "::error file=x.yml::injected" in printed  # shown ...
+    executed = runner_commands(printed)
+    assert all(
+        m not in ("injected", "injected too", "everything") for _, _, m in executed
+    )  # ... not executed
+    assert not [c for c in executed if c[0] == "add-mask"]
+
+
+def test_secrets_are_masked_before_anything_else_is_printed(workspace):
+    write(
+        workspace,
+        "wf/remote.yml",
+        """\
+name: remote
+remote_nodes:
+  far:
+    url: http://127.0.0.1:9
+    auth: {method: password, username: ci, password: hunter2-pass}
+steps:
+  - name: a
+    type: wait
+    seconds: 0.01
+""",
+    )
+    env = env_for(
+        workspace, workflows="wf/remote.yml", env="API_TOKEN=tok-123\nPLAIN=visible"
+    )
+    _, printed, _ = run(env)
+    executed = runner_commands(printed)
+    masks = [m for n, _, m in executed if n == "add-mask"]
+    assert masks == ["tok-123", "hunter2-pass"]
+    assert executed[0] == ("add-mask", {}, "tok-123")
+    first_mask_line = printed.index("::add-mask::hunter2-pass")
+    assert "hunter2-pass" not in printed[:first_mask_line]
+
+
+def test_the_action_environment_is_hidden_from_workflows_and_no_input_reaches_a_shell(
+    workspace,
+):
+    write(
+        workspace,
+        "wf/env.yml",
+        """\
+name: env
+steps:
+  - name: token
+    type: assert
+    actual: ${ACTIONS_RUNTIME_TOKEN:-hidden}
+    equals: hidden
+  - name: input
+    type: assert
+    actual: ${INPUT_WORKFLOWS:-hidden}
+    equals: hidden
+  - name: value
+    type: script
+    run: printf '%s' "$TRICKY"
+  - name: same
+    type: assert
+    actual: ${results.value.stdout}
+    equals: $(touch pwned-env) `touch pwned-tick`
+""",
+    )
+    env = env_for(
+        workspace,
+        workflows="wf/env.yml\nwf/env.yml; touch pwned-glob",
+        env="TRICKY=$(touch pwned-env) `touch pwned-tick`",
+    )
+    env["ACTIONS_RUNTIME_TOKEN"] = "runtime-secret"
+    code, _, outputs = run(env)
+    failed = json.loads(outputs["failed-steps"])
+    assert [f["step"] for f in failed] == ["phase discover"]  # only the odd pattern
+    assert code == 2
+    assert not list(workspace.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="handing files over needs root, as in the action container",
+)
+def test_written_files_are_handed_to_the_workspace_owner(workspace):
+    write(workspace, "wf/failing.yml", FAILING)
+    os.chown(workspace, 4321, 4322)
+    mine = write(workspace, "untouched.txt", "x")
+    run(env_for(workspace, workflows="wf/*.yml"))
+    reports = workspace / "calimero-workflow-results"
+    written = [reports, *reports.rglob("*")]
+    assert len(written) > 5
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {(4321, 4322)}
+    assert mine.stat().st_uid == 0  # nothing else is touched
+
+
+def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
+    write(workspace, "wf/1-slow.yml", SLOW)
+    write(workspace, "wf/2-ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/*.yml")
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.action"],
+        env=env,
+        cwd=workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # wait until the first workflow's nodes run, then cancel as the runner does
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "phase nodes_start" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    printed = seen + rest
+    assert proc.returncode == 130, printed
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    assert (outputs["status"], outputs["total"], outputs["skipped"]) == (
+        "cancelled",
+        "2",
+        "1",
+    )
+    report = json.loads(
+        (workspace / "calimero-workflow-results" / "report.json").read_text()
+    )
+    slow = report[0][-1]
+    assert slow["interrupted"] is True
+    assert {p["name"]: p["status"] for p in slow["phases"]}["cleanup"] == "passed"
+    assert (
+        "## ❌ calimero-workflow (cancelled)"
+        in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    )
+
+
+# -- the other entry points ------------------------------------------------------------------
+
+
+def test_post_without_runs_has_nothing_to_do():
+    out = io.StringIO()
+    assert post({}, out) == 0
+    assert out.getvalue() == "calimero-workflow post: nothing to clean up\n"
+
+
+def test_post_never_fails_the_job_when_docker_is_gone(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    out = io.StringIO()
+    assert post({"STATE_run_ids": "r1,r2"}, out) == 0
+    assert out.getvalue().startswith("calimero-workflow post: no Docker cleanup (")
+
+
+def test_with_arguments_the_image_is_the_command_line(workspace, capsys):
+    path = write(workspace, "wf/ok.yml", PASSING)
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--env",
+                "GREETING=hello",
+                "--workdir",
+                str(workspace.parent / "w"),
+            ]
+        )
+        == 0
+    )
+    assert "PASSED passing" in capsys.readouterr().out
