@@ -13,7 +13,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,47 +141,56 @@ class ProcessRun:
     stderr: str
 
 
+#: Runs as a small intermediate process: spawns the measured command, waits for
+#: it and writes its wall time and peak RSS as JSON to the file named first.
+_LAUNCHER = """
+import json, os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.posix_spawnp(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(out, "w") as f:
+    json.dump({"wall_s": wall, "max_rss_kb": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_process(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300) -> ProcessRun:
     """Run ``argv`` to completion; time it from spawn to exit and read its own peak RSS.
 
-    ``os.wait4`` gives the resource usage of exactly this child (Linux reports
-    ``ru_maxrss`` in KiB), unlike ``RUSAGE_CHILDREN``, which keeps the maximum
-    over every child this process ever waited for.
+    Linux carries a process's peak RSS across ``exec``: a child spawned
+    straight from this (large) benchmark process would report at least our
+    own size. So a small launcher process spawns the command and reads its
+    ``wait4`` usage; the launcher's own ~15 MiB is far below what any measured
+    run reaches. The wall time is taken by the launcher too, around the spawn,
+    so its own start-up is not counted.
     """
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    # stderr is small (warnings); read it after exit. A chatty child could fill
-    # the pipe, so give it a thread of its own.
-    chunks: list[bytes] = []
+    import json
+    import signal
+    import tempfile
 
-    import threading
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        chunks.append(proc.stderr.read())
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.002)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    reader.join(timeout=5)
+    with tempfile.TemporaryDirectory(prefix="cw-bench-proc-") as tmp:
+        out = Path(tmp) / "usage.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(out), *argv],
+            env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,  # one process group: a timeout ends the command too
+        )
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            raise RuntimeError(f"{' '.join(argv)} did not finish within {timeout:g}s") from None
+        stderr = err.decode("utf-8", "replace")
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"the launcher for {argv[0]} failed (exit {proc.returncode}): {stderr[-2000:]}")
+        usage = json.loads(out.read_text())
     return ProcessRun(
-        wall_s=wall,
-        max_rss_mb=usage.ru_maxrss / 1024.0,
-        returncode=proc.returncode,
-        stderr=b"".join(chunks).decode("utf-8", "replace"),
+        wall_s=usage["wall_s"],
+        max_rss_mb=usage["max_rss_kb"] / 1024.0,
+        returncode=usage["code"],
+        stderr=stderr,
     )
 
 
@@ -193,6 +201,24 @@ def cli_argv(*args: str) -> list[str]:
 
 def repeat(n: int, fn: Callable[[int], float]) -> list[float]:
     return [fn(i) for i in range(n)]
+
+
+def cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat; None where there is no /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [float(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def cpu_busy(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Share of the machine's CPU capacity (all cores) that was busy between two samples."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 # -- machine facts ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import asyncio
 import cProfile
 import pstats
 import sys
+import sysconfig
 import tempfile
 import time
 from collections import defaultdict
@@ -25,39 +26,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from bench_harness import KV_WORKFLOW  # noqa: E402
 
-#: Path fragments that name a package, most specific first.
-GROUPS = (
+#: Path fragments that name a part of this project, most specific first.
+OWN = (
     ("calimero_workflow/node/", "node (calimero_workflow.node)"),
     ("calimero_workflow/steps/", "engine steps"),
     ("calimero_workflow/", "engine (other)"),
-    ("/wasmtime/", "wasmtime"),
-    ("/httpx/", "httpx (client)"),
-    ("/httpcore/", "httpcore (client)"),
-    ("/anyio/", "anyio (client)"),
-    ("/h11/", "h11 (client and server)"),
-    ("/uvicorn/", "uvicorn (server)"),
-    ("/pydantic", "pydantic"),
-    ("/yaml/", "pyyaml"),
-    ("/asyncio/", "asyncio"),
-    ("/json/", "json"),
-    ("<frozen importlib", "imports"),
-    ("/cryptography/", "cryptography"),
 )
+#: C functions grouped by what they do for us.
+C_FUNCTIONS = (
+    (("load_verify_locations", "set_default_verify_paths", "_SSLContext"), "TLS context setup (one per httpx client)"),
+    (("marshal.loads", "builtins.exec", "builtins.compile", "__build_class__", "posix.stat", "posix.listdir"), "imports (loading modules)"),
+    (("sqlite3",), "sqlite"),
+    (("epoll", "select"), "waiting (idle loop, or wasm in a worker thread)"),
+    (("send", "recv", "socket", "connect"), "socket calls"),
+)
+STDLIB = sysconfig.get_paths()["stdlib"]
+SITE = ("site-packages", "dist-packages")
 
 
 def group_of(filename: str, function: str) -> str:
-    for fragment, name in GROUPS:
+    """A readable bucket for one profiled function: project part, library, or kind of C call."""
+    for fragment, name in OWN:
         if fragment in filename:
             return name
-    if filename == "~":
-        # C functions: name them by what they are.
-        if "sqlite3" in function:
-            return "sqlite"
-        if "select" in function or "epoll" in function or "poll" in function:
-            return "waiting (select/epoll)"
-        if "send" in function or "recv" in function or "socket" in function:
-            return "socket calls"
-        return "builtins"
+    if filename == "~" or filename.startswith("<"):
+        if filename.startswith("<frozen importlib"):
+            return "imports (loading modules)"
+        for names, label in C_FUNCTIONS:
+            if any(n in function for n in names):
+                return label
+        return "other C builtins"
+    for marker in SITE:
+        if f"/{marker}/" in filename:
+            package = filename.split(f"/{marker}/", 1)[1].split("/", 1)[0]
+            return package.removesuffix(".py").split(".", 1)[0].lower().rstrip("_") or package
+    if filename.startswith(STDLIB):
+        module = filename[len(STDLIB):].lstrip("/").split("/", 1)[0].removesuffix(".py")
+        return f"stdlib {module}"
     return "other python"
 
 
@@ -71,7 +76,7 @@ def report(profile: cProfile.Profile, wall: float, top: int = 15) -> str:
         groups[group_of(filename, function)] += tottime
         funcs.append((tottime, f"{Path(filename).name}:{line} {function}"))
     lines = [f"wall {wall:.3f} s under the profiler, {total:.3f} s accounted", "", "share  seconds  group"]
-    for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
+    for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{seconds / total:5.1%}  {seconds:7.3f}  {name}")
     lines += ["", "top functions by own time:"]
     for seconds, name in sorted(funcs, reverse=True)[:top]:

@@ -197,7 +197,9 @@ class Suite:
         self.group(
             "docker start",
             ("docker_start_1_s", "docker_start_3_s", "docker_start_5_s", "docker_ready_lag_ms", "docker_start_ratio"),
-            lambda: bench_docker_start(sizes=list(s.docker_sizes), repeat=s.repeat, workdir=self.workdir / "docker-start"),
+            lambda: bench_docker_start(
+                sizes=list(s.docker_sizes), repeat=s.repeat, probed=min(s.repeat, 3), workdir=self.workdir / "docker-start"
+            ),
         )
         self.group(
             "kv-store example (docker)",
@@ -227,8 +229,8 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{text} {unit}"
 
 
-def table(metrics: dict[str, Metric], previous: dict[str, Any] | None = None, *, markdown: bool = False) -> str:
-    """The result table: metric, median, target, met; ratios in a second part."""
+def table(metrics: dict[str, dict[str, Any]], previous: dict[str, Any] | None = None, *, markdown: bool = False) -> str:
+    """The result table from report metrics: metric, median, target, met; ratios in a second part."""
     head = ["metric", "median", "target", "met"]
     if previous is not None:
         head += ["previous", "change"]
@@ -238,21 +240,22 @@ def table(metrics: dict[str, Metric], previous: dict[str, Any] | None = None, *,
         metric = metrics.get(key)
         if metric is None:
             continue
-        met = {True: "yes", False: "NO", None: "-"}[metric.met]
-        median = "skipped" if metric.skipped else _fmt(metric.median, metric.unit)
-        row = [metric.title, median, metric.target.text if metric.target else "-", met]
+        met = {True: "yes", False: "**NO**" if markdown else "NO", None: "-"}[metric["met"]]
+        median = "skipped" if metric["skipped"] else _fmt(metric["median"], metric["unit"])
+        row = [metric["title"], median, metric["target"] or "-", met]
         if previous is not None:
             old = (previous.get("metrics") or {}).get(key) or {}
             old_median = old.get("median")
-            row.append(_fmt(old_median, metric.unit) if old_median is not None else "-")
-            new_median = metric.median
+            row.append(_fmt(old_median, metric["unit"]) if old_median is not None else "-")
+            new_median = metric["median"]
             row.append(f"{new_median / old_median:.2f}x" if old_median and new_median is not None else "-")
         (ratio_rows if key in RATIOS else rows).append(row)
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        lines += ["| **ratios** |" + " |" * (len(head) - 1)]
-        lines += ["| " + " | ".join(r) + " |" for r in ratio_rows]
+        cells = [[c.replace("|", "\\|") for c in r] for r in [head, *rows]]
+        lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+        lines += ["| *ratios* |" + " |" * (len(head) - 1)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in ratio_rows]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [head, *rows, *ratio_rows]) for i in range(len(head))]
 
@@ -264,6 +267,18 @@ def table(metrics: dict[str, Metric], previous: dict[str, Any] | None = None, *,
     out += ["", "ratios:", line(head), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in ratio_rows]
     return "\n".join(out)
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    load = data["load_average"]
+    return (
+        f"{m['cores']} cores, {m['ram_gb']} GB RAM, {m['cpu']}, {m['os']}; Python {m['python']}, "
+        f"wasmtime {m['wasmtime']}, Docker engine {m.get('docker_engine') or '-'}; "
+        f"load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after; "
+        f"{data['duration_s']:.0f} s in all; commit {m.get('commit')}"
+        + (" with uncommitted changes under src/" if m.get("src_modified") else "")
+    )
 
 
 def report(suite: Suite, started: float, load_before: tuple[float, ...], argv: list[str]) -> dict[str, Any]:
@@ -296,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of: engine, embedded, memory, docker (the others are marked skipped)",
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument("--show", type=Path, metavar="FILE", help="print the table of an earlier results file; run nothing")
     args = parser.parse_args(args_list)
     if args.repeat is not None and args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
@@ -310,6 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             previous = json.loads(args.compare.read_text())
         except (OSError, ValueError) as exc:
             parser.error(f"--compare {args.compare}: cannot read it as JSON ({exc})")
+
+    if args.show:
+        try:
+            shown = json.loads(args.show.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--show {args.show}: cannot read it as JSON ({exc})")
+        print(table(shown["metrics"], previous, markdown=args.markdown))
+        print()
+        print(machine_line(shown))
+        return 0
 
     settings = Settings.make(quick=args.quick, repeat=args.repeat)
     out = args.out or HERE / "results" / (time.strftime("%Y%m%d-%H%M%S") + ".json")
@@ -337,14 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         data = report(suite, started, load_before, args_list)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    print(table(suite.metrics, previous, markdown=args.markdown))
+    print(table(data["metrics"], previous, markdown=args.markdown))
     print()
-    m = data["machine"]
-    print(
-        f"{m['cores']} cores, {m['ram_gb']} GB RAM, {m['cpu']}; Python {m['python']}, wasmtime {m['wasmtime']}; "
-        f"load {data['load_average']['before'][0]:.2f} -> {data['load_average']['after'][0]:.2f}; "
-        f"{data['duration_s']:.0f} s in all"
-    )
+    print(machine_line(data))
     if data["missed"]:
         print("missed targets: " + ", ".join(data["missed"]))
     for error in suite.errors:
