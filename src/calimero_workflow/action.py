@@ -437,8 +437,9 @@ def _job_network() -> str | None:
     except Exception as exc:  # no Docker here: then there is no job network either
         log.debug("no job network: %s", exc)
         return None
+    # asked before any run started: the network the runner gave us is the only one
     for name in networks:
-        if name not in ("bridge", "host", "none") and not name.startswith("cw-"):
+        if name not in ("bridge", "host", "none"):
             return name
     return None
 

@@ -1,0 +1,419 @@
+"""The action image, started exactly as the Actions runner starts a container action.
+
+The runner's ``docker run`` (actions/runner ContainerActionHandler): a
+``--name`` and ``--label``, ``--workdir /github/workspace``, every variable
+passed as ``-e NAME`` with its value in the process environment (dashed
+input names included), the docker socket, the runner's temp, home, workflow
+and file-command folders and the workspace mounted, and ``--network`` only
+when the job has one. Nodes are sibling containers of our node image on the
+same daemon. Everything here is created by the test, labelled, and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from docker_support import NODE_IMAGE, ROOT, _missing, docker_client, leftovers
+from test_report_github import read_env_file, runner_commands
+
+pytestmark = pytest.mark.docker
+
+ACTION_IMAGE = os.environ.get("CW_ACTION_IMAGE", "calimero-workflow/action:dev")
+#: The runner's user on hosted runners (uid 1001, group docker 121).
+RUNNER_UID, RUNNER_GID = 1001, 121
+TEST_LABEL = "calimero-workflow.e2e"
+
+FAILING = """\
+name: report sample
+nodes: {count: 2, prefix: node}
+steps:
+  - name: install
+    type: install_application
+    node: node-1
+    path: ./kv_store.wasm
+  - name: ctx
+    type: create_mesh
+    context_node: node-1
+    application_id: ${results.install.application_id}
+    nodes: [node-2]
+  - name: check
+    type: assert
+    non_blocking: true
+    statements:
+      - equal(1, 1)
+      - equal(${results.ctx.context_id}, not-this)
+  - name: missing
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: no_such_method
+    retries: 0
+"""
+CHECK_LINE, MISSING_LINE = 18, 19
+
+JOB_NETWORK_WORKFLOW = """\
+name: with a service
+nodes: {count: 1, prefix: node}
+remote_nodes:
+  svc: {url: "http://svc-node:2528"}
+steps:
+  - name: local
+    type: create_identity
+    node: node-1
+  - name: remote
+    type: create_identity
+    node: svc
+"""
+
+
+@pytest.fixture(scope="module")
+def client():
+    return docker_client()
+
+
+@pytest.fixture(scope="module")
+def action_image(client) -> str:
+    """The action image, rebuilt from this checkout (layers come from the cache)."""
+    base = "python:3.11-slim"
+    try:
+        client.images.get(base)
+    except Exception:
+        base = os.environ.get("CW_LOCAL_BASE_IMAGE", "calimero-workflow/base:bookworm")
+    built = subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "-f",
+            "Dockerfile",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "-t",
+            ACTION_IMAGE,
+            ".",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if built.returncode != 0:
+        _missing(f"cannot build {ACTION_IMAGE} on {base}: {built.stderr[-2000:]}")
+    return ACTION_IMAGE
+
+
+@dataclass
+class Runner:
+    """One job's folders on the "host", laid out as the runner lays them out."""
+
+    temp: Path
+    workspace: Path
+
+    @classmethod
+    def create(cls, root: Path) -> Runner:
+        temp = root / "_temp"
+        for sub in ("_github_home", "_github_workflow", "_runner_file_commands"):
+            (temp / sub).mkdir(parents=True)
+        (temp / "_github_workflow" / "event.json").write_text("{}")
+        workspace = root / "repo"
+        workspace.mkdir()
+        return cls(temp=temp, workspace=workspace)
+
+
+@dataclass
+class ActionRun:
+    code: int
+    stdout: str
+    outputs: dict[str, str]
+    summary: str
+    state: dict[str, str]
+
+    def errors(self) -> list[tuple[str | None, str | None, str]]:
+        return [
+            (p.get("file"), p.get("line"), m)
+            for n, p, m in runner_commands(self.stdout)
+            if n == "error"
+        ]
+
+
+def run_like_the_runner(
+    runner: Runner,
+    image: str,
+    inputs: dict[str, str],
+    *,
+    network: str | None = None,
+    entrypoint: str | None = None,
+) -> ActionRun:
+    step = uuid.uuid4()
+    files = {
+        "GITHUB_OUTPUT": f"set_output_{step}",
+        "GITHUB_STEP_SUMMARY": f"step_summary_{step}",
+        "GITHUB_STATE": f"save_state_{step}",
+        "GITHUB_ENV": f"set_env_{step}",
+        "GITHUB_PATH": f"add_path_{step}",
+    }
+    for name in files.values():
+        (runner.temp / "_runner_file_commands" / name).touch()
+    env = {f"INPUT_{name.upper()}": value for name, value in inputs.items()}
+    env.update({key: f"/github/file_commands/{name}" for key, name in files.items()})
+    env.update(
+        {
+            "GITHUB_ACTIONS": "true",
+            "CI": "true",
+            "HOME": "/github/home",
+            "GITHUB_WORKSPACE": "/github/workspace",
+            "GITHUB_EVENT_PATH": "/github/workflow/event.json",
+            "RUNNER_TEMP": "/github/runner_temp",
+            "GITHUB_REPOSITORY": "example/calimero-app",
+            "RUNNER_OS": "Linux",
+        }
+    )
+    argv = [
+        "docker",
+        "run",
+        "--name",
+        f"calimero-workflow-action_{secrets.token_hex(3)}",
+    ]
+    argv += ["--label", f"{TEST_LABEL}=1", "--workdir", "/github/workspace", "--rm"]
+    for name in env:
+        argv += ["-e", name]  # values travel in the environment, as the runner does it
+    if entrypoint:
+        argv += ["--entrypoint", entrypoint]
+    if network:
+        argv += ["--network", network]
+    argv += [
+        "-v", "/var/run/docker.sock:/var/run/docker.sock",
+        "-v", f"{runner.temp}:/github/runner_temp",
+        "-v", f"{runner.temp / '_github_home'}:/github/home",
+        "-v", f"{runner.temp / '_github_workflow'}:/github/workflow",
+        "-v", f"{runner.temp / '_runner_file_commands'}:/github/file_commands",
+        "-v", f"{runner.workspace}:/github/workspace",
+        image,
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=900
+    )
+    commands = runner.temp / "_runner_file_commands"
+    return ActionRun(
+        code=done.returncode,
+        stdout=done.stdout + done.stderr,
+        outputs=read_env_file(commands / files["GITHUB_OUTPUT"]),
+        summary=(commands / files["GITHUB_STEP_SUMMARY"]).read_text(),
+        state=read_env_file(commands / files["GITHUB_STATE"]),
+    )
+
+
+def no_leftovers(client, run: ActionRun) -> None:
+    run_ids = [r for r in run.state.get("run_ids", "").split(",") if r]
+    assert run_ids, "the action saved no run ids for its post step"
+    for run_id in run_ids:
+        assert leftovers(client, f"calimero-workflow.run-id={run_id}") == {
+            "containers": [],
+            "networks": [],
+            "volumes": [],
+        }
+
+
+@pytest.fixture
+def runner(tmp_path: Path, client):
+    made = Runner.create(tmp_path)
+    yield made
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        container.remove(force=True)
+    for network in client.networks.list(filters={"label": TEST_LABEL}):
+        network.remove()
+
+
+def test_passing_and_failing_workflows_without_a_job_network(
+    client, action_image, runner
+):
+    ws = runner.workspace
+    (ws / "examples" / "kv-store").mkdir(parents=True)
+    (ws / "apps" / "kv-store").mkdir(parents=True)
+    (ws / "tests").mkdir()
+    shutil.copy(
+        ROOT / "examples" / "kv-store" / "workflow.yml", ws / "examples" / "kv-store"
+    )
+    shutil.copy(ROOT / "apps" / "kv-store" / "kv_store.wasm", ws / "apps" / "kv-store")
+    shutil.copy(ROOT / "apps" / "kv-store" / "kv_store.wasm", ws / "tests")
+    (ws / "tests" / "failing.yml").write_text(FAILING)
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, RUNNER_UID, RUNNER_GID)
+
+    run = run_like_the_runner(
+        runner,
+        action_image,
+        {
+            "workflows": "examples/kv-store/*.yml\ntests/failing.yml",
+            "backend": "docker",
+            "image": NODE_IMAGE,
+            "junit-path": "reports/junit.xml",
+            "node-logs-dir": "reports/node-logs",
+            "env": "API_TOKEN=e2e-secret-value",
+        },
+    )
+    assert run.code == 1, run.stdout
+
+    # outputs
+    out = run.outputs
+    assert (out["status"], out["total"], out["passed"], out["failed"], out["skipped"], out["flaky"]) == (
+        "failed", "2", "1", "1", "0", "0",
+    )  # fmt: skip
+    results = json.loads(out["results"])
+    assert results["examples/kv-store/workflow.yml"]["all-entries"]["output"] == 2
+    failed = json.loads(out["failed-steps"])
+    assert [(f["file"], f["step"], f["line"]) for f in failed] == [
+        ("tests/failing.yml", "check", CHECK_LINE),
+        ("tests/failing.yml", "missing", MISSING_LINE),
+    ]
+    assert (out["junit-path"], out["summary-path"]) == (
+        "reports/junit.xml",
+        "reports/summary.md",
+    )
+
+    # annotations and the log
+    errors = run.errors()
+    assert [(f, line) for f, line, _ in errors] == [
+        ("tests/failing.yml", str(CHECK_LINE)),
+        ("tests/failing.yml", str(MISSING_LINE)),
+    ]
+    assert "expected: not-this" in errors[0][2]
+    assert ("add-mask", {}, "e2e-secret-value") in runner_commands(run.stdout)
+    groups = [m for n, _, m in runner_commands(run.stdout) if n == "group"]
+    assert groups[:2] == [
+        "kv-store replicates (examples/kv-store/workflow.yml)",
+        "report sample (tests/failing.yml)",
+    ]
+    assert "report sample (tests/failing.yml) › missing logs" in groups
+
+    # the JUnit XML
+    junit = ET.parse(ws / "reports" / "junit.xml").getroot()
+    assert [s.get("file") for s in junit] == [
+        "examples/kv-store/workflow.yml",
+        "tests/failing.yml",
+    ]
+    assert (junit.get("tests"), junit.get("failures")) == ("23", "2")  # 19 + 4 steps
+    cases = {c.get("name"): c for c in junit[1].iter("testcase")}
+    assert cases["missing"].get("line") == str(MISSING_LINE)
+    assert "no_such_method" in cases["missing"].find("failure").get("message")
+    assert "last log lines of node-1:" in cases["missing"].find("system-out").text
+    props = {p.get("name"): p.get("value") for p in junit[1].find("properties")}
+    assert props["backend"] == "docker" and props["image.image"] == NODE_IMAGE
+
+    # the step summary, and its copy in the workspace
+    assert run.summary == (ws / "reports" / "summary.md").read_text()
+    assert "## ❌ calimero-workflow: 1 of 2 workflow(s) failed" in run.summary
+    assert f"<code>tests/failing.yml:{CHECK_LINE}</code>" in run.summary
+    assert "<details><summary>node logs of node-1</summary>" in run.summary
+
+    # node logs from the containers, and every file handed to the runner's user
+    assert (
+        ws / "reports" / "node-logs" / "tests-failing-yml" / "node-1.log"
+    ).stat().st_size > 0
+    written = [ws / "reports", *(ws / "reports").rglob("*")]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {
+        (RUNNER_UID, RUNNER_GID)
+    }
+
+    no_leftovers(client, run)
+
+
+def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
+    client, action_image, runner
+):
+    network = client.networks.create(
+        f"github_network_{uuid.uuid4().hex}", labels={TEST_LABEL: "1"}
+    )
+    # a job service: one of our nodes, known on the job network as svc-node
+    service = client.containers.run(
+        NODE_IMAGE,
+        entrypoint=["/bin/sh", "-c"],
+        command=[
+            "merod --home /app/data --node svc init --server-host 0.0.0.0 --server-port 2528 "
+            "--swarm-port 2428 && exec merod --home /app/data --node svc run"
+        ],
+        labels={TEST_LABEL: "1"},
+        network=network.name,
+        detach=True,
+    )
+    network.disconnect(service)
+    network.connect(service, aliases=["svc-node"])
+    (runner.workspace / "wf.yml").write_text(JOB_NETWORK_WORKFLOW)
+
+    run = run_like_the_runner(
+        runner,
+        action_image,
+        {
+            "workflows": "wf.yml",
+            "backend": "docker",
+            "image": NODE_IMAGE,
+            "retries": "1",
+        },
+        network=network.name,
+    )
+    assert run.code == 0, run.stdout
+    assert run.outputs["status"] == "passed"
+    results = json.loads(run.outputs["results"])["wf.yml"]
+    assert results["local"]["public_key"] != results["remote"]["public_key"]
+    assert f"job network: {network.name}" in run.stdout
+    assert f"nodes on the job network {network.name}: cw-" in run.stdout
+    no_leftovers(client, run)
+
+
+def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
+    run_id = f"e2e-{secrets.token_hex(4)}"
+    labels = {"calimero-workflow.run-id": run_id, TEST_LABEL: "1"}
+    client.networks.create(f"cw-e2e-{run_id}", labels=labels)
+    client.containers.create(NODE_IMAGE, labels=labels, command=["--help"])
+    assert leftovers(client, f"calimero-workflow.run-id={run_id}")["containers"]
+
+    (runner.temp / "_runner_file_commands").mkdir(exist_ok=True)
+    run = run_like_the_runner(
+        runner,
+        action_image,
+        {},
+        entrypoint="/usr/local/bin/calimero-workflow-post",
+    )
+    assert "nothing to clean up" in run.stdout  # no state: nothing to do
+
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-e", "STATE_run_ids",
+         "-v", "/var/run/docker.sock:/var/run/docker.sock",
+         "--entrypoint", "/usr/local/bin/calimero-workflow-post", action_image],
+        env={**os.environ, "STATE_run_ids": run_id},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"run {run_id}: removed 1 container(s), 1 network(s), 0 volume(s)"
+        in done.stdout
+    )
+    assert leftovers(client, f"calimero-workflow.run-id={run_id}") == {
+        "containers": [],
+        "networks": [],
+        "volumes": [],
+    }
+
+
+def test_with_arguments_the_image_is_the_command_line(action_image, runner):
+    (runner.workspace / "ok.yml").write_text(
+        "name: ok\nsteps:\n  - name: a\n    type: assert\n    actual: ${WHO}\n    equals: me\n"
+    )
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-v", f"{runner.workspace}:/work", "-w", "/work",
+         action_image, "run", "ok.yml", "--env", "WHO=me", "--workdir", "/tmp/cw"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED ok: 1 passed" in done.stdout
