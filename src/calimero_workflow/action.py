@@ -48,8 +48,8 @@ from .report.summary import (
     DEFAULT_BUDGET,
     build_summary,
     display_path,
+    error_details,
     failures_of,
-    format_value,
     is_flaky,
 )
 from .results import ErrorInfo, PhaseRecord, RunResult, Status
@@ -651,13 +651,7 @@ def _counts(run: _Run) -> dict[str, int]:
 
 
 def _annotation_message(error: ErrorInfo) -> str:
-    lines = [error.message]
-    if error.expected is not None or error.actual is not None:
-        lines.append(f"expected: {format_value(error.expected)}")
-        lines.append(f"actual:   {format_value(error.actual)}")
-    if error.hint:
-        lines.append(f"hint: {error.hint}")
-    return "\n".join(lines)
+    return "\n".join([error.message, *error_details(error)])
 
 
 def _annotate(gh: GitHub, run: _Run, workspace: Path) -> None:

@@ -28,6 +28,7 @@ from .console import sanitize
 from .summary import (
     Failure,
     display_path,
+    error_details,
     failures_of,
     format_value,
     is_flaky,
@@ -76,12 +77,7 @@ def _failure_text(failure: Failure, root: Path | None) -> str:
         )
     else:
         lines.append(error.message)
-    if error.expected is not None or error.actual is not None:
-        lines.append(f"expected: {format_value(error.expected)}")
-        lines.append(f"actual:   {format_value(error.actual)}")
-    if error.hint:
-        lines.append(f"hint: {error.hint}")
-    return _text("\n".join(lines))
+    return _text("\n".join(lines + error_details(error)))
 
 
 def _failure_message(failure: Failure) -> str:

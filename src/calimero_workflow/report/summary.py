@@ -30,6 +30,7 @@ __all__ = [
     "Failure",
     "build_summary",
     "display_path",
+    "error_details",
     "failures_of",
     "format_duration",
     "format_value",
@@ -167,6 +168,17 @@ def format_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def error_details(error: ErrorInfo) -> list[str]:
+    """The lines under an error's message: expected and actual, and the hint."""
+    lines = []
+    if error.expected is not None or error.actual is not None:
+        lines.append(f"expected: {format_value(error.expected)}")
+        lines.append(f"actual:   {format_value(error.actual)}")
+    if error.hint:
+        lines.append(f"hint: {error.hint}")
+    return lines
 
 
 # -- blocks and the budget ------------------------------------------------------------
@@ -349,12 +361,7 @@ def _failure_blocks(failure: Failure, root: Path | None, name: str) -> list[_Blo
             "</pre>\n\n",
         )
     ]
-    details = []
-    if error.expected is not None or error.actual is not None:
-        details.append(f"expected: {format_value(error.expected)}")
-        details.append(f"actual:   {format_value(error.actual)}")
-    if error.hint:
-        details.append(f"hint: {error.hint}")
+    details = error_details(error)
     if details:
         blocks.append(
             _Block(
