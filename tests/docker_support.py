@@ -45,7 +45,7 @@ def leftovers(client, label: str) -> dict[str, list[str]]:
     """Containers, networks and volumes carrying ``label`` (key=value)."""
     flt = {"label": label}
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
+        "containers": [c.name for c in client.containers.list(all=True, filters=flt, ignore_removed=True)],
         "networks": [n.name for n in client.networks.list(filters=flt)],
         "volumes": [v.name for v in client.volumes.list(filters=flt)],
     }

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -262,14 +263,15 @@ def test_sigterm_cleans_up_everything(client, tmp_path: Path):
     assert leftovers(client, label) == NOTHING
 
 
-def _backend(tmp_path: Path, workflow: str = "backend test", **kwargs) -> DockerBackend:
+def _backend(
+    tmp_path: Path, workflow: str = "backend test", image: str = NODE_IMAGE
+) -> DockerBackend:
     run_id = f"t-{secrets.token_hex(4)}"
     return DockerBackend(
         run_id=run_id,
         workflow_name=workflow,
         workdir=tmp_path / f"wf-{run_id}",
-        image=NODE_IMAGE,
-        **kwargs,
+        image=image,
     )
 
 
@@ -432,6 +434,36 @@ async def test_cleanup_during_a_cancelled_start_leaves_nothing(client, tmp_path:
         await start
     await backend.cleanup()
     assert leftovers(client, label) == NOTHING
+
+
+async def test_pull_skips_a_present_image_and_explains_an_unreachable_registry(
+    client, tmp_path: Path
+):
+    backend = _backend(tmp_path)
+    report = await backend.pull_image()
+    assert report.skipped and report.detail == f"present: {NODE_IMAGE}"
+    info = backend.image_info()
+    assert (
+        info["image"] == NODE_IMAGE
+        and info["digest"] == client.images.get(NODE_IMAGE).id
+    )
+
+    # A registry on a loopback port where nothing listens: every try is refused.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    missing = f"127.0.0.1:{port}/nowhere/merod:edge"
+    backend = _backend(tmp_path, image=missing)
+    with pytest.raises(BackendError) as failed:
+        await backend.pull_image()
+    assert f"cannot pull the node image {missing!r} after 3 attempts" in str(
+        failed.value
+    )
+    assert (
+        "--image" in failed.value.hint
+        and "scripts/build-images.sh" in failed.value.hint
+    )
+    await backend.cleanup()
 
 
 async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path):

@@ -659,11 +659,12 @@ class DockerBackend(NodeBackend):
             try:
                 container.start()
             except docker.errors.APIError as exc:
-                container.remove(force=True)
+                # The container may already be gone (that can be the failure).
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True)
                 # We pick the port (so it survives restarts); someone may take it first.
-                taken = "already allocated" in str(
-                    exc
-                ) or "address already in use" in str(exc)
+                text = str(exc)
+                taken = "already allocated" in text or "address already in use" in text
                 if taken and not spec.server_port and attempt < 2:
                     continue
                 hint = (
@@ -935,7 +936,11 @@ class DockerBackend(NodeBackend):
     def _remove_labelled(self, label: str) -> tuple[int, int, int]:
         """Remove containers, then networks, then volumes carrying ``label``."""
         client = self.client
-        containers = client.containers.list(all=True, filters={"label": label})
+        # The SDK inspects each listed container; one removed in between (an
+        # init container finishing) must be skipped, not fail the cleanup.
+        containers = client.containers.list(
+            all=True, filters={"label": label}, ignore_removed=True
+        )
         for container in containers:
             try:
                 container.remove(force=True, v=False)
