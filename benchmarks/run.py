@@ -281,12 +281,23 @@ def machine_line(data: dict[str, Any]) -> str:
     )
 
 
+def _portable(arg: str) -> str:
+    """An argument as it can be shown anywhere: paths in the repo relative to it, others by name."""
+    if not arg.startswith("/"):
+        return arg
+    path = Path(arg)
+    try:
+        return str(path.relative_to(HERE.parent))
+    except ValueError:
+        return path.name
+
+
 def report(suite: Suite, started: float, load_before: tuple[float, ...], argv: list[str]) -> dict[str, Any]:
     metrics = {key: suite.metrics[key].to_dict() for key in METRICS if key in suite.metrics}
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python benchmarks/run.py " + " ".join(argv),
+        "command": "python benchmarks/run.py " + " ".join(_portable(a) for a in argv),
         "settings": suite.settings.to_dict(),
         "machine": machine(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
