@@ -55,8 +55,9 @@ from .report.summary import (
 from .results import ErrorInfo, PhaseRecord, RunResult, Status
 
 __all__ = [
-    "INPUTS",
     "ActionSettings",
+    "Discovery",
+    "INPUTS",
     "InputError",
     "discover_workflows",
     "main",

@@ -25,16 +25,16 @@ from typing import Literal, TextIO
 from .console import sanitize
 
 __all__ = [
+    "Annotation",
+    "GitHub",
+    "Level",
     "MAX_ANNOTATIONS_PER_LEVEL",
     "MAX_MESSAGE_CHARS",
     "MAX_TITLE_CHARS",
     "OUTPUT_BUDGET_BYTES",
     "OUTPUT_VALUE_LIMIT_BYTES",
-    "SUMMARY_LIMIT_BYTES",
-    "Annotation",
-    "GitHub",
-    "Level",
     "OutputWritten",
+    "SUMMARY_LIMIT_BYTES",
     "escape_data",
     "escape_property",
     "utf16_size",
