@@ -284,17 +284,19 @@ async def test_join_with_a_tampered_invitation_fails(tmp_path: Path):
 
 
 async def test_missing_placeholder_fails_the_step_and_names_what_exists(tmp_path: Path):
+    # `later` exists but has not run yet when `bad` needs it.
     steps = SETUP + """
   - name: bad
     type: call
     node: node-1
-    context_id: ${results.ctxx.context_id}
+    context_id: ${results.later.context_id}
     method: len
+  - {name: later, type: wait, seconds: 0.01}
 """
     result = await run_workflow(tmp_path, 1, steps)
     bad = next(s for s in result.steps if s.name == "bad")
     assert bad.status is Status.FAILED
-    assert "no results for step 'ctxx'" in bad.error.message
+    assert "no results for step 'later'" in bad.error.message
     assert "install, ns, ctx" in bad.error.hint
 
 

@@ -90,11 +90,12 @@ def test_unset_env_var_is_an_error_at_its_position():
 def test_runtime_references_survive_loading():
     text = (
         "name: a\nnodes: {count: 1}\nsteps:\n"
+        "  - {name: x, type: wait, seconds: 1}\n"
         "  - {name: s, type: assert, actual: '${results.x.y}', equals: '$${LITERAL}'}\n"
     )
     wf = parse_workflow(text, environ={})
-    assert wf.steps[0].raw["actual"] == "${results.x.y}"
-    assert wf.steps[0].raw["equals"] == "$${LITERAL}"
+    assert wf.steps[1].raw["actual"] == "${results.x.y}"
+    assert wf.steps[1].raw["equals"] == "$${LITERAL}"
 
 
 def test_env_value_cannot_inject_yaml_structure():
@@ -139,15 +140,15 @@ def test_reused_step_names_are_rejected_only_where_results_read_them():
 
 def test_invalid_value_type_shows_the_value():
     (msg,) = problems_of("name: a\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: soon}\n")
-    assert "wf.yml:4:27" in msg and "'soon'" in msg
+    assert "wf.yml:4:27" in msg and '(got "soon")' in msg
 
 
 def test_placeholder_values_are_type_checked_only_when_resolved():
     wf = parse_workflow(
-        "name: a\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: '${results.x.n}'}\n",
+        "name: a\nnodes: {count: 1}\nsteps:\n  - {name: x, type: wait, seconds: 1}\n  - {type: wait, seconds: '${results.x.n}'}\n",
         environ={},
     )
-    assert wf.steps[0].static_config is None
+    assert wf.steps[1].static_config is None
 
 
 def test_missing_file_and_empty_file():
@@ -170,3 +171,17 @@ def test_placeholder_in_flow_mapping_gets_a_quoting_hint():
     (msg,) = problems_of("name: a\nnodes: {count: ${N}}\nsteps: []\n")
     assert "YAML syntax error" in msg
     assert "quote" in msg
+
+
+def test_union_errors_are_said_once_with_the_real_value():
+    (msg,) = problems_of("name: x\nsteps:\n  - type: script\n    run: x\n    args: [{k: 1}]\n")
+    assert msg.startswith("wf.yml:5:12: ")
+    assert 'args.0: expected text or a whole number or a number or true/false (got {"k": 1})' in msg
+
+
+def test_results_of_a_step_that_does_not_exist_are_reported_at_load():
+    text = MINIMAL + "  - {type: assert, actual: '${results.paus.seconds}', equals: 1}\n"
+    (msg,) = problems_of(text)
+    assert msg.startswith("wf.yml:7:28: ")
+    assert "names step 'paus', but no step has that name" in msg
+    assert "did you mean 'pause'?" in msg

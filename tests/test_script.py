@@ -110,8 +110,12 @@ async def test_timeout_kills_the_script(tmp_path: Path):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("run: 'echo ${results.a.b}'", "placeholders are not expanded inside `run`"),
-        ("run: 'echo {{x}}'", "placeholders are not expanded inside `run`"),
+        ("run: 'echo ${results.a.b}'", "are not expanded inside `run`"),
+        ("run: 'echo {{x}}'", "are not expanded inside `run`"),
+        ("run: 'echo ${HOME}'", "are not expanded inside `run`"),
+        ("run: 'echo ${HOME:-x; touch y}'", "are not expanded inside `run`"),
+        ("run: echo\n    shell: '${results.a.b}'", "`shell` must be written out"),
+        ("run: echo\n    shell: /tmp/x.sh", "shell must be one of"),
         ("script: missing.sh", "script not found: missing.sh"),
         ("script: ../../../etc/passwd", "outside the workflow's folder"),
         ("run: x\n    script: y.sh", "exactly one of `script`"),
@@ -140,3 +144,34 @@ async def test_target_nodes_is_refused_on_embedded_nodes(tmp_path: Path):
         tmp_path,
     )
     assert "has no node containers" in result.steps[0].error.message
+
+
+async def test_env_values_never_reach_run_text_and_escapes_reach_the_shell(tmp_path: Path):
+    wf_text = textwrap.dedent("""
+        name: t
+        steps:
+          - name: s
+            type: script
+            run: 'printf "[%s]" "$${CTX}"; printf "%s" "$CW_WORKFLOW_DIR"'
+            env: {CTX: "hello; touch PWNED"}
+    """)
+    wf = parse_workflow(wf_text, file=tmp_path / "wf.yml", environ={"CTX": "from-env; touch PWNED"})
+    result = await WorkflowExecutor(wf, env={"PATH": "/usr/bin:/bin"}, workdir=tmp_path / "runs").run()
+    assert result.passed, result.steps[0].error
+    out = result.workflow_results["s"]["stdout"]
+    assert out.startswith("[hello; touch PWNED]")
+    assert Path(out[len("[hello; touch PWNED]"):]).is_absolute()
+    assert not (tmp_path / "PWNED").exists()
+
+
+async def test_a_timeout_is_an_expected_failure(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {name: slow, type: script, run: sleep 10, timeout: 0.3, expected_failure: true, expected_error: timed out}
+        """,
+        tmp_path,
+    )
+    assert result.passed, result.steps[0].error
+    assert result.workflow_results["slow"]["error_type"] == "timeout"

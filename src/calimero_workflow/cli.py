@@ -181,10 +181,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         if task is not None:
-            try:
-                loop.add_signal_handler(signal.SIGTERM, task.cancel)
-            except (NotImplementedError, RuntimeError):  # not on the main thread
-                pass
+            # SIGINT too: a shell starts background jobs with SIGINT ignored,
+            # and `kill -INT` from a CI wrapper must still stop the run cleanly.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, task.cancel)
+                except (NotImplementedError, RuntimeError):  # not on the main thread
+                    pass
         return await _run_all(args, env)
 
     try:

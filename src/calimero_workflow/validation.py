@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -116,9 +117,12 @@ def problems_from_validation(
     """
     problems: list[Problem] = []
     prefix = f"{what}: " if what else ""
+    # Errors of a union come once per alternative, with the alternative's
+    # name in the location (`args.0.str`, `args.0.int`…): group them by the
+    # part of the location that exists in the data and say it once.
+    grouped: dict[tuple[Any, ...], list[tuple[dict, tuple[Any, ...]]]] = {}
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        full = loc
         kind = err["type"]
         if kind == "extra_forbidden":
             name = loc[-1] if loc else "?"
@@ -131,34 +135,62 @@ def problems_from_validation(
             problems.append(
                 Problem(
                     f"{prefix}unknown key {name!r}",
-                    locate(raw, full, file, key=True),
+                    locate(raw, loc, file, key=True),
                     hint,
                 )
             )
             continue
-        value = value_at(raw, full)
-        if tolerate_deferred and kind != "missing" and contains_deferred(value):
-            continue
-        dotted = ".".join(str(p) for p in loc) or "(value)"
         if kind == "missing":
+            data_path = _data_path(raw, loc[:-1]) + loc[-1:]
+        else:
+            data_path = _data_path(raw, loc)
+        grouped.setdefault(data_path, []).append((err, loc))
+    for data_path, errors in grouped.items():
+        value = value_at(raw, data_path)
+        kinds = {e["type"] for e, _ in errors}
+        if tolerate_deferred and "missing" not in kinds and contains_deferred(value):
+            continue
+        dotted = ".".join(str(p) for p in data_path) or "(value)"
+        if "missing" in kinds:
             problems.append(
-                Problem(
-                    f"{prefix}missing required key {dotted!r}",
-                    locate(raw, full[:-1], file),
-                )
+                Problem(f"{prefix}missing required key {dotted!r}", locate(raw, data_path[:-1], file))
             )
             continue
-        message = err["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        shown = repr(value) if value is not None or kind == "none_required" else "null"
-        problems.append(
-            Problem(
-                f"{prefix}{dotted}: {message} (got {shown})",
-                locate(raw, full, file),
-            )
-        )
+        shown = json.dumps(value, default=str, ensure_ascii=False) if value is not None else "null"
+        if len(errors) == 1:
+            message = errors[0][0]["msg"]
+            if message.startswith("Value error, "):
+                message = message[len("Value error, ") :]
+        else:
+            wanted = []
+            for _, loc in errors:
+                tag = loc[len(data_path)] if len(loc) > len(data_path) else None
+                if tag is not None and str(tag) not in wanted:
+                    wanted.append(str(tag))
+            message = "expected " + " or ".join(_readable(t) for t in wanted) if wanted else errors[0][0]["msg"]
+        problems.append(Problem(f"{prefix}{dotted}: {message} (got {shown})", locate(raw, data_path, file)))
     return problems
+
+
+def _data_path(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The longest prefix of ``loc`` that names something in ``raw``."""
+    node = raw
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            break
+        out.append(part)
+    return tuple(out)
+
+
+def _readable(tag: str) -> str:
+    names = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true/false",
+             "list[str]": "a list of text", "dict[str,any]": "a mapping"}
+    return names.get(tag.replace(" ", "").lower(), tag)
 
 
 def validate_model(

@@ -357,6 +357,48 @@ def validate_steps(steps: list[BaseStep], vctx: ValidationContext) -> list[Probl
     return problems
 
 
+def _all_steps(steps: list[BaseStep]):
+    for step in steps:
+        yield step
+        yield from _all_steps(getattr(step, "children", []) or [])
+        for group in getattr(step, "groups", []) or []:
+            yield from _all_steps(group[1])
+        for op in getattr(step, "operations", []) or []:
+            yield from _all_steps(op[2])
+
+
+_NESTED_KEYS = frozenset({"steps", "groups", "operations"})
+
+
+def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
+    """``${results.X…}`` where no step anywhere is named X can never resolve."""
+    from .placeholders import DOLLAR, Resolver, split_path
+
+    everything = list(_all_steps(steps))
+    names = {s.explicit_name for s in everything if s.explicit_name}
+    resolver = Resolver((DOLLAR,))
+    problems = []
+    for step in everything:
+        for key, value in step.raw.items():
+            if key in _NESTED_KEYS:
+                continue
+            for expr in resolver.references(value):
+                parts = split_path(expr)
+                if len(parts) >= 2 and parts[0] == "results" and parts[1] not in names and parts[1] not in (
+                    "sandbox", "deploy_contracts"
+                ):
+                    close = difflib.get_close_matches(parts[1], sorted(names), n=1)
+                    problems.append(
+                        step.problem(
+                            f"${{{expr}}} names step {parts[1]!r}, but no step has that name",
+                            key=key,
+                            hint=(f"did you mean {close[0]!r}? " if close else "")
+                            + "give the step a `name:`; named steps: " + (", ".join(sorted(names)) or "(none)"),
+                        )
+                    )
+    return problems
+
+
 def _ambiguous_names(steps: list[BaseStep], raw: Any) -> list[Problem]:
     """A name used by two steps is an error only where ``${results.<name>}`` reads it.
 
@@ -491,6 +533,7 @@ def parse_workflow(
     )
     problems.extend(validate_steps(steps, vctx))
     problems.extend(_ambiguous_names(steps, data.get("steps")))
+    problems.extend(_unknown_result_refs(steps))
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(

@@ -39,6 +39,10 @@ RUNTIME_NAMES = frozenset(
     }
 )
 
+#: Keys whose text is a shell command (``script.run``): ``${VAR}`` there is
+#: left to the shell, never expanded by us, so no value becomes shell text.
+RAW_KEYS = frozenset({"run"})
+
 _ENV_RE = re.compile(r"\$(\$?)\{([^{}]*)\}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -125,7 +129,11 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
             )
             continue
         seen[key] = key_node
-        result[key] = loader.construct_object(value_node, deep=True)
+        if key in RAW_KEYS and isinstance(value_node, yaml.ScalarNode):
+            # The author's own command text: never expanded (see RAW_KEYS).
+            result[key] = loader.construct_scalar(value_node)
+        else:
+            result[key] = loader.construct_object(value_node, deep=True)
         result.key_marks[key] = _pos(key_node.start_mark)
         result.value_marks[key] = _pos(value_node.start_mark)
     return result

@@ -27,6 +27,11 @@ _MARK = {Status.PASSED: "PASS", Status.FAILED: "FAIL", Status.SKIPPED: "SKIP"}
 _COLOR = {Status.PASSED: "32", Status.FAILED: "31", Status.SKIPPED: "33"}
 
 
+def sanitize_line(text: str) -> str:
+    """:func:`sanitize`, with line breaks shown too (for one-line fields)."""
+    return sanitize(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _fmt_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.1f}ms"
@@ -60,7 +65,7 @@ class ConsoleReporter(RunEvents):
 
     def run_started(self, result: RunResult) -> None:
         where = f" ({result.workflow_file})" if result.workflow_file else ""
-        self._write(f"== {sanitize(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
+        self._write(f"== {sanitize_line(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -97,7 +102,7 @@ class ConsoleReporter(RunEvents):
         if record.non_blocking:
             extra += " (non-blocking)"
         timing = "" if record.status is Status.SKIPPED else f" {_fmt_duration(record.duration_s)}"
-        self._write(f"{indent}{mark} {sanitize(record.path)} [{record.type}]{timing}{extra}")
+        self._write(f"{indent}{mark} {sanitize_line(record.path)} [{record.type}]{timing}{extra}")
         if record.error is not None:
             err = record.error
             where = f"{err.location}: " if err.location else ""
@@ -122,7 +127,7 @@ class ConsoleReporter(RunEvents):
         word = "INTERRUPTED" if result.interrupted else str(status).upper()
         self._write(
             self._paint(status, word)
-            + f" {sanitize(result.workflow_name)}: {counts['passed']} passed, {counts['failed']} failed,"
+            + f" {sanitize_line(result.workflow_name)}: {counts['passed']} passed, {counts['failed']} failed,"
             f" {counts['skipped']} skipped in {_fmt_duration(result.duration_s)}"
         )
         if result.node_log_files and status is Status.FAILED:

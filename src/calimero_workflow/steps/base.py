@@ -454,14 +454,25 @@ class BaseStep:
                 record.status = Status.FAILED
                 record.error = await self._error_for(exc, run)
         except TimeoutError:
-            record.status = Status.FAILED
             limit = config.timeout if config else None
-            record.error = ErrorInfo(
-                message=f"step timed out after {limit:g} s" if limit else "step timed out",
-                kind="timeout",
-                location=self.key_location("timeout"),
-                hint="raise `timeout:` on the step if the operation is legitimately slow",
-            )
+            message = f"step timed out after {limit:g} s" if limit else "step timed out"
+            if config is not None and config.expected_failure:
+                failure = StepFailure(message, kind="timeout")
+                record.data = self._expected_failure_data(failure)
+                problem = self._expected_error_mismatch(config, failure)
+                if problem:
+                    record.status = Status.FAILED
+                    record.error = problem
+                else:
+                    run.log(f"failed as expected: {message}")
+            else:
+                record.status = Status.FAILED
+                record.error = ErrorInfo(
+                    message=message,
+                    kind="timeout",
+                    location=self.key_location("timeout"),
+                    hint="raise `timeout:` on the step if the operation is legitimately slow",
+                )
         except asyncio.CancelledError:
             record.status = Status.FAILED
             record.error = ErrorInfo(message="cancelled", kind="cancelled", location=self.location)

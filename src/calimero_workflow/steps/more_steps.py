@@ -64,7 +64,16 @@ class UploadBlob(BaseStep):
     def check(self, config: UploadBlobConfig, vctx: ValidationContext) -> list[Problem]:
         problems = super().check(config, vctx)
         if vctx.check_files and "${" not in config.file_path and "{{" not in config.file_path:
-            if not (vctx.base_dir / config.file_path).is_file():
+            path = (vctx.base_dir / config.file_path).resolve()
+            roots = [vctx.base_dir.resolve(), Path.cwd().resolve()]
+            if not any(path == r or r in path.parents for r in roots):
+                problems.append(
+                    self.problem(
+                        f"file_path {config.file_path!r} is outside the workflow's folder and the working directory",
+                        key="file_path",
+                    )
+                )
+            elif not path.is_file():
                 problems.append(self.problem(f"file not found: {config.file_path}", key="file_path"))
         return problems
 

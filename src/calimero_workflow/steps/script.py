@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import Problem, StepFailure
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
@@ -39,13 +39,33 @@ class ScriptConfig(StepConfig):
     #: With ``target: nodes``: which nodes (default all local nodes).
     nodes: list[str] | str | None = None
     cwd: str | None = None
+    #: sh (default), bash, dash, zsh or ash, by name or under /bin or /usr/bin.
     shell: str = "/bin/sh"
+
+    @field_validator("shell")
+    @classmethod
+    def _known_shell(cls, value: str) -> str:
+        name = value.rsplit("/", 1)[-1]
+        if name not in SHELLS or value not in (name, f"/bin/{name}", f"/usr/bin/{name}"):
+            raise ValueError(
+                "shell must be one of sh, bash, dash, zsh, ash (by name or under /bin or /usr/bin)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_program(self) -> ScriptConfig:
         if bool(self.script) == bool(self.run):
             raise ValueError("give exactly one of `script` (a file) or `run` (an inline command)")
         return self
+
+
+def unescape_run(text: str) -> str:
+    """``$${NAME}`` in a ``run`` command is the shell's own ``${NAME}``."""
+    return text.replace("$${", "${")
+
+
+#: Programs `shell:` may name (a literal, never a placeholder).
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ash"})
 
 
 def env_name(key: str) -> str:
@@ -74,15 +94,29 @@ class Script(BaseStep):
         "`target: nodes`); results reach it as environment variables → `exit_code`, `stdout`, `stderr`"
     )
 
-    def check(self, config: ScriptConfig, vctx: ValidationContext) -> list[Problem]:
-        problems = super().check(config, vctx)
-        if config.run and ("${" in config.run.replace("$${", "") or "{{" in config.run):
+    def check_raw(self, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check_raw(vctx)
+        shell = self.raw.get("shell")
+        if isinstance(shell, str) and ("${" in shell or "{{" in shell):
             problems.append(
                 self.problem(
-                    "placeholders are not expanded inside `run` (they would become shell text)",
+                    "`shell` must be written out, not taken from a placeholder",
+                    key="shell",
+                    hint="one of sh, bash, dash, zsh, ash",
+                )
+            )
+        return problems
+
+    def check(self, config: ScriptConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        if config.run and (re.search(r"(?<!\$)\$\{", config.run) or "{{" in config.run):
+            problems.append(
+                self.problem(
+                    "`${...}` and `{{...}}` are not expanded inside `run` (values would become shell text)",
                     key="run",
                     hint="pass values through `env:` (e.g. env: {CTX: ${results.ctx.context_id}}) "
-                    "and use \"$CTX\" in the command, or through `args:` as \"$1\"",
+                    "and use \"$CTX\" in the command, or `args:` as \"$1\"; write $${NAME} "
+                    "for the shell's own ${NAME}",
                 )
             )
         if config.script and vctx.check_files and "${" not in config.script and "{{" not in config.script:
@@ -119,7 +153,7 @@ class Script(BaseStep):
             env[f"CW_NODE_{env_name(name)}_URL"] = ref.url
         env["CW_RESULTS_FILE"] = str(results_file)
         env["CW_RUN_ID"] = ctx.run_id
-        env["CW_WORKFLOW_DIR"] = str(ctx.workflow.base_dir)
+        env["CW_WORKFLOW_DIR"] = str(ctx.workflow.base_dir.resolve())
         for key, value in config.env.items():
             env[str(key)] = _as_env_value(value)
         return env
@@ -127,14 +161,14 @@ class Script(BaseStep):
     async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
         if config.target == "nodes":
             return await self._in_nodes(config, run)
-        base = run.ctx.workflow.base_dir
+        base = run.ctx.workflow.base_dir.resolve()
         if config.script:
             problem = self._script_problem(config.script, base)
             if problem:
                 raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
             argv = [config.shell, str((base / config.script).resolve())]
         else:
-            argv = [config.shell, "-c", config.run or "", "script"]
+            argv = [config.shell, "-c", unescape_run(config.run or ""), "script"]
         argv += [_as_env_value(a) for a in config.args]
         with tempfile.NamedTemporaryFile(
             "w", suffix=".json", prefix="cw-results-", dir=run.ctx.workdir, delete=False
@@ -216,7 +250,7 @@ class Script(BaseStep):
         if config.script:
             body = (ctx.workflow.base_dir / config.script).read_text(encoding="utf-8")
         else:
-            body = config.run or ""
+            body = unescape_run(config.run or "")
         env = {str(k): _as_env_value(v) for k, v in config.env.items()}
         per_node: dict[str, Any] = {}
         for name in names:
