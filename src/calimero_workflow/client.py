@@ -10,7 +10,9 @@ and why.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import ssl
 import json
 import logging
 import re
@@ -23,6 +25,13 @@ import httpx
 log = logging.getLogger("calimero_workflow.client")
 
 ZERO_HASH = "11111111111111111111111111111111"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Building a TLS context costs tens of milliseconds; every client of a run
+    # shares one instead of making its own (even for plain-HTTP nodes).
+    return ssl.create_default_context()
 
 
 class NodeError(Exception):
@@ -163,6 +172,7 @@ class NodeClient:
             timeout=timeout,
             transport=transport,
             trust_env=False,
+            verify=_tls_context(),
         )
         self._ids = itertools.count(1)
 
