@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from .base import BackendError, PhaseReport
-from .docker import LABEL_RUN, LABEL_WORKFLOW, _docker, _slug, own_container_id
+from .docker import LABEL_RUN, _docker, labels_for, own_container_id
 
 SANDBOX_ALIAS = "sandbox"
 
@@ -52,7 +52,7 @@ class Sandbox:
         self.settings = settings
         self.contracts = contracts
         self.base_dir = base_dir
-        self.labels = {LABEL_RUN: run_id, LABEL_WORKFLOW: _slug(workflow_name)}
+        self.labels = labels_for(run_id, workflow_name)
         self.short = "".join(c for c in run_id.lower() if c.isalnum())[-10:]
         self._client: Any = None
         self.network: Any = None
