@@ -101,9 +101,17 @@ def ok(outcome: Outcome) -> Outcome:
 
 
 def host_error(outcome: Outcome) -> str:
+    """merod's text for a failed host call (what callers see)."""
     assert outcome.failure is not None, "expected the call to fail"
     assert outcome.failure.kind == "HostError", outcome.failure
     return outcome.failure.message
+
+
+def host_detail(outcome: Outcome) -> str:
+    """Our own explanation of a failed host call (what the node log shows)."""
+    host_error(outcome)
+    assert outcome.failure is not None
+    return outcome.failure.detail
 
 
 # --- registers and input ------------------------------------------------------------
@@ -165,7 +173,7 @@ def test_read_register_returns_one_on_exact_length_zero_on_mismatch(
     assert ok(run(module, "exact", b"abcd")).returns == (1).to_bytes(8, "little")
     assert ok(run(module, "short", b"abcd")).returns == (0).to_bytes(8, "little")
     assert ok(run(module, "long", b"abcd")).returns == (0).to_bytes(8, "little")
-    assert "invalid register id: 9" in host_error(run(module, "unset"))
+    assert host_error(run(module, "unset")) == "invalid register id: 9"
 
 
 def test_register_count_is_limited(runtime: WasmRuntime) -> None:
@@ -182,7 +190,30 @@ def test_register_count_is_limited(runtime: WasmRuntime) -> None:
     """,
     )
     ok(run(module, "regs100"))
-    assert "too many registers" in host_error(run(module, "regs101"))
+    # merod's Registers::set reports every refusal as an invalid memory access.
+    outcome = run(module, "regs101")
+    assert host_error(outcome) == "invalid memory access"
+    assert "all 100 registers are in use" in host_detail(outcome)
+
+
+def test_register_bytes_are_capped_in_total(
+    runtime: WasmRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # merod counts each register as 8 bytes plus its data against
+    # max_registers_capacity (1 GiB); a small cap shows the accounting.
+    module = compile_wat(
+        runtime,
+        """
+    (func (export "two") (call $input (i64.const 1)) (call $input (i64.const 2)))
+    (func (export "same_twice") (call $input (i64.const 1)) (call $input (i64.const 1)))
+    """,
+    )
+    monkeypatch.setattr(abi.LIMITS, "max_registers_capacity", 2 * (8 + 10))
+    ok(run(module, "two", b"x" * 10))
+    ok(run(module, "same_twice", b"x" * 20))  # a rewrite replaces the old bytes
+    outcome = run(module, "two", b"x" * 11)
+    assert host_error(outcome) == "invalid memory access"
+    assert "registers would hold 38 bytes in all" in host_detail(outcome)
 
 
 # --- identity -----------------------------------------------------------------------
@@ -235,7 +266,20 @@ def test_value_return_ok_err_last_call_wins_and_bad_discriminant(
     assert twice.returns == b"second" and not twice.is_error
     err = ok(run(module, "err"))
     assert err.is_error and json.loads(err.returns or b"") == {"kind": "NotFound"}
-    assert "invalid discriminant 2" in host_error(run(module, "disc2"))
+    outcome = run(module, "disc2")
+    assert host_error(outcome) == "deserialization error"
+    assert "invalid discriminant 2" in host_detail(outcome)
+
+
+def test_value_return_size_limit(
+    runtime: WasmRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = compile_wat(
+        runtime, '(func (export "ret") (call $ok (i32.const 8192) (i32.const 100)))'
+    )
+    ok(run(module, "ret"))
+    monkeypatch.setattr(abi.LIMITS, "max_value_return_size", 99)
+    assert host_error(run(module, "ret")) == "return value too large (size: 100, max: 99)"
 
 
 # --- logs -------------------------------------------------------------------------------
@@ -254,7 +298,9 @@ def test_log_utf8_collects_lines_and_rejects_bad_utf8(runtime: WasmRuntime) -> N
     """,
     )
     assert ok(run(module, "two")).logs == ["hello", "wörld"]
-    assert "not valid UTF-8" in host_error(run(module, "bad"))
+    outcome = run(module, "bad")
+    assert host_error(outcome) == "invalid UTF-8 string"
+    assert "not valid UTF-8" in host_detail(outcome)
 
 
 def test_log_limits_line_count_and_size(runtime: WasmRuntime) -> None:
@@ -274,9 +320,11 @@ def test_log_limits_line_count_and_size(runtime: WasmRuntime) -> None:
     """,
     )
     assert len(ok(run(module, "max_lines")).logs) == 1024
-    assert "too many log lines" in host_error(run(module, "too_many"))
+    assert host_error(run(module, "too_many")) == "logs overflow"
     assert ok(run(module, "max_size")).logs == ["\0" * 16384]
-    assert "log line of 16385 bytes" in host_error(run(module, "too_big"))
+    outcome = run(module, "too_big")
+    assert host_error(outcome) == "log size overflow"
+    assert "log line of 16385 bytes" in host_detail(outcome)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -314,9 +362,13 @@ def test_emit_limits(runtime: WasmRuntime) -> None:
     """,
     )
     assert len(ok(run(module, "hundred")).events) == 100
-    assert "too many events" in host_error(run(module, "too_many"))
-    assert "event kind of 101 bytes" in host_error(run(module, "long_kind"))
-    assert "event data of 16385 bytes" in host_error(run(module, "big_data"))
+    assert host_error(run(module, "too_many")) == "events overflow"
+    long_kind = run(module, "long_kind")
+    assert host_error(long_kind) == "event kind size overflow"
+    assert "event kind of 101 bytes" in host_detail(long_kind)
+    big_data = run(module, "big_data")
+    assert host_error(big_data) == "event data size overflow"
+    assert "event data of 16385 bytes" in host_detail(big_data)
 
 
 # --- panics -------------------------------------------------------------------------------
@@ -361,6 +413,32 @@ def test_panic_without_message(runtime: WasmRuntime) -> None:
     )
 
 
+def test_panic_texts_must_be_utf8_but_are_not_size_capped(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (data (i32.const 1024) "\\ff")
+    (func $panic_with (param $msg_len i32) (param $file_ptr i32)
+      (call $buf (i32.const 0) (i32.const 8192) (local.get $msg_len))
+      (call $buf (i32.const 32) (local.get $file_ptr) (i32.const 1))
+      (i32.store (i32.const 48) (i32.const 1))
+      (i32.store (i32.const 52) (i32.const 2))
+      (call $panic_utf8 (i64.const 0) (i64.const 32)))
+    (func (export "bad_file") (call $panic_with (i32.const 1) (i32.const 1024)))
+    (func (export "long_message") (call $panic_with (i32.const 20000) (i32.const 8192)))
+    (func (export "bare_bad_file")
+      (call $buf (i32.const 32) (i32.const 1024) (i32.const 1))
+      (call $panic (i64.const 32)))
+    """,
+    )
+    # The location file is decoded as strictly as the message.
+    assert host_error(run(module, "bad_file")) == "invalid UTF-8 string"
+    assert host_error(run(module, "bare_bad_file")) == "invalid UTF-8 string"
+    long = run(module, "long_message").failure
+    assert long is not None and long.kind == "Panic"
+    assert long.message == "guest panicked: " + "\0" * 20000 + " at \0:1:2"
+
+
 def test_logs_before_a_panic_are_kept_for_diagnostics(runtime: WasmRuntime) -> None:
     outcome = run(compile_wat(runtime, PANIC_BODY), "log_then_panic")
     assert outcome.failure is not None and outcome.logs == ["key"]
@@ -400,7 +478,9 @@ def test_no_commit_means_no_root(runtime: WasmRuntime) -> None:
 
 def test_commit_twice_is_an_error_and_discards_everything(runtime: WasmRuntime) -> None:
     outcome = run(compile_wat(runtime, COMMIT_BODY), "twice")
-    assert "commit called more than once" in host_error(outcome)
+    # merod answers a second commit with an InvalidMemoryAccess.
+    assert host_error(outcome) == "invalid memory access"
+    assert "commit called more than once" in host_detail(outcome)
     # A failed call must leave nothing to apply.
     assert (
         outcome.writes == {} and outcome.root_hash is None and outcome.artifact == b""
@@ -408,8 +488,35 @@ def test_commit_twice_is_an_error_and_discards_everything(runtime: WasmRuntime) 
 
 
 def test_commit_root_must_be_32_bytes(runtime: WasmRuntime) -> None:
-    message = host_error(run(compile_wat(runtime, COMMIT_BODY), "short_root"))
-    assert "exactly 32 bytes, got 31" in message
+    outcome = run(compile_wat(runtime, COMMIT_BODY), "short_root")
+    assert host_error(outcome) == "invalid memory access"
+    assert "must be 32 bytes, got 31" in host_detail(outcome)
+
+
+def test_commit_artifact_size_limit(
+    runtime: WasmRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(abi.LIMITS, "max_artifact_size", 8)
+    outcome = run(compile_wat(runtime, COMMIT_BODY), "once")
+    assert host_error(outcome) == "commit artifact size overflow (size: 9, max: 8)"
+
+
+def test_memory_is_capped_at_merods_1024_pages(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+    (func (export "grow")
+      (i64.store (i32.const 128) (i64.extend_i32_s (memory.grow (i32.const 1023))))
+      (i64.store (i32.const 136) (i64.extend_i32_s (memory.grow (i32.const 1))))
+      (call $ok (i32.const 128) (i32.const 16)))
+    """,
+    )
+    # 1 page + 1023 fits (grow answers the old size, 1); one page more is
+    # refused (grow answers -1).
+    returns = ok(run(module, "grow")).returns or b""
+    assert int.from_bytes(returns[:8], "little", signed=True) == 1
+    assert int.from_bytes(returns[8:], "little", signed=True) == -1
+    assert abi.LIMITS.max_memory_size == 1024 * 65536
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -517,8 +624,9 @@ def test_time_now_writes_u64_le_nanoseconds(runtime: WasmRuntime) -> None:
 def test_time_now_rejects_a_buffer_that_is_not_8_bytes(
     runtime: WasmRuntime, method: str, length: int
 ) -> None:
-    message = host_error(run(compile_wat(runtime, TIME_BODY), method))
-    assert f"must be 8 bytes long, got {length}" in message
+    outcome = run(compile_wat(runtime, TIME_BODY), method)
+    assert host_error(outcome) == "invalid memory access"
+    assert f"must be 8 bytes long, got {length}" in host_detail(outcome)
 
 
 def test_random_bytes_fills_the_buffer(runtime: WasmRuntime) -> None:
@@ -562,9 +670,34 @@ def test_ed25519_verify_valid_tampered_and_bad_key(runtime: WasmRuntime) -> None
     assert ok(run(module, "verify", tampered)).returns == (0).to_bytes(8, "little")
     # y = 2 has no x on the curve: not a public key at all, which is a host error.
     not_a_point = (2).to_bytes(32, "little")
-    assert "invalid public key" in host_error(
-        run(module, "verify", RFC_SIGNATURE + not_a_point + b"\x72")
+    assert (
+        host_error(run(module, "verify", RFC_SIGNATURE + not_a_point + b"\x72"))
+        == "incorrect ed25519 public key"
     )
+
+
+def test_ed25519_verify_needs_exact_sizes(runtime: WasmRuntime) -> None:
+    # merod reads the signature and key with read_guest_memory_sized: any other
+    # length is an invalid memory access, not a 0.
+    module = compile_wat(
+        runtime,
+        """
+    (func $verify_with (param $sig_len i32) (param $pk_len i32)
+      (call $buf (i32.const 0) (i32.const 8192) (local.get $sig_len))
+      (call $buf (i32.const 16) (i32.const 8256) (local.get $pk_len))
+      (call $buf (i32.const 32) (i32.const 8288) (i32.const 0))
+      (call $ok_i64 (i64.extend_i32_u
+        (call $ed25519_verify (i64.const 0) (i64.const 16) (i64.const 32)))))
+    (func (export "short_sig") (call $verify_with (i32.const 63) (i32.const 32)))
+    (func (export "long_key") (call $verify_with (i32.const 64) (i32.const 33)))
+    """,
+    )
+    short = run(module, "short_sig")
+    assert host_error(short) == "invalid memory access"
+    assert "signature must be 64 bytes, got 63" in host_detail(short)
+    long = run(module, "long_key")
+    assert host_error(long) == "invalid memory access"
+    assert "public key must be 32 bytes, got 33" in host_detail(long)
 
 
 def test_pure_python_ed25519_agrees_with_cryptography() -> None:
@@ -640,25 +773,46 @@ def test_missing_method(runtime: WasmRuntime) -> None:
         "MethodNotFound",
         'method "nope" not found',
     )
-    non_function = run(compile_wat(runtime, DISPATCH_BODY), "not_a_function")
-    assert (
-        non_function.failure is not None
-        and non_function.failure.kind == "MethodNotFound"
-    )
+    # merod's export lookup hits `unreachable!()` for an export that is not a
+    # function; its catch-all reports that as a guest panic without a location.
+    for name in ("not_a_function", "memory"):
+        non_function = run(compile_wat(runtime, DISPATCH_BODY), name)
+        assert non_function.failure is not None
+        assert (non_function.failure.kind, non_function.failure.message) == (
+            "Panic",
+            "guest panicked: internal error: entered unreachable code",
+        )
 
 
 @pytest.mark.parametrize("method", ["takes_arg", "returns_value"])
 def test_wrong_signature(runtime: WasmRuntime, method: str) -> None:
     outcome = run(compile_wat(runtime, DISPATCH_BODY), method)
     assert outcome.failure is not None and outcome.failure.kind == "InvalidSignature"
-    assert method in outcome.failure.message
+    assert outcome.failure.message == (
+        f'method "{method}" has invalid signature: expected no arguments and no return value'
+    )
 
 
-@pytest.mark.parametrize("method", ["", "has space", "dash-ed", "é", "x" * 257])
-def test_invalid_method_names_are_refused(runtime: WasmRuntime, method: str) -> None:
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("", "method name is empty"),
+        ("has space", "method name contains invalid character at position 3: ' '"),
+        ("dash-ed", "method name contains invalid character at position 4: '-'"),
+        # Positions count characters, not bytes; the length limit counts bytes.
+        ("éa-", "method name contains invalid character at position 0: 'é'"),
+        ("a\nb", "method name contains invalid character at position 1: '\\n'"),
+        ("it's", "method name contains invalid character at position 2: '\\''"),
+        ("x" * 257, "method name too long: 257 bytes (max: 256)"),
+        ("é" * 129, "method name too long: 258 bytes (max: 256)"),
+    ],
+)
+def test_invalid_method_names_are_refused(
+    runtime: WasmRuntime, method: str, message: str
+) -> None:
     outcome = run(compile_wat(runtime, DISPATCH_BODY), method)
     assert outcome.failure is not None and outcome.failure.kind == "MethodNotFound"
-    assert "invalid name" in outcome.failure.message
+    assert outcome.failure.message == message
 
 
 def test_internal_exports_are_callable_by_name(runtime: WasmRuntime) -> None:
@@ -672,6 +826,12 @@ TRAP_BODY = """
 (func (export "unreachable") unreachable)
 (func (export "oob") (drop (i64.load (i32.const 70000))))
 (func (export "div0") (drop (i32.div_u (i32.const 1) (i32.load (i32.const 200)))))
+(func (export "overflow") (drop (i32.div_s (i32.const 0x80000000) (i32.const -1))))
+(func (export "bad_convert") (drop (i32.trunc_f32_s (f32.const nan))))
+(table 1 funcref)
+(type $unit (func))
+(func (export "call_null") (call_indirect (type $unit) (i32.const 0)))
+(func (export "table_oob") (call_indirect (type $unit) (i32.const 5)))
 (func (export "spin") (loop $forever (br $forever)))
 (func $recurse (export "recurse") (call $recurse))
 (func (export "bad_descriptor") (call $log_utf8 (i64.const 65530)))
@@ -686,7 +846,13 @@ TRAP_BODY = """
     [
         ("unreachable", "unreachable code reached"),
         ("oob", "memory out of bounds"),
-        ("div0", "integer division by zero"),
+        # wasmer folds the three arithmetic traps into one text, and table
+        # accesses into "memory out of bounds".
+        ("div0", "illegal arithmetic operation"),
+        ("overflow", "illegal arithmetic operation"),
+        ("bad_convert", "illegal arithmetic operation"),
+        ("call_null", "indirect call to null"),
+        ("table_oob", "memory out of bounds"),
         ("recurse", "stack overflow"),
     ],
 )
@@ -722,17 +888,59 @@ def test_out_of_bounds_pointers_are_host_errors(
 def test_unknown_imports_are_refused_by_name(runtime: WasmRuntime) -> None:
     wat = """(module
       (import "env" "send_proposal" (func (param i64 i64)))
+      (import "env" "no_such_function" (func))
       (import "env" "input" (func (param i64)))
       (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
       (memory (export "memory") 1))"""
     with pytest.raises(AppLinkError) as info:
         runtime.compile(wasmtime.wat2wasm(wat))
     assert info.value.unknown_imports == [
-        "env.send_proposal",
+        "env.no_such_function",
         "wasi_snapshot_preview1.fd_write",
     ]
-    assert "env.send_proposal" in str(info.value)
+    # A name merod once linked is refused with the reason.
+    assert info.value.refused_imports == ["env.send_proposal"]
+    assert "env.send_proposal was removed from merod in 2026-03" in str(info.value)
     assert isinstance(info.value, AppFormatError)
+
+
+@pytest.mark.parametrize(
+    "name, params, reason",
+    [
+        ("search_query", "i64 i64", "full-text search"),
+        ("tee_origin", "", "needs a TEE node"),
+        ("seal_to", "i64 i64 i64", "sealing scheme"),
+        ("shared_writers", "i64 i64", "writer sets"),
+        ("js_crdt_map_new", "i64", "JS-SDK host function"),
+        ("persist_root_state", "i64 i64 i64", "JS-SDK host function"),
+    ],
+)
+def test_host_functions_the_node_cannot_give_are_refused_at_install(
+    runtime: WasmRuntime, name: str, params: str, reason: str
+) -> None:
+    wat = f"""(module (import "env" "{name}" (func (param {params})))
+      (memory (export "memory") 1))"""
+    with pytest.raises(AppLinkError) as info:
+        runtime.compile(wasmtime.wat2wasm(wat))
+    assert info.value.refused_imports == [f"env.{name}"]
+    assert info.value.unknown_imports == []
+    assert f"env.{name} " in str(info.value) and reason in str(info.value)
+
+
+def test_module_over_merods_size_limit_is_refused(runtime: WasmRuntime) -> None:
+    base = wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "m")))')
+    limit = abi.LIMITS.max_module_size
+    at_limit = _with_custom_section(base, "pad", b"")
+    at_limit = _with_custom_section(base, "pad", bytes(limit - len(at_limit) - 3))
+    assert len(at_limit) == limit
+    runtime.compile(at_limit)
+    over = at_limit + b"\0\x01\x00"  # one more (empty) custom section
+    with pytest.raises(AppFormatError) as info:
+        runtime.compile(over)
+    assert str(info.value) == (
+        f"module size limit (max_module_size) exceeded: {len(over)} bytes > "
+        f"{limit} bytes limit"
+    )
 
 
 def test_known_import_with_wrong_signature_is_refused(runtime: WasmRuntime) -> None:
@@ -756,8 +964,14 @@ def test_module_must_export_memory(runtime: WasmRuntime) -> None:
 
 def test_start_export_is_refused(runtime: WasmRuntime) -> None:
     wat = '(module (memory (export "memory") 1) (func (export "_start")))'
-    with pytest.raises(AppFormatError, match="exports `_start`"):
+    with pytest.raises(AppFormatError, match="exports a `_start` function"):
         runtime.compile(wasmtime.wat2wasm(wat))
+    # merod only refuses a *function* named `_start`.
+    runtime.compile(
+        wasmtime.wat2wasm(
+            '(module (memory (export "memory") 1) (global (export "_start") i32 (i32.const 0)))'
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -878,7 +1092,7 @@ def test_c_module_with_removed_imports_does_not_link(
 ) -> None:
     with pytest.raises(AppLinkError) as info:
         runtime.compile(c_test_wasm["uses_removed_imports"])
-    assert sorted(info.value.unknown_imports) == [
+    assert sorted(info.value.refused_imports) == [
         "env.approve_proposal",
         "env.send_proposal",
     ]

@@ -14,19 +14,23 @@ import struct
 from collections.abc import Iterator
 
 __all__ = [
-    "DATA_REGISTER",
-    "U64_MAX",
-    "DEFAULT_GAS_LIMIT",
-    "HOST_FUNCTIONS",
-    "Limits",
-    "LIMITS",
     "BUFFER",
-    "LOCATION",
+    "DATA_REGISTER",
+    "DEFAULT_GAS_LIMIT",
     "EVENT",
+    "HOST_ERRORS",
+    "HOST_FUNCTIONS",
+    "LIMITS",
+    "LOCATION",
+    "Limits",
+    "REFUSED_HOST_FUNCTIONS",
+    "U64_MAX",
     "VALUE_RETURN",
+    "XCALL",
     "custom_sections",
     "ed25519_public_key_valid",
     "ed25519_verify",
+    "refusal_reason",
 ]
 
 #: The register the Rust SDK uses for every host -> guest transfer. It is
@@ -41,32 +45,126 @@ U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 DEFAULT_GAS_LIMIT = 1_000_000_000
 
 # Value type letters used in HOST_FUNCTIONS: "I" = i64 (u64 on the Rust side),
-# "i" = i32 (booleans).
+# "i" = i32 (booleans and small status codes).
 #: name -> (parameter types, result types). This is the full set our runtime
-#: links; a module importing anything else from ``env`` is refused at compile
-#: time, the way merod refuses to link it.
-#: Not provided (yet): HEAD merod also offers device_id, xcall*, emit_with_handler,
-#: storage_index_*, private_storage_*, blob_*, fetch and the JS-SDK js_* functions,
-#: so apps built against the newest SDKs may be refused here but run on merod.
+#: links: the ``env`` imports of merod's ``imports.rs`` that an app built with
+#: the Rust SDK can import (``crates/sys/src/lib.rs``), plus the host-side
+#: shims merod keeps for older builds (``executor_id``, ``fetch``). A module
+#: importing anything else from ``env`` is refused at compile time, the way
+#: merod refuses to link it; see REFUSED_HOST_FUNCTIONS for the names merod
+#: does link but the embedded node cannot give real semantics.
 HOST_FUNCTIONS: dict[str, tuple[str, str]] = {
-    "input": ("I", ""),
+    # panics
+    "panic": ("I", ""),
+    "panic_utf8": ("II", ""),
+    # registers
     "register_len": ("I", "I"),
     "read_register": ("II", "i"),
-    "value_return": ("I", ""),
-    "log_utf8": ("I", ""),
-    "panic_utf8": ("II", ""),
-    "panic": ("I", ""),
-    "emit": ("I", ""),
+    # identity
     "context_id": ("I", ""),
-    "executor_id": ("I", ""),
     "account_id": ("I", ""),
+    "device_id": ("I", ""),
+    "executor_id": ("I", ""),
+    "xcall_origin": ("I", "i"),
+    # input and output
+    "input": ("I", ""),
+    "value_return": ("I", ""),
+    "emit_migration_witness": ("I", ""),
+    "log_utf8": ("I", ""),
+    "emit": ("I", ""),
+    "emit_with_handler": ("II", ""),
+    "xcall": ("I", ""),
     "commit": ("II", ""),
+    # synchronised storage
     "storage_read": ("II", "i"),
-    "storage_write": ("III", "i"),
     "storage_remove": ("II", "i"),
-    "time_now": ("I", ""),
+    "storage_write": ("III", "i"),
+    # node-local ordered index and its validity markers
+    "storage_index_set": ("II", "i"),
+    "storage_index_remove": ("I", "i"),
+    "storage_index_remove_prefix": ("I", "i"),
+    "storage_index_scan": ("IIIII", "i"),
+    "storage_index_last": ("III", "i"),
+    "storage_index_meta_set": ("II", "i"),
+    "storage_index_meta_get": ("II", "i"),
+    "storage_index_meta_clear": ("I", "i"),
+    # node-local private storage
+    "private_storage_read": ("II", "i"),
+    "private_storage_remove": ("II", "i"),
+    "private_storage_write": ("II", "i"),
+    # utilities
     "random_bytes": ("I", ""),
+    "time_now": ("I", ""),
     "ed25519_verify": ("III", "i"),
+    "fetch": ("IIIII", "i"),
+    # streaming blobs
+    "blob_create": ("", "I"),
+    "blob_open": ("I", "I"),
+    "blob_read": ("II", "I"),
+    "blob_write": ("II", "I"),
+    "blob_close": ("II", "i"),
+    "blob_announce_to_context": ("II", "i"),
+    "blob_open_in_context": ("II", "I"),
+}
+
+_NEEDS_TEE = "needs a TEE node, which the embedded node is not"
+_JS_SDK = (
+    "is a JS-SDK host function (host-side CRDTs for QuickJS apps); JS apps are "
+    "not supported by the embedded node, use --backend docker"
+)
+
+#: Imports merod links (or linked) that the embedded node refuses at install
+#: time, with the reason shown to the user. Anything not here and not in
+#: HOST_FUNCTIONS is simply unknown to merod too.
+REFUSED_HOST_FUNCTIONS: dict[str, str] = {
+    "search_query": "needs the node's full-text search index, which the embedded node does not keep",
+    "tee_origin": _NEEDS_TEE,
+    "tee_random_bytes": _NEEDS_TEE,
+    "tee_authority_keys": _NEEDS_TEE,
+    "account_device_keys": "needs merod's account/device registry; embedded nodes have one device per account",
+    "seal_to": "uses merod's sealing scheme (HKDF labels and AAD per purpose), which the embedded node does not reproduce",
+    "open_sealed": "uses merod's sealing scheme (HKDF labels and AAD per purpose), which the embedded node does not reproduce",
+    "shared_writers": "needs merod's governance-resolved writer sets of SharedStorage cells",
+    "shared_writers_rotate": "needs merod's governance-resolved writer sets of SharedStorage cells",
+    "send_proposal": "was removed from merod in 2026-03 (proxy-contract proposals); rebuild against a current SDK",
+    "approve_proposal": "was removed from merod in 2026-03 (proxy-contract proposals); rebuild against a current SDK",
+    "js_std_d_print": _JS_SDK,
+    "persist_root_state": _JS_SDK,
+    "read_root_state": _JS_SDK,
+    "apply_storage_delta": _JS_SDK,
+    "flush_delta": _JS_SDK,
+    "register_js_sdk_root_merge": _JS_SDK,
+}
+
+
+def refusal_reason(name: str) -> str | None:
+    """Why the embedded node refuses ``env.<name>``, or None if it is not refused."""
+    reason = REFUSED_HOST_FUNCTIONS.get(name)
+    if reason is None and name.startswith("js_"):
+        reason = _JS_SDK
+    return reason
+
+
+#: merod's ``HostError`` display texts (``crates/runtime/src/errors.rs``). A
+#: failing host call reports exactly these as the ``FunctionCallError`` text;
+#: the embedded node adds its own explanation only to the node log.
+HOST_ERRORS = {
+    "memory": "invalid memory access",
+    "utf8": "invalid UTF-8 string",
+    "deserialization": "deserialization error",
+    "key": "key length overflow",
+    "value": "value length overflow",
+    "log_size": "log size overflow",
+    "logs": "logs overflow",
+    "events": "events overflow",
+    "event_kind": "event kind size overflow",
+    "event_data": "event data size overflow",
+    "xcalls": "xcalls overflow",
+    "xcall_function": "xcall function size overflow",
+    "xcall_params": "xcall params size overflow",
+    "ed25519_key": "incorrect ed25519 public key",
+    "blobs_unsupported": "blob operations not supported (NodeClient not available)",
+    "blob_handle": "invalid blob handle",
 }
 
 
@@ -75,19 +173,27 @@ class Limits:
 
     max_registers = 100
     max_register_size = 100 << 20
+    #: Total bytes across all registers, each register counting 8 bytes more.
+    max_registers_capacity = 1 << 30
     max_logs = 1024
     max_log_size = 16 << 10
     max_events = 100
     max_event_kind_size = 100
     max_event_data_size = 16 << 10
+    max_xcalls = 100
+    max_xcall_function_size = 100
+    max_xcall_params_size = 16 << 10
     max_value_return_size = 16 << 20
     max_storage_key_size = 1 << 20
     max_storage_value_size = 10 << 20
+    max_blob_handles = 100
+    max_blob_chunk_size = 10 << 20
     max_artifact_size = 16 << 20
+    #: Method names, and the handler names of ``emit_with_handler``.
     max_method_name_size = 256
-    # Not a merod number: caps linear memory so a runaway guest cannot eat the
-    # host. Rust SDK apps use a few MiB.
-    max_memory_size = 256 << 20
+    max_module_size = 10 << 20
+    #: ``max_memory_pages`` (1024) of 64 KiB.
+    max_memory_size = 1024 << 16
 
 
 LIMITS = Limits()
@@ -97,6 +203,7 @@ BUFFER = struct.Struct("<QQ")  # ptr, len
 LOCATION = struct.Struct("<QQII")  # file ptr, file len, line, column
 EVENT = struct.Struct("<QQQQ")  # kind ptr, kind len, data ptr, data len
 VALUE_RETURN = struct.Struct("<QQQ")  # discriminant, payload ptr, payload len
+XCALL = struct.Struct("<QQQQQQ")  # context id, function and params buffers
 
 
 def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:

@@ -13,7 +13,15 @@ method the way merod's ``Module::run`` does:
 
 The host never mutates the caller's storage. Writes go to an overlay that the
 guest's own later reads see, and come back in :attr:`Outcome.writes` for the
-caller to apply, only when :attr:`Outcome.failure` is ``None``.
+caller to apply, only when :attr:`Outcome.failure` is ``None``. The node-local
+stores (private storage, the ordered index and its markers) work the same way
+through :attr:`Outcome.private_writes`, :attr:`Outcome.index_writes` and
+:attr:`Outcome.index_meta_writes`. Blobs are the exception, as in merod: a blob
+the guest closes is stored at once through :class:`BlobStore`.
+
+A failing host call reports merod's ``HostError`` text (``abi.HOST_ERRORS``)
+as :attr:`ExecutionFailure.message`, so callers see what merod would answer;
+:attr:`ExecutionFailure.detail` says in our words what was wrong.
 """
 
 from __future__ import annotations
@@ -25,24 +33,27 @@ import logging
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import wasmtime
 
 from . import abi
-from .abi import DATA_REGISTER, DEFAULT_GAS_LIMIT, LIMITS, U64_MAX
+from .abi import DATA_REGISTER, DEFAULT_GAS_LIMIT, HOST_ERRORS, LIMITS, U64_MAX
 
 __all__ = [
     "DATA_REGISTER",
     "AppFormatError",
     "AppLinkError",
     "AppModule",
+    "BlobStore",
     "Event",
     "ExecutionFailure",
     "Outcome",
     "WasmRuntime",
+    "XCall",
 ]
 
 logger = logging.getLogger("calimero_workflow.node.runtime")
@@ -72,18 +83,51 @@ class AppLinkError(AppFormatError):
         message: str,
         unknown_imports: list[str],
         mismatched_imports: list[str] | None = None,
+        refused_imports: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.unknown_imports = unknown_imports
         self.mismatched_imports = mismatched_imports or []
+        #: Imports merod provides that the embedded node cannot (abi.REFUSED_HOST_FUNCTIONS).
+        self.refused_imports = refused_imports or []
 
 
 @dataclass(frozen=True)
 class Event:
-    """An event the guest emitted: ``kind`` is the variant name, ``data`` the payload."""
+    """An event the guest emitted: ``kind`` is the variant name, ``data`` the payload.
+
+    ``handler`` names the app method that receiving nodes run with ``data`` as
+    its input (``emit_with_handler``); None for a plain ``emit``.
+    """
 
     kind: str
     data: bytes
+    handler: str | None = None
+
+
+@dataclass(frozen=True)
+class XCall:
+    """A cross-context call the guest queued: run after this call, on this node."""
+
+    context_id: bytes
+    function: str
+    params: bytes
+
+
+class BlobStore(Protocol):
+    """The node's blob store as the ``blob_*`` host functions see it (32-byte ids)."""
+
+    def get(self, blob_id: bytes) -> bytes | None:
+        """The blob held on this node, or None."""
+
+    def put(self, data: bytes) -> bytes:
+        """Store ``data``; return its id."""
+
+    def announce(self, blob_id: bytes, context_id: bytes) -> bool:
+        """Make a blob this node holds known to the context's members."""
+
+    def fetch(self, blob_id: bytes, context_id: bytes) -> bytes | None:
+        """The blob, from this node or else from the context's peers; None if nobody has it."""
 
 
 @dataclass
@@ -91,11 +135,14 @@ class ExecutionFailure:
     """Why a call failed; ``message`` is merod's ``FunctionCallError`` display text.
 
     ``kind`` is one of ``"Panic"``, ``"Trap"`` (including gas exhaustion),
-    ``"MethodNotFound"``, ``"InvalidSignature"`` or ``"HostError"``.
+    ``"MethodNotFound"``, ``"InvalidSignature"`` or ``"HostError"``. ``detail``
+    is our own explanation (which call, which bytes, which limit); merod has
+    no equivalent, so it belongs in logs, never in an API answer.
     """
 
     kind: str
     message: str
+    detail: str = ""
 
 
 @dataclass
@@ -114,6 +161,11 @@ class Outcome:
     root_hash: bytes | None = None
     artifact: bytes = b""
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    private_writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    index_writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    index_meta_writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    xcalls: list[XCall] = field(default_factory=list)
+    migration_witness: bytes | None = None
     failure: ExecutionFailure | None = None
     duration_s: float = 0.0
 
@@ -126,8 +178,25 @@ class _HostAbort(Exception):
         self.failure = failure
 
 
-def _host_error(message: str) -> _HostAbort:
-    return _HostAbort(ExecutionFailure("HostError", message))
+def _host_error(message: str, detail: str = "") -> _HostAbort:
+    """Stop the guest with merod's ``message``; ``detail`` is for the node log."""
+    return _HostAbort(ExecutionFailure("HostError", message, detail))
+
+
+def _memory_error(detail: str) -> _HostAbort:
+    return _host_error(HOST_ERRORS["memory"], detail)
+
+
+class _BlobHandle:
+    """An open ``blob_*`` descriptor: chunks being written, or a blob being read."""
+
+    __slots__ = ("blob_id", "chunks", "data", "position")
+
+    def __init__(self, blob_id: bytes | None) -> None:
+        self.blob_id = blob_id  # None for a write handle
+        self.chunks: list[bytes] = []
+        self.data: bytes | None = None
+        self.position = 0
 
 
 class _CallState:
@@ -138,14 +207,23 @@ class _CallState:
         "storage",
         "writes",
         "registers",
+        "register_bytes",
         "outcome",
         "committed",
         "context_id",
         "executor_id",
+        "account_id",
+        "xcall_origin",
         "memory",
         "abort",
         "clock",
         "random",
+        "private",
+        "index",
+        "index_meta",
+        "blobs",
+        "blob_handles",
+        "next_blob_fd",
     )
 
     def __init__(
@@ -161,14 +239,25 @@ class _CallState:
         self.storage = storage
         self.writes: dict[bytes, bytes | None] = {}
         self.registers: dict[int, bytes] = {}
+        self.register_bytes = 0
         self.outcome = Outcome()
         self.committed = False
         self.context_id = context_id
         self.executor_id = executor_id
+        self.account_id = executor_id
+        self.xcall_origin: bytes | None = None
         self.memory: wasmtime.Memory | None = None
         self.abort: ExecutionFailure | None = None
         self.clock = clock
         self.random = random
+        # Node-local stores; None means this run has no such backend, and the
+        # host functions answer as merod does without one.
+        self.private: Mapping[bytes, bytes] | None = None
+        self.index: Mapping[bytes, bytes] | None = None
+        self.index_meta: Mapping[bytes, bytes] | None = None
+        self.blobs: BlobStore | None = None
+        self.blob_handles: dict[int, _BlobHandle] = {}
+        self.next_blob_fd = 1
 
 
 _VALTYPES = {"I": wasmtime.ValType.i64, "i": wasmtime.ValType.i32}
@@ -232,9 +321,8 @@ class _Host:
         # Ask for the base each time: memory.grow may have moved it.
         size = memory.data_len(caller)
         if ptr + length > size:
-            raise _host_error(
-                f"invalid memory access: {length} bytes at offset {ptr} lie outside "
-                f"guest memory of {size} bytes"
+            raise _memory_error(
+                f"{length} bytes at offset {ptr} lie outside guest memory of {size} bytes"
             )
         return ctypes.addressof(memory.data_ptr(caller).contents) + ptr
 
@@ -252,28 +340,55 @@ class _Host:
         return ptr, length
 
     def _buffer_bytes(
-        self, caller: wasmtime.Caller, desc_ptr: int, limit: int, what: str
+        self, caller: wasmtime.Caller, desc_ptr: int, limit: int, error: str, what: str
     ) -> bytes:
+        """The bytes a ``Buffer`` descriptor names; merod's ``error`` above ``limit``."""
         ptr, length = self._buffer(caller, desc_ptr)
         if length > limit:
             raise _host_error(
-                f"{what} of {length} bytes exceeds the {limit}-byte limit"
+                HOST_ERRORS[error], f"{what} of {length} bytes exceeds the {limit}-byte limit"
             )
         return self._read(caller, ptr, length)
 
-    def _set_register(self, register_id: int, data: bytes) -> None:
-        registers = self._state().registers
-        if register_id not in registers and len(registers) >= LIMITS.max_registers:
+    def _sized(self, caller: wasmtime.Caller, desc_ptr: int, size: int, what: str) -> bytes:
+        """Exactly ``size`` bytes (merod's ``read_guest_memory_sized``)."""
+        ptr, length = self._buffer(caller, desc_ptr)
+        data = self._read(caller, ptr, length)
+        if length != size:
+            raise _memory_error(f"{what} must be {size} bytes, got {length}")
+        return data
+
+    def _text(self, data: bytes, what: str) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise _host_error(
-                f"too many registers: cannot set register {register_id}, "
-                f"the limit is {LIMITS.max_registers}"
+                HOST_ERRORS["utf8"],
+                f"{what} is not valid UTF-8: {exc.reason} at byte {exc.start}",
+            ) from None
+
+    def _set_register(self, register_id: int, data: bytes) -> None:
+        # merod's Registers::set: every refusal is an InvalidMemoryAccess.
+        state = self._state()
+        registers = state.registers
+        old = registers.get(register_id)
+        if old is None and len(registers) >= LIMITS.max_registers:
+            raise _memory_error(
+                f"cannot set register {register_id}: all {LIMITS.max_registers} registers are in use"
             )
         if len(data) > LIMITS.max_register_size:
-            raise _host_error(
+            raise _memory_error(
                 f"register {register_id} would hold {len(data)} bytes, "
                 f"the limit is {LIMITS.max_register_size}"
             )
+        total = state.register_bytes - (0 if old is None else 8 + len(old)) + 8 + len(data)
+        if total > LIMITS.max_registers_capacity:
+            raise _memory_error(
+                f"registers would hold {total} bytes in all, "
+                f"the limit is {LIMITS.max_registers_capacity}"
+            )
         registers[register_id] = data
+        state.register_bytes = total
 
     def _storage_get(self, key: bytes) -> bytes | None:
         state = self._state()
@@ -283,7 +398,7 @@ class _Host:
 
     def _storage_key(self, caller: wasmtime.Caller, desc_ptr: int) -> bytes:
         return self._buffer_bytes(
-            caller, desc_ptr, LIMITS.max_storage_key_size, "storage key"
+            caller, desc_ptr, LIMITS.max_storage_key_size, "key", "storage key"
         )
 
     # -- registers and input ----------------------------------------------------
@@ -299,24 +414,38 @@ class _Host:
     def read_register(
         self, caller: wasmtime.Caller, register_id: int, desc_ptr: int
     ) -> int:
+        ptr, length = self._buffer(caller, desc_ptr)
         data = self._state().registers.get(register_id)
         if data is None:
-            raise _host_error(f"invalid register id: {register_id} (register is unset)")
-        ptr, length = self._buffer(caller, desc_ptr)
+            raise _host_error(
+                f"invalid register id: {register_id}", "the register is unset"
+            )
         if length != len(data):
             return 0
         self._write(caller, ptr, data)
         return 1
 
+    # -- identity ------------------------------------------------------------------
+
     def context_id(self, caller: wasmtime.Caller, register_id: int) -> None:
         self._set_register(register_id, self._state().context_id)
 
-    def executor_id(self, caller: wasmtime.Caller, register_id: int) -> None:
+    def account_id(self, caller: wasmtime.Caller, register_id: int) -> None:
+        self._set_register(register_id, self._state().account_id)
+
+    def device_id(self, caller: wasmtime.Caller, register_id: int) -> None:
         self._set_register(register_id, self._state().executor_id)
 
-    # At HEAD `executor_id` is a compat shim returning the account id, so the two
-    # are the same 32 bytes here.
-    account_id = executor_id
+    # merod keeps `executor_id` as a linking shim for builds from before the
+    # account/device split; it answers the account.
+    executor_id = account_id
+
+    def xcall_origin(self, caller: wasmtime.Caller, register_id: int) -> int:
+        origin = self._state().xcall_origin
+        if origin is None:
+            return 0
+        self._set_register(register_id, origin)
+        return 1
 
     # -- results, logs, events, panics ---------------------------------------------
 
@@ -324,95 +453,161 @@ class _Host:
         discriminant, ptr, length = abi.VALUE_RETURN.unpack(
             self._read(caller, desc_ptr, abi.VALUE_RETURN.size)
         )
+        limit = LIMITS.max_value_return_size
+        if length > limit:
+            raise _host_error(
+                f"return value too large (size: {length}, max: {limit})",
+                "value_return payload over the limit",
+            )
+        payload = self._read(caller, ptr, length)
         if discriminant not in (0, 1):
             raise _host_error(
-                f"value_return: invalid discriminant {discriminant} (0 = Ok, 1 = Err)"
-            )
-        if length > LIMITS.max_value_return_size:
-            raise _host_error(
-                f"value_return payload of {length} bytes exceeds the "
-                f"{LIMITS.max_value_return_size}-byte limit"
+                HOST_ERRORS["deserialization"],
+                f"value_return: invalid discriminant {discriminant} (0 = Ok, 1 = Err)",
             )
         outcome = self._state().outcome
-        outcome.returns = self._read(caller, ptr, length)
+        outcome.returns = payload
         outcome.is_error = discriminant == 1
 
+    def emit_migration_witness(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
+        ptr, length = self._buffer(caller, desc_ptr)
+        witness = self._read(caller, ptr, length)
+        if length > LIMITS.max_storage_value_size:
+            raise _host_error(
+                HOST_ERRORS["value"],
+                f"migration witness of {length} bytes exceeds the "
+                f"{LIMITS.max_storage_value_size}-byte limit",
+            )
+        self._state().outcome.migration_witness = witness
+
     def log_utf8(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
+        # merod's order: read the text, then check the count, then the size.
+        ptr, length = self._buffer(caller, desc_ptr)
+        line = self._text(self._read(caller, ptr, length), "log line")
         outcome = self._state().outcome
         if len(outcome.logs) >= LIMITS.max_logs:
             raise _host_error(
-                f"too many log lines: the limit is {LIMITS.max_logs} per call"
+                HOST_ERRORS["logs"], f"more than {LIMITS.max_logs} log lines in one call"
             )
-        raw = self._buffer_bytes(caller, desc_ptr, LIMITS.max_log_size, "log line")
-        try:
-            outcome.logs.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
+        if length > LIMITS.max_log_size:
             raise _host_error(
-                f"log line is not valid UTF-8: {exc.reason} at byte {exc.start}"
-            ) from None
+                HOST_ERRORS["log_size"],
+                f"log line of {length} bytes exceeds the {LIMITS.max_log_size}-byte limit",
+            )
+        outcome.logs.append(line)
 
-    def _location(self, caller: wasmtime.Caller, loc_ptr: int) -> str:
+    def _location(self, caller: wasmtime.Caller, loc_ptr: int) -> tuple[int, int, int, int]:
         file_ptr, file_len, line, column = abi.LOCATION.unpack(
             self._read(caller, loc_ptr, abi.LOCATION.size)
         )
-        file = self._read(caller, file_ptr, file_len).decode("utf-8", "replace")
-        return f"{file}:{line}:{column}"
+        return file_ptr, file_len, line, column
+
+    def _panic(self, message: str, file: str, line: int, column: int) -> _HostAbort:
+        return _HostAbort(
+            ExecutionFailure(
+                "Panic", f"guest panicked: {message} at {file}:{line}:{column}"
+            )
+        )
 
     def panic_utf8(self, caller: wasmtime.Caller, msg_ptr: int, loc_ptr: int) -> None:
-        raw = self._buffer_bytes(caller, msg_ptr, LIMITS.max_log_size, "panic message")
-        try:
-            message = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _host_error("panic message is not valid UTF-8") from None
-        location = self._location(caller, loc_ptr)
-        raise _HostAbort(
-            ExecutionFailure("Panic", f"guest panicked: {message} at {location}")
-        )
+        msg_data, msg_len = self._buffer(caller, msg_ptr)
+        file_ptr, file_len, line, column = self._location(caller, loc_ptr)
+        message = self._text(self._read(caller, msg_data, msg_len), "panic message")
+        file = self._text(self._read(caller, file_ptr, file_len), "panic location file")
+        raise self._panic(message, file, line, column)
 
     def panic(self, caller: wasmtime.Caller, loc_ptr: int) -> None:
-        location = self._location(caller, loc_ptr)
-        raise _HostAbort(
-            ExecutionFailure("Panic", f"guest panicked: explicit panic at {location}")
-        )
+        file_ptr, file_len, line, column = self._location(caller, loc_ptr)
+        file = self._text(self._read(caller, file_ptr, file_len), "panic location file")
+        raise self._panic("explicit panic", file, line, column)
 
-    def emit(self, caller: wasmtime.Caller, event_ptr: int) -> None:
-        outcome = self._state().outcome
-        if len(outcome.events) >= LIMITS.max_events:
-            raise _host_error(
-                f"too many events: the limit is {LIMITS.max_events} per call"
-            )
+    def _event(self, caller: wasmtime.Caller, event_ptr: int) -> tuple[str, bytes]:
         kind_ptr, kind_len, data_ptr, data_len = abi.EVENT.unpack(
             self._read(caller, event_ptr, abi.EVENT.size)
         )
         if kind_len > LIMITS.max_event_kind_size:
             raise _host_error(
-                f"event kind of {kind_len} bytes exceeds the {LIMITS.max_event_kind_size}-byte limit"
+                HOST_ERRORS["event_kind"],
+                f"event kind of {kind_len} bytes exceeds the {LIMITS.max_event_kind_size}-byte limit",
             )
         if data_len > LIMITS.max_event_data_size:
             raise _host_error(
-                f"event data of {data_len} bytes exceeds the {LIMITS.max_event_data_size}-byte limit"
+                HOST_ERRORS["event_data"],
+                f"event data of {data_len} bytes exceeds the {LIMITS.max_event_data_size}-byte limit",
             )
-        try:
-            kind = self._read(caller, kind_ptr, kind_len).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _host_error("event kind is not valid UTF-8") from None
-        outcome.events.append(Event(kind, self._read(caller, data_ptr, data_len)))
+        if len(self._state().outcome.events) >= LIMITS.max_events:
+            raise _host_error(
+                HOST_ERRORS["events"], f"more than {LIMITS.max_events} events in one call"
+            )
+        kind = self._text(self._read(caller, kind_ptr, kind_len), "event kind")
+        return kind, self._read(caller, data_ptr, data_len)
+
+    def emit(self, caller: wasmtime.Caller, event_ptr: int) -> None:
+        kind, data = self._event(caller, event_ptr)
+        self._state().outcome.events.append(Event(kind, data))
+
+    def emit_with_handler(
+        self, caller: wasmtime.Caller, event_ptr: int, handler_ptr: int
+    ) -> None:
+        kind, data = self._event(caller, event_ptr)
+        handler = None
+        if handler_ptr != 0:
+            ptr, length = self._buffer(caller, handler_ptr)
+            limit = LIMITS.max_method_name_size
+            if length > limit:
+                raise _host_error(
+                    f"event handler name too large (size: {length}, max: {limit})",
+                    "emit_with_handler handler name over the method-name limit",
+                )
+            handler = self._text(self._read(caller, ptr, length), "event handler name")
+        self._state().outcome.events.append(Event(kind, data, handler))
+
+    def xcall(self, caller: wasmtime.Caller, xcall_ptr: int) -> None:
+        ctx_ptr, ctx_len, fn_ptr, fn_len, params_ptr, params_len = abi.XCALL.unpack(
+            self._read(caller, xcall_ptr, abi.XCALL.size)
+        )
+        if fn_len > LIMITS.max_xcall_function_size:
+            raise _host_error(
+                HOST_ERRORS["xcall_function"],
+                f"xcall function name of {fn_len} bytes exceeds the "
+                f"{LIMITS.max_xcall_function_size}-byte limit",
+            )
+        if params_len > LIMITS.max_xcall_params_size:
+            raise _host_error(
+                HOST_ERRORS["xcall_params"],
+                f"xcall params of {params_len} bytes exceed the "
+                f"{LIMITS.max_xcall_params_size}-byte limit",
+            )
+        outcome = self._state().outcome
+        if len(outcome.xcalls) >= LIMITS.max_xcalls:
+            raise _host_error(
+                HOST_ERRORS["xcalls"], f"more than {LIMITS.max_xcalls} xcalls in one call"
+            )
+        context = self._read(caller, ctx_ptr, ctx_len)
+        if ctx_len != 32:
+            raise _memory_error(f"xcall context id must be 32 bytes, got {ctx_len}")
+        function = self._text(self._read(caller, fn_ptr, fn_len), "xcall function name")
+        outcome.xcalls.append(XCall(context, function, self._read(caller, params_ptr, params_len)))
 
     # -- state ---------------------------------------------------------------------
 
     def commit(self, caller: wasmtime.Caller, root_ptr: int, artifact_ptr: int) -> None:
         state = self._state()
-        if state.committed:
-            raise _host_error("commit called more than once in one execution")
         root_addr, root_len = self._buffer(caller, root_ptr)
-        if root_len != 32:
+        artifact_addr, artifact_len = self._buffer(caller, artifact_ptr)
+        limit = LIMITS.max_artifact_size
+        if artifact_len > limit:
             raise _host_error(
-                f"commit: the root hash must be exactly 32 bytes, got {root_len}"
+                f"commit artifact size overflow (size: {artifact_len}, max: {limit})",
+                "commit artifact over the limit",
             )
         root = self._read(caller, root_addr, root_len)
-        artifact = self._buffer_bytes(
-            caller, artifact_ptr, LIMITS.max_artifact_size, "artifact"
-        )
+        if root_len != 32:
+            raise _memory_error(f"commit: the root hash must be 32 bytes, got {root_len}")
+        artifact = self._read(caller, artifact_addr, artifact_len)
+        if state.committed:
+            # merod reports a second commit as an InvalidMemoryAccess.
+            raise _memory_error("commit called more than once in one execution")
         state.committed = True
         state.outcome.root_hash = root
         state.outcome.artifact = artifact
@@ -429,10 +624,11 @@ class _Host:
     def storage_write(
         self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int, register_id: int
     ) -> int:
-        key = self._storage_key(caller, key_ptr)
-        value = self._buffer_bytes(
-            caller, value_ptr, LIMITS.max_storage_value_size, "storage value"
-        )
+        key_addr, key_len = self._buffer(caller, key_ptr)
+        value_addr, value_len = self._buffer(caller, value_ptr)
+        self._check_key_value(key_len, value_len)
+        key = self._read(caller, key_addr, key_len)
+        value = self._read(caller, value_addr, value_len)
         old = self._storage_get(key)
         # Known gap: merod also charges each write against a per-run budget;
         # only the key and value size limits are enforced here.
@@ -453,41 +649,388 @@ class _Host:
         self._set_register(register_id, old)
         return 1
 
+    def _check_key_value(self, key_len: int, value_len: int) -> None:
+        if key_len > LIMITS.max_storage_key_size:
+            raise _host_error(
+                HOST_ERRORS["key"],
+                f"key of {key_len} bytes exceeds the {LIMITS.max_storage_key_size}-byte limit",
+            )
+        if value_len > LIMITS.max_storage_value_size:
+            raise _host_error(
+                HOST_ERRORS["value"],
+                f"value of {value_len} bytes exceeds the {LIMITS.max_storage_value_size}-byte limit",
+            )
+
+    def _key_value(
+        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+    ) -> tuple[bytes, bytes]:
+        key_addr, key_len = self._buffer(caller, key_ptr)
+        value_addr, value_len = self._buffer(caller, value_ptr)
+        self._check_key_value(key_len, value_len)
+        return self._read(caller, key_addr, key_len), self._read(caller, value_addr, value_len)
+
+    # -- node-local private storage ------------------------------------------------
+    #
+    # Not synchronised: the node keeps it per context and never sends it to peers.
+    # Without a backend merod answers 0 (absent / not written).
+
+    def _private_get(self, key: bytes) -> bytes | None:
+        state = self._state()
+        if key in state.outcome.private_writes:
+            return state.outcome.private_writes[key]
+        assert state.private is not None
+        return state.private.get(key)
+
+    def private_storage_read(
+        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+    ) -> int:
+        key = self._storage_key(caller, key_ptr)
+        if self._state().private is None:
+            return 0
+        value = self._private_get(key)
+        if value is None:
+            return 0
+        self._set_register(register_id, value)
+        return 1
+
+    def private_storage_remove(
+        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+    ) -> int:
+        key = self._storage_key(caller, key_ptr)
+        state = self._state()
+        if state.private is None:
+            return 0
+        old = self._private_get(key)
+        if old is None:
+            return 0
+        state.outcome.private_writes[key] = None
+        self._set_register(register_id, old)
+        return 1
+
+    def private_storage_write(
+        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+    ) -> int:
+        key, value = self._key_value(caller, key_ptr, value_ptr)
+        state = self._state()
+        if state.private is None:
+            return 0
+        state.outcome.private_writes[key] = value
+        return 1
+
+    # -- node-local ordered index (SortedMap/SortedSet) ----------------------------
+    #
+    # Keys are raw `collection ‖ order_key` bytes kept in byte order; values are
+    # entry ids. Like private storage it is never synchronised: each node keeps
+    # its own, and the guest rebuilds it when its validity marker is missing.
+    # Writes answer 1 when persisted; without a backend merod answers 0 and
+    # scans find nothing.
+
+    def _index_items(self, lo: bytes, hi: bytes) -> list[tuple[bytes, bytes]]:
+        """The live ``(key, value)`` pairs with ``lo <= key < hi``, ascending."""
+        state = self._state()
+        if state.index is None:
+            return []
+        overlay = state.outcome.index_writes
+        keys = sorted(
+            k for k in set(state.index).union(overlay) if lo <= k < hi
+        )
+        items = []
+        for key in keys:
+            value = overlay[key] if key in overlay else state.index.get(key)
+            if value is not None:
+                items.append((key, value))
+        return items
+
+    def _index_bound(self, caller: wasmtime.Caller, desc_ptr: int, what: str) -> bytes:
+        return self._buffer_bytes(caller, desc_ptr, LIMITS.max_storage_key_size, "key", what)
+
+    def storage_index_set(
+        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+    ) -> int:
+        key, value = self._key_value(caller, key_ptr, value_ptr)
+        state = self._state()
+        if state.index is None:
+            return 0
+        state.outcome.index_writes[key] = value
+        return 1
+
+    def storage_index_remove(self, caller: wasmtime.Caller, key_ptr: int) -> int:
+        key = self._index_bound(caller, key_ptr, "index key")
+        state = self._state()
+        if state.index is None:
+            return 0
+        state.outcome.index_writes[key] = None
+        return 1
+
+    def storage_index_remove_prefix(self, caller: wasmtime.Caller, prefix_ptr: int) -> int:
+        prefix = self._index_bound(caller, prefix_ptr, "index prefix")
+        state = self._state()
+        if state.index is None:
+            return 0
+        overlay = state.outcome.index_writes
+        for key in set(state.index).union(overlay):
+            if key.startswith(prefix):
+                overlay[key] = None
+        return 1
+
+    @staticmethod
+    def _encode_pairs(pairs: list[tuple[bytes, bytes]]) -> bytes:
+        out = [len(pairs).to_bytes(4, "little")]
+        for key, value in pairs:
+            out += [len(key).to_bytes(4, "little"), key, len(value).to_bytes(4, "little"), value]
+        return b"".join(out)
+
+    def storage_index_scan(
+        self,
+        caller: wasmtime.Caller,
+        lo_ptr: int,
+        hi_ptr: int,
+        offset: int,
+        limit: int,
+        register_id: int,
+    ) -> int:
+        lo_addr, lo_len = self._buffer(caller, lo_ptr)
+        hi_addr, hi_len = self._buffer(caller, hi_ptr)
+        if max(lo_len, hi_len) > LIMITS.max_storage_key_size:
+            raise _host_error(
+                HOST_ERRORS["key"],
+                f"index scan bound of {max(lo_len, hi_len)} bytes exceeds the "
+                f"{LIMITS.max_storage_key_size}-byte limit",
+            )
+        lo = self._read(caller, lo_addr, lo_len)
+        hi = self._read(caller, hi_addr, hi_len)
+        # `limit` is n + 1 encoded: 0 means unbounded.
+        pairs = self._index_items(lo, hi)[offset:]
+        if limit:
+            pairs = pairs[: limit - 1]
+        self._set_register(register_id, self._encode_pairs(pairs))
+        return 1
+
+    def storage_index_last(
+        self, caller: wasmtime.Caller, lo_ptr: int, hi_ptr: int, register_id: int
+    ) -> int:
+        lo_addr, lo_len = self._buffer(caller, lo_ptr)
+        hi_addr, hi_len = self._buffer(caller, hi_ptr)
+        if max(lo_len, hi_len) > LIMITS.max_storage_key_size:
+            raise _host_error(
+                HOST_ERRORS["key"],
+                f"index bound of {max(lo_len, hi_len)} bytes exceeds the "
+                f"{LIMITS.max_storage_key_size}-byte limit",
+            )
+        items = self._index_items(
+            self._read(caller, lo_addr, lo_len), self._read(caller, hi_addr, hi_len)
+        )
+        self._set_register(register_id, self._encode_pairs(items[-1:]))
+        return 1
+
+    def _meta_get(self, key: bytes) -> bytes | None:
+        state = self._state()
+        overlay = state.outcome.index_meta_writes
+        if key in overlay:
+            return overlay[key]
+        assert state.index_meta is not None
+        return state.index_meta.get(key)
+
+    def storage_index_meta_set(
+        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+    ) -> int:
+        key, value = self._key_value(caller, key_ptr, value_ptr)
+        state = self._state()
+        if state.index_meta is None:
+            return 0
+        state.outcome.index_meta_writes[key] = value
+        return 1
+
+    def storage_index_meta_get(
+        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+    ) -> int:
+        key = self._index_bound(caller, key_ptr, "index marker key")
+        if self._state().index_meta is None:
+            return 0
+        value = self._meta_get(key)
+        if value is None:
+            return 0
+        self._set_register(register_id, value)
+        return 1
+
+    def storage_index_meta_clear(self, caller: wasmtime.Caller, key_ptr: int) -> int:
+        key = self._index_bound(caller, key_ptr, "index marker key")
+        state = self._state()
+        if state.index_meta is None:
+            return 0
+        state.outcome.index_meta_writes[key] = None
+        return 1
+
     # -- environment ---------------------------------------------------------------
 
     def time_now(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
         ptr, length = self._buffer(caller, desc_ptr)
         if length != 8:
-            raise _host_error(
-                f"time_now: the buffer must be 8 bytes long, got {length}"
-            )
+            raise _memory_error(f"time_now: the buffer must be 8 bytes long, got {length}")
         now = self._state().clock() & U64_MAX
         self._write(caller, ptr, now.to_bytes(8, "little"))
 
     def random_bytes(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
         ptr, length = self._buffer(caller, desc_ptr)
-        if length > LIMITS.max_register_size:
-            raise _host_error(f"random_bytes: {length} bytes requested, too many")
+        self._span(caller, ptr, length)
         self._write(caller, ptr, self._state().random(length))
 
     def ed25519_verify(
         self, caller: wasmtime.Caller, sig_ptr: int, pk_ptr: int, msg_ptr: int
     ) -> int:
-        signature = self._buffer_bytes(caller, sig_ptr, 64, "ed25519 signature")
-        if len(signature) != 64:
-            raise _host_error(
-                f"ed25519_verify: the signature must be 64 bytes, got {len(signature)}"
-            )
-        public_key = self._buffer_bytes(caller, pk_ptr, 32, "ed25519 public key")
+        signature = self._sized(caller, sig_ptr, 64, "ed25519_verify: the signature")
+        public_key = self._sized(caller, pk_ptr, 32, "ed25519_verify: the public key")
+        msg_addr, msg_len = self._buffer(caller, msg_ptr)
+        message = self._read(caller, msg_addr, msg_len)
         if not abi.ed25519_public_key_valid(public_key):
             raise _host_error(
-                f"ed25519_verify: invalid public key {public_key.hex()} "
-                "(must be 32 bytes encoding a curve point)"
+                HOST_ERRORS["ed25519_key"],
+                f"ed25519_verify: {public_key.hex()} does not encode a curve point",
             )
-        message = self._buffer_bytes(
-            caller, msg_ptr, LIMITS.max_register_size, "message"
-        )
         return 1 if abi.ed25519_verify(signature, public_key, message) else 0
+
+    def fetch(
+        self,
+        caller: wasmtime.Caller,
+        url_ptr: int,
+        method_ptr: int,
+        headers_ptr: int,
+        body_ptr: int,
+        register_id: int,
+    ) -> int:
+        # merod blocks `fetch` unconditionally (no setting turns it on): it reads
+        # none of the arguments, puts this text in the register and answers 1
+        # (failure). The embedded node does the same, so app code never reaches
+        # the network from the test runner.
+        self._set_register(register_id, _FETCH_BLOCKED)
+        return 1
+
+    # -- streaming blobs -----------------------------------------------------------
+    #
+    # Blobs live in the node's blob store (the one behind PUT/GET /admin-api/blobs).
+    # A written blob is stored when its handle is closed, even if the call fails
+    # later, as in merod; handles still open when the call ends are dropped.
+
+    def _blob_store(self) -> BlobStore:
+        blobs = self._state().blobs
+        if blobs is None:
+            raise _host_error(
+                HOST_ERRORS["blobs_unsupported"], "this run has no blob store"
+            )
+        return blobs
+
+    def _new_blob_handle(self, blob_id: bytes | None) -> int:
+        state = self._state()
+        fd = state.next_blob_fd
+        state.next_blob_fd += 1
+        state.blob_handles[fd] = _BlobHandle(blob_id)
+        return fd
+
+    def _check_handle_room(self) -> None:
+        if len(self._state().blob_handles) >= LIMITS.max_blob_handles:
+            raise _host_error(
+                f"too many blob handles (max: {LIMITS.max_blob_handles})",
+                "open blob handles at the limit",
+            )
+
+    def _blob_handle(self, fd: int, *, writing: bool) -> _BlobHandle:
+        handle = self._state().blob_handles.get(fd)
+        if handle is None or (handle.blob_id is None) != writing:
+            kind = "write" if writing else "read"
+            raise _host_error(HOST_ERRORS["blob_handle"], f"{fd} is not an open {kind} handle")
+        return handle
+
+    def blob_create(self, caller: wasmtime.Caller) -> int:
+        self._blob_store()
+        self._check_handle_room()
+        return self._new_blob_handle(None)
+
+    def blob_write(self, caller: wasmtime.Caller, fd: int, desc_ptr: int) -> int:
+        ptr, length = self._buffer(caller, desc_ptr)
+        self._blob_store()
+        limit = LIMITS.max_blob_chunk_size
+        if length > limit:
+            raise _host_error(
+                f"blob write too large (size: {length}, max: {limit})", "blob chunk over the limit"
+            )
+        data = self._read(caller, ptr, length)
+        self._blob_handle(fd, writing=True).chunks.append(data)
+        return length
+
+    def blob_close(self, caller: wasmtime.Caller, fd: int, desc_ptr: int) -> int:
+        ptr, length = self._buffer(caller, desc_ptr)
+        if length != 32:
+            raise _memory_error(f"blob_close: the blob id buffer must be 32 bytes, got {length}")
+        blobs = self._blob_store()
+        self._span(caller, ptr, length)
+        handles = self._state().blob_handles
+        handle = handles.pop(fd, None)
+        if handle is None:
+            raise _host_error(HOST_ERRORS["blob_handle"], f"{fd} is not an open handle")
+        blob_id = handle.blob_id
+        if blob_id is None:
+            blob_id = blobs.put(b"".join(handle.chunks))
+        self._write(caller, ptr, blob_id)
+        return 1
+
+    def blob_open(self, caller: wasmtime.Caller, desc_ptr: int) -> int:
+        ptr, length = self._buffer(caller, desc_ptr)
+        self._blob_store()
+        self._check_handle_room()
+        blob_id = self._read(caller, ptr, length)
+        if length != 32:
+            raise _memory_error(f"blob_open: the blob id must be 32 bytes, got {length}")
+        # Like merod, opening does not look the blob up: a missing blob reads as empty.
+        return self._new_blob_handle(blob_id)
+
+    def blob_read(self, caller: wasmtime.Caller, fd: int, desc_ptr: int) -> int:
+        ptr, length = self._buffer(caller, desc_ptr)
+        blobs = self._blob_store()
+        limit = LIMITS.max_blob_chunk_size
+        if length > limit:
+            raise _host_error(
+                f"blob buffer too large (size: {length}, max: {limit})", "blob_read buffer over the limit"
+            )
+        if length == 0:
+            return 0
+        handle = self._blob_handle(fd, writing=False)
+        if handle.data is None:
+            assert handle.blob_id is not None
+            handle.data = blobs.get(handle.blob_id) or b""
+        chunk = handle.data[handle.position : handle.position + length]
+        if chunk:
+            self._write(caller, ptr, chunk)
+            handle.position += len(chunk)
+        return len(chunk)
+
+    def _blob_and_context(
+        self, caller: wasmtime.Caller, blob_ptr: int, context_ptr: int
+    ) -> tuple[bytes, bytes]:
+        blob_id = self._sized(caller, blob_ptr, 32, "the blob id")
+        context = self._sized(caller, context_ptr, 32, "the context id")
+        return blob_id, context
+
+    def blob_announce_to_context(
+        self, caller: wasmtime.Caller, blob_ptr: int, context_ptr: int
+    ) -> int:
+        blobs = self._blob_store()
+        blob_id, context = self._blob_and_context(caller, blob_ptr, context_ptr)
+        if blobs.get(blob_id) is None or not blobs.announce(blob_id, context):
+            # merod: no blob info for the id is a BlobsNotSupported error.
+            raise _host_error(
+                HOST_ERRORS["blobs_unsupported"],
+                f"blob {blob_id.hex()} is not on this node, so it cannot be announced",
+            )
+        return 1
+
+    def blob_open_in_context(
+        self, caller: wasmtime.Caller, blob_ptr: int, context_ptr: int
+    ) -> int:
+        blobs = self._blob_store()
+        blob_id, context = self._blob_and_context(caller, blob_ptr, context_ptr)
+        if blobs.fetch(blob_id, context) is None:
+            return 0
+        return self.blob_open(caller, blob_ptr)
 
     # -- wiring --------------------------------------------------------------------
 
@@ -515,8 +1058,11 @@ class _Host:
             except Exception as exc:
                 # A bug of ours must not be mistaken for guest misbehaviour.
                 logger.exception("host function env.%s failed", name)
+                # merod reports a panicking host function as a host panic.
                 failure = ExecutionFailure(
-                    "HostError", f"internal error in env.{name}: {exc}"
+                    "HostError",
+                    f"host panicked: internal error in env.{name}: {exc}",
+                    "a bug of the embedded node, not of the app",
                 )
                 self._state().abort = failure
                 raise _HostAbort(failure) from exc
@@ -525,45 +1071,65 @@ class _Host:
         return host_function
 
 
-# wasmtime trap codes -> merod's `WasmTrap` display texts.
+# wasmtime trap codes -> merod's `WasmTrap` display texts. merod (wasmer) folds
+# table accesses into "memory out of bounds" and the three arithmetic traps into
+# "illegal arithmetic operation"; anything else is "indeterminate trap".
+_ARITHMETIC = "illegal arithmetic operation"
 _TRAP_TEXT = {
     wasmtime.TrapCode.STACK_OVERFLOW: "stack overflow",
     wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS: "memory out of bounds",
     wasmtime.TrapCode.HEAP_MISALIGNED: "heap misaligned",
-    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "table access out of bounds",
+    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "memory out of bounds",
     wasmtime.TrapCode.INDIRECT_CALL_TO_NULL: "indirect call to null",
     wasmtime.TrapCode.BAD_SIGNATURE: "bad signature",
-    wasmtime.TrapCode.INTEGER_OVERFLOW: "integer overflow",
-    wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO: "integer division by zero",
-    wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER: "bad conversion to integer",
+    wasmtime.TrapCode.INTEGER_OVERFLOW: _ARITHMETIC,
+    wasmtime.TrapCode.INTEGER_DIVISION_BY_ZERO: _ARITHMETIC,
+    wasmtime.TrapCode.BAD_CONVERSION_TO_INTEGER: _ARITHMETIC,
     wasmtime.TrapCode.UNREACHABLE: "unreachable code reached",
 }
 
+#: What merod's blocked `fetch` leaves in the register.
+_FETCH_BLOCKED = b"Host function 'fetch' is temporarily disabled."
+
 
 def _trap_failure(exc: BaseException, gas_limit: int) -> ExecutionFailure:
+    # wasmtime's own text, first line only: the rest is a backtrace that only
+    # helps someone holding the module's source.
+    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    detail = text[0] if text else type(exc).__name__
     code = getattr(exc, "trap_code", None)
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
         return ExecutionFailure(
-            "Trap", f"execution exhausted its gas limit of {gas_limit} points"
+            "Trap", f"execution exhausted its gas limit of {gas_limit} points", detail
         )
-    if code in _TRAP_TEXT:
-        return ExecutionFailure("Trap", _TRAP_TEXT[code])
-    # Keep wasmtime's first line without its "wasm trap: " prefix; the rest is a
-    # backtrace that only helps someone holding the module's source.
-    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return ExecutionFailure(
-        "Trap",
-        first.removeprefix("wasm trap: ").removeprefix("error while executing at "),
-    )
+    return ExecutionFailure("Trap", _TRAP_TEXT.get(code, "indeterminate trap"), detail)
 
 
-def _valid_method_name(method: str) -> bool:
-    return (
-        0 < len(method) <= LIMITS.max_method_name_size
-        and method.isascii()
-        and all(c.isalnum() or c == "_" for c in method)
-    )
+def _rust_char_debug(char: str) -> str:
+    """A character the way Rust's ``{:?}`` prints a ``char``."""
+    escapes = {"\t": "\\t", "\r": "\\r", "\n": "\\n", "'": "\\'", "\\": "\\\\", "\0": "\\0"}
+    if char in escapes:
+        return f"'{escapes[char]}'"
+    category = unicodedata.category(char)
+    if category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Mn", "Me"):
+        return f"'\\u{{{ord(char):x}}}'"
+    return f"'{char}'"
+
+
+def _method_name_error(method: str) -> str | None:
+    """merod's ``validate_method_name``: the first problem, in its words."""
+    if not method:
+        return "method name is empty"
+    size = len(method.encode("utf-8"))
+    if size > LIMITS.max_method_name_size:
+        return f"method name too long: {size} bytes (max: {LIMITS.max_method_name_size})"
+    for position, char in enumerate(method):
+        if not (char.isascii() and char.isalnum()) and char != "_":
+            return (
+                f"method name contains invalid character at position {position}: "
+                f"{_rust_char_debug(char)}"
+            )
+    return None
 
 
 # wasmtime-py hands a Python exception raised by a host function back through a
@@ -612,6 +1178,7 @@ class AppModule:
         methods: exported ``() -> ()`` functions callable as RPC methods
             (``init`` included, ``__calimero_*`` internals excluded).
         abi: the parsed ``calimero_abi_v1`` custom section, or ``None``.
+        imports: the ``env`` host functions the module imports.
     """
 
     def __init__(
@@ -626,6 +1193,8 @@ class AppModule:
         methods: frozenset[str],
         internal: frozenset[str],
         bad_signatures: frozenset[str],
+        non_functions: frozenset[str],
+        imports: frozenset[str],
         abi: dict[str, Any] | None,
         gas_limit: int,
     ) -> None:
@@ -633,6 +1202,8 @@ class AppModule:
         self.size = size
         self.methods = methods
         self.abi = abi
+        self.imports = imports
+        self._non_functions = non_functions
         self._module = module
         self._pre = instance_pre
         self._engine = engine
@@ -653,8 +1224,14 @@ class AppModule:
         storage: Mapping[bytes, bytes],
         context_id: bytes,
         executor_id: bytes,
+        account_id: bytes | None = None,
         clock: Callable[[], int] | None = None,
         random: Callable[[int], bytes] | None = None,
+        xcall_origin: bytes | None = None,
+        private_storage: Mapping[bytes, bytes] | None = None,
+        index: Mapping[bytes, bytes] | None = None,
+        index_meta: Mapping[bytes, bytes] | None = None,
+        blobs: BlobStore | None = None,
     ) -> Outcome:
         """Execute ``method`` with ``input`` against a read-only view of ``storage``.
 
@@ -663,20 +1240,33 @@ class AppModule:
             input: the bytes ``env.input`` hands out (JSON args, or an artifact).
             storage: the context's key-value store; never mutated here.
             context_id: 32 bytes returned by ``env.context_id``.
-            executor_id: 32 bytes returned by ``env.executor_id``/``env.account_id``.
+            executor_id: the executing device's 32-byte key (``env.device_id``).
+            account_id: the account the call runs as (``env.account_id`` and the
+                ``env.executor_id`` shim); defaults to ``executor_id``.
             clock: optional ``time_now`` source in ns since the epoch; tests pass
                 a fixed clock to make root hashes reproducible.
             random: optional ``random_bytes`` source, ``n -> bytes``.
+            xcall_origin: the calling context when this run is an xcall
+                (``env.xcall_origin``); None for a direct call.
+            private_storage, index, index_meta: read-only views of the node-local
+                stores; None when the run has no such backend (the host
+                functions then answer as merod does without one).
+            blobs: the node's blob store for the ``blob_*`` functions; without
+                one they fail as merod does without a node client.
 
         Returns:
             The :class:`Outcome`; a guest failure is reported in
             ``Outcome.failure``, never raised.
 
         Raises:
-            ValueError: ``context_id`` or ``executor_id`` is not 32 bytes.
+            ValueError: an id is not 32 bytes.
         """
         started = time.perf_counter()
-        for name, value in (("context_id", context_id), ("executor_id", executor_id)):
+        account = executor_id if account_id is None else account_id
+        ids = [("context_id", context_id), ("executor_id", executor_id), ("account_id", account)]
+        if xcall_origin is not None:
+            ids.append(("xcall_origin", xcall_origin))
+        for name, value in ids:
             if len(value) != 32:
                 raise ValueError(
                     f"{name} must be 32 raw bytes, got {len(value)} ({bytes(value)[:40]!r}); "
@@ -690,6 +1280,12 @@ class AppModule:
             clock or _default_clock,
             random or os.urandom,
         )
+        state.account_id = bytes(account)
+        state.xcall_origin = None if xcall_origin is None else bytes(xcall_origin)
+        state.private = private_storage
+        state.index = index
+        state.index_meta = index_meta
+        state.blobs = blobs
         try:
             state.outcome.failure = self._execute(method, state)
         finally:
@@ -700,19 +1296,29 @@ class AppModule:
         else:
             outcome.root_hash = None
             outcome.artifact = b""
+            outcome.private_writes = {}
+            outcome.index_writes = {}
+            outcome.index_meta_writes = {}
+            outcome.xcalls = []
         outcome.duration_s = time.perf_counter() - started
         return outcome
 
     def _execute(self, method: str, state: _CallState) -> ExecutionFailure | None:
-        if not _valid_method_name(method):
-            return ExecutionFailure(
-                "MethodNotFound",
-                f"method {method!r} has an invalid name: use 1-256 ASCII letters, digits or '_'",
-            )
+        problem = _method_name_error(method)
+        if problem is not None:
+            return ExecutionFailure("MethodNotFound", problem)
         if method in self._bad_signatures:
             return ExecutionFailure(
                 "InvalidSignature",
-                f'method "{method}" has an invalid signature: exports must have type () -> ()',
+                f'method "{method}" has invalid signature: expected no arguments and no return value',
+            )
+        if method in self._non_functions:
+            # merod turns wasmer's "incompatible export type" into `unreachable!()`,
+            # which its catch-all reports as a guest panic without a location.
+            return ExecutionFailure(
+                "Panic",
+                "guest panicked: internal error: entered unreachable code",
+                f"the export {method!r} is not a function",
             )
         if method not in self.methods and method not in self._internal:
             return ExecutionFailure("MethodNotFound", f'method "{method}" not found')
@@ -775,9 +1381,11 @@ class WasmRuntime:
         """Validate and compile ``wasm``; the same bytes compile only once.
 
         Raises:
-            AppLinkError: it imports functions merod does not provide.
-            AppFormatError: it is not wasm, does not compile, imports memory,
-                does not export ``memory``, or exports ``_start``.
+            AppLinkError: it imports functions merod does not provide, or that
+                the embedded node cannot provide (``abi.REFUSED_HOST_FUNCTIONS``).
+            AppFormatError: it is larger than merod's module size limit, is not
+                wasm, does not compile, imports memory, does not export
+                ``memory``, or exports a ``_start`` function.
         """
         wasm = bytes(wasm)
         digest = hashlib.sha256(wasm).hexdigest()
@@ -792,6 +1400,11 @@ class WasmRuntime:
 
     def _compile_module(self, wasm: bytes) -> AppModule:
         digest = hashlib.sha256(wasm).hexdigest()
+        if len(wasm) > LIMITS.max_module_size:
+            raise AppFormatError(
+                f"module size limit (max_module_size) exceeded: {len(wasm)} bytes > "
+                f"{LIMITS.max_module_size} bytes limit"
+            )
         if wasm[:4] != b"\0asm":
             head = wasm[:8]
             raise AppFormatError(
@@ -808,8 +1421,8 @@ class WasmRuntime:
                 f"cannot compile the wasm module ({len(wasm)} bytes): {reason}"
             ) from None
 
-        self._check_imports(module)
-        methods, internal, bad = self._classify_exports(module)
+        imports = self._check_imports(module)
+        methods, internal, bad, non_functions = self._classify_exports(module)
         instance_pre = self._linker.instantiate_pre(module)
         return AppModule(
             sha256=digest,
@@ -821,14 +1434,19 @@ class WasmRuntime:
             methods=methods,
             internal=internal,
             bad_signatures=bad,
+            non_functions=non_functions,
+            imports=imports,
             abi=_read_abi(wasm),
             gas_limit=self.gas_limit,
         )
 
     @staticmethod
-    def _check_imports(module: wasmtime.Module) -> None:
+    def _check_imports(module: wasmtime.Module) -> frozenset[str]:
         unknown: list[str] = []
         mismatched: list[str] = []
+        refused: list[str] = []
+        reasons: list[str] = []
+        names: set[str] = set()
         for imp in module.imports:
             name = f"{imp.module}.{imp.name}"
             ty = imp.type
@@ -837,20 +1455,31 @@ class WasmRuntime:
                     f"the module imports its memory ({name}); Calimero apps must define and "
                     "export their own memory (build without --import-memory)"
                 )
+            reason = abi.refusal_reason(imp.name or "") if imp.module == "env" else None
+            if reason is not None:
+                refused.append(name)
+                reasons.append(f"{name} {reason}")
+                continue
             expected = (
                 abi.HOST_FUNCTIONS.get(imp.name or "") if imp.module == "env" else None
             )
             if expected is None or not isinstance(ty, wasmtime.FuncType):
                 unknown.append(name)
                 continue
+            names.add(imp.name or "")
             if _signature_letters(ty) != expected:
                 params, results = expected
                 mismatched.append(
                     f"{name} (expected {_describe(_func_type(params, results))}, "
                     f"got {_describe(ty)})"
                 )
-        if unknown or mismatched:
+        if unknown or mismatched or refused:
             parts = []
+            if refused:
+                parts.append(
+                    "imports merod host functions the embedded node cannot provide: "
+                    + "; ".join(reasons)
+                )
             if unknown:
                 parts.append(
                     "imports the node does not provide: "
@@ -862,28 +1491,30 @@ class WasmRuntime:
                     "imports with the wrong signature: " + "; ".join(mismatched)
                 )
             raise AppLinkError(
-                "cannot link the module: " + "; ".join(parts), unknown, mismatched
+                "cannot link the module: " + "; ".join(parts), unknown, mismatched, refused
             )
+        return frozenset(names)
 
     @staticmethod
     def _classify_exports(
         module: wasmtime.Module,
-    ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    ) -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]:
         methods: set[str] = set()
         internal: set[str] = set()
         bad: set[str] = set()
+        non_functions: set[str] = set()
         has_memory = False
         for exp in module.exports:
             ty = exp.type
             if exp.name == "memory":
-                has_memory = isinstance(ty, wasmtime.MemoryType)
-                continue
-            if exp.name == "_start":
+                has_memory = has_memory or isinstance(ty, wasmtime.MemoryType)
+            if exp.name == "_start" and isinstance(ty, wasmtime.FuncType):
                 raise AppFormatError(
-                    "the module exports `_start`: it was built as a command (WASI program), "
-                    "not as a Calimero app library; build with --no-entry"
+                    "the module exports a `_start` function: it was built as a command "
+                    "(WASI program), not as a Calimero app library; build with --no-entry"
                 )
             if not isinstance(ty, wasmtime.FuncType):
+                non_functions.add(exp.name)
                 continue
             if ty.params or ty.results:
                 bad.add(exp.name)
@@ -896,7 +1527,12 @@ class WasmRuntime:
                 "the module does not export a memory named `memory`; the host needs it to "
                 "pass data in and out"
             )
-        return frozenset(methods), frozenset(internal), frozenset(bad)
+        return (
+            frozenset(methods),
+            frozenset(internal),
+            frozenset(bad),
+            frozenset(non_functions),
+        )
 
 
 def _read_abi(wasm: bytes) -> dict[str, Any] | None:
