@@ -133,8 +133,9 @@ async def test_yaml_log_level_reaches_the_nodes(tmp_path: Path):
 
 
 async def test_executor_public_key_is_accepted_and_sent(tmp_path: Path, monkeypatch):
-    # §9.5: merobox validated it and dropped it; we send it (0.10-era nodes need it,
-    # current nodes ignore it) — corpus 01 passes it to a current node.
+    # §9.5: merobox validated it and dropped it; we send it (0.10-era nodes need it)
+    # and, when a current node denies the unknown field, send the call again
+    # without it — corpus 01 passes it to a current node.
     monkeypatch.chdir(COMPAT)
     result = await run_file(COMPAT / "01-groups.yml", tmp_path)
     assert result.passed

@@ -546,48 +546,147 @@ async def test_execute_uninitialised_context(cluster: Cluster) -> None:
 
 
 @pytest.mark.parametrize(
-    ("envelope", "fragment"),
+    ("params", "message"),
     [
-        ({"jsonrpc": "1.0", "id": 1, "method": "execute", "params": {}}, '"2.0"'),
+        # serde's texts for RequestPayload / ExecutionRequest (deny_unknown_fields).
         (
-            {"jsonrpc": "2.0", "id": 1, "method": "frobnicate", "params": {}},
-            "frobnicate",
+            {"method": "frobnicate", "params": {}},
+            "unknown variant `frobnicate`, expected one of `execute`, `sync_status`, "
+            "`set_ephemeral`",
         ),
-        ({"jsonrpc": "2.0", "id": 1, "method": "execute", "params": []}, "params"),
+        ({"params": {}}, "missing field `method`"),
+        ({"method": "execute"}, "missing field `params`"),
         (
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "execute",
-                "params": {"contextId": "x", "method": "se t", "argsJson": {}},
-            },
-            "invalid method name 'se t'",
+            {"method": "execute", "params": {}, "extra": 1},
+            "unknown field `extra`, expected `method` or `params`",
         ),
         (
+            {"method": "execute", "params": []},
+            "invalid length 0, expected struct ExecutionRequest with 3 elements",
+        ),
+        (
+            {"method": "execute", "params": "x"},
+            'invalid type: string "x", expected struct ExecutionRequest',
+        ),
+        (
+            {"method": "execute", "params": {"contextId": "x", "method": "get"}},
+            "missing field `argsJson`",
+        ),
+        (
             {
-                "jsonrpc": "2.0",
-                "id": 1,
                 "method": "execute",
-                "params": {"contextId": "x", "method": "get"},
+                "params": {
+                    "contextId": "x",
+                    "method": "get",
+                    "argsJson": {},
+                    "executorPublicKey": "k",
+                },
             },
-            "argsJson",
+            "unknown field `executorPublicKey`, expected one of `contextId`, `method`, "
+            "`argsJson`",
+        ),
+        (
+            {"method": "execute", "params": {"contextId": 5, "method": "m", "argsJson": {}}},
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            {"method": "sync_status", "params": {"contextId": "x", "x": 1}},
+            "unknown field `x`, expected `contextId`",
         ),
     ],
 )
-async def test_jsonrpc_bad_envelopes_are_parse_errors(
-    cluster: Cluster, envelope: dict[str, object], fragment: str
+async def test_jsonrpc_payload_errors_are_parse_errors_with_serdes_text(
+    cluster: Cluster, params: dict[str, object], message: str
 ) -> None:
     api = await cluster.start("node-1")
-    resp = await api.client.post(api.url + "/jsonrpc", json=envelope)
-    error = resp.json()["error"]
-    assert error["type"] == "ParseError" and fragment in error["data"]
+    envelope = {"jsonrpc": "2.0", "id": 3, **params}
+    body = (await api.client.post(api.url + "/jsonrpc", json=envelope)).json()
+    assert body == {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "error": {"type": "ParseError", "data": message},
+    }
 
 
-async def test_jsonrpc_body_that_is_not_json(cluster: Cluster) -> None:
+async def test_jsonrpc_method_name_is_validated_before_execution(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
-    resp = await api.client.post(api.url + "/jsonrpc", content=b"{{{")
-    body = resp.json()
-    assert body["id"] is None and body["error"]["type"] == "ParseError"
+    params = {"contextId": "x", "method": "se t", "argsJson": {}}
+    error = (await api.rpc("execute", params))["error"]
+    assert error["type"] == "ParseError" and "invalid method name 'se t'" in error["data"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "text"),
+    [
+        # axum's Json extractor answers these itself, in plain text.
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"execute","params":{}}',
+            {"content-type": "text/plain"},
+            415,
+            "Expected request with `Content-Type: application/json`",
+        ),
+        (
+            b"{{{",
+            {"content-type": "application/json"},
+            400,
+            "Failed to parse the request body as JSON: key must be a string",
+        ),
+        (
+            b"",
+            {"content-type": "application/json"},
+            400,
+            "Failed to parse the request body as JSON: EOF while parsing a value",
+        ),
+        (
+            b'{"jsonrpc":"1.0","id":1,"method":"execute","params":{}}',
+            {"content-type": "application/json"},
+            422,
+            "Failed to deserialize the JSON body into the target type: "
+            "jsonrpc: Invalid JSON-RPC version",
+        ),
+        (
+            b'{"jsonrpc":"2.0","method":"execute","params":{}}',
+            {"content-type": "application/json; charset=utf-8"},
+            422,
+            "Failed to deserialize the JSON body into the target type: missing field `id`",
+        ),
+        (
+            b'{"jsonrpc":"2.0","id":-1,"method":"execute","params":{}}',
+            {"content-type": "application/json"},
+            422,
+            "Failed to deserialize the JSON body into the target type: "
+            "id: data did not match any variant of untagged enum RequestId",
+        ),
+        (
+            b"[1]",
+            {"content-type": "application/json"},
+            422,
+            "Failed to deserialize the JSON body into the target type: "
+            "invalid type: sequence, expected struct Request",
+        ),
+    ],
+)
+async def test_jsonrpc_envelope_rejections_are_plain_http_errors(
+    cluster: Cluster, content: bytes, headers: dict[str, str], status: int, text: str
+) -> None:
+    api = await cluster.start("node-1")
+    resp = await api.client.post(api.url + "/jsonrpc", content=content, headers=headers)
+    assert (resp.status_code, resp.text) == (status, text)
+    assert resp.headers["content-type"].startswith("text/plain")
+
+
+async def test_jsonrpc_ids_are_echoed(cluster: Cluster) -> None:
+    api = await cluster.start("node-1")
+    unknown = b58encode(bytes([1]) * 32)
+    for request_id in ("abc", 0, 2**64 - 1, None):
+        envelope = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "sync_status",
+            "params": {"contextId": unknown},
+        }
+        body = (await api.client.post(api.url + "/jsonrpc", json=envelope)).json()
+        assert body["id"] == request_id and body["error"] == {"type": "ContextNotFound"}
 
 
 async def test_sync_status(cluster: Cluster) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-import ssl
 import json
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +149,19 @@ def describe_rpc_error(error: Any) -> tuple[str, str, Any]:
         message, returned = decoded
         data = {"message": message, "returned_error": returned}
     return etype, message, data
+
+
+def _denies_field(response: httpx.Response, field: str) -> bool:
+    """Whether a JSON-RPC answer is serde's refusal of the unknown ``field``."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return False
+    return (
+        isinstance(error, dict)
+        and error.get("type") == "ParseError"
+        and str(error.get("data", "")).startswith(f"unknown field `{field}`")
+    )
 
 
 class NodeClient:
@@ -424,6 +437,10 @@ class NodeClient:
 
     # -- JSON-RPC ----------------------------------------------------------------
 
+    async def _rpc_execute(self, params: dict[str, Any], timeout: float | None) -> httpx.Response:
+        envelope = {"jsonrpc": "2.0", "id": next(self._ids), "method": "execute", "params": params}
+        return await self._request("POST", "/jsonrpc", json_body=envelope, timeout=timeout)
+
     async def execute(
         self, context_id: str, method: str, args: Any = None, *,
         executor_public_key: str | None = None, timeout: float | None = None,
@@ -434,12 +451,14 @@ class NodeClient:
             "argsJson": {} if args is None else args,
         }
         if executor_public_key:
-            # Required by 0.10-era nodes, ignored by current ones.
+            # Required by 0.10-era nodes; current ones deny the unknown field,
+            # so it is dropped and the call sent again when they do.
             params["executorPublicKey"] = executor_public_key
-        request_id = next(self._ids)
-        envelope = {"jsonrpc": "2.0", "id": request_id, "method": "execute", "params": params}
         route = "POST /jsonrpc"
-        response = await self._request("POST", "/jsonrpc", json_body=envelope, timeout=timeout)
+        response = await self._rpc_execute(params, timeout)
+        if executor_public_key and _denies_field(response, "executorPublicKey"):
+            del params["executorPublicKey"]
+            response = await self._rpc_execute(params, timeout)
         try:
             payload = response.json()
         except ValueError:

@@ -7,8 +7,11 @@ a bare ``{"count": N}``. JSON-RPC answers are always HTTP 200 with either
 ``result`` or an ``error`` object of merod's ``{"type", "data"}`` shapes.
 
 Beyond merod, the execute result (and a FunctionCallError) also carries the
-call's ``logs`` and ``events``, and an app ``Err`` return carries the parsed
-value as ``returnedError`` so callers can show it without decoding byte lists.
+call's ``logs`` and ``events`` (with the ``handler`` an event names, if any),
+the result carries ``xcalls`` (what became of the cross-context calls the call
+queued) when there were any, and an app ``Err`` return carries the parsed value
+as ``returnedError`` so callers can show it without decoding byte lists.
+Requests are read as merod reads them (see :mod:`.jsonrpc`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from urllib.parse import parse_qs
 
 from .errors import ApiError, RpcError
 from .ids import IdError, b58decode32
+from .jsonrpc import EnvelopeRejected, parse_envelope, parse_params
 from .logs import node_logger
 
 if TYPE_CHECKING:
@@ -34,6 +38,8 @@ __all__ = ["MAX_BODY_BYTES", "NodeApi", "Request", "Response"]
 MAX_BODY_BYTES = 128 * 1024 * 1024
 _METHOD_NAME = re.compile(r"[A-Za-z0-9_]{1,256}")
 _ARGS_LIMIT = 10 * 1024 * 1024
+#: merod's EPHEMERAL_MAX_BYTES for set_ephemeral.
+_EPHEMERAL_MAX = 16 * 1024
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -49,6 +55,7 @@ class Request:
     query: dict[str, list[str]]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    content_type: str = ""
 
     def json(self, *, empty_ok: bool = True) -> dict[str, Any]:
         """The body as a JSON object; 400 naming the problem otherwise."""
@@ -101,9 +108,13 @@ def _parse_json_or_text(data: bytes) -> Any:
 
 
 def _events(outcome: Outcome) -> list[dict[str, Any]]:
-    return [
-        {"kind": e.kind, "data": _parse_json_or_text(e.data)} for e in outcome.events
-    ]
+    events = []
+    for e in outcome.events:
+        event = {"kind": e.kind, "data": _parse_json_or_text(e.data)}
+        if e.handler is not None:
+            event["handler"] = e.handler
+        events.append(event)
+    return events
 
 
 class NodeApi:
@@ -178,6 +189,10 @@ class NodeApi:
                 path=path,
                 query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
                 body=body,
+                content_type=next(
+                    (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"content-type"),
+                    "",
+                ),
             )
             response = await self._dispatch(request)
         except ApiError as exc:
@@ -415,33 +430,19 @@ class NodeApi:
     # -- JSON-RPC ------------------------------------------------------------------
 
     async def jsonrpc(self, request: Request) -> Response:
-        req_id: Any = None
         try:
-            try:
-                envelope = json.loads(request.body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RpcError(
-                    "ParseError", f"request body is not valid JSON: {exc}"
-                ) from None
-            if not isinstance(envelope, dict):
-                raise RpcError("ParseError", "a JSON-RPC request must be a JSON object")
-            req_id = envelope.get("id")
-            if envelope.get("jsonrpc") != "2.0":
-                msg = f'"jsonrpc" must be "2.0", got {envelope.get("jsonrpc")!r}'
-                raise RpcError("ParseError", msg)
-            params = envelope.get("params")
-            if not isinstance(params, dict):
-                raise RpcError(
-                    "ParseError", f'"params" must be an object, got {params!r:.80}'
-                )
-            method = envelope.get("method")
+            req_id, payload = parse_envelope(request.body, request.content_type)
+        except EnvelopeRejected as exc:
+            # axum answers before any JSON-RPC handling, in plain text.
+            return Response(exc.status, exc.text.encode(), "text/plain; charset=utf-8")
+        try:
+            method, params = parse_params(payload)
             if method == "execute":
                 result = await self._execute(params)
             elif method == "sync_status":
                 result = self._sync_status(params)
             else:
-                msg = f"unknown JSON-RPC method {method!r}; expected execute or sync_status"
-                raise RpcError("ParseError", msg)
+                result = self._set_ephemeral(params)
         except RpcError as exc:
             return Response.json(
                 {"jsonrpc": "2.0", "id": req_id, "error": exc.to_json()}
@@ -449,19 +450,11 @@ class NodeApi:
         return Response.json({"jsonrpc": "2.0", "id": req_id, "result": result})
 
     async def _execute(self, params: dict[str, Any]) -> dict[str, Any]:
-        ctx_id = params.get("contextId")
-        method = params.get("method")
-        if not isinstance(ctx_id, str):
-            raise RpcError(
-                "ParseError", f'"contextId" must be a base58 string, got {ctx_id!r}'
-            )
-        if not isinstance(method, str) or not _METHOD_NAME.fullmatch(method):
+        ctx_id = params["contextId"]
+        method = params["method"]
+        if not _METHOD_NAME.fullmatch(method):
             msg = f"invalid method name {method!r}: use 1-256 ASCII letters, digits or '_'"
             raise RpcError("ParseError", msg)
-        if "argsJson" not in params:
-            raise RpcError(
-                "ParseError", 'missing field "argsJson" (use {} for no arguments)'
-            )
         args = json.dumps(
             params["argsJson"], separators=(",", ":"), ensure_ascii=False
         ).encode()
@@ -471,8 +464,9 @@ class NodeApi:
                 f"argsJson is {len(args)} bytes; the limit is {_ARGS_LIMIT}",
             )
 
-        outcome = await self.service.execute(ctx_id, method, args)
-        extras = {"logs": list(outcome.logs), "events": _events(outcome)}
+        xcalls: list[Any] = []
+        outcome = await self.service.execute(ctx_id, method, args, xcall_reports=xcalls)
+        extras: dict[str, Any] = {"logs": list(outcome.logs), "events": _events(outcome)}
         if outcome.failure is not None:
             self.log.info(
                 "execute %s on %s failed: %s", method, ctx_id, outcome.failure.message
@@ -495,13 +489,12 @@ class NodeApi:
                 raise RpcError(
                     "SerdeError", {"message": f"output is not JSON: {exc}"}
                 ) from None
+        if xcalls:
+            extras["xcalls"] = [report.to_json() for report in xcalls]
         return {"output": output, **extras}
 
     def _sync_status(self, params: dict[str, Any]) -> dict[str, Any]:
-        ctx_id = params.get("contextId")
-        ctx = (
-            self.service.store.contexts.get(ctx_id) if isinstance(ctx_id, str) else None
-        )
+        ctx = self.service.store.contexts.get(params["contextId"])
         if ctx is None:
             raise RpcError("ContextNotFound")
         return {
@@ -509,3 +502,22 @@ class NodeApi:
             "isInitialized": ctx.initialized,
             **self.service.sync.status(ctx.id),
         }
+
+    def _set_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Take this node's presence slice for a context (merod's ``set_ephemeral``).
+
+        Known gap: the slice is kept in memory only; embedded nodes neither
+        gossip presence nor serve it back.
+        """
+        state = params["state"]
+        if not isinstance(state, list) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in state
+        ):
+            raise RpcError("ParseError", f"invalid type: state must be a sequence of u8, got {state!r:.80}")
+        ctx = self.service.store.contexts.get(params["contextId"])
+        if ctx is None or ctx.identity not in self.service.store.identities:
+            raise RpcError("NoOwnedIdentity")
+        if len(state) > _EPHEMERAL_MAX:
+            raise RpcError("SliceTooLarge", {"size": len(state), "max": _EPHEMERAL_MAX})
+        self.service.presence[ctx.id] = bytes(state)
+        return {}

@@ -6,6 +6,11 @@ shared :class:`~calimero_workflow.node.runtime.WasmRuntime`. Everything that
 talks to other nodes is delegated to :class:`~calimero_workflow.node.sync.Replicator`.
 Errors are raised as :class:`ApiError` (admin API) or :class:`RpcError`
 (JSON-RPC) with messages that name the bad value.
+
+As in merod, an execution also reaches the context's node-local stores and the
+node's blob store; the cross-context calls it queues run on this node right
+after it, and the handlers its events name run on the *receiving* nodes when
+they apply its delta.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import json
 import os
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ApiError, RpcError
 from .ids import (
@@ -30,8 +36,9 @@ from .ids import (
     verify_signature,
 )
 from .logs import node_logger
-from .runtime import AppFormatError, AppModule, Outcome, WasmRuntime
+from .runtime import AppFormatError, AppModule, Outcome, WasmRuntime, XCall
 from .store import (
+    LOCAL_SPACES,
     ZERO_ROOT,
     AppRecord,
     ContextRecord,
@@ -47,13 +54,87 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INVITATION_TTL_S",
+    "MAX_XCALL_DEPTH",
     "NodeService",
+    "XCallReport",
     "invitation_message",
 ]
 
 #: Default lifetime of a namespace invitation, as in merod (one year).
 INVITATION_TTL_S = 365 * 24 * 3600
 _SYNC_METHOD = "__calimero_sync_next"
+#: Not a merod number: merod follows xcall chains without a bound, so two apps
+#: calling each other would spin forever. Deeper calls are denied and logged.
+MAX_XCALL_DEPTH = 16
+_BLOB_FETCH_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class XCallReport:
+    """What became of one cross-context call (merod reports these as node events).
+
+    ``status`` is ``"ok"``, ``"denied"`` (not run: ``reason`` says why) or
+    ``"failed"`` (ran and failed: ``reason`` is the error).
+    """
+
+    origin: str
+    context_id: str
+    function: str
+    status: str
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body = {
+            "origin": self.origin,
+            "contextId": self.context_id,
+            "function": self.function,
+            "status": self.status,
+        }
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
+
+
+class _NodeBlobs:
+    """The node's blob store as the runtime's ``blob_*`` functions use it.
+
+    The runtime calls it from a worker thread; every store access is handed to
+    the event loop, which owns the database connection.
+    """
+
+    def __init__(self, service: NodeService, loop: asyncio.AbstractEventLoop) -> None:
+        self._service = service
+        self._loop = loop
+
+    def _on_loop(self, make: Callable[[], Awaitable[T]], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout)
+
+    def get(self, blob_id: bytes) -> bytes | None:
+        async def read() -> bytes | None:
+            return self._service.store.blob(b58encode(blob_id))
+
+        return self._on_loop(read, _BLOB_FETCH_TIMEOUT)
+
+    def put(self, data: bytes) -> bytes:
+        async def write() -> str:
+            return self._service.store.put_blob(data)
+
+        return b58decode32(self._on_loop(write, _BLOB_FETCH_TIMEOUT))
+
+    def announce(self, blob_id: bytes, context_id: bytes) -> bool:
+        # Members of the context fetch blobs from any member that holds them,
+        # so there is nothing to publish beyond holding it.
+        return True
+
+    def fetch(self, blob_id: bytes, context_id: bytes) -> bytes | None:
+        async def fetch() -> bytes | None:
+            return await self._service.sync.fetch_blob(
+                b58encode(blob_id), b58encode(context_id)
+            )
+
+        return self._on_loop(fetch, _BLOB_FETCH_TIMEOUT + 5)
 
 
 def _now() -> int:
@@ -119,6 +200,8 @@ class NodeService:
         self.log = node_logger(name, "service")
         self._modules: dict[str, AppModule] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Presence slices taken by set_ephemeral, by context (memory only).
+        self.presence: dict[str, bytes] = {}
 
     @property
     def peer_id(self) -> str:
@@ -550,7 +633,7 @@ class NodeService:
             params or b"{}",
             storage={},
             context_id=context_key.public,
-            executor_id=b58decode32(ns.identity),
+            **self._host_services(ctx_id, ns.identity),
         )
         if outcome.failure is not None:
             raise ApiError(400, outcome.failure.message)
@@ -568,7 +651,7 @@ class NodeService:
         if ctx.root == ZERO_ROOT:
             # An init that commits nothing still initialises the context.
             ctx.root = sha256(b"initialised", context_key.public)
-        self.store.commit_changes(ctx, outcome.writes, deltas)
+        self.store.commit_changes(ctx, outcome.writes, deltas, _local_writes(outcome))
         ns.contexts[ctx_id] = {"applicationId": app.id, "createdAt": ctx.created_at}
         self.store.save_namespace(ns)
         self.log.info(
@@ -656,11 +739,39 @@ class NodeService:
             raise RpcError("Uninitialized")
         return ctx, self.module(app)
 
-    async def execute(self, ctx_id: str, method: str, args: bytes) -> Outcome:
+    def _host_services(self, ctx_id: str, identity: str) -> dict[str, Any]:
+        """The run() arguments that bind an execution to this node.
+
+        The device is the node's member identity in the context. Embedded nodes
+        give each account exactly one device, so the account id is the same key.
+        """
+        key = b58decode32(identity)
+        return {
+            "executor_id": key,
+            "account_id": key,
+            "private_storage": self.store.local(ctx_id, "private"),
+            "index": self.store.local(ctx_id, "index"),
+            "index_meta": self.store.local(ctx_id, "index_meta"),
+            "blobs": _NodeBlobs(self, asyncio.get_running_loop()),
+        }
+
+    async def execute(
+        self,
+        ctx_id: str,
+        method: str,
+        args: bytes,
+        *,
+        origin: str | None = None,
+        xcall_reports: list[XCallReport] | None = None,
+        _depth: int = 0,
+    ) -> Outcome:
         """Run ``method`` in a context; apply, log and broadcast its changes.
 
         A failure of the guest is returned in ``Outcome.failure`` (nothing is
-        applied); node-side problems raise :class:`RpcError`.
+        applied); node-side problems raise :class:`RpcError`. The xcalls a
+        successful call queued run next, each as its own execution on the
+        target context with this context as ``origin``; what became of them is
+        appended to ``xcall_reports`` (nested ones too, depth first).
         """
         ctx, module = self._runnable(ctx_id)
         delta = None
@@ -672,7 +783,8 @@ class NodeService:
                 args,
                 storage=self.store.kv(ctx_id),
                 context_id=b58decode32(ctx_id),
-                executor_id=b58decode32(ctx.identity),
+                xcall_origin=None if origin is None else b58decode32(origin),
+                **self._host_services(ctx_id, ctx.identity),
             )
             if outcome.failure is not None or ctx_id not in self.store.contexts:
                 # Failed, or the context was deleted while the call ran.
@@ -685,13 +797,15 @@ class NodeService:
                     parents=parents,
                     artifact=outcome.artifact,
                     author=self.peer_id,
+                    events=tuple((e.kind, e.data, e.handler) for e in outcome.events),
                 )
                 deltas.append(delta)
                 ctx.heads = [delta.id]
             if outcome.root_hash is not None:
                 ctx.root = outcome.root_hash
-            if outcome.writes or deltas:
-                self.store.commit_changes(ctx, outcome.writes, deltas)
+            local = _local_writes(outcome)
+            if outcome.writes or deltas or local:
+                self.store.commit_changes(ctx, outcome.writes, deltas, local)
         if delta is not None:
             self.log.info(
                 "context %s: %s produced delta %s, root %s",
@@ -701,7 +815,70 @@ class NodeService:
                 b58encode(ctx.root),
             )
             self.sync.broadcast_delta(ctx, delta)
+        if outcome.xcalls and not outcome.is_error:
+            reports = [] if xcall_reports is None else xcall_reports
+            await self._run_xcalls(ctx, outcome.xcalls, reports, _depth)
         return outcome
+
+    async def _run_xcalls(
+        self,
+        source: ContextRecord,
+        xcalls: list[XCall],
+        reports: list[XCallReport],
+        depth: int,
+    ) -> None:
+        """Run queued cross-context calls in order, as merod does after a call.
+
+        A target must be a context of the same namespace that this node is a
+        member of; it runs as this node's member identity there. A failure is
+        reported and logged and never affects the calling execution.
+        """
+        for call in xcalls:
+            target_id = b58encode(call.context_id)
+            report = XCallReport(source.id, target_id, call.function, "ok")
+            target = self.store.contexts.get(target_id)
+            if target is None or target.namespace_id != source.namespace_id:
+                report = _deny(report, "namespace boundary")
+            elif target.identity not in self.store.identities:
+                report = _deny(report, "no owned member")
+            elif depth + 1 > MAX_XCALL_DEPTH:
+                report = _deny(report, f"deeper than {MAX_XCALL_DEPTH} nested xcalls")
+            else:
+                nested: list[XCallReport] = []
+                try:
+                    outcome = await self.execute(
+                        target_id,
+                        call.function,
+                        call.params,
+                        origin=source.id,
+                        xcall_reports=nested,
+                        _depth=depth + 1,
+                    )
+                except RpcError as exc:
+                    report = _fail(report, str(exc))
+                else:
+                    if outcome.failure is not None:
+                        report = _fail(report, outcome.failure.message)
+                    elif outcome.is_error:
+                        payload = ", ".join(str(b) for b in outcome.returns or b"")
+                        report = _fail(report, f"the method call returned an error: [{payload}]")
+                reports.append(report)
+                reports.extend(nested)
+                self._log_xcall(report)
+                continue
+            reports.append(report)
+            self._log_xcall(report)
+
+    def _log_xcall(self, report: XCallReport) -> None:
+        level = self.log.info if report.status == "ok" else self.log.warning
+        level(
+            "xcall from context %s to %s.%s: %s%s",
+            report.origin,
+            report.context_id,
+            report.function,
+            report.status,
+            f" ({report.reason})" if report.reason else "",
+        )
 
     async def apply_delta(self, ctx_id: str, delta: Delta, source: str) -> bool:
         """Apply a delta from a peer through ``__calimero_sync_next``; False if skipped."""
@@ -720,7 +897,7 @@ class NodeService:
                 delta.artifact,
                 storage=self.store.kv(ctx_id),
                 context_id=b58decode32(ctx_id),
-                executor_id=b58decode32(ctx.identity),
+                **self._host_services(ctx_id, ctx.identity),
             )
             if outcome.failure is not None:
                 msg = f"delta {delta.id.hex()[:16]} from {source} failed to apply: "
@@ -728,7 +905,7 @@ class NodeService:
             if outcome.root_hash is not None:
                 ctx.root = outcome.root_hash
             ctx.heads = self.sync.heads_after(ctx, delta)
-            self.store.commit_changes(ctx, outcome.writes, [delta])
+            self.store.commit_changes(ctx, outcome.writes, [delta], _local_writes(outcome))
         self.log.info(
             "context %s: applied delta %s from %s, root %s",
             ctx_id,
@@ -736,4 +913,51 @@ class NodeService:
             source,
             b58encode(ctx.root),
         )
+        await self._run_handlers(ctx_id, delta)
         return True
+
+    async def _run_handlers(self, ctx_id: str, delta: Delta) -> None:
+        """Run the handlers the delta's events name, as merod's receivers do.
+
+        Each runs as this node's identity with the event data as input; a
+        failing handler is logged and the others still run.
+        """
+        for kind, data, handler in delta.events:
+            if handler is None:
+                continue
+            try:
+                outcome = await self.execute(ctx_id, handler, data)
+            except RpcError as exc:
+                error = str(exc)
+            else:
+                error = outcome.failure.message if outcome.failure else None
+            if error is None:
+                self.log.info("context %s: ran handler %s for event %s", ctx_id, handler, kind)
+            else:
+                self.log.warning(
+                    "context %s: handler %s for event %s failed: %s",
+                    ctx_id,
+                    handler,
+                    kind,
+                    error,
+                )
+
+
+def _local_writes(outcome: Outcome) -> dict[str, dict[bytes, bytes | None]]:
+    """The node-local store writes of an outcome, by ``LOCAL_SPACES`` name."""
+    writes = dict(
+        zip(
+            LOCAL_SPACES,
+            (outcome.private_writes, outcome.index_writes, outcome.index_meta_writes),
+            strict=True,
+        )
+    )
+    return {space: w for space, w in writes.items() if w}
+
+
+def _deny(report: XCallReport, reason: str) -> XCallReport:
+    return XCallReport(report.origin, report.context_id, report.function, "denied", reason)
+
+
+def _fail(report: XCallReport, reason: str) -> XCallReport:
+    return XCallReport(report.origin, report.context_id, report.function, "failed", reason)

@@ -2,7 +2,10 @@
 
 Everything a node knows survives a restart: identities, installed applications
 and blobs, namespaces with their members, contexts with their key-value storage,
-state root, DAG heads and the delta log, and the addresses of peers seen.
+state root, DAG heads and the delta log, and the addresses of peers seen. Each
+context also has three node-local stores that are never replicated nor part of
+a snapshot: private storage, the ordered index and the index's validity markers
+(merod's ``private_storage_*`` and ``storage_index_*`` host functions).
 Records are cached in memory (nodes under test are small); every change is
 written through in a transaction, so an execute's storage writes, new root and
 delta land together or not at all. WAL mode with ``synchronous=NORMAL`` survives
@@ -23,10 +26,12 @@ from typing import Any
 from .ids import b58encode, sha256
 
 __all__ = [
+    "LOCAL_SPACES",
     "ZERO_ROOT",
     "AppRecord",
     "ContextRecord",
     "Delta",
+    "DeltaEvent",
     "NamespaceRecord",
     "NodeStore",
     "delta_id",
@@ -49,9 +54,15 @@ CREATE TABLE IF NOT EXISTS context_kv (
 CREATE TABLE IF NOT EXISTS deltas (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, context_id TEXT NOT NULL, id BLOB NOT NULL,
     parents BLOB NOT NULL, artifact BLOB NOT NULL, author TEXT NOT NULL,
-    UNIQUE (context_id, id));
+    events TEXT NOT NULL DEFAULT '[]', UNIQUE (context_id, id));
 CREATE TABLE IF NOT EXISTS peers (peer_id TEXT PRIMARY KEY, addr TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS node_local (
+    context_id TEXT NOT NULL, space TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (context_id, space, key)) WITHOUT ROWID;
 """
+
+#: The node-local keyspaces of a context (never replicated).
+LOCAL_SPACES = ("private", "index", "index_meta")
 
 
 def _now() -> int:
@@ -176,23 +187,57 @@ def delta_id(parents: Iterable[bytes], artifact: bytes) -> bytes:
     return sha256(b"calimero-delta-v1", *parents, artifact)
 
 
+#: An event carried with a delta: (kind, data, handler or None).
+DeltaEvent = tuple[str, bytes, str | None]
+
+
+def _events_json(events: Iterable[DeltaEvent]) -> list[dict[str, Any]]:
+    return [
+        {"kind": k, "data": base64.b64encode(d).decode(), "handler": h}
+        for k, d, h in events
+    ]
+
+
+def _events_from_json(items: Any) -> tuple[DeltaEvent, ...]:
+    events = []
+    for item in items or []:
+        handler = item.get("handler")
+        events.append(
+            (
+                str(item["kind"]),
+                base64.b64decode(item["data"], validate=True),
+                None if handler is None else str(handler),
+            )
+        )
+    return tuple(events)
+
+
 @dataclass(frozen=True)
 class Delta:
-    """One state change of a context, as produced by a mutating call."""
+    """One state change of a context, as produced by a mutating call.
+
+    ``events`` are the events of the call that produced it; receiving nodes run
+    the ones that name a handler (``emit_with_handler``), as merod does. Like in
+    merod at the time this follows, the delta id does not cover them.
+    """
 
     id: bytes
     parents: tuple[bytes, ...]
     artifact: bytes
     author: str
+    events: tuple[DeltaEvent, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-safe form for the swarm."""
-        return {
+        body = {
             "id": self.id.hex(),
             "parents": [p.hex() for p in self.parents],
             "artifact": base64.b64encode(self.artifact).decode(),
             "author": self.author,
         }
+        if self.events:
+            body["events"] = _events_json(self.events)
+        return body
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> Delta:
@@ -203,7 +248,11 @@ class Delta:
         if ident != delta_id(parents, artifact):
             raise ValueError(f"delta id {body['id']} does not match its content")
         return cls(
-            id=ident, parents=parents, artifact=artifact, author=str(body["author"])
+            id=ident,
+            parents=parents,
+            artifact=artifact,
+            author=str(body["author"]),
+            events=_events_from_json(body.get("events")),
         )
 
 
@@ -219,6 +268,7 @@ class NodeStore:
         self.contexts: dict[str, ContextRecord] = {}
         self.peers: dict[str, str] = {}
         self._kv: dict[str, dict[bytes, bytes]] = {}
+        self._local: dict[tuple[str, str], dict[bytes, bytes]] = {}
         self._deltas: dict[str, dict[bytes, Delta]] = {}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -230,6 +280,9 @@ class NodeStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(deltas)")}
+        if "events" not in columns:  # a node home written before events were kept
+            db.execute("ALTER TABLE deltas ADD COLUMN events TEXT NOT NULL DEFAULT '[]'")
         self._db = db
         for pk, secret in db.execute("SELECT public_key, secret FROM identities"):
             self.identities[b58encode(pk)] = secret
@@ -250,6 +303,7 @@ class NodeStore:
             self._db.close()
             self._db = None
         self._kv.clear()
+        self._local.clear()
         self._deltas.clear()
 
     @property
@@ -346,10 +400,13 @@ class NodeStore:
                 ("DELETE FROM contexts WHERE id = ?", (ctx_id,)),
                 ("DELETE FROM context_kv WHERE context_id = ?", (ctx_id,)),
                 ("DELETE FROM deltas WHERE context_id = ?", (ctx_id,)),
+                ("DELETE FROM node_local WHERE context_id = ?", (ctx_id,)),
             ]
         )
         self.contexts.pop(ctx_id, None)
         self._kv.pop(ctx_id, None)
+        for space in LOCAL_SPACES:
+            self._local.pop((ctx_id, space), None)
         self._deltas.pop(ctx_id, None)
 
     def kv(self, ctx_id: str) -> dict[bytes, bytes]:
@@ -367,23 +424,39 @@ class NodeStore:
             self._kv[ctx_id] = cached
         return cached
 
+    def local(self, ctx_id: str, space: str) -> dict[bytes, bytes]:
+        """One node-local keyspace of a context (``LOCAL_SPACES``), read-only.
+
+        Loaded on first use and cached; change it through :meth:`commit_changes`.
+        """
+        cached = self._local.get((ctx_id, space))
+        if cached is None:
+            rows = self.db.execute(
+                "SELECT key, value FROM node_local WHERE context_id = ? AND space = ?",
+                (ctx_id, space),
+            )
+            cached = {bytes(k): bytes(v) for k, v in rows}
+            self._local[(ctx_id, space)] = cached
+        return cached
+
     def deltas(self, ctx_id: str) -> dict[bytes, Delta]:
         """The context's delta log in arrival order (loaded on first use)."""
         cached = self._deltas.get(ctx_id)
         if cached is None:
             rows = self.db.execute(
-                "SELECT id, parents, artifact, author FROM deltas "
+                "SELECT id, parents, artifact, author, events FROM deltas "
                 "WHERE context_id = ? ORDER BY seq",
                 (ctx_id,),
             )
             cached = {}
-            for ident, parents, artifact, author in rows:
+            for ident, parents, artifact, author, events in rows:
                 p = bytes(parents)
                 cached[bytes(ident)] = Delta(
                     id=bytes(ident),
                     parents=tuple(p[i : i + 32] for i in range(0, len(p), 32)),
                     artifact=bytes(artifact),
                     author=str(author),
+                    events=_events_from_json(json.loads(events)),
                 )
             self._deltas[ctx_id] = cached
         return cached
@@ -393,11 +466,16 @@ class NodeStore:
         ctx: ContextRecord,
         writes: Mapping[bytes, bytes | None],
         deltas: Iterable[Delta] = (),
+        local: Mapping[str, Mapping[bytes, bytes | None]] | None = None,
     ) -> None:
-        """Atomically apply storage writes, save the context record and log deltas."""
+        """Atomically apply storage writes, save the context record and log deltas.
+
+        ``local`` maps a node-local keyspace (``LOCAL_SPACES``) to its writes.
+        """
         kv = self.kv(ctx.id)
         log = self.deltas(ctx.id)
         new_deltas = [d for d in deltas if d.id not in log]
+        local = {space: w for space, w in (local or {}).items() if w}
         statements: list[tuple[str, tuple[Any, ...]]] = []
         for key, value in writes.items():
             if value is None:
@@ -406,13 +484,26 @@ class NodeStore:
             else:
                 sql = "INSERT OR REPLACE INTO context_kv VALUES (?, ?, ?)"
                 statements.append((sql, (ctx.id, key, value)))
+        for space, space_writes in local.items():
+            for key, value in space_writes.items():
+                if value is None:
+                    sql = (
+                        "DELETE FROM node_local WHERE context_id = ? AND space = ? "
+                        "AND key = ?"
+                    )
+                    statements.append((sql, (ctx.id, space, key)))
+                else:
+                    sql = "INSERT OR REPLACE INTO node_local VALUES (?, ?, ?, ?)"
+                    statements.append((sql, (ctx.id, space, key, value)))
         for d in new_deltas:
             sql = (
-                "INSERT OR IGNORE INTO deltas (context_id, id, parents, artifact, author) "
-                "VALUES (?, ?, ?, ?, ?)"
+                "INSERT OR IGNORE INTO deltas "
+                "(context_id, id, parents, artifact, author, events) "
+                "VALUES (?, ?, ?, ?, ?, ?)"
             )
+            events = json.dumps(_events_json(d.events))
             statements.append(
-                (sql, (ctx.id, d.id, b"".join(d.parents), d.artifact, d.author))
+                (sql, (ctx.id, d.id, b"".join(d.parents), d.artifact, d.author, events))
             )
         statements.append(
             ("INSERT OR REPLACE INTO contexts VALUES (?, ?)", (ctx.id, ctx.to_json()))
@@ -424,6 +515,13 @@ class NodeStore:
                 kv.pop(key, None)
             else:
                 kv[key] = value
+        for space, space_writes in local.items():
+            cache = self.local(ctx.id, space)
+            for key, value in space_writes.items():
+                if value is None:
+                    cache.pop(key, None)
+                else:
+                    cache[key] = value
         for d in new_deltas:
             log[d.id] = d
         self.contexts[ctx.id] = ctx

@@ -15,6 +15,8 @@ interval, when a peer connects, and on ``POST /admin-api/contexts/sync``:
 
 Namespace records (members, contexts) only grow, so they replicate by union.
 Peers are trusted once they hold a member identity of the namespace concerned.
+Blobs an app opens in a context (``blob_open_in_context``) are fetched from the
+context's members when this node does not hold them.
 """
 
 from __future__ import annotations
@@ -272,6 +274,34 @@ class Replicator:
             if ctx.id in self.store.contexts:
                 self.store.save_context(ctx)
 
+    async def fetch_blob(self, blob_id: str, ctx_id: str) -> bytes | None:
+        """A blob from this node, else from a member of the context (then kept)."""
+        data = self.store.blob(blob_id)
+        ctx = self.store.contexts.get(ctx_id)
+        if data is not None or ctx is None or self.swarm.partitioned:
+            return data
+        for peer in self._context_peers(ctx):
+            try:
+                reply = await self.swarm.request(
+                    peer,
+                    "blob_fetch",
+                    {"context_id": ctx_id, "blob_id": blob_id},
+                    timeout=_REQUEST_TIMEOUT,
+                )
+            except PeerError as exc:
+                self.log.debug("blob %s: fetch from %s failed: %s", blob_id, peer, exc)
+                continue
+            if not reply.get("found"):
+                continue
+            data = base64.b64decode(reply["data"], validate=True)
+            if b58encode(sha256(data)) != blob_id:
+                self.log.warning("blob %s: %s sent other content; ignored", blob_id, peer)
+                continue
+            self.store.put_blob(data)
+            self.log.info("blob %s: fetched %d bytes from %s", blob_id, len(data), peer)
+            return data
+        return None
+
     def broadcast_delta(self, ctx: ContextRecord, delta: Delta) -> None:
         """Push a fresh local delta to every connected member (fire and forget)."""
         body = {"context_id": ctx.id, "delta": delta.to_wire()}
@@ -520,6 +550,13 @@ class Replicator:
             ],
             "deltas": [d.to_wire() for d in self.store.deltas(ctx.id).values()],
         }
+
+    async def _on_blob_fetch(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._member_ctx(str(body.get("context_id")), peer)
+        data = self.store.blob(str(body.get("blob_id")))
+        if data is None:
+            return {"found": False}
+        return {"found": True, "data": base64.b64encode(data).decode()}
 
     async def _on_delta(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         ctx = self._member_ctx(str(body.get("context_id")), peer)
