@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from calimero_workflow.node import abi
 from calimero_workflow.steps import load_builtin_steps
 from calimero_workflow.steps.base import StepConfig, registry
 
@@ -49,3 +50,12 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_example_files_exist():
     for path in re.findall(r"(examples/[\w./-]+\.yml)", README):
         assert (ROOT / path).is_file(), path
+
+
+def test_every_host_function_is_documented_as_provided_or_refused():
+    section = README.split("## What the embedded node runs", 1)[1].split("\n## ", 1)[0]
+    provided, refused = section.split("Not provided", 1)
+    for name in abi.HOST_FUNCTIONS:
+        assert f"`{name}`" in provided, f"README does not list host function {name}"
+    for name in abi.REFUSED_HOST_FUNCTIONS:
+        assert f"`{name}`" in refused, f"README does not list refused host function {name}"

@@ -2,9 +2,13 @@
 
 Everything here is pure data handling with no wasmtime dependency, so it can be
 reused by tools that inspect app binaries: the limits merod enforces, the
-signatures of every host function, decoders for the little-endian descriptors
+signatures of every host function the embedded node links, the ones it refuses
+and why, merod's host error texts, decoders for the little-endian descriptors
 the guest passes by pointer, a reader for wasm custom sections, and ed25519
 signature verification for the ``ed25519_verify`` host call.
+
+The sources are merod's ``crates/sys/src/lib.rs`` (what the SDK imports),
+``crates/runtime/src/logic/host_functions/*.rs`` and ``errors.rs``.
 """
 
 from __future__ import annotations
