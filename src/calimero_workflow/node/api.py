@@ -196,7 +196,12 @@ class NodeApi:
             )
             response = await self._dispatch(request)
         except ApiError as exc:
-            response = Response.json({"error": exc.message}, exc.status)
+            if exc.plain:
+                response = Response(
+                    exc.status, exc.message.encode(), "text/plain; charset=utf-8"
+                )
+            else:
+                response = Response.json({"error": exc.message}, exc.status)
         except Exception:  # untyped failures are logged, never echoed (as merod)
             self.log.exception("%s %s failed", method, path)
             response = Response.json({"error": "Internal server error"}, 500)

@@ -21,12 +21,17 @@ class NodeError(Exception):
 
 
 class ApiError(NodeError):
-    """An admin API error: ``status`` and a message that names the bad value."""
+    """An admin API error: ``status`` and a message that names the bad value.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``plain`` sends the message as a ``text/plain`` body instead of
+    ``{"error": message}``, as merod's install handlers do.
+    """
+
+    def __init__(self, status: int, message: str, *, plain: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.plain = plain
 
 
 class RpcError(NodeError):

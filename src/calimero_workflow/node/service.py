@@ -47,7 +47,7 @@ from .store import (
     NodeStore,
     delta_id,
 )
-from .urlguard import fetch_app
+from .urlguard import check_public_url, fetch_app
 
 if TYPE_CHECKING:
     from .sync import Replicator
@@ -241,15 +241,20 @@ class NodeService:
         package: str | None = None,
         version: str | None = None,
     ) -> AppRecord:
-        """Install wasm bytes; refuses what merod would refuse to link."""
+        """Install wasm bytes; refuses what merod would refuse to link.
+
+        Failures are merod's install-handler answer: a plain-text 500.
+        """
         if wasm[:4] == b"PK\x03\x04" or wasm[:2] == b"\x1f\x8b":
             raise ApiError(
-                400, f"{source}: .mpk bundles are not supported; install the .wasm"
+                500,
+                f"{source}: .mpk bundles are not supported; install the .wasm",
+                plain=True,
             )
         try:
             mod = self.runtime.compile(wasm)
         except AppFormatError as exc:
-            raise ApiError(400, f"cannot install {source}: {exc}") from None
+            raise ApiError(500, f"cannot install {source}: {exc}", plain=True) from None
         blob_id = self.store.put_blob(wasm)
         app_id = _app_id(blob_id, len(wasm), source, metadata)
         rec = AppRecord(
@@ -286,12 +291,12 @@ class NodeService:
                 f"application file {path!r} does not exist on node {self.name}; the path "
                 "is read on the node's filesystem, not the caller's"
             )
-            raise ApiError(400, msg)
+            raise ApiError(500, msg, plain=True)
         try:
             wasm = file.read_bytes()
         except OSError as exc:
             raise ApiError(
-                400, f"cannot read application file {path!r}: {exc}"
+                500, f"cannot read application file {path!r}: {exc}", plain=True
             ) from None
         return self.install_bytes(
             wasm,
@@ -311,11 +316,17 @@ class NodeService:
                 400, "'metadata' is required (an array of bytes; [] for none)"
             )
         metadata = _bytes_field(body["metadata"], "metadata")
-        wasm = await fetch_app(url, allow_private=self.allow_private_urls)
+        # A refused host is a bad request; a failed download is, as every
+        # install failure in merod, a plain-text 500.
+        await check_public_url(url, allow_private=self.allow_private_urls)
+        try:
+            wasm = await fetch_app(url, allow_private=self.allow_private_urls)
+        except ApiError as exc:
+            raise ApiError(500, exc.message, plain=True) from None
         expected = body.get("hash")
         if expected is not None and expected != b58encode(sha256(wasm)):
             msg = f"{url!r} has hash {b58encode(sha256(wasm))}, not the expected {expected!r}"
-            raise ApiError(400, msg)
+            raise ApiError(500, msg, plain=True)
         return self.install_bytes(
             wasm,
             source=url,
