@@ -34,7 +34,7 @@ from calimero_workflow.client import NodeClient
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
-from docker_support import NODE_IMAGE, ROOT, docker_client, leftovers
+from docker_support import NODE_IMAGE, ROOT, derived_image, docker_client, leftovers
 
 pytestmark = pytest.mark.docker
 
@@ -133,7 +133,7 @@ def _variant_image(client, tag: str, on_run: str) -> str:
 def silent_image(client):
     """A node that never serves: it can never become ready."""
     return _variant_image(
-        client, "calimero-workflow/test-silent:dev", "exec sleep 3600"
+        client, derived_image("silent"), "exec sleep 3600"
     )
 
 
@@ -141,13 +141,13 @@ def silent_image(client):
 def wrong_server_image(client):
     """A node whose server answers, but 404 for every admin route."""
     return _variant_image(
-        client, "calimero-workflow/test-404:dev", "exec python3 -m http.server 2528"
+        client, derived_image("404"), "exec python3 -m http.server 2528"
     )
 
 
 async def test_node_that_exits_reports_exit_code_and_last_logs(client, tmp_path: Path):
     image = _variant_image(
-        client, "calimero-workflow/test-crash:dev", "echo boom-before-exit; exit 3"
+        client, derived_image("crash"), "echo boom-before-exit; exit 3"
     )
     wf = parse_workflow(
         "name: crash\nnodes: {count: 2}\nwait_timeout: 30\nsteps: []\n", environ={}
