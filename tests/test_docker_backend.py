@@ -221,11 +221,11 @@ async def test_failed_run_leaves_nothing_and_writes_states(client, tmp_path: Pat
     assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
-def test_sigterm_cleans_up_everything(client, tmp_path: Path):
-    wf = tmp_path / "slow.yml"
-    wf.write_text(
-        "name: sigterm docker\nnodes: {count: 2}\nsteps:\n  - {type: wait, seconds: 120}\n"
-    )
+def _cli_run(tmp_path: Path, steps: str) -> tuple[subprocess.Popen, str]:
+    """Start the CLI on a two-node docker workflow with ``steps``; its label."""
+    name = f"signal {secrets.token_hex(4)}"  # unique: other checkouts share the daemon
+    wf = tmp_path / "wf.yml"
+    wf.write_text(f"name: {name}\nnodes: {{count: 2}}\nsteps:\n{steps}")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -247,18 +247,49 @@ def test_sigterm_cleans_up_everything(client, tmp_path: Path):
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")},
     )
-    seen = ""
+    return proc, f"{LABEL_WORKFLOW}={name}"
+
+
+def _read_until(proc: subprocess.Popen, marker: str, seen: str = "") -> str:
     deadline = time.monotonic() + 120
-    while (
-        "phase nodes_start" not in seen
-        and time.monotonic() < deadline
-        and proc.poll() is None
-    ):
+    while marker not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stdout.readline()
-    label = f"{LABEL_WORKFLOW}=sigterm docker"
+    assert marker in seen, seen
+    return seen
+
+
+def test_sigterm_cleans_up_everything(client, tmp_path: Path):
+    proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 120}\n")
+    seen = _read_until(proc, "phase nodes_start")
     assert leftovers(client, label)["containers"], seen
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, seen + rest
+    assert leftovers(client, label) == NOTHING
+
+
+@pytest.mark.parametrize(
+    "steps, first, second",
+    [
+        # the steps fail; the signal lands while node logs are read or nodes removed
+        ("  - {type: assert, actual: 1, equals: 2}\n", "FAIL phase steps", None),
+        # interrupted during a step, then interrupted again during the teardown
+        ("  - {type: wait, seconds: 120}\n", "PASS phase nodes_start", "phase on_failure"),
+    ],
+    ids=["signal-during-cleanup", "second-signal-during-cleanup"],
+)
+def test_a_signal_during_cleanup_does_not_cut_it_short(
+    client, tmp_path: Path, steps: str, first: str, second: str | None
+):
+    proc, label = _cli_run(tmp_path, steps)
+    seen = _read_until(proc, first)
+    proc.send_signal(signal.SIGINT if second else signal.SIGTERM)
+    if second:
+        seen = _read_until(proc, second, seen)
+        proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert "Traceback" not in seen + rest, seen + rest
+    assert "PASS phase cleanup" in rest, seen + rest
     assert proc.returncode == 130, seen + rest
     assert leftovers(client, label) == NOTHING
 
