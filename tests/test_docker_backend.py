@@ -117,11 +117,11 @@ async def test_node_that_cannot_init_fails_with_exit_code_and_logs(
     )
 
 
-def _variant_image(client, tag: str, on_run: str) -> str:
-    """Our node image whose `merod ... run` does ``on_run`` instead of serving."""
+def _variant_image(client, tag: str, on_run: str, command: str = "run") -> str:
+    """Our node image whose `merod ... <command>` does ``on_run`` instead."""
     dockerfile = (
         f"FROM {NODE_IMAGE}\n"
-        f'RUN printf \'#!/bin/sh\\ncase "$*" in *" run"*) {on_run};; esac\\n'
+        f'RUN printf \'#!/bin/sh\\ncase "$*" in *" {command}"*) {on_run};; esac\\n'
         'exec /opt/cw/bin/merod-embedded "$@"\\n\' > /usr/local/bin/merod-variant '
         "&& chmod 0755 /usr/local/bin/merod-variant && ln -sf /usr/local/bin/merod-variant /usr/local/bin/merod\n"
     )
@@ -143,6 +143,34 @@ def wrong_server_image(client):
     return _variant_image(
         client, derived_image("404"), "exec python3 -m http.server 2528"
     )
+
+
+@pytest.fixture(scope="module")
+def init_hangs_image(client):
+    """A node whose `merod init` never returns."""
+    return _variant_image(
+        client, derived_image("init-hangs"), "echo init-is-stuck; exec sleep 3600", "init"
+    )
+
+
+async def test_init_that_never_ends_fails_within_wait_timeout(
+    client, init_hangs_image, tmp_path: Path
+):
+    wf = parse_workflow(
+        "name: init hangs\nnodes: {count: 1}\nwait_timeout: 3\nsteps: []\n", environ={}
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=init_hangs_image, env={}, workdir=tmp_path
+    ).run()
+    phase = next(p for p in result.phases if p.name == "nodes_start")
+    assert phase.status is Status.FAILED
+    assert (
+        "`merod init` for node calimero-node-1 did not finish within 10s"
+        in phase.error.message
+    ), phase.error
+    assert "wait_timeout" in phase.error.hint
+    assert "init-is-stuck" in phase.data["last_logs"]
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
 async def test_node_that_exits_reports_exit_code_and_last_logs(client, tmp_path: Path):
@@ -221,7 +249,9 @@ async def test_failed_run_leaves_nothing_and_writes_states(client, tmp_path: Pat
     assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
-def _cli_run(tmp_path: Path, steps: str) -> tuple[subprocess.Popen, str]:
+def _cli_run(
+    tmp_path: Path, steps: str, image: str = NODE_IMAGE
+) -> tuple[subprocess.Popen, str]:
     """Start the CLI on a two-node docker workflow with ``steps``; its label."""
     name = f"signal {secrets.token_hex(4)}"  # unique: other checkouts share the daemon
     wf = tmp_path / "wf.yml"
@@ -236,7 +266,7 @@ def _cli_run(tmp_path: Path, steps: str) -> tuple[subprocess.Popen, str]:
             "--backend",
             "docker",
             "--image",
-            NODE_IMAGE,
+            image,
             "--workdir",
             str(tmp_path / "w"),
             "--color",
@@ -258,12 +288,22 @@ def _read_until(proc: subprocess.Popen, marker: str, seen: str = "") -> str:
     return seen
 
 
+def _output(proc: subprocess.Popen, timeout: float) -> str:
+    """The rest of the output once ``proc`` exits; killed if it takes longer."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[0]
+        pytest.fail(f"still running after {timeout:g}s:\n{rest}")
+
+
 def test_sigterm_cleans_up_everything(client, tmp_path: Path):
     proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 120}\n")
     seen = _read_until(proc, "phase nodes_start")
     assert leftovers(client, label)["containers"], seen
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=120)
+    rest = _output(proc, 120)
     assert proc.returncode == 130, seen + rest
     assert leftovers(client, label) == NOTHING
 
@@ -287,10 +327,45 @@ def test_a_signal_during_cleanup_does_not_cut_it_short(
     if second:
         seen = _read_until(proc, second, seen)
         proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
+    rest = _output(proc, 120)
     assert "Traceback" not in seen + rest, seen + rest
     assert "PASS phase cleanup" in rest, seen + rest
     assert proc.returncode == 130, seen + rest
+    assert leftovers(client, label) == NOTHING
+
+
+def test_sigterm_while_init_hangs_stops_the_init_containers(
+    client, init_hangs_image, tmp_path: Path
+):
+    proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 1}\n", init_hangs_image)
+    deadline = time.monotonic() + 60
+    while len(leftovers(client, label)["containers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    # cleanup must not wait for the stuck `merod init` calls: it stops them
+    out = _output(proc, 40)
+    assert proc.returncode == 130, out
+    assert "still running" not in out, out
+    assert leftovers(client, label) == NOTHING
+
+
+def test_sigterm_while_the_image_pull_hangs_stops_at_once(client, tmp_path: Path):
+    # a "registry" on loopback that accepts connections and never answers
+    with socket.socket() as registry:
+        registry.bind(("127.0.0.1", 0))
+        registry.listen(16)
+        registry.settimeout(60)
+        image = f"127.0.0.1:{registry.getsockname()[1]}/hangs/merod:edge"
+        proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 1}\n", image)
+        asked, _ = registry.accept()  # the daemon is pulling now
+        try:
+            proc.send_signal(signal.SIGTERM)
+            # the daemon gives up on its own only after about 25 s per try
+            out = _output(proc, 15)
+        finally:
+            asked.close()
+    assert proc.returncode == 130, out
+    assert "FAIL phase pull_image" in out and "INTERRUPTED" in out, out
     assert leftovers(client, label) == NOTHING
 
 

@@ -41,7 +41,7 @@ import tarfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -86,6 +86,9 @@ RUN_MARKER = ".cw-docker-run.json"
 POLL_INTERVAL = 0.05
 #: Bound on waiting for Docker calls still in flight when cleanup starts.
 IN_FLIGHT_WAIT = 60.0
+#: ``merod init`` gets ``wait_timeout`` seconds, but never less than this: a
+#: short readiness timeout must not fail an init that is merely slow to start.
+MIN_INIT_TIMEOUT = 10.0
 
 T = TypeVar("T")
 
@@ -391,11 +394,46 @@ class DockerBackend(NodeBackend):
         self, fn: Callable[..., T], *args: Any, _cleanup: bool = False, **kwargs: Any
     ) -> T:
         """Run a blocking SDK call in a thread; Docker errors become BackendError."""
+        return await self._mapped(
+            asyncio.to_thread(self._tracked, fn, _cleanup, *args, **kwargs)
+        )
+
+    async def _untracked(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like :meth:`_io` for a call that creates nothing of the run (a pull).
+
+        It runs in a daemon thread that neither cleanup nor the interpreter's
+        exit waits for: a pull can take minutes, or hang on a registry that
+        never answers, and Ctrl-C must still end the run at once.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not future.done():
+                outcome()
+
+        def work() -> None:
+            try:
+                value = fn(*args)
+            except BaseException as exc:  # handed to the awaiting task
+                error = exc
+                with contextlib.suppress(RuntimeError):  # the loop is gone
+                    loop.call_soon_threadsafe(
+                        settle, lambda: future.set_exception(error)
+                    )
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(settle, lambda: future.set_result(value))
+
+        threading.Thread(target=work, name=f"docker {fn.__name__}", daemon=True).start()
+        return await self._mapped(future)
+
+    async def _mapped(self, awaitable: Awaitable[T]) -> T:
         import docker.errors
         import requests
 
         try:
-            return await asyncio.to_thread(self._tracked, fn, _cleanup, *args, **kwargs)
+            return await awaitable
         except docker.errors.DockerException as exc:
             explanation = getattr(exc, "explanation", None) or str(exc)
             raise BackendError(f"Docker: {explanation}") from exc
@@ -454,7 +492,7 @@ class DockerBackend(NodeBackend):
         last: Exception | None = None
         for attempt in range(3):
             try:
-                self._images[ref] = await self._io(self.client.images.pull, ref)
+                self._images[ref] = await self._untracked(self.client.images.pull, ref)
                 return
             except BackendError as exc:
                 last = exc
@@ -542,7 +580,7 @@ class DockerBackend(NodeBackend):
         self._data[spec.name] = volume.name
         return False
 
-    def _init_node(self, spec: NodeSpec) -> str:
+    def _init_node(self, spec: NodeSpec, timeout: float) -> str:
         """Run ``merod init`` for one node (unless its data dir has a config); return its peer id."""
         name = spec.name
         visible = self._prepare_data(spec)
@@ -551,7 +589,7 @@ class DockerBackend(NodeBackend):
         if visible and existing.is_file():
             self._configs[name] = existing.read_text()
         else:
-            self._configs[name] = self._run_init(spec, self._data[name])
+            self._configs[name] = self._run_init(spec, self._data[name], timeout)
         peer_id = tomllib.loads(self._configs[name]).get("identity", {}).get("peer_id")
         if not peer_id:
             raise NodeUnavailableError(
@@ -561,8 +599,9 @@ class DockerBackend(NodeBackend):
             )
         return str(peer_id)
 
-    def _run_init(self, spec: NodeSpec, source: str) -> str:
+    def _run_init(self, spec: NodeSpec, source: str, timeout: float) -> str:
         import docker.errors
+        import requests
 
         name = spec.name
         image = self._image_for(spec)
@@ -600,7 +639,17 @@ class DockerBackend(NodeBackend):
                     node=name,
                     hint=f"the image {image} must provide `merod` on its PATH",
                 ) from exc
-            status = init.wait(timeout=120)
+            try:
+                status = init.wait(timeout=timeout)
+            except requests.RequestException as exc:  # the wait's read timed out
+                output = init.logs().decode("utf-8", "replace")
+                raise NodeUnavailableError(
+                    f"`merod init` for node {name} did not finish within {timeout:g}s",
+                    node=name,
+                    last_logs="\n".join(output.splitlines()[-50:]),
+                    hint=f"raise `wait_timeout`, or check that `merod init` of {image} "
+                    "exits once it has written the config",
+                ) from exc
             code = status.get("StatusCode", 1)
             if code != 0:
                 output = init.logs().decode("utf-8", "replace")
@@ -706,7 +755,12 @@ class DockerBackend(NodeBackend):
         self._specs.update({s.name: s for s in specs})
         await self._io(lambda: self.client)
         await self._io(self._write_marker)
-        peer_ids = await asyncio.gather(*(self._io(self._init_node, s) for s in specs))
+        peer_ids = await asyncio.gather(
+            *(
+                self._io(self._init_node, s, max(ready_timeout, MIN_INIT_TIMEOUT))
+                for s in specs
+            )
+        )
         addresses = {
             s.name: f"/dns4/{_peer_alias(s.name)}/tcp/{SWARM_PORT}/p2p/{peer}"
             for s, peer in zip(specs, peer_ids, strict=True)
@@ -969,6 +1023,14 @@ class DockerBackend(NodeBackend):
         while a cancelled start is still creating objects."""
         with self._idle:
             self._closed = True
+            busy = self._busy > 0
+        label = f"{LABEL_RUN}={self.run_id}"
+        early = (0, 0, 0)
+        if busy and self._client is not None:
+            # Calls of a cancelled start may be blocked on a container (waiting
+            # for a `merod init` that never ends); removing the run's
+            # containers first releases them instead of waiting them out.
+            early = await self._io(self._remove_labelled, label, _cleanup=True)
         if not await asyncio.to_thread(self._wait_idle, IN_FLIGHT_WAIT):
             log.warning(
                 "Docker calls still running after %gs; cleaning up anyway",
@@ -976,9 +1038,9 @@ class DockerBackend(NodeBackend):
             )
         if self._client is None:
             return PhaseReport(detail="no Docker objects were created")
-        counts = await self._io(
-            self._remove_labelled, f"{LABEL_RUN}={self.run_id}", _cleanup=True
-        )
+        # again once nothing is in flight: it may have created more meanwhile
+        late = await self._io(self._remove_labelled, label, _cleanup=True)
+        counts = [a + b for a, b in zip(early, late, strict=True)]
         self._containers.clear()
         self._networks.clear()
         return PhaseReport(
