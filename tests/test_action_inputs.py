@@ -32,6 +32,7 @@ from calimero_workflow.action import (
     read_settings,
     run_action,
 )
+from calimero_workflow.node.ids import b58encode
 from test_report_github import read_env_file, runner_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -508,6 +509,90 @@ steps:
     assert executed[0] == ("add-mask", {}, "tok-123")
     first_mask_line = printed.index("::add-mask::hunter2-pass")
     assert "hunter2-pass" not in printed[:first_mask_line]
+
+
+SECRET_USE = """\
+name: secret use
+nodes: {count: 1, prefix: node}
+steps:
+  - name: install
+    type: install_application
+    node: node-1
+    path: ../kv_store.wasm
+  - name: ns
+    type: create_namespace
+    node: node-1
+    application_id: ${results.install.application_id}
+  - name: ctx
+    type: create_context
+    node: node-1
+    application_id: ${results.install.application_id}
+    namespace_id: ${results.ns.namespace_id}
+  - name: set
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: set
+    args: {key: token, value: "${API_TOKEN}"}
+  - name: echo
+    type: script
+    run: printf 'token %s\\n' "$API_TOKEN"; printf 'pw %s' "$DB_PASSWORD" >&2
+  - name: lookup
+    type: get_application
+    node: node-1
+    application_id: ${APP_KEY}
+  - name: check
+    type: assert
+    actual: ${API_TOKEN}
+    equals: "x<&\\"y: ${DB_PASSWORD}"
+"""
+
+
+def test_secret_values_are_redacted_in_every_report_output_and_log_file(workspace):
+    write(workspace, "wf/secret.yml", SECRET_USE)
+    token, password = 'tok-<abc>&"123"', "pw:xyz,7%89"
+    env = env_for(
+        workspace,
+        workflows="wf/secret.yml",
+        env=f"API_TOKEN={token}\nDB_PASSWORD={password}\nPLAIN=visible",
+    )
+    # from the step's own `env:`; an application id that is not installed
+    env["APP_KEY"] = b58encode(b"secret given in the step env 32b")
+    code, printed, outputs = run(env)
+    assert code == 1, printed
+    shown = "\n".join(
+        line for line in printed.splitlines() if not line.startswith("::add-mask::")
+    )
+    written = {
+        "log": shown,
+        "summary": Path(env["GITHUB_STEP_SUMMARY"]).read_text(),
+        **{f"output {k}": v for k, v in outputs.items()},
+    }
+    files = [p for p in workspace.rglob("*") if p.is_file() and p.suffix != ".wasm"]
+    node_log = next(p for p in files if p.name == "node-1.log")
+    assert "GET /admin-api/applications/*** " in node_log.read_text()
+    for path in files:
+        written[str(path.relative_to(workspace))] = path.read_text(errors="replace")
+    forms = [
+        env["APP_KEY"],
+        token,
+        password,
+        json.dumps(token)[1:-1],
+        "tok-&lt;abc&gt;&amp;",
+        "xyz%2C7",
+        "xyz,7%2589",
+    ]
+    leaks = [(where, f) for where, text in written.items() for f in forms if f in text]
+    assert leaks == []
+    # what was there is still said, with the value replaced
+    failed = {f["step"]: f["message"] for f in json.loads(outputs["failed-steps"])}
+    assert failed["check"].startswith('expected "***" to equal')
+    results = json.loads(outputs["results"])["wf/secret.yml"]
+    assert results["echo"]["stdout"] == "token ***\n"
+    assert results["set"]["args"] == {"key": "token", "value": "***"}
+    masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
+    assert {token, password, env["APP_KEY"]} <= set(masks)
+    assert "visible" not in masks
 
 
 def test_the_action_environment_is_hidden_from_workflows_and_no_input_reaches_a_shell(

@@ -32,7 +32,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -42,7 +42,7 @@ from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .report.console import ConsoleReporter, sanitize
-from .report.github import Annotation, GitHub
+from .report.github import MIN_SECRET_CHARS, Annotation, GitHub
 from .report.junit import write_junit
 from .report.summary import (
     DEFAULT_BUDGET,
@@ -833,8 +833,23 @@ def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
         failed_path,
         report_path,
     ]
+    # the runner masks secrets in the log only; these files become artifacts
+    for path in [*written, *_files_in(run.logs_dirs)]:
+        gh.redact_file(path)
     _hand_over([*written, *run.logs_dirs], workspace)
     return status
+
+
+def _files_in(folders: Sequence[Path]) -> list[Path]:
+    """The regular files under ``folders`` (node logs and states), no symlinks followed."""
+    found = []
+    for folder in folders:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for parent, _, names in os.walk(folder):
+            paths = [Path(parent) / name for name in names]
+            found += [p for p in paths if p.is_file() and not p.is_symlink()]
+    return found
 
 
 def _exit_code(status: str, settings: ActionSettings | None) -> int:
@@ -851,10 +866,15 @@ def _exit_code(status: str, settings: ActionSettings | None) -> int:
 
 
 class _LineSafeFormatter(logging.Formatter):
-    """Log records on stderr, which the runner also parses: no line may start a command."""
+    """Log records on stderr, which the runner also parses: no line may start a
+    command, and no masked value may show."""
+
+    #: Set to the run's :meth:`GitHub.redact` once secrets are known.
+    redact: Callable[[str], str] = staticmethod(str)
 
     def format(self, record: logging.LogRecord) -> str:
-        return sanitize(super().format(record)).replace("\n", "\n| ")
+        text = sanitize(super().format(record)).replace("\n", "\n| ")
+        return self.redact(text)
 
 
 def _setup_logging() -> None:
@@ -867,10 +887,25 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _mask_env_secrets(gh: GitHub, settings: ActionSettings) -> None:
-    for key, value in settings.env.items():
-        if _SECRET_KEY.search(key):
-            gh.add_mask(value)
+def _mask_env_secrets(
+    gh: GitHub, settings: ActionSettings, env: Mapping[str, str]
+) -> None:
+    """Mask values of secret-looking keys: the ``env`` input, then the step's environment.
+
+    The runner masks its own secrets in the log, but not in the files we
+    write; a secret given to the step through ``env:`` reaches workflows as
+    ``${KEY}`` like one from the input.
+    """
+    readable = _load_env(env, settings)
+    keys = [*settings.env, *(k for k in readable if k not in settings.env)]
+    for key in keys:
+        if not _SECRET_KEY.search(key) or not readable[key].strip():
+            continue
+        if not gh.add_mask(readable[key]):
+            gh.echo(
+                f"calimero-workflow: the value of {key} is shorter than "
+                f"{MIN_SECRET_CHARS} characters and is not masked"
+            )
 
 
 async def _discover_and_run(
@@ -929,7 +964,8 @@ def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
         gh.set_output("status", STATUS_INVALID)
         return EXIT_INVALID
 
-    _mask_env_secrets(gh, settings)
+    _mask_env_secrets(gh, settings, env)
+    _LineSafeFormatter.redact = staticmethod(gh.redact)
     run = asyncio.run(_discover_and_run(settings, gh, env))
     status = _report(settings, gh, run)
     counts = _counts(run)
