@@ -650,6 +650,51 @@ def test_written_files_are_handed_to_the_workspace_owner(workspace):
     assert mine.stat().st_uid == 0  # nothing else is touched
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="handing files over needs root, as in the action container",
+)
+def test_files_a_workflow_makes_in_the_workspace_are_handed_over_too(workspace):
+    write(
+        workspace,
+        "wf/writes.yml",
+        """\
+name: writes
+steps:
+  - name: build
+    type: script
+    run: mkdir -p out/deep && echo built > out/deep/file.txt && ln -s /etc/hostname out/link
+""",
+    )
+    os.chown(workspace, 4321, 4322)
+    before = write(workspace, "wf/root-owned-before.txt", "x")  # not ours to change
+    code, printed, _ = run(env_for(workspace, workflows="wf/writes.yml"))
+    assert code == 0, printed
+    made = [workspace / "wf" / "out", *(workspace / "wf" / "out").rglob("*")]
+    assert len(made) == 4  # out, deep, file.txt, link
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in made} == {(4321, 4322)}
+    assert Path("/etc/hostname").stat().st_uid == 0  # the link, not its target
+    assert before.stat().st_uid == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="handing files over needs root, as in the image's command line",
+)
+def test_the_command_line_in_the_image_hands_its_files_to_the_folder_owner(
+    workspace, monkeypatch
+):
+    path = write(workspace, "wf/ok.yml", PASSING)
+    os.chown(workspace, 4321, 4322)
+    monkeypatch.chdir(workspace)
+    code = main(["run", str(path), "--env", "GREETING=hello", "--results", "r.json"])
+    assert code == 0
+    made = [workspace / "r.json", workspace / ".cw-runs", *(workspace / ".cw-runs").rglob("*")]
+    assert all(p.exists() for p in made[:2]) and len(made) > 2
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4321, 4322)}
+    assert (workspace / "wf").stat().st_uid == 0  # it was there before
+
+
 def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
     write(workspace, "wf/1-slow.yml", SLOW)
     write(workspace, "wf/2-ok.yml", PASSING)

@@ -23,6 +23,7 @@ post step, which removes whatever Docker objects a run left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import logging
@@ -748,6 +749,45 @@ def _hand_over(paths: Sequence[Path], workspace: Path) -> None:
                     os.chown(Path(folder) / name, *ids, follow_symlinks=False)
 
 
+class _NewFiles:
+    """Root-owned entries that appear under ``top`` during a run, for its owner.
+
+    What the run's own scripts write (build output, a downloaded blob, node
+    data in the command line's folder) would otherwise stay root's. Entries
+    that were root's before the run are left alone; symlinks are changed,
+    never what they point to.
+    """
+
+    def __init__(self, top: Path):
+        self.top = top
+        owner = top.stat()
+        self.ids = (owner.st_uid, owner.st_gid)
+        self.active = (
+            hasattr(os, "geteuid") and os.geteuid() == 0 and self.ids != (0, 0)
+        )
+        self.before = self._root_owned() if self.active else set()
+
+    def _root_owned(self) -> set[Path]:
+        found = set()
+        for folder, dirs, files in os.walk(self.top):
+            for name in [*dirs, *files]:
+                path = Path(folder) / name
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    if path.lstat().st_uid == 0:
+                        found.add(path)
+        return found
+
+    def hand_over(self) -> int:
+        """Give the new root-owned entries to ``top``'s owner; how many."""
+        if not self.active:
+            return 0
+        new = self._root_owned() - self.before
+        for path in new:
+            with contextlib.suppress(OSError):
+                os.chown(path, *self.ids, follow_symlinks=False)
+        return len(new)
+
+
 def _results_key(result: RunResult, workspace: Path) -> str:
     if result.workflow_file:
         return display_path(result.workflow_file, workspace)
@@ -966,8 +1006,10 @@ def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
 
     _mask_env_secrets(gh, settings, env)
     _LineSafeFormatter.redact = staticmethod(gh.redact)
+    new_files = _NewFiles(settings.workspace)
     run = asyncio.run(_discover_and_run(settings, gh, env))
     status = _report(settings, gh, run)
+    new_files.hand_over()
     counts = _counts(run)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
@@ -1014,7 +1056,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args:
         from .cli import main as cli_main
 
-        return cli_main(args)
+        # the image as the command line, run as root on a mounted folder:
+        # what the run writes there belongs to the folder's owner
+        new_files = _NewFiles(Path.cwd())
+        try:
+            return cli_main(args)
+        finally:
+            new_files.hand_over()
     _setup_logging()
     return run_action(dict(os.environ))
 
