@@ -417,3 +417,21 @@ def test_with_arguments_the_image_is_the_command_line(action_image, runner):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASSED ok: 1 passed" in done.stdout
+
+
+def test_the_image_carries_no_installers_and_both_entry_points(action_image):
+    probe = (
+        "import importlib.util, shutil\n"
+        "print([m for m in ('pip', 'setuptools') if importlib.util.find_spec(m)])\n"
+        "print([c for c in ('calimero-workflow-action', 'calimero-workflow-post',"
+        " 'calimero-workflow') if shutil.which(c)])\n"
+    )
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1",
+         "--entrypoint", "/opt/cw/bin/python", action_image, "-c", probe],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    installers, commands = done.stdout.splitlines()
+    assert installers == "[]"
+    assert commands.count("calimero-workflow") == 3
