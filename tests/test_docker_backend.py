@@ -665,10 +665,10 @@ def test_set_bootstrap_keeps_the_rest_of_the_config():
 
 
 def _engine_in_container(
-    client, out: Path, workdir: str, mounts: dict
+    client, out: Path, workdir: str, mounts: dict, **run_options
 ) -> tuple[str, dict]:
     """Run the kv-store example with the engine in a container; its output and report."""
-    output = client.containers.run(
+    engine = client.containers.run(
         NODE_IMAGE,
         entrypoint=["calimero-workflow"],
         command=[
@@ -692,10 +692,15 @@ def _engine_in_container(
             **mounts,
         },
         labels={"calimero-workflow.test": "engine-in-container"},
-        remove=True,
-        stdout=True,
-        stderr=True,
-    ).decode()
+        environment={"PYTHONPATH": "/repo/src"},  # this checkout's engine
+        detach=True,
+        **run_options,
+    )
+    try:
+        engine.wait(timeout=300)
+        output = engine.logs().decode()
+    finally:
+        engine.remove(force=True)
     report = json.loads((out / "report.json").read_text())
     return output, report
 
@@ -745,4 +750,59 @@ def test_engine_inside_a_container_without_a_mounted_workdir_uses_volumes(
     assert "removed 3 container(s), 4 network(s), 3 volume(s)" in _cleanup_detail(
         report
     )
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_in_a_container_on_the_host_network_uses_published_ports(
+    client, tmp_path: Path
+):
+    output, report = _engine_in_container(
+        client, tmp_path, "/tmp/runs", {}, network_mode="host"
+    )
+    assert "PASSED kv-store replicates: 19 passed" in output, output
+    assert {n["url"].rsplit(":", 1)[0] for n in report["nodes"].values()} == {
+        "http://127.0.0.1"
+    }
+    # peers and one shared control network, as on the host; data in volumes
+    assert "removed 3 container(s), 2 network(s), 3 volume(s)" in _cleanup_detail(
+        report
+    )
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_sharing_another_containers_network_joins_that_one(
+    client, tmp_path: Path
+):
+    # as act runs a container action: in the job container's network namespace
+    owner = client.containers.run(
+        NODE_IMAGE,
+        entrypoint=["sleep", "300"],
+        labels={"calimero-workflow.test": "engine-in-container"},
+        detach=True,
+    )
+    try:
+        output, report = _engine_in_container(
+            client, tmp_path, "/tmp/runs", {}, network_mode=f"container:{owner.id}"
+        )
+        assert "PASSED kv-store replicates: 19 passed" in output, output
+        assert all(
+            n["url"] == f"http://{n['container']}:2528"
+            for n in report["nodes"].values()
+        )
+        owner.reload()
+        assert set(owner.attrs["NetworkSettings"]["Networks"]) == {"bridge"}
+    finally:
+        owner.remove(force=True)
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_in_a_container_without_a_network_says_so(client, tmp_path: Path):
+    output, report = _engine_in_container(
+        client, tmp_path, "/tmp/runs", {}, network_mode="none"
+    )
+    phase = next(p for p in report["phases"] if p["status"] == "failed")
+    assert "runs in a container without a network (--network none)" in (
+        phase["error"]["message"]
+    ), phase
+    assert "--backend embedded" in phase["error"]["hint"]
     assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING

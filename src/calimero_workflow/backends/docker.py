@@ -22,8 +22,9 @@ What one run creates, all labelled ``calimero-workflow.run-id=<run id>``,
   then ``bootstrap.nodes`` in each config.toml lists the siblings as
   ``/dns4/<node>.peers/tcp/2428/p2p/<peer id>``, then ``merod … run``.
 
-The engine uses ``http://127.0.0.1:<published port>`` from the host, and
-``http://<container name>:2528`` from inside a container.
+The engine uses ``http://127.0.0.1:<published port>`` from the host (or a
+container on the host's network), and ``http://<container name>:2528`` from
+inside a container (see :func:`network_home`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ __all__ = [
     "DockerBackend",
     "host_path_for",
     "labels_for",
+    "network_home",
     "own_container_id",
     "remove_run",
     "set_bootstrap",
@@ -168,6 +170,42 @@ def own_container_id(client: Any) -> str | None:
         except Exception:  # not a container this engine knows
             continue
     return None
+
+
+def network_home(client: Any, own: str | None) -> str | None:
+    """The container whose network the engine uses, or None for the host's.
+
+    None on the host, and in a container started with ``--network host``:
+    nodes are then reached through ports published on 127.0.0.1. A container
+    sharing another one's network namespace (``--network container:<id>``,
+    as act runs actions) cannot join networks itself; the namespace's owner
+    joins them instead.
+
+    Raises:
+        BackendError: the engine's container has no network at all.
+    """
+    seen: set[str] = set()
+    current = own
+    while current is not None and current not in seen:
+        seen.add(current)
+        mode = (
+            client.containers.get(current)
+            .attrs.get("HostConfig", {})
+            .get("NetworkMode")
+            or ""
+        )
+        if mode == "host":
+            return None
+        if mode == "none":
+            raise BackendError(
+                "calimero-workflow runs in a container without a network "
+                "(--network none), so it cannot reach Docker nodes",
+                hint="run it with a network (the default bridge will do), or use --backend embedded",
+            )
+        if not mode.startswith("container:"):
+            return current
+        current = client.containers.get(mode.partition(":")[2]).id
+    return current
 
 
 def host_path_for(path: Path, mounts: Iterable[dict[str, Any]]) -> str | None:
@@ -311,6 +349,8 @@ class DockerBackend(NodeBackend):
         self.extra_networks: list[str] = []
         self._client: Any = None
         self._own: str | None = None
+        #: The container joined to the control networks (see network_home).
+        self._joins: str | None = None
         self._own_mounts: list[dict[str, Any]] = []
         self._user: str | None = None
         self._networks: dict[str, Any] = {}
@@ -349,6 +389,7 @@ class DockerBackend(NodeBackend):
                 self._own_mounts = (
                     client.containers.get(self._own).attrs.get("Mounts") or []
                 )
+            self._joins = network_home(client, self._own)
             self._user = self._container_user(client)
             self._client = client
         return self._client
@@ -536,12 +577,12 @@ class DockerBackend(NodeBackend):
                 check_duplicate=True,
             )
             self._networks[role] = network
-            if self._own is not None and role != "peers":
-                network.connect(self._own)
+            if self._joins is not None and role != "peers":
+                network.connect(self._joins)
         return self._networks[role]
 
     def _control_network(self, node: str) -> Any:
-        if self._own is None:
+        if self._joins is None:
             return self._network("control", isolated=True)
         return self._network(f"ctl-{_name_part(node)}")
 
@@ -669,7 +710,7 @@ class DockerBackend(NodeBackend):
     ) -> Any:
         name = spec.name
         ports = None
-        if self._own is None:
+        if self._joins is None:
             ports = {f"{SERVER_PORT}/tcp": ("127.0.0.1", host_port)}
             if spec.swarm_port:
                 ports[f"{SWARM_PORT}/tcp"] = ("127.0.0.1", spec.swarm_port)
@@ -729,7 +770,7 @@ class DockerBackend(NodeBackend):
             self._containers[spec.name] = container
             self._urls[spec.name] = (
                 f"http://127.0.0.1:{port}"
-                if self._own is None
+                if self._joins is None
                 else f"http://{container.name}:{SERVER_PORT}"
             )
             return
