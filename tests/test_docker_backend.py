@@ -132,9 +132,7 @@ def _variant_image(client, tag: str, on_run: str, command: str = "run") -> str:
 @pytest.fixture(scope="module")
 def silent_image(client):
     """A node that never serves: it can never become ready."""
-    return _variant_image(
-        client, derived_image("silent"), "exec sleep 3600"
-    )
+    return _variant_image(client, derived_image("silent"), "exec sleep 3600")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +147,10 @@ def wrong_server_image(client):
 def init_hangs_image(client):
     """A node whose `merod init` never returns."""
     return _variant_image(
-        client, derived_image("init-hangs"), "echo init-is-stuck; exec sleep 3600", "init"
+        client,
+        derived_image("init-hangs"),
+        "echo init-is-stuck; exec sleep 3600",
+        "init",
     )
 
 
@@ -220,6 +221,63 @@ async def test_health_must_answer_200_not_just_anything(
         "was not ready within 2s: GET /admin-api/health answered HTTP 404"
         in phase.error.message
     )
+
+
+def _kill_node(client, container, how: str) -> None:
+    if how == "docker kill":
+        container.kill()
+        return
+    # out of memory for real: a limit just above what the node uses, the node
+    # first in line for the OOM killer, and a process that wants far more
+    container.update(mem_limit="96m", memswap_limit="96m")
+    container.exec_run(
+        [
+            "sh",
+            "-c",
+            "echo 1000 > /proc/1/oom_score_adj; "
+            "exec python3 -c 'x = bytearray(400 * 1024 * 1024)'",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        ("docker kill", "exit code 137 (killed by SIGKILL), not out of memory"),
+        ("out of memory", "exit code 137, killed for lack of memory (OOM)"),
+    ],
+)
+async def test_a_node_that_dies_mid_run_fails_the_step_saying_how(
+    client, tmp_path: Path, how: str, said: str
+):
+    wf = parse_workflow(
+        textwrap.dedent("""\
+            name: dies mid-run
+            nodes: {count: 1, prefix: node}
+            steps:
+              - {type: create_identity, node: node-1}
+              - {type: wait, seconds: 4}  # the node dies meanwhile
+              - {type: create_identity, node: node-1, retries: 0}
+        """),
+        environ={},
+    )
+    executor = WorkflowExecutor(
+        wf, backend="docker", image=NODE_IMAGE, env={}, workdir=tmp_path
+    )
+    run = asyncio.create_task(executor.run())
+    label = f"{LABEL_RUN}={executor.run_id}"
+    while not executor.result.steps and not run.done():  # the first step is done
+        await asyncio.sleep(0.05)
+    name = leftovers(client, label)["containers"][0]
+    await asyncio.to_thread(_kill_node, client, client.containers.get(name), how)
+    result = await run
+    step = result.steps[-1]
+    assert step.status is Status.FAILED and step.error.kind == "node_died"
+    assert step.error.message.startswith(f"node node-1 died: {said}: ")
+    log_file = Path(result.node_log_files["node-1"])
+    state = json.loads(log_file.with_suffix(".state.json").read_text())
+    assert (state["exit_code"], state["oom_killed"]) == (137, how == "out of memory")
+    assert leftovers(client, label) == NOTHING
 
 
 async def test_two_runs_side_by_side_do_not_touch_each_other(client, tmp_path: Path):
@@ -314,7 +372,11 @@ def test_sigterm_cleans_up_everything(client, tmp_path: Path):
         # the steps fail; the signal lands while node logs are read or nodes removed
         ("  - {type: assert, actual: 1, equals: 2}\n", "FAIL phase steps", None),
         # interrupted during a step, then interrupted again during the teardown
-        ("  - {type: wait, seconds: 120}\n", "PASS phase nodes_start", "phase on_failure"),
+        (
+            "  - {type: wait, seconds: 120}\n",
+            "PASS phase nodes_start",
+            "phase on_failure",
+        ),
     ],
     ids=["signal-during-cleanup", "second-signal-during-cleanup"],
 )
@@ -339,7 +401,9 @@ def test_sigterm_while_init_hangs_stops_the_init_containers(
 ):
     proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 1}\n", init_hangs_image)
     deadline = time.monotonic() + 60
-    while len(leftovers(client, label)["containers"]) < 2 and time.monotonic() < deadline:
+    while (
+        len(leftovers(client, label)["containers"]) < 2 and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     # cleanup must not wait for the stuck `merod init` calls: it stops them
@@ -801,8 +865,9 @@ def test_engine_in_a_container_without_a_network_says_so(client, tmp_path: Path)
         client, tmp_path, "/tmp/runs", {}, network_mode="none"
     )
     phase = next(p for p in report["phases"] if p["status"] == "failed")
-    assert "runs in a container without a network (--network none)" in (
-        phase["error"]["message"]
+    assert (
+        "runs in a container without a network (--network none)"
+        in (phase["error"]["message"])
     ), phase
     assert "--backend embedded" in phase["error"]["hint"]
     assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
