@@ -208,6 +208,7 @@ def test_every_invalid_input_is_reported_at_once(workspace):
         timeout_minutes="soon",
         summary="yes",
         env="GOOD=1\nnot a pair\n1BAD=x",
+        image="Calimero/Merod:edge",
     )
     with pytest.raises(InputError) as caught:
         read_settings(env)
@@ -222,6 +223,10 @@ def test_every_invalid_input_is_reported_at_once(workspace):
     assert "input summary must be true or false, got 'yes'" in problems
     assert "input env, line 2: 'not a pair' is not KEY=VALUE" in problems
     assert "input env, line 3: '1BAD=x' is not KEY=VALUE" in problems
+    assert (
+        "input image: 'Calimero/Merod:edge' is not a valid image reference: "
+        "repository names must be lowercase" in problems
+    )
 
 
 @pytest.mark.parametrize(

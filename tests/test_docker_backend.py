@@ -7,6 +7,8 @@ tests drive :class:`DockerBackend` directly and talk to nodes over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import io
 import json
 import os
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from calimero_workflow.backends.docker import (
     LABEL_WORKFLOW,
     DockerBackend,
     host_path_for,
+    image_reference_problem,
     set_bootstrap,
 )
 from calimero_workflow.client import NodeClient
@@ -634,6 +638,101 @@ async def test_pull_skips_a_present_image_and_explains_an_unreachable_registry(
         and "scripts/build-images.sh" in failed.value.hint
     )
     await backend.cleanup()
+
+
+@contextlib.contextmanager
+def _registry(answer: str):
+    """A registry on loopback whose every manifest is ``answer``: 404 or 401."""
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's API)
+            if self.path == "/v2/" and answer != "401":
+                status, body = 200, b"{}"
+            else:
+                code = "MANIFEST_UNKNOWN" if answer == "404" else "UNAUTHORIZED"
+                status = int(answer)
+                body = json.dumps({"errors": [{"code": code, "message": code.lower()}]})
+                body = body.encode()
+            self.send_response(status)
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_pull_says_which_image_is_missing_or_needs_a_login(
+    client, tmp_path: Path
+):
+    with _registry("404") as registry:
+        missing = f"{registry}/calimero/merod:no-such-tag"
+        with pytest.raises(BackendError) as failed:
+            await _backend(tmp_path, image=missing).pull_image()
+        assert f"the registry has no image {missing!r}" in str(failed.value)
+        assert "attempts" not in str(failed.value)  # not worth trying again
+        assert "name and the tag" in failed.value.hint
+
+        # forced, with a copy here: the message says the copy was not used
+        local = f"{registry}/calimero/merod:local-copy-{secrets.token_hex(3)}"
+        client.images.get(NODE_IMAGE).tag(local)
+        try:
+            with pytest.raises(BackendError) as failed:
+                await _backend(tmp_path, image=local).pull_image(force=True)
+        finally:
+            client.images.remove(local)
+        assert "force_pull_image" in failed.value.hint
+        assert "a copy of it is here" in failed.value.hint
+    with _registry("401") as registry:
+        private = f"{registry}/private/merod:edge"
+        with pytest.raises(BackendError) as failed:
+            await _backend(tmp_path, image=private).pull_image()
+        assert f"the registry refused {private!r}" in str(failed.value)
+        assert f"docker login {registry}" in failed.value.hint
+
+
+@pytest.mark.parametrize(
+    "ref, why",
+    [
+        ("Calimero/Merod:edge", "repository names must be lowercase"),
+        ("ghcr.io/calimero//merod", "not a valid image reference"),
+        ("merod:edge:again", "not a valid image reference"),
+        ("merod:" + "t" * 200, "not a valid image reference"),
+        ("merod edge", "not a valid image reference"),
+        ("", "is empty"),
+        ("ghcr.io/calimero-network/merod:edge", None),
+        ("127.0.0.1:5000/a/b:c", None),
+        ("localhost/x", None),
+        ("a__b/c--d.e:1.0-rc_1", None),
+        ("merod@sha256:" + "ab" * 32, None),
+        ("[::1]:5000/merod:edge", None),
+    ],
+)
+def test_image_references_are_checked_as_docker_reads_them(ref, why):
+    problem = image_reference_problem(ref)
+    assert (problem is None) if why is None else (why in problem), problem
+
+
+async def test_an_invalid_image_is_refused_before_docker_is_asked(tmp_path: Path):
+    backend = _backend(tmp_path, image="Calimero/Merod:edge")
+    with pytest.raises(BackendError) as failed:
+        await backend.pull_image()
+    assert "'Calimero/Merod:edge' is not a valid image reference" in str(failed.value)
+    assert "lowercase" in str(failed.value) and "ghcr.io/" in failed.value.hint
+    assert backend._client is None  # no engine was asked
 
 
 async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path):

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
 
+from .backends.docker import image_reference_problem
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
@@ -263,6 +264,11 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         workspace, workspace, logs_text, "input node-logs-dir", problems
     )
 
+    image = _input(env, "image") or None
+    if image is not None and (problem := image_reference_problem(image)):
+        problems.append(
+            f"input image: {problem} (e.g. ghcr.io/calimero-network/merod:edge)"
+        )
     settings_env = _parse_env(_input(env, "env"), problems)
     summary = _bool(env, "summary", problems)
     annotations = _bool(env, "annotations", problems)
@@ -279,7 +285,7 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
     return ActionSettings(
         workspace=workspace,
         workflows=workflows,
-        image=_input(env, "image") or None,
+        image=image,
         backend=backend,
         env=MappingProxyType(settings_env),
         working_directory=working_directory,

@@ -66,6 +66,7 @@ __all__ = [
     "LABEL_WORKFLOW",
     "DockerBackend",
     "host_path_for",
+    "image_reference_problem",
     "labels_for",
     "network_home",
     "own_container_id",
@@ -94,6 +95,22 @@ MIN_INIT_TIMEOUT = 10.0
 
 T = TypeVar("T")
 
+#: What a registry says about an image it does not have, or will not give.
+_NOT_THERE = ("manifest unknown", "not found", "does not exist", "name unknown")
+_NOT_ALLOWED = (
+    "unauthorized",
+    "no basic auth credentials",
+    "denied",
+    "authentication required",
+)
+
+
+def _registry_of(ref: str) -> str:
+    first, sep, _ = ref.partition("/")
+    if sep and (any(c in first for c in ".:[") or first == "localhost"):
+        return first
+    return "docker.io"
+
 
 def labels_for(
     run_id: str, workflow_name: str, node: str | None = None
@@ -120,6 +137,36 @@ def _peer_alias(node: str) -> str:
     # Only the peers network knows this name, so swarm dials never take a
     # control network even where a plain name would resolve on both.
     return f"{_name_part(node)}.peers"
+
+
+# The image reference grammar Docker reads (distribution/reference).
+_ALNUM = r"[a-z0-9]+"
+_PATH_PART = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*"  # name
+    r"(?::[\w][\w.-]{0,127})?"  # tag
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+_NAME_LIMIT = 255
+
+
+def image_reference_problem(ref: str) -> str | None:
+    """Why Docker would refuse ``ref`` as an image reference, or None if it reads it."""
+    if not ref.strip():
+        return "the image reference is empty"
+    if not _REFERENCE.fullmatch(ref):
+        why = f"{ref!r} is not a valid image reference"
+        name = ref.split("@")[0]
+        if _REFERENCE.fullmatch(ref.lower()) or (
+            name != name.lower() and "/" not in name
+        ):
+            why += ": repository names must be lowercase"
+        return why
+    if len(ref.split("@")[0].rsplit(":", 1)[0]) > _NAME_LIMIT:
+        return f"{ref[:60]!r}… is not a valid image reference: the name is over {_NAME_LIMIT} characters"
+    return None
 
 
 def _docker() -> Any:
@@ -505,12 +552,19 @@ class DockerBackend(NodeBackend):
         """Pull the node image(s) unless present; ``force`` pulls anyway."""
         planned = getattr(self, "planned", [])
         images = sorted({self.image, *(s.image for s in planned if s.image)})
+        for ref in images:
+            problem = image_reference_problem(ref)
+            if problem:
+                raise BackendError(
+                    f"node image {problem}",
+                    hint="write it as Docker does, e.g. ghcr.io/calimero-network/merod:edge",
+                )
         pulled, present = [], []
         for ref in images:
             if not force and await self._io(self._image_present, ref):
                 present.append(ref)
                 continue
-            await self._pull(ref)
+            await self._pull(ref, force=force)
             pulled.append(ref)
         detail = []
         if present:
@@ -528,9 +582,18 @@ class DockerBackend(NodeBackend):
         except docker.errors.ImageNotFound:
             return False
 
-    async def _pull(self, ref: str) -> None:
+    async def _pull(self, ref: str, *, force: bool = False) -> None:
         delay = 1.0
         last: Exception | None = None
+        local = (
+            " (a copy of it is here: without force_pull_image it would be used)"
+            if force and await self._io(self._image_present, ref)
+            else ""
+        )
+        build = (
+            "build the image locally (scripts/build-images.sh makes "
+            "calimero-workflow/node:dev) and pass it with --image"
+        )
         for attempt in range(3):
             try:
                 self._images[ref] = await self._untracked(self.client.images.pull, ref)
@@ -538,13 +601,25 @@ class DockerBackend(NodeBackend):
             except BackendError as exc:
                 last = exc
                 log.debug("pulling %s, attempt %d: %s", ref, attempt + 1, exc)
+                text = str(exc).lower()
+                # an answer from the registry: trying again would not change it
+                if any(word in text for word in _NOT_THERE):
+                    raise BackendError(
+                        f"the registry has no image {ref!r}: {exc}",
+                        hint=f"check the name and the tag{local}; or {build}",
+                    ) from exc
+                if any(word in text for word in _NOT_ALLOWED):
+                    registry = _registry_of(ref)
+                    raise BackendError(
+                        f"the registry refused {ref!r}: {exc}",
+                        hint=f"log in first: docker login {registry}{local}",
+                    ) from exc
                 if attempt < 2:
                     await asyncio.sleep(delay)
                     delay *= 2
         raise BackendError(
             f"cannot pull the node image {ref!r} after 3 attempts: {last}",
-            hint="check that the registry is reachable, or build the image locally "
-            "(scripts/build-images.sh makes calimero-workflow/node:dev) and pass it with --image",
+            hint=f"check that the registry is reachable{local}, or {build}",
         )
 
     def image_info(self) -> dict[str, Any]:
