@@ -738,6 +738,14 @@ def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
         "## ❌ calimero-workflow (cancelled)"
         in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     )
+    # the workflow that never ran is a skipped testcase, not an empty suite
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    never = next(s for s in junit if s.get("file") == "wf/2-ok.yml")
+    assert (never.get("tests"), never.get("skipped")) == ("1", "1")
+    [case] = never.iter("testcase")
+    assert case.find("skipped").get("message") == "not run: the action was cancelled"
+    assert never.get("timestamp")[:4] == time.strftime("%Y", time.gmtime())
+    assert junit.get("skipped") == "1"
 
 
 # -- the other entry points ------------------------------------------------------------------

@@ -392,6 +392,7 @@ def _skipped_result(file: Path, backend: str) -> RunResult:
         run_id="-",
         backend=backend,
         status=Status.SKIPPED,
+        started_at=time.time(),
     )
     result.phases.append(
         PhaseRecord("steps", Status.SKIPPED, detail="not run: the action was cancelled")

@@ -162,6 +162,17 @@ def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
             if logs:
                 ET.SubElement(element, "system-out").text = logs
         cases.append(_Case(step.path, element, outcome))
+    if not cases and run.status is Status.SKIPPED:
+        # never run (the action was cancelled first): say so in a testcase,
+        # which is what report tools count
+        for phase in run.phases:
+            if phase.status is Status.SKIPPED:
+                element = _case_element(
+                    f"phase {phase.name}", run.workflow_name, 0.0, file, None
+                )
+                message = _one_line(phase.detail or "not run")
+                ET.SubElement(element, "skipped", message=message)
+                cases.append(_Case(f"phase {phase.name}", element, "skipped"))
     return cases
 
 
