@@ -1212,4 +1212,6 @@ def remove_run(run_id: str) -> tuple[int, int, int]:
     needed. Returns the numbers of containers, networks and volumes removed.
     """
     backend = DockerBackend(run_id=run_id, workflow_name="-", workdir=Path(os.devnull))
+    # removing needs no network, so none of the detection the nodes need
+    backend._client = _docker()
     return backend._remove_labelled(f"{LABEL_RUN}={run_id}")
