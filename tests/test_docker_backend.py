@@ -735,6 +735,25 @@ async def test_an_invalid_image_is_refused_before_docker_is_asked(tmp_path: Path
     assert backend._client is None  # no engine was asked
 
 
+async def test_a_taken_rpc_port_is_named_with_the_key_that_sets_it(
+    client, tmp_path: Path
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        wf = parse_workflow(
+            f"name: port taken\nnodes:\n  n1: {{rpc_port: {port}}}\nsteps: []\n",
+            environ={},
+        )
+        result = await run_docker(wf, tmp_path)
+    phase = next(p for p in result.phases if p.name == "nodes_start")
+    assert phase.status is Status.FAILED
+    assert f"host port {port} is taken" in phase.error.hint
+    assert "`rpc_port`" in phase.error.hint and "`base_rpc_port`" in phase.error.hint
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
+
+
 async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path):
     backend = _backend(tmp_path)
     with pytest.raises(BackendError, match="would share the container name"):

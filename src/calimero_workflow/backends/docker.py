@@ -833,7 +833,8 @@ class DockerBackend(NodeBackend):
                 if taken and not spec.server_port and attempt < 2:
                     continue
                 hint = (
-                    f"host port {port} is taken; pick another server_port"
+                    f"host port {port} is taken; give the node another `rpc_port` "
+                    "(or the nodes another `base_rpc_port`), or leave it out to get a free one"
                     if taken
                     else None
                 )
