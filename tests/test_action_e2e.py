@@ -461,17 +461,28 @@ def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
     }
 
 
-def test_with_arguments_the_image_is_the_command_line(action_image, runner):
+@pytest.mark.parametrize(
+    "who, code, said",
+    [
+        ("me", 0, "PASSED ok: 1 passed"),
+        ("you", 1, "FAILED ok: 0 passed, 1 failed"),
+        (None, 2, "environment variable WHO is not set"),
+    ],
+)
+def test_with_arguments_the_image_is_the_command_line(
+    action_image, runner, who, code, said
+):
     (runner.workspace / "ok.yml").write_text(
         "name: ok\nsteps:\n  - name: a\n    type: assert\n    actual: ${WHO}\n    equals: me\n"
     )
+    env = ["--env", f"WHO={who}"] if who else []
     done = subprocess.run(
         ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-v", f"{runner.workspace}:/work", "-w", "/work",
-         action_image, "run", "ok.yml", "--env", "WHO=me", "--workdir", "/tmp/cw"],
+         action_image, "run", "ok.yml", *env, "--workdir", "/tmp/cw"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "PASSED ok: 1 passed" in done.stdout
+    assert done.returncode == code, done.stdout + done.stderr
+    assert said in done.stdout + done.stderr
 
 
 def test_the_image_carries_no_installers_and_both_entry_points(action_image):
