@@ -454,7 +454,12 @@ def _job_network() -> str | None:
 
 
 def _attach_to_network(run_id: str, network_name: str) -> list[str]:
-    """Connect this run's node containers to ``network_name``, known by their names."""
+    """Connect this run's node containers to ``network_name``, known by their names.
+
+    Known limit: the nodes then share a network besides *peers*, so a merod
+    that finds its peers by itself (mDNS, announced addresses) can still
+    reach a disconnected node over it; docs/action.md says so.
+    """
     from .backends.docker import LABEL_NODE, LABEL_RUN
 
     client = _docker_client()
