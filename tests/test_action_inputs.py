@@ -246,6 +246,55 @@ def test_path_inputs_cannot_leave_the_workspace(workspace, name, value):
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        (
+            "junit-path",
+            "wf",
+            "input junit-path 'wf' is a folder: name a file in it, e.g. wf/junit.xml",
+        ),
+        (
+            "junit-path",
+            "kv_store.wasm/junit.xml",
+            "input junit-path 'kv_store.wasm/junit.xml': kv_store.wasm is a file, not a folder",
+        ),
+        (
+            "node-logs-dir",
+            "kv_store.wasm",
+            "input node-logs-dir 'kv_store.wasm' is a file, not a folder",
+        ),
+        (
+            "node-logs-dir",
+            "kv_store.wasm/logs",
+            "input node-logs-dir 'kv_store.wasm/logs': kv_store.wasm is a file, not a folder",
+        ),
+    ],
+)
+def test_path_inputs_must_fit_what_is_there(workspace, name, value, said):
+    with pytest.raises(InputError) as caught:
+        read_settings(
+            {**env_for(workspace, workflows="a.yml"), f"INPUT_{name.upper()}": value}
+        )
+    assert said in caught.value.problems
+
+
+@pytest.mark.parametrize("junit", ["wf/a.yml", "wf/junit.xml"])
+def test_the_reports_never_overwrite_a_workflow_file(workspace, junit):
+    # the summary, results and failed-steps files go beside the JUnit file
+    write(workspace, "wf/a.yml", PASSING)
+    clash = (
+        write(workspace, "wf/results.json", "{}") if junit.endswith(".xml") else None
+    )
+    env = env_for(workspace, workflows="wf/*", junit_path=junit)
+    code, printed, outputs = run(env)
+    assert code == 2 and outputs["status"] == "invalid"
+    target = "wf/results.json" if clash else "wf/a.yml"
+    assert f"would overwrite the workflow file {target}" in printed
+    assert (workspace / "wf" / "a.yml").read_text() == PASSING
+    assert clash is None or clash.read_text() == "{}"
+
+
 def test_a_symlink_out_of_the_workspace_is_outside_it(workspace, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -694,7 +743,11 @@ def test_the_command_line_in_the_image_hands_its_files_to_the_folder_owner(
     monkeypatch.chdir(workspace)
     code = main(["run", str(path), "--env", "GREETING=hello", "--results", "r.json"])
     assert code == 0
-    made = [workspace / "r.json", workspace / ".cw-runs", *(workspace / ".cw-runs").rglob("*")]
+    made = [
+        workspace / "r.json",
+        workspace / ".cw-runs",
+        *(workspace / ".cw-runs").rglob("*"),
+    ]
     assert all(p.exists() for p in made[:2]) and len(made) > 2
     assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4321, 4322)}
     assert (workspace / "wf").stat().st_uid == 0  # it was there before

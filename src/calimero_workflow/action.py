@@ -144,6 +144,12 @@ class ActionSettings:
         """Where the summary, results and failed-steps files go: beside the JUnit file."""
         return self.junit_path.parent
 
+    @property
+    def report_files(self) -> tuple[Path, ...]:
+        """Every file the reports are written to."""
+        names = ("summary.md", "results.json", "failed-steps.json", "report.json")
+        return (self.junit_path, *(self.reports_dir / n for n in names))
+
 
 # -- stage 1: settings ----------------------------------------------------------------
 
@@ -176,6 +182,19 @@ def _confined(
             f"{what} {value!r} is outside the workspace {workspace}: use a path inside the repository"
         )
     return path
+
+
+def _folders_fit(
+    workspace: Path, folder: Path, what: str, value: str, problems: list[str]
+) -> None:
+    """Each existing part of ``folder`` below the workspace must be a folder."""
+    if not folder.is_relative_to(workspace):
+        return  # reported as outside the workspace
+    for part in [*reversed(folder.parents), folder]:
+        if part.is_relative_to(workspace) and part.exists() and not part.is_dir():
+            rel = part.relative_to(workspace)
+            problems.append(f"{what} {value!r}: {rel} is a file, not a folder")
+            return
 
 
 def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
@@ -259,10 +278,25 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         problems.append(
             f"input junit-path {junit_text!r} must name a file, e.g. reports/junit.xml"
         )
+    elif junit_path.is_dir():
+        rel = junit_text.rstrip("/")
+        problems.append(
+            f"input junit-path {junit_text!r} is a folder: name a file in it, e.g. {rel}/junit.xml"
+        )
+    else:
+        _folders_fit(
+            workspace, junit_path.parent, "input junit-path", junit_text, problems
+        )
     logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
     node_logs_dir = _confined(
         workspace, workspace, logs_text, "input node-logs-dir", problems
     )
+    if node_logs_dir.exists() and not node_logs_dir.is_dir():
+        problems.append(f"input node-logs-dir {logs_text!r} is a file, not a folder")
+    else:
+        _folders_fit(
+            workspace, node_logs_dir, "input node-logs-dir", logs_text, problems
+        )
 
     image = _input(env, "image") or None
     if image is not None and (problem := image_reference_problem(image)):
@@ -824,7 +858,7 @@ def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
     summary_text = build_summary(
         run.workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
     )
-    summary_path = reports / "summary.md"
+    summary_path = settings.report_files[1]
     summary_path.write_text(summary_text, encoding="utf-8")
     if settings.summary:
         if len(summary_text.encode("utf-8")) > room:
@@ -845,11 +879,9 @@ def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
         _results_key(a[-1], workspace): a[-1].workflow_results for a in run.workflows
     }
     failed_steps = _failed_steps(run, workspace)
-    results_path = reports / "results.json"
-    failed_path = reports / "failed-steps.json"
+    results_path, failed_path, report_path = settings.report_files[2:]
     _write_json(results_path, results)
     _write_json(failed_path, failed_steps)
-    report_path = reports / "report.json"
     _write_json(
         report_path, [[r.to_dict() for r in attempts] for attempts in run.workflows]
     )
@@ -961,10 +993,9 @@ def _mask_env_secrets(
 
 
 async def _discover_and_run(
-    settings: ActionSettings, gh: GitHub, env: Mapping[str, str]
+    settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
 ) -> _Run:
     runner = _Runner(settings, gh, env)
-    found = discover_workflows(settings)
     for pattern, reason in found.unmatched.items():
         runner.run.invalid = True
         problem = Problem(
@@ -1002,24 +1033,39 @@ async def _discover_and_run(
     return await runner.run_all(found.files)
 
 
+def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
+    """Report invalid inputs; nothing has run and no file is written."""
+    for problem in problems:
+        gh.annotate(
+            Annotation("error", problem, title="calimero-workflow: invalid input")
+        )
+    gh.flush_annotations()
+    gh.set_output("status", STATUS_INVALID)
+    return EXIT_INVALID
+
+
 def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
     """Run the action for ``env`` (the process environment); return the exit code."""
     gh = GitHub(env, stream)
     try:
         settings = read_settings(env)
     except InputError as exc:
-        for problem in exc.problems:
-            gh.annotate(
-                Annotation("error", problem, title="calimero-workflow: invalid input")
-            )
-        gh.flush_annotations()
-        gh.set_output("status", STATUS_INVALID)
-        return EXIT_INVALID
+        return _invalid(gh, exc.problems)
+
+    found = discover_workflows(settings)
+    clashes = [
+        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
+        f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
+        for path in settings.report_files
+        if path in found.files
+    ]
+    if clashes:
+        return _invalid(gh, clashes)
 
     _mask_env_secrets(gh, settings, env)
     _LineSafeFormatter.redact = staticmethod(gh.redact)
     new_files = _NewFiles(settings.workspace)
-    run = asyncio.run(_discover_and_run(settings, gh, env))
+    run = asyncio.run(_discover_and_run(settings, gh, env, found))
     status = _report(settings, gh, run)
     new_files.hand_over()
     counts = _counts(run)
