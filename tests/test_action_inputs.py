@@ -446,6 +446,11 @@ def test_a_pattern_that_matches_nothing_never_passes(workspace):
         for n, _, m in runner_commands(printed)
         if n == "error"
     )
+    # no file to point at: the JUnit report names none (annotators would try it)
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    typo = next(s for s in junit if s.get("name") == "wf/typo.yml")
+    assert typo.get("file") is None
+    assert [c.get("file") for c in typo.iter("testcase")] == [None]
 
 
 def test_invalid_input_is_reported_as_annotations_and_status(workspace):

@@ -114,22 +114,27 @@ def _verdict(tag: str, failure: Failure, root: Path | None) -> ET.Element:
 
 
 def _case_element(
-    name: str, classname: str, seconds: float, file: str, line: int | None
+    name: str, classname: str, seconds: float, file: str | None, line: int | None
 ) -> ET.Element:
     attrs = {
         "name": _text(name),
         "classname": _text(classname),
         "time": _seconds(seconds),
-        "file": _text(file),
     }
+    if file is not None:  # none for a pattern that matched no file
+        attrs["file"] = _text(file)
     if line:
         attrs["line"] = str(line)
     return ET.Element("testcase", attrs)
 
 
+def _file_of(run: RunResult, root: Path | None) -> str | None:
+    return display_path(run.workflow_file, root) if run.workflow_file else None
+
+
 def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
     """Testcases of one attempt: failed phases, then every step (leaves)."""
-    file = display_path(run.workflow_file, root)
+    file = _file_of(run, root)
     cases: list[_Case] = []
     failures = failures_of(run)
     by_step = {id(f.step): f for f in failures if f.step is not None}
@@ -189,7 +194,7 @@ def _add_reruns(
             if case is None:
                 # failed before, absent now: a phase that went well this time
                 # (or was not reached); keep the earlier failure visible
-                file = display_path(final.workflow_file, root)
+                file = _file_of(final, root)
                 line = failure.location.line if failure.location is not None else None
                 element = _case_element(
                     failure.what, final.workflow_name, 0.0, file, line
@@ -234,9 +239,10 @@ def _suite(
             "skipped": str(outcomes.count("skipped")),
             "time": _seconds(final.duration_s),
             "timestamp": started.isoformat(timespec="seconds"),
-            "file": _text(display_path(final.workflow_file, root)),
         },
     )
+    if final.workflow_file:
+        suite.set("file", _text(_file_of(final, root) or ""))
     props = ET.SubElement(suite, "properties")
     facts = {
         "backend": final.backend,
