@@ -37,6 +37,10 @@ ACTION_IMAGE = os.environ.get("CW_ACTION_IMAGE", "calimero-workflow/action:dev")
 #: The runner's user on hosted runners (uid 1001, group docker 121).
 RUNNER_UID, RUNNER_GID = 1001, 121
 TEST_LABEL = "calimero-workflow.e2e"
+#: This session's value of TEST_LABEL: other checkouts may run these tests on
+#: the same daemon at the same time, and their cleanup must not touch ours.
+SESSION = secrets.token_hex(4)
+MINE = f"{TEST_LABEL}={SESSION}"
 
 FAILING = """\
 name: report sample
@@ -219,7 +223,7 @@ def start_like_the_runner(
     )
     name = f"calimero-workflow-action_{secrets.token_hex(3)}"
     argv = ["docker", "run", "--name", name]
-    argv += ["--label", f"{TEST_LABEL}=1", "--workdir", "/github/workspace", "--rm"]
+    argv += ["--label", MINE, "--workdir", "/github/workspace", "--rm"]
     for key in env:
         argv += ["-e", key]  # values travel in the environment, as the runner does it
     if entrypoint:
@@ -257,7 +261,7 @@ def run_like_the_runner(
 def post_like_the_runner(image: str, run: ActionRun) -> subprocess.CompletedProcess:
     """The post step: a new container of the image, given the main step's state."""
     return subprocess.run(
-        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-e", "STATE_run_ids",
+        ["docker", "run", "--rm", "--label", MINE, "-e", "STATE_run_ids",
          "-v", "/var/run/docker.sock:/var/run/docker.sock",
          "--entrypoint", "/usr/local/bin/calimero-workflow-post", image],
         env={**os.environ, "STATE_run_ids": run.state.get("run_ids", "")},
@@ -281,11 +285,11 @@ def runner(tmp_path: Path, client):
     made = Runner.create(tmp_path)
     yield made
     for container in client.containers.list(
-        all=True, filters={"label": TEST_LABEL}, ignore_removed=True
+        all=True, filters={"label": MINE}, ignore_removed=True
     ):
         with contextlib.suppress(docker.errors.APIError):  # --rm already removing it
             container.remove(force=True)
-    for network in client.networks.list(filters={"label": TEST_LABEL}):
+    for network in client.networks.list(filters={"label": MINE}):
         network.remove()
 
 
@@ -387,7 +391,7 @@ def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
     client, action_image, runner
 ):
     network = client.networks.create(
-        f"github_network_{uuid.uuid4().hex}", labels={TEST_LABEL: "1"}
+        f"github_network_{uuid.uuid4().hex}", labels={TEST_LABEL: SESSION}
     )
     # a job service: one of our nodes, known on the job network as svc-node
     service = client.containers.run(
@@ -397,7 +401,7 @@ def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
             "merod --home /app/data --node svc init --server-host 0.0.0.0 --server-port 2528 "
             "--swarm-port 2428 && exec merod --home /app/data --node svc run"
         ],
-        labels={TEST_LABEL: "1"},
+        labels={TEST_LABEL: SESSION},
         network=network.name,
         detach=True,
     )
@@ -427,7 +431,7 @@ def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
 
 def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
     run_id = f"e2e-{secrets.token_hex(4)}"
-    labels = {"calimero-workflow.run-id": run_id, TEST_LABEL: "1"}
+    labels = {"calimero-workflow.run-id": run_id, TEST_LABEL: SESSION}
     client.networks.create(f"cw-e2e-{run_id}", labels=labels)
     client.containers.create(NODE_IMAGE, labels=labels, command=["--help"])
     assert leftovers(client, f"calimero-workflow.run-id={run_id}")["containers"]
@@ -443,7 +447,7 @@ def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
 
     # removing needs no network: it works from a container without one
     done = subprocess.run(
-        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-e", "STATE_run_ids",
+        ["docker", "run", "--rm", "--label", MINE, "-e", "STATE_run_ids",
          "--network", "none", "-v", "/var/run/docker.sock:/var/run/docker.sock",
          "--entrypoint", "/usr/local/bin/calimero-workflow-post", action_image],
         env={**os.environ, "STATE_run_ids": run_id},
@@ -477,7 +481,7 @@ def test_with_arguments_the_image_is_the_command_line(
     )
     env = ["--env", f"WHO={who}"] if who else []
     done = subprocess.run(
-        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-v", f"{runner.workspace}:/work", "-w", "/work",
+        ["docker", "run", "--rm", "--label", MINE, "-v", f"{runner.workspace}:/work", "-w", "/work",
          action_image, "run", "ok.yml", *env, "--workdir", "/tmp/cw"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -493,7 +497,7 @@ def test_the_image_carries_no_installers_and_both_entry_points(action_image):
         " 'calimero-workflow') if shutil.which(c)])\n"
     )
     done = subprocess.run(
-        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1",
+        ["docker", "run", "--rm", "--label", MINE,
          "--entrypoint", "/opt/cw/bin/python", action_image, "-c", probe],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
