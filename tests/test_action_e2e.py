@@ -36,9 +36,11 @@ pytestmark = pytest.mark.docker
 ACTION_IMAGE = os.environ.get("CW_ACTION_IMAGE", "calimero-workflow/action:dev")
 #: The runner's user on hosted runners (uid 1001, group docker 121).
 RUNNER_UID, RUNNER_GID = 1001, 121
-TEST_LABEL = "calimero-workflow.e2e"
-#: This session's value of TEST_LABEL: other checkouts may run these tests on
-#: the same daemon at the same time, and their cleanup must not touch ours.
+#: Other checkouts may run these tests on the same daemon at the same time:
+#: each session labels its objects with its own value and removes only those.
+#: (The key differs from the older ``calimero-workflow.e2e``, which some
+#: checkouts still remove wholesale.)
+TEST_LABEL = "calimero-workflow.e2e-session"
 SESSION = secrets.token_hex(4)
 MINE = f"{TEST_LABEL}={SESSION}"
 
