@@ -552,6 +552,9 @@ remote_nodes:
   far:
     url: http://127.0.0.1:9
     auth: {method: password, username: ci, password: hunter2-pass}
+  near:
+    url: http://127.0.0.1:9
+    auth: {method: api_key, api_key: k9}
 steps:
   - name: a
     type: wait
@@ -559,12 +562,20 @@ steps:
 """,
     )
     env = env_for(
-        workspace, workflows="wf/remote.yml", env="API_TOKEN=tok-123\nPLAIN=visible"
+        workspace,
+        workflows="wf/remote.yml",
+        env="API_TOKEN=tok-123\nPLAIN=visible\nSHORT_KEY=abc",
     )
     _, printed, _ = run(env)
     executed = runner_commands(printed)
     masks = [m for n, _, m in executed if n == "add-mask"]
     assert masks == ["tok-123", "hunter2-pass"]
+    # too short to mask without hiding those characters everywhere: said so
+    assert (
+        "the value of SHORT_KEY is shorter than 4 characters and is not masked"
+        in printed
+    )
+    assert "a credential in wf/remote.yml is shorter than 4 characters" in printed
     assert executed[0] == ("add-mask", {}, "tok-123")
     first_mask_line = printed.index("::add-mask::hunter2-pass")
     assert "hunter2-pass" not in printed[:first_mask_line]

@@ -576,7 +576,11 @@ class _Runner:
                     _problem_result(rel, file, settings.backend, "load", exc.problems)
                 ]
             for secret in workflow.secret_values():
-                self.gh.add_mask(secret)
+                if not self.gh.add_mask(secret):
+                    self.gh.echo(
+                        f"calimero-workflow: a credential in {rel} is shorter than "
+                        f"{MIN_SECRET_CHARS} characters and is not masked"
+                    )
 
             run_id = new_run_id()
             self.run.run_ids.append(run_id)
