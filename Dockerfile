@@ -12,30 +12,38 @@
 # input value is ever read by a shell.
 ARG BASE_IMAGE=python:3.11-slim
 
-# The build stage repeats docker/node.Dockerfile's steps, so the two images
-# share those layers in the build cache.
+# The build stage is docker/node.Dockerfile's, instruction for instruction, so
+# that when both images are built its layers are built once and shared.
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/cw
-# Dependencies first, so source changes reuse this layer.
-COPY pyproject.toml README.md /src/
-RUN mkdir -p /src/src/calimero_workflow && touch /src/src/calimero_workflow/__init__.py \
- && /opt/cw/bin/pip install --quiet /src && /opt/cw/bin/pip uninstall --quiet -y calimero-workflow
+# Dependencies from PyPI first, in their own layer, so a source change reuses it:
+# install the project's metadata with an empty package, then drop the package.
+# The readme is a stand-in, so editing README.md does not reinstall them.
+COPY pyproject.toml /src/
+RUN mkdir -p /src/src/calimero_workflow && touch /src/README.md /src/src/calimero_workflow/__init__.py \
+ && /opt/cw/bin/pip install --quiet /src \
+ && /opt/cw/bin/pip uninstall --quiet -y calimero-workflow \
+ && rm -rf /src/build /src/src /src/*.egg-info
+COPY README.md /src/
 COPY src /src/src
-# build/ holds the stub package of the step above; setuptools would reuse its
-# files where they look newer than the real ones
-RUN rm -rf /src/build /src/src/*.egg-info \
- && /opt/cw/bin/pip install --quiet --no-deps /src \
- && printf '#!/opt/cw/bin/python\nimport sys\nfrom calimero_workflow.action import main\nsys.exit(main())\n' \
-      > /opt/cw/calimero-workflow-action \
- && printf '#!/opt/cw/bin/python\nimport sys\nfrom calimero_workflow.action import main\nsys.exit(main(["post"]))\n' \
-      > /opt/cw/calimero-workflow-post \
- && chmod 0755 /opt/cw/calimero-workflow-action /opt/cw/calimero-workflow-post
+# Build the wheel, install it, add `merod`, then drop the installers (about
+# 25 MB, not needed at run time).
+RUN /opt/cw/bin/pip wheel --quiet --no-deps --wheel-dir /wheels /src \
+ && /opt/cw/bin/pip install --quiet --no-deps /wheels/calimero_workflow-*.whl \
+ && printf '#!/bin/sh\nexec /opt/cw/bin/merod-embedded "$@"\n' > /opt/cw/bin/merod \
+ && chmod 0755 /opt/cw/bin/merod \
+ && /opt/cw/bin/python -m pip uninstall --quiet -y pip setuptools
+# The action's own part: the post step's entry point (the main one,
+# calimero-workflow-action, is a console script of the package).
+RUN printf '#!/opt/cw/bin/python\nimport sys\nfrom calimero_workflow.action import main\nsys.exit(main(["post"]))\n' \
+      > /opt/cw/bin/calimero-workflow-post \
+ && chmod 0755 /opt/cw/bin/calimero-workflow-post
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/cw /opt/cw
-RUN ln -s /opt/cw/calimero-workflow-action /usr/local/bin/calimero-workflow-action \
- && ln -s /opt/cw/calimero-workflow-post /usr/local/bin/calimero-workflow-post \
+RUN ln -s /opt/cw/bin/calimero-workflow-action /usr/local/bin/calimero-workflow-action \
+ && ln -s /opt/cw/bin/calimero-workflow-post /usr/local/bin/calimero-workflow-post \
  && ln -s /opt/cw/bin/calimero-workflow /usr/local/bin/calimero-workflow
 # Unbuffered: workflow commands on stdout must reach the runner in order with stderr.
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

@@ -98,9 +98,9 @@ async def _start_once(n: int, workdir: Path, image: str, *, probe: bool) -> dict
     init_ends: list[float] = []
     original_init = backend._init_node
 
-    def timed_init(spec: NodeSpec) -> str:
+    def timed_init(spec: NodeSpec, timeout: float) -> str:
         try:
-            return original_init(spec)
+            return original_init(spec, timeout)
         finally:
             init_ends.append(time.perf_counter())
 

@@ -15,11 +15,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/cw
 # Dependencies from PyPI first, in their own layer, so a source change reuses it:
 # install the project's metadata with an empty package, then drop the package.
-COPY pyproject.toml README.md /src/
-RUN mkdir -p /src/src/calimero_workflow && touch /src/src/calimero_workflow/__init__.py \
+# The readme is a stand-in, so editing README.md does not reinstall them.
+# (The action's Dockerfile repeats this stage exactly, to share its layers.)
+COPY pyproject.toml /src/
+RUN mkdir -p /src/src/calimero_workflow && touch /src/README.md /src/src/calimero_workflow/__init__.py \
  && /opt/cw/bin/pip install --quiet /src \
  && /opt/cw/bin/pip uninstall --quiet -y calimero-workflow \
  && rm -rf /src/build /src/src /src/*.egg-info
+COPY README.md /src/
 COPY src /src/src
 # Build the wheel, install it, add `merod`, then drop the installers (about
 # 25 MB, not needed at run time).

@@ -5,6 +5,10 @@
 #
 #   scripts/build-images.sh               # choose the base automatically
 #   CW_BASE_IMAGE=python:3.11-slim scripts/build-images.sh
+#   CW_NODE_IMAGE=me/node:dev CW_ACTION_IMAGE=me/action:dev scripts/build-images.sh
+#
+# CW_NODE_IMAGE and CW_ACTION_IMAGE set the tags (the tests read the same
+# variables), so a checkout can test its own images while others use theirs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -17,6 +17,18 @@ NODE_IMAGE = os.environ.get("CW_NODE_IMAGE", "calimero-workflow/node:dev")
 BASE_IMAGE = os.environ.get("CW_LOCAL_BASE_IMAGE", "calimero-workflow/base:bookworm")
 
 
+def derived_image(kind: str) -> str:
+    """The tag of a test image built on :data:`NODE_IMAGE`, e.g. ``…/node-test-crash:dev``.
+
+    Derived from the node image's own tag, so checkouts that test their own
+    node image (``CW_NODE_IMAGE``) never rebuild each other's test images.
+    """
+    repo, _, tag = NODE_IMAGE.rpartition(":")
+    if not repo or "/" in tag:  # no tag given (or a registry port): the default one
+        repo, tag = NODE_IMAGE, "latest"
+    return f"{repo}-test-{kind}:{tag}"
+
+
 def _missing(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: Docker tests must run; .ci/run sets Docker up)")

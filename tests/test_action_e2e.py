@@ -11,18 +11,23 @@ same daemon. Everything here is created by the test, labelled, and removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker.errors
 import pytest
 
+from calimero_workflow.node.ids import b58encode
 from docker_support import NODE_IMAGE, ROOT, _missing, docker_client, leftovers
 from test_report_github import read_env_file, runner_commands
 
@@ -31,7 +36,13 @@ pytestmark = pytest.mark.docker
 ACTION_IMAGE = os.environ.get("CW_ACTION_IMAGE", "calimero-workflow/action:dev")
 #: The runner's user on hosted runners (uid 1001, group docker 121).
 RUNNER_UID, RUNNER_GID = 1001, 121
-TEST_LABEL = "calimero-workflow.e2e"
+#: Other checkouts may run these tests on the same daemon at the same time:
+#: each session labels its objects with its own value and removes only those.
+#: (The key differs from the older ``calimero-workflow.e2e``, which some
+#: checkouts still remove wholesale.)
+TEST_LABEL = "calimero-workflow.e2e-session"
+SESSION = secrets.token_hex(4)
+MINE = f"{TEST_LABEL}={SESSION}"
 
 FAILING = """\
 name: report sample
@@ -147,14 +158,47 @@ class ActionRun:
         ]
 
 
-def run_like_the_runner(
+@dataclass
+class Started:
+    """An action container the way the runner started it, still running."""
+
+    proc: subprocess.Popen
+    name: str
+    files: dict[str, Path]
+    seen: str = ""
+
+    def read_until(self, marker: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while marker not in self.seen and self.proc.poll() is None:
+            assert time.monotonic() < deadline, self.seen
+            self.seen += self.proc.stdout.readline()
+        assert marker in self.seen, self.seen
+        return self.seen
+
+    def finish(self, timeout: float = 900) -> ActionRun:
+        try:
+            rest = self.proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rest = self.proc.communicate()[0]
+            pytest.fail(f"the action still ran after {timeout:g}s:\n{self.seen}{rest}")
+        return ActionRun(
+            code=self.proc.returncode,
+            stdout=self.seen + rest,
+            outputs=read_env_file(self.files["GITHUB_OUTPUT"]),
+            summary=self.files["GITHUB_STEP_SUMMARY"].read_text(),
+            state=read_env_file(self.files["GITHUB_STATE"]),
+        )
+
+
+def start_like_the_runner(
     runner: Runner,
     image: str,
     inputs: dict[str, str],
     *,
     network: str | None = None,
     entrypoint: str | None = None,
-) -> ActionRun:
+) -> Started:
     step = uuid.uuid4()
     files = {
         "GITHUB_OUTPUT": f"set_output_{step}",
@@ -179,15 +223,11 @@ def run_like_the_runner(
             "RUNNER_OS": "Linux",
         }
     )
-    argv = [
-        "docker",
-        "run",
-        "--name",
-        f"calimero-workflow-action_{secrets.token_hex(3)}",
-    ]
-    argv += ["--label", f"{TEST_LABEL}=1", "--workdir", "/github/workspace", "--rm"]
-    for name in env:
-        argv += ["-e", name]  # values travel in the environment, as the runner does it
+    name = f"calimero-workflow-action_{secrets.token_hex(3)}"
+    argv = ["docker", "run", "--name", name]
+    argv += ["--label", MINE, "--workdir", "/github/workspace", "--rm"]
+    for key in env:
+        argv += ["-e", key]  # values travel in the environment, as the runner does it
     if entrypoint:
         argv += ["--entrypoint", entrypoint]
     if network:
@@ -201,17 +241,34 @@ def run_like_the_runner(
         "-v", f"{runner.workspace}:/github/workspace",
         image,
     ]  # fmt: skip
-    done = subprocess.run(
-        argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=900
+    # the runner reads the container's output through `docker run`, which
+    # also passes the runner's signals on to the container
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     commands = runner.temp / "_runner_file_commands"
-    return ActionRun(
-        code=done.returncode,
-        stdout=done.stdout + done.stderr,
-        outputs=read_env_file(commands / files["GITHUB_OUTPUT"]),
-        summary=(commands / files["GITHUB_STEP_SUMMARY"]).read_text(),
-        state=read_env_file(commands / files["GITHUB_STATE"]),
-    )
+    return Started(proc, name, {key: commands / n for key, n in files.items()})
+
+
+def run_like_the_runner(
+    runner: Runner, image: str, inputs: dict[str, str], **options
+) -> ActionRun:
+    return start_like_the_runner(runner, image, inputs, **options).finish()
+
+
+def post_like_the_runner(image: str, run: ActionRun) -> subprocess.CompletedProcess:
+    """The post step: a new container of the image, given the main step's state."""
+    return subprocess.run(
+        ["docker", "run", "--rm", "--label", MINE, "-e", "STATE_run_ids",
+         "-v", "/var/run/docker.sock:/var/run/docker.sock",
+         "--entrypoint", "/usr/local/bin/calimero-workflow-post", image],
+        env={**os.environ, "STATE_run_ids": run.state.get("run_ids", "")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def no_leftovers(client, run: ActionRun) -> None:
@@ -229,9 +286,12 @@ def no_leftovers(client, run: ActionRun) -> None:
 def runner(tmp_path: Path, client):
     made = Runner.create(tmp_path)
     yield made
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        container.remove(force=True)
-    for network in client.networks.list(filters={"label": TEST_LABEL}):
+    for container in client.containers.list(
+        all=True, filters={"label": MINE}, ignore_removed=True
+    ):
+        with contextlib.suppress(docker.errors.APIError):  # --rm already removing it
+            container.remove(force=True)
+    for network in client.networks.list(filters={"label": MINE}):
         network.remove()
 
 
@@ -333,7 +393,7 @@ def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
     client, action_image, runner
 ):
     network = client.networks.create(
-        f"github_network_{uuid.uuid4().hex}", labels={TEST_LABEL: "1"}
+        f"github_network_{uuid.uuid4().hex}", labels={TEST_LABEL: SESSION}
     )
     # a job service: one of our nodes, known on the job network as svc-node
     service = client.containers.run(
@@ -343,7 +403,7 @@ def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
             "merod --home /app/data --node svc init --server-host 0.0.0.0 --server-port 2528 "
             "--swarm-port 2428 && exec merod --home /app/data --node svc run"
         ],
-        labels={TEST_LABEL: "1"},
+        labels={TEST_LABEL: SESSION},
         network=network.name,
         detach=True,
     )
@@ -373,7 +433,7 @@ def test_on_a_job_network_the_action_reaches_services_and_nodes_join(
 
 def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
     run_id = f"e2e-{secrets.token_hex(4)}"
-    labels = {"calimero-workflow.run-id": run_id, TEST_LABEL: "1"}
+    labels = {"calimero-workflow.run-id": run_id, TEST_LABEL: SESSION}
     client.networks.create(f"cw-e2e-{run_id}", labels=labels)
     client.containers.create(NODE_IMAGE, labels=labels, command=["--help"])
     assert leftovers(client, f"calimero-workflow.run-id={run_id}")["containers"]
@@ -387,9 +447,10 @@ def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
     )
     assert "nothing to clean up" in run.stdout  # no state: nothing to do
 
+    # removing needs no network: it works from a container without one
     done = subprocess.run(
-        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-e", "STATE_run_ids",
-         "-v", "/var/run/docker.sock:/var/run/docker.sock",
+        ["docker", "run", "--rm", "--label", MINE, "-e", "STATE_run_ids",
+         "--network", "none", "-v", "/var/run/docker.sock:/var/run/docker.sock",
          "--entrypoint", "/usr/local/bin/calimero-workflow-post", action_image],
         env={**os.environ, "STATE_run_ids": run_id},
         capture_output=True, text=True, timeout=300,
@@ -406,14 +467,131 @@ def test_the_post_step_removes_what_a_run_left(client, action_image, runner):
     }
 
 
-def test_with_arguments_the_image_is_the_command_line(action_image, runner):
+@pytest.mark.parametrize(
+    "who, code, said",
+    [
+        ("me", 0, "PASSED ok: 1 passed"),
+        ("you", 1, "FAILED ok: 0 passed, 1 failed"),
+        (None, 2, "environment variable WHO is not set"),
+    ],
+)
+def test_with_arguments_the_image_is_the_command_line(
+    action_image, runner, who, code, said
+):
     (runner.workspace / "ok.yml").write_text(
         "name: ok\nsteps:\n  - name: a\n    type: assert\n    actual: ${WHO}\n    equals: me\n"
     )
+    env = ["--env", f"WHO={who}"] if who else []
     done = subprocess.run(
-        ["docker", "run", "--rm", "--label", f"{TEST_LABEL}=1", "-v", f"{runner.workspace}:/work", "-w", "/work",
-         action_image, "run", "ok.yml", "--env", "WHO=me", "--workdir", "/tmp/cw"],
+        ["docker", "run", "--rm", "--label", MINE, "-v", f"{runner.workspace}:/work", "-w", "/work",
+         action_image, "run", "ok.yml", *env, "--workdir", "/tmp/cw"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "PASSED ok: 1 passed" in done.stdout
+    assert done.returncode == code, done.stdout + done.stderr
+    assert said in done.stdout + done.stderr
+
+
+def test_the_image_carries_no_installers_and_both_entry_points(action_image):
+    probe = (
+        "import importlib.util, shutil\n"
+        "print([m for m in ('pip', 'setuptools') if importlib.util.find_spec(m)])\n"
+        "print([c for c in ('calimero-workflow-action', 'calimero-workflow-post',"
+        " 'calimero-workflow') if shutil.which(c)])\n"
+    )
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--label", MINE,
+         "--entrypoint", "/opt/cw/bin/python", action_image, "-c", probe],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    installers, commands = done.stdout.splitlines()
+    assert installers == "[]"
+    assert commands.count("calimero-workflow") == 3
+
+
+SLOW = """\
+name: slow
+nodes: {count: 2, prefix: node}
+steps:
+  - {type: wait, seconds: 300}
+"""
+
+
+def test_cancelling_the_job_cancels_the_run_and_cleans_up(client, action_image, runner):
+    (runner.workspace / "1-slow.yml").write_text(SLOW)
+    (runner.workspace / "2-never.yml").write_text(
+        "name: never\nsteps:\n  - {type: wait, seconds: 0.1}\n"
+    )
+    started = start_like_the_runner(
+        runner,
+        action_image,
+        {"workflows": "*.yml", "backend": "docker", "image": NODE_IMAGE},
+    )
+    started.read_until("phase nodes_start")
+    # the runner cancels a step with SIGINT, then SIGTERM a few seconds later:
+    # here the second one lands while the nodes are being removed
+    started.proc.send_signal(signal.SIGINT)
+    started.read_until("phase on_failure")
+    started.proc.send_signal(signal.SIGTERM)
+    run = started.finish(120)
+    assert run.code == 130, run.stdout
+    out = run.outputs
+    assert (out["status"], out["total"], out["failed"], out["skipped"]) == (
+        "cancelled", "2", "1", "1",
+    )  # fmt: skip
+    junit = ET.parse(runner.workspace / "calimero-workflow-results" / "junit.xml")
+    never = next(s for s in junit.getroot() if s.get("file") == "2-never.yml")
+    assert never.get("skipped") == "1"
+    assert "## ❌ calimero-workflow (cancelled)" in run.summary
+    no_leftovers(client, run)
+    post = post_like_the_runner(action_image, run)
+    assert "removed 0 container(s), 0 network(s), 0 volume(s)" in post.stdout
+
+
+def test_the_post_step_removes_the_nodes_of_a_killed_action(
+    client, action_image, runner
+):
+    (runner.workspace / "slow.yml").write_text(SLOW)
+    started = start_like_the_runner(
+        runner, action_image, {"workflows": "slow.yml", "image": NODE_IMAGE}
+    )
+    started.read_until("phase nodes_start")
+    client.containers.get(started.name).kill()  # no chance to clean up
+    run = started.finish(60)
+    assert run.code == 137
+    (run_id,) = run.state["run_ids"].split(",")
+    left = leftovers(client, f"calimero-workflow.run-id={run_id}")
+    assert len(left["containers"]) == 2 and left["networks"], left
+    post = post_like_the_runner(action_image, run)
+    assert post.returncode == 0, post.stderr
+    # two nodes; peers and a control network per node; a data volume per node
+    assert (
+        f"run {run_id}: removed 2 container(s), 3 network(s), 2 volume(s)"
+        in post.stdout
+    ), post.stdout
+    no_leftovers(client, run)
+
+
+def test_node_logs_copied_to_the_workspace_have_secrets_redacted(
+    client, action_image, runner
+):
+    # node logs name request paths: this application id is a secret here
+    token = b58encode(b"application id that is a secret!")
+    (runner.workspace / "wf.yml").write_text(
+        "name: secret path\nnodes: {count: 1, prefix: node}\nsteps:\n"
+        "  - {name: look, type: get_application, node: node-1, application_id: '${APP_TOKEN}'}\n"
+        "  - {name: check, type: assert, actual: '${APP_TOKEN}', equals: other}\n"
+    )
+    run = run_like_the_runner(
+        runner,
+        action_image,
+        {"workflows": "wf.yml", "image": NODE_IMAGE, "env": f"APP_TOKEN={token}"},
+    )
+    assert run.code == 1, run.stdout
+    log = runner.workspace / "calimero-workflow-results/node-logs/wf-yml/node-1.log"
+    assert "GET /admin-api/applications/*** " in log.read_text()
+    written = [run.stdout.replace(f"::add-mask::{token}", ""), run.summary]
+    written += [str(v) for v in run.outputs.values()]
+    written += [p.read_text() for p in runner.workspace.rglob("*") if p.is_file()]
+    assert not [text for text in written if token in text]
+    no_leftovers(client, run)

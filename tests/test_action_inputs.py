@@ -32,6 +32,7 @@ from calimero_workflow.action import (
     read_settings,
     run_action,
 )
+from calimero_workflow.node.ids import b58encode
 from test_report_github import read_env_file, runner_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +208,7 @@ def test_every_invalid_input_is_reported_at_once(workspace):
         timeout_minutes="soon",
         summary="yes",
         env="GOOD=1\nnot a pair\n1BAD=x",
+        image="Calimero/Merod:edge",
     )
     with pytest.raises(InputError) as caught:
         read_settings(env)
@@ -221,6 +223,10 @@ def test_every_invalid_input_is_reported_at_once(workspace):
     assert "input summary must be true or false, got 'yes'" in problems
     assert "input env, line 2: 'not a pair' is not KEY=VALUE" in problems
     assert "input env, line 3: '1BAD=x' is not KEY=VALUE" in problems
+    assert (
+        "input image: 'Calimero/Merod:edge' is not a valid image reference: "
+        "repository names must be lowercase" in problems
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,6 +244,55 @@ def test_path_inputs_cannot_leave_the_workspace(workspace, name, value):
         read_settings(
             {**env_for(workspace, workflows="a.yml"), f"INPUT_{name.upper()}": value}
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        (
+            "junit-path",
+            "wf",
+            "input junit-path 'wf' is a folder: name a file in it, e.g. wf/junit.xml",
+        ),
+        (
+            "junit-path",
+            "kv_store.wasm/junit.xml",
+            "input junit-path 'kv_store.wasm/junit.xml': kv_store.wasm is a file, not a folder",
+        ),
+        (
+            "node-logs-dir",
+            "kv_store.wasm",
+            "input node-logs-dir 'kv_store.wasm' is a file, not a folder",
+        ),
+        (
+            "node-logs-dir",
+            "kv_store.wasm/logs",
+            "input node-logs-dir 'kv_store.wasm/logs': kv_store.wasm is a file, not a folder",
+        ),
+    ],
+)
+def test_path_inputs_must_fit_what_is_there(workspace, name, value, said):
+    with pytest.raises(InputError) as caught:
+        read_settings(
+            {**env_for(workspace, workflows="a.yml"), f"INPUT_{name.upper()}": value}
+        )
+    assert said in caught.value.problems
+
+
+@pytest.mark.parametrize("junit", ["wf/a.yml", "wf/junit.xml"])
+def test_the_reports_never_overwrite_a_workflow_file(workspace, junit):
+    # the summary, results and failed-steps files go beside the JUnit file
+    write(workspace, "wf/a.yml", PASSING)
+    clash = (
+        write(workspace, "wf/results.json", "{}") if junit.endswith(".xml") else None
+    )
+    env = env_for(workspace, workflows="wf/*", junit_path=junit)
+    code, printed, outputs = run(env)
+    assert code == 2 and outputs["status"] == "invalid"
+    target = "wf/results.json" if clash else "wf/a.yml"
+    assert f"would overwrite the workflow file {target}" in printed
+    assert (workspace / "wf" / "a.yml").read_text() == PASSING
+    assert clash is None or clash.read_text() == "{}"
 
 
 def test_a_symlink_out_of_the_workspace_is_outside_it(workspace, tmp_path):
@@ -391,6 +446,11 @@ def test_a_pattern_that_matches_nothing_never_passes(workspace):
         for n, _, m in runner_commands(printed)
         if n == "error"
     )
+    # no file to point at: the JUnit report names none (annotators would try it)
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    typo = next(s for s in junit if s.get("name") == "wf/typo.yml")
+    assert typo.get("file") is None
+    assert [c.get("file") for c in typo.iter("testcase")] == [None]
 
 
 def test_invalid_input_is_reported_as_annotations_and_status(workspace):
@@ -492,6 +552,9 @@ remote_nodes:
   far:
     url: http://127.0.0.1:9
     auth: {method: password, username: ci, password: hunter2-pass}
+  near:
+    url: http://127.0.0.1:9
+    auth: {method: api_key, api_key: k9}
 steps:
   - name: a
     type: wait
@@ -499,15 +562,107 @@ steps:
 """,
     )
     env = env_for(
-        workspace, workflows="wf/remote.yml", env="API_TOKEN=tok-123\nPLAIN=visible"
+        workspace,
+        workflows="wf/remote.yml",
+        env="API_TOKEN=tok-123\nPLAIN=visible\nSHORT_KEY=abc",
     )
     _, printed, _ = run(env)
     executed = runner_commands(printed)
     masks = [m for n, _, m in executed if n == "add-mask"]
     assert masks == ["tok-123", "hunter2-pass"]
+    # too short to mask without hiding those characters everywhere: said so
+    assert (
+        "the value of SHORT_KEY is shorter than 4 characters and is not masked"
+        in printed
+    )
+    assert "a credential in wf/remote.yml is shorter than 4 characters" in printed
     assert executed[0] == ("add-mask", {}, "tok-123")
     first_mask_line = printed.index("::add-mask::hunter2-pass")
     assert "hunter2-pass" not in printed[:first_mask_line]
+
+
+SECRET_USE = """\
+name: secret use
+nodes: {count: 1, prefix: node}
+steps:
+  - name: install
+    type: install_application
+    node: node-1
+    path: ../kv_store.wasm
+  - name: ns
+    type: create_namespace
+    node: node-1
+    application_id: ${results.install.application_id}
+  - name: ctx
+    type: create_context
+    node: node-1
+    application_id: ${results.install.application_id}
+    namespace_id: ${results.ns.namespace_id}
+  - name: set
+    type: call
+    node: node-1
+    context_id: ${results.ctx.context_id}
+    method: set
+    args: {key: token, value: "${API_TOKEN}"}
+  - name: echo
+    type: script
+    run: printf 'token %s\\n' "$API_TOKEN"; printf 'pw %s' "$DB_PASSWORD" >&2
+  - name: lookup
+    type: get_application
+    node: node-1
+    application_id: ${APP_KEY}
+  - name: check
+    type: assert
+    actual: ${API_TOKEN}
+    equals: "x<&\\"y: ${DB_PASSWORD}"
+"""
+
+
+def test_secret_values_are_redacted_in_every_report_output_and_log_file(workspace):
+    write(workspace, "wf/secret.yml", SECRET_USE)
+    token, password = 'tok-<abc>&"123"', "pw:xyz,7%89"
+    env = env_for(
+        workspace,
+        workflows="wf/secret.yml",
+        env=f"API_TOKEN={token}\nDB_PASSWORD={password}\nPLAIN=visible",
+    )
+    # from the step's own `env:`; an application id that is not installed
+    env["APP_KEY"] = b58encode(b"secret given in the step env 32b")
+    code, printed, outputs = run(env)
+    assert code == 1, printed
+    shown = "\n".join(
+        line for line in printed.splitlines() if not line.startswith("::add-mask::")
+    )
+    written = {
+        "log": shown,
+        "summary": Path(env["GITHUB_STEP_SUMMARY"]).read_text(),
+        **{f"output {k}": v for k, v in outputs.items()},
+    }
+    files = [p for p in workspace.rglob("*") if p.is_file() and p.suffix != ".wasm"]
+    node_log = next(p for p in files if p.name == "node-1.log")
+    assert "GET /admin-api/applications/*** " in node_log.read_text()
+    for path in files:
+        written[str(path.relative_to(workspace))] = path.read_text(errors="replace")
+    forms = [
+        env["APP_KEY"],
+        token,
+        password,
+        json.dumps(token)[1:-1],
+        "tok-&lt;abc&gt;&amp;",
+        "xyz%2C7",
+        "xyz,7%2589",
+    ]
+    leaks = [(where, f) for where, text in written.items() for f in forms if f in text]
+    assert leaks == []
+    # what was there is still said, with the value replaced
+    failed = {f["step"]: f["message"] for f in json.loads(outputs["failed-steps"])}
+    assert failed["check"].startswith('expected "***" to equal')
+    results = json.loads(outputs["results"])["wf/secret.yml"]
+    assert results["echo"]["stdout"] == "token ***\n"
+    assert results["set"]["args"] == {"key": "token", "value": "***"}
+    masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
+    assert {token, password, env["APP_KEY"]} <= set(masks)
+    assert "visible" not in masks
 
 
 def test_the_action_environment_is_hidden_from_workflows_and_no_input_reaches_a_shell(
@@ -565,6 +720,55 @@ def test_written_files_are_handed_to_the_workspace_owner(workspace):
     assert mine.stat().st_uid == 0  # nothing else is touched
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="handing files over needs root, as in the action container",
+)
+def test_files_a_workflow_makes_in_the_workspace_are_handed_over_too(workspace):
+    write(
+        workspace,
+        "wf/writes.yml",
+        """\
+name: writes
+steps:
+  - name: build
+    type: script
+    run: mkdir -p out/deep && echo built > out/deep/file.txt && ln -s /etc/hostname out/link
+""",
+    )
+    os.chown(workspace, 4321, 4322)
+    before = write(workspace, "wf/root-owned-before.txt", "x")  # not ours to change
+    code, printed, _ = run(env_for(workspace, workflows="wf/writes.yml"))
+    assert code == 0, printed
+    made = [workspace / "wf" / "out", *(workspace / "wf" / "out").rglob("*")]
+    assert len(made) == 4  # out, deep, file.txt, link
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in made} == {(4321, 4322)}
+    assert Path("/etc/hostname").stat().st_uid == 0  # the link, not its target
+    assert before.stat().st_uid == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="handing files over needs root, as in the image's command line",
+)
+def test_the_command_line_in_the_image_hands_its_files_to_the_folder_owner(
+    workspace, monkeypatch
+):
+    path = write(workspace, "wf/ok.yml", PASSING)
+    os.chown(workspace, 4321, 4322)
+    monkeypatch.chdir(workspace)
+    code = main(["run", str(path), "--env", "GREETING=hello", "--results", "r.json"])
+    assert code == 0
+    made = [
+        workspace / "r.json",
+        workspace / ".cw-runs",
+        *(workspace / ".cw-runs").rglob("*"),
+    ]
+    assert all(p.exists() for p in made[:2]) and len(made) > 2
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made} == {(4321, 4322)}
+    assert (workspace / "wf").stat().st_uid == 0  # it was there before
+
+
 def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
     write(workspace, "wf/1-slow.yml", SLOW)
     write(workspace, "wf/2-ok.yml", PASSING)
@@ -603,6 +807,14 @@ def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
         "## ❌ calimero-workflow (cancelled)"
         in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     )
+    # the workflow that never ran is a skipped testcase, not an empty suite
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    never = next(s for s in junit if s.get("file") == "wf/2-ok.yml")
+    assert (never.get("tests"), never.get("skipped")) == ("1", "1")
+    [case] = never.iter("testcase")
+    assert case.find("skipped").get("message") == "not run: the action was cancelled"
+    assert never.get("timestamp")[:4] == time.strftime("%Y", time.gmtime())
+    assert junit.get("skipped") == "1"
 
 
 # -- the other entry points ------------------------------------------------------------------

@@ -44,16 +44,53 @@ def test_workflows_match_the_workflow_schema():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_schema_check_catches_a_broken_action(tmp_path):
-    # the check above is only worth something if a broken file fails it
-    action = yaml.safe_load((ROOT / "action.yml").read_text())
+def _break_runs(action: dict) -> None:
     action["runs"]["using"] = "docker-compose"
+
+
+def _break_input(action: dict) -> None:
     action["inputs"]["workflows"]["unknown-key"] = 1
+
+
+def _break_image(action: dict) -> None:
+    del action["runs"]["image"]
+
+
+def _break_output(action: dict) -> None:
+    action["outputs"]["status"]["value"] = "composite actions only"
+
+
+@pytest.mark.parametrize(
+    "breakage", [_break_runs, _break_input, _break_image, _break_output]
+)
+def test_the_schema_check_catches_a_broken_action(tmp_path, breakage):
+    # the check above is only worth something if each kind of breakage fails it
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    breakage(action)
     broken = tmp_path / "action.yml"
     broken.write_text(yaml.safe_dump(action))
     done = check("vendor.github-actions", broken)
-    assert done.returncode != 0
-    assert "docker-compose" in done.stdout
+    assert done.returncode != 0, done.stdout
+    assert "action.yml" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("    runs-on: ubuntu-latest\n", ""),  # a job without a runner
+        ("timeout-minutes: 45", "timeout-minute: 45"),  # a misspelt key
+        ("      - uses: actions/checkout@v4\n", "      - uses: 4\n"),
+    ],
+    ids=["no-runs-on", "misspelt-key", "uses-not-a-string"],
+)
+def test_the_schema_check_catches_a_broken_workflow(tmp_path, old, new):
+    # edited as text: PyYAML would turn the `on:` key into True
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert old in text
+    broken = tmp_path / "ci.yml"
+    broken.write_text(text.replace(old, new, 1))
+    done = check("vendor.github-workflows", broken)
+    assert done.returncode != 0, done.stdout
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

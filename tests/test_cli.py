@@ -76,6 +76,16 @@ def test_exit_2_on_invalid_file_and_bad_flags(tmp_path: Path, capsys):
     assert f"{wf}:3:5: step 'wait #1' (wait): missing required key 'seconds'" in capsys.readouterr().err
     assert main(["run", str(wf), "--env", "no-equals"]) == 2
     assert main(["validate", str(tmp_path / "missing.yml")]) == 2
+    good = write(tmp_path, "good.yml", PASSING)
+    capsys.readouterr()
+    for argv in (["run"], ["run", str(good), "--image", "Calimero/Merod:edge"]):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError("argparse should exit")
+    assert "'Calimero/Merod:edge' is not a valid image reference" in capsys.readouterr().err
     try:
         main(["run"])
     except SystemExit as exc:

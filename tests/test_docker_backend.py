@@ -7,6 +7,8 @@ tests drive :class:`DockerBackend` directly and talk to nodes over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import io
 import json
 import os
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -28,13 +31,14 @@ from calimero_workflow.backends.docker import (
     LABEL_WORKFLOW,
     DockerBackend,
     host_path_for,
+    image_reference_problem,
     set_bootstrap,
 )
 from calimero_workflow.client import NodeClient
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
-from docker_support import NODE_IMAGE, ROOT, docker_client, leftovers
+from docker_support import NODE_IMAGE, ROOT, derived_image, docker_client, leftovers
 
 pytestmark = pytest.mark.docker
 
@@ -117,11 +121,11 @@ async def test_node_that_cannot_init_fails_with_exit_code_and_logs(
     )
 
 
-def _variant_image(client, tag: str, on_run: str) -> str:
-    """Our node image whose `merod ... run` does ``on_run`` instead of serving."""
+def _variant_image(client, tag: str, on_run: str, command: str = "run") -> str:
+    """Our node image whose `merod ... <command>` does ``on_run`` instead."""
     dockerfile = (
         f"FROM {NODE_IMAGE}\n"
-        f'RUN printf \'#!/bin/sh\\ncase "$*" in *" run"*) {on_run};; esac\\n'
+        f'RUN printf \'#!/bin/sh\\ncase "$*" in *" {command}"*) {on_run};; esac\\n'
         'exec /opt/cw/bin/merod-embedded "$@"\\n\' > /usr/local/bin/merod-variant '
         "&& chmod 0755 /usr/local/bin/merod-variant && ln -sf /usr/local/bin/merod-variant /usr/local/bin/merod\n"
     )
@@ -132,22 +136,51 @@ def _variant_image(client, tag: str, on_run: str) -> str:
 @pytest.fixture(scope="module")
 def silent_image(client):
     """A node that never serves: it can never become ready."""
-    return _variant_image(
-        client, "calimero-workflow/test-silent:dev", "exec sleep 3600"
-    )
+    return _variant_image(client, derived_image("silent"), "exec sleep 3600")
 
 
 @pytest.fixture(scope="module")
 def wrong_server_image(client):
     """A node whose server answers, but 404 for every admin route."""
     return _variant_image(
-        client, "calimero-workflow/test-404:dev", "exec python3 -m http.server 2528"
+        client, derived_image("404"), "exec python3 -m http.server 2528"
     )
+
+
+@pytest.fixture(scope="module")
+def init_hangs_image(client):
+    """A node whose `merod init` never returns."""
+    return _variant_image(
+        client,
+        derived_image("init-hangs"),
+        "echo init-is-stuck; exec sleep 3600",
+        "init",
+    )
+
+
+async def test_init_that_never_ends_fails_within_wait_timeout(
+    client, init_hangs_image, tmp_path: Path
+):
+    wf = parse_workflow(
+        "name: init hangs\nnodes: {count: 1}\nwait_timeout: 3\nsteps: []\n", environ={}
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=init_hangs_image, env={}, workdir=tmp_path
+    ).run()
+    phase = next(p for p in result.phases if p.name == "nodes_start")
+    assert phase.status is Status.FAILED
+    assert (
+        "`merod init` for node calimero-node-1 did not finish within 10s"
+        in phase.error.message
+    ), phase.error
+    assert "wait_timeout" in phase.error.hint
+    assert "init-is-stuck" in phase.data["last_logs"]
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
 async def test_node_that_exits_reports_exit_code_and_last_logs(client, tmp_path: Path):
     image = _variant_image(
-        client, "calimero-workflow/test-crash:dev", "echo boom-before-exit; exit 3"
+        client, derived_image("crash"), "echo boom-before-exit; exit 3"
     )
     wf = parse_workflow(
         "name: crash\nnodes: {count: 2}\nwait_timeout: 30\nsteps: []\n", environ={}
@@ -194,6 +227,63 @@ async def test_health_must_answer_200_not_just_anything(
     )
 
 
+def _kill_node(client, container, how: str) -> None:
+    if how == "docker kill":
+        container.kill()
+        return
+    # out of memory for real: a limit just above what the node uses, the node
+    # first in line for the OOM killer, and a process that wants far more
+    container.update(mem_limit="96m", memswap_limit="96m")
+    container.exec_run(
+        [
+            "sh",
+            "-c",
+            "echo 1000 > /proc/1/oom_score_adj; "
+            "exec python3 -c 'x = bytearray(400 * 1024 * 1024)'",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        ("docker kill", "exit code 137 (killed by SIGKILL), not out of memory"),
+        ("out of memory", "exit code 137, killed for lack of memory (OOM)"),
+    ],
+)
+async def test_a_node_that_dies_mid_run_fails_the_step_saying_how(
+    client, tmp_path: Path, how: str, said: str
+):
+    wf = parse_workflow(
+        textwrap.dedent("""\
+            name: dies mid-run
+            nodes: {count: 1, prefix: node}
+            steps:
+              - {type: create_identity, node: node-1}
+              - {type: wait, seconds: 4}  # the node dies meanwhile
+              - {type: create_identity, node: node-1, retries: 0}
+        """),
+        environ={},
+    )
+    executor = WorkflowExecutor(
+        wf, backend="docker", image=NODE_IMAGE, env={}, workdir=tmp_path
+    )
+    run = asyncio.create_task(executor.run())
+    label = f"{LABEL_RUN}={executor.run_id}"
+    while not executor.result.steps and not run.done():  # the first step is done
+        await asyncio.sleep(0.05)
+    name = leftovers(client, label)["containers"][0]
+    await asyncio.to_thread(_kill_node, client, client.containers.get(name), how)
+    result = await run
+    step = result.steps[-1]
+    assert step.status is Status.FAILED and step.error.kind == "node_died"
+    assert step.error.message.startswith(f"node node-1 died: {said}: ")
+    log_file = Path(result.node_log_files["node-1"])
+    state = json.loads(log_file.with_suffix(".state.json").read_text())
+    assert (state["exit_code"], state["oom_killed"]) == (137, how == "out of memory")
+    assert leftovers(client, label) == NOTHING
+
+
 async def test_two_runs_side_by_side_do_not_touch_each_other(client, tmp_path: Path):
     wf = load_workflow(ROOT / "examples" / "kv-store" / "workflow.yml", environ={})
     first, second = await asyncio.gather(
@@ -221,11 +311,13 @@ async def test_failed_run_leaves_nothing_and_writes_states(client, tmp_path: Pat
     assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
-def test_sigterm_cleans_up_everything(client, tmp_path: Path):
-    wf = tmp_path / "slow.yml"
-    wf.write_text(
-        "name: sigterm docker\nnodes: {count: 2}\nsteps:\n  - {type: wait, seconds: 120}\n"
-    )
+def _cli_run(
+    tmp_path: Path, steps: str, image: str = NODE_IMAGE
+) -> tuple[subprocess.Popen, str]:
+    """Start the CLI on a two-node docker workflow with ``steps``; its label."""
+    name = f"signal {secrets.token_hex(4)}"  # unique: other checkouts share the daemon
+    wf = tmp_path / "wf.yml"
+    wf.write_text(f"name: {name}\nnodes: {{count: 2}}\nsteps:\n{steps}")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -236,7 +328,7 @@ def test_sigterm_cleans_up_everything(client, tmp_path: Path):
             "--backend",
             "docker",
             "--image",
-            NODE_IMAGE,
+            image,
             "--workdir",
             str(tmp_path / "w"),
             "--color",
@@ -247,19 +339,101 @@ def test_sigterm_cleans_up_everything(client, tmp_path: Path):
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")},
     )
-    seen = ""
+    return proc, f"{LABEL_WORKFLOW}={name}"
+
+
+def _read_until(proc: subprocess.Popen, marker: str, seen: str = "") -> str:
     deadline = time.monotonic() + 120
-    while (
-        "phase nodes_start" not in seen
-        and time.monotonic() < deadline
-        and proc.poll() is None
-    ):
+    while marker not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stdout.readline()
-    label = f"{LABEL_WORKFLOW}=sigterm docker"
+    assert marker in seen, seen
+    return seen
+
+
+def _output(proc: subprocess.Popen, timeout: float) -> str:
+    """The rest of the output once ``proc`` exits; killed if it takes longer."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[0]
+        pytest.fail(f"still running after {timeout:g}s:\n{rest}")
+
+
+def test_sigterm_cleans_up_everything(client, tmp_path: Path):
+    proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 120}\n")
+    seen = _read_until(proc, "phase nodes_start")
     assert leftovers(client, label)["containers"], seen
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=120)
+    rest = _output(proc, 120)
     assert proc.returncode == 130, seen + rest
+    assert leftovers(client, label) == NOTHING
+
+
+@pytest.mark.parametrize(
+    "steps, first, second",
+    [
+        # the steps fail; the signal lands while node logs are read or nodes removed
+        ("  - {type: assert, actual: 1, equals: 2}\n", "FAIL phase steps", None),
+        # interrupted during a step, then interrupted again during the teardown
+        (
+            "  - {type: wait, seconds: 120}\n",
+            "PASS phase nodes_start",
+            "phase on_failure",
+        ),
+    ],
+    ids=["signal-during-cleanup", "second-signal-during-cleanup"],
+)
+def test_a_signal_during_cleanup_does_not_cut_it_short(
+    client, tmp_path: Path, steps: str, first: str, second: str | None
+):
+    proc, label = _cli_run(tmp_path, steps)
+    seen = _read_until(proc, first)
+    proc.send_signal(signal.SIGINT if second else signal.SIGTERM)
+    if second:
+        seen = _read_until(proc, second, seen)
+        proc.send_signal(signal.SIGINT)
+    rest = _output(proc, 120)
+    assert "Traceback" not in seen + rest, seen + rest
+    assert "PASS phase cleanup" in rest, seen + rest
+    assert proc.returncode == 130, seen + rest
+    assert leftovers(client, label) == NOTHING
+
+
+def test_sigterm_while_init_hangs_stops_the_init_containers(
+    client, init_hangs_image, tmp_path: Path
+):
+    proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 1}\n", init_hangs_image)
+    deadline = time.monotonic() + 60
+    while (
+        len(leftovers(client, label)["containers"]) < 2 and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    # cleanup must not wait for the stuck `merod init` calls: it stops them
+    out = _output(proc, 40)
+    assert proc.returncode == 130, out
+    assert "still running" not in out, out
+    assert leftovers(client, label) == NOTHING
+
+
+def test_sigterm_while_the_image_pull_hangs_stops_at_once(client, tmp_path: Path):
+    # a "registry" on loopback that accepts connections and never answers
+    with socket.socket() as registry:
+        registry.bind(("127.0.0.1", 0))
+        registry.listen(16)
+        registry.settimeout(60)
+        image = f"127.0.0.1:{registry.getsockname()[1]}/hangs/merod:edge"
+        proc, label = _cli_run(tmp_path, "  - {type: wait, seconds: 1}\n", image)
+        asked, _ = registry.accept()  # the daemon is pulling now
+        try:
+            proc.send_signal(signal.SIGTERM)
+            # the daemon gives up on its own only after about 25 s per try
+            out = _output(proc, 15)
+        finally:
+            asked.close()
+    assert proc.returncode == 130, out
+    assert "FAIL phase pull_image" in out and "INTERRUPTED" in out, out
     assert leftovers(client, label) == NOTHING
 
 
@@ -466,6 +640,120 @@ async def test_pull_skips_a_present_image_and_explains_an_unreachable_registry(
     await backend.cleanup()
 
 
+@contextlib.contextmanager
+def _registry(answer: str):
+    """A registry on loopback whose every manifest is ``answer``: 404 or 401."""
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's API)
+            if self.path == "/v2/" and answer != "401":
+                status, body = 200, b"{}"
+            else:
+                code = "MANIFEST_UNKNOWN" if answer == "404" else "UNAUTHORIZED"
+                status = int(answer)
+                body = json.dumps({"errors": [{"code": code, "message": code.lower()}]})
+                body = body.encode()
+            self.send_response(status)
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_pull_says_which_image_is_missing_or_needs_a_login(
+    client, tmp_path: Path
+):
+    with _registry("404") as registry:
+        missing = f"{registry}/calimero/merod:no-such-tag"
+        with pytest.raises(BackendError) as failed:
+            await _backend(tmp_path, image=missing).pull_image()
+        assert f"the registry has no image {missing!r}" in str(failed.value)
+        assert "attempts" not in str(failed.value)  # not worth trying again
+        assert "name and the tag" in failed.value.hint
+
+        # forced, with a copy here: the message says the copy was not used
+        local = f"{registry}/calimero/merod:local-copy-{secrets.token_hex(3)}"
+        client.images.get(NODE_IMAGE).tag(local)
+        try:
+            with pytest.raises(BackendError) as failed:
+                await _backend(tmp_path, image=local).pull_image(force=True)
+        finally:
+            client.images.remove(local)
+        assert "force_pull_image" in failed.value.hint
+        assert "a copy of it is here" in failed.value.hint
+    with _registry("401") as registry:
+        private = f"{registry}/private/merod:edge"
+        with pytest.raises(BackendError) as failed:
+            await _backend(tmp_path, image=private).pull_image()
+        assert f"the registry refused {private!r}" in str(failed.value)
+        assert f"docker login {registry}" in failed.value.hint
+
+
+@pytest.mark.parametrize(
+    "ref, why",
+    [
+        ("Calimero/Merod:edge", "repository names must be lowercase"),
+        ("ghcr.io/calimero//merod", "not a valid image reference"),
+        ("merod:edge:again", "not a valid image reference"),
+        ("merod:" + "t" * 200, "not a valid image reference"),
+        ("merod edge", "not a valid image reference"),
+        ("", "is empty"),
+        ("ghcr.io/calimero-network/merod:edge", None),
+        ("127.0.0.1:5000/a/b:c", None),
+        ("localhost/x", None),
+        ("a__b/c--d.e:1.0-rc_1", None),
+        ("merod@sha256:" + "ab" * 32, None),
+        ("[::1]:5000/merod:edge", None),
+    ],
+)
+def test_image_references_are_checked_as_docker_reads_them(ref, why):
+    problem = image_reference_problem(ref)
+    assert (problem is None) if why is None else (why in problem), problem
+
+
+async def test_an_invalid_image_is_refused_before_docker_is_asked(tmp_path: Path):
+    backend = _backend(tmp_path, image="Calimero/Merod:edge")
+    with pytest.raises(BackendError) as failed:
+        await backend.pull_image()
+    assert "'Calimero/Merod:edge' is not a valid image reference" in str(failed.value)
+    assert "lowercase" in str(failed.value) and "ghcr.io/" in failed.value.hint
+    assert backend._client is None  # no engine was asked
+
+
+async def test_a_taken_rpc_port_is_named_with_the_key_that_sets_it(
+    client, tmp_path: Path
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        wf = parse_workflow(
+            f"name: port taken\nnodes:\n  n1: {{rpc_port: {port}}}\nsteps: []\n",
+            environ={},
+        )
+        result = await run_docker(wf, tmp_path)
+    phase = next(p for p in result.phases if p.name == "nodes_start")
+    assert phase.status is Status.FAILED
+    assert f"host port {port} is taken" in phase.error.hint
+    assert "`rpc_port`" in phase.error.hint and "`base_rpc_port`" in phase.error.hint
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
+
+
 async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path):
     backend = _backend(tmp_path)
     with pytest.raises(BackendError, match="would share the container name"):
@@ -559,10 +847,10 @@ def test_set_bootstrap_keeps_the_rest_of_the_config():
 
 
 def _engine_in_container(
-    client, out: Path, workdir: str, mounts: dict
+    client, out: Path, workdir: str, mounts: dict, **run_options
 ) -> tuple[str, dict]:
     """Run the kv-store example with the engine in a container; its output and report."""
-    output = client.containers.run(
+    engine = client.containers.run(
         NODE_IMAGE,
         entrypoint=["calimero-workflow"],
         command=[
@@ -586,10 +874,15 @@ def _engine_in_container(
             **mounts,
         },
         labels={"calimero-workflow.test": "engine-in-container"},
-        remove=True,
-        stdout=True,
-        stderr=True,
-    ).decode()
+        environment={"PYTHONPATH": "/repo/src"},  # this checkout's engine
+        detach=True,
+        **run_options,
+    )
+    try:
+        engine.wait(timeout=300)
+        output = engine.logs().decode()
+    finally:
+        engine.remove(force=True)
     report = json.loads((out / "report.json").read_text())
     return output, report
 
@@ -639,4 +932,60 @@ def test_engine_inside_a_container_without_a_mounted_workdir_uses_volumes(
     assert "removed 3 container(s), 4 network(s), 3 volume(s)" in _cleanup_detail(
         report
     )
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_in_a_container_on_the_host_network_uses_published_ports(
+    client, tmp_path: Path
+):
+    output, report = _engine_in_container(
+        client, tmp_path, "/tmp/runs", {}, network_mode="host"
+    )
+    assert "PASSED kv-store replicates: 19 passed" in output, output
+    assert {n["url"].rsplit(":", 1)[0] for n in report["nodes"].values()} == {
+        "http://127.0.0.1"
+    }
+    # peers and one shared control network, as on the host; data in volumes
+    assert "removed 3 container(s), 2 network(s), 3 volume(s)" in _cleanup_detail(
+        report
+    )
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_sharing_another_containers_network_joins_that_one(
+    client, tmp_path: Path
+):
+    # as act runs a container action: in the job container's network namespace
+    owner = client.containers.run(
+        NODE_IMAGE,
+        entrypoint=["sleep", "300"],
+        labels={"calimero-workflow.test": "engine-in-container"},
+        detach=True,
+    )
+    try:
+        output, report = _engine_in_container(
+            client, tmp_path, "/tmp/runs", {}, network_mode=f"container:{owner.id}"
+        )
+        assert "PASSED kv-store replicates: 19 passed" in output, output
+        assert all(
+            n["url"] == f"http://{n['container']}:2528"
+            for n in report["nodes"].values()
+        )
+        owner.reload()
+        assert set(owner.attrs["NetworkSettings"]["Networks"]) == {"bridge"}
+    finally:
+        owner.remove(force=True)
+    assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING
+
+
+def test_engine_in_a_container_without_a_network_says_so(client, tmp_path: Path):
+    output, report = _engine_in_container(
+        client, tmp_path, "/tmp/runs", {}, network_mode="none"
+    )
+    phase = next(p for p in report["phases"] if p["status"] == "failed")
+    assert (
+        "runs in a container without a network (--network none)"
+        in (phase["error"]["message"])
+    ), phase
+    assert "--backend embedded" in phase["error"]["hint"]
     assert leftovers(client, f"{LABEL_RUN}={report['run_id']}") == NOTHING

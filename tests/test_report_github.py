@@ -218,6 +218,31 @@ def test_add_mask_masks_each_line_once_and_escapes(gh, out):
     assert masks == ["s3cr%t\nsecond-line", "s3cr%t", "second-line"]
 
 
+def test_masked_values_are_redacted_in_what_we_print_and_write(gh, out, tmp_path):
+    assert gh.add_mask("pa:ss,w%rd") and not gh.add_mask("abc")
+    gh.echo("echo pa:ss,w%rd")
+    gh.annotate(Annotation("error", "saw pa:ss,w%rd", title="t pa:ss,w%rd"))
+    gh.untrusted("node says pa:ss,w%rd")
+    # the console reporter writes pieces of lines; a split value is still found
+    for piece in ("console pa:s", "s,w", "%rd and abc\n", "tail pa:ss,w%rd"):
+        gh.stream.write(piece)
+    gh.echo("after")
+    printed = out.getvalue()
+    assert printed.count("pa:ss,w%rd") == 0 and printed.count("pa%3Ass") == 0
+    assert "::add-mask::pa:ss,w%25rd" in printed  # only the mask itself says it
+    lines = printed.splitlines()
+    assert "echo ***" in lines and "console *** and abc" in lines
+    assert lines.index("tail ***") < lines.index("after")
+    assert "title=t ***::saw ***" in printed
+    report = tmp_path / "junit.xml"
+    report.write_text('<a v="pa:ss,w%rd">{"k": "pa:ss,w%rd"}</a>\n')
+    assert gh.redact_file(report) and not gh.redact_file(report)
+    assert report.read_text() == '<a v="***">{"k": "***"}</a>\n'
+    # a value spelt as JSON, then HTML, inside JSON (an app's log in the summary)
+    assert gh.add_mask('q"<x>"q')
+    assert gh.redact('"log": "value \\"q\\\\\\"&lt;x&gt;\\\\\\"q\\""') == '"log": "value \\"***\\""'
+
+
 def test_groups_close_on_error_and_do_not_nest(gh, out):
     with pytest.raises(RuntimeError, match="do not nest"):
         with gh.group("outer"):

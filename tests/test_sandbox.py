@@ -11,11 +11,11 @@ from calimero_workflow.errors import WorkflowValidationError
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
-from docker_support import NODE_IMAGE, docker_client, leftovers
+from docker_support import NODE_IMAGE, derived_image, docker_client, leftovers
 
 pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent / "sandbox"
-SANDBOX_IMAGE = "calimero-workflow/test-sandbox:dev"
+SANDBOX_IMAGE = derived_image("sandbox")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def phase(result, name):
 
 
 async def test_docker_nodes_get_the_deployed_contracts(client, tmp_path: Path):
-    wf = load_workflow(HERE / "workflow.yml", environ={})
+    wf = load_workflow(HERE / "workflow.yml", environ={"SANDBOX_IMAGE": SANDBOX_IMAGE})
     result = await WorkflowExecutor(wf, backend="docker", image=NODE_IMAGE, env={}, workdir=tmp_path).run()
     assert result.passed, [(s.path, s.error) for s in result.all_steps() if s.error] + [
         (p.name, p.error) for p in result.phases if p.error
@@ -53,7 +53,7 @@ async def test_sandbox_phases_run_for_embedded_nodes_too(client, tmp_path: Path)
           - type: assert
             statements: ["is_set(${results.deploy_contracts.contracts.config})"]
     """)
-    wf = parse_workflow(text, file=HERE / "embedded.yml", environ={})
+    wf = parse_workflow(text, file=HERE / "embedded.yml", environ={"SANDBOX_IMAGE": SANDBOX_IMAGE})
     result = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
     assert result.passed, [(p.name, p.error) for p in result.phases if p.error]
     assert leftovers(client, f"calimero-workflow.run-id={result.run_id}")["containers"] == []

@@ -23,6 +23,7 @@ post step, which removes whatever Docker objects a run left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import logging
@@ -32,17 +33,18 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
 
+from .backends.docker import image_reference_problem
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .report.console import ConsoleReporter, sanitize
-from .report.github import Annotation, GitHub
+from .report.github import MIN_SECRET_CHARS, Annotation, GitHub
 from .report.junit import write_junit
 from .report.summary import (
     DEFAULT_BUDGET,
@@ -142,6 +144,12 @@ class ActionSettings:
         """Where the summary, results and failed-steps files go: beside the JUnit file."""
         return self.junit_path.parent
 
+    @property
+    def report_files(self) -> tuple[Path, ...]:
+        """Every file the reports are written to."""
+        names = ("summary.md", "results.json", "failed-steps.json", "report.json")
+        return (self.junit_path, *(self.reports_dir / n for n in names))
+
 
 # -- stage 1: settings ----------------------------------------------------------------
 
@@ -174,6 +182,19 @@ def _confined(
             f"{what} {value!r} is outside the workspace {workspace}: use a path inside the repository"
         )
     return path
+
+
+def _folders_fit(
+    workspace: Path, folder: Path, what: str, value: str, problems: list[str]
+) -> None:
+    """Each existing part of ``folder`` below the workspace must be a folder."""
+    if not folder.is_relative_to(workspace):
+        return  # reported as outside the workspace
+    for part in [*reversed(folder.parents), folder]:
+        if part.is_relative_to(workspace) and part.exists() and not part.is_dir():
+            rel = part.relative_to(workspace)
+            problems.append(f"{what} {value!r}: {rel} is a file, not a folder")
+            return
 
 
 def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
@@ -257,11 +278,31 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         problems.append(
             f"input junit-path {junit_text!r} must name a file, e.g. reports/junit.xml"
         )
+    elif junit_path.is_dir():
+        rel = junit_text.rstrip("/")
+        problems.append(
+            f"input junit-path {junit_text!r} is a folder: name a file in it, e.g. {rel}/junit.xml"
+        )
+    else:
+        _folders_fit(
+            workspace, junit_path.parent, "input junit-path", junit_text, problems
+        )
     logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
     node_logs_dir = _confined(
         workspace, workspace, logs_text, "input node-logs-dir", problems
     )
+    if node_logs_dir.exists() and not node_logs_dir.is_dir():
+        problems.append(f"input node-logs-dir {logs_text!r} is a file, not a folder")
+    else:
+        _folders_fit(
+            workspace, node_logs_dir, "input node-logs-dir", logs_text, problems
+        )
 
+    image = _input(env, "image") or None
+    if image is not None and (problem := image_reference_problem(image)):
+        problems.append(
+            f"input image: {problem} (e.g. ghcr.io/calimero-network/merod:edge)"
+        )
     settings_env = _parse_env(_input(env, "env"), problems)
     summary = _bool(env, "summary", problems)
     annotations = _bool(env, "annotations", problems)
@@ -278,7 +319,7 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
     return ActionSettings(
         workspace=workspace,
         workflows=workflows,
-        image=_input(env, "image") or None,
+        image=image,
         backend=backend,
         env=MappingProxyType(settings_env),
         working_directory=working_directory,
@@ -385,6 +426,7 @@ def _skipped_result(file: Path, backend: str) -> RunResult:
         run_id="-",
         backend=backend,
         status=Status.SKIPPED,
+        started_at=time.time(),
     )
     result.phases.append(
         PhaseRecord("steps", Status.SKIPPED, detail="not run: the action was cancelled")
@@ -446,7 +488,12 @@ def _job_network() -> str | None:
 
 
 def _attach_to_network(run_id: str, network_name: str) -> list[str]:
-    """Connect this run's node containers to ``network_name``, known by their names."""
+    """Connect this run's node containers to ``network_name``, known by their names.
+
+    Known limit: the nodes then share a network besides *peers*, so a merod
+    that finds its peers by itself (mDNS, announced addresses) can still
+    reach a disconnected node over it; docs/action.md says so.
+    """
     from .backends.docker import LABEL_NODE, LABEL_RUN
 
     client = _docker_client()
@@ -529,7 +576,11 @@ class _Runner:
                     _problem_result(rel, file, settings.backend, "load", exc.problems)
                 ]
             for secret in workflow.secret_values():
-                self.gh.add_mask(secret)
+                if not self.gh.add_mask(secret):
+                    self.gh.echo(
+                        f"calimero-workflow: a credential in {rel} is shorter than "
+                        f"{MIN_SECRET_CHARS} characters and is not masked"
+                    )
 
             run_id = new_run_id()
             self.run.run_ids.append(run_id)
@@ -748,6 +799,45 @@ def _hand_over(paths: Sequence[Path], workspace: Path) -> None:
                     os.chown(Path(folder) / name, *ids, follow_symlinks=False)
 
 
+class _NewFiles:
+    """Root-owned entries that appear under ``top`` during a run, for its owner.
+
+    What the run's own scripts write (build output, a downloaded blob, node
+    data in the command line's folder) would otherwise stay root's. Entries
+    that were root's before the run are left alone; symlinks are changed,
+    never what they point to.
+    """
+
+    def __init__(self, top: Path):
+        self.top = top
+        owner = top.stat()
+        self.ids = (owner.st_uid, owner.st_gid)
+        self.active = (
+            hasattr(os, "geteuid") and os.geteuid() == 0 and self.ids != (0, 0)
+        )
+        self.before = self._root_owned() if self.active else set()
+
+    def _root_owned(self) -> set[Path]:
+        found = set()
+        for folder, dirs, files in os.walk(self.top):
+            for name in [*dirs, *files]:
+                path = Path(folder) / name
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    if path.lstat().st_uid == 0:
+                        found.add(path)
+        return found
+
+    def hand_over(self) -> int:
+        """Give the new root-owned entries to ``top``'s owner; how many."""
+        if not self.active:
+            return 0
+        new = self._root_owned() - self.before
+        for path in new:
+            with contextlib.suppress(OSError):
+                os.chown(path, *self.ids, follow_symlinks=False)
+        return len(new)
+
+
 def _results_key(result: RunResult, workspace: Path) -> str:
     if result.workflow_file:
         return display_path(result.workflow_file, workspace)
@@ -772,7 +862,7 @@ def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
     summary_text = build_summary(
         run.workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
     )
-    summary_path = reports / "summary.md"
+    summary_path = settings.report_files[1]
     summary_path.write_text(summary_text, encoding="utf-8")
     if settings.summary:
         if len(summary_text.encode("utf-8")) > room:
@@ -793,11 +883,9 @@ def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
         _results_key(a[-1], workspace): a[-1].workflow_results for a in run.workflows
     }
     failed_steps = _failed_steps(run, workspace)
-    results_path = reports / "results.json"
-    failed_path = reports / "failed-steps.json"
+    results_path, failed_path, report_path = settings.report_files[2:]
     _write_json(results_path, results)
     _write_json(failed_path, failed_steps)
-    report_path = reports / "report.json"
     _write_json(
         report_path, [[r.to_dict() for r in attempts] for attempts in run.workflows]
     )
@@ -833,8 +921,23 @@ def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
         failed_path,
         report_path,
     ]
+    # the runner masks secrets in the log only; these files become artifacts
+    for path in [*written, *_files_in(run.logs_dirs)]:
+        gh.redact_file(path)
     _hand_over([*written, *run.logs_dirs], workspace)
     return status
+
+
+def _files_in(folders: Sequence[Path]) -> list[Path]:
+    """The regular files under ``folders`` (node logs and states), no symlinks followed."""
+    found = []
+    for folder in folders:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for parent, _, names in os.walk(folder):
+            paths = [Path(parent) / name for name in names]
+            found += [p for p in paths if p.is_file() and not p.is_symlink()]
+    return found
 
 
 def _exit_code(status: str, settings: ActionSettings | None) -> int:
@@ -851,10 +954,15 @@ def _exit_code(status: str, settings: ActionSettings | None) -> int:
 
 
 class _LineSafeFormatter(logging.Formatter):
-    """Log records on stderr, which the runner also parses: no line may start a command."""
+    """Log records on stderr, which the runner also parses: no line may start a
+    command, and no masked value may show."""
+
+    #: Set to the run's :meth:`GitHub.redact` once secrets are known.
+    redact: Callable[[str], str] = staticmethod(str)
 
     def format(self, record: logging.LogRecord) -> str:
-        return sanitize(super().format(record)).replace("\n", "\n| ")
+        text = sanitize(super().format(record)).replace("\n", "\n| ")
+        return self.redact(text)
 
 
 def _setup_logging() -> None:
@@ -867,17 +975,31 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _mask_env_secrets(gh: GitHub, settings: ActionSettings) -> None:
-    for key, value in settings.env.items():
-        if _SECRET_KEY.search(key):
-            gh.add_mask(value)
+def _mask_env_secrets(
+    gh: GitHub, settings: ActionSettings, env: Mapping[str, str]
+) -> None:
+    """Mask values of secret-looking keys: the ``env`` input, then the step's environment.
+
+    The runner masks its own secrets in the log, but not in the files we
+    write; a secret given to the step through ``env:`` reaches workflows as
+    ``${KEY}`` like one from the input.
+    """
+    readable = _load_env(env, settings)
+    keys = [*settings.env, *(k for k in readable if k not in settings.env)]
+    for key in keys:
+        if not _SECRET_KEY.search(key) or not readable[key].strip():
+            continue
+        if not gh.add_mask(readable[key]):
+            gh.echo(
+                f"calimero-workflow: the value of {key} is shorter than "
+                f"{MIN_SECRET_CHARS} characters and is not masked"
+            )
 
 
 async def _discover_and_run(
-    settings: ActionSettings, gh: GitHub, env: Mapping[str, str]
+    settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
 ) -> _Run:
     runner = _Runner(settings, gh, env)
-    found = discover_workflows(settings)
     for pattern, reason in found.unmatched.items():
         runner.run.invalid = True
         problem = Problem(
@@ -915,23 +1037,41 @@ async def _discover_and_run(
     return await runner.run_all(found.files)
 
 
+def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
+    """Report invalid inputs; nothing has run and no file is written."""
+    for problem in problems:
+        gh.annotate(
+            Annotation("error", problem, title="calimero-workflow: invalid input")
+        )
+    gh.flush_annotations()
+    gh.set_output("status", STATUS_INVALID)
+    return EXIT_INVALID
+
+
 def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
     """Run the action for ``env`` (the process environment); return the exit code."""
     gh = GitHub(env, stream)
     try:
         settings = read_settings(env)
     except InputError as exc:
-        for problem in exc.problems:
-            gh.annotate(
-                Annotation("error", problem, title="calimero-workflow: invalid input")
-            )
-        gh.flush_annotations()
-        gh.set_output("status", STATUS_INVALID)
-        return EXIT_INVALID
+        return _invalid(gh, exc.problems)
 
-    _mask_env_secrets(gh, settings)
-    run = asyncio.run(_discover_and_run(settings, gh, env))
+    found = discover_workflows(settings)
+    clashes = [
+        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
+        f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
+        for path in settings.report_files
+        if path in found.files
+    ]
+    if clashes:
+        return _invalid(gh, clashes)
+
+    _mask_env_secrets(gh, settings, env)
+    _LineSafeFormatter.redact = staticmethod(gh.redact)
+    new_files = _NewFiles(settings.workspace)
+    run = asyncio.run(_discover_and_run(settings, gh, env, found))
     status = _report(settings, gh, run)
+    new_files.hand_over()
     counts = _counts(run)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
@@ -978,7 +1118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args:
         from .cli import main as cli_main
 
-        return cli_main(args)
+        # the image as the command line, run as root on a mounted folder:
+        # what the run writes there belongs to the folder's owner
+        new_files = _NewFiles(Path.cwd())
+        try:
+            return cli_main(args)
+        finally:
+            new_files.hand_over()
     _setup_logging()
     return run_action(dict(os.environ))
 

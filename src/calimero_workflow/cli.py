@@ -33,6 +33,15 @@ class _ArgParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INVALID)
 
 
+def _image(value: str) -> str:
+    from .backends.docker import image_reference_problem
+
+    problem = image_reference_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem} (e.g. ghcr.io/calimero-network/merod:edge)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgParser(
         prog="calimero-workflow",
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("embedded", "docker"),
         help="where local nodes run (default: the workflow's `backend`, else embedded)",
     )
-    run.add_argument("--image", help="node image for the docker backend (overrides the workflow)")
+    run.add_argument("--image", type=_image, help="node image for the docker backend (overrides the workflow)")
     run.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE",
         help="set a variable for ${KEY} expansion (wins over the environment); repeatable",

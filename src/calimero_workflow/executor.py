@@ -436,7 +436,16 @@ class WorkflowExecutor:
             self.result.interrupted = True
         finally:
             self.result.status = Status.FAILED if failed else Status.PASSED
-            await asyncio.shield(self._finish(failed))
+            # The teardown runs to its end: a signal that arrives during it (the
+            # first, or a second one) only marks the run interrupted. Giving up
+            # here would let asyncio.run cancel the teardown and leave nodes behind.
+            finish = asyncio.ensure_future(self._finish(failed))
+            while not finish.done():
+                try:
+                    await asyncio.shield(finish)
+                except asyncio.CancelledError:
+                    self.result.interrupted = True
+            finish.result()
             self.result.duration_s = time.perf_counter() - started
         if self.result.interrupted:
             self.result.status = Status.FAILED

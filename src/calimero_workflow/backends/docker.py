@@ -22,8 +22,9 @@ What one run creates, all labelled ``calimero-workflow.run-id=<run id>``,
   then ``bootstrap.nodes`` in each config.toml lists the siblings as
   ``/dns4/<node>.peers/tcp/2428/p2p/<peer id>``, then ``merod … run``.
 
-The engine uses ``http://127.0.0.1:<published port>`` from the host, and
-``http://<container name>:2528`` from inside a container.
+The engine uses ``http://127.0.0.1:<published port>`` from the host (or a
+container on the host's network), and ``http://<container name>:2528`` from
+inside a container (see :func:`network_home`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import tarfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -65,7 +66,9 @@ __all__ = [
     "LABEL_WORKFLOW",
     "DockerBackend",
     "host_path_for",
+    "image_reference_problem",
     "labels_for",
+    "network_home",
     "own_container_id",
     "remove_run",
     "set_bootstrap",
@@ -86,8 +89,27 @@ RUN_MARKER = ".cw-docker-run.json"
 POLL_INTERVAL = 0.05
 #: Bound on waiting for Docker calls still in flight when cleanup starts.
 IN_FLIGHT_WAIT = 60.0
+#: ``merod init`` gets ``wait_timeout`` seconds, but never less than this: a
+#: short readiness timeout must not fail an init that is merely slow to start.
+MIN_INIT_TIMEOUT = 10.0
 
 T = TypeVar("T")
+
+#: What a registry says about an image it does not have, or will not give.
+_NOT_THERE = ("manifest unknown", "not found", "does not exist", "name unknown")
+_NOT_ALLOWED = (
+    "unauthorized",
+    "no basic auth credentials",
+    "denied",
+    "authentication required",
+)
+
+
+def _registry_of(ref: str) -> str:
+    first, sep, _ = ref.partition("/")
+    if sep and (any(c in first for c in ".:[") or first == "localhost"):
+        return first
+    return "docker.io"
 
 
 def labels_for(
@@ -115,6 +137,36 @@ def _peer_alias(node: str) -> str:
     # Only the peers network knows this name, so swarm dials never take a
     # control network even where a plain name would resolve on both.
     return f"{_name_part(node)}.peers"
+
+
+# The image reference grammar Docker reads (distribution/reference).
+_ALNUM = r"[a-z0-9]+"
+_PATH_PART = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*"  # name
+    r"(?::[\w][\w.-]{0,127})?"  # tag
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+_NAME_LIMIT = 255
+
+
+def image_reference_problem(ref: str) -> str | None:
+    """Why Docker would refuse ``ref`` as an image reference, or None if it reads it."""
+    if not ref.strip():
+        return "the image reference is empty"
+    if not _REFERENCE.fullmatch(ref):
+        why = f"{ref!r} is not a valid image reference"
+        name = ref.split("@")[0]
+        if _REFERENCE.fullmatch(ref.lower()) or (
+            name != name.lower() and "/" not in name
+        ):
+            why += ": repository names must be lowercase"
+        return why
+    if len(ref.split("@")[0].rsplit(":", 1)[0]) > _NAME_LIMIT:
+        return f"{ref[:60]!r}… is not a valid image reference: the name is over {_NAME_LIMIT} characters"
+    return None
 
 
 def _docker() -> Any:
@@ -165,6 +217,42 @@ def own_container_id(client: Any) -> str | None:
         except Exception:  # not a container this engine knows
             continue
     return None
+
+
+def network_home(client: Any, own: str | None) -> str | None:
+    """The container whose network the engine uses, or None for the host's.
+
+    None on the host, and in a container started with ``--network host``:
+    nodes are then reached through ports published on 127.0.0.1. A container
+    sharing another one's network namespace (``--network container:<id>``,
+    as act runs actions) cannot join networks itself; the namespace's owner
+    joins them instead.
+
+    Raises:
+        BackendError: the engine's container has no network at all.
+    """
+    seen: set[str] = set()
+    current = own
+    while current is not None and current not in seen:
+        seen.add(current)
+        mode = (
+            client.containers.get(current)
+            .attrs.get("HostConfig", {})
+            .get("NetworkMode")
+            or ""
+        )
+        if mode == "host":
+            return None
+        if mode == "none":
+            raise BackendError(
+                "calimero-workflow runs in a container without a network "
+                "(--network none), so it cannot reach Docker nodes",
+                hint="run it with a network (the default bridge will do), or use --backend embedded",
+            )
+        if not mode.startswith("container:"):
+            return current
+        current = client.containers.get(mode.partition(":")[2]).id
+    return current
 
 
 def host_path_for(path: Path, mounts: Iterable[dict[str, Any]]) -> str | None:
@@ -308,6 +396,8 @@ class DockerBackend(NodeBackend):
         self.extra_networks: list[str] = []
         self._client: Any = None
         self._own: str | None = None
+        #: The container joined to the control networks (see network_home).
+        self._joins: str | None = None
         self._own_mounts: list[dict[str, Any]] = []
         self._user: str | None = None
         self._networks: dict[str, Any] = {}
@@ -346,6 +436,7 @@ class DockerBackend(NodeBackend):
                 self._own_mounts = (
                     client.containers.get(self._own).attrs.get("Mounts") or []
                 )
+            self._joins = network_home(client, self._own)
             self._user = self._container_user(client)
             self._client = client
         return self._client
@@ -391,11 +482,46 @@ class DockerBackend(NodeBackend):
         self, fn: Callable[..., T], *args: Any, _cleanup: bool = False, **kwargs: Any
     ) -> T:
         """Run a blocking SDK call in a thread; Docker errors become BackendError."""
+        return await self._mapped(
+            asyncio.to_thread(self._tracked, fn, _cleanup, *args, **kwargs)
+        )
+
+    async def _untracked(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like :meth:`_io` for a call that creates nothing of the run (a pull).
+
+        It runs in a daemon thread that neither cleanup nor the interpreter's
+        exit waits for: a pull can take minutes, or hang on a registry that
+        never answers, and Ctrl-C must still end the run at once.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not future.done():
+                outcome()
+
+        def work() -> None:
+            try:
+                value = fn(*args)
+            except BaseException as exc:  # handed to the awaiting task
+                error = exc
+                with contextlib.suppress(RuntimeError):  # the loop is gone
+                    loop.call_soon_threadsafe(
+                        settle, lambda: future.set_exception(error)
+                    )
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(settle, lambda: future.set_result(value))
+
+        threading.Thread(target=work, name=f"docker {fn.__name__}", daemon=True).start()
+        return await self._mapped(future)
+
+    async def _mapped(self, awaitable: Awaitable[T]) -> T:
         import docker.errors
         import requests
 
         try:
-            return await asyncio.to_thread(self._tracked, fn, _cleanup, *args, **kwargs)
+            return await awaitable
         except docker.errors.DockerException as exc:
             explanation = getattr(exc, "explanation", None) or str(exc)
             raise BackendError(f"Docker: {explanation}") from exc
@@ -426,12 +552,19 @@ class DockerBackend(NodeBackend):
         """Pull the node image(s) unless present; ``force`` pulls anyway."""
         planned = getattr(self, "planned", [])
         images = sorted({self.image, *(s.image for s in planned if s.image)})
+        for ref in images:
+            problem = image_reference_problem(ref)
+            if problem:
+                raise BackendError(
+                    f"node image {problem}",
+                    hint="write it as Docker does, e.g. ghcr.io/calimero-network/merod:edge",
+                )
         pulled, present = [], []
         for ref in images:
             if not force and await self._io(self._image_present, ref):
                 present.append(ref)
                 continue
-            await self._pull(ref)
+            await self._pull(ref, force=force)
             pulled.append(ref)
         detail = []
         if present:
@@ -449,23 +582,44 @@ class DockerBackend(NodeBackend):
         except docker.errors.ImageNotFound:
             return False
 
-    async def _pull(self, ref: str) -> None:
+    async def _pull(self, ref: str, *, force: bool = False) -> None:
         delay = 1.0
         last: Exception | None = None
+        local = (
+            " (a copy of it is here: without force_pull_image it would be used)"
+            if force and await self._io(self._image_present, ref)
+            else ""
+        )
+        build = (
+            "build the image locally (scripts/build-images.sh makes "
+            "calimero-workflow/node:dev) and pass it with --image"
+        )
         for attempt in range(3):
             try:
-                self._images[ref] = await self._io(self.client.images.pull, ref)
+                self._images[ref] = await self._untracked(self.client.images.pull, ref)
                 return
             except BackendError as exc:
                 last = exc
                 log.debug("pulling %s, attempt %d: %s", ref, attempt + 1, exc)
+                text = str(exc).lower()
+                # an answer from the registry: trying again would not change it
+                if any(word in text for word in _NOT_THERE):
+                    raise BackendError(
+                        f"the registry has no image {ref!r}: {exc}",
+                        hint=f"check the name and the tag{local}; or {build}",
+                    ) from exc
+                if any(word in text for word in _NOT_ALLOWED):
+                    registry = _registry_of(ref)
+                    raise BackendError(
+                        f"the registry refused {ref!r}: {exc}",
+                        hint=f"log in first: docker login {registry}{local}",
+                    ) from exc
                 if attempt < 2:
                     await asyncio.sleep(delay)
                     delay *= 2
         raise BackendError(
             f"cannot pull the node image {ref!r} after 3 attempts: {last}",
-            hint="check that the registry is reachable, or build the image locally "
-            "(scripts/build-images.sh makes calimero-workflow/node:dev) and pass it with --image",
+            hint=f"check that the registry is reachable{local}, or {build}",
         )
 
     def image_info(self) -> dict[str, Any]:
@@ -498,12 +652,12 @@ class DockerBackend(NodeBackend):
                 check_duplicate=True,
             )
             self._networks[role] = network
-            if self._own is not None and role != "peers":
-                network.connect(self._own)
+            if self._joins is not None and role != "peers":
+                network.connect(self._joins)
         return self._networks[role]
 
     def _control_network(self, node: str) -> Any:
-        if self._own is None:
+        if self._joins is None:
             return self._network("control", isolated=True)
         return self._network(f"ctl-{_name_part(node)}")
 
@@ -542,7 +696,7 @@ class DockerBackend(NodeBackend):
         self._data[spec.name] = volume.name
         return False
 
-    def _init_node(self, spec: NodeSpec) -> str:
+    def _init_node(self, spec: NodeSpec, timeout: float) -> str:
         """Run ``merod init`` for one node (unless its data dir has a config); return its peer id."""
         name = spec.name
         visible = self._prepare_data(spec)
@@ -551,7 +705,7 @@ class DockerBackend(NodeBackend):
         if visible and existing.is_file():
             self._configs[name] = existing.read_text()
         else:
-            self._configs[name] = self._run_init(spec, self._data[name])
+            self._configs[name] = self._run_init(spec, self._data[name], timeout)
         peer_id = tomllib.loads(self._configs[name]).get("identity", {}).get("peer_id")
         if not peer_id:
             raise NodeUnavailableError(
@@ -561,8 +715,9 @@ class DockerBackend(NodeBackend):
             )
         return str(peer_id)
 
-    def _run_init(self, spec: NodeSpec, source: str) -> str:
+    def _run_init(self, spec: NodeSpec, source: str, timeout: float) -> str:
         import docker.errors
+        import requests
 
         name = spec.name
         image = self._image_for(spec)
@@ -600,7 +755,17 @@ class DockerBackend(NodeBackend):
                     node=name,
                     hint=f"the image {image} must provide `merod` on its PATH",
                 ) from exc
-            status = init.wait(timeout=120)
+            try:
+                status = init.wait(timeout=timeout)
+            except requests.RequestException as exc:  # the wait's read timed out
+                output = init.logs().decode("utf-8", "replace")
+                raise NodeUnavailableError(
+                    f"`merod init` for node {name} did not finish within {timeout:g}s",
+                    node=name,
+                    last_logs="\n".join(output.splitlines()[-50:]),
+                    hint=f"raise `wait_timeout`, or check that `merod init` of {image} "
+                    "exits once it has written the config",
+                ) from exc
             code = status.get("StatusCode", 1)
             if code != 0:
                 output = init.logs().decode("utf-8", "replace")
@@ -620,7 +785,7 @@ class DockerBackend(NodeBackend):
     ) -> Any:
         name = spec.name
         ports = None
-        if self._own is None:
+        if self._joins is None:
             ports = {f"{SERVER_PORT}/tcp": ("127.0.0.1", host_port)}
             if spec.swarm_port:
                 ports[f"{SWARM_PORT}/tcp"] = ("127.0.0.1", spec.swarm_port)
@@ -668,7 +833,8 @@ class DockerBackend(NodeBackend):
                 if taken and not spec.server_port and attempt < 2:
                     continue
                 hint = (
-                    f"host port {port} is taken; pick another server_port"
+                    f"host port {port} is taken; give the node another `rpc_port` "
+                    "(or the nodes another `base_rpc_port`), or leave it out to get a free one"
                     if taken
                     else None
                 )
@@ -680,7 +846,7 @@ class DockerBackend(NodeBackend):
             self._containers[spec.name] = container
             self._urls[spec.name] = (
                 f"http://127.0.0.1:{port}"
-                if self._own is None
+                if self._joins is None
                 else f"http://{container.name}:{SERVER_PORT}"
             )
             return
@@ -706,7 +872,12 @@ class DockerBackend(NodeBackend):
         self._specs.update({s.name: s for s in specs})
         await self._io(lambda: self.client)
         await self._io(self._write_marker)
-        peer_ids = await asyncio.gather(*(self._io(self._init_node, s) for s in specs))
+        peer_ids = await asyncio.gather(
+            *(
+                self._io(self._init_node, s, max(ready_timeout, MIN_INIT_TIMEOUT))
+                for s in specs
+            )
+        )
         addresses = {
             s.name: f"/dns4/{_peer_alias(s.name)}/tcp/{SWARM_PORT}/p2p/{peer}"
             for s, peer in zip(specs, peer_ids, strict=True)
@@ -969,6 +1140,14 @@ class DockerBackend(NodeBackend):
         while a cancelled start is still creating objects."""
         with self._idle:
             self._closed = True
+            busy = self._busy > 0
+        label = f"{LABEL_RUN}={self.run_id}"
+        early = (0, 0, 0)
+        if busy and self._client is not None:
+            # Calls of a cancelled start may be blocked on a container (waiting
+            # for a `merod init` that never ends); removing the run's
+            # containers first releases them instead of waiting them out.
+            early = await self._io(self._remove_labelled, label, _cleanup=True)
         if not await asyncio.to_thread(self._wait_idle, IN_FLIGHT_WAIT):
             log.warning(
                 "Docker calls still running after %gs; cleaning up anyway",
@@ -976,9 +1155,9 @@ class DockerBackend(NodeBackend):
             )
         if self._client is None:
             return PhaseReport(detail="no Docker objects were created")
-        counts = await self._io(
-            self._remove_labelled, f"{LABEL_RUN}={self.run_id}", _cleanup=True
-        )
+        # again once nothing is in flight: it may have created more meanwhile
+        late = await self._io(self._remove_labelled, label, _cleanup=True)
+        counts = [a + b for a, b in zip(early, late, strict=True)]
         self._containers.clear()
         self._networks.clear()
         return PhaseReport(
@@ -1034,4 +1213,6 @@ def remove_run(run_id: str) -> tuple[int, int, int]:
     needed. Returns the numbers of containers, networks and volumes removed.
     """
     backend = DockerBackend(run_id=run_id, workflow_name="-", workdir=Path(os.devnull))
+    # removing needs no network, so none of the detection the nodes need
+    backend._client = _docker()
     return backend._remove_labelled(f"{LABEL_RUN}={run_id}")

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from .base import BackendError, PhaseReport
-from .docker import LABEL_RUN, _docker, labels_for, own_container_id
+from .docker import LABEL_RUN, _docker, labels_for, network_home, own_container_id
 
 SANDBOX_ALIAS = "sandbox"
 
@@ -83,7 +83,9 @@ class Sandbox:
         self.network = await self._io(
             self._client.networks.create, self.network_name, driver="bridge", labels=self.labels
         )
-        own = await asyncio.to_thread(own_container_id, self._client)
+        own = await self._io(
+            lambda: network_home(self._client, own_container_id(self._client))
+        )
         ports = None if own else {f"{s.port}/tcp": ("127.0.0.1", None)}
         endpoint = self._client.api.create_endpoint_config(aliases=[SANDBOX_ALIAS])
         self.container = await self._io(

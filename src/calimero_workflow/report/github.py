@@ -8,11 +8,18 @@ Environment files (``GITHUB_OUTPUT``, ``GITHUB_STEP_SUMMARY``,
 never from a hard-coded ``/github/...``. The runner's limits (10 annotations
 of each level per step, 4096-character messages, 1 MiB of step summary,
 1 MB of outputs per job) are enforced here, when the text is written.
+
+The runner masks registered secrets only in the log it shows. Everything
+that leaves through this adapter (log lines, outputs, the summary, and the
+report files passed to :meth:`GitHub.redact_file`) has them replaced by
+``***`` here, in every escaped form the reports use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
+import io
 import json
 import secrets
 import sys
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
-from .console import sanitize
+from .console import sanitize, sanitize_line
 
 __all__ = [
     "Annotation",
@@ -31,9 +38,11 @@ __all__ = [
     "MAX_ANNOTATIONS_PER_LEVEL",
     "MAX_MESSAGE_CHARS",
     "MAX_TITLE_CHARS",
+    "MIN_SECRET_CHARS",
     "OUTPUT_BUDGET_BYTES",
     "OUTPUT_VALUE_LIMIT_BYTES",
     "OutputWritten",
+    "REDACTED",
     "SUMMARY_LIMIT_BYTES",
     "escape_data",
     "escape_property",
@@ -57,6 +66,12 @@ OUTPUT_BUDGET_BYTES = 900_000
 #: No single output value may take more than this (UTF-16 bytes).
 OUTPUT_VALUE_LIMIT_BYTES = 256 * 1024
 
+#: Shorter values are not masked: masking ``1`` or ``on`` would hide those
+#: characters everywhere in the log and the reports.
+MIN_SECRET_CHARS = 4
+#: What a secret value is replaced by.
+REDACTED = "***"
+
 _PROPERTY_ORDER = ("file", "line", "col", "endLine", "endColumn", "title")
 
 
@@ -72,6 +87,32 @@ def escape_data(text: str) -> str:
 def escape_property(text: str) -> str:
     """Escape a property value: as data, plus ``:`` and ``,`` (separators)."""
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _xml_attribute(text: str) -> str:
+    # as ElementTree writes attribute values
+    text = html.escape(text, quote=False).replace('"', "&quot;")
+    return text.replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#09;")
+
+
+def _secret_forms(value: str) -> set[str]:
+    """``value`` as the log, JSON, XML, HTML and workflow commands may spell it."""
+    # as text, or inside a JSON string, or inside a JSON string in a JSON
+    # string (an app's log line, which quotes its values, in the results)
+    inner = {value, sanitize(value), sanitize_line(value)}
+    for _ in range(2):
+        inner |= {json.dumps(t, ensure_ascii=a)[1:-1] for t in inner for a in (0, 1)}
+    forms: set[str] = set()
+    for text in inner:  # and then in markup or in a workflow command
+        forms |= {
+            text,
+            html.escape(text, quote=False),
+            html.escape(text),
+            _xml_attribute(text),
+            escape_data(text),
+            escape_property(text),
+        }
+    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 
 
 def utf16_size(text: str) -> int:
@@ -137,6 +178,41 @@ class OutputWritten:
     truncated: bool
 
 
+class _RedactingWriter(io.TextIOBase):
+    """A text stream that writes whole lines, with secrets redacted, to another.
+
+    Console output (the run as it happens) goes through it. A line is held
+    until it ends, so a secret written in pieces is still found.
+    """
+
+    def __init__(self, gh: GitHub, target: TextIO):
+        self._gh = gh
+        self._target = target
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._target.write(self._gh.redact(done + "\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._target.write(self._gh.redact(self._pending))
+            self._pending = ""
+        self._target.flush()
+
+    def end_line(self) -> None:
+        """Finish a line left open, so that the next line can be a command."""
+        if self._pending:
+            self._pending += "\n"
+        self.flush()
+
+
 class GitHub:
     """Workflow commands on ``stream`` and environment files from ``env``.
 
@@ -157,7 +233,9 @@ class GitHub:
         output_value_limit: int = OUTPUT_VALUE_LIMIT_BYTES,
         summary_limit: int = SUMMARY_LIMIT_BYTES,
     ) -> None:
-        self.stream = stream if stream is not None else sys.stdout
+        self._out = stream if stream is not None else sys.stdout
+        #: For text printed by others (the console reporter): secrets redacted.
+        self.stream = _RedactingWriter(self, self._out)
         self.output_file = _env_path(env, "GITHUB_OUTPUT")
         self.summary_file = _env_path(env, "GITHUB_STEP_SUMMARY")
         self.state_file = _env_path(env, "GITHUB_STATE")
@@ -168,15 +246,39 @@ class GitHub:
         self._annotations: dict[str, int] = {"error": 0, "warning": 0, "notice": 0}
         self._dropped: dict[str, int] = {"error": 0, "warning": 0, "notice": 0}
         self._masked: set[str] = set()
+        #: Every spelling of every masked value, longest first.
+        self._forms: list[str] = []
         self._in_group = False
 
     # -- workflow commands ----------------------------------------------------------
 
-    def _emit(self, line: str) -> None:
+    def _emit(self, line: str, *, raw: bool = False) -> None:
         # one write and a flush per line: stderr (logging) is unbuffered, and
         # the runner must see a stop-commands line before anything after it
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        # what the console reporter wrote comes first, and the runner reads
+        # a command only at the start of a line
+        self.stream.end_line()
+        self._out.write((line if raw else self.redact(line)) + "\n")
+        self._out.flush()
+
+    def redact(self, text: str) -> str:
+        """``text`` with every masked value (in each escaped form) as ``***``."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def redact_file(self, path: Path) -> bool:
+        """Redact a file we wrote in place; whether it held a masked value."""
+        if not self._forms:
+            return False
+        data = path.read_bytes()
+        text = data.decode("utf-8", "surrogateescape")
+        redacted = self.redact(text)
+        if redacted == text:
+            return False
+        path.write_bytes(redacted.encode("utf-8", "surrogateescape"))
+        return True
 
     def echo(self, text: str = "") -> None:
         """Print our own text. It must not start with ``::`` (use :meth:`untrusted`)."""
@@ -188,19 +290,28 @@ class GitHub:
                 )
             self._emit(line)
 
-    def add_mask(self, value: str) -> None:
-        """Mask ``value`` in every later log line of the job.
+    def add_mask(self, value: str) -> bool:
+        """Mask ``value`` in every later log line of the job and in what we write.
 
         The runner masks line by line, so a multi-line value is also masked
-        one line at a time. Empty and blank values are ignored (masking the
-        empty string would be meaningless).
+        one line at a time. Values (or lines) shorter than
+        :data:`MIN_SECRET_CHARS` are not masked; returns False when nothing
+        of ``value`` could be.
         """
+        masked = False
         for part in [value, *value.splitlines()]:
             part = part.strip()
-            if not part or part in self._masked:
+            if len(part) < MIN_SECRET_CHARS:
+                continue
+            masked = True
+            if part in self._masked:
                 continue
             self._masked.add(part)
-            self._emit(_format_command("add-mask", {}, part))
+            # registered before anything else can print it
+            self._emit(_format_command("add-mask", {}, part), raw=True)
+            forms = set(self._forms) | _secret_forms(part)
+            self._forms = sorted(forms, key=len, reverse=True)
+        return masked
 
     @contextlib.contextmanager
     def group(self, title: str) -> Iterator[None]:
@@ -319,6 +430,7 @@ class GitHub:
                 f"output name {name!r} is not valid: use letters, digits, '_' and '-', "
                 "starting with a letter or '_'"
             )
+        value = self.redact(value)
         limit = min(
             self.output_value_limit,
             self.output_budget - self._output_used - utf16_size(name),
@@ -363,7 +475,7 @@ class GitHub:
             ValueError: the text would push the summary over its limit, which
                 would make the runner drop the whole summary.
         """
-        data = markdown.encode("utf-8")
+        data = self.redact(markdown).encode("utf-8")
         room = self.summary_room()
         if len(data) > room:
             raise ValueError(

@@ -114,22 +114,27 @@ def _verdict(tag: str, failure: Failure, root: Path | None) -> ET.Element:
 
 
 def _case_element(
-    name: str, classname: str, seconds: float, file: str, line: int | None
+    name: str, classname: str, seconds: float, file: str | None, line: int | None
 ) -> ET.Element:
     attrs = {
         "name": _text(name),
         "classname": _text(classname),
         "time": _seconds(seconds),
-        "file": _text(file),
     }
+    if file is not None:  # none for a pattern that matched no file
+        attrs["file"] = _text(file)
     if line:
         attrs["line"] = str(line)
     return ET.Element("testcase", attrs)
 
 
+def _file_of(run: RunResult, root: Path | None) -> str | None:
+    return display_path(run.workflow_file, root) if run.workflow_file else None
+
+
 def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
     """Testcases of one attempt: failed phases, then every step (leaves)."""
-    file = display_path(run.workflow_file, root)
+    file = _file_of(run, root)
     cases: list[_Case] = []
     failures = failures_of(run)
     by_step = {id(f.step): f for f in failures if f.step is not None}
@@ -162,6 +167,17 @@ def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
             if logs:
                 ET.SubElement(element, "system-out").text = logs
         cases.append(_Case(step.path, element, outcome))
+    if not cases and run.status is Status.SKIPPED:
+        # never run (the action was cancelled first): say so in a testcase,
+        # which is what report tools count
+        for phase in run.phases:
+            if phase.status is Status.SKIPPED:
+                element = _case_element(
+                    f"phase {phase.name}", run.workflow_name, 0.0, file, None
+                )
+                message = _one_line(phase.detail or "not run")
+                ET.SubElement(element, "skipped", message=message)
+                cases.append(_Case(f"phase {phase.name}", element, "skipped"))
     return cases
 
 
@@ -178,7 +194,7 @@ def _add_reruns(
             if case is None:
                 # failed before, absent now: a phase that went well this time
                 # (or was not reached); keep the earlier failure visible
-                file = display_path(final.workflow_file, root)
+                file = _file_of(final, root)
                 line = failure.location.line if failure.location is not None else None
                 element = _case_element(
                     failure.what, final.workflow_name, 0.0, file, line
@@ -223,9 +239,10 @@ def _suite(
             "skipped": str(outcomes.count("skipped")),
             "time": _seconds(final.duration_s),
             "timestamp": started.isoformat(timespec="seconds"),
-            "file": _text(display_path(final.workflow_file, root)),
         },
     )
+    if final.workflow_file:
+        suite.set("file", _text(_file_of(final, root) or ""))
     props = ET.SubElement(suite, "properties")
     facts = {
         "backend": final.backend,

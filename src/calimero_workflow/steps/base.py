@@ -15,9 +15,11 @@ A step goes through four stages, always in this order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -625,10 +627,7 @@ class BaseStep:
                 except Exception:  # the backend may not know the node any more
                     state = None
                 if state is not None and not state.running:
-                    oom = ", killed for lack of memory (OOM)" if state.oom_killed else ""
-                    info.message = (
-                        f"node {node} is not running (exit code {state.exit_code}{oom}): {exc}"
-                    )
+                    info.message = f"node {node} {_death(state)}: {exc}"
                     info.kind = "node_died"
         return info
 
@@ -641,6 +640,20 @@ class BaseStep:
         except Exception:  # logs are best effort; the failure itself matters more
             return {}
         return {node: tail} if tail else {}
+
+
+def _death(state: Any) -> str:
+    """How a node ended: its exit code, the signal behind it, and the OOM flag."""
+    code = state.exit_code
+    if state.oom_killed:
+        return f"died: exit code {code}, killed for lack of memory (OOM)"
+    if code == 0:  # stopped, by stop_node or on its own
+        return "is not running (exit code 0)"
+    how = ""
+    if isinstance(code, int) and 128 < code < 128 + signal.NSIG:
+        with contextlib.suppress(ValueError):
+            how = f" (killed by {signal.Signals(code - 128).name})"
+    return f"died: exit code {code}{how}, not out of memory"
 
 
 def child_run(run: StepRun, path: str, **variables: Any) -> StepRun:
