@@ -250,3 +250,45 @@ async def test_commas_inside_quoted_operands_do_not_split(tmp_path: Path, monkey
     grammar = next(s for s in result.steps if s.name == "Grammar")
     assert grammar.status is Status.PASSED
     assert grammar.data["passed"] == 13
+
+
+async def test_files_named_from_the_working_directory_are_found(tmp_path: Path, monkeypatch):
+    # merobox runs from the repository root and names files from there
+    # (`path: workflow-examples/res/kv_store.wasm`), not from the workflow file.
+    folder = tmp_path / "workflow-examples"
+    (folder / "res").mkdir(parents=True)
+    (folder / "res" / "kv_store.wasm").write_bytes(APP.read_bytes())
+    (folder / "res" / "blob.txt").write_text("blob body")
+    (folder / "res" / "hello.sh").write_text('echo "hello $1"\n')
+    (folder / "wf.yml").write_text(
+        textwrap.dedent(
+            """
+            name: cwd paths
+            nodes: {count: 2}
+            steps:
+              - {type: install_application, node: calimero-node-1, path: workflow-examples/res/kv_store.wasm, dev: true}
+              - type: create_mesh
+                context_node: calimero-node-1
+                application_id: '{{app_id_calimero-node-1}}'
+                nodes: [calimero-node-2]
+                path: workflow-examples/res/kv_store.wasm
+              - {type: upload_blob, node: calimero-node-1, file_path: workflow-examples/res/blob.txt}
+              - {name: sh, type: script, script: workflow-examples/res/hello.sh, args: [there]}
+              - {type: assert, statements: ['equal({{blob_id_calimero-node-1}}, {{blob_id_calimero-node-1}})', 'contains(${results.sh.stdout}, "hello there")']}
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = await run_file(Path("workflow-examples/wf.yml"), tmp_path / "runs")
+    assert result.passed, failures(result)
+
+
+def test_a_file_found_nowhere_names_both_folders(tmp_path: Path, monkeypatch):
+    (tmp_path / "wf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    text = "name: x\nnodes: {count: 1}\nsteps:\n  - {type: install_application, node: calimero-node-1, path: res/app.wasm}\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf" / "wf.yml", environ={})
+    (problem,) = info.value.problems
+    assert "application file not found: res/app.wasm" in problem.message
+    assert str(tmp_path / "wf") in problem.hint and f"working directory ({tmp_path})" in problem.hint

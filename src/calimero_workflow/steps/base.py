@@ -643,6 +643,24 @@ class BaseStep:
         return {node: tail} if tail else {}
 
 
+def workflow_file(base_dir: Path, value: str) -> Path:
+    """Where a file a workflow names is: next to the workflow file, or, when
+    nothing is there, under the working directory, where merobox files name
+    their files from (``path: workflow-examples/res/app.wasm``)."""
+    beside = base_dir / value
+    if beside.exists():
+        return beside
+    from_cwd = Path.cwd() / value
+    return from_cwd if from_cwd.exists() else beside
+
+
+def file_hint(base_dir: Path) -> str:
+    return (
+        f"paths are relative to the workflow file's folder ({base_dir}), "
+        f"else to the working directory ({Path.cwd()})"
+    )
+
+
 def child_run(run: StepRun, path: str, **variables: Any) -> StepRun:
     return StepRun(ctx=run.ctx, path=path, variables={**run.variables, **variables})
 

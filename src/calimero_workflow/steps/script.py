@@ -22,7 +22,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import Problem, StepFailure
-from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .base import (
+    BaseStep,
+    StepConfig,
+    StepRun,
+    ValidationContext,
+    file_hint,
+    register_step,
+    workflow_file,
+)
 
 _ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _OUTPUT_LIMIT = 1024 * 1024
@@ -126,7 +134,7 @@ class Script(BaseStep):
         return problems
 
     def _script_problem(self, script: str, base_dir: Path) -> Problem | None:
-        path = (base_dir / script).resolve()
+        path = workflow_file(base_dir, script).resolve()
         roots = [base_dir.resolve(), Path.cwd().resolve()]
         if not _inside(path, roots):
             return self.problem(
@@ -138,7 +146,7 @@ class Script(BaseStep):
             return self.problem(
                 f"script not found: {script}",
                 key="script",
-                hint=f"paths are relative to the workflow file's folder ({base_dir})",
+                hint=file_hint(base_dir),
             )
         return None
 
@@ -166,7 +174,7 @@ class Script(BaseStep):
             problem = self._script_problem(config.script, base)
             if problem:
                 raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
-            argv = [config.shell, str((base / config.script).resolve())]
+            argv = [config.shell, str(workflow_file(base, config.script).resolve())]
         else:
             argv = [config.shell, "-c", unescape_run(config.run or ""), "script"]
         argv += [_as_env_value(a) for a in config.args]
@@ -248,7 +256,7 @@ class Script(BaseStep):
             else [n for n, ref in ctx.nodes.items() if ref.kind != "remote"]
         )
         if config.script:
-            body = (ctx.workflow.base_dir / config.script).read_text(encoding="utf-8")
+            body = workflow_file(ctx.workflow.base_dir, config.script).read_text(encoding="utf-8")
         else:
             body = unescape_run(config.run or "")
         env = {str(k): _as_env_value(v) for k, v in config.env.items()}
