@@ -292,3 +292,31 @@ def test_a_file_found_nowhere_names_both_folders(tmp_path: Path, monkeypatch):
     (problem,) = info.value.problems
     assert "application file not found: res/app.wasm" in problem.message
     assert str(tmp_path / "wf") in problem.hint and f"working directory ({tmp_path})" in problem.hint
+
+
+async def test_repeat_outputs_rename_loop_variables_inside_each_iteration(tmp_path: Path):
+    # merobox's canonical fixture writes `outputs: {current_iteration: iteration}`
+    # on the repeat and uses {{current_iteration}} in the nested steps.
+    result = await run_text(
+        """
+        name: r
+        steps:
+          - name: loop
+            type: repeat
+            count: 3
+            outputs: {current_iteration: iteration, n: total_iterations}
+            steps:
+              - name: seen
+                type: assert
+                actual: 'k_{{current_iteration}}_of_{{n}}'
+                matches: '^k_[123]_of_3$'
+                outputs: {last_seen: actual}
+          - type: assert
+            statements:
+              - equal(${results.loop.iterations.1.seen.actual}, k_2_of_3)
+              - equal({{last_seen}}, k_3_of_3)
+              - equal({{current_iteration}}, 3)
+        """,
+        tmp_path,
+    )
+    assert result.passed, failures(result)

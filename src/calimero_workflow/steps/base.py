@@ -504,8 +504,6 @@ class BaseStep:
 
     def export(self, config: StepConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:
         """Apply the automatic exports and the step's ``outputs:`` captures."""
-        from ..placeholders import split_path, traverse
-
         captured = run.ctx.captured
         node = self.node_of(config) or ""
         for template, key in self.exports.items():
@@ -519,7 +517,18 @@ class BaseStep:
         if isinstance(run.response, dict):
             source.update(run.response)
         source.update(data)
-        for name, spec in config.outputs.items():
+        self.capture(config, source, run, lenient=lenient, data=data)
+
+    def capture(
+        self, config: StepConfig, source: dict[str, Any], run: StepRun, *,
+        lenient: bool = False, data: dict[str, Any] | None = None,
+    ) -> None:
+        """Bind the step's ``outputs:`` from ``source`` into the ``{{…}}`` values."""
+        from ..placeholders import split_path, traverse
+
+        captured = run.ctx.captured
+        node = self.node_of(config) or ""
+        for name, spec in (config.outputs or {}).items():
             try:
                 if isinstance(spec, str):
                     value = traverse(source, split_path(spec), "the response")
@@ -547,7 +556,7 @@ class BaseStep:
                     kind="capture",
                     location=self._output_location(name),
                     hint=exc.hint or ("available keys: " + ", ".join(map(str, source))),
-                    data=data,
+                    data=data or {},
                 ) from None
             captured[target] = value
 

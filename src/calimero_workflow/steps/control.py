@@ -93,14 +93,18 @@ class Repeat(BaseStep):
         failed_iterations: list[int] = []
         started = time.perf_counter()
         for i in range(config.count):
-            variables = {
-                **run.variables,
+            loop = {
                 "iteration": i + 1,
                 "iteration_index": i,
                 "iteration_zero_based": i,
                 "iteration_one_based": i + 1,
                 "total_iterations": config.count,
+                "step_count": len(self.children),
             }
+            variables = {**run.variables, **loop}
+            # `outputs: {current_iteration: iteration}` renames a loop
+            # variable for the nested steps of each iteration, as in merobox.
+            self.capture(config, loop, run, lenient=True)
             records, ok = await run_sequence(
                 self.children, run, f"{run.path}[{i + 1}]", variables
             )
@@ -119,6 +123,7 @@ class Repeat(BaseStep):
             "iteration": len(iterations),
             "iteration_index": len(iterations) - 1,
             "total_iterations": config.count,
+            "step_count": len(self.children),
             "completed_iterations": len(iterations),
             "failed_iterations": failed_iterations,
             "duration_seconds": round(elapsed, 6),
