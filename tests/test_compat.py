@@ -320,3 +320,52 @@ async def test_repeat_outputs_rename_loop_variables_inside_each_iteration(tmp_pa
         tmp_path,
     )
     assert result.passed, failures(result)
+
+
+_SYNC_SETUP = f"""
+name: s
+nodes: {{count: 2}}
+steps:
+  - {{type: install_application, node: calimero-node-1, path: {APP}, outputs: {{app_id: applicationId}}}}
+  - {{type: create_mesh, context_node: calimero-node-1, application_id: '{{{{app_id}}}}', nodes: [calimero-node-2], outputs: {{context_id: contextId}}}}
+  - {{type: call, node: calimero-node-1, context_id: '{{{{context_id}}}}', method: set, args: {{key: k, value: v}}}}
+"""
+
+
+async def test_wait_for_sync_expect_takes_merobox_unwrapped_result_and_root_hash(tmp_path: Path):
+    # merobox compares `expect.equals` with the unwrapped JSON-RPC result
+    # ({output: …}) and exports the hash as `root_hash` too.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: synced
+    type: wait_for_sync
+    context_id: '{{context_id}}'
+    timeout: 10
+    expect: {method: get, args: {key: k}, equals: {output: v}}
+    outputs: {root: root_hash, polls: attempts}
+  - type: assert
+    statements: ['equal({{root}}, ${results.synced.context_state_hash})', 'gte({{polls}}, 1)']
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+
+
+async def test_wait_for_sync_says_when_hashes_agree_but_expect_never_holds(tmp_path: Path):
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: synced
+    type: wait_for_sync
+    context_id: '{{context_id}}'
+    timeout: 1
+    expect: {method: get, args: {key: k}, equals: w}
+""",
+        tmp_path,
+    )
+    step = result.steps[-1]
+    assert step.status is Status.FAILED
+    assert "every node agrees on" in step.error.message
+    assert 'calimero-node-1="v", calimero-node-2="v"' in step.error.message
+    assert step.error.expected == "w" and step.error.actual == {"calimero-node-1": "v", "calimero-node-2": "v"}
