@@ -369,3 +369,17 @@ async def test_wait_for_sync_says_when_hashes_agree_but_expect_never_holds(tmp_p
     assert "every node agrees on" in step.error.message
     assert 'calimero-node-1="v", calimero-node-2="v"' in step.error.message
     assert step.error.expected == "w" and step.error.actual == {"calimero-node-1": "v", "calimero-node-2": "v"}
+
+
+async def test_call_result_capture_is_merods_result_shape(tmp_path: Path):
+    # merobox files capture `result` and compare it with {"output": …}.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - {type: call, node: calimero-node-1, context_id: '{{context_id}}', method: get, args: {key: k}, outputs: {got: result}}
+  - type: json_assert
+    statements: ['json_equal({{got}}, {"output": "v"})']
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)

@@ -368,7 +368,12 @@ class Call(BaseStep):
             run.log(f"[{config.node} app log] {line}")
         for event in result.events:
             run.log(f"[{config.node} event] {json.dumps(event, ensure_ascii=False)}")
-        run.response = result.raw
+        # `outputs:` read the response as merod sends it: its `result` holds
+        # only `output` (embedded nodes add logs and events, kept below).
+        response = dict(result.raw) if isinstance(result.raw, dict) else {}
+        if isinstance(response.get("result"), dict):
+            response["result"] = {"output": result.output}
+        run.response = response
         data = {
             "output": result.output,
             "logs": result.logs,
