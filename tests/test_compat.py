@@ -55,6 +55,7 @@ async def test_corpus_file_passes(path: Path, tmp_path: Path, monkeypatch):
         ("05-nested-json.yml", '"equal({{second_tag}}, y)"', '"equal({{second_tag}}, x)"'),
         ("06-negative.yml", "expected_error: NotFound", "expected_error: Forbidden"),
         ("08-legacy-placeholders.yml", "method: get\n", "method: len\n"),
+        ("13-canonical-fixture.yml", '"value_3_from_node1"}', '"value_2_from_node1"}'),
     ],
 )
 async def test_corpus_checks_can_fail(name: str, old: str, new: str, tmp_path: Path):
