@@ -384,3 +384,19 @@ async def test_call_result_capture_is_merods_result_shape(tmp_path: Path):
         tmp_path,
     )
     assert result.passed, failures(result)
+
+
+async def test_error_code_is_the_http_status_and_null_for_json_rpc_errors(tmp_path: Path):
+    # merobox files assert is_empty() on error_code of a JSON-RPC error.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - {name: rpc, type: call, node: calimero-node-1, context_id: '{{context_id}}', method: nope, expected_failure: true}
+  - {name: http, type: join_context, node: calimero-node-2, context_id: 11111111111111111111111111111111, expected_failure: true, retries: 0}
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+    rpc, http = result.workflow_results["rpc"], result.workflow_results["http"]
+    assert rpc["error_type"] == "FunctionCallError" and rpc["error_code"] is None
+    assert http["error_code"] == 403 and http["error_type"] == "HTTP 403", http

@@ -593,7 +593,8 @@ class BaseStep:
         if isinstance(exc, NodeApiError):
             data.update(
                 error_type=exc.error_type,
-                error_code=exc.status,
+                # An HTTP failure's status; a JSON-RPC error has no code (as with merod).
+                error_code=exc.status if exc.status is not None and exc.status >= 400 else None,
                 error_message=exc.message,
                 error_data=exc.data,
             )
