@@ -169,6 +169,7 @@ async def test_expected_failure_that_succeeds_fails(tmp_path: Path):
     fine = next(s for s in result.steps if s.name == "fine")
     assert fine.status is Status.FAILED
     assert "expected this step to fail" in fine.error.message
+    assert "remove `expected_failure`" in fine.error.hint
 
 
 async def test_call_expected_value_mismatch_reports_both(tmp_path: Path):

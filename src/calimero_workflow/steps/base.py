@@ -415,6 +415,8 @@ class BaseStep:
                     expected="failure" + (f" containing {config.expected_error!r}" if config.expected_error else ""),
                     actual="success",
                     location=self.location,
+                    hint="remove `expected_failure` if the step is meant to succeed "
+                    "(merobox only warned when a call succeeded)",
                 )
             record.data = data
             self.export(config, data, run)
