@@ -185,3 +185,48 @@ def test_results_of_a_step_that_does_not_exist_are_reported_at_load():
     assert msg.startswith("wf.yml:7:28: ")
     assert "names step 'paus', but no step has that name" in msg
     assert "did you mean 'pause'?" in msg
+
+
+def test_nested_aliases_are_refused_before_anything_walks_them():
+    laughs = "".join(
+        f"  - {{type: assert, actual: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}], is_set: true}}\n"
+        for i in range(1, 8)
+    )
+    text = "name: x\nsteps:\n  - {type: assert, actual: &l0 [a, a, a, a, a, a, a, a, a], is_set: true}\n" + laughs
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:")
+    assert "aliases expand to" in problem and "limit is 200,000" in problem
+    assert "hint: a workflow does not need nested aliases" in problem
+
+
+def test_a_few_aliases_still_load():
+    text = "name: x\nsteps:\n  - &w {type: wait, seconds: 0.01}\n  - *w\n  - *w\n"
+    assert len(parse_workflow(text, file=Path("wf.yml"), environ={}).steps) == 3
+
+
+@pytest.mark.parametrize(
+    "text, message, hint",
+    [
+        ("name: !!python/object:os.system x\nsteps: []\n", "YAML error: could not determine a constructor", "tags"),
+        ("name: x\nnodes: &a {count: 1, more: *a}\nsteps: []\n", "recursive", "anchor (`&name`)"),
+        ("name: x\nsteps:\n\t- {type: wait, seconds: 1}\n", "YAML syntax error", "tabs"),
+        ("name: x\nsteps:\n  - {type: wait, seconds: 1}\n   - x\n", "YAML syntax error", None),
+    ],
+)
+def test_yaml_errors_get_the_hint_for_their_cause(text: str, message: str, hint: str | None):
+    (problem,) = problems_of(text)
+    assert message in problem
+    if hint is None:
+        assert "hint:" not in problem
+    else:
+        assert hint in problem.split("hint:", 1)[1]
+
+
+def test_a_file_that_is_not_utf8_is_located(tmp_path: Path):
+    path = tmp_path / "wf.yml"
+    path.write_bytes(b"name: ok\ndescription: caf\xe9\nsteps: []\n")
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(path, environ={})
+    (problem,) = info.value.problems
+    assert (problem.location.line, problem.location.col) == (2, 17)
+    assert "byte e9" in problem.message and "UTF-8" in problem.hint

@@ -461,8 +461,21 @@ def load_workflow(
         raise WorkflowValidationError(
             [Problem(f"workflow file not found: {file}", hint="check the path and the working directory")]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowValidationError([Problem(f"cannot read workflow file {file}: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raw = file.read_bytes()
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise WorkflowValidationError(
+            [
+                Problem(
+                    f"the file is not UTF-8 text: byte {raw[exc.start:exc.start + 1].hex()} cannot be decoded",
+                    Location(file, line, col),
+                    hint="save the workflow file as UTF-8",
+                )
+            ]
+        ) from None
+    except OSError as exc:
+        raise WorkflowValidationError([Problem(f"cannot read workflow file {file}: {exc.strerror or exc}")]) from None
     return parse_workflow(text, file=file, environ=environ, check_files=check_files)
 
 

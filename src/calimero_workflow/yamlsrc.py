@@ -100,7 +100,70 @@ class _Loader(_SafeBase):  # type: ignore[misc,valid-type]
     problems: list[Problem]
 
     def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, self)
         return super().construct_document(node)
+
+
+#: Values a document may hold once its aliases are expanded. A workflow holds a
+#: few thousand; nested aliases ("billion laughs") reach millions from a few lines.
+MAX_EXPANDED_VALUES = 200_000
+
+
+def _check_expansion(root: yaml.Node, loader: _Loader) -> None:
+    """Refuse documents whose aliases expand past :data:`MAX_EXPANDED_VALUES`.
+
+    Every later walk over the data (validation, placeholders) visits each
+    alias again, so the expanded size is what costs time and memory.
+    """
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in pending:  # a recursive alias; the constructor reports it
+            return 1
+        pending.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        pending.discard(key)
+        sizes[key] = total
+        return total
+
+    total = size(root)
+    if total > MAX_EXPANDED_VALUES:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"the document's aliases expand to {total:,} values (the limit is "
+            f"{MAX_EXPANDED_VALUES:,})",
+            _first_alias_mark(root, sizes) or root.start_mark,
+        )
+
+
+def _first_alias_mark(root: yaml.Node, sizes: dict[int, int]) -> yaml.Mark | None:
+    """Where the largest repeated node is used again (the alias to look at)."""
+    seen: set[int] = set()
+    best: tuple[int, yaml.Mark] | None = None
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        children = (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+            else list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        )
+        for child in children:
+            if id(child) in seen:
+                if best is None or sizes.get(id(child), 0) > best[0]:
+                    best = (sizes.get(id(child), 0), node.start_mark)
+                continue
+            seen.add(id(child))
+            stack.append(child)
+    return best[1] if best else None
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
@@ -253,6 +316,28 @@ def expand_env(
     return result if result != value else value
 
 
+_QUOTE_HINT = (
+    "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
+    "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
+)
+
+
+def _yaml_hint(message: str, line: str, mark: yaml.Mark | None) -> str | None:
+    """A hint for the usual causes of a YAML error on ``line``."""
+    if "aliases expand to" in message:
+        return "a workflow does not need nested aliases; write the values out or use `repeat`"
+    if "constructor for the tag" in message:
+        return "tags (`!!python/…`, `!Ref`…) are not allowed: a workflow is plain data; quote a value that starts with `!`"
+    if "recursive" in message:
+        return "an alias (`*name`) is used inside the very mapping or list its anchor (`&name`) marks"
+    column = mark.column if mark is not None else 0
+    if "\t" in line[: column + 1] or ("\t" in line and "cannot start any token" in message):
+        return "indent with spaces: YAML does not allow tabs for indentation"
+    if any(token in line for token in ("${", "{{", ": ", "(", " #")):
+        return _QUOTE_HINT
+    return None
+
+
 def load_yaml(
     text: str, *, source_file: Path | None, environ: Mapping[str, str]
 ) -> Any:
@@ -275,17 +360,11 @@ def load_yaml(
         message = f"{exc.problem or exc.context or 'invalid YAML'}"
         if exc.context and exc.problem:
             message = f"{exc.problem} ({exc.context})"
-        hint = None
-        if mark is not None:
-            lines = text.splitlines()
-            line = lines[mark.line] if mark.line < len(lines) else ""
-            if any(token in line for token in ("${", "{{", ": ", "(")):
-                hint = (
-                    "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
-                    "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
-                )
+        lines = text.splitlines()
+        line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
         raise WorkflowValidationError(
-            [Problem(f"YAML syntax error: {message}", location, hint)]
+            [Problem(f"{kind}: {message}", location, _yaml_hint(message, line, mark))]
         ) from None
     except yaml.YAMLError as exc:
         raise WorkflowValidationError(
