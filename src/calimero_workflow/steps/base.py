@@ -674,7 +674,9 @@ def file_hint(base_dir: Path) -> str:
 
 
 def child_run(run: StepRun, path: str, **variables: Any) -> StepRun:
-    return StepRun(ctx=run.ctx, path=path, variables={**run.variables, **variables})
+    return StepRun(
+        ctx=run.ctx, path=path, variables={**run.variables, **variables}, rng=run.rng, report=run.report
+    )
 
 
 StepFactory = Callable[[LocatedDict, int], BaseStep]

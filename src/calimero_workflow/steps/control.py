@@ -38,7 +38,11 @@ async def run_sequence(
     records: list[StepRecord] = []
     ok = True
     for i, step in enumerate(steps):
-        child = StepRun(ctx=run.ctx, path=f"{prefix}/{step.display_name}", variables=variables)
+        # The seeded source and the reporting switch of a fuzz reach every depth.
+        child = StepRun(
+            ctx=run.ctx, path=f"{prefix}/{step.display_name}", variables=variables,
+            rng=run.rng, report=run.report,
+        )
         record = await step.run(child)
         records.append(record)
         if record.status is Status.FAILED:

@@ -158,7 +158,8 @@ class FuzzyTest(BaseStep):
                 if record.status is Status.FAILED and len(kept) < _KEEP_FAILED:
                     # Counted against the threshold, not a stop: the fuzz goes on.
                     kept.append(record)
-                    run.log(f"FAIL {record.path}: {record.error.message if record.error else ''}")
+                    cause = _cause(record)
+                    run.log(f"FAIL {cause.path}: {cause.error.message if cause.error else ''}")
             if failed_here:
                 per_op[name]["failed"] += 1
             now = time.perf_counter()
@@ -183,7 +184,7 @@ class FuzzyTest(BaseStep):
                     "message": r.error.message if r.error else "",
                     "location": str(r.error.location) if r.error and r.error.location else None,
                 }
-                for r in kept
+                for r in map(_cause, kept)
             ],
             "duration_seconds": round(time.perf_counter() - started, 6),
         }
@@ -219,3 +220,11 @@ class FuzzyTest(BaseStep):
                 data=data,
             )
         return data
+
+
+def _cause(record: StepRecord) -> StepRecord:
+    """The failed leaf under a failed step (a repeat's failure is its nested step's)."""
+    for step in record.walk():
+        if step.status is Status.FAILED and not step.children and step.error is not None:
+            return step
+    return record
