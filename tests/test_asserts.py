@@ -183,3 +183,25 @@ def test_split_top_level_respects_nesting():
         split_top_level("'unterminated")
     with pytest.raises(StatementError):
         parse_statement("equal(1, 2, 3)")
+
+
+@pytest.mark.parametrize("kind", ["assert", "json_assert"])
+async def test_a_missing_field_is_a_placeholder_error_never_an_expected_failure(tmp_path: Path, kind: str):
+    statement = "json_equal(${results.src.actual.nope}, 1)" if kind == "json_assert" else "equal(${results.src.actual.nope}, 1)"
+    result = await run_text(
+        f"""
+        name: p
+        steps:
+          - {{name: src, type: assert, actual: {{a: 1}}, is_set: true}}
+          - type: {kind}
+            expected_failure: true
+            statements: ['{statement}']
+        """,
+        tmp_path,
+    )
+    step = result.steps[1]
+    assert step.status is Status.FAILED
+    assert step.error.kind == "placeholder"
+    assert "has no field 'nope'" in step.error.message
+    assert "keys: a" in step.error.hint
+    assert step.error.location.line == 7

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import Location, Problem, StepFailure
+from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..yamlsrc import LocatedList
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
@@ -484,7 +484,14 @@ class JsonAssert(Assert):
             try:
                 op, operands = self._parse(text)
                 left, right = (self._json_operand(o, run) for o in operands)
-            except (StatementError, StepFailure) as exc:
+            except StatementError as exc:
+                raise StepFailure(f"statement {text!r}: {exc}", kind="invalid", location=location) from None
+            except PlaceholderError as exc:
+                # A reference that cannot resolve is a mistake in the workflow,
+                # with its own hint; it never counts as a failed comparison.
+                exc.location = location
+                raise
+            except StepFailure as exc:
                 raise StepFailure(f"statement {text!r}: {exc}", kind="assertion", location=location) from None
             if op == "equal":
                 ok = outputs_equal(right, left)
