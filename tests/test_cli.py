@@ -131,3 +131,18 @@ def test_sigterm_interrupts_cleans_up_and_exits_130(tmp_path: Path):
     assert data["interrupted"] is True and data["status"] == "failed"
     assert data["phases"][-1]["name"] == "cleanup"
     assert "INTERRUPTED slow" in rest
+
+
+def test_text_with_line_breaks_cannot_start_a_workflow_command_line(tmp_path: Path, capsys):
+    # A runner reads any output line that starts with `::` (after spaces) as a
+    # workflow command; text from apps and nodes must never begin a line.
+    wf = write(
+        tmp_path,
+        "cmd.yml",
+        'name: cmd\nsteps:\n  - {type: assert, actual: "a\\n::error::forged\\n  ::add-mask::x", equals: "b\\n::warning::w"}\n',
+    )
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1
+    printed = capsys.readouterr().out
+    assert "::error::forged" in printed and "::warning::w" in printed  # still shown
+    for line in printed.splitlines():
+        assert not line.lstrip().startswith("::"), line
