@@ -230,3 +230,36 @@ def test_a_file_that_is_not_utf8_is_located(tmp_path: Path):
     (problem,) = info.value.problems
     assert (problem.location.line, problem.location.col) == (2, 17)
     assert "byte e9" in problem.message and "UTF-8" in problem.hint
+
+
+def test_env_defaults_may_nest_and_hold_braces():
+    wf = parse_workflow(
+        'name: "${A:-${B:-deep}}"\ndescription: \'${J:-{"a": {"b": 1}}}\'\nsteps: []\n',
+        file=Path("wf.yml"), environ={},
+    )
+    assert wf.name == "deep"
+    assert wf.settings.description == '{"a": {"b": 1}}'
+
+
+def test_an_env_value_is_literal_text_never_expanded_again():
+    env = {"TOKEN": "t${results.nope.x}$${z}"}
+    wf = parse_workflow(
+        "name: n\ndescription: ${TOKEN}\nsteps:\n  - {name: a, type: assert, actual: '${TOKEN}', is_set: true}\n",
+        file=Path("wf.yml"), environ=env,
+    )
+    # no "names step 'nope'" problem: the value is not a reference
+    assert wf.settings.description == "t${results.nope.x}$${z}"
+    from calimero_workflow.placeholders import Resolver, Scope
+
+    resolved = Resolver().resolve_text(wf.steps[0].raw["actual"], Scope({}, {}))
+    assert resolved == "t${results.nope.x}$${z}"
+
+
+def test_a_literal_dollar_brace_in_settings_is_unescaped():
+    wf = parse_workflow("name: 'cost $${X}'\nsteps: []\n", file=Path("wf.yml"), environ={})
+    assert wf.name == "cost ${X}"
+
+
+def test_github_expression_syntax_is_reported_at_load():
+    (problem,) = problems_of("name: x\ndescription: ${{ secrets.TOKEN }}\nsteps: []\n")
+    assert "${{ secrets.TOKEN }} is not a valid reference" in problem

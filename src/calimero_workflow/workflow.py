@@ -23,7 +23,7 @@ from .errors import Location, Problem, WorkflowValidationError
 from .steps import load_builtin_steps
 from .steps.base import BaseStep, StepRegistry, ValidationContext, registry
 from .validation import validate_model
-from .yamlsrc import LocatedDict, LocatedList, load_yaml
+from .yamlsrc import LocatedDict, LocatedList, load_yaml, unescape_literals
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -499,6 +499,8 @@ def parse_workflow(
                 )
             ]
         )
+    # Steps resolve `$${` themselves when they run; the settings never do.
+    unescape_literals(data, skip=frozenset({"steps"}))
     problems: list[Problem] = []
     settings, found = validate_model(WorkflowSettings, data, file, what="workflow")
     problems.extend(found)

@@ -260,6 +260,28 @@ def is_runtime_reference(expr: str) -> bool:
     return expr.strip() in RUNTIME_NAMES
 
 
+def _closing(text: str, opening: int) -> int:
+    """Index of the ``}`` that closes the ``{`` at ``opening``, or -1."""
+    depth = 0
+    for i in range(opening, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def escape_literal(text: str) -> str:
+    """Text that the run-time resolver gives back unchanged (``${`` → ``$${``).
+
+    Known gap: merobox's ``{{…}}`` has no escape, so a ``{{name}}`` inside an
+    environment value used in a step is still read as a placeholder.
+    """
+    return text.replace("${", "$${")
+
+
 def expand_env(
     value: str,
     environ: Mapping[str, str],
@@ -269,35 +291,34 @@ def expand_env(
 ) -> str:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in one string.
 
-    Unset variables without a default are reported into ``problems`` (or
-    raised when no list is given) and left in place.
+    A default may hold braces and further references (``${A:-${B:-x}}``).
+    A variable's value is taken as literal text: a ``${…}`` inside it is
+    escaped so that nothing expands it again. Unset variables without a
+    default are reported into ``problems`` (or raised when no list is given)
+    and left in place.
     """
     if "$" not in value:
         return value
     found: list[Problem] = []
 
-    def replace(match: re.Match[str]) -> str:
-        escaped, expr = match.group(1), match.group(2)
-        if escaped:
-            # Kept escaped; the run-time resolver turns `$${` into `${`.
-            return match.group(0)
+    def one(expr: str, whole: str) -> str:
         if is_runtime_reference(expr):
-            return match.group(0)
+            return whole
         name, sep, default = expr.partition(":-")
         if not _ENV_NAME_RE.fullmatch(name):
             found.append(
                 Problem(
-                    f"${{{expr}}} is not a valid reference",
+                    f"{whole} is not a valid reference",
                     location,
                     hint="environment variables look like ${NAME} or ${NAME:-default};"
-                    " step results like ${results.<step>.<field>}",
+                    " step results like ${results.<step>.<field>}; write $${…} for a literal ${…}",
                 )
             )
-            return match.group(0)
+            return whole
         if name in environ:
-            return environ[name]
+            return escape_literal(environ[name])
         if sep:
-            return default
+            return expand_env(default, environ, location=location, problems=found)
         found.append(
             Problem(
                 f"environment variable {name} is not set",
@@ -306,14 +327,54 @@ def expand_env(
                 f"or give a default: ${{{name}:-value}}",
             )
         )
-        return match.group(0)
+        return whole
 
-    result = _ENV_RE.sub(replace, value)
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        j = value.find("$", i)
+        if j < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i:j])
+        escaped = value.startswith("$${", j)
+        opening = j + 2 if escaped else j + 1
+        close = _closing(value, opening) if value.startswith("{", opening) else -1
+        if close < 0:
+            out.append("$")
+            i = j + 1
+            continue
+        if escaped:
+            # Kept escaped; the run-time resolver turns `$${` into `${`.
+            out.append(value[j : close + 1])
+        else:
+            out.append(one(value[opening + 1 : close], value[j : close + 1]))
+        i = close + 1
+    result = "".join(out)
     if found:
         if problems is None:
             raise WorkflowValidationError(found)
         problems.extend(found)
     return result if result != value else value
+
+
+def unescape_literals(data: Any, *, skip: frozenset[str] = frozenset()) -> None:
+    """Turn ``$${`` into ``${`` in place, in values nothing resolves at run
+    time (the top level of a workflow; ``skip`` names the keys that are)."""
+    if isinstance(data, dict):
+        for key, item in data.items():
+            if key in skip:
+                continue
+            if isinstance(item, str):
+                data[key] = item.replace("$${", "${")
+            else:
+                unescape_literals(item)
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            if isinstance(item, str):
+                data[index] = item.replace("$${", "${")
+            else:
+                unescape_literals(item)
 
 
 _QUOTE_HINT = (
