@@ -146,3 +146,67 @@ def test_text_with_line_breaks_cannot_start_a_workflow_command_line(tmp_path: Pa
     assert "::error::forged" in printed and "::warning::w" in printed  # still shown
     for line in printed.splitlines():
         assert not line.lstrip().startswith("::"), line
+
+
+_SLOW_STEPS = "  - {type: wait, seconds: 60}\n  - {type: wait, seconds: 1}\n"
+
+
+def _start_slow_run(tmp_path: Path, nodes: int = 0, steps: str = _SLOW_STEPS) -> tuple[subprocess.Popen, str, Path]:
+    head = f"nodes: {{count: {nodes}}}\n" if nodes else ""
+    wf = write(tmp_path, "slow.yml", f"name: slow\n{head}steps:\n{steps}")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "phase register_remote_nodes" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    return proc, seen, report
+
+
+def test_signals_during_cleanup_do_not_stop_it(tmp_path: Path):
+    # A second Ctrl-C or SIGTERM while cleaning up (impatient users, CI
+    # runners that signal twice) must not cut cleanup or the report short.
+    for gap in (0.0, 0.02, 0.05, 0.15):
+        where = tmp_path / f"gap-{gap}"
+        where.mkdir()
+        proc, seen, report = _start_slow_run(where, nodes=2)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, f"gap {gap}: " + seen + rest
+        assert "Traceback" not in rest, rest
+        data = json.loads(report.read_text())
+        assert data["interrupted"] is True
+        assert data["phases"][-1]["name"] == "cleanup" and data["phases"][-1]["status"] == "passed"
+
+
+def test_an_interrupted_step_is_recorded_and_the_rest_skipped(tmp_path: Path):
+    proc, seen, report = _start_slow_run(tmp_path)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    steps = json.loads(report.read_text())["steps"]
+    assert [(s["status"], (s["error"] or {}).get("kind")) for s in steps] == [("failed", "cancelled"), ("skipped", None)]
+
+
+def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path):
+    steps = "  - {name: loop, type: repeat, count: 2, steps: [{type: wait, seconds: 60}]}\n"
+    proc, seen, report = _start_slow_run(tmp_path, steps=steps)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    data = json.loads(report.read_text())
+    (loop,) = data["steps"]
+    assert [c["path"] for c in loop["children"]] == ["loop[1]/wait #1"]
+    assert data["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}

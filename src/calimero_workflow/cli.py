@@ -174,37 +174,76 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM for one ``run``: the first cancels the run, which
+    then cleans up; any later one only says so, so that cleanup and the
+    result files are never cut short. Installed with ``signal.signal`` rather
+    than on the event loop, so they also cover the time after the loop
+    (writing the files) and are restored only when the command is done."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not on the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            # Once interrupted, the command is on its way out with 130: a
+            # further signal must not turn that into a death by signal.
+            signal.signal(sig, signal.SIG_IGN if self.count else handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            if self.task is None:
+                raise KeyboardInterrupt  # nothing started yet, nothing to clean up
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.task.cancel)
+                return
+        try:
+            os.write(2, b"calimero-workflow: interrupted; finishing cleanup and the result files first\n")
+        except OSError:
+            pass
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     env = _parse_env(args.env)
+    with _Interrupts() as interrupts:
 
-    async def main() -> tuple[int, list[RunResult]]:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if task is not None:
-            # SIGINT too: a shell starts background jobs with SIGINT ignored,
-            # and `kill -INT` from a CI wrapper must still stop the run cleanly.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, task.cancel)
-                except (NotImplementedError, RuntimeError):  # not on the main thread
-                    pass
-        return await _run_all(args, env)
+        async def main() -> tuple[int, list[RunResult]]:
+            # A shell starts background jobs with SIGINT ignored, and `kill -INT`
+            # from a CI wrapper must still stop the run cleanly: both signals
+            # are handled here whatever they were before.
+            interrupts.loop = asyncio.get_running_loop()
+            interrupts.task = asyncio.current_task()
+            return await _run_all(args, env)
 
-    try:
-        code, results = asyncio.run(main())
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    if results:
-        if args.results:
-            data = (
-                results[0].workflow_results
-                if len(results) == 1
-                else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
-            )
-            _write_json(args.results, data)
-        if args.report:
-            _write_json(args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
-    return code
+        try:
+            code, results = asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            return EXIT_INTERRUPTED
+        if results:
+            if args.results:
+                data = (
+                    results[0].workflow_results
+                    if len(results) == 1
+                    else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
+                )
+                _write_json(args.results, data)
+            if args.report:
+                _write_json(args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
+        if interrupts.count and code != EXIT_INVALID:
+            return EXIT_INTERRUPTED
+        return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -292,20 +292,19 @@ class WorkflowExecutor:
         failed: StepRecord | None = None
         steps = self.workflow.steps
         for i, step in enumerate(steps):
-            record = await step.run(StepRun(ctx=self.ctx, path=step.display_name))
+            run = StepRun(ctx=self.ctx, path=step.display_name)
+            try:
+                record = await step.run(run)
+            except asyncio.CancelledError:
+                # Interrupted: the step recorded itself as cancelled.
+                if run.record is not None:
+                    self.result.steps.append(run.record)
+                self._skip_steps(steps[i + 1:])
+                raise
             self.result.steps.append(record)
             if record.status is Status.FAILED and not record.non_blocking:
                 failed = record
-                for rest in steps[i + 1:]:
-                    skipped = StepRecord(
-                        name=rest.display_name,
-                        type=rest.type_name,
-                        path=rest.display_name,
-                        status=Status.SKIPPED,
-                        location=rest.location,
-                    )
-                    self.result.steps.append(skipped)
-                    self.events.step_finished(skipped)
+                self._skip_steps(steps[i + 1:])
                 break
         counts = self.result.counts()
         detail = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
@@ -315,6 +314,18 @@ class WorkflowExecutor:
                 kind="steps",
             )
         return PhaseReport(detail=detail)
+
+    def _skip_steps(self, steps: list[Any]) -> None:
+        for rest in steps:
+            skipped = StepRecord(
+                name=rest.display_name,
+                type=rest.type_name,
+                path=rest.display_name,
+                status=Status.SKIPPED,
+                location=rest.location,
+            )
+            self.result.steps.append(skipped)
+            self.events.step_finished(skipped)
 
     async def _on_failure(self) -> PhaseReport:
         assert self.backend is not None and self.ctx is not None

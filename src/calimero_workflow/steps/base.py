@@ -220,6 +220,8 @@ class StepRun:
     rng: random.Random | None = None
     #: Fire step events for reporters (off for the many operations of a fuzz).
     report: bool = True
+    #: The record of this execution, as soon as it starts (kept when cancelled).
+    record: StepRecord | None = None
 
     def log(self, line: str) -> None:
         self.logs.append(line)
@@ -402,6 +404,7 @@ class BaseStep:
             status=Status.PASSED,
             location=self.location,
         )
+        run.record = record
         config: StepConfig | None = None
         try:
             config = self.resolve(run)

@@ -43,7 +43,12 @@ async def run_sequence(
             ctx=run.ctx, path=f"{prefix}/{step.display_name}", variables=variables,
             rng=run.rng, report=run.report,
         )
-        record = await step.run(child)
+        try:
+            record = await step.run(child)
+        except asyncio.CancelledError:
+            # Interrupted: keep what ran, and the step that was cut short.
+            run.children.extend(records + ([child.record] if child.record else []))
+            raise
         records.append(record)
         if record.status is Status.FAILED:
             ok = False
