@@ -49,3 +49,14 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_example_files_exist():
     for path in re.findall(r"(examples/[\w./-]+\.yml)", README):
         assert (ROOT / path).is_file(), path
+
+
+def test_the_step_reference_is_one_table():
+    # A blank line inside a Markdown table ends it; a line right after one joins it.
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| type (aliases) |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    in_table = {m.group(1) for m in (re.match(r"^\| `([a-z_]+)`", line) for line in lines[start:end]) if m}
+    load_builtin_steps()
+    assert set(registry.names()) <= in_table, set(registry.names()) - in_table
+    assert lines[end] == "", f"line {end + 1} must be blank to end the table: {lines[end]!r}"
