@@ -205,3 +205,21 @@ async def test_a_missing_field_is_a_placeholder_error_never_an_expected_failure(
     assert "has no field 'nope'" in step.error.message
     assert "keys: a" in step.error.hint
     assert step.error.location.line == 7
+
+
+async def test_contains_on_a_mapping_with_a_list_fails_plainly_and_escapes_unescape(tmp_path: Path):
+    result = await run_text(
+        """
+        name: c
+        steps:
+          - {name: src, type: assert, actual: {a: 1}, is_set: true}
+          - type: assert
+            statements:
+              - 'not_contains(${results.src.actual}, [1])'
+              - 'contains(${results.src.actual}, a)'
+              - 'equal($${x}, "$${x}")'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    assert result.steps[1].data["statements"][2]["values"] == ["${x}", "${x}"]

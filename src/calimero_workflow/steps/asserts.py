@@ -224,7 +224,8 @@ def _contains(container: Any, item: Any) -> bool:
     if isinstance(container, str):
         return (item if isinstance(item, str) else json.dumps(item)) in container
     if isinstance(container, dict):
-        return item in container
+        # a key of the mapping; a list or mapping is never a key
+        return isinstance(item, (str, int, float, bool)) and item in container
     if isinstance(container, list):
         return any(loose_equal(e, item) for e in container)
     return False
@@ -315,7 +316,7 @@ class Assert(BaseStep):
         resolver = run.ctx.resolver
         if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
             return resolver.resolve(stripped[1:-1], run.scope())
-        if resolver.references(stripped):
+        if resolver.references(stripped) or "$${" in stripped:
             return resolver.resolve(stripped, run.scope())
         return _literal(stripped)
 
