@@ -175,3 +175,32 @@ async def test_a_timeout_is_an_expected_failure(tmp_path: Path):
     )
     assert result.passed, result.steps[0].error
     assert result.workflow_results["slow"]["error_type"] == "timeout"
+
+
+def test_cwd_outside_the_folders_or_missing_is_refused_at_load(tmp_path: Path, monkeypatch):
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "wf" / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "wf")
+    text = "name: c\nsteps:\n  - {type: script, run: pwd, cwd: %s}\n"
+    parse_workflow(text % "sub", file=tmp_path / "wf" / "wf.yml", environ={})
+    for cwd, message in (("../..", "outside the workflow's folder"), ("nope", "not a directory: nope")):
+        with pytest.raises(WorkflowValidationError) as info:
+            parse_workflow(text % cwd, file=tmp_path / "wf" / "wf.yml", environ={})
+        (problem,) = info.value.problems
+        assert message in problem.message and problem.location.line == 3
+
+
+async def test_cwd_from_a_placeholder_is_confined_when_it_runs(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = await run_text(
+        """
+        name: c
+        steps:
+          - {name: where, type: assert, actual: /, is_set: true}
+          - {type: script, run: pwd, cwd: "${results.where.actual}"}
+        """,
+        tmp_path,
+    )
+    step = result.steps[1]
+    assert step.status is Status.FAILED
+    assert "outside the workflow's folder" in step.error.message

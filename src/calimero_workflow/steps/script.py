@@ -131,7 +131,27 @@ class Script(BaseStep):
             problem = self._script_problem(config.script, vctx.base_dir)
             if problem:
                 problems.append(problem)
+        if config.cwd and vctx.check_files and "${" not in config.cwd and "{{" not in config.cwd:
+            problem = self._cwd_problem(config.cwd, vctx.base_dir)
+            if problem:
+                problems.append(problem)
         return problems
+
+    def _cwd_problem(self, cwd: str, base_dir: Path) -> Problem | None:
+        path = (base_dir / cwd).resolve()
+        if not _inside(path, [base_dir.resolve(), Path.cwd().resolve()]):
+            return self.problem(
+                f"cwd {cwd!r} is outside the workflow's folder and the working directory",
+                key="cwd",
+                hint="run scripts in a folder of the repository; pass other paths as `args:`",
+            )
+        if not path.is_dir():
+            return self.problem(
+                f"cwd is not a directory: {cwd}",
+                key="cwd",
+                hint=f"`cwd` is relative to the workflow file's folder ({base_dir})",
+            )
+        return None
 
     def _script_problem(self, script: str, base_dir: Path) -> Problem | None:
         path = workflow_file(base_dir, script).resolve()
@@ -178,6 +198,10 @@ class Script(BaseStep):
         else:
             argv = [config.shell, "-c", unescape_run(config.run or ""), "script"]
         argv += [_as_env_value(a) for a in config.args]
+        if config.cwd:
+            problem = self._cwd_problem(config.cwd, base)
+            if problem:
+                raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
         with tempfile.NamedTemporaryFile(
             "w", suffix=".json", prefix="cw-results-", dir=run.ctx.workdir, delete=False
         ) as handle:
