@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
+from ..validation import contains_deferred
 from ..yamlsrc import LocatedDict
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 
@@ -195,6 +196,24 @@ class Parallel(BaseStep):
                 found = [Problem(f"group {name!r} has no `steps`", Location(self.file, line, col))]
             problems.extend(found)
             count = group.get("count", 1)
+            line, col = groups.item_pos(gi) if hasattr(groups, "item_pos") else (self.location.line, 1)
+            if isinstance(count, str) and contains_deferred(count):
+                problems.append(
+                    Problem(
+                        f"group {name!r}: `count` must be a number written out (got {count!r})",
+                        Location(self.file, line, col),
+                        hint="group counts are fixed when the workflow loads; use ${VAR} "
+                        "from the environment, or a `repeat` inside the group",
+                    )
+                )
+            if any(name == other for other, _, _ in self.groups):
+                problems.append(
+                    Problem(
+                        f"two groups of this parallel step are named {name!r}",
+                        Location(self.file, line, col),
+                        hint="give each group its own `name` (results and reports are kept per group)",
+                    )
+                )
             self.groups.append((name, steps, count if isinstance(count, int) else 1))
         return problems
 

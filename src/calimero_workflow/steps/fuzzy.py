@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
+from ..validation import contains_deferred
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .sync import WaitForSyncConfig, converge
 
@@ -99,6 +100,14 @@ class FuzzyTest(BaseStep):
             steps = build_steps(op.get("steps"), file=self.file, problems=problems, where=where, what="steps")
             problems.extend(validate_steps(steps, vctx))
             weight = op.get("weight", 1.0)
+            if isinstance(weight, str) and contains_deferred(weight):
+                problems.append(
+                    Problem(
+                        f"operation {op.get('name')!r}: `weight` must be a number written out (got {weight!r})",
+                        where,
+                        hint="weights are fixed when the workflow loads; use ${VAR} from the environment",
+                    )
+                )
             self.operations.append(
                 (str(op.get("name", f"operation-{i + 1}")), float(weight) if isinstance(weight, (int, float)) else 1.0, steps)
             )
