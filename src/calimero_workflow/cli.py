@@ -167,10 +167,13 @@ def _safe_name(workflow: Any) -> str:
     return _slug(workflow.name)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, data: Any, secrets: list[str] | None = None) -> None:
+    from .workflow import mask_secrets
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    tmp.write_text(mask_secrets(text, secrets or []), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -232,15 +235,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, asyncio.CancelledError):
             return EXIT_INTERRUPTED
         if results:
+            secrets = [s for r in results for s in r.secrets]
             if args.results:
                 data = (
                     results[0].workflow_results
                     if len(results) == 1
                     else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
                 )
-                _write_json(args.results, data)
+                _write_json(args.results, data, secrets)
             if args.report:
-                _write_json(args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
+                _write_json(
+                    args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), secrets
+                )
         if interrupts.count and code != EXIT_INVALID:
             return EXIT_INTERRUPTED
         return code

@@ -49,7 +49,7 @@ from .results import (
     error_from_exception,
 )
 from .steps.base import NodeRef, RunContext, RunEvents, StepRun
-from .workflow import Workflow
+from .workflow import Workflow, redact_url
 
 log = logging.getLogger("calimero_workflow")
 
@@ -147,6 +147,7 @@ class WorkflowExecutor:
             workflow_file=str(workflow.path) if workflow.path else None,
             run_id=self.run_id,
             backend=self.backend_kind,
+            secrets=workflow.secret_values(),
         )
 
     # -- phases ---------------------------------------------------------------------
@@ -279,12 +280,12 @@ class WorkflowExecutor:
             except NodeError as exc:
                 await client.aclose()
                 raise BackendError(
-                    f"remote node {name} at {settings.url}: {exc}",
+                    f"remote node {name} at {redact_url(settings.url)}: {exc}",
                     node=name,
                     hint="check the URL and the node's auth settings (`remote_nodes.<name>.auth`)",
                 ) from exc
             self.ctx.nodes[name] = NodeRef(name=name, url=settings.url, kind="remote", client=client)
-            self.result.nodes[name] = {"url": settings.url, "kind": "remote"}
+            self.result.nodes[name] = {"url": redact_url(settings.url), "kind": "remote"}
         return PhaseReport(detail=f"{len(remotes)} remote node(s) answer: " + ", ".join(remotes))
 
     async def _run_steps(self) -> PhaseReport:

@@ -9,12 +9,14 @@ listing every problem with its ``file:line:col``.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -189,6 +191,10 @@ class Workflow:
             if auth is None:
                 continue
             secrets.extend(v for v in (auth.password, auth.api_key, auth.key) if v)
+        for remote in self.settings.remote_nodes.values():
+            password = urlsplit(remote.url).password
+            if password:
+                secrets.append(password)
         return secrets
 
     def location(self, *keys: Any) -> Location:
@@ -202,6 +208,27 @@ class Workflow:
                 line, col = node.item_pos(key)
                 node = node[key]
         return Location(self.path, line, col)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part (``https://u:pw@host``) hidden."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def mask_secrets(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret (and its JSON-escaped form) replaced by ``***``."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) < 3:  # masking "a" would mangle everything
+            continue
+        text = text.replace(secret, "***")
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, "***")
+    return text
 
 
 def _subset(raw: dict, keys: frozenset[str]) -> LocatedDict:

@@ -53,6 +53,8 @@ class ConsoleReporter(RunEvents):
         self.verbose = verbose
         self.quiet = quiet
         self.color = self.stream.isatty() if color is None else color
+        #: Credentials of the running workflow, never printed.
+        self.secrets: list[str] = []
 
     def _paint(self, status: Status, text: str) -> str:
         if not self.color:
@@ -60,6 +62,10 @@ class ConsoleReporter(RunEvents):
         return f"\x1b[{_COLOR[status]}m{text}\x1b[0m"
 
     def _write(self, line: str = "") -> None:
+        if self.secrets:
+            from ..workflow import mask_secrets
+
+            line = mask_secrets(line, self.secrets)
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -74,6 +80,7 @@ class ConsoleReporter(RunEvents):
             self._write(gutter + line)
 
     def run_started(self, result: RunResult) -> None:
+        self.secrets = list(result.secrets)
         where = f" ({result.workflow_file})" if result.workflow_file else ""
         self._write(f"== {sanitize_line(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 
