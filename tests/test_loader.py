@@ -263,3 +263,17 @@ def test_a_literal_dollar_brace_in_settings_is_unescaped():
 def test_github_expression_syntax_is_reported_at_load():
     (problem,) = problems_of("name: x\ndescription: ${{ secrets.TOKEN }}\nsteps: []\n")
     assert "${{ secrets.TOKEN }} is not a valid reference" in problem
+
+
+def test_a_reference_to_a_step_that_runs_later_is_reported_at_load():
+    text = (
+        "name: f\nsteps:\n"
+        "  - {type: assert, actual: '${results.later.actual}', is_set: true}\n"
+        "  - {name: later, type: assert, actual: 1, is_set: true}\n"
+        "  - name: loop\n    type: repeat\n    count: 2\n    steps:\n"
+        "      - {type: assert, actual: '${results.inside.actual}', is_empty: false}\n"
+        "      - {name: inside, type: assert, actual: 1, is_set: true}\n"
+    )
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:3:")
+    assert "names step 'later', which runs later (line 4)" in problem

@@ -403,6 +403,16 @@ def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
 
     everything = list(_all_steps(steps))
     names = {s.explicit_name for s in everything if s.explicit_name}
+    # Where each name is first given, by top-level step: a top-level step can
+    # only read steps before it, or its own nested steps (a loop reads them
+    # from an earlier iteration).
+    first_top: dict[str, int] = {}
+    top_of: dict[int, int] = {}
+    for index, top in enumerate(steps):
+        for step in _all_steps([top]):
+            top_of[id(step)] = index
+            if step.explicit_name:
+                first_top.setdefault(step.explicit_name, index)
     resolver = Resolver((DOLLAR,))
     problems = []
     for step in everything:
@@ -411,9 +421,21 @@ def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
                 continue
             for expr in resolver.references(value):
                 parts = split_path(expr)
-                if len(parts) >= 2 and parts[0] == "results" and parts[1] not in names and parts[1] not in (
-                    "sandbox", "deploy_contracts"
-                ):
+                if len(parts) < 2 or parts[0] != "results" or parts[1] in ("sandbox", "deploy_contracts"):
+                    continue
+                later = first_top.get(parts[1], -1) > top_of.get(id(step), 0)
+                if later:
+                    runs_at = steps[first_top[parts[1]]].location.line
+                    problems.append(
+                        step.problem(
+                            f"${{{expr}}} names step {parts[1]!r}, which runs later (line {runs_at})",
+                            key=key,
+                            hint="a step's results exist only after it has run; move the step "
+                            "or read another one",
+                        )
+                    )
+                    continue
+                if parts[1] not in names:
                     close = difflib.get_close_matches(parts[1], sorted(names), n=1)
                     problems.append(
                         step.problem(
