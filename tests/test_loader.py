@@ -277,3 +277,14 @@ def test_a_reference_to_a_step_that_runs_later_is_reported_at_load():
     (problem,) = problems_of(text)
     assert problem.startswith("wf.yml:3:")
     assert "names step 'later', which runs later (line 4)" in problem
+
+
+def test_only_a_script_steps_run_is_kept_from_env_expansion():
+    text = (
+        "name: r\nsteps:\n"
+        "  - {type: script, run: 'echo $${HOME_DIR}'}\n"
+        "  - {type: assert, actual: {run: '${WHAT}'}, is_set: true}\n"
+    )
+    wf = parse_workflow(text, file=Path("wf.yml"), environ={"WHAT": "data", "HOME_DIR": "/h"})
+    assert wf.steps[0].raw["run"] == "echo $${HOME_DIR}"
+    assert wf.steps[1].raw["actual"] == {"run": "data"}

@@ -171,6 +171,13 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
     result = LocatedDict()
     result.line, result.col = _pos(node.start_mark)
     seen: dict[Any, yaml.Node] = {}
+    # Only a script step's `run` is shell text; a `run` key elsewhere (in
+    # call args, say) is data like any other.
+    is_script = any(
+        isinstance(k, yaml.ScalarNode) and k.value == "type"
+        and isinstance(v, yaml.ScalarNode) and v.value == "script"
+        for k, v in node.value
+    )
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -196,7 +203,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
             )
             continue
         seen[key] = key_node
-        if key in RAW_KEYS and isinstance(value_node, yaml.ScalarNode):
+        if is_script and key in RAW_KEYS and isinstance(value_node, yaml.ScalarNode):
             # The author's own command text: never expanded (see RAW_KEYS).
             result[key] = loader.construct_scalar(value_node)
         else:
