@@ -223,3 +223,25 @@ async def test_contains_on_a_mapping_with_a_list_fails_plainly_and_escapes_unesc
     )
     assert result.passed, [s.error for s in result.all_steps() if s.error]
     assert result.steps[1].data["statements"][2]["values"] == ["${x}", "${x}"]
+
+
+async def test_a_quoted_operand_is_text_and_its_escaped_quotes_are_quotes(tmp_path: Path):
+    result = await run_text(
+        r"""
+        name: q
+        steps:
+          - {name: src, type: assert, actual: {list: [10, {b: x}], n: 3}, is_set: true}
+          - type: assert
+            statements:
+              - 'equal("${results.src.actual.list}", "[10,{\"b\":\"x\"}]")'
+              - 'equal(${results.src.actual.list}, [10, {"b": "x"}])'
+              - 'equal(''it\''s'', "it''s")'
+              - 'regex("a1", "^a\d$")'
+              - 'equal("${results.src.actual.n}", 3)'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    values = [o["values"] for o in result.steps[1].data["statements"]]
+    assert values[0] == ['[10,{"b":"x"}]', '[10,{"b":"x"}]']
+    assert values[4] == ["3", 3]

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import Location, PlaceholderError, Problem, StepFailure
+from ..placeholders import format_embedded
 from ..yamlsrc import LocatedList
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
@@ -272,6 +273,11 @@ def evaluate(op: str, values: list[Any]) -> bool:
     return _ordered(op, values[0], values[1])
 
 
+#: Escapes a quoted operand may hold (the splitter skips them too); others,
+#: such as ``\d`` in a pattern, are kept as written.
+_QUOTED_ESCAPE_RE = re.compile(r"""\\(["'\\])""")
+
+
 def _literal(text: str) -> Any:
     """A bare operand: JSON when it parses (numbers, true, lists…), else text."""
     text = text.strip()
@@ -310,12 +316,14 @@ class Assert(BaseStep):
         return self.key_location("statements")
 
     def _operand(self, text: str, run: StepRun) -> Any:
-        """A quoted operand is text; a lone placeholder keeps its value's type;
+        """A quoted operand is text (``\\"``, ``\\'`` and ``\\\\`` in it are the
+        characters themselves); a lone placeholder keeps its value's type;
         text holding placeholders stays text; anything else is a literal."""
         stripped = text.strip()
         resolver = run.ctx.resolver
         if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
-            return resolver.resolve(stripped[1:-1], run.scope())
+            inner = _QUOTED_ESCAPE_RE.sub(lambda m: m.group(1), stripped[1:-1])
+            return format_embedded(resolver.resolve(inner, run.scope()))
         if resolver.references(stripped) or "$${" in stripped:
             return resolver.resolve(stripped, run.scope())
         return _literal(stripped)
