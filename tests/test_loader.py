@@ -288,3 +288,10 @@ def test_only_a_script_steps_run_is_kept_from_env_expansion():
     wf = parse_workflow(text, file=Path("wf.yml"), environ={"WHAT": "data", "HOME_DIR": "/h"})
     assert wf.steps[0].raw["run"] == "echo $${HOME_DIR}"
     assert wf.steps[1].raw["actual"] == {"run": "data"}
+
+
+def test_a_reference_to_an_unknown_node_is_reported_at_load():
+    text = "name: n\nnodes: {count: 1, prefix: n}\nsteps:\n  - {type: assert, actual: '${nodes.n-2.url}', is_set: true}\n"
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:4:")
+    assert "names node 'n-2', which the workflow does not define" in problem and "did you mean 'n-1'?" in problem

@@ -397,8 +397,9 @@ def _all_steps(steps: list[BaseStep]):
 _NESTED_KEYS = frozenset({"steps", "groups", "operations"})
 
 
-def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
-    """``${results.X…}`` where no step anywhere is named X can never resolve."""
+def _unknown_result_refs(steps: list[BaseStep], node_names: set[str] | None = None) -> list[Problem]:
+    """``${results.X…}`` where no step anywhere is named X, or that only runs
+    later, and ``${nodes.N…}`` where the run has no node N, can never resolve."""
     from .placeholders import DOLLAR, Resolver, split_path
 
     everything = list(_all_steps(steps))
@@ -421,6 +422,17 @@ def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
                 continue
             for expr in resolver.references(value):
                 parts = split_path(expr)
+                if node_names is not None and len(parts) >= 2 and parts[0] == "nodes" and parts[1] not in node_names:
+                    close = difflib.get_close_matches(parts[1], sorted(node_names), n=1)
+                    problems.append(
+                        step.problem(
+                            f"${{{expr}}} names node {parts[1]!r}, which the workflow does not define",
+                            key=key,
+                            hint=(f"did you mean {close[0]!r}? " if close else "")
+                            + "nodes: " + (", ".join(sorted(node_names)) or "(none)"),
+                        )
+                    )
+                    continue
                 if len(parts) < 2 or parts[0] != "results" or parts[1] in ("sandbox", "deploy_contracts"):
                     continue
                 later = first_top.get(parts[1], -1) > top_of.get(id(step), 0)
@@ -597,7 +609,7 @@ def parse_workflow(
     )
     problems.extend(validate_steps(steps, vctx))
     problems.extend(_ambiguous_names(steps, data.get("steps")))
-    problems.extend(_unknown_result_refs(steps))
+    problems.extend(_unknown_result_refs(steps, set(names) | remote))
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(
