@@ -210,3 +210,23 @@ def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path)
     (loop,) = data["steps"]
     assert [c["path"] for c in loop["children"]] == ["loop[1]/wait #1"]
     assert data["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}
+
+
+def test_result_paths_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    (tmp_path / "dir").mkdir()
+    same = tmp_path / "same.json"
+    for extra in (["--results", str(tmp_path / "dir")], ["--report", str(same), "--results", str(same)]):
+        assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is a directory" in err or "name the same file" in err
+    assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_a_failure_to_write_results_is_an_error_not_a_traceback(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    code = main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--results", str(blocker / "r.json")])
+    assert code == 2
+    assert "cannot write the result files" in capsys.readouterr().err

@@ -218,8 +218,21 @@ class _Interrupts:
             pass
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse result paths that cannot be written before anything runs."""
+    problems = []
+    for flag, path in (("--results", args.results), ("--report", args.report)):
+        if path is not None and path.is_dir():
+            problems.append(Problem(f"{flag} {path} is a directory", hint=f"give a file name, e.g. {flag} {path / 'out.json'}"))
+    if args.results is not None and args.report is not None and args.results.resolve() == args.report.resolve():
+        problems.append(Problem("--results and --report name the same file", hint="give each its own file"))
+    if problems:
+        raise WorkflowValidationError(problems)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     env = _parse_env(args.env)
+    _check_outputs(args)
     with _Interrupts() as interrupts:
 
         async def main() -> tuple[int, list[RunResult]]:
@@ -236,20 +249,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         if results:
             secrets = [s for r in results for s in r.secrets]
-            if args.results:
-                data = (
-                    results[0].workflow_results
-                    if len(results) == 1
-                    else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
-                )
-                _write_json(args.results, data, secrets)
-            if args.report:
-                _write_json(
-                    args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), secrets
-                )
+            try:
+                _write_outputs(args, results, secrets)
+            except OSError as exc:
+                print(f"calimero-workflow: cannot write the result files: {exc}", file=sys.stderr)
+                return EXIT_INVALID
         if interrupts.count and code != EXIT_INVALID:
             return EXIT_INTERRUPTED
         return code
+
+
+def _write_outputs(args: argparse.Namespace, results: list[RunResult], secrets: list[str]) -> None:
+    if args.results:
+        data = (
+            results[0].workflow_results
+            if len(results) == 1
+            else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
+        )
+        _write_json(args.results, data, secrets)
+    if args.report:
+        report = [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict()
+        _write_json(args.report, report, secrets)
 
 
 def main(argv: list[str] | None = None) -> int:
