@@ -227,6 +227,9 @@ class Script(BaseStep):
             )
         except OSError as exc:
             raise StepFailure(f"cannot start {argv[0]}: {exc}", location=self.location) from exc
+        # Known gap: a background process the script leaves behind when it
+        # exits normally (`cmd &`) keeps running; only a timeout or an
+        # interrupt takes the process group down.
         try:
             stdout, stderr = await proc.communicate()
         except asyncio.CancelledError:
