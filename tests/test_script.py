@@ -204,3 +204,22 @@ async def test_cwd_from_a_placeholder_is_confined_when_it_runs(tmp_path: Path, m
     step = result.steps[1]
     assert step.status is Status.FAILED
     assert "outside the workflow's folder" in step.error.message
+
+
+async def test_merobox_names_of_script_results(tmp_path: Path):
+    result = await run_text(
+        """
+        name: m
+        steps:
+          - {type: script, run: 'echo hi', outputs: {took: execution_time, code: exit_code}}
+          - type: assert
+            statements:
+              - 'gte({{took}}, 0)'
+              - 'equal({{code}}, 0)'
+              - 'equal({{script_exit_code_local}}, 0)'
+              - 'contains({{script_output_local}}, hi)'
+              - 'gte({{script_execution_time_local}}, 0)'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]

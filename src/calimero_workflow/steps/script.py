@@ -97,6 +97,12 @@ class Script(BaseStep):
     Config = ScriptConfig
     # The inline command is the author's text, never a template.
     deferred_keys = frozenset({"run"})
+    #: merobox's automatic names for a local script's results.
+    exports = {
+        "script_exit_code_local": "exit_code",
+        "script_output_local": "stdout",
+        "script_execution_time_local": "duration_seconds",
+    }
     summary = (
         "run a `script` file or an inline `run` command (locally, or in node containers with "
         "`target: nodes`); results reach it as environment variables → `exit_code`, `stdout`, `stderr`"
@@ -209,7 +215,10 @@ class Script(BaseStep):
             results_file = Path(handle.name)
         try:
             cwd = (base / config.cwd).resolve() if config.cwd else base
-            return await self._run_local(argv, self._environment(config, run, results_file), cwd, run)
+            data = await self._run_local(argv, self._environment(config, run, results_file), cwd, run)
+            # `outputs:` written for merobox name the duration `execution_time`.
+            run.response = {**data, "execution_time": data["duration_seconds"]}
+            return data
         finally:
             results_file.unlink(missing_ok=True)
 
