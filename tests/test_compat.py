@@ -400,3 +400,35 @@ async def test_error_code_is_the_http_status_and_null_for_json_rpc_errors(tmp_pa
     rpc, http = result.workflow_results["rpc"], result.workflow_results["http"]
     assert rpc["error_type"] == "FunctionCallError" and rpc["error_code"] is None
     assert http["error_code"] == 403 and http["error_type"] == "HTTP 403", http
+
+
+async def test_fuzzy_call_args_are_captured_as_fuzzy_variables(tmp_path: Path):
+    # merobox's fuzzy example reads a call's resolved args back as {{fuzzy_<arg>}}.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: fuzz
+    type: fuzzy_test
+    context_id: '{{context_id}}'
+    nodes: [{name: calimero-node-1}, {name: calimero-node-2}]
+    max_operations: 8
+    seed: 5
+    operations:
+      - name: set_and_verify
+        steps:
+          - {type: call, node: '{{random_node}}', context_id: '{{context_id}}', method: set,
+             args: {key: 'fuzzy_key_{{random_int(1, 10000)}}', value: 'value_{{uuid}}'}}
+          - {type: call, node: '{{random_node}}', context_id: '{{context_id}}', method: get,
+             args: {key: '{{fuzzy_key}}'}, outputs: {got: result}}
+          - type: assert
+            non_blocking: true
+            statements:
+              - "contains({{got}}, {{fuzzy_value}})"
+              - "equal({{_pattern_name}}, set_and_verify)"
+              - "equal({{_fuzzy_args_key}}, {{fuzzy_key}})"
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+    fuzz = next(s for s in result.steps if s.type == "fuzzy_test")
+    assert fuzz.data["assertions_passed"] == 8 and fuzz.data["assertions_failed"] == 0

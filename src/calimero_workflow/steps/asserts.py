@@ -225,8 +225,10 @@ def _contains(container: Any, item: Any) -> bool:
     if isinstance(container, str):
         return (item if isinstance(item, str) else json.dumps(item)) in container
     if isinstance(container, dict):
-        # a key of the mapping; a list or mapping is never a key
-        return isinstance(item, (str, int, float, bool)) and item in container
+        # Any part of its JSON text, keys included: merobox compared the text
+        # of a captured response (`contains({{result}}, value)`).
+        text = json.dumps(container, ensure_ascii=False)
+        return (item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)) in text
     if isinstance(container, list):
         return any(loose_equal(e, item) for e in container)
     return False

@@ -144,7 +144,11 @@ class FuzzyTest(BaseStep):
             node = rng.choice(names)
             done += 1
             per_op[name]["runs"] += 1
-            variables = {**run.variables, "random_node": node, "iteration": done, "operation": name}
+            variables = {
+                **run.variables, "random_node": node, "iteration": done, "operation": name,
+                # merobox's names for the same
+                "_pattern_name": name, "_iteration": done,
+            }
             failed_here = False
             for step in steps:
                 child = StepRun(
@@ -155,6 +159,13 @@ class FuzzyTest(BaseStep):
                     report=False,
                 )
                 record = await step.run(child)
+                args = record.data.get("args") if step.type_name == "call" else None
+                if isinstance(args, dict):
+                    # merobox: later steps of the operation read a call's
+                    # resolved arguments as {{fuzzy_<arg>}}.
+                    for arg, value in args.items():
+                        variables[f"fuzzy_{arg}"] = value
+                        variables[f"_fuzzy_args_{arg}"] = value
                 if step.type_name in ("assert", "json_assert"):
                     if record.status is Status.PASSED:
                         passed_asserts += 1
