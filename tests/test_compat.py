@@ -432,3 +432,26 @@ async def test_fuzzy_call_args_are_captured_as_fuzzy_variables(tmp_path: Path):
     assert result.passed, failures(result)
     fuzz = next(s for s in result.steps if s.type == "fuzzy_test")
     assert fuzz.data["assertions_passed"] == 8 and fuzz.data["assertions_failed"] == 0
+
+
+async def test_random_executor_is_the_drawn_nodes_executor_key(tmp_path: Path):
+    # merobox documented {{random_executor}} and never set it.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: fuzz
+    type: fuzzy_test
+    context_id: '{{context_id}}'
+    nodes:
+      - {name: calimero-node-1, executor_key: key-of-calimero-node-1}
+      - {name: calimero-node-2, executor_key: key-of-calimero-node-2}
+    max_operations: 6
+    operations:
+      - name: check
+        steps:
+          - type: assert
+            statements: ['equal({{random_executor}}, "key-of-{{random_node}}")']
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)

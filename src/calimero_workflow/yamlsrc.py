@@ -36,6 +36,7 @@ RUNTIME_NAMES = frozenset(
         "run_id",
         "workflow_dir",
         "random_node",
+        "random_executor",
     }
 )
 

@@ -127,6 +127,7 @@ class FuzzyTest(BaseStep):
         rng = random.Random(seed)
         run.log(f"seed {seed} (replay with `seed: {seed}`)")
         names = config.node_names()
+        executors = {n.name: n.executor_key for n in config.nodes if not isinstance(n, str)}
         weights = [w for _, w, _ in self.operations]
         limit = config.deadline_seconds()
         started = time.perf_counter()
@@ -146,6 +147,8 @@ class FuzzyTest(BaseStep):
             per_op[name]["runs"] += 1
             variables = {
                 **run.variables, "random_node": node, "iteration": done, "operation": name,
+                # the drawn node's `executor_key` (merobox documented it, never set it)
+                "random_executor": executors.get(node),
                 # merobox's names for the same
                 "_pattern_name": name, "_iteration": done,
             }
