@@ -230,3 +230,14 @@ def test_a_failure_to_write_results_is_an_error_not_a_traceback(tmp_path: Path, 
     code = main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--results", str(blocker / "r.json")])
     assert code == 2
     assert "cannot write the result files" in capsys.readouterr().err
+
+
+def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
+    one = write(tmp_path, "one.yml", "name: same\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    two = write(tmp_path, "two.yml", "name: same\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    logs = tmp_path / "logs"
+    report = tmp_path / "report.json"
+    assert main(["run", str(one), str(two), "--logs-dir", str(logs), "--report", str(report),
+                 "--workdir", str(tmp_path / "w")]) == 0
+    files = [set(r["node_log_files"].values()) for r in json.loads(report.read_text())]
+    assert len(files[0] | files[1]) == 2 and all(Path(f).is_file() for f in files[0] | files[1])

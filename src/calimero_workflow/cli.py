@@ -140,7 +140,13 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
     results: list[RunResult] = []
+    folders: list[str] = []
     for workflow in workflows:
+        # one folder per workflow under --logs-dir, even when two share a name
+        folder = _safe_name(workflow)
+        if folder in folders:
+            folder = f"{folder}-{len(folders) + 1}"
+        folders.append(folder)
         executor = WorkflowExecutor(
             workflow,
             backend=args.backend,
@@ -148,7 +154,7 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             env=env,
             events=reporter,
             workdir=args.workdir.resolve() if args.workdir else None,
-            logs_dir=(args.logs_dir / _safe_name(workflow)) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
+            logs_dir=(args.logs_dir / folder) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
             nuke=args.nuke,
             force_pull=args.force_pull,
         )
