@@ -295,3 +295,10 @@ def test_a_reference_to_an_unknown_node_is_reported_at_load():
     (problem,) = problems_of(text)
     assert problem.startswith("wf.yml:4:")
     assert "names node 'n-2', which the workflow does not define" in problem and "did you mean 'n-1'?" in problem
+
+
+def test_a_check_of_a_whole_step_does_not_dump_the_step():
+    (problem,) = problems_of("name: s\nsteps:\n  - {type: script}\n")
+    assert problem == (
+        "wf.yml:3:5: step 'script #1' (script): give exactly one of `script` (a file) or `run` (an inline command)"
+    )
