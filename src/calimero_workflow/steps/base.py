@@ -183,10 +183,21 @@ class RunContext:
     ready_timeout: float = 60.0
 
     def scope(self, variables: dict[str, Any] | None = None, rng: random.Random | None = None) -> Scope:
+        folder = str(self.workflow.base_dir.resolve())
+        run = {
+            "run_id": self.run_id,
+            "workflow_dir": folder,
+            "workflow": {
+                "name": self.workflow.name,
+                "file": str(self.workflow.path) if self.workflow.path else None,
+                "dir": folder,
+                "run_id": self.run_id,
+            },
+        }
         return Scope(
             results=self.results,
             nodes={n: ref.as_placeholder() for n, ref in self.nodes.items()},
-            variables=variables or {},
+            variables={**run, **(variables or {})},
             env=self.env,
             captured=self.captured,
             rng=rng,
