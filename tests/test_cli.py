@@ -189,6 +189,27 @@ def test_signals_during_cleanup_do_not_stop_it(tmp_path: Path):
         assert data["phases"][-1]["name"] == "cleanup" and data["phases"][-1]["status"] == "passed"
 
 
+def test_phases_not_reached_because_of_an_interrupt_say_so(tmp_path: Path):
+    wf = write(tmp_path, "s.yml", "name: s\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 1}]\n")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    seen = ""
+    while "phase pull_image" not in seen:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)  # during nodes_start
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    phases = {p["name"]: p for p in json.loads(report.read_text())["phases"]}
+    assert phases["nodes_start"]["status"] == "failed", phases
+    assert phases["register_remote_nodes"]["detail"] == phases["steps"]["detail"] == "interrupted"
+
+
 def test_an_interrupted_step_is_recorded_and_the_rest_skipped(tmp_path: Path):
     proc, seen, report = _start_slow_run(tmp_path)
     time.sleep(0.3)

@@ -456,11 +456,12 @@ class WorkflowExecutor:
 
     async def _finish(self, failed: bool) -> None:
         ran_phases = {p.name for p in self.result.phases}
+        why = "interrupted" if self.result.interrupted else "an earlier phase failed" if failed else "not reached"
         for name in PHASES[: PHASES.index("steps")]:
             if name not in ran_phases:
-                self._skip(name, "an earlier phase failed" if failed else "not reached")
+                self._skip(name, why)
         if "steps" not in ran_phases:
-            self._skip("steps", "an earlier phase failed" if failed else "not reached")
+            self._skip("steps", why)
             for step in self.workflow.steps:
                 skipped = StepRecord(
                     name=step.display_name,
