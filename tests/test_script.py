@@ -223,3 +223,17 @@ async def test_merobox_names_of_script_results(tmp_path: Path):
         tmp_path,
     )
     assert result.passed, [s.error for s in result.all_steps() if s.error]
+
+
+async def test_outputs_of_a_script_that_fails_as_expected_are_captured(tmp_path: Path):
+    result = await run_text(
+        """
+        name: x
+        steps:
+          - {name: s, type: script, run: 'echo out; exit 3', expected_failure: true, outputs: {code: exit_code, said: stdout}}
+          - type: assert
+            statements: ['equal({{code}}, 3)', 'contains({{said}}, out)', 'equal(${results.s.exit_code}, 3)']
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]

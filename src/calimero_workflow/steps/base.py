@@ -445,6 +445,7 @@ class BaseStep:
             )
             if expected:
                 record.data = {**exc.data, **self._expected_failure_data(exc)}
+                self.export(config, record.data, run, lenient=True)
                 problem = self._expected_error_mismatch(config, exc)
                 if problem:
                     record.status = Status.FAILED
