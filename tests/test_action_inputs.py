@@ -505,9 +505,11 @@ def test_a_workflow_over_its_time_is_stopped_cleaned_up_and_failed(workspace):
         env_for(workspace, workflows="wf/slow.yml", timeout_minutes="0.02")
     )
     assert (code, outputs["status"]) == (1, "failed")
-    [failure] = json.loads(outputs["failed-steps"])
+    failure, running = json.loads(outputs["failed-steps"])
     assert failure["step"] == "phase steps"  # the phase that was running
     assert "did not finish within 0.02 minute(s)" in failure["message"]
+    assert running["step"] == "nap"  # and the step it was in
+    assert "still running when the workflow ran out of time" in running["message"]
     report = json.loads(
         (workspace / "calimero-workflow-results" / "report.json").read_text()
     )

@@ -183,3 +183,65 @@ def test_split_top_level_respects_nesting():
         split_top_level("'unterminated")
     with pytest.raises(StatementError):
         parse_statement("equal(1, 2, 3)")
+
+
+@pytest.mark.parametrize("kind", ["assert", "json_assert"])
+async def test_a_missing_field_is_a_placeholder_error_never_an_expected_failure(tmp_path: Path, kind: str):
+    statement = "json_equal(${results.src.actual.nope}, 1)" if kind == "json_assert" else "equal(${results.src.actual.nope}, 1)"
+    result = await run_text(
+        f"""
+        name: p
+        steps:
+          - {{name: src, type: assert, actual: {{a: 1}}, is_set: true}}
+          - type: {kind}
+            expected_failure: true
+            statements: ['{statement}']
+        """,
+        tmp_path,
+    )
+    step = result.steps[1]
+    assert step.status is Status.FAILED
+    assert step.error.kind == "placeholder"
+    assert "has no field 'nope'" in step.error.message
+    assert "keys: a" in step.error.hint
+    assert step.error.location.line == 7
+
+
+async def test_contains_on_a_mapping_with_a_list_fails_plainly_and_escapes_unescape(tmp_path: Path):
+    result = await run_text(
+        """
+        name: c
+        steps:
+          - {name: src, type: assert, actual: {a: 1}, is_set: true}
+          - type: assert
+            statements:
+              - 'not_contains(${results.src.actual}, [1])'
+              - 'contains(${results.src.actual}, a)'
+              - 'equal($${x}, "$${x}")'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    assert result.steps[1].data["statements"][2]["values"] == ["${x}", "${x}"]
+
+
+async def test_a_quoted_operand_is_text_and_its_escaped_quotes_are_quotes(tmp_path: Path):
+    result = await run_text(
+        r"""
+        name: q
+        steps:
+          - {name: src, type: assert, actual: {list: [10, {b: x}], n: 3}, is_set: true}
+          - type: assert
+            statements:
+              - 'equal("${results.src.actual.list}", "[10,{\"b\":\"x\"}]")'
+              - 'equal(${results.src.actual.list}, [10, {"b": "x"}])'
+              - 'equal(''it\''s'', "it''s")'
+              - 'regex("a1", "^a\d$")'
+              - 'equal("${results.src.actual.n}", 3)'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    values = [o["values"] for o in result.steps[1].data["statements"]]
+    assert values[0] == ['[10,{"b":"x"}]', '[10,{"b":"x"}]']
+    assert values[4] == ["3", 3]

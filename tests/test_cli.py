@@ -141,3 +141,134 @@ def test_sigterm_interrupts_cleans_up_and_exits_130(tmp_path: Path):
     assert data["interrupted"] is True and data["status"] == "failed"
     assert data["phases"][-1]["name"] == "cleanup"
     assert "INTERRUPTED slow" in rest
+
+
+def test_text_with_line_breaks_cannot_start_a_workflow_command_line(tmp_path: Path, capsys):
+    # A runner reads any output line that starts with `::` (after spaces) as a
+    # workflow command; text from apps and nodes must never begin a line.
+    wf = write(
+        tmp_path,
+        "cmd.yml",
+        'name: cmd\nsteps:\n  - {type: assert, actual: "a\\n::error::forged\\n  ::add-mask::x", equals: "b\\n::warning::w"}\n',
+    )
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1
+    printed = capsys.readouterr().out
+    assert "::error::forged" in printed and "::warning::w" in printed  # still shown
+    for line in printed.splitlines():
+        assert not line.lstrip().startswith("::"), line
+
+
+_SLOW_STEPS = "  - {type: wait, seconds: 60}\n  - {type: wait, seconds: 1}\n"
+
+
+def _start_slow_run(tmp_path: Path, nodes: int = 0, steps: str = _SLOW_STEPS) -> tuple[subprocess.Popen, str, Path]:
+    head = f"nodes: {{count: {nodes}}}\n" if nodes else ""
+    wf = write(tmp_path, "slow.yml", f"name: slow\n{head}steps:\n{steps}")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "phase register_remote_nodes" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    return proc, seen, report
+
+
+def test_signals_during_cleanup_do_not_stop_it(tmp_path: Path):
+    # A second Ctrl-C or SIGTERM while cleaning up (impatient users, CI
+    # runners that signal twice) must not cut cleanup or the report short.
+    for gap in (0.0, 0.02, 0.05, 0.15):
+        where = tmp_path / f"gap-{gap}"
+        where.mkdir()
+        proc, seen, report = _start_slow_run(where, nodes=2)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, f"gap {gap}: " + seen + rest
+        assert "Traceback" not in rest, rest
+        data = json.loads(report.read_text())
+        assert data["interrupted"] is True
+        assert data["phases"][-1]["name"] == "cleanup" and data["phases"][-1]["status"] == "passed"
+
+
+def test_phases_not_reached_because_of_an_interrupt_say_so(tmp_path: Path):
+    wf = write(tmp_path, "s.yml", "name: s\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 1}]\n")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    seen = ""
+    while "phase pull_image" not in seen:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)  # during nodes_start
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    phases = {p["name"]: p for p in json.loads(report.read_text())["phases"]}
+    assert phases["nodes_start"]["status"] == "failed", phases
+    assert phases["register_remote_nodes"]["detail"] == phases["steps"]["detail"] == "interrupted"
+
+
+def test_an_interrupted_step_is_recorded_and_the_rest_skipped(tmp_path: Path):
+    proc, seen, report = _start_slow_run(tmp_path)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    steps = json.loads(report.read_text())["steps"]
+    assert [(s["status"], (s["error"] or {}).get("kind")) for s in steps] == [("failed", "cancelled"), ("skipped", None)]
+
+
+def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path):
+    steps = "  - {name: loop, type: repeat, count: 2, steps: [{type: wait, seconds: 60}]}\n"
+    proc, seen, report = _start_slow_run(tmp_path, steps=steps)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    data = json.loads(report.read_text())
+    (loop,) = data["steps"]
+    assert [c["path"] for c in loop["children"]] == ["loop[1]/wait #1"]
+    assert data["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}
+
+
+def test_result_paths_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    (tmp_path / "dir").mkdir()
+    same = tmp_path / "same.json"
+    for extra in (["--results", str(tmp_path / "dir")], ["--report", str(same), "--results", str(same)]):
+        assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "is a directory" in err or "name the same file" in err
+    assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_a_failure_to_write_results_is_an_error_not_a_traceback(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    code = main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--results", str(blocker / "r.json")])
+    assert code == 2
+    assert "cannot write the result files" in capsys.readouterr().err
+
+
+def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
+    one = write(tmp_path, "one.yml", "name: same\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    two = write(tmp_path, "two.yml", "name: same\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    logs = tmp_path / "logs"
+    report = tmp_path / "report.json"
+    assert main(["run", str(one), str(two), "--logs-dir", str(logs), "--report", str(report),
+                 "--workdir", str(tmp_path / "w")]) == 0
+    files = [set(r["node_log_files"].values()) for r in json.loads(report.read_text())]
+    assert len(files[0] | files[1]) == 2 and all(Path(f).is_file() for f in files[0] | files[1])

@@ -55,6 +55,7 @@ async def test_corpus_file_passes(path: Path, tmp_path: Path, monkeypatch):
         ("05-nested-json.yml", '"equal({{second_tag}}, y)"', '"equal({{second_tag}}, x)"'),
         ("06-negative.yml", "expected_error: NotFound", "expected_error: Forbidden"),
         ("08-legacy-placeholders.yml", "method: get\n", "method: len\n"),
+        ("13-canonical-fixture.yml", '"value_3_from_node1"}', '"value_2_from_node1"}'),
     ],
 )
 async def test_corpus_checks_can_fail(name: str, old: str, new: str, tmp_path: Path):
@@ -251,3 +252,207 @@ async def test_commas_inside_quoted_operands_do_not_split(tmp_path: Path, monkey
     grammar = next(s for s in result.steps if s.name == "Grammar")
     assert grammar.status is Status.PASSED
     assert grammar.data["passed"] == 13
+
+
+async def test_files_named_from_the_working_directory_are_found(tmp_path: Path, monkeypatch):
+    # merobox runs from the repository root and names files from there
+    # (`path: workflow-examples/res/kv_store.wasm`), not from the workflow file.
+    folder = tmp_path / "workflow-examples"
+    (folder / "res").mkdir(parents=True)
+    (folder / "res" / "kv_store.wasm").write_bytes(APP.read_bytes())
+    (folder / "res" / "blob.txt").write_text("blob body")
+    (folder / "res" / "hello.sh").write_text('echo "hello $1"\n')
+    (folder / "wf.yml").write_text(
+        textwrap.dedent(
+            """
+            name: cwd paths
+            nodes: {count: 2}
+            steps:
+              - {type: install_application, node: calimero-node-1, path: workflow-examples/res/kv_store.wasm, dev: true}
+              - type: create_mesh
+                context_node: calimero-node-1
+                application_id: '{{app_id_calimero-node-1}}'
+                nodes: [calimero-node-2]
+                path: workflow-examples/res/kv_store.wasm
+              - {type: upload_blob, node: calimero-node-1, file_path: workflow-examples/res/blob.txt}
+              - {name: sh, type: script, script: workflow-examples/res/hello.sh, args: [there]}
+              - {type: assert, statements: ['equal({{blob_id_calimero-node-1}}, {{blob_id_calimero-node-1}})', 'contains(${results.sh.stdout}, "hello there")']}
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = await run_file(Path("workflow-examples/wf.yml"), tmp_path / "runs")
+    assert result.passed, failures(result)
+
+
+def test_a_file_found_nowhere_names_both_folders(tmp_path: Path, monkeypatch):
+    (tmp_path / "wf").mkdir()
+    monkeypatch.chdir(tmp_path)
+    text = "name: x\nnodes: {count: 1}\nsteps:\n  - {type: install_application, node: calimero-node-1, path: res/app.wasm}\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf" / "wf.yml", environ={})
+    (problem,) = info.value.problems
+    assert "application file not found: res/app.wasm" in problem.message
+    assert str(tmp_path / "wf") in problem.hint and f"working directory ({tmp_path})" in problem.hint
+
+
+async def test_repeat_outputs_rename_loop_variables_inside_each_iteration(tmp_path: Path):
+    # merobox's canonical fixture writes `outputs: {current_iteration: iteration}`
+    # on the repeat and uses {{current_iteration}} in the nested steps.
+    result = await run_text(
+        """
+        name: r
+        steps:
+          - name: loop
+            type: repeat
+            count: 3
+            outputs: {current_iteration: iteration, n: total_iterations}
+            steps:
+              - name: seen
+                type: assert
+                actual: 'k_{{current_iteration}}_of_{{n}}'
+                matches: '^k_[123]_of_3$'
+                outputs: {last_seen: actual}
+          - type: assert
+            statements:
+              - equal(${results.loop.iterations.1.seen.actual}, k_2_of_3)
+              - equal({{last_seen}}, k_3_of_3)
+              - equal({{current_iteration}}, 3)
+        """,
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+
+
+_SYNC_SETUP = f"""
+name: s
+nodes: {{count: 2}}
+steps:
+  - {{type: install_application, node: calimero-node-1, path: {APP}, outputs: {{app_id: applicationId}}}}
+  - {{type: create_mesh, context_node: calimero-node-1, application_id: '{{{{app_id}}}}', nodes: [calimero-node-2], outputs: {{context_id: contextId}}}}
+  - {{type: call, node: calimero-node-1, context_id: '{{{{context_id}}}}', method: set, args: {{key: k, value: v}}}}
+"""
+
+
+async def test_wait_for_sync_expect_takes_merobox_unwrapped_result_and_root_hash(tmp_path: Path):
+    # merobox compares `expect.equals` with the unwrapped JSON-RPC result
+    # ({output: …}) and exports the hash as `root_hash` too.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: synced
+    type: wait_for_sync
+    context_id: '{{context_id}}'
+    timeout: 10
+    expect: {method: get, args: {key: k}, equals: {output: v}}
+    outputs: {root: root_hash, polls: attempts}
+  - type: assert
+    statements: ['equal({{root}}, ${results.synced.context_state_hash})', 'gte({{polls}}, 1)']
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+
+
+async def test_wait_for_sync_says_when_hashes_agree_but_expect_never_holds(tmp_path: Path):
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: synced
+    type: wait_for_sync
+    context_id: '{{context_id}}'
+    timeout: 1
+    expect: {method: get, args: {key: k}, equals: w}
+""",
+        tmp_path,
+    )
+    step = result.steps[-1]
+    assert step.status is Status.FAILED
+    assert "every node agrees on" in step.error.message
+    assert 'calimero-node-1="v", calimero-node-2="v"' in step.error.message
+    assert step.error.expected == "w" and step.error.actual == {"calimero-node-1": "v", "calimero-node-2": "v"}
+
+
+async def test_call_result_capture_is_merods_result_shape(tmp_path: Path):
+    # merobox files capture `result` and compare it with {"output": …}.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - {type: call, node: calimero-node-1, context_id: '{{context_id}}', method: get, args: {key: k}, outputs: {got: result}}
+  - type: json_assert
+    statements: ['json_equal({{got}}, {"output": "v"})']
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+
+
+async def test_error_code_is_the_http_status_and_null_for_json_rpc_errors(tmp_path: Path):
+    # merobox files assert is_empty() on error_code of a JSON-RPC error.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - {name: rpc, type: call, node: calimero-node-1, context_id: '{{context_id}}', method: nope, expected_failure: true}
+  - {name: http, type: join_context, node: calimero-node-2, context_id: 11111111111111111111111111111111, expected_failure: true, retries: 0}
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+    rpc, http = result.workflow_results["rpc"], result.workflow_results["http"]
+    assert rpc["error_type"] == "FunctionCallError" and rpc["error_code"] is None
+    assert http["error_code"] == 403 and http["error_type"] == "HTTP 403", http
+
+
+async def test_fuzzy_call_args_are_captured_as_fuzzy_variables(tmp_path: Path):
+    # merobox's fuzzy example reads a call's resolved args back as {{fuzzy_<arg>}}.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: fuzz
+    type: fuzzy_test
+    context_id: '{{context_id}}'
+    nodes: [{name: calimero-node-1}, {name: calimero-node-2}]
+    max_operations: 8
+    seed: 5
+    operations:
+      - name: set_and_verify
+        steps:
+          - {type: call, node: '{{random_node}}', context_id: '{{context_id}}', method: set,
+             args: {key: 'fuzzy_key_{{random_int(1, 10000)}}', value: 'value_{{uuid}}'}}
+          - {type: call, node: '{{random_node}}', context_id: '{{context_id}}', method: get,
+             args: {key: '{{fuzzy_key}}'}, outputs: {got: result}}
+          - type: assert
+            non_blocking: true
+            statements:
+              - "contains({{got}}, {{fuzzy_value}})"
+              - "equal({{_pattern_name}}, set_and_verify)"
+              - "equal({{_fuzzy_args_key}}, {{fuzzy_key}})"
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)
+    fuzz = next(s for s in result.steps if s.type == "fuzzy_test")
+    assert fuzz.data["assertions_passed"] == 8 and fuzz.data["assertions_failed"] == 0
+
+
+async def test_random_executor_is_the_drawn_nodes_executor_key(tmp_path: Path):
+    # merobox documented {{random_executor}} and never set it.
+    result = await run_text(
+        _SYNC_SETUP
+        + """
+  - name: fuzz
+    type: fuzzy_test
+    context_id: '{{context_id}}'
+    nodes:
+      - {name: calimero-node-1, executor_key: key-of-calimero-node-1}
+      - {name: calimero-node-2, executor_key: key-of-calimero-node-2}
+    max_operations: 6
+    operations:
+      - name: check
+        steps:
+          - type: assert
+            statements: ['equal({{random_executor}}, "key-of-{{random_node}}")']
+""",
+        tmp_path,
+    )
+    assert result.passed, failures(result)

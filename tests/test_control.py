@@ -154,3 +154,21 @@ async def test_json_assert(tmp_path: Path):
     )
     assert [s.status for s in result.steps] == [Status.PASSED, Status.PASSED, Status.FAILED]
     assert result.steps[2].error.location.line == 16
+
+
+@pytest.mark.parametrize(
+    "body, line, message",
+    [
+        ("  - type: parallel\n    groups:\n      - {name: a, steps: [{type: wait, seconds: 0.01}]}\n"
+         "      - {name: a, steps: [{type: wait, seconds: 0.01}]}\n", 6, "two groups of this parallel step are named 'a'"),
+        ("  - type: parallel\n    groups:\n      - {name: a, count: '{{n}}', steps: [{type: wait, seconds: 0.01}]}\n",
+         5, "group 'a': `count` must be a number written out"),
+        ("  - type: fuzzy_test\n    context_id: c\n    max_operations: 1\n    nodes: [n]\n    operations:\n"
+         "      - {name: op, weight: '{{w}}', steps: [{type: wait, seconds: 0.01}]}\n", 8, "operation 'op': `weight` must be a number"),
+    ],
+)
+def test_group_and_operation_settings_fixed_at_load_are_checked_at_load(tmp_path: Path, body: str, line: int, message: str):
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow("name: t\nsteps:\n" + body, file=tmp_path / "wf.yml", environ={})
+    found = [p for p in info.value.problems if message in p.message]
+    assert found and found[0].location.line == line, [p.render() for p in info.value.problems]

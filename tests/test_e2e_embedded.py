@@ -169,6 +169,7 @@ async def test_expected_failure_that_succeeds_fails(tmp_path: Path):
     fine = next(s for s in result.steps if s.name == "fine")
     assert fine.status is Status.FAILED
     assert "expected this step to fail" in fine.error.message
+    assert "remove `expected_failure`" in fine.error.hint
 
 
 async def test_call_expected_value_mismatch_reports_both(tmp_path: Path):
@@ -284,14 +285,15 @@ async def test_join_with_a_tampered_invitation_fails(tmp_path: Path):
 
 
 async def test_missing_placeholder_fails_the_step_and_names_what_exists(tmp_path: Path):
-    # `later` exists but has not run yet when `bad` needs it.
+    # `later` ran before `bad` needs it, but failed, so it has no results.
+    # (A step that only runs later is refused when the file loads.)
     steps = SETUP + """
+  - {name: later, type: assert, actual: 1, equals: 2, non_blocking: true}
   - name: bad
     type: call
     node: node-1
     context_id: ${results.later.context_id}
     method: len
-  - {name: later, type: wait, seconds: 0.01}
 """
     result = await run_workflow(tmp_path, 1, steps)
     bad = next(s for s in result.steps if s.name == "bad")

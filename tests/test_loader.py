@@ -185,3 +185,120 @@ def test_results_of_a_step_that_does_not_exist_are_reported_at_load():
     assert msg.startswith("wf.yml:7:28: ")
     assert "names step 'paus', but no step has that name" in msg
     assert "did you mean 'pause'?" in msg
+
+
+def test_nested_aliases_are_refused_before_anything_walks_them():
+    laughs = "".join(
+        f"  - {{type: assert, actual: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}], is_set: true}}\n"
+        for i in range(1, 8)
+    )
+    text = "name: x\nsteps:\n  - {type: assert, actual: &l0 [a, a, a, a, a, a, a, a, a], is_set: true}\n" + laughs
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:")
+    assert "aliases expand to" in problem and "limit is 200,000" in problem
+    assert "hint: a workflow does not need nested aliases" in problem
+
+
+def test_a_few_aliases_still_load():
+    text = "name: x\nsteps:\n  - &w {type: wait, seconds: 0.01}\n  - *w\n  - *w\n"
+    assert len(parse_workflow(text, file=Path("wf.yml"), environ={}).steps) == 3
+
+
+@pytest.mark.parametrize(
+    "text, message, hint",
+    [
+        ("name: !!python/object:os.system x\nsteps: []\n", "YAML error: could not determine a constructor", "tags"),
+        ("name: x\nnodes: &a {count: 1, more: *a}\nsteps: []\n", "recursive", "anchor (`&name`)"),
+        ("name: x\nsteps:\n\t- {type: wait, seconds: 1}\n", "YAML syntax error", "tabs"),
+        ("name: x\nsteps:\n  - {type: wait, seconds: 1}\n   - x\n", "YAML syntax error", None),
+    ],
+)
+def test_yaml_errors_get_the_hint_for_their_cause(text: str, message: str, hint: str | None):
+    (problem,) = problems_of(text)
+    assert message in problem
+    if hint is None:
+        assert "hint:" not in problem
+    else:
+        assert hint in problem.split("hint:", 1)[1]
+
+
+def test_a_file_that_is_not_utf8_is_located(tmp_path: Path):
+    path = tmp_path / "wf.yml"
+    path.write_bytes(b"name: ok\ndescription: caf\xe9\nsteps: []\n")
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(path, environ={})
+    (problem,) = info.value.problems
+    assert (problem.location.line, problem.location.col) == (2, 17)
+    assert "byte e9" in problem.message and "UTF-8" in problem.hint
+
+
+def test_env_defaults_may_nest_and_hold_braces():
+    wf = parse_workflow(
+        'name: "${A:-${B:-deep}}"\ndescription: \'${J:-{"a": {"b": 1}}}\'\nsteps: []\n',
+        file=Path("wf.yml"), environ={},
+    )
+    assert wf.name == "deep"
+    assert wf.settings.description == '{"a": {"b": 1}}'
+
+
+def test_an_env_value_is_literal_text_never_expanded_again():
+    env = {"TOKEN": "t${results.nope.x}$${z}"}
+    wf = parse_workflow(
+        "name: n\ndescription: ${TOKEN}\nsteps:\n  - {name: a, type: assert, actual: '${TOKEN}', is_set: true}\n",
+        file=Path("wf.yml"), environ=env,
+    )
+    # no "names step 'nope'" problem: the value is not a reference
+    assert wf.settings.description == "t${results.nope.x}$${z}"
+    from calimero_workflow.placeholders import Resolver, Scope
+
+    resolved = Resolver().resolve_text(wf.steps[0].raw["actual"], Scope({}, {}))
+    assert resolved == "t${results.nope.x}$${z}"
+
+
+def test_a_literal_dollar_brace_in_settings_is_unescaped():
+    wf = parse_workflow("name: 'cost $${X}'\nsteps: []\n", file=Path("wf.yml"), environ={})
+    assert wf.name == "cost ${X}"
+
+
+def test_github_expression_syntax_is_reported_at_load():
+    (problem,) = problems_of("name: x\ndescription: ${{ secrets.TOKEN }}\nsteps: []\n")
+    assert "${{ secrets.TOKEN }} is not a valid reference" in problem
+
+
+def test_a_reference_to_a_step_that_runs_later_is_reported_at_load():
+    text = (
+        "name: f\nsteps:\n"
+        "  - {type: assert, actual: '${results.later.actual}', is_set: true}\n"
+        "  - {name: later, type: assert, actual: 1, is_set: true}\n"
+        "  - name: loop\n    type: repeat\n    count: 2\n    steps:\n"
+        "      - {type: assert, actual: '${results.inside.actual}', is_empty: false}\n"
+        "      - {name: inside, type: assert, actual: 1, is_set: true}\n"
+    )
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:3:")
+    assert "names step 'later', which runs later (line 4)" in problem
+
+
+def test_only_a_script_steps_run_is_kept_from_env_expansion():
+    text = (
+        "name: r\nsteps:\n"
+        "  - {type: script, run: 'echo $${HOME_DIR}'}\n"
+        "  - {type: assert, actual: {run: '${WHAT}'}, is_set: true}\n"
+    )
+    wf = parse_workflow(text, file=Path("wf.yml"), environ={"WHAT": "data", "HOME_DIR": "/h"})
+    assert wf.steps[0].raw["run"] == "echo $${HOME_DIR}"
+    assert wf.steps[1].raw["actual"] == {"run": "data"}
+
+
+def test_a_reference_to_an_unknown_node_is_reported_at_load():
+    text = "name: n\nnodes: {count: 1, prefix: n}\nsteps:\n  - {type: assert, actual: '${nodes.n-2.url}', is_set: true}\n"
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:4:")
+    assert "names node 'n-2', which the workflow does not define" in problem and "did you mean 'n-1'?" in problem
+
+
+def test_a_check_of_a_whole_step_does_not_dump_the_step():
+    (problem,) = problems_of("name: s\nsteps:\n  - {type: script}\n")
+    assert problem == (
+        "wf.yml:3:5: step 'script #1' (script): give exactly one of `script` (a file) or `run` (an inline command)"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from calimero_workflow.errors import PlaceholderError
@@ -103,3 +105,17 @@ def test_split_path():
 def test_escapes_inside_substituted_values_are_kept():
     s = Scope(results={"a": {"v": "$${X}"}}, nodes={})
     assert Resolver().resolve("pre ${results.a.v} $${Y}", s) == "pre $${X} ${Y}"
+
+
+async def test_run_names_the_loader_keeps_for_run_time_have_values(tmp_path: Path):
+    from calimero_workflow.executor import WorkflowExecutor
+    from calimero_workflow.workflow import parse_workflow
+
+    text = (
+        "name: named run\nsteps:\n"
+        "  - {name: a, type: assert, actual: '${run_id}|${workflow_dir}|${workflow.name}', is_set: true}\n"
+    )
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    result = await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs", run_id="r-1").run()
+    assert result.passed, [s.error for s in result.steps]
+    assert result.workflow_results["a"]["actual"] == f"r-1|{tmp_path.resolve()}|named run"

@@ -59,3 +59,14 @@ def test_every_host_function_is_documented_as_provided_or_refused():
         assert f"`{name}`" in provided, f"README does not list host function {name}"
     for name in abi.REFUSED_HOST_FUNCTIONS:
         assert f"`{name}`" in refused, f"README does not list refused host function {name}"
+
+
+def test_the_step_reference_is_one_table():
+    # A blank line inside a Markdown table ends it; a line right after one joins it.
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| type (aliases) |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    in_table = {m.group(1) for m in (re.match(r"^\| `([a-z_]+)`", line) for line in lines[start:end]) if m}
+    load_builtin_steps()
+    assert set(registry.names()) <= in_table, set(registry.names()) - in_table
+    assert lines[end] == "", f"line {end + 1} must be blank to end the table: {lines[end]!r}"

@@ -214,3 +214,31 @@ async def test_guarded_node_refuses_requests_without_a_token(guarded):
     _, url = guarded
     async with httpx.AsyncClient() as client:
         assert (await client.get(url + "/admin-api/peers")).status_code == 401
+
+
+async def test_credentials_never_reach_the_console_or_the_result_files(guarded, tmp_path: Path, capsys):
+    from calimero_workflow.cli import main
+
+    app, url = guarded
+    with_user = url.replace("http://", "http://bob:url-pw-77@")
+    wf = tmp_path / "wf.yml"
+    wf.write_text(textwrap.dedent(f"""
+        name: secrets
+        remote_nodes:
+          g: {{url: "{url}", auth: {{method: password, username: alice, password: s3cret}}}}
+          u: {{url: "{with_user}"}}
+        steps:
+          - {{name: echo, type: assert, actual: "s3cret and url-pw-77", equals: nothing}}
+        """))
+    report, results = tmp_path / "report.json", tmp_path / "results.json"
+    # the command runs its own event loop; the guarded node serves from this one
+    code = await asyncio.to_thread(
+        main, ["run", str(wf), "--report", str(report), "--results", str(results),
+               "--workdir", str(tmp_path / "w"), "--color", "never"],
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "*** and ***" in out
+    for text in (out, report.read_text(), results.read_text()):
+        assert "s3cret" not in text and "url-pw-77" not in text
+    assert json.loads(report.read_text())["nodes"]["u"]["url"] == with_user.replace("url-pw-77", "***")

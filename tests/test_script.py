@@ -175,3 +175,65 @@ async def test_a_timeout_is_an_expected_failure(tmp_path: Path):
     )
     assert result.passed, result.steps[0].error
     assert result.workflow_results["slow"]["error_type"] == "timeout"
+
+
+def test_cwd_outside_the_folders_or_missing_is_refused_at_load(tmp_path: Path, monkeypatch):
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "wf" / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "wf")
+    text = "name: c\nsteps:\n  - {type: script, run: pwd, cwd: %s}\n"
+    parse_workflow(text % "sub", file=tmp_path / "wf" / "wf.yml", environ={})
+    for cwd, message in (("../..", "outside the workflow's folder"), ("nope", "not a directory: nope")):
+        with pytest.raises(WorkflowValidationError) as info:
+            parse_workflow(text % cwd, file=tmp_path / "wf" / "wf.yml", environ={})
+        (problem,) = info.value.problems
+        assert message in problem.message and problem.location.line == 3
+
+
+async def test_cwd_from_a_placeholder_is_confined_when_it_runs(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = await run_text(
+        """
+        name: c
+        steps:
+          - {name: where, type: assert, actual: /, is_set: true}
+          - {type: script, run: pwd, cwd: "${results.where.actual}"}
+        """,
+        tmp_path,
+    )
+    step = result.steps[1]
+    assert step.status is Status.FAILED
+    assert "outside the workflow's folder" in step.error.message
+
+
+async def test_merobox_names_of_script_results(tmp_path: Path):
+    result = await run_text(
+        """
+        name: m
+        steps:
+          - {type: script, run: 'echo hi', outputs: {took: execution_time, code: exit_code}}
+          - type: assert
+            statements:
+              - 'gte({{took}}, 0)'
+              - 'equal({{code}}, 0)'
+              - 'equal({{script_exit_code_local}}, 0)'
+              - 'contains({{script_output_local}}, hi)'
+              - 'gte({{script_execution_time_local}}, 0)'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+
+
+async def test_outputs_of_a_script_that_fails_as_expected_are_captured(tmp_path: Path):
+    result = await run_text(
+        """
+        name: x
+        steps:
+          - {name: s, type: script, run: 'echo out; exit 3', expected_failure: true, outputs: {code: exit_code, said: stdout}}
+          - type: assert
+            statements: ['equal({{code}}, 3)', 'contains({{said}}, out)', 'equal(${results.s.exit_code}, 3)']
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]

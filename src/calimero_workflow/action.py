@@ -654,6 +654,14 @@ class _Runner:
         ]
         for phase in cancelled:
             phase.error = timeout
+        for step in result.all_steps():
+            # the step that was running when the time ran out
+            if step.error is not None and step.error.kind == "cancelled" and not step.children:
+                step.error = ErrorInfo(
+                    message=f"still running when the workflow ran out of time ({minutes:g} minute(s))",
+                    kind="timeout",
+                    location=step.error.location,
+                )
         if not cancelled:
             result.phases.append(PhaseRecord("timeout", Status.FAILED, error=timeout))
         return result

@@ -149,7 +149,13 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
     results: list[RunResult] = []
+    folders: list[str] = []
     for workflow in workflows:
+        # one folder per workflow under --logs-dir, even when two share a name
+        folder = _safe_name(workflow)
+        if folder in folders:
+            folder = f"{folder}-{len(folders) + 1}"
+        folders.append(folder)
         executor = WorkflowExecutor(
             workflow,
             backend=args.backend,
@@ -157,7 +163,7 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             env=env,
             events=reporter,
             workdir=args.workdir.resolve() if args.workdir else None,
-            logs_dir=(args.logs_dir / _safe_name(workflow)) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
+            logs_dir=(args.logs_dir / folder) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
             nuke=args.nuke,
             force_pull=args.force_pull,
         )
@@ -176,44 +182,109 @@ def _safe_name(workflow: Any) -> str:
     return _slug(workflow.name)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, data: Any, secrets: list[str] | None = None) -> None:
+    from .workflow import mask_secrets
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    tmp.write_text(mask_secrets(text, secrets or []), encoding="utf-8")
     tmp.replace(path)
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM for one ``run``: the first cancels the run, which
+    then cleans up; any later one only says so, so that cleanup and the
+    result files are never cut short. Installed with ``signal.signal`` rather
+    than on the event loop, so they also cover the time after the loop
+    (writing the files) and are restored only when the command is done."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not on the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            # Once interrupted, the command is on its way out with 130: a
+            # further signal must not turn that into a death by signal.
+            signal.signal(sig, signal.SIG_IGN if self.count else handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            if self.task is None:
+                raise KeyboardInterrupt  # nothing started yet, nothing to clean up
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.task.cancel)
+                return
+        try:
+            os.write(2, b"calimero-workflow: interrupted; finishing cleanup and the result files first\n")
+        except OSError:
+            pass
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse result paths that cannot be written before anything runs."""
+    problems = []
+    for flag, path in (("--results", args.results), ("--report", args.report)):
+        if path is not None and path.is_dir():
+            problems.append(Problem(f"{flag} {path} is a directory", hint=f"give a file name, e.g. {flag} {path / 'out.json'}"))
+    if args.results is not None and args.report is not None and args.results.resolve() == args.report.resolve():
+        problems.append(Problem("--results and --report name the same file", hint="give each its own file"))
+    if problems:
+        raise WorkflowValidationError(problems)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     env = _parse_env(args.env)
+    _check_outputs(args)
+    with _Interrupts() as interrupts:
 
-    async def main() -> tuple[int, list[RunResult]]:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if task is not None:
-            # SIGINT too: a shell starts background jobs with SIGINT ignored,
-            # and `kill -INT` from a CI wrapper must still stop the run cleanly.
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, task.cancel)
-                except (NotImplementedError, RuntimeError):  # not on the main thread
-                    pass
-        return await _run_all(args, env)
+        async def main() -> tuple[int, list[RunResult]]:
+            # A shell starts background jobs with SIGINT ignored, and `kill -INT`
+            # from a CI wrapper must still stop the run cleanly: both signals
+            # are handled here whatever they were before.
+            interrupts.loop = asyncio.get_running_loop()
+            interrupts.task = asyncio.current_task()
+            return await _run_all(args, env)
 
-    try:
-        code, results = asyncio.run(main())
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    if results:
-        if args.results:
-            data = (
-                results[0].workflow_results
-                if len(results) == 1
-                else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
-            )
-            _write_json(args.results, data)
-        if args.report:
-            _write_json(args.report, [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
-    return code
+        try:
+            code, results = asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            return EXIT_INTERRUPTED
+        if results:
+            secrets = [s for r in results for s in r.secrets]
+            try:
+                _write_outputs(args, results, secrets)
+            except OSError as exc:
+                print(f"calimero-workflow: cannot write the result files: {exc}", file=sys.stderr)
+                return EXIT_INVALID
+        if interrupts.count and code != EXIT_INVALID:
+            return EXIT_INTERRUPTED
+        return code
+
+
+def _write_outputs(args: argparse.Namespace, results: list[RunResult], secrets: list[str]) -> None:
+    if args.results:
+        data = (
+            results[0].workflow_results
+            if len(results) == 1
+            else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
+        )
+        _write_json(args.results, data, secrets)
+    if args.report:
+        report = [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict()
+        _write_json(args.report, report, secrets)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ from .results import (
     error_from_exception,
 )
 from .steps.base import NodeRef, RunContext, RunEvents, StepRun
-from .workflow import Workflow
+from .workflow import Workflow, redact_url
 
 log = logging.getLogger("calimero_workflow")
 
@@ -147,6 +147,7 @@ class WorkflowExecutor:
             workflow_file=str(workflow.path) if workflow.path else None,
             run_id=self.run_id,
             backend=self.backend_kind,
+            secrets=workflow.secret_values(),
         )
 
     # -- phases ---------------------------------------------------------------------
@@ -279,12 +280,12 @@ class WorkflowExecutor:
             except NodeError as exc:
                 await client.aclose()
                 raise BackendError(
-                    f"remote node {name} at {settings.url}: {exc}",
+                    f"remote node {name} at {redact_url(settings.url)}: {exc}",
                     node=name,
                     hint="check the URL and the node's auth settings (`remote_nodes.<name>.auth`)",
                 ) from exc
             self.ctx.nodes[name] = NodeRef(name=name, url=settings.url, kind="remote", client=client)
-            self.result.nodes[name] = {"url": settings.url, "kind": "remote"}
+            self.result.nodes[name] = {"url": redact_url(settings.url), "kind": "remote"}
         return PhaseReport(detail=f"{len(remotes)} remote node(s) answer: " + ", ".join(remotes))
 
     async def _run_steps(self) -> PhaseReport:
@@ -292,20 +293,19 @@ class WorkflowExecutor:
         failed: StepRecord | None = None
         steps = self.workflow.steps
         for i, step in enumerate(steps):
-            record = await step.run(StepRun(ctx=self.ctx, path=step.display_name))
+            run = StepRun(ctx=self.ctx, path=step.display_name)
+            try:
+                record = await step.run(run)
+            except asyncio.CancelledError:
+                # Interrupted: the step recorded itself as cancelled.
+                if run.record is not None:
+                    self.result.steps.append(run.record)
+                self._skip_steps(steps[i + 1:])
+                raise
             self.result.steps.append(record)
             if record.status is Status.FAILED and not record.non_blocking:
                 failed = record
-                for rest in steps[i + 1:]:
-                    skipped = StepRecord(
-                        name=rest.display_name,
-                        type=rest.type_name,
-                        path=rest.display_name,
-                        status=Status.SKIPPED,
-                        location=rest.location,
-                    )
-                    self.result.steps.append(skipped)
-                    self.events.step_finished(skipped)
+                self._skip_steps(steps[i + 1:])
                 break
         counts = self.result.counts()
         detail = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
@@ -315,6 +315,18 @@ class WorkflowExecutor:
                 kind="steps",
             )
         return PhaseReport(detail=detail)
+
+    def _skip_steps(self, steps: list[Any]) -> None:
+        for rest in steps:
+            skipped = StepRecord(
+                name=rest.display_name,
+                type=rest.type_name,
+                path=rest.display_name,
+                status=Status.SKIPPED,
+                location=rest.location,
+            )
+            self.result.steps.append(skipped)
+            self.events.step_finished(skipped)
 
     async def _on_failure(self) -> PhaseReport:
         assert self.backend is not None and self.ctx is not None
@@ -453,11 +465,12 @@ class WorkflowExecutor:
 
     async def _finish(self, failed: bool) -> None:
         ran_phases = {p.name for p in self.result.phases}
+        why = "interrupted" if self.result.interrupted else "an earlier phase failed" if failed else "not reached"
         for name in PHASES[: PHASES.index("steps")]:
             if name not in ran_phases:
-                self._skip(name, "an earlier phase failed" if failed else "not reached")
+                self._skip(name, why)
         if "steps" not in ran_phases:
-            self._skip("steps", "an earlier phase failed" if failed else "not reached")
+            self._skip("steps", why)
             for step in self.workflow.steps:
                 skipped = StepRecord(
                     name=step.display_name,

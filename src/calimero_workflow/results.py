@@ -130,6 +130,8 @@ class RunResult:
     started_at: float = 0.0
     duration_s: float = 0.0
     interrupted: bool = False
+    #: Credentials of the workflow, masked wherever the run is shown or written.
+    secrets: list[str] = field(default_factory=list, repr=False)
 
     @property
     def passed(self) -> bool:

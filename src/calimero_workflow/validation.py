@@ -168,6 +168,11 @@ def problems_from_validation(
                 if tag is not None and str(tag) not in wanted:
                     wanted.append(str(tag))
             message = "expected " + " or ".join(_readable(t) for t in wanted) if wanted else errors[0][0]["msg"]
+        if not data_path:
+            # A check of the whole mapping (one of two keys, …): its message
+            # names the keys; the mapping itself is the user's own text.
+            problems.append(Problem(f"{prefix}{message}", locate(raw, data_path, file)))
+            continue
         problems.append(Problem(f"{prefix}{dotted}: {message} (got {shown})", locate(raw, data_path, file)))
     return problems
 

@@ -9,12 +9,14 @@ listing every problem with its ``file:line:col``.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,7 +25,7 @@ from .errors import Location, Problem, WorkflowValidationError
 from .steps import load_builtin_steps
 from .steps.base import BaseStep, StepRegistry, ValidationContext, registry
 from .validation import validate_model
-from .yamlsrc import LocatedDict, LocatedList, load_yaml
+from .yamlsrc import LocatedDict, LocatedList, load_yaml, unescape_literals
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -189,6 +191,10 @@ class Workflow:
             if auth is None:
                 continue
             secrets.extend(v for v in (auth.password, auth.api_key, auth.key) if v)
+        for remote in self.settings.remote_nodes.values():
+            password = urlsplit(remote.url).password
+            if password:
+                secrets.append(password)
         return secrets
 
     def location(self, *keys: Any) -> Location:
@@ -202,6 +208,27 @@ class Workflow:
                 line, col = node.item_pos(key)
                 node = node[key]
         return Location(self.path, line, col)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part (``https://u:pw@host``) hidden."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def mask_secrets(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret (and its JSON-escaped form) replaced by ``***``."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) < 3:  # masking "a" would mangle everything
+            continue
+        text = text.replace(secret, "***")
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, "***")
+    return text
 
 
 def _subset(raw: dict, keys: frozenset[str]) -> LocatedDict:
@@ -370,12 +397,23 @@ def _all_steps(steps: list[BaseStep]):
 _NESTED_KEYS = frozenset({"steps", "groups", "operations"})
 
 
-def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
-    """``${results.X…}`` where no step anywhere is named X can never resolve."""
+def _unknown_result_refs(steps: list[BaseStep], node_names: set[str] | None = None) -> list[Problem]:
+    """``${results.X…}`` where no step anywhere is named X, or that only runs
+    later, and ``${nodes.N…}`` where the run has no node N, can never resolve."""
     from .placeholders import DOLLAR, Resolver, split_path
 
     everything = list(_all_steps(steps))
     names = {s.explicit_name for s in everything if s.explicit_name}
+    # Where each name is first given, by top-level step: a top-level step can
+    # only read steps before it, or its own nested steps (a loop reads them
+    # from an earlier iteration).
+    first_top: dict[str, int] = {}
+    top_of: dict[int, int] = {}
+    for index, top in enumerate(steps):
+        for step in _all_steps([top]):
+            top_of[id(step)] = index
+            if step.explicit_name:
+                first_top.setdefault(step.explicit_name, index)
     resolver = Resolver((DOLLAR,))
     problems = []
     for step in everything:
@@ -384,9 +422,32 @@ def _unknown_result_refs(steps: list[BaseStep]) -> list[Problem]:
                 continue
             for expr in resolver.references(value):
                 parts = split_path(expr)
-                if len(parts) >= 2 and parts[0] == "results" and parts[1] not in names and parts[1] not in (
-                    "sandbox", "deploy_contracts"
-                ):
+                if node_names is not None and len(parts) >= 2 and parts[0] == "nodes" and parts[1] not in node_names:
+                    close = difflib.get_close_matches(parts[1], sorted(node_names), n=1)
+                    problems.append(
+                        step.problem(
+                            f"${{{expr}}} names node {parts[1]!r}, which the workflow does not define",
+                            key=key,
+                            hint=(f"did you mean {close[0]!r}? " if close else "")
+                            + "nodes: " + (", ".join(sorted(node_names)) or "(none)"),
+                        )
+                    )
+                    continue
+                if len(parts) < 2 or parts[0] != "results" or parts[1] in ("sandbox", "deploy_contracts"):
+                    continue
+                later = first_top.get(parts[1], -1) > top_of.get(id(step), 0)
+                if later:
+                    runs_at = steps[first_top[parts[1]]].location.line
+                    problems.append(
+                        step.problem(
+                            f"${{{expr}}} names step {parts[1]!r}, which runs later (line {runs_at})",
+                            key=key,
+                            hint="a step's results exist only after it has run; move the step "
+                            "or read another one",
+                        )
+                    )
+                    continue
+                if parts[1] not in names:
                     close = difflib.get_close_matches(parts[1], sorted(names), n=1)
                     problems.append(
                         step.problem(
@@ -461,8 +522,21 @@ def load_workflow(
         raise WorkflowValidationError(
             [Problem(f"workflow file not found: {file}", hint="check the path and the working directory")]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowValidationError([Problem(f"cannot read workflow file {file}: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raw = file.read_bytes()
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise WorkflowValidationError(
+            [
+                Problem(
+                    f"the file is not UTF-8 text: byte {raw[exc.start:exc.start + 1].hex()} cannot be decoded",
+                    Location(file, line, col),
+                    hint="save the workflow file as UTF-8",
+                )
+            ]
+        ) from None
+    except OSError as exc:
+        raise WorkflowValidationError([Problem(f"cannot read workflow file {file}: {exc.strerror or exc}")]) from None
     return parse_workflow(text, file=file, environ=environ, check_files=check_files)
 
 
@@ -486,6 +560,8 @@ def parse_workflow(
                 )
             ]
         )
+    # Steps resolve `$${` themselves when they run; the settings never do.
+    unescape_literals(data, skip=frozenset({"steps"}))
     problems: list[Problem] = []
     settings, found = validate_model(WorkflowSettings, data, file, what="workflow")
     problems.extend(found)
@@ -533,7 +609,7 @@ def parse_workflow(
     )
     problems.extend(validate_steps(steps, vctx))
     problems.extend(_ambiguous_names(steps, data.get("steps")))
-    problems.extend(_unknown_result_refs(steps))
+    problems.extend(_unknown_result_refs(steps, set(names) | remote))
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(

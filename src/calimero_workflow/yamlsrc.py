@@ -36,6 +36,7 @@ RUNTIME_NAMES = frozenset(
         "run_id",
         "workflow_dir",
         "random_node",
+        "random_executor",
     }
 )
 
@@ -100,7 +101,70 @@ class _Loader(_SafeBase):  # type: ignore[misc,valid-type]
     problems: list[Problem]
 
     def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, self)
         return super().construct_document(node)
+
+
+#: Values a document may hold once its aliases are expanded. A workflow holds a
+#: few thousand; nested aliases ("billion laughs") reach millions from a few lines.
+MAX_EXPANDED_VALUES = 200_000
+
+
+def _check_expansion(root: yaml.Node, loader: _Loader) -> None:
+    """Refuse documents whose aliases expand past :data:`MAX_EXPANDED_VALUES`.
+
+    Every later walk over the data (validation, placeholders) visits each
+    alias again, so the expanded size is what costs time and memory.
+    """
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in pending:  # a recursive alias; the constructor reports it
+            return 1
+        pending.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        pending.discard(key)
+        sizes[key] = total
+        return total
+
+    total = size(root)
+    if total > MAX_EXPANDED_VALUES:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"the document's aliases expand to {total:,} values (the limit is "
+            f"{MAX_EXPANDED_VALUES:,})",
+            _first_alias_mark(root, sizes) or root.start_mark,
+        )
+
+
+def _first_alias_mark(root: yaml.Node, sizes: dict[int, int]) -> yaml.Mark | None:
+    """Where the largest repeated node is used again (the alias to look at)."""
+    seen: set[int] = set()
+    best: tuple[int, yaml.Mark] | None = None
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        children = (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+            else list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        )
+        for child in children:
+            if id(child) in seen:
+                if best is None or sizes.get(id(child), 0) > best[0]:
+                    best = (sizes.get(id(child), 0), node.start_mark)
+                continue
+            seen.add(id(child))
+            stack.append(child)
+    return best[1] if best else None
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
@@ -108,6 +172,13 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
     result = LocatedDict()
     result.line, result.col = _pos(node.start_mark)
     seen: dict[Any, yaml.Node] = {}
+    # Only a script step's `run` is shell text; a `run` key elsewhere (in
+    # call args, say) is data like any other.
+    is_script = any(
+        isinstance(k, yaml.ScalarNode) and k.value == "type"
+        and isinstance(v, yaml.ScalarNode) and v.value == "script"
+        for k, v in node.value
+    )
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -133,7 +204,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
             )
             continue
         seen[key] = key_node
-        if key in RAW_KEYS and isinstance(value_node, yaml.ScalarNode):
+        if is_script and key in RAW_KEYS and isinstance(value_node, yaml.ScalarNode):
             # The author's own command text: never expanded (see RAW_KEYS).
             result[key] = loader.construct_scalar(value_node)
         else:
@@ -197,6 +268,28 @@ def is_runtime_reference(expr: str) -> bool:
     return expr.strip() in RUNTIME_NAMES
 
 
+def _closing(text: str, opening: int) -> int:
+    """Index of the ``}`` that closes the ``{`` at ``opening``, or -1."""
+    depth = 0
+    for i in range(opening, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def escape_literal(text: str) -> str:
+    """Text that the run-time resolver gives back unchanged (``${`` → ``$${``).
+
+    Known gap: merobox's ``{{…}}`` has no escape, so a ``{{name}}`` inside an
+    environment value used in a step is still read as a placeholder.
+    """
+    return text.replace("${", "$${")
+
+
 def expand_env(
     value: str,
     environ: Mapping[str, str],
@@ -206,35 +299,34 @@ def expand_env(
 ) -> str:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in one string.
 
-    Unset variables without a default are reported into ``problems`` (or
-    raised when no list is given) and left in place.
+    A default may hold braces and further references (``${A:-${B:-x}}``).
+    A variable's value is taken as literal text: a ``${…}`` inside it is
+    escaped so that nothing expands it again. Unset variables without a
+    default are reported into ``problems`` (or raised when no list is given)
+    and left in place.
     """
     if "$" not in value:
         return value
     found: list[Problem] = []
 
-    def replace(match: re.Match[str]) -> str:
-        escaped, expr = match.group(1), match.group(2)
-        if escaped:
-            # Kept escaped; the run-time resolver turns `$${` into `${`.
-            return match.group(0)
+    def one(expr: str, whole: str) -> str:
         if is_runtime_reference(expr):
-            return match.group(0)
+            return whole
         name, sep, default = expr.partition(":-")
         if not _ENV_NAME_RE.fullmatch(name):
             found.append(
                 Problem(
-                    f"${{{expr}}} is not a valid reference",
+                    f"{whole} is not a valid reference",
                     location,
                     hint="environment variables look like ${NAME} or ${NAME:-default};"
-                    " step results like ${results.<step>.<field>}",
+                    " step results like ${results.<step>.<field>}; write $${…} for a literal ${…}",
                 )
             )
-            return match.group(0)
+            return whole
         if name in environ:
-            return environ[name]
+            return escape_literal(environ[name])
         if sep:
-            return default
+            return expand_env(default, environ, location=location, problems=found)
         found.append(
             Problem(
                 f"environment variable {name} is not set",
@@ -243,14 +335,76 @@ def expand_env(
                 f"or give a default: ${{{name}:-value}}",
             )
         )
-        return match.group(0)
+        return whole
 
-    result = _ENV_RE.sub(replace, value)
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        j = value.find("$", i)
+        if j < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i:j])
+        escaped = value.startswith("$${", j)
+        opening = j + 2 if escaped else j + 1
+        close = _closing(value, opening) if value.startswith("{", opening) else -1
+        if close < 0:
+            out.append("$")
+            i = j + 1
+            continue
+        if escaped:
+            # Kept escaped; the run-time resolver turns `$${` into `${`.
+            out.append(value[j : close + 1])
+        else:
+            out.append(one(value[opening + 1 : close], value[j : close + 1]))
+        i = close + 1
+    result = "".join(out)
     if found:
         if problems is None:
             raise WorkflowValidationError(found)
         problems.extend(found)
     return result if result != value else value
+
+
+def unescape_literals(data: Any, *, skip: frozenset[str] = frozenset()) -> None:
+    """Turn ``$${`` into ``${`` in place, in values nothing resolves at run
+    time (the top level of a workflow; ``skip`` names the keys that are)."""
+    if isinstance(data, dict):
+        for key, item in data.items():
+            if key in skip:
+                continue
+            if isinstance(item, str):
+                data[key] = item.replace("$${", "${")
+            else:
+                unescape_literals(item)
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            if isinstance(item, str):
+                data[index] = item.replace("$${", "${")
+            else:
+                unescape_literals(item)
+
+
+_QUOTE_HINT = (
+    "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
+    "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
+)
+
+
+def _yaml_hint(message: str, line: str, mark: yaml.Mark | None) -> str | None:
+    """A hint for the usual causes of a YAML error on ``line``."""
+    if "aliases expand to" in message:
+        return "a workflow does not need nested aliases; write the values out or use `repeat`"
+    if "constructor for the tag" in message:
+        return "tags (`!!python/…`, `!Ref`…) are not allowed: a workflow is plain data; quote a value that starts with `!`"
+    if "recursive" in message:
+        return "an alias (`*name`) is used inside the very mapping or list its anchor (`&name`) marks"
+    column = mark.column if mark is not None else 0
+    if "\t" in line[: column + 1] or ("\t" in line and "cannot start any token" in message):
+        return "indent with spaces: YAML does not allow tabs for indentation"
+    if any(token in line for token in ("${", "{{", ": ", "(", " #")):
+        return _QUOTE_HINT
+    return None
 
 
 def load_yaml(
@@ -275,17 +429,11 @@ def load_yaml(
         message = f"{exc.problem or exc.context or 'invalid YAML'}"
         if exc.context and exc.problem:
             message = f"{exc.problem} ({exc.context})"
-        hint = None
-        if mark is not None:
-            lines = text.splitlines()
-            line = lines[mark.line] if mark.line < len(lines) else ""
-            if any(token in line for token in ("${", "{{", ": ", "(")):
-                hint = (
-                    "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
-                    "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
-                )
+        lines = text.splitlines()
+        line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+        kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
         raise WorkflowValidationError(
-            [Problem(f"YAML syntax error: {message}", location, hint)]
+            [Problem(f"{kind}: {message}", location, _yaml_hint(message, line, mark))]
         ) from None
     except yaml.YAMLError as exc:
         raise WorkflowValidationError(

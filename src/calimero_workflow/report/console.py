@@ -53,6 +53,8 @@ class ConsoleReporter(RunEvents):
         self.verbose = verbose
         self.quiet = quiet
         self.color = self.stream.isatty() if color is None else color
+        #: Credentials of the running workflow, never printed.
+        self.secrets: list[str] = []
 
     def _paint(self, status: Status, text: str) -> str:
         if not self.color:
@@ -60,30 +62,45 @@ class ConsoleReporter(RunEvents):
         return f"\x1b[{_COLOR[status]}m{text}\x1b[0m"
 
     def _write(self, line: str = "") -> None:
+        if self.secrets:
+            from ..workflow import mask_secrets
+
+            line = mask_secrets(line, self.secrets)
         self.stream.write(line + "\n")
         self.stream.flush()
 
+    def _block(self, lead: str, text: str) -> None:
+        """``lead`` + text; further lines of the text continue under a ``| ``
+        gutter, so text from apps or nodes never starts a line of its own (a CI
+        runner reads a line starting with ``::`` as a command)."""
+        first, *rest = sanitize(text).split("\n")
+        self._write(lead + first)
+        gutter = " " * len(lead) + "| "
+        for line in rest:
+            self._write(gutter + line)
+
     def run_started(self, result: RunResult) -> None:
+        self.secrets = list(result.secrets)
         where = f" ({result.workflow_file})" if result.workflow_file else ""
         self._write(f"== {sanitize_line(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self._write(f"  note: {sanitize(message)}")
+            self._block("  note: ", message)
 
     def phase_finished(self, record: PhaseRecord) -> None:
         if self.quiet and record.status is not Status.FAILED:
             return
         mark = self._paint(record.status, _MARK[record.status])
-        detail = f"  {sanitize(record.detail)}" if record.detail else ""
+        detail = f"  {sanitize_line(record.detail)}" if record.detail else ""
         line = f"  {mark} phase {record.name} {_fmt_duration(record.duration_s)}{detail}"
         if record.status is Status.SKIPPED:
             line = f"  {mark} phase {record.name}{detail}"
         self._write(line)
         if record.error is not None and record.name != "steps":
-            self._write(f"       {sanitize(record.error.message)}")
+            self._block("       error: ", record.error.message)
             if record.error.hint:
-                self._write(f"       hint: {sanitize(record.error.hint)}")
+                self._block("       hint: ", record.error.hint)
             last = record.data.get("last_logs")
             if last:
                 self._write("       last node log lines:")
@@ -105,16 +122,16 @@ class ConsoleReporter(RunEvents):
         self._write(f"{indent}{mark} {sanitize_line(record.path)} [{record.type}]{timing}{extra}")
         if record.error is not None:
             err = record.error
-            where = f"{err.location}: " if err.location else ""
-            self._write(f"{indent}     {where}{sanitize(err.message)}")
+            where = f"{err.location}: " if err.location else "error: "
+            self._block(f"{indent}     {where}", err.message)
             if err.expected is not None or err.actual is not None:
-                self._write(f"{indent}     expected: {_short(err.expected)}")
-                self._write(f"{indent}     actual:   {_short(err.actual)}")
+                self._block(f"{indent}     expected: ", _short(err.expected))
+                self._block(f"{indent}     actual:   ", _short(err.actual))
             if err.hint:
-                self._write(f"{indent}     hint: {sanitize(err.hint)}")
+                self._block(f"{indent}     hint: ", err.hint)
         if record.logs and (self.verbose or record.status is Status.FAILED):
             for line in record.logs[-50:]:
-                self._write(f"{indent}     | {sanitize(line)}")
+                self._block(f"{indent}     | ", line)
         if record.status is Status.FAILED:
             for node, tail in record.node_logs.items():
                 self._write(f"{indent}     last log lines of {node}:")

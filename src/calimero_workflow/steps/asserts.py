@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import Location, Problem, StepFailure
+from ..errors import Location, PlaceholderError, Problem, StepFailure
+from ..placeholders import format_embedded
 from ..yamlsrc import LocatedList
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
@@ -224,7 +225,10 @@ def _contains(container: Any, item: Any) -> bool:
     if isinstance(container, str):
         return (item if isinstance(item, str) else json.dumps(item)) in container
     if isinstance(container, dict):
-        return item in container
+        # Any part of its JSON text, keys included: merobox compared the text
+        # of a captured response (`contains({{result}}, value)`).
+        text = json.dumps(container, ensure_ascii=False)
+        return (item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)) in text
     if isinstance(container, list):
         return any(loose_equal(e, item) for e in container)
     return False
@@ -271,6 +275,11 @@ def evaluate(op: str, values: list[Any]) -> bool:
     return _ordered(op, values[0], values[1])
 
 
+#: Escapes a quoted operand may hold (the splitter skips them too); others,
+#: such as ``\d`` in a pattern, are kept as written.
+_QUOTED_ESCAPE_RE = re.compile(r"""\\(["'\\])""")
+
+
 def _literal(text: str) -> Any:
     """A bare operand: JSON when it parses (numbers, true, lists…), else text."""
     text = text.strip()
@@ -309,13 +318,15 @@ class Assert(BaseStep):
         return self.key_location("statements")
 
     def _operand(self, text: str, run: StepRun) -> Any:
-        """A quoted operand is text; a lone placeholder keeps its value's type;
+        """A quoted operand is text (``\\"``, ``\\'`` and ``\\\\`` in it are the
+        characters themselves); a lone placeholder keeps its value's type;
         text holding placeholders stays text; anything else is a literal."""
         stripped = text.strip()
         resolver = run.ctx.resolver
         if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
-            return resolver.resolve(stripped[1:-1], run.scope())
-        if resolver.references(stripped):
+            inner = _QUOTED_ESCAPE_RE.sub(lambda m: m.group(1), stripped[1:-1])
+            return format_embedded(resolver.resolve(inner, run.scope()))
+        if resolver.references(stripped) or "$${" in stripped:
             return resolver.resolve(stripped, run.scope())
         return _literal(stripped)
 
@@ -484,7 +495,14 @@ class JsonAssert(Assert):
             try:
                 op, operands = self._parse(text)
                 left, right = (self._json_operand(o, run) for o in operands)
-            except (StatementError, StepFailure) as exc:
+            except StatementError as exc:
+                raise StepFailure(f"statement {text!r}: {exc}", kind="invalid", location=location) from None
+            except PlaceholderError as exc:
+                # A reference that cannot resolve is a mistake in the workflow,
+                # with its own hint; it never counts as a failed comparison.
+                exc.location = location
+                raise
+            except StepFailure as exc:
                 raise StepFailure(f"statement {text!r}: {exc}", kind="assertion", location=location) from None
             if op == "equal":
                 ok = outputs_equal(right, left)

@@ -185,10 +185,21 @@ class RunContext:
     ready_timeout: float = 60.0
 
     def scope(self, variables: dict[str, Any] | None = None, rng: random.Random | None = None) -> Scope:
+        folder = str(self.workflow.base_dir.resolve())
+        run = {
+            "run_id": self.run_id,
+            "workflow_dir": folder,
+            "workflow": {
+                "name": self.workflow.name,
+                "file": str(self.workflow.path) if self.workflow.path else None,
+                "dir": folder,
+                "run_id": self.run_id,
+            },
+        }
         return Scope(
             results=self.results,
             nodes={n: ref.as_placeholder() for n, ref in self.nodes.items()},
-            variables=variables or {},
+            variables={**run, **(variables or {})},
             env=self.env,
             captured=self.captured,
             rng=rng,
@@ -222,6 +233,8 @@ class StepRun:
     rng: random.Random | None = None
     #: Fire step events for reporters (off for the many operations of a fuzz).
     report: bool = True
+    #: The record of this execution, as soon as it starts (kept when cancelled).
+    record: StepRecord | None = None
 
     def log(self, line: str) -> None:
         self.logs.append(line)
@@ -404,6 +417,7 @@ class BaseStep:
             status=Status.PASSED,
             location=self.location,
         )
+        run.record = record
         config: StepConfig | None = None
         try:
             config = self.resolve(run)
@@ -417,6 +431,8 @@ class BaseStep:
                     expected="failure" + (f" containing {config.expected_error!r}" if config.expected_error else ""),
                     actual="success",
                     location=self.location,
+                    hint="remove `expected_failure` if the step is meant to succeed "
+                    "(merobox only warned when a call succeeded)",
                 )
             record.data = data
             self.export(config, data, run)
@@ -431,6 +447,7 @@ class BaseStep:
             )
             if expected:
                 record.data = {**exc.data, **self._expected_failure_data(exc)}
+                self.export(config, record.data, run, lenient=True)
                 problem = self._expected_error_mismatch(config, exc)
                 if problem:
                     record.status = Status.FAILED
@@ -506,8 +523,6 @@ class BaseStep:
 
     def export(self, config: StepConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:
         """Apply the automatic exports and the step's ``outputs:`` captures."""
-        from ..placeholders import split_path, traverse
-
         captured = run.ctx.captured
         node = self.node_of(config) or ""
         for template, key in self.exports.items():
@@ -521,7 +536,18 @@ class BaseStep:
         if isinstance(run.response, dict):
             source.update(run.response)
         source.update(data)
-        for name, spec in config.outputs.items():
+        self.capture(config, source, run, lenient=lenient, data=data)
+
+    def capture(
+        self, config: StepConfig, source: dict[str, Any], run: StepRun, *,
+        lenient: bool = False, data: dict[str, Any] | None = None,
+    ) -> None:
+        """Bind the step's ``outputs:`` from ``source`` into the ``{{…}}`` values."""
+        from ..placeholders import split_path, traverse
+
+        captured = run.ctx.captured
+        node = self.node_of(config) or ""
+        for name, spec in (config.outputs or {}).items():
             try:
                 if isinstance(spec, str):
                     value = traverse(source, split_path(spec), "the response")
@@ -549,7 +575,7 @@ class BaseStep:
                     kind="capture",
                     location=self._output_location(name),
                     hint=exc.hint or ("available keys: " + ", ".join(map(str, source))),
-                    data=data,
+                    data=data or {},
                 ) from None
             captured[target] = value
 
@@ -586,7 +612,8 @@ class BaseStep:
         if isinstance(exc, NodeApiError):
             data.update(
                 error_type=exc.error_type,
-                error_code=exc.status,
+                # An HTTP failure's status; a JSON-RPC error has no code (as with merod).
+                error_code=exc.status if exc.status is not None and exc.status >= 400 else None,
                 error_message=exc.message,
                 error_data=exc.data,
             )
@@ -656,8 +683,28 @@ def _death(state: Any) -> str:
     return f"died: exit code {code}{how}, not out of memory"
 
 
+def workflow_file(base_dir: Path, value: str) -> Path:
+    """Where a file a workflow names is: next to the workflow file, or, when
+    nothing is there, under the working directory, where merobox files name
+    their files from (``path: workflow-examples/res/app.wasm``)."""
+    beside = base_dir / value
+    if beside.exists():
+        return beside
+    from_cwd = Path.cwd() / value
+    return from_cwd if from_cwd.exists() else beside
+
+
+def file_hint(base_dir: Path) -> str:
+    return (
+        f"paths are relative to the workflow file's folder ({base_dir}), "
+        f"else to the working directory ({Path.cwd()})"
+    )
+
+
 def child_run(run: StepRun, path: str, **variables: Any) -> StepRun:
-    return StepRun(ctx=run.ctx, path=path, variables={**run.variables, **variables})
+    return StepRun(
+        ctx=run.ctx, path=path, variables={**run.variables, **variables}, rng=run.rng, report=run.report
+    )
 
 
 StepFactory = Callable[[LocatedDict, int], BaseStep]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
+from ..validation import contains_deferred
 from ..yamlsrc import LocatedDict
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 
@@ -38,8 +39,17 @@ async def run_sequence(
     records: list[StepRecord] = []
     ok = True
     for i, step in enumerate(steps):
-        child = StepRun(ctx=run.ctx, path=f"{prefix}/{step.display_name}", variables=variables)
-        record = await step.run(child)
+        # The seeded source and the reporting switch of a fuzz reach every depth.
+        child = StepRun(
+            ctx=run.ctx, path=f"{prefix}/{step.display_name}", variables=variables,
+            rng=run.rng, report=run.report,
+        )
+        try:
+            record = await step.run(child)
+        except asyncio.CancelledError:
+            # Interrupted: keep what ran, and the step that was cut short.
+            run.children.extend(records + ([child.record] if child.record else []))
+            raise
         records.append(record)
         if record.status is Status.FAILED:
             ok = False
@@ -93,14 +103,18 @@ class Repeat(BaseStep):
         failed_iterations: list[int] = []
         started = time.perf_counter()
         for i in range(config.count):
-            variables = {
-                **run.variables,
+            loop = {
                 "iteration": i + 1,
                 "iteration_index": i,
                 "iteration_zero_based": i,
                 "iteration_one_based": i + 1,
                 "total_iterations": config.count,
+                "step_count": len(self.children),
             }
+            variables = {**run.variables, **loop}
+            # `outputs: {current_iteration: iteration}` renames a loop
+            # variable for the nested steps of each iteration, as in merobox.
+            self.capture(config, loop, run, lenient=True)
             records, ok = await run_sequence(
                 self.children, run, f"{run.path}[{i + 1}]", variables
             )
@@ -119,6 +133,7 @@ class Repeat(BaseStep):
             "iteration": len(iterations),
             "iteration_index": len(iterations) - 1,
             "total_iterations": config.count,
+            "step_count": len(self.children),
             "completed_iterations": len(iterations),
             "failed_iterations": failed_iterations,
             "duration_seconds": round(elapsed, 6),
@@ -181,6 +196,24 @@ class Parallel(BaseStep):
                 found = [Problem(f"group {name!r} has no `steps`", Location(self.file, line, col))]
             problems.extend(found)
             count = group.get("count", 1)
+            line, col = groups.item_pos(gi) if hasattr(groups, "item_pos") else (self.location.line, 1)
+            if isinstance(count, str) and contains_deferred(count):
+                problems.append(
+                    Problem(
+                        f"group {name!r}: `count` must be a number written out (got {count!r})",
+                        Location(self.file, line, col),
+                        hint="group counts are fixed when the workflow loads; use ${VAR} "
+                        "from the environment, or a `repeat` inside the group",
+                    )
+                )
+            if any(name == other for other, _, _ in self.groups):
+                problems.append(
+                    Problem(
+                        f"two groups of this parallel step are named {name!r}",
+                        Location(self.file, line, col),
+                        hint="give each group its own `name` (results and reports are kept per group)",
+                    )
+                )
             self.groups.append((name, steps, count if isinstance(count, int) else 1))
         return problems
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
+from ..validation import contains_deferred
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .sync import WaitForSyncConfig, converge
 
@@ -99,6 +100,14 @@ class FuzzyTest(BaseStep):
             steps = build_steps(op.get("steps"), file=self.file, problems=problems, where=where, what="steps")
             problems.extend(validate_steps(steps, vctx))
             weight = op.get("weight", 1.0)
+            if isinstance(weight, str) and contains_deferred(weight):
+                problems.append(
+                    Problem(
+                        f"operation {op.get('name')!r}: `weight` must be a number written out (got {weight!r})",
+                        where,
+                        hint="weights are fixed when the workflow loads; use ${VAR} from the environment",
+                    )
+                )
             self.operations.append(
                 (str(op.get("name", f"operation-{i + 1}")), float(weight) if isinstance(weight, (int, float)) else 1.0, steps)
             )
@@ -118,6 +127,7 @@ class FuzzyTest(BaseStep):
         rng = random.Random(seed)
         run.log(f"seed {seed} (replay with `seed: {seed}`)")
         names = config.node_names()
+        executors = {n.name: n.executor_key for n in config.nodes if not isinstance(n, str)}
         weights = [w for _, w, _ in self.operations]
         limit = config.deadline_seconds()
         started = time.perf_counter()
@@ -135,7 +145,13 @@ class FuzzyTest(BaseStep):
             node = rng.choice(names)
             done += 1
             per_op[name]["runs"] += 1
-            variables = {**run.variables, "random_node": node, "iteration": done, "operation": name}
+            variables = {
+                **run.variables, "random_node": node, "iteration": done, "operation": name,
+                # the drawn node's `executor_key` (merobox documented it, never set it)
+                "random_executor": executors.get(node),
+                # merobox's names for the same
+                "_pattern_name": name, "_iteration": done,
+            }
             failed_here = False
             for step in steps:
                 child = StepRun(
@@ -146,6 +162,13 @@ class FuzzyTest(BaseStep):
                     report=False,
                 )
                 record = await step.run(child)
+                args = record.data.get("args") if step.type_name == "call" else None
+                if isinstance(args, dict):
+                    # merobox: later steps of the operation read a call's
+                    # resolved arguments as {{fuzzy_<arg>}}.
+                    for arg, value in args.items():
+                        variables[f"fuzzy_{arg}"] = value
+                        variables[f"_fuzzy_args_{arg}"] = value
                 if step.type_name in ("assert", "json_assert"):
                     if record.status is Status.PASSED:
                         passed_asserts += 1
@@ -158,7 +181,8 @@ class FuzzyTest(BaseStep):
                 if record.status is Status.FAILED and len(kept) < _KEEP_FAILED:
                     # Counted against the threshold, not a stop: the fuzz goes on.
                     kept.append(record)
-                    run.log(f"FAIL {record.path}: {record.error.message if record.error else ''}")
+                    cause = _cause(record)
+                    run.log(f"FAIL {cause.path}: {cause.error.message if cause.error else ''}")
             if failed_here:
                 per_op[name]["failed"] += 1
             now = time.perf_counter()
@@ -183,7 +207,7 @@ class FuzzyTest(BaseStep):
                     "message": r.error.message if r.error else "",
                     "location": str(r.error.location) if r.error and r.error.location else None,
                 }
-                for r in kept
+                for r in map(_cause, kept)
             ],
             "duration_seconds": round(time.perf_counter() - started, 6),
         }
@@ -219,3 +243,11 @@ class FuzzyTest(BaseStep):
                 data=data,
             )
         return data
+
+
+def _cause(record: StepRecord) -> StepRecord:
+    """The failed leaf under a failed step (a repeat's failure is its nested step's)."""
+    for step in record.walk():
+        if step.status is Status.FAILED and not step.children and step.error is not None:
+            return step
+    return record

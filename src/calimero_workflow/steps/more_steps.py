@@ -9,13 +9,16 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from ..errors import Problem, StepFailure
+from ..validation import contains_deferred
 from .base import (
     BaseStep,
     NodeStepConfig,
     StepConfig,
     StepRun,
     ValidationContext,
+    file_hint,
     register_step,
+    workflow_file,
 )
 from .node_steps import _metadata_bytes
 
@@ -37,8 +40,8 @@ class GetApplication(BaseStep):
         return {"application": app, "installed": app is not None}
 
 
-def _confined(step: BaseStep, value: str, base: Path, key: str) -> Path:
-    path = (base / value).resolve()
+def _confined(step: BaseStep, value: str, base: Path, key: str, *, existing: bool = False) -> Path:
+    path = (workflow_file(base, value) if existing else base / value).resolve()
     roots = [base.resolve(), Path.cwd().resolve()]
     if not any(path == r or r in path.parents for r in roots):
         raise StepFailure(
@@ -63,8 +66,8 @@ class UploadBlob(BaseStep):
 
     def check(self, config: UploadBlobConfig, vctx: ValidationContext) -> list[Problem]:
         problems = super().check(config, vctx)
-        if vctx.check_files and "${" not in config.file_path and "{{" not in config.file_path:
-            path = (vctx.base_dir / config.file_path).resolve()
+        if vctx.check_files and not contains_deferred(config.file_path):
+            path = workflow_file(vctx.base_dir, config.file_path).resolve()
             roots = [vctx.base_dir.resolve(), Path.cwd().resolve()]
             if not any(path == r or r in path.parents for r in roots):
                 problems.append(
@@ -74,11 +77,13 @@ class UploadBlob(BaseStep):
                     )
                 )
             elif not path.is_file():
-                problems.append(self.problem(f"file not found: {config.file_path}", key="file_path"))
+                problems.append(
+                    self.problem(f"file not found: {config.file_path}", key="file_path", hint=file_hint(vctx.base_dir))
+                )
         return problems
 
     async def execute(self, config: UploadBlobConfig, run: StepRun) -> dict[str, Any]:
-        path = _confined(self, config.file_path, run.ctx.workflow.base_dir, "file_path")
+        path = _confined(self, config.file_path, run.ctx.workflow.base_dir, "file_path", existing=True)
         content = path.read_bytes()
         data = await run.ctx.client(config.node).upload_blob(content, context_id=config.context_id)
         run.response = data
@@ -141,6 +146,17 @@ class CreateMesh(BaseStep):
     def node_of(self, config: Any) -> str | None:
         return getattr(config, "context_node", None)
 
+    def check(self, config: CreateMeshConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        if config.path and vctx.check_files and not contains_deferred(config.path):
+            if not workflow_file(vctx.base_dir, config.path).is_file():
+                problems.append(
+                    self.problem(
+                        f"application file not found: {config.path}", key="path", hint=file_hint(vctx.base_dir)
+                    )
+                )
+        return problems
+
     def check_raw(self, vctx: ValidationContext) -> list[Problem]:
         problems = super().check_raw(vctx)
         names = [self.raw.get("context_node")] + list(self.raw.get("nodes") or [])
@@ -172,7 +188,7 @@ class CreateMesh(BaseStep):
                 continue
             client = ctx.client(name)
             if config.path:
-                local = (ctx.workflow.base_dir / config.path).resolve()
+                local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
                 node_path = await ctx.backend.stage_file(name, local) if ctx.backend else str(local)
                 await client.install_dev_application(node_path, metadata=_metadata_bytes(None))
             invitation = await owner.create_namespace_invitation(ns)

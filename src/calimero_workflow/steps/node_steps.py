@@ -8,7 +8,16 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ..errors import Problem, StepFailure
-from .base import BaseStep, NodeStepConfig, StepRun, ValidationContext, register_step
+from ..validation import contains_deferred
+from .base import (
+    BaseStep,
+    NodeStepConfig,
+    StepRun,
+    ValidationContext,
+    file_hint,
+    register_step,
+    workflow_file,
+)
 
 
 def _ns_field() -> Any:
@@ -55,14 +64,13 @@ class InstallApplication(BaseStep):
 
     def check(self, config: InstallConfig, vctx: ValidationContext) -> list[Problem]:
         problems = super().check(config, vctx)
-        if config.path and vctx.check_files and "${" not in config.path:
-            path = (vctx.base_dir / config.path)
-            if not path.is_file():
+        if config.path and vctx.check_files and not contains_deferred(config.path):
+            if not workflow_file(vctx.base_dir, config.path).is_file():
                 problems.append(
                     self.problem(
                         f"application file not found: {config.path}",
                         key="path",
-                        hint=f"paths are relative to the workflow file's folder ({vctx.base_dir})",
+                        hint=file_hint(vctx.base_dir),
                     )
                 )
         return problems
@@ -72,11 +80,12 @@ class InstallApplication(BaseStep):
         client = ctx.client(config.node)
         metadata = _metadata_bytes(config.metadata)
         if config.path:
-            local = (ctx.workflow.base_dir / config.path).resolve()
+            local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
             if not local.is_file():
                 raise StepFailure(
-                    f"application file not found: {local}",
+                    f"application file not found: {config.path}",
                     location=self.key_location("path"),
+                    hint=file_hint(ctx.workflow.base_dir),
                 )
             ref = ctx.node(config.node)
             if ref.kind == "remote":
@@ -359,7 +368,12 @@ class Call(BaseStep):
             run.log(f"[{config.node} app log] {line}")
         for event in result.events:
             run.log(f"[{config.node} event] {json.dumps(event, ensure_ascii=False)}")
-        run.response = result.raw
+        # `outputs:` read the response as merod sends it: its `result` holds
+        # only `output` (embedded nodes add logs and events, kept below).
+        response = dict(result.raw) if isinstance(result.raw, dict) else {}
+        if isinstance(response.get("result"), dict):
+            response["result"] = {"output": result.output}
+        run.response = response
         data = {
             "output": result.output,
             "logs": result.logs,

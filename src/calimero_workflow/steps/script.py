@@ -22,7 +22,15 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import Problem, StepFailure
-from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .base import (
+    BaseStep,
+    StepConfig,
+    StepRun,
+    ValidationContext,
+    file_hint,
+    register_step,
+    workflow_file,
+)
 
 _ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _OUTPUT_LIMIT = 1024 * 1024
@@ -89,6 +97,12 @@ class Script(BaseStep):
     Config = ScriptConfig
     # The inline command is the author's text, never a template.
     deferred_keys = frozenset({"run"})
+    #: merobox's automatic names for a local script's results.
+    exports = {
+        "script_exit_code_local": "exit_code",
+        "script_output_local": "stdout",
+        "script_execution_time_local": "duration_seconds",
+    }
     summary = (
         "run a `script` file or an inline `run` command (locally, or in node containers with "
         "`target: nodes`); results reach it as environment variables → `exit_code`, `stdout`, `stderr`"
@@ -123,10 +137,30 @@ class Script(BaseStep):
             problem = self._script_problem(config.script, vctx.base_dir)
             if problem:
                 problems.append(problem)
+        if config.cwd and vctx.check_files and "${" not in config.cwd and "{{" not in config.cwd:
+            problem = self._cwd_problem(config.cwd, vctx.base_dir)
+            if problem:
+                problems.append(problem)
         return problems
 
+    def _cwd_problem(self, cwd: str, base_dir: Path) -> Problem | None:
+        path = (base_dir / cwd).resolve()
+        if not _inside(path, [base_dir.resolve(), Path.cwd().resolve()]):
+            return self.problem(
+                f"cwd {cwd!r} is outside the workflow's folder and the working directory",
+                key="cwd",
+                hint="run scripts in a folder of the repository; pass other paths as `args:`",
+            )
+        if not path.is_dir():
+            return self.problem(
+                f"cwd is not a directory: {cwd}",
+                key="cwd",
+                hint=f"`cwd` is relative to the workflow file's folder ({base_dir})",
+            )
+        return None
+
     def _script_problem(self, script: str, base_dir: Path) -> Problem | None:
-        path = (base_dir / script).resolve()
+        path = workflow_file(base_dir, script).resolve()
         roots = [base_dir.resolve(), Path.cwd().resolve()]
         if not _inside(path, roots):
             return self.problem(
@@ -138,7 +172,7 @@ class Script(BaseStep):
             return self.problem(
                 f"script not found: {script}",
                 key="script",
-                hint=f"paths are relative to the workflow file's folder ({base_dir})",
+                hint=file_hint(base_dir),
             )
         return None
 
@@ -166,10 +200,14 @@ class Script(BaseStep):
             problem = self._script_problem(config.script, base)
             if problem:
                 raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
-            argv = [config.shell, str((base / config.script).resolve())]
+            argv = [config.shell, str(workflow_file(base, config.script).resolve())]
         else:
             argv = [config.shell, "-c", unescape_run(config.run or ""), "script"]
         argv += [_as_env_value(a) for a in config.args]
+        if config.cwd:
+            problem = self._cwd_problem(config.cwd, base)
+            if problem:
+                raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
         with tempfile.NamedTemporaryFile(
             "w", suffix=".json", prefix="cw-results-", dir=run.ctx.workdir, delete=False
         ) as handle:
@@ -177,7 +215,10 @@ class Script(BaseStep):
             results_file = Path(handle.name)
         try:
             cwd = (base / config.cwd).resolve() if config.cwd else base
-            return await self._run_local(argv, self._environment(config, run, results_file), cwd, run)
+            data = await self._run_local(argv, self._environment(config, run, results_file), cwd, run)
+            # `outputs:` written for merobox name the duration `execution_time`.
+            run.response = {**data, "execution_time": data["duration_seconds"]}
+            return data
         finally:
             results_file.unlink(missing_ok=True)
 
@@ -195,6 +236,9 @@ class Script(BaseStep):
             )
         except OSError as exc:
             raise StepFailure(f"cannot start {argv[0]}: {exc}", location=self.location) from exc
+        # Known gap: a background process the script leaves behind when it
+        # exits normally (`cmd &`) keeps running; only a timeout or an
+        # interrupt takes the process group down.
         try:
             stdout, stderr = await proc.communicate()
         except asyncio.CancelledError:
@@ -248,7 +292,7 @@ class Script(BaseStep):
             else [n for n, ref in ctx.nodes.items() if ref.kind != "remote"]
         )
         if config.script:
-            body = (ctx.workflow.base_dir / config.script).read_text(encoding="utf-8")
+            body = workflow_file(ctx.workflow.base_dir, config.script).read_text(encoding="utf-8")
         else:
             body = unescape_run(config.run or "")
         env = {str(k): _as_env_value(v) for k, v in config.env.items()}

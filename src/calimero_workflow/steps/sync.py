@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -86,7 +87,16 @@ class WaitForSync(BaseStep):
         return data, 1
 
     async def execute(self, config: WaitForSyncConfig, run: StepRun) -> dict[str, Any]:
-        return await converge(run, config)
+        data = await converge(run, config)
+        # merobox's names, for `outputs:` written for it.
+        run.response = {
+            **data,
+            "root_hash": data["context_state_hash"],
+            "attempts": data["polls"],
+            "expect_satisfied": config.expect is not None,
+            "per_node_expect": data.get("expect_outputs", {}),
+        }
+        return data
 
 
 async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
@@ -108,6 +118,8 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
     attempts = 0
     hashes: dict[str, str | None] = {}
     errors: dict[str, str] = {}
+    #: What each node last answered to `expect`, once the hashes agreed.
+    expect_outputs: dict[str, Any] | None = None
 
     async def fetch(name: str) -> None:
         try:
@@ -138,18 +150,21 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
             len(values) == 1 and None not in values and ZERO_HASH not in values
         )
         if converged and config.expect is not None:
-            converged = await _expect_matches(config, names, run)
+            converged, expect_outputs = await _expect_matches(config, names, run)
         if converged:
             elapsed = time.perf_counter() - started
             root = next(iter(values))
             run.log(f"{len(names)} node(s) agree on {root} after {elapsed:.3f}s ({attempts} polls)")
-            return {
+            data = {
                 "context_state_hash": root,
                 "elapsed_seconds": round(elapsed, 6),
                 "hashes": dict(hashes),
                 "nodes": names,
                 "polls": attempts,
             }
+            if expect_outputs is not None:
+                data["expect_outputs"] = expect_outputs
+            return data
         now = time.perf_counter()
         if now >= deadline or (config.retry_attempts and attempts >= config.retry_attempts):
             break
@@ -162,6 +177,23 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
     reason = "did not converge"
     if all(h == ZERO_HASH for h in hashes.values()):
         reason = "has no state yet on any node"
+    agreed = set(hashes.values())
+    if config.expect is not None and expect_outputs is not None and len(agreed) == 1 and None not in agreed:
+        # The hashes agree; it is the value read with `expect` that never matched.
+        readable = {n: None if o is _Unreadable else o for n, o in expect_outputs.items()}
+        shown = ", ".join(
+            f"{n}={'unreadable' if o is _Unreadable else json.dumps(o, ensure_ascii=False, default=str)}"
+            for n, o in expect_outputs.items()
+        )
+        raise StepFailure(
+            f"context {config.context_id}: every node agrees on {next(iter(agreed))}, but "
+            f"{config.expect.method} never returned the expected value within {config.timeout:g}s: {shown}",
+            kind="sync_timeout",
+            expected=config.expect.equals,
+            actual=readable,
+            hint="`expect.equals` is compared with the method's output (merobox's {output: …} form works too)",
+            data={"hashes": dict(hashes), "expect_outputs": readable, "polls": attempts},
+        )
     raise StepFailure(
         f"context {config.context_id} {reason} within {config.timeout:g}s: {detail}",
         kind="sync_timeout",
@@ -171,7 +203,16 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
         data={"hashes": dict(hashes), "errors": dict(errors), "polls": attempts},
     )
 
-async def _expect_matches(config: WaitForSyncConfig, names: list[str], run: StepRun) -> bool:
+def _expected(equals: Any, output: Any) -> bool:
+    """``equals`` is the output itself, or merobox's unwrapped result ``{output: …}``."""
+    if outputs_equal(equals, output):
+        return True
+    return isinstance(equals, dict) and set(equals) == {"output"} and outputs_equal(equals["output"], output)
+
+
+async def _expect_matches(
+    config: WaitForSyncConfig, names: list[str], run: StepRun
+) -> tuple[bool, dict[str, Any]]:
     expect = config.expect
     assert expect is not None
 
@@ -185,7 +226,8 @@ async def _expect_matches(config: WaitForSyncConfig, names: list[str], run: Step
             return _Unreadable
 
     outputs = await asyncio.gather(*(read(n) for n in names))
-    return all(o is not _Unreadable and outputs_equal(expect.equals, o) for o in outputs)
+    ok = all(o is not _Unreadable and _expected(expect.equals, o) for o in outputs)
+    return ok, dict(zip(names, outputs, strict=True))
 
 
 class _Unreadable:
