@@ -131,7 +131,7 @@ def _host_error(message: str) -> _HostAbort:
 
 
 class _CallState:
-    """Mutable state of one ``run``; host functions find it via a thread-local."""
+    """Mutable state of one ``run``; host functions are handed it as ``call``."""
 
     __slots__ = (
         "input",
@@ -142,8 +142,12 @@ class _CallState:
         "committed",
         "context_id",
         "executor_id",
+        "store",
         "memory",
+        "guest",
+        "caller",
         "abort",
+        "pending",
         "clock",
         "random",
     )
@@ -165,10 +169,177 @@ class _CallState:
         self.committed = False
         self.context_id = context_id
         self.executor_id = executor_id
+        self.store: wasmtime.Store | None = None
         self.memory: wasmtime.Memory | None = None
+        #: Guest memory as the host sees it, made on first access.
+        self.guest: _GuestMemory | None = None
+        #: The caller of the host function running now (valid only inside it).
+        self.caller: Any = None
         self.abort: ExecutionFailure | None = None
+        #: A BaseException (KeyboardInterrupt…) a host function caught, to re-raise.
+        self.pending: BaseException | None = None
         self.clock = clock
         self.random = random
+
+
+# -- wasmtime's C API, below wasmtime-py's wrappers ------------------------------
+#
+# A `set` of the kv-store app makes about 22 host calls. Through wasmtime-py's
+# generic trampoline each one built a Caller, a Val per argument and a checked
+# result, 20-30 µs in all, more than the host function itself. wasmtime's
+# "unchecked" calling convention passes the arguments as one array of raw
+# values instead, and guest memory is read through a memoryview whose size is
+# checked by one C call per host call. These are reached through the bindings
+# wasmtime-py bundles; when they are not where we expect them, the public API
+# is used and everything still works, slower.
+
+U32_MAX = 0xFFFF_FFFF
+
+
+class _RawApi:
+    """The few C functions of wasmtime that the runtime calls directly."""
+
+    def __init__(self) -> None:
+        from wasmtime import _ffi as ffi
+        from wasmtime._extern import wrap_extern
+
+        self.ffi = ffi
+        self.wrap_extern = wrap_extern
+        self.callback = ffi.wasmtime_func_unchecked_callback_t
+        self.define = ffi.wasmtime_linker_define_func_unchecked
+        self.call = ffi.wasmtime_func_call_unchecked
+        self.value_array = ffi.wasmtime_val_raw_t * 1
+        # A null finalizer: the callbacks hold no data to free.
+        self.no_finalizer = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+        # Fresh function objects (indexing the library does not cache them), so
+        # our return types do not change wasmtime-py's own bindings.
+        context, memory = (
+            ctypes.POINTER(ffi.wasmtime_context_t),
+            ctypes.POINTER(ffi.wasmtime_memory_t),
+        )
+        self.memory_data = ffi.dll["wasmtime_memory_data"]
+        self.memory_data.restype = ctypes.c_void_p
+        self.memory_data.argtypes = [context, memory]
+        self.memory_size = ffi.dll["wasmtime_memory_data_size"]
+        self.memory_size.restype = ctypes.c_size_t
+        self.memory_size.argtypes = [context, memory]
+        self.trap_new = ffi.wasmtime_trap_new
+        self.caller_export_get = ffi.wasmtime_caller_export_get
+        self.instance_export_get = ffi.wasmtime_instance_export_get
+
+    def trap(self, message: str) -> int:
+        """A new trap (owned by wasmtime once returned from a callback), as an address."""
+        raw = message.encode()
+        return ctypes.cast(self.trap_new(raw, len(raw)), ctypes.c_void_p).value or 0
+
+    def guest_memory(
+        self, store: wasmtime.Store, memory: wasmtime.Memory
+    ) -> _GuestMemory:
+        context, handle = store._context(), ctypes.byref(memory._memory)
+        data, size = self.memory_data, self.memory_size
+        return _GuestMemory(
+            lambda: size(context, handle), lambda: data(context, handle) or 0
+        )
+
+    def caller_memory(self, caller: Any) -> Any:
+        item = self.ffi.wasmtime_extern_t()
+        if not self.caller_export_get(caller, b"memory", 6, ctypes.byref(item)):
+            return None
+        return self.wrap_extern(item)
+
+    def export(
+        self, store: wasmtime.Store, instance: wasmtime.Instance, name: str
+    ) -> Any:
+        raw = name.encode()
+        item = self.ffi.wasmtime_extern_t()
+        found = self.instance_export_get(
+            store._context(),
+            ctypes.byref(instance._instance),
+            raw,
+            len(raw),
+            ctypes.byref(item),
+        )
+        return self.wrap_extern(item) if found else None
+
+    def call_unit(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
+        """Call a ``() -> ()`` export; raise wasmtime's Trap or error as ``func(store)`` would."""
+        trap = ctypes.POINTER(self.ffi.wasm_trap_t)()
+        error = self.call(
+            store._context(),
+            ctypes.byref(func._func),
+            self.value_array(),
+            0,
+            ctypes.byref(trap),
+        )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        if trap:
+            raise wasmtime.Trap._from_ptr(trap)
+
+
+def _load_raw_api() -> _RawApi | None:
+    try:
+        return _RawApi()
+    except (
+        ImportError,
+        AttributeError,
+        TypeError,
+    ):  # pragma: no cover - another wasmtime-py
+        logger.debug(
+            "wasmtime's C API is not reachable; host calls use wasmtime-py's trampoline"
+        )
+        return None
+
+
+_RAW = _load_raw_api()
+
+
+class _GuestMemory:
+    """Guest linear memory during one call, as a memoryview the host reads and writes.
+
+    Only the guest changes the memory's size or place (``memory.grow``), never
+    a host function, so the view is checked once per host function call: one
+    C call for the size, and a new view only when the guest grew the memory.
+    """
+
+    __slots__ = ("_size", "_base", "data", "checked")
+
+    def __init__(self, size: Callable[[], int], base: Callable[[], int]) -> None:
+        self._size = size
+        self._base = base
+        self.data = memoryview(b"")
+        self.checked = False
+
+    def view(self) -> memoryview:
+        if not self.checked:
+            size = self._size()
+            if size != len(self.data):
+                array = (ctypes.c_char * size).from_address(self._base())
+                self.data = memoryview(array).cast("B")
+            self.checked = True
+        return self.data
+
+
+def _guest_memory(
+    store: wasmtime.Store | None, memory: wasmtime.Memory
+) -> _GuestMemory:
+    assert store is not None
+    if _RAW is not None:
+        return _RAW.guest_memory(store, memory)
+    return _GuestMemory(
+        lambda: memory.data_len(store),
+        lambda: ctypes.addressof(memory.data_ptr(store).contents),
+    )
+
+
+def _caller_memory(caller: Any) -> wasmtime.Memory | None:
+    if isinstance(caller, wasmtime.Caller):  # pragma: no cover - another wasmtime-py
+        found = caller.get("memory")
+    elif caller is not None and _RAW is not None:
+        found = _RAW.caller_memory(caller)
+    else:
+        found = None
+    return found if isinstance(found, wasmtime.Memory) else None
 
 
 _VALTYPES = {"I": wasmtime.ValType.i64, "i": wasmtime.ValType.i32}
@@ -199,13 +370,26 @@ def _signature_letters(ty: wasmtime.FuncType) -> tuple[str, str] | None:
 class _Host:
     """The ``env`` host functions, shared by every module of one runtime.
 
-    wasmtime-py linker functions are store-independent closures, so per-call
-    state cannot be bound to them; each call parks its ``_CallState`` in a
-    thread-local instead (a call never re-enters ``run`` on the same thread).
+    Binding convention, the same for every function: each name in
+    :data:`abi.HOST_FUNCTIONS` is a method ``name(self, call, *args)`` here.
+    ``call`` is the running call's :class:`_CallState`; ``args`` are the
+    guest's arguments in table order, as unsigned Python ints (an ``I`` is
+    a u64, an ``i`` a u32). The method returns an int for a function with a
+    result and ``None`` otherwise. It reaches guest memory only through
+    ``self._read(call, …)``, ``self._write(call, …)`` and the helpers built
+    on them, and stops the guest by raising :func:`_host_error` or
+    ``_HostAbort``. :meth:`define` links every entry of the table, so a new
+    host function needs its table row and its method, nothing else.
+
+    Linker functions are store-independent, so per-call state cannot be
+    bound to them; each call parks its ``_CallState`` in a thread-local
+    instead (a call never re-enters ``run`` on the same thread).
     """
 
     def __init__(self) -> None:
         self._tls = threading.local()
+        # ctypes callbacks must outlive the linker that points at them.
+        self._callbacks: list[Any] = []
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -215,54 +399,51 @@ class _Host:
     def leave(self) -> None:
         self._tls.state = None
 
-    def _state(self) -> _CallState:
-        return self._tls.state  # type: ignore[no-any-return]
-
-    def _memory(self, caller: wasmtime.Caller, state: _CallState) -> wasmtime.Memory:
-        if state.memory is None:
-            memory = caller.get("memory")
-            if not isinstance(memory, wasmtime.Memory):
+    def _memory(self, call: _CallState) -> wasmtime.Memory:
+        if call.memory is None:
+            # Only while the module instantiates (a start function calling the
+            # host): the instance's exports are not known yet, the caller's are.
+            memory = _caller_memory(call.caller)
+            if memory is None:
                 raise _host_error("the module does not export a memory named `memory`")
-            state.memory = memory
-        return state.memory
+            call.memory = memory
+        return call.memory
 
-    def _span(self, caller: wasmtime.Caller, ptr: int, length: int) -> int:
-        """Bounds-check ``length`` bytes at guest offset ``ptr``; return the host address."""
-        memory = self._memory(caller, self._state())
-        # Ask for the base each time: memory.grow may have moved it.
-        size = memory.data_len(caller)
-        if ptr + length > size:
+    def _span(self, call: _CallState, ptr: int, length: int) -> memoryview:
+        """The ``length`` bytes at guest offset ``ptr``, bounds-checked."""
+        guest = call.guest
+        if guest is None:
+            guest = call.guest = _guest_memory(call.store, self._memory(call))
+        data = guest.view()
+        if ptr + length > len(data):
             raise _host_error(
                 f"invalid memory access: {length} bytes at offset {ptr} lie outside "
-                f"guest memory of {size} bytes"
+                f"guest memory of {len(data)} bytes"
             )
-        return ctypes.addressof(memory.data_ptr(caller).contents) + ptr
+        return data[ptr : ptr + length]
 
-    def _read(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        address = self._span(caller, ptr, length)
-        return ctypes.string_at(address, length) if length else b""
+    def _read(self, call: _CallState, ptr: int, length: int) -> bytes:
+        return self._span(call, ptr, length).tobytes()
 
-    def _write(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
-        address = self._span(caller, ptr, len(data))
-        if data:
-            ctypes.memmove(address, data, len(data))
+    def _write(self, call: _CallState, ptr: int, data: bytes) -> None:
+        self._span(call, ptr, len(data))[:] = data
 
-    def _buffer(self, caller: wasmtime.Caller, desc_ptr: int) -> tuple[int, int]:
-        ptr, length = abi.BUFFER.unpack(self._read(caller, desc_ptr, abi.BUFFER.size))
+    def _buffer(self, call: _CallState, desc_ptr: int) -> tuple[int, int]:
+        ptr, length = abi.BUFFER.unpack(self._span(call, desc_ptr, abi.BUFFER.size))
         return ptr, length
 
     def _buffer_bytes(
-        self, caller: wasmtime.Caller, desc_ptr: int, limit: int, what: str
+        self, call: _CallState, desc_ptr: int, limit: int, what: str
     ) -> bytes:
-        ptr, length = self._buffer(caller, desc_ptr)
+        ptr, length = self._buffer(call, desc_ptr)
         if length > limit:
             raise _host_error(
                 f"{what} of {length} bytes exceeds the {limit}-byte limit"
             )
-        return self._read(caller, ptr, length)
+        return self._read(call, ptr, length)
 
-    def _set_register(self, register_id: int, data: bytes) -> None:
-        registers = self._state().registers
+    def _set_register(self, call: _CallState, register_id: int, data: bytes) -> None:
+        registers = call.registers
         if register_id not in registers and len(registers) >= LIMITS.max_registers:
             raise _host_error(
                 f"too many registers: cannot set register {register_id}, "
@@ -275,44 +456,41 @@ class _Host:
             )
         registers[register_id] = data
 
-    def _storage_get(self, key: bytes) -> bytes | None:
-        state = self._state()
-        if key in state.writes:
-            return state.writes[key]
-        return state.storage.get(key)
+    def _storage_get(self, call: _CallState, key: bytes) -> bytes | None:
+        if key in call.writes:
+            return call.writes[key]
+        return call.storage.get(key)
 
-    def _storage_key(self, caller: wasmtime.Caller, desc_ptr: int) -> bytes:
+    def _storage_key(self, call: _CallState, desc_ptr: int) -> bytes:
         return self._buffer_bytes(
-            caller, desc_ptr, LIMITS.max_storage_key_size, "storage key"
+            call, desc_ptr, LIMITS.max_storage_key_size, "storage key"
         )
 
     # -- registers and input ----------------------------------------------------
 
-    def input(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().input)
+    def input(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.input)
 
-    def register_len(self, caller: wasmtime.Caller, register_id: int) -> int:
-        data = self._state().registers.get(register_id)
-        # u64::MAX for "unset"; wasmtime-py wants the i64 bit pattern.
+    def register_len(self, call: _CallState, register_id: int) -> int:
+        data = call.registers.get(register_id)
+        # u64::MAX for "unset", handed over as its i64 bit pattern.
         return -1 if data is None else len(data)
 
-    def read_register(
-        self, caller: wasmtime.Caller, register_id: int, desc_ptr: int
-    ) -> int:
-        data = self._state().registers.get(register_id)
+    def read_register(self, call: _CallState, register_id: int, desc_ptr: int) -> int:
+        data = call.registers.get(register_id)
         if data is None:
             raise _host_error(f"invalid register id: {register_id} (register is unset)")
-        ptr, length = self._buffer(caller, desc_ptr)
+        ptr, length = self._buffer(call, desc_ptr)
         if length != len(data):
             return 0
-        self._write(caller, ptr, data)
+        self._write(call, ptr, data)
         return 1
 
-    def context_id(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().context_id)
+    def context_id(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.context_id)
 
-    def executor_id(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().executor_id)
+    def executor_id(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.executor_id)
 
     # At HEAD `executor_id` is a compat shim returning the account id, so the two
     # are the same 32 bytes here.
@@ -320,9 +498,9 @@ class _Host:
 
     # -- results, logs, events, panics ---------------------------------------------
 
-    def value_return(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
+    def value_return(self, call: _CallState, desc_ptr: int) -> None:
         discriminant, ptr, length = abi.VALUE_RETURN.unpack(
-            self._read(caller, desc_ptr, abi.VALUE_RETURN.size)
+            self._read(call, desc_ptr, abi.VALUE_RETURN.size)
         )
         if discriminant not in (0, 1):
             raise _host_error(
@@ -333,17 +511,17 @@ class _Host:
                 f"value_return payload of {length} bytes exceeds the "
                 f"{LIMITS.max_value_return_size}-byte limit"
             )
-        outcome = self._state().outcome
-        outcome.returns = self._read(caller, ptr, length)
+        outcome = call.outcome
+        outcome.returns = self._read(call, ptr, length)
         outcome.is_error = discriminant == 1
 
-    def log_utf8(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
-        outcome = self._state().outcome
+    def log_utf8(self, call: _CallState, desc_ptr: int) -> None:
+        outcome = call.outcome
         if len(outcome.logs) >= LIMITS.max_logs:
             raise _host_error(
                 f"too many log lines: the limit is {LIMITS.max_logs} per call"
             )
-        raw = self._buffer_bytes(caller, desc_ptr, LIMITS.max_log_size, "log line")
+        raw = self._buffer_bytes(call, desc_ptr, LIMITS.max_log_size, "log line")
         try:
             outcome.logs.append(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -351,38 +529,38 @@ class _Host:
                 f"log line is not valid UTF-8: {exc.reason} at byte {exc.start}"
             ) from None
 
-    def _location(self, caller: wasmtime.Caller, loc_ptr: int) -> str:
+    def _location(self, call: _CallState, loc_ptr: int) -> str:
         file_ptr, file_len, line, column = abi.LOCATION.unpack(
-            self._read(caller, loc_ptr, abi.LOCATION.size)
+            self._read(call, loc_ptr, abi.LOCATION.size)
         )
-        file = self._read(caller, file_ptr, file_len).decode("utf-8", "replace")
+        file = self._read(call, file_ptr, file_len).decode("utf-8", "replace")
         return f"{file}:{line}:{column}"
 
-    def panic_utf8(self, caller: wasmtime.Caller, msg_ptr: int, loc_ptr: int) -> None:
-        raw = self._buffer_bytes(caller, msg_ptr, LIMITS.max_log_size, "panic message")
+    def panic_utf8(self, call: _CallState, msg_ptr: int, loc_ptr: int) -> None:
+        raw = self._buffer_bytes(call, msg_ptr, LIMITS.max_log_size, "panic message")
         try:
             message = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _host_error("panic message is not valid UTF-8") from None
-        location = self._location(caller, loc_ptr)
+        location = self._location(call, loc_ptr)
         raise _HostAbort(
             ExecutionFailure("Panic", f"guest panicked: {message} at {location}")
         )
 
-    def panic(self, caller: wasmtime.Caller, loc_ptr: int) -> None:
-        location = self._location(caller, loc_ptr)
+    def panic(self, call: _CallState, loc_ptr: int) -> None:
+        location = self._location(call, loc_ptr)
         raise _HostAbort(
             ExecutionFailure("Panic", f"guest panicked: explicit panic at {location}")
         )
 
-    def emit(self, caller: wasmtime.Caller, event_ptr: int) -> None:
-        outcome = self._state().outcome
+    def emit(self, call: _CallState, event_ptr: int) -> None:
+        outcome = call.outcome
         if len(outcome.events) >= LIMITS.max_events:
             raise _host_error(
                 f"too many events: the limit is {LIMITS.max_events} per call"
             )
         kind_ptr, kind_len, data_ptr, data_len = abi.EVENT.unpack(
-            self._read(caller, event_ptr, abi.EVENT.size)
+            self._read(call, event_ptr, abi.EVENT.size)
         )
         if kind_len > LIMITS.max_event_kind_size:
             raise _host_error(
@@ -393,136 +571,194 @@ class _Host:
                 f"event data of {data_len} bytes exceeds the {LIMITS.max_event_data_size}-byte limit"
             )
         try:
-            kind = self._read(caller, kind_ptr, kind_len).decode("utf-8")
+            kind = self._read(call, kind_ptr, kind_len).decode("utf-8")
         except UnicodeDecodeError:
             raise _host_error("event kind is not valid UTF-8") from None
-        outcome.events.append(Event(kind, self._read(caller, data_ptr, data_len)))
+        outcome.events.append(Event(kind, self._read(call, data_ptr, data_len)))
 
     # -- state ---------------------------------------------------------------------
 
-    def commit(self, caller: wasmtime.Caller, root_ptr: int, artifact_ptr: int) -> None:
-        state = self._state()
-        if state.committed:
+    def commit(self, call: _CallState, root_ptr: int, artifact_ptr: int) -> None:
+        if call.committed:
             raise _host_error("commit called more than once in one execution")
-        root_addr, root_len = self._buffer(caller, root_ptr)
+        root_addr, root_len = self._buffer(call, root_ptr)
         if root_len != 32:
             raise _host_error(
                 f"commit: the root hash must be exactly 32 bytes, got {root_len}"
             )
-        root = self._read(caller, root_addr, root_len)
+        root = self._read(call, root_addr, root_len)
         artifact = self._buffer_bytes(
-            caller, artifact_ptr, LIMITS.max_artifact_size, "artifact"
+            call, artifact_ptr, LIMITS.max_artifact_size, "artifact"
         )
-        state.committed = True
-        state.outcome.root_hash = root
-        state.outcome.artifact = artifact
+        call.committed = True
+        call.outcome.root_hash = root
+        call.outcome.artifact = artifact
 
-    def storage_read(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
-    ) -> int:
-        value = self._storage_get(self._storage_key(caller, key_ptr))
+    def storage_read(self, call: _CallState, key_ptr: int, register_id: int) -> int:
+        value = self._storage_get(call, self._storage_key(call, key_ptr))
         if value is None:
             return 0
-        self._set_register(register_id, value)
+        self._set_register(call, register_id, value)
         return 1
 
     def storage_write(
-        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, value_ptr: int, register_id: int
     ) -> int:
-        key = self._storage_key(caller, key_ptr)
+        key = self._storage_key(call, key_ptr)
         value = self._buffer_bytes(
-            caller, value_ptr, LIMITS.max_storage_value_size, "storage value"
+            call, value_ptr, LIMITS.max_storage_value_size, "storage value"
         )
-        old = self._storage_get(key)
+        old = self._storage_get(call, key)
         # Known gap: merod also charges each write against a per-run budget;
         # only the key and value size limits are enforced here.
-        self._state().writes[key] = value
+        call.writes[key] = value
         if old is None:
             return 0
-        self._set_register(register_id, old)
+        self._set_register(call, register_id, old)
         return 1
 
-    def storage_remove(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
-    ) -> int:
-        key = self._storage_key(caller, key_ptr)
-        old = self._storage_get(key)
+    def storage_remove(self, call: _CallState, key_ptr: int, register_id: int) -> int:
+        key = self._storage_key(call, key_ptr)
+        old = self._storage_get(call, key)
         if old is None:
             return 0
-        self._state().writes[key] = None
-        self._set_register(register_id, old)
+        call.writes[key] = None
+        self._set_register(call, register_id, old)
         return 1
 
     # -- environment ---------------------------------------------------------------
 
-    def time_now(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
-        ptr, length = self._buffer(caller, desc_ptr)
+    def time_now(self, call: _CallState, desc_ptr: int) -> None:
+        ptr, length = self._buffer(call, desc_ptr)
         if length != 8:
             raise _host_error(
                 f"time_now: the buffer must be 8 bytes long, got {length}"
             )
-        now = self._state().clock() & U64_MAX
-        self._write(caller, ptr, now.to_bytes(8, "little"))
+        now = call.clock() & U64_MAX
+        self._write(call, ptr, now.to_bytes(8, "little"))
 
-    def random_bytes(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
-        ptr, length = self._buffer(caller, desc_ptr)
+    def random_bytes(self, call: _CallState, desc_ptr: int) -> None:
+        ptr, length = self._buffer(call, desc_ptr)
         if length > LIMITS.max_register_size:
             raise _host_error(f"random_bytes: {length} bytes requested, too many")
-        self._write(caller, ptr, self._state().random(length))
+        self._write(call, ptr, call.random(length))
 
     def ed25519_verify(
-        self, caller: wasmtime.Caller, sig_ptr: int, pk_ptr: int, msg_ptr: int
+        self, call: _CallState, sig_ptr: int, pk_ptr: int, msg_ptr: int
     ) -> int:
-        signature = self._buffer_bytes(caller, sig_ptr, 64, "ed25519 signature")
+        signature = self._buffer_bytes(call, sig_ptr, 64, "ed25519 signature")
         if len(signature) != 64:
             raise _host_error(
                 f"ed25519_verify: the signature must be 64 bytes, got {len(signature)}"
             )
-        public_key = self._buffer_bytes(caller, pk_ptr, 32, "ed25519 public key")
+        public_key = self._buffer_bytes(call, pk_ptr, 32, "ed25519 public key")
         if not abi.ed25519_public_key_valid(public_key):
             raise _host_error(
                 f"ed25519_verify: invalid public key {public_key.hex()} "
                 "(must be 32 bytes encoding a curve point)"
             )
-        message = self._buffer_bytes(
-            caller, msg_ptr, LIMITS.max_register_size, "message"
-        )
+        message = self._buffer_bytes(call, msg_ptr, LIMITS.max_register_size, "message")
         return 1 if abi.ed25519_verify(signature, public_key, message) else 0
 
     # -- wiring --------------------------------------------------------------------
 
     def define(self, linker: wasmtime.Linker) -> None:
+        """Link every function of :data:`abi.HOST_FUNCTIONS` as ``env.<name>``."""
         for name, (params, results) in abi.HOST_FUNCTIONS.items():
-            linker.define_func(
-                "env",
-                name,
-                _func_type(params, results),
-                self._guarded(name),
-                access_caller=True,
+            ty = _func_type(params, results)
+            if _RAW is None:
+                callback = self._public_callback(name, params)
+                linker.define_func("env", name, ty, callback, access_caller=True)
+                continue
+            raw = _RAW.callback(self._raw_callback(name, params, results))
+            self._callbacks.append(raw)
+            module, field = b"env", name.encode()
+            error = _RAW.define(
+                linker.ptr(),
+                module,
+                len(module),
+                field,
+                len(field),
+                ty.ptr(),
+                raw,
+                None,
+                _RAW.no_finalizer,
             )
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
 
-    def _guarded(self, name: str) -> Callable[..., Any]:
-        func = getattr(self, name)
+    def _internal_error(self, name: str, exc: Exception) -> ExecutionFailure:
+        # A bug of ours must not be mistaken for guest misbehaviour.
+        logger.exception("host function env.%s failed", name)
+        return ExecutionFailure("HostError", f"internal error in env.{name}: {exc}")
 
-        def host_function(caller: wasmtime.Caller, *args: int) -> Any:
-            # Guest u64 arguments arrive as signed i64; reinterpret them.
-            args = tuple(a & U64_MAX for a in args)
+    def _raw_callback(self, name: str, params: str, results: str) -> Callable[..., int]:
+        """The C callback of ``env.<name>`` in wasmtime's unchecked convention.
+
+        The guest's arguments arrive in one array of raw values, and the result
+        goes back in its first slot. A failure is recorded in the call's
+        ``abort`` and returned to wasmtime as a trap.
+        """
+        method = getattr(self, name)
+        tls = self._tls
+        wide = [kind == "I" for kind in params]
+        result = results[:1]
+        trap = _RAW.trap  # type: ignore[union-attr]
+
+        def callback(env: Any, caller: Any, values: Any, count: int) -> int:
+            call: _CallState = tls.state
+            call.caller = caller
+            if call.guest is not None:
+                call.guest.checked = False
             try:
-                return func(caller, *args)
+                # Guest u64/u32 arguments arrive as signed ints; reinterpret them.
+                value = method(
+                    call,
+                    *[
+                        values[i].i64 & U64_MAX if w else values[i].i32 & U32_MAX
+                        for i, w in enumerate(wide)
+                    ],
+                )
+                if result == "I":
+                    values[0].i64 = value
+                elif result == "i":
+                    values[0].i32 = value
+                return 0
             except _HostAbort as exc:
-                self._state().abort = exc.failure
+                call.abort = exc.failure
+            except Exception as exc:
+                call.abort = self._internal_error(name, exc)
+            except BaseException as exc:
+                # KeyboardInterrupt and the like: stop the guest, raise it after.
+                call.pending = exc
+                return trap(f"interrupted: {type(exc).__name__}")
+            return trap(call.abort.message)
+
+        callback.__name__ = f"env_{name}"
+        return callback
+
+    def _public_callback(self, name: str, params: str) -> Callable[..., int | None]:
+        """``env.<name>`` for wasmtime-py's own trampoline, which raises for us."""
+        method = getattr(self, name)
+        tls = self._tls
+        masks = [U64_MAX if kind == "I" else U32_MAX for kind in params]
+
+        def callback(caller: wasmtime.Caller, *args: int) -> int | None:
+            call: _CallState = tls.state
+            call.caller = caller
+            if call.guest is not None:
+                call.guest.checked = False
+            try:
+                return method(call, *[a & m for a, m in zip(args, masks, strict=True)])  # type: ignore[no-any-return]
+            except _HostAbort as exc:
+                call.abort = exc.failure
                 raise
             except Exception as exc:
-                # A bug of ours must not be mistaken for guest misbehaviour.
-                logger.exception("host function env.%s failed", name)
-                failure = ExecutionFailure(
-                    "HostError", f"internal error in env.{name}: {exc}"
-                )
-                self._state().abort = failure
-                raise _HostAbort(failure) from exc
+                call.abort = self._internal_error(name, exc)
+                raise _HostAbort(call.abort) from exc
 
-        host_function.__name__ = f"env_{name}"
-        return host_function
+        callback.__name__ = f"env_{name}"
+        return callback
 
 
 # wasmtime trap codes -> merod's `WasmTrap` display texts.
@@ -566,7 +802,8 @@ def _valid_method_name(method: str) -> bool:
     )
 
 
-# wasmtime-py hands a Python exception raised by a host function back through a
+# wasmtime-py's own trampoline (used when its C bindings are not reachable)
+# hands a Python exception raised by a host function back through a
 # module-global slot, so two threads inside wasm at once could pick up each
 # other's exception. Calls are therefore serialised process-wide; the host
 # functions hold the GIL anyway, so little parallelism is lost.
@@ -578,25 +815,19 @@ def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> An
 
     ``Instance.exports()`` wraps every export of the module (about 10 µs
     each), which dominated a cheap call; the C API has a by-name lookup that
-    wasmtime-py does not expose, so use its bindings when they are where we
-    expect them and fall back to the public API otherwise.
+    wasmtime-py does not expose.
     """
-    try:
-        from wasmtime import _ffi as ffi
-        from wasmtime._extern import wrap_extern
-
-        raw = name.encode()
-        item = ffi.wasmtime_extern_t()
-        found = ffi.wasmtime_instance_export_get(
-            store._context(),
-            ctypes.byref(instance._instance),
-            raw,
-            len(raw),
-            ctypes.byref(item),
-        )
-    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other wasmtime-py
+    if _RAW is None:
         return instance.exports(store).get(name)
-    return wrap_extern(item) if found else None
+    return _RAW.export(store, instance, name)
+
+
+def _call_unit(store: wasmtime.Store, func: wasmtime.Func) -> None:
+    """Call a ``() -> ()`` export (its type was checked when the module compiled)."""
+    if _RAW is None:
+        func(store)
+        return
+    _RAW.call_unit(store, func)
 
 
 def _default_clock() -> int:
@@ -720,12 +951,13 @@ class AppModule:
         store = wasmtime.Store(self._engine)
         store.set_limits(memory_size=LIMITS.max_memory_size)
         store.set_fuel(self.gas_limit)
+        state.store = store
         self._host.enter(state)
         try:
             with _CALL_LOCK:
                 instance = self._pre.instantiate(store)
         except Exception as exc:
-            return state.abort or _trap_failure(exc, self.gas_limit)
+            return self._stopped(state, exc)
         memory = _export(store, instance, "memory")
         assert isinstance(memory, wasmtime.Memory)
         state.memory = memory
@@ -735,8 +967,10 @@ class AppModule:
             assert isinstance(merge, wasmtime.Func)
             try:
                 with _CALL_LOCK:
-                    merge(store)
+                    _call_unit(store, merge)
             except Exception as exc:
+                if state.pending is not None:
+                    raise state.pending from None
                 # merod ignores this failure too; note it for whoever debugs an app.
                 logger.debug(
                     "%s failed (ignored): %s", _REGISTER_MERGE, state.abort or exc
@@ -747,10 +981,16 @@ class AppModule:
         assert isinstance(func, wasmtime.Func)
         try:
             with _CALL_LOCK:
-                func(store)
+                _call_unit(store, func)
         except Exception as exc:
-            return state.abort or _trap_failure(exc, self.gas_limit)
+            return self._stopped(state, exc)
         return None
+
+    def _stopped(self, state: _CallState, exc: Exception) -> ExecutionFailure:
+        """Why the guest stopped with ``exc``; an interrupt caught in the host is raised."""
+        if state.pending is not None:
+            raise state.pending from None
+        return state.abort or _trap_failure(exc, self.gas_limit)
 
 
 class WasmRuntime:
