@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import functools
 import itertools
-import ssl
 import json
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
 
 log = logging.getLogger("calimero_workflow.client")
 
@@ -152,7 +154,12 @@ def describe_rpc_error(error: Any) -> tuple[str, str, Any]:
 
 
 class NodeClient:
-    """Talks to one node. Use as ``async with NodeClient(url, name=…)``."""
+    """Talks to one node. Use as ``async with NodeClient(url, name=…)``.
+
+    A plain ``http://`` node is reached through the small keep-alive client
+    of :mod:`calimero_workflow.http1`; an ``https://`` node, or any node when
+    ``transport`` is given, through httpx.
+    """
 
     def __init__(
         self,
@@ -165,15 +172,21 @@ class NodeClient:
     ):
         self.url = url.rstrip("/")
         self.name = name
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
-            verify=_tls_context(),
-        )
+        self._timeout = timeout
+        self._headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
+        self._plain: ConnectionPool | None = None
+        self._http: httpx.AsyncClient | None = None
+        if transport is None and self.url.startswith("http://"):
+            self._plain = ConnectionPool(self.url)
+        else:
+            self._http = httpx.AsyncClient(
+                base_url=self.url,
+                headers=self._headers,
+                timeout=timeout,
+                transport=transport,
+                trust_env=False,
+                verify=_tls_context(),
+            )
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> NodeClient:
@@ -183,24 +196,61 @@ class NodeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._plain is not None:
+            await self._plain.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     # -- transport -----------------------------------------------------
 
     async def _request(
         self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
         timeout: float | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         route = f"{method} {path}"
+        if self._plain is None:
+            return await self._request_httpx(method, path, route, json_body, content, timeout)
+        headers = self._headers
+        body = content
+        if body is None and json_body is not None:
+            # As httpx encodes json=: compact, UTF-8, no NaN.
+            body = json.dumps(
+                json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            headers = {**headers, "Content-Type": "application/json"}
+        try:
+            return await self._plain.request(
+                method, path, headers=headers, body=body,
+                timeout=self._timeout if timeout is None else timeout,
+            )
+        except HttpTimeout as exc:
+            raise NodeConnectionError(
+                f"node {self.name} did not answer {route} in time ({exc.phase})",
+                node=self.name,
+                route=route,
+            ) from exc
+        except HttpError as exc:
+            raise NodeConnectionError(
+                f"node {self.name} is unreachable at {self.url} ({exc})",
+                node=self.name,
+                route=route,
+            ) from exc
+
+    async def _request_httpx(
+        self, method: str, path: str, route: str, json_body: Any, content: bytes | None,
+        timeout: float | None,
+    ) -> Reply:
+        assert self._http is not None
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
             if content is not None:
-                return await self._http.request(method, path, content=content, **kwargs)
-            if json_body is not None:
-                return await self._http.request(method, path, json=json_body, **kwargs)
-            return await self._http.request(method, path, **kwargs)
+                response = await self._http.request(method, path, content=content, **kwargs)
+            elif json_body is not None:
+                response = await self._http.request(method, path, json=json_body, **kwargs)
+            else:
+                response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise NodeConnectionError(
                 f"node {self.name} did not answer {route} in time ({type(exc).__name__})",
@@ -213,6 +263,9 @@ class NodeClient:
                 node=self.name,
                 route=route,
             ) from exc
+        return Reply(
+            response.status_code, response.reason_phrase, dict(response.headers), response.content
+        )
 
     async def _admin(
         self, method: str, path: str, body: Any = None, *, unwrap: bool = True,
@@ -271,9 +324,11 @@ class NodeClient:
 
     def set_token(self, token: str | None) -> None:
         if token:
-            self._http.headers["Authorization"] = f"Bearer {token}"
+            self._headers["Authorization"] = f"Bearer {token}"
         else:
-            self._http.headers.pop("Authorization", None)
+            self._headers.pop("Authorization", None)
+        if self._http is not None:
+            self._http.headers = self._headers
 
     # -- health and peers ------------------------------------------------
 
