@@ -10,6 +10,7 @@ pure-Python RFC 8032 signer (slow, but nodes sign only handshakes and invitation
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -62,8 +63,13 @@ def b58encode(data: bytes) -> str:
     return "1" * zeros + "".join(reversed(out))
 
 
+@functools.lru_cache(maxsize=4096)
 def b58decode(text: str) -> bytes:
-    """Decode a base58 string; raises :class:`IdError` naming the bad character."""
+    """Decode a base58 string; raises :class:`IdError` naming the bad character.
+
+    A node decodes the same few ids (contexts, identities) on every call, and
+    the digit-by-digit loop is slow in Python, so answers are cached.
+    """
     num = 0
     for pos, char in enumerate(text):
         digit = _INDEX.get(char)

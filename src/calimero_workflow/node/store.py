@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,9 @@ class ContextRecord:
         return self.root != ZERO_ROOT
 
     def to_json(self) -> str:
-        body = asdict(self)
+        # Every execute saves the record; asdict's deep copy cost more than
+        # the JSON itself. The fields hold plain values, lists and dicts.
+        body = {name: getattr(self, name) for name in _CONTEXT_FIELDS}
         body["root"] = self.root.hex()
         body["heads"] = [h.hex() for h in self.heads]
         return json.dumps(body)
@@ -169,6 +171,9 @@ class ContextRecord:
         body["root"] = bytes.fromhex(body["root"])
         body["heads"] = [bytes.fromhex(h) for h in body["heads"]]
         return cls(**body)
+
+
+_CONTEXT_FIELDS = tuple(f.name for f in fields(ContextRecord))
 
 
 def delta_id(parents: Iterable[bytes], artifact: bytes) -> bytes:
