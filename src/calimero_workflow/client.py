@@ -18,11 +18,12 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("calimero_workflow.client")
 
@@ -179,6 +180,10 @@ class NodeClient:
         if transport is None and self.url.startswith("http://"):
             self._plain = ConnectionPool(self.url)
         else:
+            # Loaded only for TLS nodes and given transports: a run of plain
+            # HTTP nodes never needs it.
+            import httpx
+
             self._http = httpx.AsyncClient(
                 base_url=self.url,
                 headers=self._headers,
@@ -240,6 +245,8 @@ class NodeClient:
         self, method: str, path: str, route: str, json_body: Any, content: bytes | None,
         timeout: float | None,
     ) -> Reply:
+        import httpx
+
         assert self._http is not None
         kwargs: dict[str, Any] = {}
         if timeout is not None:

@@ -211,8 +211,9 @@ def _pure_sign(secret: bytes, public: bytes, message: bytes) -> bytes:
 
 
 try:
+    # Only the ed25519 module: the serialization package would load every
+    # key format (SSH, PKCS#12…) for the one raw encoding used here.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 except ImportError:  # pragma: no cover - depends on the environment
     Ed25519PrivateKey = None  # type: ignore[assignment,misc]
 
@@ -221,7 +222,7 @@ def _public_of(secret: bytes) -> bytes:
     if Ed25519PrivateKey is None:
         return _pure_public(secret)
     key = Ed25519PrivateKey.from_private_bytes(secret)
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_key().public_bytes_raw()
 
 
 def _sign(secret: bytes, public: bytes, message: bytes) -> bytes:
