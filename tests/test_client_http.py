@@ -312,3 +312,35 @@ async def test_a_given_transport_goes_through_httpx() -> None:
             await client.get_context("c")
     assert info.value.status == 404 and "gone" in info.value.message
     assert seen == [("/admin-api/health", None), ("/admin-api/contexts/c", "Bearer abc")]
+
+
+async def test_a_token_with_a_line_break_is_refused_before_sending(serve) -> None:
+    async def answer(seen: Seen) -> bytes:
+        return reply(HEALTH)
+
+    server = await serve(answer)
+    async with NodeClient(server.url, name="n1", token="t\r\nX-Injected: 1") as client:
+        with pytest.raises(NodeConnectionError) as info:
+            await client.peers_count()
+    assert "line break" in info.value.message
+    assert server.seen == []
+
+
+async def test_closing_the_client_mid_request_closes_that_connection_after_it(serve) -> None:
+    release = asyncio.Event()
+
+    async def answer(seen: Seen) -> bytes:
+        await release.wait()
+        return reply(HEALTH)
+
+    server = await serve(answer)
+    client = NodeClient(server.url, name="n1")
+    pending = asyncio.create_task(client.health())
+    while not server.seen:
+        await asyncio.sleep(0.005)
+    await client.aclose()
+    release.set()
+    assert await pending == {"status": "alive"}
+    # Not kept for reuse: the next request opens a connection of its own.
+    assert await client.health() == {"status": "alive"}
+    assert server.connections == 2

@@ -109,6 +109,7 @@ class ConnectionPool:
         self.prefix = parts.path.rstrip("/")
         self.authority = parts.netloc.rsplit("@", 1)[-1].encode("ascii")
         self._idle: list[_Connection] = []
+        self._closed = False
 
     async def request(
         self,
@@ -143,6 +144,8 @@ class ConnectionPool:
             raise HttpTimeout(phase) from None
 
     async def aclose(self) -> None:
+        """Close the idle connections; those still in use close when done."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
@@ -160,7 +163,10 @@ class ConnectionPool:
             "Accept: */*",
             "User-Agent: calimero-workflow",
         ]
-        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise HttpError(f"the {name} header holds a line break")
+            lines.append(f"{name}: {value}")
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body or b'')}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -205,7 +211,7 @@ class ConnectionPool:
         finally:
             # Cancelled, failed or told to close: the connection's state is
             # unknown or final, so it is not reused.
-            if keep:
+            if keep and not self._closed:
                 self._idle.append(connection)
             else:
                 connection.close()
