@@ -236,7 +236,7 @@ def machine() -> dict[str, Any]:
     }
     from importlib import metadata
 
-    for package in ("wasmtime", "uvicorn", "httpx", "pydantic", "pyyaml", "docker"):
+    for package in ("wasmtime", "uvicorn", "httptools", "httpx", "pydantic", "pyyaml", "docker"):
         try:
             info[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

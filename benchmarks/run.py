@@ -274,7 +274,10 @@ def machine_line(data: dict[str, Any]) -> str:
     load = data["load_average"]
     return (
         f"{m['cores']} cores, {m['ram_gb']} GB RAM, {m['cpu']}, {m['os']}; Python {m['python']}, "
-        f"wasmtime {m['wasmtime']}, Docker engine {m.get('docker_engine') or '-'}; "
+        f"wasmtime {m['wasmtime']}, "
+        # Older results files do not record it; without it uvicorn parses with h11.
+        + (f"httptools {m['httptools']}, " if m.get("httptools") else "")
+        + f"Docker engine {m.get('docker_engine') or '-'}; "
         f"load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after; "
         f"{data['duration_s']:.0f} s in all; commit {m.get('commit')}"
         + (" with uncommitted changes under src/" if m.get("src_modified") else "")

@@ -96,6 +96,25 @@ def test_init_rejects_a_bad_boot_node(
     assert "not-a-multiaddr" in capsys.readouterr().err
 
 
+def test_init_loads_neither_the_server_nor_the_wasm_runtime(tmp_path: Path) -> None:
+    # A Docker node runs `init` in a container of its own; it must stay cheap.
+    import subprocess
+
+    probe = (
+        "import sys\n"
+        "from calimero_workflow.node.merod import main\n"
+        f"code = main(['--home', {str(tmp_path)!r}, '--node', 'n', 'init'])\n"
+        "heavy = ('asyncio', 'wasmtime', 'uvicorn', 'httpx', 'sqlite3')\n"
+        "print(code, sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "0 []"
+    assert (tmp_path / "n" / "config.toml").is_file()
+
+
 def test_run_with_a_missing_config_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

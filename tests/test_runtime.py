@@ -882,6 +882,67 @@ def test_out_of_bounds_pointers_are_host_errors(
     )
 
 
+def test_host_sees_memory_the_guest_grew(runtime: WasmRuntime) -> None:
+    # A second page appears after the host first looked at memory.
+    module = compile_wat(
+        runtime,
+        """
+        (data (i32.const 1024) "one")
+        (func (export "grow")
+          (call $buf (i32.const 0) (i32.const 1024) (i32.const 3))
+          (call $log_utf8 (i64.const 0))
+          (drop (memory.grow (i32.const 1)))
+          (i32.store (i32.const 70000) (i32.const 0x6f777400))
+          (call $buf (i32.const 0) (i32.const 70001) (i32.const 3))
+          (call $log_utf8 (i64.const 0))
+          (call $buf (i32.const 0) (i32.const 131070) (i32.const 3))
+          (call $log_utf8 (i64.const 0)))
+        """,
+    )
+    outcome = run(module, "grow")
+    assert outcome.logs == ["one", "two"]
+    assert host_error(outcome) == "invalid memory access"
+    assert "outside guest memory of 131072 bytes" in host_detail(outcome)
+
+
+def test_host_calls_from_a_start_function(runtime: WasmRuntime) -> None:
+    # The start function runs while the module instantiates, before the
+    # runtime has looked up the instance's exports.
+    module = compile_wat(
+        runtime,
+        """
+        (data (i32.const 1024) "starting")
+        (func $start
+          (call $buf (i32.const 0) (i32.const 1024) (i32.const 8))
+          (call $log_utf8 (i64.const 0)))
+        (start $start)
+        (func (export "method") (call $ok_i64 (i64.const 7)))
+        """,
+    )
+    outcome = ok(run(module, "method"))
+    assert outcome.logs == ["starting"]
+    assert outcome.returns == (7).to_bytes(8, "little")
+
+
+def test_interrupt_in_a_host_function_reaches_the_caller(runtime: WasmRuntime) -> None:
+    module = compile_wat(
+        runtime,
+        """
+        (func (export "now")
+          (call $buf (i32.const 0) (i32.const 8192) (i32.const 8))
+          (call $time_now (i64.const 0)))
+        """,
+    )
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(module, "now", clock=interrupted)
+    # The runtime is still usable afterwards.
+    ok(run(module, "now", clock=lambda: 5))
+
+
 # --- compile-time checks ----------------------------------------------------------------------------
 
 
@@ -1132,3 +1193,108 @@ def test_concurrent_calls_keep_their_own_state(runtime: WasmRuntime) -> None:
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(one, range(400)))
+
+
+# --- binding -------------------------------------------------------------------------------------
+
+
+def test_public_api_binding_gives_the_same_outcomes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Host calls normally go through wasmtime's C API; without it the runtime
+    # falls back to wasmtime-py's own trampoline. Both must agree exactly.
+    from calimero_workflow.node import runtime as runtime_module
+    from wasm_fixtures import KV_STORE_WASM
+
+    wasm = KV_STORE_WASM.read_bytes()
+    panicking = wasmtime.wat2wasm(
+        f"""(module {IMPORTS} {HELPERS}
+        (data (i32.const 1024) "boom" "f.c")
+        (func (export "boom")
+          (call $buf (i32.const 0) (i32.const 1024) (i32.const 4))
+          (call $buf (i32.const 32) (i32.const 1028) (i32.const 3))
+          (i32.store (i32.const 48) (i32.const 9))
+          (call $panic_utf8 (i64.const 0) (i64.const 32))))"""
+    )
+    calls = [
+        ("init", {}),
+        ("set", {"key": "a", "value": "1"}),
+        ("set", {"key": "b", "value": "2"}),
+        ("get", {"key": "a"}),
+        ("get_result", {"key": "missing"}),
+        ("remove", {"key": "b"}),
+        ("entries", {}),
+    ]
+
+    def outcomes() -> list[tuple[object, ...]]:
+        rt = WasmRuntime()
+        module = rt.compile(wasm)
+        storage: dict[bytes, bytes] = {}
+        seen = []
+        for method, args in calls:
+            outcome = run(
+                module,
+                method,
+                json.dumps(args).encode(),
+                storage=storage,
+                clock=lambda: 1_700_000_000_000_000_000,
+                random=lambda n: b"\x07" * n,
+            )
+            for key, value in outcome.writes.items():
+                if value is None:
+                    storage.pop(key, None)
+                else:
+                    storage[key] = value
+            seen.append(
+                (
+                    outcome.returns,
+                    outcome.is_error,
+                    outcome.logs,
+                    outcome.events,
+                    outcome.root_hash,
+                    outcome.artifact,
+                    outcome.writes,
+                    outcome.failure,
+                )
+            )
+        failed = run(rt.compile(panicking), "boom")
+        seen.append((failed.failure, failed.logs))
+        return seen
+
+    raw = outcomes()
+    monkeypatch.setattr(runtime_module, "_RAW", None)
+    public = outcomes()
+    assert public == raw
+    panic = raw[-1][0]
+    assert panic is not None and panic.message == "guest panicked: boom at f.c:9:0"
+    assert raw[3][0] == b'"1"'
+
+
+def test_c_bindings_that_misbehave_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # wasmtime-py's bindings are private: a release may keep a name and change
+    # what it does. The first runtime checks them and, when they misbehave,
+    # links through the public API instead.
+    from calimero_workflow.node import runtime as runtime_module
+
+    api = runtime_module._RawApi()
+    runtime_module._check_raw_api(api)
+
+    def silent_call(self: object, store: object, func: object) -> None:
+        return None  # returns without running the guest
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime_module._RawApi, "call_unit", silent_call)
+        with pytest.raises(ValueError, match="did not reach guest memory"):
+            runtime_module._check_raw_api(api)
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime_module._RawApi, "trap", lambda self, message: 0)
+        with pytest.raises(ValueError, match="did not stop the guest"):
+            runtime_module._check_raw_api(api)
+
+    monkeypatch.setattr(runtime_module, "_RAW", api)
+    monkeypatch.setattr(runtime_module, "_RAW_SETTLED", False)
+    monkeypatch.setattr(runtime_module._RawApi, "call_unit", silent_call)
+    rt = WasmRuntime()
+    assert runtime_module._RAW is None
+    module = compile_wat(rt, '(func (export "seven") (call $ok_i64 (i64.const 7)))')
+    assert ok(run(module, "seven")).returns == (7).to_bytes(8, "little")

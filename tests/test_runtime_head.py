@@ -422,3 +422,179 @@ def test_fetch_is_blocked_like_merod(probe: AppModule) -> None:
     # the (here out-of-bounds) arguments, so no request can leave the node.
     returns = Replica(probe).ok("fetch_blocked")
     assert returns == b"\x01Host function 'fetch' is temporarily disabled."
+
+
+# --- both bindings -------------------------------------------------------------------------------
+
+# `panic` (no message) and `commit` are imported by neither C probe.
+PANIC_AND_COMMIT = """(module
+  (import "env" "panic" (func $panic (param i64)))
+  (import "env" "commit" (func $commit (param i64 i64)))
+  (memory (export "memory") 1)
+  (data (i32.const 256) "p.rs")
+  (data (i32.const 512) "0123456789abcdef0123456789abcdef")
+  (data (i32.const 600) "art")
+  (func $descriptors
+    (i64.store (i32.const 0) (i64.const 512))
+    (i64.store (i32.const 8) (i64.const 32))
+    (i64.store (i32.const 16) (i64.const 600))
+    (i64.store (i32.const 24) (i64.const 3)))
+  (func (export "commit")
+    (call $descriptors)
+    (call $commit (i64.const 0) (i64.const 16)))
+  (func (export "commit_twice")
+    (call $descriptors)
+    (call $commit (i64.const 0) (i64.const 16))
+    (call $commit (i64.const 0) (i64.const 16)))
+  (func (export "boom")
+    (i64.store (i32.const 32) (i64.const 256))
+    (i64.store (i32.const 40) (i64.const 4))
+    (i32.store (i32.const 48) (i32.const 3))
+    (i32.store (i32.const 52) (i32.const 5))
+    (call $panic (i64.const 32))))"""
+
+
+class BrokenBlobs(Blobs):
+    """A blob store with a bug: the host must report it as its own failure."""
+
+    def fetch(self, blob_id: bytes, context_id: bytes) -> bytes | None:
+        raise RuntimeError("blob store exploded")
+
+
+def test_every_host_function_gives_the_same_outcomes_through_both_bindings(
+    c_test_wasm: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Host calls normally go through wasmtime's C API; without it the runtime
+    # falls back to wasmtime-py's public define_func. Every function of the
+    # table must be reached through both, with exactly the same results.
+    import dataclasses
+
+    import wasmtime
+
+    from calimero_workflow.node import runtime as runtime_module
+    from calimero_workflow.node.ids import Keypair
+
+    called: set[str] = set()
+    for name in abi.HOST_FUNCTIONS:
+        original = getattr(runtime_module._Host, name)
+
+        def counted(
+            self: Any, call: Any, *args: int, _name: str = name, _f: Any = original
+        ) -> Any:
+            called.add(_name)
+            return _f(self, call, *args)
+
+        monkeypatch.setattr(runtime_module._Host, name, counted)
+
+    key = Keypair.generate()
+    signature = key.sign(b"signed")
+    origin = bytes([9]) * 32
+    remote = b"only a peer has this"
+    remote_id = hashlib.sha256(remote).digest()
+
+    def dump(outcome: Outcome) -> dict[str, Any]:
+        fields = dataclasses.asdict(outcome)
+        del fields["duration_s"]
+        return fields
+
+    def outcomes() -> tuple[list[dict[str, Any]], set[str]]:
+        called.clear()
+        rt = WasmRuntime()
+        node = Replica(rt.compile(c_test_wasm["head_probe"]))
+        node.blobs.peers[remote_id] = remote
+        stored = node.blobs.put(b"x" * 20)
+        probe_calls: list[tuple[str, bytes, dict[str, Any]]] = [
+            ("identity", b"", {"account_id": ACCOUNT, "xcall_origin": origin}),
+            ("identity", b"", {}),
+            ("private", private("w", b"secret", b"42"), {}),
+            ("private", private("r", b"secret"), {}),
+            ("private", private("d", b"secret"), {}),
+            ("private", private("w", b"k", b"v"), {"private_storage": None}),
+            ("private_sequence", b"k", {}),
+            ("index_set", b"\x03c/2idc2", {}),
+            ("index_set", b"\x03a/1ida1", {}),
+            ("index_set", b"\x03c/1idc1", {}),
+            ("index_scan", b"\x00\x01\xff\x01\x03", {}),
+            ("index_last", b"\x02c/\x02c0", {}),
+            ("index_remove", b"c/2", {}),
+            ("index_remove_prefix", b"a/", {}),
+            ("index_sequence", b"", {}),
+            ("index_set", b"\x01kv", {"index": None}),
+            ("meta", b"s\x04collhash", {}),
+            ("meta", b"g\x04coll", {}),
+            ("meta", b"c\x04coll", {}),
+            ("xcall", xcall_input(bytes([7]) * 32, b"receive", b'{"a":1}'), {}),
+            ("xcall", xcall_input(bytes(31), b"f", b""), {}),
+            ("emit_handler", b"\x07on_ping" + b'{"k":1}', {}),
+            ("emit_handler", b"\xff" + b"data", {}),
+            ("emit_handler", b"\x01\xff", {}),
+            ("witness", b"borsh-witness", {}),
+            ("blob_roundtrip", b"streamed through two writes", {}),
+            ("blob_roundtrip", b"data", {"blobs": None}),
+            ("blob_read_id", stored, {}),
+            ("blob_read_id", bytes(32), {}),
+            ("blob_read_id", bytes(31), {}),
+            ("blob_announce", stored, {}),
+            ("blob_announce", bytes(32), {}),
+            ("blob_open_ctx", remote_id, {}),
+            ("blob_open_ctx", bytes(32), {}),
+            ("blob_open_ctx", remote_id, {"blobs": BrokenBlobs()}),
+            ("blob_bad_fd", b"", {}),
+            ("blob_write_read_handle", b"", {}),
+            ("blob_close_short", b"", {}),
+            ("blob_many", b"", {}),
+            ("fetch_blocked", b"", {}),
+        ]
+        seen = [dump(node.run(m, data, **kwargs)) for m, data, kwargs in probe_calls]
+        seen.append(
+            {
+                "private": node.private,
+                "index": node.index,
+                "meta": node.meta,
+                "blobs": node.blobs.local,
+                "announced": node.blobs.announced,
+            }
+        )
+
+        older = rt.compile(c_test_wasm["host_probe"])
+
+        def run_older(method: str, data: bytes = b"", **kwargs: Any) -> Outcome:
+            kwargs.setdefault("storage", {})
+            return older.run(method, data, context_id=CTX, executor_id=DEVICE, **kwargs)
+
+        seen += [
+            dump(run_older("ids")),
+            dump(run_older("storage", b"k")),
+            dump(run_older("environment", b"{}", clock=lambda: 77, random=lambda n: b"r" * n)),
+            dump(run_older("verify", signature + key.public + b"signed")),
+            dump(run_older("verify", signature + key.public + b"tampered")),
+            dump(run_older("verify", signature + bytes([2]) + bytes(31) + b"signed")),
+            dump(run_older("fail")),
+        ]
+        with pytest.raises(KeyboardInterrupt):
+            run_older("environment", clock=_interrupt)
+        seen.append(dump(run_older("environment", clock=lambda: 5, random=bytes)))
+
+        wat = rt.compile(wasmtime.wat2wasm(PANIC_AND_COMMIT))
+        for method in ("commit", "commit_twice", "boom"):
+            seen.append(dump(wat.run(method, b"", storage={}, context_id=CTX, executor_id=DEVICE)))
+        return seen, set(called)
+
+    raw, raw_called = outcomes()
+    assert runtime_module._RAW is not None, "wasmtime's C API is not reachable"
+    monkeypatch.setattr(runtime_module, "_RAW", None)
+    public, public_called = outcomes()
+    assert raw_called == public_called == set(abi.HOST_FUNCTIONS)
+    assert public == raw
+    # Spot checks that the sequence did what it says.
+    failures = [o["failure"]["message"] for o in raw if o.get("failure")]
+    assert "host panicked: internal error in env.blob_open_in_context: blob store exploded" in failures
+    assert "guest panicked: explicit panic at p.rs:3:5" in failures
+    assert "invalid memory access" in failures
+    assert "incorrect ed25519 public key" in failures
+    assert raw[-3]["root_hash"] == b"0123456789abcdef0123456789abcdef"
+    assert raw[-3]["artifact"] == b"art"
+
+
+def _interrupt() -> int:
+    raise KeyboardInterrupt

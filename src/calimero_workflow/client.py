@@ -18,9 +18,12 @@ import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("calimero_workflow.client")
 
@@ -151,7 +154,7 @@ def describe_rpc_error(error: Any) -> tuple[str, str, Any]:
     return etype, message, data
 
 
-def _denies_field(response: httpx.Response, field: str) -> bool:
+def _denies_field(response: Reply, field: str) -> bool:
     """Whether a JSON-RPC answer is serde's refusal of the unknown ``field``."""
     try:
         error = response.json().get("error")
@@ -165,7 +168,12 @@ def _denies_field(response: httpx.Response, field: str) -> bool:
 
 
 class NodeClient:
-    """Talks to one node. Use as ``async with NodeClient(url, name=…)``."""
+    """Talks to one node. Use as ``async with NodeClient(url, name=…)``.
+
+    A plain ``http://`` node is reached through the small keep-alive client
+    of :mod:`calimero_workflow.http1`; an ``https://`` node, or any node when
+    ``transport`` is given, through httpx.
+    """
 
     def __init__(
         self,
@@ -178,15 +186,25 @@ class NodeClient:
     ):
         self.url = url.rstrip("/")
         self.name = name
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
-            verify=_tls_context(),
-        )
+        self._timeout = timeout
+        self._headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
+        self._plain: ConnectionPool | None = None
+        self._http: httpx.AsyncClient | None = None
+        if transport is None and self.url.startswith("http://"):
+            self._plain = ConnectionPool(self.url)
+        else:
+            # Loaded only for TLS nodes and given transports: a run of plain
+            # HTTP nodes never needs it.
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                base_url=self.url,
+                headers=self._headers,
+                timeout=timeout,
+                transport=transport,
+                trust_env=False,
+                verify=_tls_context(),
+            )
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> NodeClient:
@@ -196,24 +214,63 @@ class NodeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._plain is not None:
+            await self._plain.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     # -- transport -----------------------------------------------------
 
     async def _request(
         self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
         timeout: float | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         route = f"{method} {path}"
+        if self._plain is None:
+            return await self._request_httpx(method, path, route, json_body, content, timeout)
+        headers = self._headers
+        body = content
+        if body is None and json_body is not None:
+            # As httpx encodes json=: compact, UTF-8, no NaN.
+            body = json.dumps(
+                json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode()
+            headers = {**headers, "Content-Type": "application/json"}
+        try:
+            return await self._plain.request(
+                method, path, headers=headers, body=body,
+                timeout=self._timeout if timeout is None else timeout,
+            )
+        except HttpTimeout as exc:
+            raise NodeConnectionError(
+                f"node {self.name} did not answer {route} in time ({exc.phase})",
+                node=self.name,
+                route=route,
+            ) from exc
+        except HttpError as exc:
+            raise NodeConnectionError(
+                f"node {self.name} is unreachable at {self.url} ({exc})",
+                node=self.name,
+                route=route,
+            ) from exc
+
+    async def _request_httpx(
+        self, method: str, path: str, route: str, json_body: Any, content: bytes | None,
+        timeout: float | None,
+    ) -> Reply:
+        import httpx
+
+        assert self._http is not None
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
             if content is not None:
-                return await self._http.request(method, path, content=content, **kwargs)
-            if json_body is not None:
-                return await self._http.request(method, path, json=json_body, **kwargs)
-            return await self._http.request(method, path, **kwargs)
+                response = await self._http.request(method, path, content=content, **kwargs)
+            elif json_body is not None:
+                response = await self._http.request(method, path, json=json_body, **kwargs)
+            else:
+                response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise NodeConnectionError(
                 f"node {self.name} did not answer {route} in time ({type(exc).__name__})",
@@ -226,6 +283,9 @@ class NodeClient:
                 node=self.name,
                 route=route,
             ) from exc
+        return Reply(
+            response.status_code, response.reason_phrase, dict(response.headers), response.content
+        )
 
     async def _admin(
         self, method: str, path: str, body: Any = None, *, unwrap: bool = True,
@@ -284,9 +344,11 @@ class NodeClient:
 
     def set_token(self, token: str | None) -> None:
         if token:
-            self._http.headers["Authorization"] = f"Bearer {token}"
+            self._headers["Authorization"] = f"Bearer {token}"
         else:
-            self._http.headers.pop("Authorization", None)
+            self._headers.pop("Authorization", None)
+        if self._http is not None:
+            self._http.headers = self._headers
 
     # -- health and peers ------------------------------------------------
 
@@ -437,7 +499,7 @@ class NodeClient:
 
     # -- JSON-RPC ----------------------------------------------------------------
 
-    async def _rpc_execute(self, params: dict[str, Any], timeout: float | None) -> httpx.Response:
+    async def _rpc_execute(self, params: dict[str, Any], timeout: float | None) -> Reply:
         envelope = {"jsonrpc": "2.0", "id": next(self._ids), "method": "execute", "params": params}
         return await self._request("POST", "/jsonrpc", json_body=envelope, timeout=timeout)
 

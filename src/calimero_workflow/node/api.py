@@ -162,6 +162,18 @@ class NodeApi:
         for method, template, handler in table:
             pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
             self._routes.append((method, re.compile(pattern + "/?"), handler))
+        # Fixed paths (``POST /jsonrpc`` above all) are found without trying
+        # every pattern, wherever the scan in _dispatch would pick the same.
+        self._exact: dict[tuple[str, str], Handler] = {}
+        for method, template, handler in table:
+            if "{" in template:
+                continue
+            first = next(
+                (h for m, p, h in self._routes if m == method and p.fullmatch(template)),
+                None,
+            )
+            if first is handler:
+                self._exact[(method, template)] = handler
 
     @property
     def service(self) -> Any:
@@ -249,6 +261,9 @@ class NodeApi:
         return b"".join(chunks)
 
     async def _dispatch(self, request: Request) -> Response:
+        exact = self._exact.get((request.method, request.path))
+        if exact is not None:
+            return await exact(request)
         allowed = []
         for method, pattern, handler in self._routes:
             match = pattern.fullmatch(request.path)

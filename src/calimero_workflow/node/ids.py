@@ -10,6 +10,7 @@ pure-Python RFC 8032 signer (slow, but nodes sign only handshakes and invitation
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -62,8 +63,13 @@ def b58encode(data: bytes) -> str:
     return "1" * zeros + "".join(reversed(out))
 
 
+@functools.lru_cache(maxsize=4096)
 def b58decode(text: str) -> bytes:
-    """Decode a base58 string; raises :class:`IdError` naming the bad character."""
+    """Decode a base58 string; raises :class:`IdError` naming the bad character.
+
+    A node decodes the same few ids (contexts, identities) on every call, and
+    the digit-by-digit loop is slow in Python, so answers are cached.
+    """
     num = 0
     for pos, char in enumerate(text):
         digit = _INDEX.get(char)
@@ -205,8 +211,9 @@ def _pure_sign(secret: bytes, public: bytes, message: bytes) -> bytes:
 
 
 try:
+    # Only the ed25519 module: the serialization package would load every
+    # key format (SSH, PKCS#12…) for the one raw encoding used here.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 except ImportError:  # pragma: no cover - depends on the environment
     Ed25519PrivateKey = None  # type: ignore[assignment,misc]
 
@@ -215,7 +222,7 @@ def _public_of(secret: bytes) -> bytes:
     if Ed25519PrivateKey is None:
         return _pure_public(secret)
     key = Ed25519PrivateKey.from_private_bytes(secret)
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_key().public_bytes_raw()
 
 
 def _sign(secret: bytes, public: bytes, message: bytes) -> bytes:

@@ -15,10 +15,7 @@ failure (port in use, init refused), 2 bad usage or bad config.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,13 +23,17 @@ from pathlib import Path
 from .config import CONFIG_FILE, ConfigError, NodeConfig, load_config, write_config
 from .ids import Keypair
 
+# asyncio, logging and the server (uvicorn, wasmtime) are imported by `run`
+# only: a Docker node runs `init` in a container of its own, and those imports
+# were most of its CPU time.
+
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILURE", "EXIT_OK", "main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIG = 2
 
-log = logging.getLogger("calimero_workflow.node.merod")
+_LOGGER = "calimero_workflow.node.merod"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +125,10 @@ def _init(args: argparse.Namespace) -> int:
 
 
 async def _serve(cfg: NodeConfig) -> int:
+    import asyncio
+    import logging
+    import signal
+
     from .server import EmbeddedNode
 
     node = EmbeddedNode(cfg)
@@ -143,12 +148,14 @@ async def _serve(cfg: NodeConfig) -> int:
     try:
         await stop.wait()
     finally:
-        log.info("shutting down node %s", cfg.name)
+        logging.getLogger(_LOGGER).info("shutting down node %s", cfg.name)
         await node.stop()
     return EXIT_OK
 
 
 def _log_level(environ: Mapping[str, str]) -> int:
+    import logging
+
     # merobox passes RUST_LOG; honour its common values.
     value = environ.get("RUST_LOG", "info").split(",")[0].split("=")[-1].lower()
     levels = {"trace": logging.DEBUG, "debug": logging.DEBUG, "warn": logging.WARNING}
@@ -156,6 +163,9 @@ def _log_level(environ: Mapping[str, str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
     node_dir = Path(args.home).expanduser() / args.node
     try:
         cfg = load_config(node_dir, args.node)

@@ -200,7 +200,7 @@ class _BlobHandle:
 
 
 class _CallState:
-    """Mutable state of one ``run``; host functions find it via a thread-local."""
+    """Mutable state of one ``run``; host functions are handed it as ``call``."""
 
     __slots__ = (
         "input",
@@ -214,8 +214,12 @@ class _CallState:
         "executor_id",
         "account_id",
         "xcall_origin",
+        "store",
         "memory",
+        "guest",
+        "caller",
         "abort",
+        "pending",
         "clock",
         "random",
         "private",
@@ -246,8 +250,15 @@ class _CallState:
         self.executor_id = executor_id
         self.account_id = executor_id
         self.xcall_origin: bytes | None = None
+        self.store: wasmtime.Store | None = None
         self.memory: wasmtime.Memory | None = None
+        #: Guest memory as the host sees it, made on first access.
+        self.guest: _GuestMemory | None = None
+        #: The caller of the host function running now (valid only inside it).
+        self.caller: Any = None
         self.abort: ExecutionFailure | None = None
+        #: A BaseException (KeyboardInterrupt…) a host function caught, to re-raise.
+        self.pending: BaseException | None = None
         self.clock = clock
         self.random = random
         # Node-local stores; None means this run has no such backend, and the
@@ -258,6 +269,240 @@ class _CallState:
         self.blobs: BlobStore | None = None
         self.blob_handles: dict[int, _BlobHandle] = {}
         self.next_blob_fd = 1
+
+
+# -- wasmtime's C API, below wasmtime-py's wrappers ------------------------------
+#
+# A `set` of the kv-store app makes about 22 host calls. Through wasmtime-py's
+# generic trampoline each one built a Caller, a Val per argument and a checked
+# result, 20-30 µs in all, more than the host function itself. wasmtime's
+# "unchecked" calling convention passes the arguments as one array of raw
+# values instead, and guest memory is read through a memoryview whose size is
+# checked by one C call per host call. These are reached through the bindings
+# wasmtime-py bundles; when they are not where we expect them, the public API
+# is used and everything still works, slower.
+
+U32_MAX = 0xFFFF_FFFF
+
+
+class _RawApi:
+    """The few C functions of wasmtime that the runtime calls directly."""
+
+    def __init__(self) -> None:
+        from wasmtime import _ffi as ffi
+        from wasmtime._extern import wrap_extern
+
+        self.ffi = ffi
+        self.wrap_extern = wrap_extern
+        self.callback = ffi.wasmtime_func_unchecked_callback_t
+        self.define = ffi.wasmtime_linker_define_func_unchecked
+        self.call = ffi.wasmtime_func_call_unchecked
+        self.value_array = ffi.wasmtime_val_raw_t * 1
+        # A null finalizer: the callbacks hold no data to free.
+        self.no_finalizer = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+        # Fresh function objects (indexing the library does not cache them), so
+        # our return types do not change wasmtime-py's own bindings.
+        context, memory = (
+            ctypes.POINTER(ffi.wasmtime_context_t),
+            ctypes.POINTER(ffi.wasmtime_memory_t),
+        )
+        self.memory_data = ffi.dll["wasmtime_memory_data"]
+        self.memory_data.restype = ctypes.c_void_p
+        self.memory_data.argtypes = [context, memory]
+        self.memory_size = ffi.dll["wasmtime_memory_data_size"]
+        self.memory_size.restype = ctypes.c_size_t
+        self.memory_size.argtypes = [context, memory]
+        self.trap_new = ffi.wasmtime_trap_new
+        self.caller_export_get = ffi.wasmtime_caller_export_get
+        self.instance_export_get = ffi.wasmtime_instance_export_get
+
+    def trap(self, message: str) -> int:
+        """A new trap (owned by wasmtime once returned from a callback), as an address."""
+        raw = message.encode()
+        return ctypes.cast(self.trap_new(raw, len(raw)), ctypes.c_void_p).value or 0
+
+    def guest_memory(
+        self, store: wasmtime.Store, memory: wasmtime.Memory
+    ) -> _GuestMemory:
+        context, handle = store._context(), ctypes.byref(memory._memory)
+        data, size = self.memory_data, self.memory_size
+        return _GuestMemory(
+            lambda: size(context, handle), lambda: data(context, handle) or 0
+        )
+
+    def caller_memory(self, caller: Any) -> Any:
+        item = self.ffi.wasmtime_extern_t()
+        if not self.caller_export_get(caller, b"memory", 6, ctypes.byref(item)):
+            return None
+        return self.wrap_extern(item)
+
+    def export(
+        self, store: wasmtime.Store, instance: wasmtime.Instance, name: str
+    ) -> Any:
+        raw = name.encode()
+        item = self.ffi.wasmtime_extern_t()
+        found = self.instance_export_get(
+            store._context(),
+            ctypes.byref(instance._instance),
+            raw,
+            len(raw),
+            ctypes.byref(item),
+        )
+        return self.wrap_extern(item) if found else None
+
+    def call_unit(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
+        """Call a ``() -> ()`` export; raise wasmtime's Trap or error as ``func(store)`` would."""
+        trap = ctypes.POINTER(self.ffi.wasm_trap_t)()
+        error = self.call(
+            store._context(),
+            ctypes.byref(func._func),
+            self.value_array(),
+            0,
+            ctypes.byref(trap),
+        )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        if trap:
+            raise wasmtime.Trap._from_ptr(trap)
+
+
+#: A module for :func:`_check_raw_api`: one import taking a u64 and a u32.
+_CHECK_WAT = """(module
+  (import "env" "check" (func $check (param i64 i32) (result i64)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (i64.store (i32.const 8) (call $check (i64.const -2) (i32.const -3))))
+  (func (export "fail") (drop (call $check (i64.const 0) (i32.const 0)))))"""
+_CHECK_VALUE = 0x1122_3344_5566_7788
+
+
+def _check_raw_api(api: _RawApi) -> None:
+    """Link, call and trap once through ``api``; raise if anything is not as expected.
+
+    The bindings are private to wasmtime-py, so a release may keep the names
+    and change what is behind them (a field, a method turned property). One
+    round trip through each path the runtime uses catches that before use.
+    """
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+
+    def check(env: Any, caller: Any, values: Any, count: int) -> int:
+        if values[0].i64 & U64_MAX == 0:
+            return api.trap("check trap")
+        ok = (
+            values[0].i64 & U64_MAX == U64_MAX - 1
+            and values[1].i32 & U32_MAX == U32_MAX - 2
+            and isinstance(api.caller_memory(caller), wasmtime.Memory)
+        )
+        values[0].i64 = _CHECK_VALUE if ok else 0
+        return 0
+
+    callback = api.callback(check)
+    ty = _func_type("Ii", "I")
+    error = api.define(
+        linker.ptr(), b"env", 3, b"check", 5, ty.ptr(), callback, None, api.no_finalizer
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    store = wasmtime.Store(engine)
+    instance = linker.instantiate(store, wasmtime.Module(engine, wasmtime.wat2wasm(_CHECK_WAT)))
+    api.call_unit(store, api.export(store, instance, "run"))
+    view = api.guest_memory(store, api.export(store, instance, "memory")).view()
+    if len(view) != 65536 or view[8:16].tobytes() != _CHECK_VALUE.to_bytes(8, "little"):
+        raise ValueError("a host call through the C API did not reach guest memory")
+    try:
+        api.call_unit(store, api.export(store, instance, "fail"))
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        # wasmtime hands a host's trap back as an error, a guest's as a trap.
+        if "check trap" not in str(exc):
+            raise ValueError(f"a host trap came back as {exc}") from None
+    else:
+        raise ValueError("a host trap did not stop the guest")
+
+
+def _load_raw_api() -> _RawApi | None:
+    try:
+        return _RawApi()
+    except (ImportError, AttributeError, TypeError) as exc:  # pragma: no cover - another wasmtime-py
+        logger.debug(
+            "wasmtime's C API is not reachable (%s); host calls use wasmtime-py's "
+            "public define_func",
+            exc,
+        )
+        return None
+
+
+def _settle_raw_api() -> None:
+    """Check the C API once, before the first runtime links anything; drop it if broken.
+
+    Not done at import: the check runs wasm, and wasmtime installs its trap
+    handlers on first use, which must stay after any handler the process sets
+    up itself (a faulthandler installed later would swallow every guest trap).
+    """
+    global _RAW, _RAW_SETTLED
+    with _RAW_LOCK:
+        if _RAW_SETTLED or _RAW is None:
+            return
+        _RAW_SETTLED = True
+        try:
+            _check_raw_api(_RAW)
+        except Exception as exc:  # pragma: no cover - another wasmtime-py
+            logger.debug(
+                "wasmtime's C API does not behave as expected (%s: %s); host calls "
+                "use wasmtime-py's public define_func",
+                type(exc).__name__,
+                exc,
+            )
+            _RAW = None
+
+
+class _GuestMemory:
+    """Guest linear memory during one call, as a memoryview the host reads and writes.
+
+    Only the guest changes the memory's size or place (``memory.grow``), never
+    a host function, so the view is checked once per host function call: one
+    C call for the size, and a new view only when the guest grew the memory.
+    """
+
+    __slots__ = ("_size", "_base", "data", "checked")
+
+    def __init__(self, size: Callable[[], int], base: Callable[[], int]) -> None:
+        self._size = size
+        self._base = base
+        # Writable even while empty: a zero-byte write to a zero-page memory is valid.
+        self.data = memoryview(bytearray())
+        self.checked = False
+
+    def view(self) -> memoryview:
+        if not self.checked:
+            size = self._size()
+            if size != len(self.data):
+                array = (ctypes.c_char * size).from_address(self._base())
+                self.data = memoryview(array).cast("B")
+            self.checked = True
+        return self.data
+
+
+def _guest_memory(
+    store: wasmtime.Store | None, memory: wasmtime.Memory
+) -> _GuestMemory:
+    assert store is not None
+    if _RAW is not None:
+        return _RAW.guest_memory(store, memory)
+    return _GuestMemory(
+        lambda: memory.data_len(store),
+        lambda: ctypes.addressof(memory.data_ptr(store).contents),
+    )
+
+
+def _caller_memory(caller: Any) -> wasmtime.Memory | None:
+    if isinstance(caller, wasmtime.Caller):  # pragma: no cover - another wasmtime-py
+        found = caller.get("memory")
+    elif caller is not None and _RAW is not None:
+        found = _RAW.caller_memory(caller)
+    else:
+        found = None
+    return found if isinstance(found, wasmtime.Memory) else None
 
 
 _VALTYPES = {"I": wasmtime.ValType.i64, "i": wasmtime.ValType.i32}
@@ -285,16 +530,36 @@ def _signature_letters(ty: wasmtime.FuncType) -> tuple[str, str] | None:
     return params, results
 
 
+#: The C API when usable, else None (the public API is used).
+_RAW = _load_raw_api()
+_RAW_SETTLED = False
+_RAW_LOCK = threading.Lock()
+
+
 class _Host:
     """The ``env`` host functions, shared by every module of one runtime.
 
-    wasmtime-py linker functions are store-independent closures, so per-call
-    state cannot be bound to them; each call parks its ``_CallState`` in a
-    thread-local instead (a call never re-enters ``run`` on the same thread).
+    Binding convention, the same for every function: each name in
+    :data:`abi.HOST_FUNCTIONS` is a method ``name(self, call, *args)`` here.
+    ``call`` is the running call's :class:`_CallState`; ``args`` are the
+    guest's arguments in table order, as unsigned Python ints (an ``I`` is
+    a u64, an ``i`` a u32). The method returns an int for a function with a
+    result and ``None`` otherwise. It reaches guest memory only through
+    ``self._read(call, …)``, ``self._write(call, …)`` and the helpers built
+    on them, and stops the guest by raising :func:`_host_error` or
+    ``_HostAbort``. :meth:`define` links every entry of the table, so a new
+    host function needs its table row and its method, nothing else.
+
+    Linker functions are store-independent, so per-call state cannot be
+    bound to them; each call parks its ``_CallState`` in a thread-local that
+    only the callbacks made by :meth:`define` read (a call never re-enters
+    ``run`` on the same thread).
     """
 
     def __init__(self) -> None:
         self._tls = threading.local()
+        # ctypes callbacks must outlive the linker that points at them.
+        self._callbacks: list[Any] = []
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -304,56 +569,53 @@ class _Host:
     def leave(self) -> None:
         self._tls.state = None
 
-    def _state(self) -> _CallState:
-        return self._tls.state  # type: ignore[no-any-return]
-
-    def _memory(self, caller: wasmtime.Caller, state: _CallState) -> wasmtime.Memory:
-        if state.memory is None:
-            memory = caller.get("memory")
-            if not isinstance(memory, wasmtime.Memory):
+    def _memory(self, call: _CallState) -> wasmtime.Memory:
+        if call.memory is None:
+            # Only while the module instantiates (a start function calling the
+            # host): the instance's exports are not known yet, the caller's are.
+            memory = _caller_memory(call.caller)
+            if memory is None:
                 raise _host_error("the module does not export a memory named `memory`")
-            state.memory = memory
-        return state.memory
+            call.memory = memory
+        return call.memory
 
-    def _span(self, caller: wasmtime.Caller, ptr: int, length: int) -> int:
-        """Bounds-check ``length`` bytes at guest offset ``ptr``; return the host address."""
-        memory = self._memory(caller, self._state())
-        # Ask for the base each time: memory.grow may have moved it.
-        size = memory.data_len(caller)
-        if ptr + length > size:
+    def _span(self, call: _CallState, ptr: int, length: int) -> memoryview:
+        """The ``length`` bytes at guest offset ``ptr``, bounds-checked."""
+        guest = call.guest
+        if guest is None:
+            guest = call.guest = _guest_memory(call.store, self._memory(call))
+        data = guest.view()
+        if ptr + length > len(data):
             raise _memory_error(
-                f"{length} bytes at offset {ptr} lie outside guest memory of {size} bytes"
+                f"{length} bytes at offset {ptr} lie outside guest memory of {len(data)} bytes"
             )
-        return ctypes.addressof(memory.data_ptr(caller).contents) + ptr
+        return data[ptr : ptr + length]
 
-    def _read(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        address = self._span(caller, ptr, length)
-        return ctypes.string_at(address, length) if length else b""
+    def _read(self, call: _CallState, ptr: int, length: int) -> bytes:
+        return self._span(call, ptr, length).tobytes()
 
-    def _write(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
-        address = self._span(caller, ptr, len(data))
-        if data:
-            ctypes.memmove(address, data, len(data))
+    def _write(self, call: _CallState, ptr: int, data: bytes) -> None:
+        self._span(call, ptr, len(data))[:] = data
 
-    def _buffer(self, caller: wasmtime.Caller, desc_ptr: int) -> tuple[int, int]:
-        ptr, length = abi.BUFFER.unpack(self._read(caller, desc_ptr, abi.BUFFER.size))
+    def _buffer(self, call: _CallState, desc_ptr: int) -> tuple[int, int]:
+        ptr, length = abi.BUFFER.unpack(self._span(call, desc_ptr, abi.BUFFER.size))
         return ptr, length
 
     def _buffer_bytes(
-        self, caller: wasmtime.Caller, desc_ptr: int, limit: int, error: str, what: str
+        self, call: _CallState, desc_ptr: int, limit: int, error: str, what: str
     ) -> bytes:
         """The bytes a ``Buffer`` descriptor names; merod's ``error`` above ``limit``."""
-        ptr, length = self._buffer(caller, desc_ptr)
+        ptr, length = self._buffer(call, desc_ptr)
         if length > limit:
             raise _host_error(
                 HOST_ERRORS[error], f"{what} of {length} bytes exceeds the {limit}-byte limit"
             )
-        return self._read(caller, ptr, length)
+        return self._read(call, ptr, length)
 
-    def _sized(self, caller: wasmtime.Caller, desc_ptr: int, size: int, what: str) -> bytes:
+    def _sized(self, call: _CallState, desc_ptr: int, size: int, what: str) -> bytes:
         """Exactly ``size`` bytes (merod's ``read_guest_memory_sized``)."""
-        ptr, length = self._buffer(caller, desc_ptr)
-        data = self._read(caller, ptr, length)
+        ptr, length = self._buffer(call, desc_ptr)
+        data = self._read(call, ptr, length)
         if length != size:
             raise _memory_error(f"{what} must be {size} bytes, got {length}")
         return data
@@ -367,10 +629,9 @@ class _Host:
                 f"{what} is not valid UTF-8: {exc.reason} at byte {exc.start}",
             ) from None
 
-    def _set_register(self, register_id: int, data: bytes) -> None:
+    def _set_register(self, call: _CallState, register_id: int, data: bytes) -> None:
         # merod's Registers::set: every refusal is an InvalidMemoryAccess.
-        state = self._state()
-        registers = state.registers
+        registers = call.registers
         old = registers.get(register_id)
         if old is None and len(registers) >= LIMITS.max_registers:
             raise _memory_error(
@@ -381,77 +642,76 @@ class _Host:
                 f"register {register_id} would hold {len(data)} bytes, "
                 f"the limit is {LIMITS.max_register_size}"
             )
-        total = state.register_bytes - (0 if old is None else 8 + len(old)) + 8 + len(data)
+        total = call.register_bytes - (0 if old is None else 8 + len(old)) + 8 + len(data)
         if total > LIMITS.max_registers_capacity:
             raise _memory_error(
                 f"registers would hold {total} bytes in all, "
                 f"the limit is {LIMITS.max_registers_capacity}"
             )
         registers[register_id] = data
-        state.register_bytes = total
+        call.register_bytes = total
 
-    def _storage_get(self, key: bytes) -> bytes | None:
-        state = self._state()
-        if key in state.writes:
-            return state.writes[key]
-        return state.storage.get(key)
+    def _storage_get(self, call: _CallState, key: bytes) -> bytes | None:
+        if key in call.writes:
+            return call.writes[key]
+        return call.storage.get(key)
 
-    def _storage_key(self, caller: wasmtime.Caller, desc_ptr: int) -> bytes:
+    def _storage_key(self, call: _CallState, desc_ptr: int) -> bytes:
         return self._buffer_bytes(
-            caller, desc_ptr, LIMITS.max_storage_key_size, "key", "storage key"
+            call, desc_ptr, LIMITS.max_storage_key_size, "key", "storage key"
         )
 
     # -- registers and input ----------------------------------------------------
 
-    def input(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().input)
+    def input(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.input)
 
-    def register_len(self, caller: wasmtime.Caller, register_id: int) -> int:
-        data = self._state().registers.get(register_id)
-        # u64::MAX for "unset"; wasmtime-py wants the i64 bit pattern.
+    def register_len(self, call: _CallState, register_id: int) -> int:
+        data = call.registers.get(register_id)
+        # u64::MAX for "unset", handed over as its i64 bit pattern.
         return -1 if data is None else len(data)
 
     def read_register(
-        self, caller: wasmtime.Caller, register_id: int, desc_ptr: int
+        self, call: _CallState, register_id: int, desc_ptr: int
     ) -> int:
-        ptr, length = self._buffer(caller, desc_ptr)
-        data = self._state().registers.get(register_id)
+        ptr, length = self._buffer(call, desc_ptr)
+        data = call.registers.get(register_id)
         if data is None:
             raise _host_error(
                 f"invalid register id: {register_id}", "the register is unset"
             )
         if length != len(data):
             return 0
-        self._write(caller, ptr, data)
+        self._write(call, ptr, data)
         return 1
 
     # -- identity ------------------------------------------------------------------
 
-    def context_id(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().context_id)
+    def context_id(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.context_id)
 
-    def account_id(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().account_id)
+    def account_id(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.account_id)
 
-    def device_id(self, caller: wasmtime.Caller, register_id: int) -> None:
-        self._set_register(register_id, self._state().executor_id)
+    def device_id(self, call: _CallState, register_id: int) -> None:
+        self._set_register(call, register_id, call.executor_id)
 
     # merod keeps `executor_id` as a linking shim for builds from before the
     # account/device split; it answers the account.
     executor_id = account_id
 
-    def xcall_origin(self, caller: wasmtime.Caller, register_id: int) -> int:
-        origin = self._state().xcall_origin
+    def xcall_origin(self, call: _CallState, register_id: int) -> int:
+        origin = call.xcall_origin
         if origin is None:
             return 0
-        self._set_register(register_id, origin)
+        self._set_register(call, register_id, origin)
         return 1
 
     # -- results, logs, events, panics ---------------------------------------------
 
-    def value_return(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
+    def value_return(self, call: _CallState, desc_ptr: int) -> None:
         discriminant, ptr, length = abi.VALUE_RETURN.unpack(
-            self._read(caller, desc_ptr, abi.VALUE_RETURN.size)
+            self._read(call, desc_ptr, abi.VALUE_RETURN.size)
         )
         limit = LIMITS.max_value_return_size
         if length > limit:
@@ -459,32 +719,32 @@ class _Host:
                 f"return value too large (size: {length}, max: {limit})",
                 "value_return payload over the limit",
             )
-        payload = self._read(caller, ptr, length)
+        payload = self._read(call, ptr, length)
         if discriminant not in (0, 1):
             raise _host_error(
                 HOST_ERRORS["deserialization"],
                 f"value_return: invalid discriminant {discriminant} (0 = Ok, 1 = Err)",
             )
-        outcome = self._state().outcome
+        outcome = call.outcome
         outcome.returns = payload
         outcome.is_error = discriminant == 1
 
-    def emit_migration_witness(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
-        ptr, length = self._buffer(caller, desc_ptr)
-        witness = self._read(caller, ptr, length)
+    def emit_migration_witness(self, call: _CallState, desc_ptr: int) -> None:
+        ptr, length = self._buffer(call, desc_ptr)
+        witness = self._read(call, ptr, length)
         if length > LIMITS.max_storage_value_size:
             raise _host_error(
                 HOST_ERRORS["value"],
                 f"migration witness of {length} bytes exceeds the "
                 f"{LIMITS.max_storage_value_size}-byte limit",
             )
-        self._state().outcome.migration_witness = witness
+        call.outcome.migration_witness = witness
 
-    def log_utf8(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
+    def log_utf8(self, call: _CallState, desc_ptr: int) -> None:
         # merod's order: read the text, then check the count, then the size.
-        ptr, length = self._buffer(caller, desc_ptr)
-        line = self._text(self._read(caller, ptr, length), "log line")
-        outcome = self._state().outcome
+        ptr, length = self._buffer(call, desc_ptr)
+        line = self._text(self._read(call, ptr, length), "log line")
+        outcome = call.outcome
         if len(outcome.logs) >= LIMITS.max_logs:
             raise _host_error(
                 HOST_ERRORS["logs"], f"more than {LIMITS.max_logs} log lines in one call"
@@ -496,9 +756,9 @@ class _Host:
             )
         outcome.logs.append(line)
 
-    def _location(self, caller: wasmtime.Caller, loc_ptr: int) -> tuple[int, int, int, int]:
+    def _location(self, call: _CallState, loc_ptr: int) -> tuple[int, int, int, int]:
         file_ptr, file_len, line, column = abi.LOCATION.unpack(
-            self._read(caller, loc_ptr, abi.LOCATION.size)
+            self._read(call, loc_ptr, abi.LOCATION.size)
         )
         return file_ptr, file_len, line, column
 
@@ -509,21 +769,21 @@ class _Host:
             )
         )
 
-    def panic_utf8(self, caller: wasmtime.Caller, msg_ptr: int, loc_ptr: int) -> None:
-        msg_data, msg_len = self._buffer(caller, msg_ptr)
-        file_ptr, file_len, line, column = self._location(caller, loc_ptr)
-        message = self._text(self._read(caller, msg_data, msg_len), "panic message")
-        file = self._text(self._read(caller, file_ptr, file_len), "panic location file")
+    def panic_utf8(self, call: _CallState, msg_ptr: int, loc_ptr: int) -> None:
+        msg_data, msg_len = self._buffer(call, msg_ptr)
+        file_ptr, file_len, line, column = self._location(call, loc_ptr)
+        message = self._text(self._read(call, msg_data, msg_len), "panic message")
+        file = self._text(self._read(call, file_ptr, file_len), "panic location file")
         raise self._panic(message, file, line, column)
 
-    def panic(self, caller: wasmtime.Caller, loc_ptr: int) -> None:
-        file_ptr, file_len, line, column = self._location(caller, loc_ptr)
-        file = self._text(self._read(caller, file_ptr, file_len), "panic location file")
+    def panic(self, call: _CallState, loc_ptr: int) -> None:
+        file_ptr, file_len, line, column = self._location(call, loc_ptr)
+        file = self._text(self._read(call, file_ptr, file_len), "panic location file")
         raise self._panic("explicit panic", file, line, column)
 
-    def _event(self, caller: wasmtime.Caller, event_ptr: int) -> tuple[str, bytes]:
+    def _event(self, call: _CallState, event_ptr: int) -> tuple[str, bytes]:
         kind_ptr, kind_len, data_ptr, data_len = abi.EVENT.unpack(
-            self._read(caller, event_ptr, abi.EVENT.size)
+            self._read(call, event_ptr, abi.EVENT.size)
         )
         if kind_len > LIMITS.max_event_kind_size:
             raise _host_error(
@@ -535,36 +795,36 @@ class _Host:
                 HOST_ERRORS["event_data"],
                 f"event data of {data_len} bytes exceeds the {LIMITS.max_event_data_size}-byte limit",
             )
-        if len(self._state().outcome.events) >= LIMITS.max_events:
+        if len(call.outcome.events) >= LIMITS.max_events:
             raise _host_error(
                 HOST_ERRORS["events"], f"more than {LIMITS.max_events} events in one call"
             )
-        kind = self._text(self._read(caller, kind_ptr, kind_len), "event kind")
-        return kind, self._read(caller, data_ptr, data_len)
+        kind = self._text(self._read(call, kind_ptr, kind_len), "event kind")
+        return kind, self._read(call, data_ptr, data_len)
 
-    def emit(self, caller: wasmtime.Caller, event_ptr: int) -> None:
-        kind, data = self._event(caller, event_ptr)
-        self._state().outcome.events.append(Event(kind, data))
+    def emit(self, call: _CallState, event_ptr: int) -> None:
+        kind, data = self._event(call, event_ptr)
+        call.outcome.events.append(Event(kind, data))
 
     def emit_with_handler(
-        self, caller: wasmtime.Caller, event_ptr: int, handler_ptr: int
+        self, call: _CallState, event_ptr: int, handler_ptr: int
     ) -> None:
-        kind, data = self._event(caller, event_ptr)
+        kind, data = self._event(call, event_ptr)
         handler = None
         if handler_ptr != 0:
-            ptr, length = self._buffer(caller, handler_ptr)
+            ptr, length = self._buffer(call, handler_ptr)
             limit = LIMITS.max_method_name_size
             if length > limit:
                 raise _host_error(
                     f"event handler name too large (size: {length}, max: {limit})",
                     "emit_with_handler handler name over the method-name limit",
                 )
-            handler = self._text(self._read(caller, ptr, length), "event handler name")
-        self._state().outcome.events.append(Event(kind, data, handler))
+            handler = self._text(self._read(call, ptr, length), "event handler name")
+        call.outcome.events.append(Event(kind, data, handler))
 
-    def xcall(self, caller: wasmtime.Caller, xcall_ptr: int) -> None:
+    def xcall(self, call: _CallState, xcall_ptr: int) -> None:
         ctx_ptr, ctx_len, fn_ptr, fn_len, params_ptr, params_len = abi.XCALL.unpack(
-            self._read(caller, xcall_ptr, abi.XCALL.size)
+            self._read(call, xcall_ptr, abi.XCALL.size)
         )
         if fn_len > LIMITS.max_xcall_function_size:
             raise _host_error(
@@ -578,75 +838,74 @@ class _Host:
                 f"xcall params of {params_len} bytes exceed the "
                 f"{LIMITS.max_xcall_params_size}-byte limit",
             )
-        outcome = self._state().outcome
+        outcome = call.outcome
         if len(outcome.xcalls) >= LIMITS.max_xcalls:
             raise _host_error(
                 HOST_ERRORS["xcalls"], f"more than {LIMITS.max_xcalls} xcalls in one call"
             )
-        context = self._read(caller, ctx_ptr, ctx_len)
+        context = self._read(call, ctx_ptr, ctx_len)
         if ctx_len != 32:
             raise _memory_error(f"xcall context id must be 32 bytes, got {ctx_len}")
-        function = self._text(self._read(caller, fn_ptr, fn_len), "xcall function name")
-        outcome.xcalls.append(XCall(context, function, self._read(caller, params_ptr, params_len)))
+        function = self._text(self._read(call, fn_ptr, fn_len), "xcall function name")
+        outcome.xcalls.append(XCall(context, function, self._read(call, params_ptr, params_len)))
 
     # -- state ---------------------------------------------------------------------
 
-    def commit(self, caller: wasmtime.Caller, root_ptr: int, artifact_ptr: int) -> None:
-        state = self._state()
-        root_addr, root_len = self._buffer(caller, root_ptr)
-        artifact_addr, artifact_len = self._buffer(caller, artifact_ptr)
+    def commit(self, call: _CallState, root_ptr: int, artifact_ptr: int) -> None:
+        root_addr, root_len = self._buffer(call, root_ptr)
+        artifact_addr, artifact_len = self._buffer(call, artifact_ptr)
         limit = LIMITS.max_artifact_size
         if artifact_len > limit:
             raise _host_error(
                 f"commit artifact size overflow (size: {artifact_len}, max: {limit})",
                 "commit artifact over the limit",
             )
-        root = self._read(caller, root_addr, root_len)
+        root = self._read(call, root_addr, root_len)
         if root_len != 32:
             raise _memory_error(f"commit: the root hash must be 32 bytes, got {root_len}")
-        artifact = self._read(caller, artifact_addr, artifact_len)
-        if state.committed:
+        artifact = self._read(call, artifact_addr, artifact_len)
+        if call.committed:
             # merod reports a second commit as an InvalidMemoryAccess.
             raise _memory_error("commit called more than once in one execution")
-        state.committed = True
-        state.outcome.root_hash = root
-        state.outcome.artifact = artifact
+        call.committed = True
+        call.outcome.root_hash = root
+        call.outcome.artifact = artifact
 
     def storage_read(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, register_id: int
     ) -> int:
-        value = self._storage_get(self._storage_key(caller, key_ptr))
+        value = self._storage_get(call, self._storage_key(call, key_ptr))
         if value is None:
             return 0
-        self._set_register(register_id, value)
+        self._set_register(call, register_id, value)
         return 1
 
     def storage_write(
-        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, value_ptr: int, register_id: int
     ) -> int:
-        key_addr, key_len = self._buffer(caller, key_ptr)
-        value_addr, value_len = self._buffer(caller, value_ptr)
+        key_addr, key_len = self._buffer(call, key_ptr)
+        value_addr, value_len = self._buffer(call, value_ptr)
         self._check_key_value(key_len, value_len)
-        key = self._read(caller, key_addr, key_len)
-        value = self._read(caller, value_addr, value_len)
-        old = self._storage_get(key)
+        key = self._read(call, key_addr, key_len)
+        value = self._read(call, value_addr, value_len)
+        old = self._storage_get(call, key)
         # Known gap: merod also charges each write against a per-run budget;
         # only the key and value size limits are enforced here.
-        self._state().writes[key] = value
+        call.writes[key] = value
         if old is None:
             return 0
-        self._set_register(register_id, old)
+        self._set_register(call, register_id, old)
         return 1
 
     def storage_remove(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, register_id: int
     ) -> int:
-        key = self._storage_key(caller, key_ptr)
-        old = self._storage_get(key)
+        key = self._storage_key(call, key_ptr)
+        old = self._storage_get(call, key)
         if old is None:
             return 0
-        self._state().writes[key] = None
-        self._set_register(register_id, old)
+        call.writes[key] = None
+        self._set_register(call, register_id, old)
         return 1
 
     def _check_key_value(self, key_len: int, value_len: int) -> None:
@@ -662,59 +921,56 @@ class _Host:
             )
 
     def _key_value(
-        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+        self, call: _CallState, key_ptr: int, value_ptr: int
     ) -> tuple[bytes, bytes]:
-        key_addr, key_len = self._buffer(caller, key_ptr)
-        value_addr, value_len = self._buffer(caller, value_ptr)
+        key_addr, key_len = self._buffer(call, key_ptr)
+        value_addr, value_len = self._buffer(call, value_ptr)
         self._check_key_value(key_len, value_len)
-        return self._read(caller, key_addr, key_len), self._read(caller, value_addr, value_len)
+        return self._read(call, key_addr, key_len), self._read(call, value_addr, value_len)
 
     # -- node-local private storage ------------------------------------------------
     #
     # Not synchronised: the node keeps it per context and never sends it to peers.
     # Without a backend merod answers 0 (absent / not written).
 
-    def _private_get(self, key: bytes) -> bytes | None:
-        state = self._state()
-        if key in state.outcome.private_writes:
-            return state.outcome.private_writes[key]
-        assert state.private is not None
-        return state.private.get(key)
+    def _private_get(self, call: _CallState, key: bytes) -> bytes | None:
+        if key in call.outcome.private_writes:
+            return call.outcome.private_writes[key]
+        assert call.private is not None
+        return call.private.get(key)
 
     def private_storage_read(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, register_id: int
     ) -> int:
-        key = self._storage_key(caller, key_ptr)
-        if self._state().private is None:
+        key = self._storage_key(call, key_ptr)
+        if call.private is None:
             return 0
-        value = self._private_get(key)
+        value = self._private_get(call, key)
         if value is None:
             return 0
-        self._set_register(register_id, value)
+        self._set_register(call, register_id, value)
         return 1
 
     def private_storage_remove(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, register_id: int
     ) -> int:
-        key = self._storage_key(caller, key_ptr)
-        state = self._state()
-        if state.private is None:
+        key = self._storage_key(call, key_ptr)
+        if call.private is None:
             return 0
-        old = self._private_get(key)
+        old = self._private_get(call, key)
         if old is None:
             return 0
-        state.outcome.private_writes[key] = None
-        self._set_register(register_id, old)
+        call.outcome.private_writes[key] = None
+        self._set_register(call, register_id, old)
         return 1
 
     def private_storage_write(
-        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+        self, call: _CallState, key_ptr: int, value_ptr: int
     ) -> int:
-        key, value = self._key_value(caller, key_ptr, value_ptr)
-        state = self._state()
-        if state.private is None:
+        key, value = self._key_value(call, key_ptr, value_ptr)
+        if call.private is None:
             return 0
-        state.outcome.private_writes[key] = value
+        call.outcome.private_writes[key] = value
         return 1
 
     # -- node-local ordered index (SortedMap/SortedSet) ----------------------------
@@ -725,50 +981,48 @@ class _Host:
     # Writes answer 1 when persisted; without a backend merod answers 0 and
     # scans find nothing.
 
-    def _index_items(self, lo: bytes, hi: bytes) -> list[tuple[bytes, bytes]]:
+    def _index_items(
+        self, call: _CallState, lo: bytes, hi: bytes
+    ) -> list[tuple[bytes, bytes]]:
         """The live ``(key, value)`` pairs with ``lo <= key < hi``, ascending."""
-        state = self._state()
-        if state.index is None:
+        if call.index is None:
             return []
-        overlay = state.outcome.index_writes
+        overlay = call.outcome.index_writes
         keys = sorted(
-            k for k in set(state.index).union(overlay) if lo <= k < hi
+            k for k in set(call.index).union(overlay) if lo <= k < hi
         )
         items = []
         for key in keys:
-            value = overlay[key] if key in overlay else state.index.get(key)
+            value = overlay[key] if key in overlay else call.index.get(key)
             if value is not None:
                 items.append((key, value))
         return items
 
-    def _index_bound(self, caller: wasmtime.Caller, desc_ptr: int, what: str) -> bytes:
-        return self._buffer_bytes(caller, desc_ptr, LIMITS.max_storage_key_size, "key", what)
+    def _index_bound(self, call: _CallState, desc_ptr: int, what: str) -> bytes:
+        return self._buffer_bytes(call, desc_ptr, LIMITS.max_storage_key_size, "key", what)
 
     def storage_index_set(
-        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+        self, call: _CallState, key_ptr: int, value_ptr: int
     ) -> int:
-        key, value = self._key_value(caller, key_ptr, value_ptr)
-        state = self._state()
-        if state.index is None:
+        key, value = self._key_value(call, key_ptr, value_ptr)
+        if call.index is None:
             return 0
-        state.outcome.index_writes[key] = value
+        call.outcome.index_writes[key] = value
         return 1
 
-    def storage_index_remove(self, caller: wasmtime.Caller, key_ptr: int) -> int:
-        key = self._index_bound(caller, key_ptr, "index key")
-        state = self._state()
-        if state.index is None:
+    def storage_index_remove(self, call: _CallState, key_ptr: int) -> int:
+        key = self._index_bound(call, key_ptr, "index key")
+        if call.index is None:
             return 0
-        state.outcome.index_writes[key] = None
+        call.outcome.index_writes[key] = None
         return 1
 
-    def storage_index_remove_prefix(self, caller: wasmtime.Caller, prefix_ptr: int) -> int:
-        prefix = self._index_bound(caller, prefix_ptr, "index prefix")
-        state = self._state()
-        if state.index is None:
+    def storage_index_remove_prefix(self, call: _CallState, prefix_ptr: int) -> int:
+        prefix = self._index_bound(call, prefix_ptr, "index prefix")
+        if call.index is None:
             return 0
-        overlay = state.outcome.index_writes
-        for key in set(state.index).union(overlay):
+        overlay = call.outcome.index_writes
+        for key in set(call.index).union(overlay):
             if key.startswith(prefix):
                 overlay[key] = None
         return 1
@@ -782,35 +1036,35 @@ class _Host:
 
     def storage_index_scan(
         self,
-        caller: wasmtime.Caller,
+        call: _CallState,
         lo_ptr: int,
         hi_ptr: int,
         offset: int,
         limit: int,
         register_id: int,
     ) -> int:
-        lo_addr, lo_len = self._buffer(caller, lo_ptr)
-        hi_addr, hi_len = self._buffer(caller, hi_ptr)
+        lo_addr, lo_len = self._buffer(call, lo_ptr)
+        hi_addr, hi_len = self._buffer(call, hi_ptr)
         if max(lo_len, hi_len) > LIMITS.max_storage_key_size:
             raise _host_error(
                 HOST_ERRORS["key"],
                 f"index scan bound of {max(lo_len, hi_len)} bytes exceeds the "
                 f"{LIMITS.max_storage_key_size}-byte limit",
             )
-        lo = self._read(caller, lo_addr, lo_len)
-        hi = self._read(caller, hi_addr, hi_len)
+        lo = self._read(call, lo_addr, lo_len)
+        hi = self._read(call, hi_addr, hi_len)
         # `limit` is n + 1 encoded: 0 means unbounded.
-        pairs = self._index_items(lo, hi)[offset:]
+        pairs = self._index_items(call, lo, hi)[offset:]
         if limit:
             pairs = pairs[: limit - 1]
-        self._set_register(register_id, self._encode_pairs(pairs))
+        self._set_register(call, register_id, self._encode_pairs(pairs))
         return 1
 
     def storage_index_last(
-        self, caller: wasmtime.Caller, lo_ptr: int, hi_ptr: int, register_id: int
+        self, call: _CallState, lo_ptr: int, hi_ptr: int, register_id: int
     ) -> int:
-        lo_addr, lo_len = self._buffer(caller, lo_ptr)
-        hi_addr, hi_len = self._buffer(caller, hi_ptr)
+        lo_addr, lo_len = self._buffer(call, lo_ptr)
+        hi_addr, hi_len = self._buffer(call, hi_ptr)
         if max(lo_len, hi_len) > LIMITS.max_storage_key_size:
             raise _host_error(
                 HOST_ERRORS["key"],
@@ -818,70 +1072,68 @@ class _Host:
                 f"{LIMITS.max_storage_key_size}-byte limit",
             )
         items = self._index_items(
-            self._read(caller, lo_addr, lo_len), self._read(caller, hi_addr, hi_len)
+            call,
+            self._read(call, lo_addr, lo_len), self._read(call, hi_addr, hi_len)
         )
-        self._set_register(register_id, self._encode_pairs(items[-1:]))
+        self._set_register(call, register_id, self._encode_pairs(items[-1:]))
         return 1
 
-    def _meta_get(self, key: bytes) -> bytes | None:
-        state = self._state()
-        overlay = state.outcome.index_meta_writes
+    def _meta_get(self, call: _CallState, key: bytes) -> bytes | None:
+        overlay = call.outcome.index_meta_writes
         if key in overlay:
             return overlay[key]
-        assert state.index_meta is not None
-        return state.index_meta.get(key)
+        assert call.index_meta is not None
+        return call.index_meta.get(key)
 
     def storage_index_meta_set(
-        self, caller: wasmtime.Caller, key_ptr: int, value_ptr: int
+        self, call: _CallState, key_ptr: int, value_ptr: int
     ) -> int:
-        key, value = self._key_value(caller, key_ptr, value_ptr)
-        state = self._state()
-        if state.index_meta is None:
+        key, value = self._key_value(call, key_ptr, value_ptr)
+        if call.index_meta is None:
             return 0
-        state.outcome.index_meta_writes[key] = value
+        call.outcome.index_meta_writes[key] = value
         return 1
 
     def storage_index_meta_get(
-        self, caller: wasmtime.Caller, key_ptr: int, register_id: int
+        self, call: _CallState, key_ptr: int, register_id: int
     ) -> int:
-        key = self._index_bound(caller, key_ptr, "index marker key")
-        if self._state().index_meta is None:
+        key = self._index_bound(call, key_ptr, "index marker key")
+        if call.index_meta is None:
             return 0
-        value = self._meta_get(key)
+        value = self._meta_get(call, key)
         if value is None:
             return 0
-        self._set_register(register_id, value)
+        self._set_register(call, register_id, value)
         return 1
 
-    def storage_index_meta_clear(self, caller: wasmtime.Caller, key_ptr: int) -> int:
-        key = self._index_bound(caller, key_ptr, "index marker key")
-        state = self._state()
-        if state.index_meta is None:
+    def storage_index_meta_clear(self, call: _CallState, key_ptr: int) -> int:
+        key = self._index_bound(call, key_ptr, "index marker key")
+        if call.index_meta is None:
             return 0
-        state.outcome.index_meta_writes[key] = None
+        call.outcome.index_meta_writes[key] = None
         return 1
 
     # -- environment ---------------------------------------------------------------
 
-    def time_now(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
-        ptr, length = self._buffer(caller, desc_ptr)
+    def time_now(self, call: _CallState, desc_ptr: int) -> None:
+        ptr, length = self._buffer(call, desc_ptr)
         if length != 8:
             raise _memory_error(f"time_now: the buffer must be 8 bytes long, got {length}")
-        now = self._state().clock() & U64_MAX
-        self._write(caller, ptr, now.to_bytes(8, "little"))
+        now = call.clock() & U64_MAX
+        self._write(call, ptr, now.to_bytes(8, "little"))
 
-    def random_bytes(self, caller: wasmtime.Caller, desc_ptr: int) -> None:
-        ptr, length = self._buffer(caller, desc_ptr)
-        self._span(caller, ptr, length)
-        self._write(caller, ptr, self._state().random(length))
+    def random_bytes(self, call: _CallState, desc_ptr: int) -> None:
+        ptr, length = self._buffer(call, desc_ptr)
+        self._span(call, ptr, length)
+        self._write(call, ptr, call.random(length))
 
     def ed25519_verify(
-        self, caller: wasmtime.Caller, sig_ptr: int, pk_ptr: int, msg_ptr: int
+        self, call: _CallState, sig_ptr: int, pk_ptr: int, msg_ptr: int
     ) -> int:
-        signature = self._sized(caller, sig_ptr, 64, "ed25519_verify: the signature")
-        public_key = self._sized(caller, pk_ptr, 32, "ed25519_verify: the public key")
-        msg_addr, msg_len = self._buffer(caller, msg_ptr)
-        message = self._read(caller, msg_addr, msg_len)
+        signature = self._sized(call, sig_ptr, 64, "ed25519_verify: the signature")
+        public_key = self._sized(call, pk_ptr, 32, "ed25519_verify: the public key")
+        msg_addr, msg_len = self._buffer(call, msg_ptr)
+        message = self._read(call, msg_addr, msg_len)
         if not abi.ed25519_public_key_valid(public_key):
             raise _host_error(
                 HOST_ERRORS["ed25519_key"],
@@ -891,7 +1143,7 @@ class _Host:
 
     def fetch(
         self,
-        caller: wasmtime.Caller,
+        call: _CallState,
         url_ptr: int,
         method_ptr: int,
         headers_ptr: int,
@@ -902,7 +1154,7 @@ class _Host:
         # none of the arguments, puts this text in the register and answers 1
         # (failure). The embedded node does the same, so app code never reaches
         # the network from the test runner.
-        self._set_register(register_id, _FETCH_BLOCKED)
+        self._set_register(call, register_id, _FETCH_BLOCKED)
         return 1
 
     # -- streaming blobs -----------------------------------------------------------
@@ -911,81 +1163,80 @@ class _Host:
     # A written blob is stored when its handle is closed, even if the call fails
     # later, as in merod; handles still open when the call ends are dropped.
 
-    def _blob_store(self) -> BlobStore:
-        blobs = self._state().blobs
+    def _blob_store(self, call: _CallState) -> BlobStore:
+        blobs = call.blobs
         if blobs is None:
             raise _host_error(
                 HOST_ERRORS["blobs_unsupported"], "this run has no blob store"
             )
         return blobs
 
-    def _new_blob_handle(self, blob_id: bytes | None) -> int:
-        state = self._state()
-        fd = state.next_blob_fd
-        state.next_blob_fd += 1
-        state.blob_handles[fd] = _BlobHandle(blob_id)
+    def _new_blob_handle(self, call: _CallState, blob_id: bytes | None) -> int:
+        fd = call.next_blob_fd
+        call.next_blob_fd += 1
+        call.blob_handles[fd] = _BlobHandle(blob_id)
         return fd
 
-    def _check_handle_room(self) -> None:
-        if len(self._state().blob_handles) >= LIMITS.max_blob_handles:
+    def _check_handle_room(self, call: _CallState) -> None:
+        if len(call.blob_handles) >= LIMITS.max_blob_handles:
             raise _host_error(
                 f"too many blob handles (max: {LIMITS.max_blob_handles})",
                 "open blob handles at the limit",
             )
 
-    def _blob_handle(self, fd: int, *, writing: bool) -> _BlobHandle:
-        handle = self._state().blob_handles.get(fd)
+    def _blob_handle(self, call: _CallState, fd: int, *, writing: bool) -> _BlobHandle:
+        handle = call.blob_handles.get(fd)
         if handle is None or (handle.blob_id is None) != writing:
             kind = "write" if writing else "read"
             raise _host_error(HOST_ERRORS["blob_handle"], f"{fd} is not an open {kind} handle")
         return handle
 
-    def blob_create(self, caller: wasmtime.Caller) -> int:
-        self._blob_store()
-        self._check_handle_room()
-        return self._new_blob_handle(None)
+    def blob_create(self, call: _CallState) -> int:
+        self._blob_store(call)
+        self._check_handle_room(call)
+        return self._new_blob_handle(call, None)
 
-    def blob_write(self, caller: wasmtime.Caller, fd: int, desc_ptr: int) -> int:
-        ptr, length = self._buffer(caller, desc_ptr)
-        self._blob_store()
+    def blob_write(self, call: _CallState, fd: int, desc_ptr: int) -> int:
+        ptr, length = self._buffer(call, desc_ptr)
+        self._blob_store(call)
         limit = LIMITS.max_blob_chunk_size
         if length > limit:
             raise _host_error(
                 f"blob write too large (size: {length}, max: {limit})", "blob chunk over the limit"
             )
-        data = self._read(caller, ptr, length)
-        self._blob_handle(fd, writing=True).chunks.append(data)
+        data = self._read(call, ptr, length)
+        self._blob_handle(call, fd, writing=True).chunks.append(data)
         return length
 
-    def blob_close(self, caller: wasmtime.Caller, fd: int, desc_ptr: int) -> int:
-        ptr, length = self._buffer(caller, desc_ptr)
+    def blob_close(self, call: _CallState, fd: int, desc_ptr: int) -> int:
+        ptr, length = self._buffer(call, desc_ptr)
         if length != 32:
             raise _memory_error(f"blob_close: the blob id buffer must be 32 bytes, got {length}")
-        blobs = self._blob_store()
-        self._span(caller, ptr, length)
-        handles = self._state().blob_handles
+        blobs = self._blob_store(call)
+        self._span(call, ptr, length)
+        handles = call.blob_handles
         handle = handles.pop(fd, None)
         if handle is None:
             raise _host_error(HOST_ERRORS["blob_handle"], f"{fd} is not an open handle")
         blob_id = handle.blob_id
         if blob_id is None:
             blob_id = blobs.put(b"".join(handle.chunks))
-        self._write(caller, ptr, blob_id)
+        self._write(call, ptr, blob_id)
         return 1
 
-    def blob_open(self, caller: wasmtime.Caller, desc_ptr: int) -> int:
-        ptr, length = self._buffer(caller, desc_ptr)
-        self._blob_store()
-        self._check_handle_room()
-        blob_id = self._read(caller, ptr, length)
+    def blob_open(self, call: _CallState, desc_ptr: int) -> int:
+        ptr, length = self._buffer(call, desc_ptr)
+        self._blob_store(call)
+        self._check_handle_room(call)
+        blob_id = self._read(call, ptr, length)
         if length != 32:
             raise _memory_error(f"blob_open: the blob id must be 32 bytes, got {length}")
         # Like merod, opening does not look the blob up: a missing blob reads as empty.
-        return self._new_blob_handle(blob_id)
+        return self._new_blob_handle(call, blob_id)
 
-    def blob_read(self, caller: wasmtime.Caller, fd: int, desc_ptr: int) -> int:
-        ptr, length = self._buffer(caller, desc_ptr)
-        blobs = self._blob_store()
+    def blob_read(self, call: _CallState, fd: int, desc_ptr: int) -> int:
+        ptr, length = self._buffer(call, desc_ptr)
+        blobs = self._blob_store(call)
         limit = LIMITS.max_blob_chunk_size
         if length > limit:
             raise _host_error(
@@ -993,28 +1244,28 @@ class _Host:
             )
         if length == 0:
             return 0
-        handle = self._blob_handle(fd, writing=False)
+        handle = self._blob_handle(call, fd, writing=False)
         if handle.data is None:
             assert handle.blob_id is not None
             handle.data = blobs.get(handle.blob_id) or b""
         chunk = handle.data[handle.position : handle.position + length]
         if chunk:
-            self._write(caller, ptr, chunk)
+            self._write(call, ptr, chunk)
             handle.position += len(chunk)
         return len(chunk)
 
     def _blob_and_context(
-        self, caller: wasmtime.Caller, blob_ptr: int, context_ptr: int
+        self, call: _CallState, blob_ptr: int, context_ptr: int
     ) -> tuple[bytes, bytes]:
-        blob_id = self._sized(caller, blob_ptr, 32, "the blob id")
-        context = self._sized(caller, context_ptr, 32, "the context id")
+        blob_id = self._sized(call, blob_ptr, 32, "the blob id")
+        context = self._sized(call, context_ptr, 32, "the context id")
         return blob_id, context
 
     def blob_announce_to_context(
-        self, caller: wasmtime.Caller, blob_ptr: int, context_ptr: int
+        self, call: _CallState, blob_ptr: int, context_ptr: int
     ) -> int:
-        blobs = self._blob_store()
-        blob_id, context = self._blob_and_context(caller, blob_ptr, context_ptr)
+        blobs = self._blob_store(call)
+        blob_id, context = self._blob_and_context(call, blob_ptr, context_ptr)
         if blobs.get(blob_id) is None or not blobs.announce(blob_id, context):
             # merod: no blob info for the id is a BlobsNotSupported error.
             raise _host_error(
@@ -1024,51 +1275,118 @@ class _Host:
         return 1
 
     def blob_open_in_context(
-        self, caller: wasmtime.Caller, blob_ptr: int, context_ptr: int
+        self, call: _CallState, blob_ptr: int, context_ptr: int
     ) -> int:
-        blobs = self._blob_store()
-        blob_id, context = self._blob_and_context(caller, blob_ptr, context_ptr)
+        blobs = self._blob_store(call)
+        blob_id, context = self._blob_and_context(call, blob_ptr, context_ptr)
         if blobs.fetch(blob_id, context) is None:
             return 0
-        return self.blob_open(caller, blob_ptr)
+        return self.blob_open(call, blob_ptr)
 
     # -- wiring --------------------------------------------------------------------
 
     def define(self, linker: wasmtime.Linker) -> None:
+        """Link every function of :data:`abi.HOST_FUNCTIONS` as ``env.<name>``."""
         for name, (params, results) in abi.HOST_FUNCTIONS.items():
-            linker.define_func(
-                "env",
-                name,
-                _func_type(params, results),
-                self._guarded(name),
-                access_caller=True,
+            ty = _func_type(params, results)
+            if _RAW is None:
+                callback = self._public_callback(name, params)
+                linker.define_func("env", name, ty, callback, access_caller=True)
+                continue
+            raw = _RAW.callback(self._raw_callback(name, params, results))
+            self._callbacks.append(raw)
+            module, field = b"env", name.encode()
+            error = _RAW.define(
+                linker.ptr(),
+                module,
+                len(module),
+                field,
+                len(field),
+                ty.ptr(),
+                raw,
+                None,
+                _RAW.no_finalizer,
             )
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
 
-    def _guarded(self, name: str) -> Callable[..., Any]:
-        func = getattr(self, name)
+    def _internal_error(self, name: str, exc: Exception) -> ExecutionFailure:
+        # A bug of ours must not be mistaken for guest misbehaviour.
+        logger.exception("host function env.%s failed", name)
+        # merod reports a panicking host function as a host panic.
+        return ExecutionFailure(
+            "HostError",
+            f"host panicked: internal error in env.{name}: {exc}",
+            "a bug of the embedded node, not of the app",
+        )
 
-        def host_function(caller: wasmtime.Caller, *args: int) -> Any:
-            # Guest u64 arguments arrive as signed i64; reinterpret them.
-            args = tuple(a & U64_MAX for a in args)
+    def _raw_callback(self, name: str, params: str, results: str) -> Callable[..., int]:
+        """The C callback of ``env.<name>`` in wasmtime's unchecked convention.
+
+        The guest's arguments arrive in one array of raw values, and the result
+        goes back in its first slot. A failure is recorded in the call's
+        ``abort`` and returned to wasmtime as a trap.
+        """
+        method = getattr(self, name)
+        tls = self._tls
+        wide = [kind == "I" for kind in params]
+        result = results[:1]
+        trap = _RAW.trap  # type: ignore[union-attr]
+
+        def callback(env: Any, caller: Any, values: Any, count: int) -> int:
+            call: _CallState = tls.state
+            call.caller = caller
+            if call.guest is not None:
+                call.guest.checked = False
             try:
-                return func(caller, *args)
+                # Guest u64/u32 arguments arrive as signed ints; reinterpret them.
+                value = method(
+                    call,
+                    *[
+                        values[i].i64 & U64_MAX if w else values[i].i32 & U32_MAX
+                        for i, w in enumerate(wide)
+                    ],
+                )
+                if result == "I":
+                    values[0].i64 = value
+                elif result == "i":
+                    values[0].i32 = value
+                return 0
             except _HostAbort as exc:
-                self._state().abort = exc.failure
+                call.abort = exc.failure
+            except Exception as exc:
+                call.abort = self._internal_error(name, exc)
+            except BaseException as exc:
+                # KeyboardInterrupt and the like: stop the guest, raise it after.
+                call.pending = exc
+                return trap(f"interrupted: {type(exc).__name__}")
+            return trap(call.abort.message)
+
+        callback.__name__ = f"env_{name}"
+        return callback
+
+    def _public_callback(self, name: str, params: str) -> Callable[..., int | None]:
+        """``env.<name>`` for wasmtime-py's own trampoline, which raises for us."""
+        method = getattr(self, name)
+        tls = self._tls
+        masks = [U64_MAX if kind == "I" else U32_MAX for kind in params]
+
+        def callback(caller: wasmtime.Caller, *args: int) -> int | None:
+            call: _CallState = tls.state
+            call.caller = caller
+            if call.guest is not None:
+                call.guest.checked = False
+            try:
+                return method(call, *[a & m for a, m in zip(args, masks, strict=True)])  # type: ignore[no-any-return]
+            except _HostAbort as exc:
+                call.abort = exc.failure
                 raise
             except Exception as exc:
-                # A bug of ours must not be mistaken for guest misbehaviour.
-                logger.exception("host function env.%s failed", name)
-                # merod reports a panicking host function as a host panic.
-                failure = ExecutionFailure(
-                    "HostError",
-                    f"host panicked: internal error in env.{name}: {exc}",
-                    "a bug of the embedded node, not of the app",
-                )
-                self._state().abort = failure
-                raise _HostAbort(failure) from exc
+                call.abort = self._internal_error(name, exc)
+                raise _HostAbort(call.abort) from exc
 
-        host_function.__name__ = f"env_{name}"
-        return host_function
+        callback.__name__ = f"env_{name}"
+        return callback
 
 
 # wasmtime trap codes -> merod's `WasmTrap` display texts. merod (wasmer) folds
@@ -1132,7 +1450,8 @@ def _method_name_error(method: str) -> str | None:
     return None
 
 
-# wasmtime-py hands a Python exception raised by a host function back through a
+# wasmtime-py's own trampoline (used when its C bindings are not reachable)
+# hands a Python exception raised by a host function back through a
 # module-global slot, so two threads inside wasm at once could pick up each
 # other's exception. Calls are therefore serialised process-wide; the host
 # functions hold the GIL anyway, so little parallelism is lost.
@@ -1144,25 +1463,19 @@ def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> An
 
     ``Instance.exports()`` wraps every export of the module (about 10 µs
     each), which dominated a cheap call; the C API has a by-name lookup that
-    wasmtime-py does not expose, so use its bindings when they are where we
-    expect them and fall back to the public API otherwise.
+    wasmtime-py does not expose.
     """
-    try:
-        from wasmtime import _ffi as ffi
-        from wasmtime._extern import wrap_extern
-
-        raw = name.encode()
-        item = ffi.wasmtime_extern_t()
-        found = ffi.wasmtime_instance_export_get(
-            store._context(),
-            ctypes.byref(instance._instance),
-            raw,
-            len(raw),
-            ctypes.byref(item),
-        )
-    except (ImportError, AttributeError, TypeError):  # pragma: no cover - other wasmtime-py
+    if _RAW is None:
         return instance.exports(store).get(name)
-    return wrap_extern(item) if found else None
+    return _RAW.export(store, instance, name)
+
+
+def _call_unit(store: wasmtime.Store, func: wasmtime.Func) -> None:
+    """Call a ``() -> ()`` export (its type was checked when the module compiled)."""
+    if _RAW is None:
+        func(store)
+        return
+    _RAW.call_unit(store, func)
 
 
 def _default_clock() -> int:
@@ -1326,12 +1639,13 @@ class AppModule:
         store = wasmtime.Store(self._engine)
         store.set_limits(memory_size=LIMITS.max_memory_size)
         store.set_fuel(self.gas_limit)
+        state.store = store
         self._host.enter(state)
         try:
             with _CALL_LOCK:
                 instance = self._pre.instantiate(store)
         except Exception as exc:
-            return state.abort or _trap_failure(exc, self.gas_limit)
+            return self._stopped(state, exc)
         memory = _export(store, instance, "memory")
         assert isinstance(memory, wasmtime.Memory)
         state.memory = memory
@@ -1341,8 +1655,10 @@ class AppModule:
             assert isinstance(merge, wasmtime.Func)
             try:
                 with _CALL_LOCK:
-                    merge(store)
+                    _call_unit(store, merge)
             except Exception as exc:
+                if state.pending is not None:
+                    raise state.pending from None
                 # merod ignores this failure too; note it for whoever debugs an app.
                 logger.debug(
                     "%s failed (ignored): %s", _REGISTER_MERGE, state.abort or exc
@@ -1353,10 +1669,16 @@ class AppModule:
         assert isinstance(func, wasmtime.Func)
         try:
             with _CALL_LOCK:
-                func(store)
+                _call_unit(store, func)
         except Exception as exc:
-            return state.abort or _trap_failure(exc, self.gas_limit)
+            return self._stopped(state, exc)
         return None
+
+    def _stopped(self, state: _CallState, exc: Exception) -> ExecutionFailure:
+        """Why the guest stopped with ``exc``; an interrupt caught in the host is raised."""
+        if state.pending is not None:
+            raise state.pending from None
+        return state.abort or _trap_failure(exc, self.gas_limit)
 
 
 class WasmRuntime:
@@ -1371,6 +1693,7 @@ class WasmRuntime:
         config.consume_fuel = True
         self.engine = wasmtime.Engine(config)
         self.gas_limit = gas_limit
+        _settle_raw_api()
         self._host = _Host()
         self._linker = wasmtime.Linker(self.engine)
         self._host.define(self._linker)

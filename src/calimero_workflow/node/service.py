@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import struct
 import time
@@ -48,6 +49,7 @@ from .store import (
     delta_id,
 )
 from .urlguard import check_public_url, fetch_app
+from .worker import run_wasm
 
 if TYPE_CHECKING:
     from .sync import Replicator
@@ -638,7 +640,7 @@ class NodeService:
             else None,
         )
         module = self.module(app)
-        outcome = await asyncio.to_thread(
+        outcome = await run_wasm(
             module.run,
             "init",
             params or b"{}",
@@ -788,7 +790,7 @@ class NodeService:
         delta = None
         async with self.lock(ctx_id):
             ctx = self.store.contexts.get(ctx_id) or ctx
-            outcome = await asyncio.to_thread(
+            outcome = await run_wasm(
                 module.run,
                 method,
                 args,
@@ -818,13 +820,14 @@ class NodeService:
             if outcome.writes or deltas or local:
                 self.store.commit_changes(ctx, outcome.writes, deltas, local)
         if delta is not None:
-            self.log.info(
-                "context %s: %s produced delta %s, root %s",
-                ctx_id,
-                method,
-                delta.id.hex()[:16],
-                b58encode(ctx.root),
-            )
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info(
+                    "context %s: %s produced delta %s, root %s",
+                    ctx_id,
+                    method,
+                    delta.id.hex()[:16],
+                    b58encode(ctx.root),
+                )
             self.sync.broadcast_delta(ctx, delta)
         if outcome.xcalls and not outcome.is_error:
             reports = [] if xcall_reports is None else xcall_reports
@@ -902,7 +905,7 @@ class NodeService:
             app = self.store.apps.get(ctx.application_id)
             if app is None:
                 return False
-            outcome = await asyncio.to_thread(
+            outcome = await run_wasm(
                 self.module(app).run,
                 _SYNC_METHOD,
                 delta.artifact,
@@ -917,13 +920,14 @@ class NodeService:
                 ctx.root = outcome.root_hash
             ctx.heads = self.sync.heads_after(ctx, delta)
             self.store.commit_changes(ctx, outcome.writes, [delta], _local_writes(outcome))
-        self.log.info(
-            "context %s: applied delta %s from %s, root %s",
-            ctx_id,
-            delta.id.hex()[:16],
-            source,
-            b58encode(ctx.root),
-        )
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info(
+                "context %s: applied delta %s from %s, root %s",
+                ctx_id,
+                delta.id.hex()[:16],
+                source,
+                b58encode(ctx.root),
+            )
         await self._run_handlers(ctx_id, delta)
         return True
 

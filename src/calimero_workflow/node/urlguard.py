@@ -12,8 +12,6 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-import httpx
-
 from .errors import ApiError
 
 __all__ = ["MAX_APP_BYTES", "check_public_url", "fetch_app"]
@@ -77,6 +75,9 @@ async def check_public_url(url: str, *, allow_private: bool) -> None:
 
 async def fetch_app(url: str, *, allow_private: bool) -> bytes:
     """GET ``url`` after :func:`check_public_url`; ApiError(400) on any failure."""
+    # Imported here: every node process loads this module, few fetch an app.
+    import httpx
+
     await check_public_url(url, allow_private=allow_private)
     chunks: list[bytes] = []
     try:
