@@ -227,3 +227,40 @@ async def test_nodes_work_without_the_cryptography_package(
     ctx = await cluster.shared_context("node-1", "node-2")
     await cluster.api("node-2").call(ctx, "set", {"key": "k", "value": "v"})
     await cluster.converged(ctx)
+
+
+async def test_a_node_woken_just_as_it_stops_still_stops(
+    tmp_path, node_runtime
+) -> None:
+    # Python 3.11's asyncio.wait_for drops a cancellation that arrives just
+    # after the awaited event fired; a background loop waiting that way would
+    # then never end, and stop() would wait for it forever.
+    node = EmbeddedNode(NodeConfig(name="n", home=tmp_path / "n"), runtime=node_runtime)
+    await node.start()
+    await asyncio.sleep(0.05)  # both loops are waiting for their next round
+    node.service.replicator.peer_connected("a-peer")
+    node.swarm.partitioned = False  # wakes the dialer
+    await asyncio.sleep(0)  # the wake-ups land, the loops not yet resumed
+    stopping = asyncio.ensure_future(node.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    if not done:  # a second cancellation gets a stuck loop out, for the teardown
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        await node.stop()
+    assert done, "stop() did not return: a background loop kept running"
+    assert not node.running
+
+
+async def test_stopping_a_node_keeps_the_callers_cancellation(
+    tmp_path, node_runtime
+) -> None:
+    node = EmbeddedNode(NodeConfig(name="n", home=tmp_path / "n"), runtime=node_runtime)
+    await node.start()
+    try:
+        stopper = asyncio.ensure_future(node.service.replicator.stop())
+        await asyncio.sleep(0)  # stop() now waits for the loop task to end
+        stopper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopper
+    finally:
+        await node.stop()

@@ -239,7 +239,8 @@ class EmbeddedNode:
             task.cancel()
         for server in http.servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await server.wait_closed()
 
     async def __aenter__(self) -> EmbeddedNode:
         await self.start()

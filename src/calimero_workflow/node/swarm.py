@@ -30,6 +30,7 @@ from .errors import PeerError
 from .ids import IdError, Keypair, Multiaddr, parse_multiaddr, public_key_from_peer_id
 from .ids import verify_signature as _verify
 from .logs import node_logger
+from .tasks import cancel_and_wait
 
 __all__ = ["Handler", "Swarm"]
 
@@ -149,7 +150,8 @@ class _Connection:
         self._pending[req_id] = fut
         try:
             await self.send({"t": kind, "id": req_id, "body": body})
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             raise PeerError(
                 f"peer {self.peer_id} did not answer {kind!r} within {timeout:g}s"
@@ -228,9 +230,7 @@ class Swarm:
     async def stop(self) -> None:
         """Close the listener and every connection; no waiting on peers."""
         if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
+            await cancel_and_wait(self._maintainer)
         if self._server is not None:
             self._server.close()
         for conns in list(self._conns.values()):
@@ -242,7 +242,8 @@ class Swarm:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await self._server.wait_closed()
             self._server = None
 
     @property
@@ -491,4 +492,5 @@ class Swarm:
             except Exception:  # the maintainer must outlive any single bad dial
                 self.log.exception("swarm maintenance failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.redial_interval)
+                async with asyncio.timeout(self.redial_interval):
+                    await self._wake.wait()

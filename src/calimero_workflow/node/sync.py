@@ -31,6 +31,7 @@ from .errors import ApiError, PeerError
 from .ids import Keypair, b58encode, sha256
 from .logs import node_logger
 from .store import AppRecord, ContextRecord, Delta, NamespaceRecord
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .service import NodeService
@@ -69,9 +70,7 @@ class Replicator:
 
     async def stop(self) -> None:
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await cancel_and_wait(self._loop_task)
             self._loop_task = None
 
     def peer_connected(self, peer_id: str) -> None:
@@ -81,7 +80,8 @@ class Replicator:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.sync_all()
@@ -166,7 +166,8 @@ class Replicator:
     async def _wait_for_peers(self) -> None:
         if not self.swarm.peers():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.swarm.connected.wait(), _PEER_WAIT)
+                async with asyncio.timeout(_PEER_WAIT):
+                    await self.swarm.connected.wait()
 
     async def join_namespace(
         self, ns_id: str, signed: Any, me: Keypair

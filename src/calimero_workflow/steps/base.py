@@ -594,9 +594,7 @@ class BaseStep:
         while True:
             attempt += 1
             try:
-                if config.timeout:
-                    data = await asyncio.wait_for(self.execute(config, run), config.timeout)
-                else:
+                async with asyncio.timeout(config.timeout or None):
                     data = await self.execute(config, run)
                 return (data if data is not None else {}), attempt
             except (NodeError, BackendError) as exc:
