@@ -345,7 +345,16 @@ class NodeApi:
         return Response.data(self.service.namespace_api(ns))
 
     async def invite(self, request: Request) -> Response:
-        signed = self.service.invite(request.params["ns"], request.json())
+        body = request.json()
+        ns_id = request.params["ns"]
+        signed = self.service.invite(ns_id, body)
+        if isinstance(body, dict) and body.get("recursive"):
+            # One entry per group of the namespace; ours have no subgroups.
+            entry: dict[str, Any] = {"groupId": ns_id, "invitation": signed}
+            name = self.service.namespace(ns_id).name
+            if name is not None:
+                entry["groupName"] = name
+            return Response.data({"invitations": [entry]})
         return Response.data({"invitation": signed})
 
     async def join_namespace(self, request: Request) -> Response:

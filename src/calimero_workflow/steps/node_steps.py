@@ -168,6 +168,12 @@ class Invite(BaseStep):
                 out["invitation"] = data["invitation"]
             if "invitations" in data:
                 out["invitations"] = data["invitations"]
+                # A recursive invitation lists one per group; the namespace's
+                # own is the one `join` takes.
+                entries = [e for e in data["invitations"] if isinstance(e, dict)]
+                own = [e for e in entries if e.get("groupId") == config.namespace_id]
+                if "invitation" not in out and (own or entries):
+                    out["invitation"] = (own or entries)[0].get("invitation")
             if data.get("groupName"):
                 out["group_name"] = data["groupName"]
         return out
