@@ -247,11 +247,31 @@ def test_result_paths_that_cannot_be_written_are_refused_before_the_run(tmp_path
     wf = write(tmp_path, "ok.yml", PASSING)
     (tmp_path / "dir").mkdir()
     same = tmp_path / "same.json"
-    for extra in (["--results", str(tmp_path / "dir")], ["--report", str(same), "--results", str(same)]):
+    for extra in (["--results", str(tmp_path / "dir")], ["--report", str(same), "--results", str(same)],
+                  ["--junit", str(tmp_path / "dir")], ["--junit", str(same), "--report", str(same)]):
         assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), *extra]) == 2
         err = capsys.readouterr().err
         assert "is a directory" in err or "name the same file" in err
     assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_junit_file_has_a_suite_per_workflow_and_a_case_per_step(tmp_path: Path, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.chdir(tmp_path)
+    ok = write(tmp_path, "ok.yml", PASSING)
+    bad = write(tmp_path, "bad.yml", FAILING)
+    junit = tmp_path / "reports" / "junit.xml"
+    assert main(["run", "ok.yml", "bad.yml", "--junit", str(junit), "--workdir", "w"]) == 1
+    root = ET.parse(junit).getroot()
+    assert (root.tag, root.get("tests"), root.get("failures")) == ("testsuites", "2", "1")
+    suites = {s.get("file"): s for s in root.iter("testsuite")}
+    assert set(suites) == {ok.name, bad.name}  # relative to where the command ran
+    (case,) = suites[bad.name].iter("testcase")
+    assert (case.get("name"), case.get("file"), case.get("line")) == ("a", "bad.yml", "3")
+    failure = case.find("failure")
+    assert failure is not None and "2" in failure.get("message") and "1" in failure.text
+    assert suites[ok.name].find("testcase/failure") is None
 
 
 def test_a_failure_to_write_results_is_an_error_not_a_traceback(tmp_path: Path, capsys):

@@ -231,14 +231,16 @@ async def test_credentials_never_reach_the_console_or_the_result_files(guarded, 
           - {{name: echo, type: assert, actual: "s3cret and url-pw-77", equals: nothing}}
         """))
     report, results = tmp_path / "report.json", tmp_path / "results.json"
+    junit = tmp_path / "junit.xml"
     # the command runs its own event loop; the guarded node serves from this one
     code = await asyncio.to_thread(
         main, ["run", str(wf), "--report", str(report), "--results", str(results),
-               "--workdir", str(tmp_path / "w"), "--color", "never"],
+               "--junit", str(junit), "--workdir", str(tmp_path / "w"), "--color", "never"],
     )
     out = capsys.readouterr().out
     assert code == 1
     assert "*** and ***" in out
-    for text in (out, report.read_text(), results.read_text()):
+    assert "*** and ***" in junit.read_text()  # the failure message names the value
+    for text in (out, report.read_text(), results.read_text(), junit.read_text()):
         assert "s3cret" not in text and "url-pw-77" not in text
     assert json.loads(report.read_text())["nodes"]["u"]["url"] == with_user.replace("url-pw-77", "***")

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--results", type=Path, metavar="FILE", help="write workflow_results as JSON")
     run.add_argument("--report", type=Path, metavar="FILE", help="write the full run report as JSON")
+    run.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (a testsuite per workflow, a testcase per step)")
     run.add_argument("--logs-dir", type=Path, metavar="DIR", help="where node logs are written")
     run.add_argument("--workdir", type=Path, metavar="DIR", help="scratch directory for node data (default ./.cw-runs)")
     run.add_argument("--nuke", action="store_true", default=None, help="remove leftovers of an earlier run first")
@@ -182,14 +183,19 @@ def _safe_name(workflow: Any) -> str:
     return _slug(workflow.name)
 
 
-def _write_json(path: Path, data: Any, secrets: list[str] | None = None) -> None:
-    from .workflow import mask_secrets
+def _write_file(path: Path, text: str, secrets: list[str]) -> None:
+    """Write ``text`` with the secrets masked, atomically: never half a file."""
+    from .report.github import Redactor
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    tmp.write_text(mask_secrets(text, secrets or []), encoding="utf-8")
+    tmp.write_text(Redactor(secrets).redact(text), encoding="utf-8")
     tmp.replace(path)
+
+
+def _write_json(path: Path, data: Any, secrets: list[str] | None = None) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    _write_file(path, text, secrets or [])
 
 
 class _Interrupts:
@@ -236,11 +242,15 @@ class _Interrupts:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse result paths that cannot be written before anything runs."""
     problems = []
-    for flag, path in (("--results", args.results), ("--report", args.report)):
-        if path is not None and path.is_dir():
-            problems.append(Problem(f"{flag} {path} is a directory", hint=f"give a file name, e.g. {flag} {path / 'out.json'}"))
-    if args.results is not None and args.report is not None and args.results.resolve() == args.report.resolve():
-        problems.append(Problem("--results and --report name the same file", hint="give each its own file"))
+    given = [(flag, path) for flag, path in (("--results", args.results), ("--report", args.report), ("--junit", args.junit)) if path is not None]
+    for flag, path in given:
+        if path.is_dir():
+            example = path / ("junit.xml" if flag == "--junit" else "out.json")
+            problems.append(Problem(f"{flag} {path} is a directory", hint=f"give a file name, e.g. {flag} {example}"))
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[i + 1:]:
+            if path.resolve() == other_path.resolve():
+                problems.append(Problem(f"{flag} and {other} name the same file", hint="give each its own file"))
     if problems:
         raise WorkflowValidationError(problems)
 
@@ -285,6 +295,11 @@ def _write_outputs(args: argparse.Namespace, results: list[RunResult], secrets: 
     if args.report:
         report = [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict()
         _write_json(args.report, report, secrets)
+    if args.junit:
+        from .report.junit import junit_xml
+
+        xml = junit_xml([[r] for r in results], root=Path.cwd()).decode("utf-8")
+        _write_file(args.junit, xml, secrets)
 
 
 def main(argv: list[str] | None = None) -> int:

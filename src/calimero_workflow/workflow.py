@@ -9,7 +9,6 @@ listing every problem with its ``file:line:col``.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -220,15 +219,10 @@ def redact_url(url: str) -> str:
 
 
 def mask_secrets(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret (and its JSON-escaped form) replaced by ``***``."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) < 3:  # masking "a" would mangle everything
-            continue
-        text = text.replace(secret, "***")
-        escaped = json.dumps(secret)[1:-1]
-        if escaped != secret:
-            text = text.replace(escaped, "***")
-    return text
+    """``text`` with every secret, in each spelling it may take, replaced by ``***``."""
+    from .report.github import Redactor
+
+    return Redactor(secrets).redact(text)
 
 
 def _subset(raw: dict, keys: frozenset[str]) -> LocatedDict:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..results import PhaseRecord, RunResult, Status, StepRecord
 from ..steps.base import RunEvents
+
+if TYPE_CHECKING:
+    from .github import Redactor
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -53,8 +56,8 @@ class ConsoleReporter(RunEvents):
         self.verbose = verbose
         self.quiet = quiet
         self.color = self.stream.isatty() if color is None else color
-        #: Credentials of the running workflow, never printed.
-        self.secrets: list[str] = []
+        #: Masks the credentials of the running workflow, never printed.
+        self.redactor: Redactor | None = None
 
     def _paint(self, status: Status, text: str) -> str:
         if not self.color:
@@ -62,10 +65,8 @@ class ConsoleReporter(RunEvents):
         return f"\x1b[{_COLOR[status]}m{text}\x1b[0m"
 
     def _write(self, line: str = "") -> None:
-        if self.secrets:
-            from ..workflow import mask_secrets
-
-            line = mask_secrets(line, self.secrets)
+        if self.redactor:
+            line = self.redactor.redact(line)
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -80,7 +81,9 @@ class ConsoleReporter(RunEvents):
             self._write(gutter + line)
 
     def run_started(self, result: RunResult) -> None:
-        self.secrets = list(result.secrets)
+        from .github import Redactor
+
+        self.redactor = Redactor(result.secrets)
         where = f" ({result.workflow_file})" if result.workflow_file else ""
         self._write(f"== {sanitize_line(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 

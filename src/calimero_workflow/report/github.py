@@ -43,6 +43,7 @@ __all__ = [
     "OUTPUT_VALUE_LIMIT_BYTES",
     "OutputWritten",
     "REDACTED",
+    "Redactor",
     "SUMMARY_LIMIT_BYTES",
     "escape_data",
     "escape_property",
@@ -113,6 +114,61 @@ def _secret_forms(value: str) -> set[str]:
             escape_property(text),
         }
     return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
+
+
+class Redactor:
+    """Replaces secret values, in every spelling our logs and files may hold, by ``***``.
+
+    One is shared by everything a run writes: the console, the JUnit XML, the
+    JSON results and report, the summary and the node logs handed out as
+    artifacts, so a value is masked the same way everywhere.
+    """
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._values: set[str] = set()
+        #: Every spelling of every value, longest first.
+        self._forms: list[str] = []
+        for value in values:
+            for part in self.parts(value):
+                self.add(part)
+
+    @staticmethod
+    def parts(value: str) -> list[str]:
+        """What of ``value`` is masked: the whole and each line, stripped, when
+        at least :data:`MIN_SECRET_CHARS` long."""
+        pieces = (p.strip() for p in [value, *value.splitlines()])
+        return [p for p in dict.fromkeys(pieces) if len(p) >= MIN_SECRET_CHARS]
+
+    def add(self, part: str) -> bool:
+        """Mask one part (see :meth:`parts`); False when it was masked already."""
+        if part in self._values:
+            return False
+        self._values.add(part)
+        forms = set(self._forms) | _secret_forms(part)
+        self._forms = sorted(forms, key=len, reverse=True)
+        return True
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every masked value (in each escaped form) as ``***``."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def redact_file(self, path: Path) -> bool:
+        """Redact a file in place; whether it held a masked value."""
+        if not self._forms:
+            return False
+        data = path.read_bytes()
+        text = data.decode("utf-8", "surrogateescape")
+        redacted = self.redact(text)
+        if redacted == text:
+            return False
+        path.write_bytes(redacted.encode("utf-8", "surrogateescape"))
+        return True
 
 
 def utf16_size(text: str) -> int:
@@ -245,9 +301,8 @@ class GitHub:
         self._output_used = 0
         self._annotations: dict[str, int] = {"error": 0, "warning": 0, "notice": 0}
         self._dropped: dict[str, int] = {"error": 0, "warning": 0, "notice": 0}
-        self._masked: set[str] = set()
-        #: Every spelling of every masked value, longest first.
-        self._forms: list[str] = []
+        #: Every value masked so far, in all its spellings.
+        self.redactor = Redactor()
         self._in_group = False
 
     # -- workflow commands ----------------------------------------------------------
@@ -263,22 +318,11 @@ class GitHub:
 
     def redact(self, text: str) -> str:
         """``text`` with every masked value (in each escaped form) as ``***``."""
-        for form in self._forms:
-            if form in text:
-                text = text.replace(form, REDACTED)
-        return text
+        return self.redactor.redact(text)
 
     def redact_file(self, path: Path) -> bool:
         """Redact a file we wrote in place; whether it held a masked value."""
-        if not self._forms:
-            return False
-        data = path.read_bytes()
-        text = data.decode("utf-8", "surrogateescape")
-        redacted = self.redact(text)
-        if redacted == text:
-            return False
-        path.write_bytes(redacted.encode("utf-8", "surrogateescape"))
-        return True
+        return self.redactor.redact_file(path)
 
     def echo(self, text: str = "") -> None:
         """Print our own text. It must not start with ``::`` (use :meth:`untrusted`)."""
@@ -298,20 +342,12 @@ class GitHub:
         :data:`MIN_SECRET_CHARS` are not masked; returns False when nothing
         of ``value`` could be.
         """
-        masked = False
-        for part in [value, *value.splitlines()]:
-            part = part.strip()
-            if len(part) < MIN_SECRET_CHARS:
-                continue
-            masked = True
-            if part in self._masked:
-                continue
-            self._masked.add(part)
-            # registered before anything else can print it
-            self._emit(_format_command("add-mask", {}, part), raw=True)
-            forms = set(self._forms) | _secret_forms(part)
-            self._forms = sorted(forms, key=len, reverse=True)
-        return masked
+        parts = Redactor.parts(value)
+        for part in parts:
+            if self.redactor.add(part):
+                # the runner's mask, before anything else can print the value
+                self._emit(_format_command("add-mask", {}, part), raw=True)
+        return bool(parts)
 
     @contextlib.contextmanager
     def group(self, title: str) -> Iterator[None]:
