@@ -56,6 +56,7 @@ async def test_corpus_file_passes(path: Path, tmp_path: Path, monkeypatch):
         ("06-negative.yml", "expected_error: NotFound", "expected_error: Forbidden"),
         ("08-legacy-placeholders.yml", "method: get\n", "method: len\n"),
         ("13-canonical-fixture.yml", '"value_3_from_node1"}', '"value_2_from_node1"}'),
+        ("15-auto-join.yml", '"equal({{later_on_3}}, from-node-2)"', '"equal({{later_on_3}}, from-node-1)"'),
     ],
 )
 async def test_corpus_checks_can_fail(name: str, old: str, new: str, tmp_path: Path):

@@ -97,6 +97,24 @@ async def test_stop_restart_and_partition_converge(client, tmp_path: Path):
     assert log.count("node node-2 started") >= 2
 
 
+async def test_joining_the_namespace_is_enough_across_containers(client, tmp_path: Path):
+    # The merobox-format file has no join_context step: each container joins the
+    # namespace's contexts, the existing one and the one created after the joins,
+    # from what its peers tell it over the network.
+    wf = load_workflow(ROOT / "tests" / "compat" / "15-auto-join.yml", environ={})
+    assert all(step.type_name != "join_context" for step in wf.steps)
+    result = await run_docker(wf, tmp_path)
+    assert result.passed, failures(result)
+    results = result.workflow_results
+    assert results["Read on 2"]["output"] == "from-node-3"
+    assert results["Read later on 3"]["output"] == "from-node-2"
+    for sync in ("Sync", "Sync later"):
+        hashes = results[sync]["hashes"]
+        assert sorted(hashes) == [f"calimero-node-{i}" for i in (1, 2, 3)]
+        assert len(set(hashes.values())) == 1
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
+
+
 async def test_node_that_cannot_init_fails_with_exit_code_and_logs(
     client, tmp_path: Path
 ):

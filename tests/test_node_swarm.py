@@ -264,3 +264,124 @@ async def test_stopping_a_node_keeps_the_callers_cancellation(
             await stopper
     finally:
         await node.stop()
+
+
+# -- namespace members follow the namespace's contexts (merod's auto-join) ----------
+
+
+async def contexts_of(api: Api) -> set[str]:
+    return {c["id"] for c in (await api.data("GET", "/admin-api/contexts"))["contexts"]}
+
+
+async def test_joining_a_namespace_joins_its_existing_contexts(cluster: Cluster) -> None:
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    app_id = await node1.install_kv_store()
+    ns = await node1.create_namespace(app_id)
+    first = await node1.create_context(app_id, ns)
+    second = await node1.create_context(app_id, ns)
+    await node1.call(first, "set", {"key": "before", "value": "join"})
+
+    # Node 2 has not installed the app and never calls join_context.
+    joined = await node2.join(ns, await node1.invite(ns))
+    me = joined["memberIdentity"]
+    assert await contexts_of(node2) == {first, second}
+    # The join took the state: a read works at once and the hashes agree.
+    assert await node2.call(first, "get", {"key": "before"}) == "join"
+    assert await node2.state_hash(first) == await node1.state_hash(first)
+    assert await node2.state_hash(second) == await node1.state_hash(second)
+    # The member key is the namespace identity, held by node 2, known to node 1.
+    for ctx in (first, second):
+        owned = await node2.data("GET", f"/admin-api/contexts/{ctx}/identities-owned")
+        assert owned == {"identities": [me]}
+        members = await node1.data("GET", f"/admin-api/contexts/{ctx}/identities")
+        assert me in members["identities"] and len(members["identities"]) == 2
+
+    # join_context afterwards answers as for any joined context, every time.
+    assert await node2.join_context(first) == {"contextId": first, "memberPublicKey": me}
+    assert await node2.join_context(first) == {"contextId": first, "memberPublicKey": me}
+
+    await node2.call(second, "set", {"key": "from", "value": "joiner"})
+    await cluster.converged(second)
+    assert await node1.call(second, "get", {"key": "from"}) == "joiner"
+
+
+async def test_a_context_created_later_is_joined_by_every_member(cluster: Cluster) -> None:
+    # Slow background rounds: the members join on the creator's announcement.
+    nodes = [
+        await cluster.start(f"node-{i}", sync_interval_ms=600_000) for i in (1, 2, 3)
+    ]
+    node1, node2, node3 = nodes
+    await cluster.connected()
+    app_id = await node1.install_kv_store()
+    ns = await node1.create_namespace(app_id)
+    identities = {}
+    for node in (node2, node3):
+        identities[node] = (await node.join(ns, await node1.invite(ns)))["memberIdentity"]
+    assert await contexts_of(node2) == set()
+
+    # A member that is not the namespace's creator creates the context; node 3
+    # has not installed the app and fetches it as it joins.
+    assert await node2.install_kv_store() == app_id
+    ctx = await node2.create_context(app_id, ns)
+    for node in (node1, node3):
+        assert ctx in await contexts_of(node)
+        owned = await node.data("GET", f"/admin-api/contexts/{ctx}/identities-owned")
+        assert len(owned["identities"]) == 1
+    owned3 = await node3.data("GET", f"/admin-api/contexts/{ctx}/identities-owned")
+    assert owned3 == {"identities": [identities[node3]]}
+    assert await node3.join_context(ctx) == {
+        "contextId": ctx,
+        "memberPublicKey": identities[node3],
+    }
+
+    await node3.call(ctx, "set", {"key": "k", "value": "v"})
+    state = await cluster.converged(ctx)
+    assert state == await node2.state_hash(ctx)
+    assert await node1.call(ctx, "get", {"key": "k"}) == "v"
+
+
+async def test_a_member_that_was_cut_off_joins_new_contexts_after_the_heal(
+    cluster: Cluster,
+) -> None:
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    app_id = await node1.install_kv_store()
+    ns = await node1.create_namespace(app_id)
+    await node2.join(ns, await node1.invite(ns))
+
+    node2.node.swarm.partitioned = True
+    ctx = await node1.create_context(app_id, ns)
+    await node1.call(ctx, "set", {"key": "while", "value": "away"})
+    assert ctx not in await contexts_of(node2)
+    node2.node.swarm.partitioned = False
+
+    async def joined() -> bool:
+        return ctx in await contexts_of(node2)
+
+    await wait_until(joined, what="node 2 to join the context after the heal")
+    await cluster.converged(ctx)
+    assert await node2.call(ctx, "get", {"key": "while"}) == "away"
+
+
+async def test_a_deleted_context_stays_left_until_join_context(cluster: Cluster) -> None:
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    app_id = await node1.install_kv_store()
+    ns = await node1.create_namespace(app_id)
+    ctx = await node1.create_context(app_id, ns)
+    me = (await node2.join(ns, await node1.invite(ns)))["memberIdentity"]
+    await node2.data("DELETE", f"/admin-api/contexts/{ctx}")
+
+    # Catch-up rounds (background and requested) do not bring it back.
+    await node2.data("POST", "/admin-api/contexts/sync")
+    await node1.call(ctx, "set", {"key": "k", "value": "v"})
+    await node2.data("POST", "/admin-api/contexts/sync")
+    assert (await node2.get(f"/admin-api/contexts/{ctx}")).status_code == 404
+
+    assert await node2.join_context(ctx) == {"contextId": ctx, "memberPublicKey": me}
+    assert await node2.call(ctx, "get", {"key": "k"}) == "v"
+    await cluster.converged(ctx)

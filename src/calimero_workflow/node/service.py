@@ -11,6 +11,14 @@ As in merod, an execution also reaches the context's node-local stores and the
 node's blob store; the cross-context calls it queues run on this node right
 after it, and the handlers its events name run on the *receiving* nodes when
 they apply its delta.
+
+Namespace members follow the namespace's contexts, as merod's default
+(``auto_join`` on the namespace, ``auto_follow.contexts`` on each member) has
+it: joining a namespace joins every context it has, and a context created in it
+later is joined by every member that hears of it. A member joins as its
+namespace identity and takes the context's state from a peer, exactly as
+``POST /contexts/:ctx/join`` does. Deleting a context on a node opts that node
+out: it is not joined again until ``join_context`` asks for it.
 """
 
 from __future__ import annotations
@@ -202,6 +210,8 @@ class NodeService:
         self.log = node_logger(name, "service")
         self._modules: dict[str, AppModule] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Serialise joins of one context (explicit and automatic ones).
+        self._join_locks: dict[str, asyncio.Lock] = {}
         #: Presence slices taken by set_ephemeral, by context (memory only).
         self.presence: dict[str, bytes] = {}
 
@@ -544,6 +554,7 @@ class NodeService:
             ns.merge(state)
             self.store.save_namespace(ns)
             self.log.info("joined namespace %s as %s", ns_id, me.public_b58)
+        await self.follow_contexts(self.store.namespaces[ns_id])
         return {
             "namespaceId": ns_id,
             "memberIdentity": me.public_b58,
@@ -680,17 +691,18 @@ class NodeService:
 
     def delete_context(self, ctx_id: str) -> None:
         ctx = self.context(ctx_id)
+        ns = self.store.namespaces.get(ctx.namespace_id)
+        if ns is not None and ctx.id not in ns.unfollowed:
+            # Not joined again automatically; join_context undoes this.
+            ns.unfollowed.append(ctx.id)
+            self.store.save_namespace(ns)
         self.store.delete_context(ctx.id)
         self._locks.pop(ctx.id, None)
         self.sync.forget_context(ctx.id)
         self.log.info("deleted context %s from this node", ctx.id)
 
-    async def join_context(self, ctx_id: str) -> dict[str, Any]:
-        _ctx_id(ctx_id)
-        existing = self.store.contexts.get(ctx_id)
-        if existing is not None:
-            return {"contextId": ctx_id, "memberPublicKey": existing.identity}
-        ns = next(
+    def _member_namespace_of(self, ctx_id: str) -> NamespaceRecord | None:
+        return next(
             (
                 n
                 for n in self.store.namespaces.values()
@@ -698,40 +710,100 @@ class NodeService:
             ),
             None,
         )
+
+    async def join_context(self, ctx_id: str) -> dict[str, Any]:
+        """``POST /contexts/:ctx/join``: idempotent, as the namespace identity."""
+        _ctx_id(ctx_id)
+        existing = self.store.contexts.get(ctx_id)
+        if existing is not None:
+            return {"contextId": ctx_id, "memberPublicKey": existing.identity}
+        ns = self._member_namespace_of(ctx_id)
         if ns is None:
             # The namespace update announcing the context may not have reached us.
             await self.sync.refresh_namespaces()
-            ns = next(
-                (
-                    n
-                    for n in self.store.namespaces.values()
-                    if ctx_id in n.contexts and n.identity
-                ),
-                None,
-            )
+            ns = self._member_namespace_of(ctx_id)
         if ns is None:
             msg = (
                 f"context {ctx_id} is not in any namespace node {self.name} belongs to; "
                 "join its namespace (POST /admin-api/namespaces/:ns/join) first"
             )
             raise ApiError(403, msg)
-        assert ns.identity is not None
-        app_id = ns.contexts[ctx_id]["applicationId"]
-        if app_id not in self.store.apps:
-            await self.sync.fetch_application(app_id, ns)
-        ctx = ContextRecord(
-            id=ctx_id,
-            application_id=app_id,
-            namespace_id=ns.id,
-            identity=ns.identity,
-            members={ns.identity: self.peer_id},
+        if ctx_id in ns.unfollowed:
+            # An explicit join undoes an earlier opt-out.
+            ns.unfollowed.remove(ctx_id)
+            self.store.save_namespace(ns)
+        ctx = await self._join(ns, ctx_id)
+        return {"contextId": ctx_id, "memberPublicKey": ctx.identity}
+
+    async def _join(self, ns: NamespaceRecord, ctx_id: str) -> ContextRecord:
+        """Become a member of a context of ``ns`` and take its state from a peer.
+
+        The member key is the node's namespace identity. Concurrent joins of
+        one context (an explicit one racing an automatic one) join once.
+        """
+        lock = self._join_locks.get(ctx_id)
+        if lock is None:
+            lock = self._join_locks[ctx_id] = asyncio.Lock()
+        async with lock:
+            existing = self.store.contexts.get(ctx_id)
+            if existing is not None:
+                return existing
+            assert ns.identity is not None
+            app_id = ns.contexts[ctx_id]["applicationId"]
+            if app_id not in self.store.apps:
+                await self.sync.fetch_application(app_id, ns)
+            ctx = ContextRecord(
+                id=ctx_id,
+                application_id=app_id,
+                namespace_id=ns.id,
+                identity=ns.identity,
+                members={ns.identity: self.peer_id},
+            )
+            async with self.lock(ctx_id):
+                self.store.save_context(ctx)
+            self.log.info("joined context %s as %s", ctx_id, ns.identity)
+            await self.sync.announce_context_join(ctx)
+            await self.sync.sync_context(ctx_id)
+            return ctx
+
+    def contexts_to_follow(self, ns: NamespaceRecord) -> list[str]:
+        """Contexts of a namespace this node is a member of but has not joined."""
+        if ns.identity is None:
+            return []
+        return [
+            c
+            for c in ns.contexts
+            if c not in self.store.contexts and c not in ns.unfollowed
+        ]
+
+    async def follow_contexts(self, ns: NamespaceRecord) -> list[str]:
+        """Join every context of ``ns`` this node should follow; returns those joined.
+
+        A context that cannot be joined yet (its application cannot be fetched,
+        no member is reachable) is logged and left for a later sync round.
+        """
+        wanted = self.contexts_to_follow(ns)
+
+        async def follow(ctx_id: str) -> str | None:
+            try:
+                await self._join(ns, ctx_id)
+            except ApiError as exc:
+                self.log.warning(
+                    "auto-join of context %s in namespace %s failed, retried later: %s",
+                    ctx_id,
+                    ns.id,
+                    exc.message,
+                )
+                return None
+            return ctx_id
+
+        if not wanted:
+            return []
+        self.log.info(
+            "auto-join: %d context(s) of namespace %s", len(wanted), ns.id
         )
-        async with self.lock(ctx_id):
-            self.store.save_context(ctx)
-        self.log.info("joined context %s as %s", ctx_id, ns.identity)
-        await self.sync.announce_context_join(ctx)
-        await self.sync.sync_context(ctx_id)
-        return {"contextId": ctx_id, "memberPublicKey": ns.identity}
+        joined = await asyncio.gather(*(follow(c) for c in wanted))
+        return [c for c in joined if c is not None]
 
     # -- execution -----------------------------------------------------------------
 

@@ -113,7 +113,8 @@ class NamespaceRecord:
 
     ``members`` and ``contexts`` only ever grow, so replicas merge by union and
     converge whatever order updates arrive in. ``identity`` (this node's member
-    key) is local and never replicated.
+    key) and ``unfollowed`` (contexts this node deleted, which it does not join
+    again by itself) are local and never replicated.
     """
 
     id: str
@@ -126,11 +127,13 @@ class NamespaceRecord:
     #: context id -> {"applicationId", "createdAt", "name"?}
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity: str | None = None
+    unfollowed: list[str] = field(default_factory=list)
 
     def replicated(self) -> dict[str, Any]:
         """The part of the record that peers share."""
         body = asdict(self)
         body.pop("identity")
+        body.pop("unfollowed")
         return body
 
     def merge(self, other: Mapping[str, Any]) -> bool:

@@ -303,11 +303,12 @@ class Swarm:
             raise PeerError(f"peer {peer_id} is not connected")
         return await conns[-1].request(kind, body, timeout)
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         """Run a background coroutine owned by the swarm (cancelled on stop)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _register(self, conn: _Connection) -> None:
         first = conn.peer_id not in self._conns

@@ -14,6 +14,11 @@ interval, when a peer connects, and on ``POST /admin-api/contexts/sync``:
    has beyond our heads and apply them (the app's CRDT makes order irrelevant).
 
 Namespace records (members, contexts) only grow, so they replicate by union.
+A node that learns of a context of a namespace it is a member of joins it (see
+:mod:`.service`): a member that hears of a new context through a peer's
+announcement joins it before answering (within a time budget, so the creator's
+``create_context`` returns with the connected members already in), and every
+catch-up round joins what an earlier attempt missed.
 Peers are trusted once they hold a member identity of the namespace concerned.
 Blobs an app opens in a context (``blob_open_in_context``) are fetched from the
 context's members when this node does not hold them.
@@ -41,6 +46,10 @@ __all__ = ["Replicator"]
 
 _REQUEST_TIMEOUT = 10.0
 _PEER_WAIT = 5.0
+_ANNOUNCE_TIMEOUT = 5.0
+#: How long a member answering an announcement spends joining the contexts it
+#: names before it answers (under the announcer's timeout); the joins go on after.
+_FOLLOW_BUDGET = 3.0
 
 
 class _NotMember(PeerError):
@@ -207,7 +216,7 @@ class Replicator:
         replies = await self._gather(
             [
                 self.swarm.request(
-                    p, "ns_sync", {"state": ns.replicated()}, timeout=5.0
+                    p, "ns_sync", {"state": ns.replicated()}, timeout=_ANNOUNCE_TIMEOUT
                 )
                 for p in peers
             ]
@@ -218,6 +227,13 @@ class Replicator:
                 changed |= ns.merge(reply["state"])
         if changed:
             self.store.save_namespace(ns)
+            self._follow(ns)
+
+    def _follow(self, ns: NamespaceRecord) -> asyncio.Future[Any] | None:
+        """Start joining the contexts of ``ns`` this node should follow, if any."""
+        if not self.service.contexts_to_follow(ns):
+            return None
+        return self.swarm.spawn(self.service.follow_contexts(ns))
 
     async def refresh_namespaces(self) -> None:
         for ns in list(self.store.namespaces.values()):
@@ -317,11 +333,16 @@ class Replicator:
             self.log.debug("delta push to %s failed: %s", peer, exc)
 
     async def sync_all(self) -> None:
-        """One catch-up round: namespaces, then every context."""
+        """One catch-up round: namespaces, contexts to follow, then every context."""
         if self.swarm.partitioned:
             return
         await self.refresh_namespaces()
-        await self._gather([self.sync_context(c) for c in list(self.store.contexts)])
+        known = list(self.store.contexts)
+        for ns in list(self.store.namespaces.values()):
+            # A join takes its state as it joins; the others catch up below.
+            if self._member_peers(ns) and self.service.contexts_to_follow(ns):
+                await self.service.follow_contexts(ns)
+        await self._gather([self.sync_context(c) for c in known])
 
     async def sync_context(self, ctx_id: str) -> None:
         """Catch up one context with every connected member peer."""
@@ -464,6 +485,10 @@ class Replicator:
         ns = self._member_ns(str(state.get("id")), peer)
         if ns.merge(state):
             self.store.save_namespace(ns)
+            following = self._follow(ns)
+            if following is not None:
+                # Not cancelled at the budget: the joins finish in the background.
+                await asyncio.wait({following}, timeout=_FOLLOW_BUDGET)
         return {"state": ns.replicated()}
 
     async def _on_app_fetch(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -211,7 +211,10 @@ class Join(BaseStep):
     Config = JoinConfig
     exports = {"member_identity_{node}": "member_identity", "member_account_{node}": "member_account"}
     default_retries = 2
-    summary = "join a namespace with an invitation → `namespace_id`, `member_identity`"
+    summary = (
+        "join a namespace with an invitation, and with it its contexts → `namespace_id`, "
+        "`member_identity`"
+    )
 
     async def execute(self, config: JoinConfig, run: StepRun) -> dict[str, Any]:
         data = await run.ctx.client(config.node).join_namespace(
@@ -308,7 +311,10 @@ class JoinContext(BaseStep):
     type_name = "join_context"
     Config = JoinContextConfig
     default_retries = 2
-    summary = "join a context of a namespace the node belongs to → `context_id`, `member_public_key`"
+    summary = (
+        "join a context of a namespace the node belongs to (done by `join` already; "
+        "idempotent) → `context_id`, `member_public_key`"
+    )
 
     async def execute(self, config: JoinContextConfig, run: StepRun) -> dict[str, Any]:
         data = await run.ctx.client(config.node).join_context(config.context_id)
