@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -184,9 +185,11 @@ class RunContext:
     #: Ready-wait timeout for start/restart steps.
     ready_timeout: float = 60.0
 
-    def scope(self, variables: dict[str, Any] | None = None, rng: random.Random | None = None) -> Scope:
+    @functools.cached_property
+    def run_variables(self) -> dict[str, Any]:
+        """``${run_id}``, ``${workflow_dir}`` and ``${workflow.*}``: fixed for the run."""
         folder = str(self.workflow.base_dir.resolve())
-        run = {
+        return {
             "run_id": self.run_id,
             "workflow_dir": folder,
             "workflow": {
@@ -196,10 +199,12 @@ class RunContext:
                 "run_id": self.run_id,
             },
         }
+
+    def scope(self, variables: dict[str, Any] | None = None, rng: random.Random | None = None) -> Scope:
         return Scope(
             results=self.results,
             nodes={n: ref.as_placeholder() for n, ref in self.nodes.items()},
-            variables={**run, **(variables or {})},
+            variables={**self.run_variables, **(variables or {})},
             env=self.env,
             captured=self.captured,
             rng=rng,
