@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from calimero_workflow.cli import main
+from calimero_workflow.errors import WorkflowValidationError
 from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.node.ids import b58encode
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import parse_workflow
 
@@ -315,3 +322,88 @@ async def test_unknown_context_and_uninstalled_app(tmp_path: Path):
     nope = next(s for s in result.steps if s.name == "nope")
     assert nope.status is Status.FAILED
     assert nope.error.kind in ("ContextNotFound", "ParseError")
+
+
+# -- install_application: the sources current merod takes, and those it does not ----
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def key_line(steps: str, key: str) -> int:
+    """The line of ``key:`` in the file run_workflow writes (three lines precede)."""
+    index = next(i for i, t in enumerate(steps.splitlines()) if t.strip().startswith(f"{key}:"))
+    return index + 4
+
+
+@pytest.fixture
+def app_server(tmp_path: Path) -> Iterator[str]:
+    """A loopback HTTP server with kv_store.wasm at ``/apps/kv_store.wasm``."""
+    root = tmp_path / "www"
+    (root / "apps").mkdir(parents=True)
+    (root / "apps" / "kv_store.wasm").write_bytes(APP.read_bytes())
+    handler = functools.partial(_QuietFiles, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_url_install_on_a_local_node_downloads_and_checks_the_hash(
+    tmp_path: Path, app_server: str
+):
+    digest = hashlib.sha256(APP.read_bytes()).digest()
+    url = f"{app_server}/apps/kv_store.wasm"
+    steps = f"""
+  - {{name: by-path, type: install_application, node: node-1, path: {APP}}}
+  - {{name: hex, type: install_application, node: node-1, url: "{url}", hash: "{digest.hex()}"}}
+  - {{name: base58, type: install_application, node: node-1, url: "{url}", hash: "{b58encode(digest)}"}}
+  - {{name: unchecked, type: install_application, node: node-1, url: "{url}"}}
+  - name: ns
+    type: create_namespace
+    node: node-1
+    application_id: ${{results.hex.application_id}}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert result.passed, failures(result)
+    data = result.workflow_results
+    # The engine fetched the file, kept it in the run's folder and installed it
+    # from there as a dev app: one file, so one application for all three.
+    assert Path(data["hex"]["path"]).read_bytes() == APP.read_bytes()
+    assert Path(data["hex"]["path"]).is_relative_to(tmp_path / "runs")
+    ids = {data[n]["application_id"] for n in ("hex", "base58", "unchecked")}
+    assert len(ids) == 1 and ids != {data["by-path"]["application_id"]}
+    assert data["unchecked"]["url"] == url
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "text"),
+    [
+        ('url: "{base}/apps/missing.wasm"', "url", "HTTP 404"),
+        ('url: "{base}/apps/kv_store.wasm", hash: "{zero}"', "hash", "not the expected"),
+        ('url: "{base}/apps/kv_store.wasm", hash: "nope"', "hash", "is not a SHA-256"),
+    ],
+)
+async def test_url_install_failures_point_at_the_key(
+    tmp_path: Path, app_server: str, source: str, key: str, text: str
+):
+    source = source.format(base=app_server, zero="00" * 32)
+    steps = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    {source.replace(", ", chr(10) + "    ")}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    (step,) = result.steps
+    assert step.status is Status.FAILED
+    assert text in step.error.message
+    assert step.error.location.line == key_line(steps, key)
+
+
+async def test_an_install_needs_a_source(tmp_path: Path):
+    with pytest.raises(WorkflowValidationError, match="or `package` with `version`"):
+        await run_workflow(tmp_path, 1, "  - {type: install_application, node: node-1, package: p}\n")

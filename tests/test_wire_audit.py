@@ -13,15 +13,12 @@ unknown fields).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-import httpx
 import pytest
 import wasmtime
 
-from calimero_workflow.client import ZERO_HASH, NodeClient
 from calimero_workflow.node.abi import LIMITS
 from node_fixtures import KV_STORE_WASM, Cluster, cluster, node_runtime
 
@@ -32,97 +29,6 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def audit(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"wire-audit: {reason}")
-
-
-# -- a stand-in for a HEAD merod, for the client tests ----------------------------
-
-
-def _deny_unknown(
-    body: dict[str, Any], allowed: tuple[str, ...]
-) -> httpx.Response | None:
-    """merod's ValidatedJson answer to a body with a field its type lacks.
-
-    crates/server/src/admin/handlers/validation.rs: a JsonDataError becomes
-    400 ``{"error": "Invalid JSON data: …"}``.
-    """
-    for key in sorted(body):
-        if key not in allowed:
-            expected = ", ".join(f"`{a}`" for a in allowed)
-            text = (
-                "Invalid JSON data: Failed to deserialize the JSON body into the target "
-                f"type: unknown field `{key}`, expected {expected}"
-            )
-            return httpx.Response(400, json={"error": text})
-    return None
-
-
-def head_merod(request: httpx.Request) -> httpx.Response:
-    body = json.loads(request.content) if request.content else {}
-    path = request.url.path
-    if path == "/admin-api/install-dev-application":
-        # crates/server/primitives/src/admin/mod.rs: InstallDevApplicationRequest
-        # is `{ path }`, deny_unknown_fields.
-        refused = _deny_unknown(body, ("path",))
-        return refused or httpx.Response(
-            200, json={"data": {"applicationId": "ab" * 32}}
-        )
-    if path == "/admin-api/install-application":
-        # InstallApplicationRequest is `{ package, version }`, deny_unknown_fields:
-        # install by registry coordinates, no URL.
-        refused = _deny_unknown(body, ("package", "version"))
-        return refused or httpx.Response(
-            200, json={"data": {"applicationId": "ab" * 32}}
-        )
-    if path.startswith("/admin-api/contexts/"):
-        # An uninitialised context: Hash renders as hex, so all zeros is 64 '0's.
-        return httpx.Response(
-            200,
-            json={
-                "data": {
-                    "id": "cd" * 32,
-                    "applicationId": "ab" * 32,
-                    "contextStateHash": "0" * 64,
-                }
-            },
-        )
-    return httpx.Response(404, json={"error": "no such route in this stand-in"})
-
-
-def client() -> NodeClient:
-    return NodeClient(
-        "http://merod", name="merod", transport=httpx.MockTransport(head_merod)
-    )
-
-
-@audit(
-    "client.install_dev_application always sends `metadata`; HEAD merod denies it (400)"
-)
-async def test_client_install_dev_application_sends_only_path() -> None:
-    async with client() as node:
-        assert (
-            await node.install_dev_application("/app/data/kv_store.wasm") == "ab" * 32
-        )
-
-
-@audit(
-    "client.install_application sends `url`/`metadata`; HEAD merod takes `{package, version}`"
-)
-async def test_client_install_application_by_coordinates() -> None:
-    async with client() as node:
-        app_id = await node.install_application(
-            "https://example.org/kv.wasm", package="com.example.kv", version="1.0.0"
-        )
-        assert app_id == "ab" * 32
-
-
-@audit(
-    "ZERO_HASH is base58 ('1'*32); HEAD merod reports an uninitialised context as '0'*64"
-)
-async def test_client_recognises_the_hex_zero_state_hash() -> None:
-    async with client() as node:
-        # wait_for_sync treats ZERO_HASH as "no state yet"; a HEAD node's zero
-        # hash must map to it, or all-uninitialised nodes count as converged.
-        assert await node.context_state_hash("cd" * 32) == ZERO_HASH
 
 
 # -- the embedded node against HEAD merod's shapes ---------------------------------

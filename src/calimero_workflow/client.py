@@ -1,11 +1,26 @@
 """A typed async client for a Calimero node's admin API and JSON-RPC.
 
-It speaks the current (namespace era) routes of ``merod`` and accepts the
-older response spellings where that is cheap (``rootHash`` for
-``contextStateHash``). Every failure is raised as :class:`NodeApiError` (the
-node answered with an error) or :class:`NodeConnectionError` (it did not
-answer), both carrying the node's name, so a step can say which node failed
-and why.
+It speaks the current (namespace era) routes of ``merod`` and works with the
+nodes before it where their shapes differ:
+
+- ids: current merod (0.11.0-rc.27 and later) shows every id as 64 hex digits,
+  older nodes base58; ids are passed through as the node gave them, and an
+  uninitialised context's state hash is recognised in both spellings
+  (:func:`is_zero_hash`).
+- ``install-dev-application``: current merod takes ``{path}`` alone and refuses
+  any other field; older nodes require ``metadata`` (and take ``package`` and
+  ``version``). The client sends the shape the call needs, falls back to the
+  other when the node says so, and remembers which one the node takes.
+- ``install-application``: current merod installs registry coordinates
+  ``{package, version}``; older nodes fetch a ``url``.
+- older response spellings where that is cheap (``rootHash`` for
+  ``contextStateHash``).
+
+Every failure is raised as :class:`NodeApiError` (the node answered with an
+error) or :class:`NodeConnectionError` (it did not answer), both carrying the
+node's name, so a step can say which node failed and why. A call the node
+cannot take in any shape it speaks is a :class:`NodeUnsupportedError`, which
+names the fields concerned.
 """
 
 from __future__ import annotations
@@ -25,9 +40,31 @@ from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
 if TYPE_CHECKING:
     import httpx
 
+__all__ = [
+    "LEGACY_ZERO_HASH",
+    "ZERO_HASH",
+    "ExecuteResult",
+    "NodeApiError",
+    "NodeClient",
+    "NodeConnectionError",
+    "NodeError",
+    "NodeUnsupportedError",
+    "decode_returned_error",
+    "describe_rpc_error",
+    "is_zero_hash",
+]
+
 log = logging.getLogger("calimero_workflow.client")
 
-ZERO_HASH = "11111111111111111111111111111111"
+#: The state hash of a context that has no state yet, as current merod shows it.
+ZERO_HASH = "0" * 64
+#: The same all-zero hash as nodes before 0.11.0-rc.27 show it (base58).
+LEGACY_ZERO_HASH = "1" * 32
+
+
+def is_zero_hash(value: object) -> bool:
+    """Whether ``value`` is the all-zero state hash, in either spelling."""
+    return value in (ZERO_HASH, LEGACY_ZERO_HASH)
 
 
 @functools.cache
@@ -90,6 +127,65 @@ class NodeApiError(NodeError):
             "message": self.message,
             "data": self.data,
         }
+
+
+class NodeUnsupportedError(NodeApiError):
+    """The node cannot take what was asked in any request shape it speaks.
+
+    ``fields`` are the caller's names of what the node cannot take (``metadata``,
+    ``url``…), so a step can point at them; ``hint`` says what works instead.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str,
+        route: str,
+        fields: tuple[str, ...],
+        hint: str,
+        status: int | None = None,
+        data: Any = None,
+    ):
+        super().__init__(message, node=node, route=route, status=status, data=data)
+        self.fields = fields
+        self.hint = hint
+
+
+def _refused_field(exc: NodeApiError, names: tuple[str, ...]) -> str | None:
+    """The field of ``names`` a node's 400/422 says it does not know, if any."""
+    if exc.status not in (400, 422):
+        return None
+    for name in names:
+        if f"unknown field `{name}`" in exc.message:
+            return name
+    return None
+
+
+def _wants_field(exc: NodeApiError, name: str) -> bool:
+    """Whether a node's 400/422 says the body lacks the required field ``name``.
+
+    merod says so in serde's words; node images of this project built before
+    they followed merod 0.11.0-rc.27 said ``'metadata' is required``.
+    """
+    if exc.status not in (400, 422):
+        return False
+    return f"missing field `{name}`" in exc.message or f"'{name}' is required" in exc.message
+
+
+def _legacy_hash(value: str) -> str:
+    """A blob hash as nodes that fetch URLs read it: base58 (hex is converted)."""
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        from .node.ids import b58encode
+
+        return b58encode(bytes.fromhex(value))
+    return value
+
+
+#: The body shapes of install-dev-application: current merod's, and older nodes'.
+_PATH_ONLY, _WITH_METADATA = "path", "metadata"
+#: The body shapes of install-application: registry coordinates, or a URL.
+_COORDINATES, _URL = "coordinates", "url"
 
 
 @dataclass
@@ -206,6 +302,9 @@ class NodeClient:
                 verify=_tls_context(),
             )
         self._ids = itertools.count(1)
+        #: The install bodies this node was seen to take (None: not yet known).
+        self._dev_install_shape: str | None = None
+        self._install_shape: str | None = None
 
     async def __aenter__(self) -> NodeClient:
         return self
@@ -367,26 +466,137 @@ class NodeClient:
         self, path: str, *, metadata: bytes = b"", package: str | None = None,
         version: str | None = None,
     ) -> str:
-        body: dict[str, Any] = {"path": path, "metadata": list(metadata)}
-        if package:
-            body["package"] = package
-        if version:
-            body["version"] = version
-        data = await self._admin("POST", "/install-dev-application", body)
+        """Install the wasm at ``path`` on the node's filesystem; returns its id.
+
+        Current merod takes ``{path}`` alone; nodes before 0.11.0-rc.27 require
+        ``metadata`` and take ``package`` and ``version``. Without those extras
+        the current shape goes first, and the older one when the node says
+        ``metadata`` is missing. With them the older shape goes first, since
+        only older nodes can record them; a node that refuses them raises
+        :class:`NodeUnsupportedError`. The shape that worked is remembered.
+        """
+        extras = tuple(
+            name
+            for name, value in (("metadata", metadata), ("package", package), ("version", version))
+            if value
+        )
+        route = "POST /admin-api/install-dev-application"
+        if extras and self._dev_install_shape == _PATH_ONLY:
+            raise self._dev_extras_refused(extras, route)
+        legacy: dict[str, Any] = {"path": path, "metadata": list(metadata)}
+        legacy.update((k, v) for k, v in (("package", package), ("version", version)) if v)
+        if extras or self._dev_install_shape == _WITH_METADATA:
+            try:
+                data = await self._admin("POST", "/install-dev-application", legacy)
+            except NodeApiError as exc:
+                if extras and _refused_field(exc, ("metadata", "package", "version")):
+                    self._dev_install_shape = _PATH_ONLY
+                    raise self._dev_extras_refused(extras, route, exc) from exc
+                raise
+            self._dev_install_shape = _WITH_METADATA
+            return data["applicationId"]
+        try:
+            data = await self._admin("POST", "/install-dev-application", {"path": path})
+        except NodeApiError as exc:
+            if not _wants_field(exc, "metadata"):
+                raise
+            log.debug("node %s wants metadata on dev installs (merod before 0.11.0-rc.27)", self.name)
+            data = await self._admin("POST", "/install-dev-application", legacy)
+            self._dev_install_shape = _WITH_METADATA
+        else:
+            self._dev_install_shape = _PATH_ONLY
         return data["applicationId"]
+
+    def _dev_extras_refused(
+        self, extras: tuple[str, ...], route: str, exc: NodeApiError | None = None
+    ) -> NodeUnsupportedError:
+        names = ", ".join(f"`{e}`" for e in extras)
+        return NodeUnsupportedError(
+            f"node {self.name} cannot record {names} on a dev install: its "
+            "install-dev-application takes the path alone (merod 0.11.0-rc.27 and "
+            "later refuse any other field)",
+            node=self.name,
+            route=route,
+            fields=extras,
+            hint="remove them from the step; only nodes before 0.11.0-rc.27 record them",
+            status=exc.status if exc else None,
+            data=exc.data if exc else None,
+        )
 
     async def install_application(
         self, url: str, *, hash: str | None = None, metadata: bytes = b"",
         package: str | None = None, version: str | None = None,
     ) -> str:
+        """Have the node fetch and install the app at ``url``; returns its id.
+
+        Only nodes before 0.11.0-rc.27 fetch URLs. Current merod installs
+        registry coordinates instead: with ``package`` and ``version`` given,
+        those are installed; without, :class:`NodeUnsupportedError`.
+        """
+        route = "POST /admin-api/install-application"
+        if self._install_shape == _COORDINATES:
+            return await self._install_coordinates_for_url(url, package, version, route)
         body: dict[str, Any] = {"url": url, "metadata": list(metadata)}
         if hash:
-            body["hash"] = hash
-        if package:
-            body["package"] = package
-        if version:
-            body["version"] = version
-        data = await self._admin("POST", "/install-application", body)
+            body["hash"] = _legacy_hash(hash)
+        body.update((k, v) for k, v in (("package", package), ("version", version)) if v)
+        try:
+            data = await self._admin("POST", "/install-application", body)
+        except NodeApiError as exc:
+            if _refused_field(exc, ("url",)) is None:
+                raise
+            self._install_shape = _COORDINATES
+            return await self._install_coordinates_for_url(url, package, version, route, exc)
+        self._install_shape = _URL
+        return data["applicationId"]
+
+    async def _install_coordinates_for_url(
+        self, url: str, package: str | None, version: str | None, route: str,
+        exc: NodeApiError | None = None,
+    ) -> str:
+        if package and version:
+            log.info(
+                "node %s installs no URLs; installing %s@%s from its registry instead of %s",
+                self.name, package, version, url,
+            )
+            return await self.install_from_registry(package, version)
+        raise NodeUnsupportedError(
+            f"node {self.name} cannot install from a URL: its install-application takes "
+            "registry coordinates {package, version} (merod 0.11.0-rc.27 and later)",
+            node=self.name,
+            route=route,
+            fields=("url",),
+            hint="give `package` and `version` to install from the node's registry, or "
+            "install a local `path` on a node this run starts",
+            status=exc.status if exc else None,
+            data=exc.data if exc else None,
+        )
+
+    async def install_from_registry(self, package: str, version: str) -> str:
+        """Install ``package`` at ``version`` from the node's registry; returns its id.
+
+        This is current merod's ``install-application``; a node before
+        0.11.0-rc.27 has no registry install and raises :class:`NodeUnsupportedError`.
+        """
+        route = "POST /admin-api/install-application"
+        body = {"package": package, "version": version}
+        try:
+            data = await self._admin("POST", "/install-application", body)
+        except NodeApiError as exc:
+            if not _wants_field(exc, "url"):
+                raise
+            self._install_shape = _URL
+            raise NodeUnsupportedError(
+                f"node {self.name} cannot install registry coordinates: its "
+                "install-application fetches a URL (merod before 0.11.0-rc.27)",
+                node=self.name,
+                route=route,
+                fields=("package", "version"),
+                hint="give the app's `url` (or a local `path`) for this node",
+                status=exc.status,
+                data=exc.data,
+            ) from exc
+        self._install_shape = _COORDINATES
         return data["applicationId"]
 
     async def get_application(self, application_id: str) -> dict[str, Any] | None:
@@ -458,6 +668,7 @@ class NodeClient:
         return data
 
     async def context_state_hash(self, context_id: str, *, timeout: float | None = None) -> str:
+        """The context's state hash as the node spells it; see :func:`is_zero_hash`."""
         data = await self.get_context(context_id, timeout=timeout)
         return str(data.get("contextStateHash") or ZERO_HASH)
 

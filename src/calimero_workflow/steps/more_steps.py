@@ -20,7 +20,6 @@ from .base import (
     register_step,
     workflow_file,
 )
-from .node_steps import _metadata_bytes
 
 
 class GetApplicationConfig(NodeStepConfig):
@@ -190,7 +189,7 @@ class CreateMesh(BaseStep):
             if config.path:
                 local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
                 node_path = await ctx.backend.stage_file(name, local) if ctx.backend else str(local)
-                await client.install_dev_application(node_path, metadata=_metadata_bytes(None))
+                await client.install_dev_application(node_path)
             invitation = await owner.create_namespace_invitation(ns)
             joined = await client.join_namespace(ns, invitation["invitation"])
             in_context = await client.join_context(context_id)

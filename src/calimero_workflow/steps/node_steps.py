@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
+from ..appfetch import AppFetchError, download_app
+from ..client import NodeUnsupportedError
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -39,8 +42,15 @@ class InstallConfig(NodeStepConfig):
 
     @model_validator(mode="after")
     def _one_source(self) -> InstallConfig:
-        if bool(self.path) == bool(self.url):
-            raise ValueError("give exactly one of `path` (a local .wasm file) or `url`")
+        if self.path and self.url:
+            raise ValueError(
+                "give one of `path` (a local .wasm file) and `url`, not both"
+            )
+        if not (self.path or self.url or (self.package and self.version)):
+            raise ValueError(
+                "give `path` (a local .wasm file), `url`, or `package` with `version` "
+                "(installed from the node's registry)"
+            )
         return self
 
 
@@ -54,13 +64,17 @@ def _metadata_bytes(value: str | dict[str, Any] | None) -> bytes:
 
 @register_step
 class InstallApplication(BaseStep):
-    """Install an application from a local ``path`` (relative to the workflow) or a ``url``."""
+    """Install an application from a ``path`` (relative to the workflow), a ``url``,
+    or registry coordinates (``package`` and ``version`` alone)."""
 
     type_name = "install_application"
     Config = InstallConfig
     exports = {"app_id_{node}": "application_id", "app_path_{node}": "path"}
     default_retries = 2
-    summary = "install an app on a node from `path` (relative to the workflow file) or `url` → `application_id`"
+    summary = (
+        "install an app on a node from `path` (relative to the workflow file), `url`, "
+        "or the node's registry (`package` and `version`) → `application_id`"
+    )
 
     def check(self, config: InstallConfig, vctx: ValidationContext) -> list[Problem]:
         problems = super().check(config, vctx)
@@ -76,37 +90,102 @@ class InstallApplication(BaseStep):
         return problems
 
     async def execute(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
+        try:
+            if config.path:
+                return await self._install_path(config, run)
+            if config.url:
+                return await self._install_url(config, run)
+            return await self._install_coordinates(config, run)
+        except NodeUnsupportedError as exc:
+            raise StepFailure(
+                exc.message,
+                location=self.key_location(exc.fields[0]),
+                hint=exc.hint,
+            ) from exc
+
+    async def _install_file(
+        self, config: InstallConfig, run: StepRun, local: Path
+    ) -> str:
+        """Install a file of this machine on a node this run started."""
         ctx = run.ctx
-        client = ctx.client(config.node)
-        metadata = _metadata_bytes(config.metadata)
-        if config.path:
-            local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
-            if not local.is_file():
-                raise StepFailure(
-                    f"application file not found: {config.path}",
-                    location=self.key_location("path"),
-                    hint=file_hint(ctx.workflow.base_dir),
-                )
-            ref = ctx.node(config.node)
-            if ref.kind == "remote":
-                raise StepFailure(
-                    f"node {config.node} is remote: it cannot read a local path",
-                    location=self.key_location("path"),
-                    hint="install from a `url` the remote node can fetch",
-                )
-            node_path = await ctx.backend.stage_file(config.node, local) if ctx.backend else str(local)
-            app_id = await client.install_dev_application(
-                node_path, metadata=metadata, package=config.package, version=config.version
-            )
-            run.log(f"installed {local.name} on {config.node} as {app_id}")
-            run.response = {"applicationId": app_id}
-            return {"application_id": app_id, "path": str(local), "node": config.node}
-        app_id = await client.install_application(
-            config.url or "", hash=config.hash, metadata=metadata,
-            package=config.package, version=config.version,
+        node_path = await ctx.backend.stage_file(config.node, local) if ctx.backend else str(local)
+        return await ctx.client(config.node).install_dev_application(
+            node_path,
+            metadata=_metadata_bytes(config.metadata),
+            package=config.package,
+            version=config.version,
         )
+
+    async def _install_path(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
+        ctx = run.ctx
+        assert config.path is not None
+        local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
+        if not local.is_file():
+            raise StepFailure(
+                f"application file not found: {config.path}",
+                location=self.key_location("path"),
+                hint=file_hint(ctx.workflow.base_dir),
+            )
+        if ctx.node(config.node).kind == "remote":
+            raise StepFailure(
+                f"node {config.node} is remote: it cannot read a local path",
+                location=self.key_location("path"),
+                hint="install from a `url` or registry coordinates the remote node can fetch",
+            )
+        app_id = await self._install_file(config, run, local)
+        run.log(f"installed {local.name} on {config.node} as {app_id}")
         run.response = {"applicationId": app_id}
-        return {"application_id": app_id, "url": config.url, "node": config.node}
+        return {"application_id": app_id, "path": str(local), "node": config.node}
+
+    async def _install_url(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
+        """A node this run started gets the file from the engine: current merod
+        installs no URLs. A remote node is asked to fetch it itself."""
+        ctx = run.ctx
+        assert config.url is not None
+        if ctx.node(config.node).kind == "remote" or ctx.backend is None:
+            app_id = await ctx.client(config.node).install_application(
+                config.url,
+                hash=config.hash,
+                metadata=_metadata_bytes(config.metadata),
+                package=config.package,
+                version=config.version,
+            )
+            run.response = {"applicationId": app_id}
+            return {"application_id": app_id, "url": config.url, "node": config.node}
+        try:
+            local = await download_app(
+                config.url, ctx.backend.workdir / "downloads", expected_hash=config.hash
+            )
+        except AppFetchError as exc:
+            raise StepFailure(
+                exc.message, location=self.key_location(exc.key), hint=exc.hint
+            ) from None
+        run.log(f"downloaded {config.url} ({local.stat().st_size} bytes) to {local}")
+        app_id = await self._install_file(config, run, local)
+        run.log(f"installed {config.url} on {config.node} as {app_id}")
+        run.response = {"applicationId": app_id}
+        return {
+            "application_id": app_id,
+            "url": config.url,
+            "path": str(local),
+            "node": config.node,
+        }
+
+    async def _install_coordinates(
+        self, config: InstallConfig, run: StepRun
+    ) -> dict[str, Any]:
+        assert config.package and config.version
+        app_id = await run.ctx.client(config.node).install_from_registry(
+            config.package, config.version
+        )
+        run.log(f"installed {config.package}@{config.version} on {config.node} as {app_id}")
+        run.response = {"applicationId": app_id}
+        return {
+            "application_id": app_id,
+            "package": config.package,
+            "version": config.version,
+            "node": config.node,
+        }
 
 
 # -- namespaces --------------------------------------------------------------------

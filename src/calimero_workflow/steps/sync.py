@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..client import ZERO_HASH, NodeError
+from ..client import NodeError, is_zero_hash
 from ..errors import Problem, StepFailure
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
@@ -147,7 +147,7 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
         await asyncio.gather(*(fetch(n) for n in names))
         values = set(hashes.values())
         converged = (
-            len(values) == 1 and None not in values and ZERO_HASH not in values
+            len(values) == 1 and None not in values and not any(map(is_zero_hash, values))
         )
         if converged and config.expect is not None:
             converged, expect_outputs = await _expect_matches(config, names, run)
@@ -175,7 +175,7 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
         for n in names
     )
     reason = "did not converge"
-    if all(h == ZERO_HASH for h in hashes.values()):
+    if all(is_zero_hash(h) for h in hashes.values()):
         reason = "has no state yet on any node"
     agreed = set(hashes.values())
     if config.expect is not None and expect_outputs is not None and len(agreed) == 1 and None not in agreed:

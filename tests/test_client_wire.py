@@ -1,0 +1,234 @@
+"""The client against current merod and the merods before it, over real HTTP.
+
+Nodes of each era, and a current one whose registry has the app, are
+:class:`StandIn` servers: a small ``http.server`` on loopback that answers
+install and context routes in the shape and words of one merod era, and
+records every request it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from calimero_workflow.client import (
+    LEGACY_ZERO_HASH,
+    ZERO_HASH,
+    NodeClient,
+    NodeUnsupportedError,
+    is_zero_hash,
+)
+from calimero_workflow.node.ids import b58encode
+
+APP_ID = "ab" * 32
+CTX_ID = "cd" * 32
+
+#: The request fields of each era: (install-dev fields, required), (install fields, required).
+ERAS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    # crates/server/primitives/src/admin/mod.rs at HEAD: closed bodies.
+    "current": {
+        "install-dev-application": (("path",), ("path",)),
+        "install-application": (("package", "version"), ("package", "version")),
+    },
+    # 0.11.0-rc.25: ValidatedJson, metadata required, unknown fields ignored.
+    "rc25": {
+        "install-dev-application": (("path", "metadata", "package", "version"), ("path", "metadata")),
+        "install-application": (("url", "hash", "metadata", "package", "version"), ("url", "metadata")),
+    },
+    # 0.8 - 0.10 (era B): axum's Json, so a body that does not fit is a plain 422.
+    "era-b": {
+        "install-dev-application": (("path", "metadata", "package", "version"), ("path", "metadata")),
+        "install-application": (("url", "hash", "metadata", "package", "version"), ("url", "metadata")),
+    },
+}
+
+
+class StandIn(ThreadingHTTPServer):
+    """A merod of one era on loopback; ``seen`` holds ``(path, body)`` of each request."""
+
+    def __init__(self, era: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.era = era
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def bodies(self, route: str) -> list[dict[str, Any]]:
+        return [body for path, body in self.seen if path == f"/admin-api/{route}"]
+
+    def refusal(self, route: str, body: dict[str, Any]) -> tuple[int, str] | None:
+        """Why this era refuses ``body`` on ``route``, as (status, serde text)."""
+        fields, required = ERAS[self.era][route]
+        if self.era == "current":
+            for key in body:
+                if key not in fields:
+                    expected = " or ".join(f"`{f}`" for f in fields)
+                    return 400, f"unknown field `{key}`, expected {expected}"
+        for name in required:
+            if name not in body:
+                return (422 if self.era == "era-b" else 400), f"missing field `{name}`"
+        return None
+
+    def state_hash(self) -> str:
+        return ZERO_HASH if self.era == "current" else LEGACY_ZERO_HASH
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: StandIn
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, value: Any) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, {}))
+        if self.path == f"/admin-api/contexts/{CTX_ID}":
+            data = {"id": CTX_ID, "applicationId": APP_ID}
+            key = "contextStateHash" if self.server.era != "era-b" else "rootHash"
+            self._json(200, {"data": {**data, key: self.server.state_hash()}})
+        else:
+            self._json(404, {"error": "no such route in this stand-in"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.server.seen.append((self.path, body))
+        route = self.path.removeprefix("/admin-api/")
+        if route not in ("install-dev-application", "install-application"):
+            self._json(404, {"error": "no such route in this stand-in"})
+            return
+        refused = self.server.refusal(route, body)
+        if refused is None:
+            self._json(200, {"data": {"applicationId": APP_ID}})
+            return
+        status, reason = refused
+        text = f"Failed to deserialize the JSON body into the target type: {reason} at line 1 column 9"
+        if status == 422:
+            self._send(422, text.encode(), "text/plain; charset=utf-8")
+        else:
+            self._json(400, {"error": f"Invalid JSON data: {text}"})
+
+
+@pytest.fixture
+def stand_in() -> Iterator[Any]:
+    servers: list[StandIn] = []
+
+    def start(era: str) -> StandIn:
+        server = StandIn(era)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+# -- against stand-ins of other merods -----------------------------------------------
+
+
+@pytest.mark.parametrize("era", ["rc25", "era-b"])
+async def test_dev_install_falls_back_to_metadata_on_older_nodes_and_remembers(
+    stand_in: Any, era: str
+) -> None:
+    server = stand_in(era)
+    async with NodeClient(server.url, name="old") as node:
+        assert await node.install_dev_application("/app/a.wasm") == APP_ID
+        assert await node.install_dev_application("/app/b.wasm") == APP_ID
+    assert server.bodies("install-dev-application") == [
+        {"path": "/app/a.wasm"},
+        {"path": "/app/a.wasm", "metadata": []},
+        {"path": "/app/b.wasm", "metadata": []},
+    ]
+
+
+async def test_dev_install_extras_reach_older_nodes_in_one_request(stand_in: Any) -> None:
+    server = stand_in("rc25")
+    async with NodeClient(server.url, name="old") as node:
+        app_id = await node.install_dev_application(
+            "/app/a.wasm", metadata=b"{}", package="com.example.kv", version="1.0.0"
+        )
+    assert app_id == APP_ID
+    assert server.bodies("install-dev-application") == [
+        {
+            "path": "/app/a.wasm",
+            "metadata": [123, 125],
+            "package": "com.example.kv",
+            "version": "1.0.0",
+        }
+    ]
+
+
+async def test_url_install_on_older_nodes_sends_the_hash_as_they_read_it(
+    stand_in: Any,
+) -> None:
+    server = stand_in("rc25")
+    digest = bytes(range(32))
+    async with NodeClient(server.url, name="old") as node:
+        await node.install_application("https://example.org/kv.wasm", hash=digest.hex())
+        await node.install_application("https://example.org/kv.wasm", hash=b58encode(digest))
+    first, second = server.bodies("install-application")
+    assert first == {
+        "url": "https://example.org/kv.wasm",
+        "metadata": [],
+        "hash": b58encode(digest),
+    }
+    assert second == first
+
+
+async def test_registry_install_on_current_and_older_nodes(stand_in: Any) -> None:
+    current = stand_in("current")
+    coords = {"package": "com.example.kv", "version": "1.0.0"}
+    async with NodeClient(current.url, name="head") as node:
+        assert await node.install_from_registry("com.example.kv", "1.0.0") == APP_ID
+    assert current.bodies("install-application") == [coords]
+
+    # A URL install falls back to the coordinates given with it on a node that
+    # takes only those, and the next one goes straight to them.
+    current.seen.clear()
+    url = "https://example.org/kv.wasm"
+    async with NodeClient(current.url, name="head") as node:
+        for _ in range(2):
+            app_id = await node.install_application(url, package="com.example.kv", version="1.0.0")
+            assert app_id == APP_ID
+    assert current.bodies("install-application") == [
+        {"url": url, "metadata": [], **coords},
+        coords,
+        coords,
+    ]
+
+    old = stand_in("era-b")
+    async with NodeClient(old.url, name="old") as node:
+        with pytest.raises(NodeUnsupportedError) as info:
+            await node.install_from_registry("com.example.kv", "1.0.0")
+    assert info.value.fields == ("package", "version")
+    assert "fetches a URL" in info.value.message and "`url`" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("era", "zero"), [("current", ZERO_HASH), ("rc25", LEGACY_ZERO_HASH), ("era-b", LEGACY_ZERO_HASH)]
+)
+async def test_an_uninitialised_state_hash_is_recognised_in_both_spellings(
+    stand_in: Any, era: str, zero: str
+) -> None:
+    server = stand_in(era)
+    async with NodeClient(server.url, name=era) as node:
+        state = await node.context_state_hash(CTX_ID)
+    assert state == zero and is_zero_hash(state)
+    assert ZERO_HASH == "0" * 64 and not is_zero_hash("ab" * 32)
