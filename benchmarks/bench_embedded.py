@@ -29,7 +29,7 @@ from bench_workflows import many_nodes_workflow, sync_workflow, write
 
 from calimero_workflow.client import NodeClient
 from calimero_workflow.executor import WorkflowExecutor
-from calimero_workflow.node.ids import b58encode
+from calimero_workflow.node.ids import hex32
 from calimero_workflow.node.runtime import WasmRuntime
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
 from calimero_workflow.steps.base import RunEvents
@@ -306,7 +306,7 @@ def _sync_lags(probe: _SyncProbe) -> list[dict[str, float]]:
                 if t > finished:
                     break
                 value = roots[i]
-                is_final = value is not None and b58encode(value) == final
+                is_final = value is not None and hex32(value) == final
                 if is_final and when is None:
                     when = t
                 elif not is_final:

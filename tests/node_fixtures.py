@@ -111,7 +111,7 @@ class Api:
     # -- the §1.4 flow in pieces ---------------------------------------------------
 
     async def install_kv_store(self) -> str:
-        body = {"path": str(KV_STORE_WASM), "metadata": []}
+        body = {"path": str(KV_STORE_WASM)}
         return str(
             (await self.data("POST", "/admin-api/install-dev-application", body))[
                 "applicationId"

@@ -27,7 +27,6 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from calimero_workflow.node.ids import b58encode
 from docker_support import NODE_IMAGE, ROOT, _missing, docker_client, leftovers
 from test_report_github import read_env_file, runner_commands
 
@@ -576,7 +575,7 @@ def test_node_logs_copied_to_the_workspace_have_secrets_redacted(
     client, action_image, runner
 ):
     # node logs name request paths: this application id is a secret here
-    token = b58encode(b"application id that is a secret!")
+    token = b"application id that is a secret!".hex()
     (runner.workspace / "wf.yml").write_text(
         "name: secret path\nnodes: {count: 1, prefix: node}\nsteps:\n"
         "  - {name: look, type: get_application, node: node-1, application_id: '${APP_TOKEN}'}\n"

@@ -32,7 +32,6 @@ from calimero_workflow.action import (
     read_settings,
     run_action,
 )
-from calimero_workflow.node.ids import b58encode
 from test_report_github import read_env_file, runner_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -629,7 +628,7 @@ def test_secret_values_are_redacted_in_every_report_output_and_log_file(workspac
         env=f"API_TOKEN={token}\nDB_PASSWORD={password}\nPLAIN=visible",
     )
     # from the step's own `env:`; an application id that is not installed
-    env["APP_KEY"] = b58encode(b"secret given in the step env 32b")
+    env["APP_KEY"] = b"secret given in the step env 32b".hex()
     code, printed, outputs = run(env)
     assert code == 1, printed
     shown = "\n".join(

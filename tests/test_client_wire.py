@@ -1,6 +1,7 @@
 """The client against current merod and the merods before it, over real HTTP.
 
-Nodes of each era, and a current one whose registry has the app, are
+Current merod (0.11.0-rc.27 and later) is our embedded node, which serves its
+shapes. Older nodes, and a current one whose registry has the app, are
 :class:`StandIn` servers: a small ``http.server`` on loopback that answers
 install and context routes in the shape and words of one merod era, and
 records every request it saw.
@@ -9,6 +10,7 @@ records every request it saw.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,11 +21,15 @@ import pytest
 from calimero_workflow.client import (
     LEGACY_ZERO_HASH,
     ZERO_HASH,
+    NodeApiError,
     NodeClient,
     NodeUnsupportedError,
     is_zero_hash,
 )
 from calimero_workflow.node.ids import b58encode
+from node_fixtures import KV_STORE_WASM, Cluster, cluster, node_runtime
+
+__all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
 APP_ID = "ab" * 32
 CTX_ID = "cd" * 32
@@ -138,6 +144,69 @@ def stand_in() -> Iterator[Any]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def install_requests(caplog: pytest.LogCaptureFixture, route: str) -> int:
+    """How many requests the embedded node logged on ``route``."""
+    return sum(
+        f"POST /admin-api/{route} " in r.getMessage()
+        for r in caplog.records
+        if r.name == "calimero_workflow.node.api"
+    )
+
+
+# -- against the embedded node: current merod --------------------------------------
+
+
+async def test_dev_install_sends_the_path_alone_to_current_merod(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        first = await node.install_dev_application(str(KV_STORE_WASM))
+        assert first == await node.install_dev_application(str(KV_STORE_WASM))
+    assert install_requests(caplog, "install-dev-application") == 2
+
+
+async def test_dev_install_extras_are_refused_by_current_merod_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        with pytest.raises(NodeUnsupportedError) as info:
+            await node.install_dev_application(
+                str(KV_STORE_WASM), metadata=b"{}", version="1.0.0"
+            )
+        assert info.value.fields == ("metadata", "version")
+        assert "cannot record `metadata`, `version`" in info.value.message
+        assert "remove them" in info.value.hint
+        assert info.value.status == 400
+        assert install_requests(caplog, "install-dev-application") == 1
+        # The node's shape is known now: refused again without asking it.
+        with pytest.raises(NodeUnsupportedError):
+            await node.install_dev_application(str(KV_STORE_WASM), package="p")
+        assert install_requests(caplog, "install-dev-application") == 1
+        # A plain install still works, in one request.
+        await node.install_dev_application(str(KV_STORE_WASM))
+    assert install_requests(caplog, "install-dev-application") == 2
+
+
+async def test_url_install_on_current_merod(cluster: Cluster) -> None:
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        with pytest.raises(NodeUnsupportedError) as info:
+            await node.install_application("https://example.org/kv.wasm")
+        assert info.value.fields == ("url",)
+        assert "takes registry coordinates" in info.value.message
+        # With coordinates given, those are installed instead; the embedded
+        # node has no registry, so its answer is merod's 502 for them.
+        with pytest.raises(NodeApiError) as info:
+            await node.install_application(
+                "https://example.org/kv.wasm", package="com.example.kv", version="1.0.0"
+            )
+        assert info.value.status == 502 and "com.example.kv@1.0.0" in info.value.message
 
 
 # -- against stand-ins of other merods -----------------------------------------------

@@ -394,7 +394,7 @@ async def test_error_code_is_the_http_status_and_null_for_json_rpc_errors(tmp_pa
         _SYNC_SETUP
         + """
   - {name: rpc, type: call, node: calimero-node-1, context_id: '{{context_id}}', method: nope, expected_failure: true}
-  - {name: http, type: join_context, node: calimero-node-2, context_id: 11111111111111111111111111111111, expected_failure: true, retries: 0}
+  - {name: http, type: join_context, node: calimero-node-2, context_id: 'abababababababababababababababababababababababababababababababab', expected_failure: true, retries: 0}
 """,
         tmp_path,
     )

@@ -314,14 +314,30 @@ async def test_unknown_context_and_uninstalled_app(tmp_path: Path):
   - name: nope
     type: call
     node: node-1
+    context_id: "%s"
+    method: len
+    retries: 0
+""" % ("12" * 32)
+    result = await run_workflow(tmp_path, 1, steps)
+    nope = next(s for s in result.steps if s.name == "nope")
+    assert nope.status is Status.FAILED
+    assert nope.error.kind == "ContextNotFound"
+
+
+async def test_a_base58_id_is_refused_with_a_hint(tmp_path: Path):
+    """Ids are 64 hex digits, as in merod since 0.11.0-rc.27."""
+    steps = SETUP + """
+  - name: base58
+    type: call
+    node: node-1
     context_id: 11111111111111111111111111111112
     method: len
     retries: 0
 """
     result = await run_workflow(tmp_path, 1, steps)
-    nope = next(s for s in result.steps if s.name == "nope")
-    assert nope.status is Status.FAILED
-    assert nope.error.kind in ("ContextNotFound", "ParseError")
+    base58 = next(s for s in result.steps if s.name == "base58")
+    assert base58.status is Status.FAILED
+    assert base58.error.kind == "ParseError" and "base58" in base58.error.message
 
 
 # -- install_application: the sources current merod takes, and those it does not ----
@@ -402,6 +418,38 @@ async def test_url_install_failures_point_at_the_key(
     assert step.status is Status.FAILED
     assert text in step.error.message
     assert step.error.location.line == key_line(steps, key)
+
+
+async def test_dev_install_fields_current_merod_cannot_take_fail_the_step(tmp_path: Path):
+    steps = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    path: {APP}
+    metadata: {{"description": "kv"}}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    (step,) = result.steps
+    assert step.status is Status.FAILED
+    assert "cannot record `metadata`" in step.error.message
+    assert step.error.location.line == key_line(steps, "metadata")
+    assert "remove them" in step.error.hint
+
+
+async def test_registry_install_sends_the_coordinates(tmp_path: Path):
+    steps = """
+  - name: install
+    type: install_application
+    node: node-1
+    package: com.example.kv
+    version: 1.0.0
+    retries: 0
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    (step,) = result.steps
+    # An embedded node has no registry: merod's 502 for unpublished coordinates.
+    assert step.status is Status.FAILED and step.error.kind == "HTTP 502"
+    assert "com.example.kv@1.0.0" in step.error.message
 
 
 async def test_an_install_needs_a_source(tmp_path: Path):

@@ -340,7 +340,7 @@ async def test_two_subprocess_nodes_bootstrapped_to_each_other_converge(
             await data(
                 url1,
                 "/admin-api/install-dev-application",
-                {"path": str(KV_STORE_WASM), "metadata": []},
+                {"path": str(KV_STORE_WASM)},
             )
         )["applicationId"]
         ns = (await data(url1, "/admin-api/namespaces", {"applicationId": app_id}))[
@@ -394,7 +394,7 @@ async def test_state_survives_a_killed_process(
     processes.append(node)
     await node.ready()
     async with httpx.AsyncClient(timeout=30) as client:
-        body = {"path": str(KV_STORE_WASM), "metadata": []}
+        body = {"path": str(KV_STORE_WASM)}
         resp = await client.post(
             node.url + "/admin-api/install-dev-application", json=body
         )

@@ -1,27 +1,31 @@
 """The embedded node's admin API and JSON-RPC, on real servers with the real app.
 
-Shapes follow merod's era-C API (docs: calimero-node-api.md §1-2): ``{"data": …}``
-envelopes, ``{"error": msg}`` failures with meaningful statuses, base58 ids and
-hex namespace ids.
+Shapes follow merod's era-C API (docs: calimero-node-api.md §1-2) as of
+0.11.0-rc.27: ``{"data": …}`` envelopes, ``{"error": msg}`` failures with
+meaningful statuses, every 32-byte id as 64 hex digits, and request bodies that
+refuse fields their type does not have.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 import wasmtime
 
-from calimero_workflow.node.errors import ApiError
-from calimero_workflow.node.ids import b58decode, b58encode, sha256
-from calimero_workflow.node.urlguard import check_public_url
+from calimero_workflow.node.ids import ZERO_HASH, b58encode, sha256
 from node_fixtures import KV_STORE_WASM, Api, Cluster, cluster, node_runtime, wait_until
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
-ZERO_HASH = "1" * 32
+HEX64 = re.compile(r"[0-9a-f]{64}")
+#: How merod refuses a body that does not fit its request type.
+INVALID_DATA = (
+    "Invalid JSON data: Failed to deserialize the JSON body into the target type: "
+)
 
 # An app whose init panics, to check that a failing init refuses the context.
 PANICKING_INIT_WAT = r"""
@@ -87,21 +91,22 @@ async def test_peers_counts_connected_nodes(cluster: Cluster) -> None:
 
 async def test_install_dev_application_and_read_it_back(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
-    body = {"path": str(KV_STORE_WASM), "metadata": [1, 2], "version": "0.1.0"}
+    body = {"path": str(KV_STORE_WASM)}
     app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
         "applicationId"
     ]
-    assert len(b58decode(app_id)) == 32
+    assert HEX64.fullmatch(app_id)
 
     apps = (await api.data("GET", "/admin-api/applications"))["apps"]
     assert [a["id"] for a in apps] == [app_id]
     app = (await api.data("GET", f"/admin-api/applications/{app_id}"))["application"]
     wasm = KV_STORE_WASM.read_bytes()
     assert app["size"] == len(wasm)
-    assert app["blob"]["bytecode"] == b58encode(sha256(wasm))
+    assert app["blob"]["bytecode"] == sha256(wasm).hex()
+    assert HEX64.fullmatch(app["blob"]["compiled"])
     assert app["source"] == KV_STORE_WASM.resolve().as_uri()
-    assert app["metadata"] == [1, 2]
-    assert app["version"] == "0.1.0"
+    assert app["metadata"] == []
+    assert "package" not in app and "version" not in app
 
     abi = await api.data("GET", f"/admin-api/applications/{app_id}/abi")
     assert isinstance(abi, dict) and abi
@@ -113,12 +118,19 @@ async def test_install_dev_application_and_read_it_back(cluster: Cluster) -> Non
 
 async def test_application_lookup_errors(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
-    unknown = b58encode(bytes([7]) * 32)
+    unknown = (bytes([7]) * 32).hex()
     resp = await api.get(f"/admin-api/applications/{unknown}")
     assert resp.json() == {"data": {"application": None}}
-    resp = await api.get("/admin-api/applications/not-base58-0OIl")
+    resp = await api.get("/admin-api/applications/not-hex-0OIl")
     assert resp.status_code == 400
-    assert "not-base58-0OIl" in resp.json()["error"]
+    assert "not-hex-0OIl" in resp.json()["error"]
+    # A base58 id (what merod showed before 0.11.0-rc.27) is refused, with a hint.
+    resp = await api.get(f"/admin-api/applications/{b58encode(bytes([7]) * 32)}")
+    assert resp.status_code == 400 and "base58" in resp.json()["error"]
+    # Upper-case hex names the same id.
+    app_id = await api.install_kv_store()
+    upper = await api.data("GET", f"/admin-api/applications/{app_id.upper()}")
+    assert upper["application"]["id"] == app_id
     resp = await api.get(f"/admin-api/applications/{unknown}/abi")
     assert resp.status_code == 404
     resp = await api.delete(f"/admin-api/applications/{unknown}")
@@ -139,113 +151,107 @@ async def test_install_dev_application_refuses_a_missing_path(
 ) -> None:
     api = await cluster.start("node-1")
     missing = tmp_path / "nowhere" / "app.wasm"
-    resp = await api.post(
-        "/admin-api/install-dev-application", {"path": str(missing), "metadata": []}
-    )
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(missing)})
     # merod's install handlers answer any install failure with a plain-text 500.
     assert resp.status_code == 500
     assert resp.headers["content-type"].startswith("text/plain")
     assert str(missing) in resp.text and "does not exist" in resp.text
 
 
-async def test_install_dev_application_validates_the_body(
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # merod takes {path} alone since 0.11.0-rc.27; the fields older nodes
+        # required or took are refused, the first one met named.
+        (
+            {"path": str(KV_STORE_WASM), "metadata": []},
+            "unknown field `metadata`, expected `path`",
+        ),
+        (
+            {"path": str(KV_STORE_WASM), "version": "1.0.0", "package": "p"},
+            "unknown field `version`, expected `path`",
+        ),
+        ({}, "missing field `path`"),
+        ([str(KV_STORE_WASM)], "invalid type: sequence, expected struct InstallDevApplicationRequest"),
+    ],
+)
+async def test_install_dev_application_takes_path_only(
+    cluster: Cluster, body: object, reason: str
+) -> None:
+    api = await cluster.start("node-1")
+    resp = await api.post("/admin-api/install-dev-application", body)
+    assert resp.status_code == 400
+    assert resp.json() == {"error": INVALID_DATA + reason}
+    assert (await api.data("GET", "/admin-api/applications"))["apps"] == []
+
+
+async def test_install_dev_application_refuses_bodies_that_are_not_json(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     api = await cluster.start("node-1")
     resp = await api.post(
-        "/admin-api/install-dev-application", {"path": str(KV_STORE_WASM)}
+        "/admin-api/install-dev-application",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
     )
-    assert resp.status_code == 400
-    assert "'metadata' is required" in resp.json()["error"]
+    assert resp.json() == {
+        "error": "JSON syntax error: Failed to parse the request body as JSON: "
+        "key must be a string"
+    }
     resp = await api.post(
-        "/admin-api/install-dev-application", content=b"{not json", headers={}
+        "/admin-api/install-dev-application", content=b"{}", headers={}
     )
     assert resp.status_code == 400
-    assert "not valid JSON" in resp.json()["error"]
+    assert resp.json() == {"error": "Expected request with `Content-Type: application/json`"}
 
     bogus = tmp_path / "bogus.wasm"
     bogus.write_bytes(b"definitely not wasm")
-    resp = await api.post(
-        "/admin-api/install-dev-application", {"path": str(bogus), "metadata": []}
-    )
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(bogus)})
     assert resp.status_code == 500
     assert resp.text.startswith("cannot install file://") and "not a wasm module" in resp.text
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("body", "reason"),
     [
-        "http://127.0.0.1:1/app.wasm",
-        "http://localhost:1/app.wasm",
-        "http://app.localhost/app.wasm",
-        "http://[::1]:1/app.wasm",
-        "http://0.0.0.0:1/app.wasm",
+        # install-application takes registry coordinates since 0.11.0-rc.27; a
+        # URL install is refused rather than reinterpreted.
+        (
+            {"url": "https://example.org/kv.wasm", "metadata": []},
+            "unknown field `url`, expected `package` or `version`",
+        ),
+        (
+            {"package": "com.example.kv", "version": "1.0.0", "hash": "ab" * 32},
+            "unknown field `hash`, expected `package` or `version`",
+        ),
+        ({"version": "1.0.0"}, "missing field `package`"),
     ],
 )
-async def test_install_application_refuses_local_urls(
-    cluster: Cluster, url: str
+async def test_install_application_takes_registry_coordinates(
+    cluster: Cluster, body: dict[str, object], reason: str
 ) -> None:
-    api = await cluster.start("node-1", allow_private_urls=False)
-    resp = await api.post(
-        "/admin-api/install-application", {"url": url, "metadata": []}
-    )
-    assert resp.status_code == 400
-    error = resp.json()["error"]
-    assert "refusing to fetch" in error and "CALIMERO_NODE_ALLOW_PRIVATE_URLS" in error
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://10.1.2.3/a.wasm",
-        "http://192.168.0.10/a.wasm",
-        "http://172.16.5.5/a.wasm",
-        "http://100.64.0.1/a.wasm",
-        "http://169.254.1.1/a.wasm",
-        "http://[fd00::1]/a.wasm",
-        "http://[::ffff:10.0.0.1]/a.wasm",
-    ],
-)
-async def test_ssrf_guard_refuses_private_ranges(url: str) -> None:
-    # The guard only inspects the URL: nothing is ever sent to these hosts.
-    with pytest.raises(ApiError) as info:
-        await check_public_url(url, allow_private=False)
-    assert info.value.status == 400
-    await check_public_url(url, allow_private=True)
-
-
-async def test_ssrf_guard_refuses_other_schemes() -> None:
-    with pytest.raises(ApiError, match="http:// or https://"):
-        await check_public_url("file:///etc/passwd", allow_private=True)
-
-
-async def test_install_application_fetches_when_private_urls_are_allowed(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CALIMERO_NODE_ALLOW_PRIVATE_URLS", "1")
     api = await cluster.start("node-1")
-    # Serve the wasm from the node's own blob store: a real HTTP fetch on loopback.
-    wasm = KV_STORE_WASM.read_bytes()
-    put = await api.client.put(api.url + "/admin-api/blobs", content=wasm)
-    blob_id = put.json()["data"]["blobId"]
-    url = f"{api.url}/admin-api/blobs/{blob_id}"
+    resp = await api.post("/admin-api/install-application", body)
+    assert resp.status_code == 400
+    assert resp.json() == {"error": INVALID_DATA + reason}
 
-    body = {"url": url, "metadata": [], "hash": blob_id}
-    app_id = (await api.data("POST", "/admin-api/install-application", body))[
-        "applicationId"
-    ]
-    app = (await api.data("GET", f"/admin-api/applications/{app_id}"))["application"]
-    assert app["source"] == url and app["size"] == len(wasm)
 
-    wrong = {"url": url, "metadata": [], "hash": b58encode(bytes(32))}
-    resp = await api.post("/admin-api/install-application", wrong)
-    assert resp.status_code == 500 and "not the expected" in resp.text
-
+async def test_install_application_checks_the_coordinates(cluster: Cluster) -> None:
+    api = await cluster.start("node-1")
     resp = await api.post(
-        "/admin-api/install-application",
-        {"url": f"{api.url}/admin-api/blobs/{b58encode(bytes(32))}", "metadata": []},
+        "/admin-api/install-application", {"package": "", "version": "v" * 65}
     )
-    assert resp.status_code == 500 and "HTTP 404" in resp.text
+    assert resp.json() == {
+        "error": "Validation errors: Field 'package' is required but was empty; "
+        "Field 'version' exceeds maximum length of 64 characters (got 65)"
+    }
+    # Well-formed coordinates: an embedded node has no registry to fetch from,
+    # which merod answers for unresolvable coordinates with a plain-text 502.
+    body = {"package": "com.example.kv", "version": "1.0.0"}
+    resp = await api.post("/admin-api/install-application", body)
+    assert resp.status_code == 502
+    assert resp.headers["content-type"].startswith("text/plain")
+    assert "com.example.kv@1.0.0" in resp.text and "install-dev-application" in resp.text
 
 
 # -- blobs -------------------------------------------------------------------------
@@ -256,7 +262,7 @@ async def test_blob_routes(cluster: Cluster) -> None:
     put = await api.client.put(api.url + "/admin-api/blobs", content=b"hello blob")
     assert put.status_code == 200
     blob = put.json()["data"]
-    assert blob == {"blobId": b58encode(sha256(b"hello blob")), "size": 10}
+    assert blob == {"blobId": sha256(b"hello blob").hex(), "size": 10}
     got = await api.get(f"/admin-api/blobs/{blob['blobId']}")
     assert got.content == b"hello blob"
     assert got.headers["content-type"] == "application/octet-stream"
@@ -286,10 +292,24 @@ async def test_namespace_routes(cluster: Cluster) -> None:
     assert resp.status_code == 404
     resp = await api.get("/admin-api/namespaces/xyz")
     assert resp.status_code == 400 and "64 hex digits" in resp.json()["error"]
-    resp = await api.post(
-        "/admin-api/namespaces", {"applicationId": b58encode(bytes(32))}
-    )
+    resp = await api.post("/admin-api/namespaces", {"applicationId": bytes(32).hex()})
     assert resp.status_code == 404 and "not installed" in resp.json()["error"]
+    # The old spelling of the app key is still taken; unknown fields are not.
+    named = await api.data(
+        "POST",
+        "/admin-api/namespaces",
+        {"applicationId": app_id, "name": "team", "bytecodeId": "k" * 8},
+    )
+    assert (await api.data("GET", f"/admin-api/namespaces/{named['namespaceId']}"))[
+        "appKey"
+    ] == "k" * 8
+    resp = await api.post(
+        "/admin-api/namespaces", {"applicationId": app_id, "upgradePolicy": "Automatic"}
+    )
+    assert resp.json() == {
+        "error": INVALID_DATA + "unknown field `upgradePolicy`, expected one of "
+        "`applicationId`, `name`, `appKey`, `bytecodeId`"
+    }
 
 
 async def test_invitation_is_signed_snake_case(cluster: Cluster) -> None:
@@ -305,8 +325,15 @@ async def test_invitation_is_signed_snake_case(cluster: Cluster) -> None:
         "invited_role",
     }
     assert inv["group_id"] == ns and len(inv["secret_salt"]) == 32
+    assert inv["inviter_identity"] == (await api.data("GET", "/admin-api/identity"))[
+        "publicKey"
+    ]
+    assert HEX64.fullmatch(inv["inviter_identity"])
     resp = await api.post(f"/admin-api/namespaces/{'cd' * 32}/invite", {})
     assert resp.status_code == 403 and "not a member" in resp.json()["error"]
+    resp = await api.post(f"/admin-api/namespaces/{ns}/invite", {"requester": "x"})
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith(INVALID_DATA + "unknown field `requester`")
 
 
 async def test_join_refuses_tampered_and_expired_invitations(cluster: Cluster) -> None:
@@ -333,6 +360,12 @@ async def test_join_refuses_tampered_and_expired_invitations(cluster: Cluster) -
     assert resp.status_code == 400 and "not" in resp.json()["error"]
     resp = await node2.post(f"/admin-api/namespaces/{ns}/join", {"invitation": "x"})
     assert resp.status_code == 400
+    resp = await node2.post(
+        f"/admin-api/namespaces/{ns}/join", {"invitation": valid, "alias": "a"}
+    )
+    assert resp.json() == {
+        "error": INVALID_DATA + "unknown field `alias`, expected `invitation` or `groupName`"
+    }
 
 
 async def test_identity_routes(cluster: Cluster) -> None:
@@ -340,13 +373,13 @@ async def test_identity_routes(cluster: Cluster) -> None:
     resp = await api.get("/admin-api/identity")
     assert resp.status_code == 404 and "no identity yet" in resp.json()["error"]
     fresh = await api.data("POST", "/admin-api/identity/context", {})
-    assert len(b58decode(fresh["publicKey"])) == 32
+    assert HEX64.fullmatch(fresh["publicKey"])
 
     app_id = await api.install_kv_store()
     await api.create_namespace(app_id)
     ident = await api.data("GET", "/admin-api/identity")
-    assert len(bytes.fromhex(ident["accountId"])) == 32
-    assert len(b58decode(ident["publicKey"])) == 32
+    assert HEX64.fullmatch(ident["accountId"]) and HEX64.fullmatch(ident["deviceId"])
+    assert HEX64.fullmatch(ident["publicKey"])
 
 
 # -- contexts ----------------------------------------------------------------------
@@ -356,6 +389,8 @@ async def test_context_routes(cluster: Cluster) -> None:
     api, app_id, ns, ctx = await one_node(cluster)
     got = await api.data("GET", f"/admin-api/contexts/{ctx}")
     assert got["id"] == ctx and got["applicationId"] == app_id and got["groupId"] == ns
+    for value in (ctx, app_id, got["contextStateHash"]):
+        assert HEX64.fullmatch(value), value
     assert got["contextStateHash"] != ZERO_HASH
     assert got["rootHash"] == got["contextStateHash"]
     assert all(len(h) == 32 for h in got["dagHeads"])
@@ -370,7 +405,7 @@ async def test_context_routes(cluster: Cluster) -> None:
     owned = (await api.data("GET", f"/admin-api/contexts/{ctx}/identities-owned"))[
         "identities"
     ]
-    assert members == owned and len(members) == 1
+    assert members == owned and len(members) == 1 and HEX64.fullmatch(members[0])
     assert await api.data("POST", f"/admin-api/contexts/sync/{ctx}") is None
     assert await api.data("POST", "/admin-api/contexts/sync") is None
 
@@ -381,15 +416,26 @@ async def test_context_routes(cluster: Cluster) -> None:
 
 async def test_create_context_errors(cluster: Cluster) -> None:
     api, app_id, ns, _ = await one_node(cluster)
-    resp = await api.post("/admin-api/contexts", {"applicationId": app_id})
-    assert resp.status_code == 400 and "'groupId' is required" in resp.json()["error"]
     resp = await api.post(
-        "/admin-api/contexts", {"applicationId": app_id, "groupId": "zz"}
+        "/admin-api/contexts", {"applicationId": app_id, "initializationParams": []}
+    )
+    assert resp.json() == {"error": INVALID_DATA + "missing field `groupId`"}
+    resp = await api.post("/admin-api/contexts", {"applicationId": app_id, "groupId": ns})
+    assert resp.json() == {"error": INVALID_DATA + "missing field `initializationParams`"}
+    resp = await api.post(
+        "/admin-api/contexts",
+        {"applicationId": app_id, "groupId": ns, "initializationParams": [], "protocol": "near"},
+    )
+    assert resp.json()["error"].startswith(INVALID_DATA + "unknown field `protocol`")
+    resp = await api.post(
+        "/admin-api/contexts",
+        {"applicationId": app_id, "groupId": "zz", "initializationParams": []},
     )
     assert resp.status_code == 400 and "64 hex digits" in resp.json()["error"]
     other = "ab" * 32
     resp = await api.post(
-        "/admin-api/contexts", {"applicationId": app_id, "groupId": other}
+        "/admin-api/contexts",
+        {"applicationId": app_id, "groupId": other, "initializationParams": []},
     )
     assert resp.status_code == 403 and "not a member" in resp.json()["error"]
     resp = await api.post(
@@ -398,9 +444,11 @@ async def test_create_context_errors(cluster: Cluster) -> None:
     )
     assert resp.status_code == 400 and "initializationParams" in resp.json()["error"]
     assert (await api.get("/admin-api/contexts/abc0")).status_code == 400
-    unknown = b58encode(bytes([9]) * 32)
+    unknown = (bytes([9]) * 32).hex()
     assert (await api.get(f"/admin-api/contexts/{unknown}")).status_code == 404
     assert (await api.post(f"/admin-api/contexts/sync/{unknown}")).status_code == 404
+    resp = await api.get(f"/admin-api/contexts/{b58encode(bytes([9]) * 32)}")
+    assert resp.status_code == 400 and "base58" in resp.json()["error"]
 
 
 async def test_failing_init_refuses_the_context(
@@ -409,7 +457,7 @@ async def test_failing_init_refuses_the_context(
     api = await cluster.start("node-1")
     app_file = tmp_path / "panics.wasm"
     app_file.write_bytes(wasmtime.wat2wasm(PANICKING_INIT_WAT))
-    body = {"path": str(app_file), "metadata": []}
+    body = {"path": str(app_file)}
     app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
         "applicationId"
     ]
@@ -427,7 +475,7 @@ async def test_context_seed_gives_a_deterministic_id(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
     app_id = await api.install_kv_store()
     ns = await api.create_namespace(app_id)
-    seed = b58encode(bytes([3]) * 32)
+    seed = (bytes([3]) * 32).hex()
     body = {
         "applicationId": app_id,
         "groupId": ns,
@@ -438,6 +486,9 @@ async def test_context_seed_gives_a_deterministic_id(cluster: Cluster) -> None:
     resp = await api.post("/admin-api/contexts", body)
     assert resp.status_code == 400 and "already exists" in resp.json()["error"]
     assert first["groupCreated"] is False and first["groupId"] == ns
+    body["contextSeed"] = b58encode(bytes([4]) * 32)
+    resp = await api.post("/admin-api/contexts", body)
+    assert resp.status_code == 400 and "base58" in resp.json()["error"]
 
 
 # -- JSON-RPC ----------------------------------------------------------------------
@@ -506,12 +557,15 @@ async def test_execute_unknown_method(cluster: Cluster) -> None:
 
 async def test_execute_context_errors(cluster: Cluster) -> None:
     api, _, _, ctx = await one_node(cluster)
-    unknown = b58encode(bytes([5]) * 32)
+    unknown = (bytes([5]) * 32).hex()
     assert (await api.execute(unknown, "get", {"key": "a"}))["error"] == {
         "type": "ContextNotFound"
     }
-    error = (await api.execute("not/base58", "get", {"key": "a"}))["error"]
-    assert error["type"] == "ParseError" and "not/base58" in error["data"]
+    error = (await api.execute("not/hex", "get", {"key": "a"}))["error"]
+    assert error["type"] == "ParseError" and "not/hex" in error["data"]
+    error = (await api.execute(b58encode(bytes.fromhex(ctx)), "len"))["error"]
+    assert error["type"] == "ParseError" and "base58" in error["data"]
+    assert await api.call(ctx.upper(), "len") == 0
 
 
 async def test_execute_on_an_uninstalled_application(cluster: Cluster) -> None:
@@ -560,8 +614,14 @@ async def test_execute_uninitialised_context(cluster: Cluster) -> None:
         ({"params": {}}, "missing field `method`"),
         ({"method": "execute"}, "missing field `params`"),
         (
+            # An adjacently tagged enum that denies unknown fields refuses a
+            # stray key as a bad tag-or-content key.
             {"method": "execute", "params": {}, "extra": 1},
-            "unknown field `extra`, expected `method` or `params`",
+            'invalid value: string "extra", expected "method" or "params"',
+        ),
+        (
+            {"method": "sync_status", "params": {"contextId": "x"}, "bogus": 1},
+            'invalid value: string "bogus", expected "method" or "params"',
         ),
         (
             {"method": "execute", "params": []},
@@ -611,11 +671,60 @@ async def test_jsonrpc_payload_errors_are_parse_errors_with_serdes_text(
     }
 
 
-async def test_jsonrpc_method_name_is_validated_before_execution(cluster: Cluster) -> None:
-    api = await cluster.start("node-1")
-    params = {"contextId": "x", "method": "se t", "argsJson": {}}
-    error = (await api.rpc("execute", params))["error"]
-    assert error["type"] == "ParseError" and "invalid method name 'se t'" in error["data"]
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        # The server refuses only what merod's server refuses.
+        ("", "Field 'method' is required but was empty"),
+        ("m" * 257, "Field 'method' exceeds maximum length of 256 characters (got 257)"),
+        (
+            "se\nt",
+            "Field 'method' has invalid format: contains control character '\\n' "
+            "which is not allowed",
+        ),
+        (
+            "se\x1bt",
+            "Field 'method' has invalid format: contains control character '\\u{1b}' "
+            "which is not allowed",
+        ),
+    ],
+)
+async def test_jsonrpc_server_checks_of_the_method_name(
+    cluster: Cluster, method: str, message: str
+) -> None:
+    api, _, _, ctx = await one_node(cluster)
+    error = (await api.execute(ctx, method))["error"]
+    assert error == {"type": "ParseError", "data": message}
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("se-t", "method name contains invalid character at position 2: '-'"),
+        ("se t", "method name contains invalid character at position 2: ' '"),
+        ("gét", "method name contains invalid character at position 1: 'é'"),
+    ],
+)
+async def test_other_bad_method_names_are_refused_by_the_runtime(
+    cluster: Cluster, method: str, message: str
+) -> None:
+    """merod's server passes them on; its runtime's validate_method_name refuses them."""
+    api, _, _, ctx = await one_node(cluster)
+    error = (await api.execute(ctx, method, {"key": "a", "value": "b"}))["error"]
+    assert (error["type"], error["data"]) == ("FunctionCallError", message)
+    assert await api.call(ctx, "len") == 0
+
+
+async def test_jsonrpc_args_size_is_merods_estimate(cluster: Cluster) -> None:
+    """merod counts each string of argsJson twice (escapes), plus its quotes."""
+    api, _, _, ctx = await one_node(cluster)
+    value = "v" * (5 * 1024 * 1024)
+    error = (await api.execute(ctx, "set", {"key": "k", "value": value}))["error"]
+    size = 2 + (3 * 2 + 3 + 1 * 2 + 2) + 1 + (5 * 2 + 3 + len(value) * 2 + 2)
+    assert error == {
+        "type": "ParseError",
+        "data": f"Field 'args_json' exceeds maximum size of 10485760 bytes (got {size})",
+    }
 
 
 @pytest.mark.parametrize(
@@ -680,7 +789,7 @@ async def test_jsonrpc_envelope_rejections_are_plain_http_errors(
 
 async def test_jsonrpc_ids_are_echoed(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
-    unknown = b58encode(bytes([1]) * 32)
+    unknown = (bytes([1]) * 32).hex()
     for request_id in ("abc", 0, 2**64 - 1, None):
         envelope = {
             "jsonrpc": "2.0",
@@ -698,10 +807,12 @@ async def test_sync_status(cluster: Cluster) -> None:
     assert result["contextId"] == ctx and result["isInitialized"] is True
     assert result["syncState"]["state"] in {"idle", "syncing"}
     assert isinstance(result["failureCount"], int)
-    unknown = b58encode(bytes([1]) * 32)
+    unknown = (bytes([1]) * 32).hex()
     assert (await api.rpc("sync_status", {"contextId": unknown}))["error"] == {
         "type": "ContextNotFound"
     }
+    error = (await api.rpc("sync_status", {"contextId": b58encode(bytes(32))}))["error"]
+    assert error["type"] == "ParseError" and "base58" in error["data"]
 
 
 # -- two nodes: the §1.4 flow ------------------------------------------------------
@@ -718,7 +829,8 @@ async def test_two_node_flow_reaches_the_same_state(cluster: Cluster) -> None:
     await node2.data("POST", "/admin-api/identity/context", {})
     joined = await node2.join(ns, await node1.invite(ns))
     assert joined["namespaceId"] == ns
-    assert len(bytes.fromhex(joined["memberAccount"])) == 32
+    assert HEX64.fullmatch(joined["memberAccount"])
+    assert HEX64.fullmatch(joined["memberIdentity"])
     ctx_join = await node2.join_context(ctx)
     assert ctx_join == {"contextId": ctx, "memberPublicKey": joined["memberIdentity"]}
     # Joining twice is harmless.

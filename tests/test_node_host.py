@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from calimero_workflow.node.ids import b58decode, b58encode
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
 from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
 
@@ -35,7 +34,7 @@ def kv_plus(c_test_wasm: dict[str, bytes], tmp_path: Path) -> Path:
 
 
 async def install(api: Api, wasm: Path) -> str:
-    body = {"path": str(wasm), "metadata": []}
+    body = {"path": str(wasm)}
     data = await api.data("POST", "/admin-api/install-dev-application", body)
     return str(data["applicationId"])
 
@@ -54,12 +53,8 @@ async def shared(cluster: Cluster, wasm: Path, *names: str) -> tuple[str, str, s
     return app_id, ns, ctx
 
 
-def hex_of(b58: str) -> str:
-    return b58decode(b58).hex()
-
-
 def identity(api: Api, ctx: str) -> str:
-    """The node's member identity in the context (base58)."""
+    """The node's member identity in the context (64 hex digits)."""
     return api.node.service.store.contexts[ctx].identity
 
 
@@ -71,7 +66,7 @@ async def test_account_and_device_are_the_member_identity(
 ) -> None:
     api = await cluster.start("node-1")
     _, _, ctx = await shared(cluster, kv_plus, "node-1")
-    me = hex_of(identity(api, ctx))
+    me = identity(api, ctx)
     assert await api.call(ctx, "whoami") == {"account": me, "device": me}
 
 
@@ -85,7 +80,7 @@ async def test_xcall_runs_on_the_target_after_the_call_with_the_origin(
     app_id, ns, source = await shared(cluster, kv_plus, "node-1")
     target = await api.create_context(app_id, ns)
     params = {
-        "context": hex_of(target),
+        "context": target,
         "function": "set_origin",
         "params": '{"key":"caller"}',
     }
@@ -95,7 +90,7 @@ async def test_xcall_runs_on_the_target_after_the_call_with_the_origin(
         {"origin": source, "contextId": target, "function": "set_origin", "status": "ok"}
     ]
     # The target stored the calling context, as env::xcall_origin gave it.
-    assert await api.call(target, "get", {"key": "caller"}) == hex_of(source)
+    assert await api.call(target, "get", {"key": "caller"}) == source
     # A direct call has no origin.
     assert await api.call(target, "set_origin", {"key": "k"}) == "direct"
     # Nothing happened on the calling context.
@@ -110,10 +105,10 @@ async def test_xcall_denials_and_failures_do_not_fail_the_call(
     target = await api.create_context(app_id, ns)
     other_ns = await api.create_namespace(app_id)
     foreign = await api.create_context(app_id, other_ns)
-    unknown = b58encode(bytes([9]) * 32)
+    unknown = (bytes([9]) * 32).hex()
 
     async def xcall(context: str, function: str, params: str = "{}") -> dict[str, Any]:
-        body = {"context": hex_of(context), "function": function, "params": params}
+        body = {"context": context, "function": function, "params": params}
         result = (await api.execute(source, "xcall_to", body))["result"]
         (report,) = result["xcalls"]
         return report
@@ -144,13 +139,13 @@ async def test_xcall_target_state_reaches_the_targets_other_members(
     app_id, ns, source = await shared(cluster, kv_plus, "node-1", "node-2")
     target = await node1.create_context(app_id, ns)
     await node2.join_context(target)
-    params = {"context": hex_of(target), "function": "set_origin", "params": '{"key":"x"}'}
+    params = {"context": target, "function": "set_origin", "params": '{"key":"x"}'}
     await node1.call(source, "xcall_to", params)
 
     async def on_node2() -> Any:
         return await node2.call(target, "get", {"key": "x"})
 
-    assert await wait_until(on_node2, what="the xcall's write on node 2") == hex_of(source)
+    assert await wait_until(on_node2, what="the xcall's write on node 2") == source
 
 
 # --- event handlers ------------------------------------------------------------------------
@@ -186,7 +181,7 @@ async def _check_handlers_run_on_receivers_only(
 
     # node 2 applied the delta, ran on_ping as itself, and its write came back;
     # node 1 never ran the handler (its own device would be recorded then).
-    device2 = hex_of(identity(node2, ctx))
+    device2 = identity(node2, ctx)
     assert await wait_until(handled, what="node 2's handler write on node 1") == device2
     await cluster.converged(ctx)
     assert await node2.call(ctx, "get", {"key": "handled:k"}) == device2
@@ -259,13 +254,13 @@ async def test_app_blobs_and_api_blobs_are_one_store(cluster: Cluster, kv_plus: 
     text = "written by the app in two chunks"
     blob_hex = await api.call(ctx, "blob_put", {"data": text})
     assert blob_hex == hashlib.sha256(text.encode()).hexdigest()
-    resp = await api.get(f"/admin-api/blobs/{b58encode(bytes.fromhex(blob_hex))}")
+    resp = await api.get(f"/admin-api/blobs/{blob_hex}")
     assert resp.status_code == 200 and resp.content == text.encode()
 
     uploaded = "uploaded over HTTP " * 20
     put = await api.client.put(api.url + "/admin-api/blobs", content=uploaded.encode())
     blob_id = put.json()["data"]["blobId"]
-    assert await api.call(ctx, "blob_get", {"blob": hex_of(blob_id)}) == uploaded
+    assert await api.call(ctx, "blob_get", {"blob": blob_id}) == uploaded
     assert await api.call(ctx, "blob_get", {"blob": "00" * 32}) == ""
 
 
@@ -278,6 +273,6 @@ async def test_blob_open_in_context_fetches_from_a_peer(cluster: Cluster, kv_plu
     # blob_open is local only; blob_open_in_context asks the context's members.
     assert await node2.call(ctx, "blob_get", {"blob": blob_hex}) == ""
     assert await node2.call(ctx, "blob_fetch", {"blob": blob_hex}) == "held by node 1"
-    resp = await node2.get(f"/admin-api/blobs/{b58encode(bytes.fromhex(blob_hex))}")
+    resp = await node2.get(f"/admin-api/blobs/{blob_hex}")
     assert resp.content == b"held by node 1"  # kept once fetched
     assert await node2.call(ctx, "blob_fetch", {"blob": "00" * 32}) is None

@@ -1,9 +1,12 @@
 """The node's HTTP surface: merod's admin API and JSON-RPC, as a plain ASGI app.
 
-Shapes follow merod at 0.11 (era C, see docs/reference): JSON bodies wrapped in
-``{"data": …}``, camelCase fields, ``{"error": message}`` with a meaningful status
-for failures, base58 ids and hex namespace ids. ``GET /admin-api/peers`` answers
-a bare ``{"count": N}``. JSON-RPC answers are always HTTP 200 with either
+Shapes follow merod at 0.11.0-rc.27 and later (era C, see docs/reference): JSON
+bodies wrapped in ``{"data": …}``, camelCase fields, ``{"error": message}`` with
+a meaningful status for failures, and every 32-byte id as 64 hex digits.
+Request bodies are closed sets read as merod reads them (see :mod:`.bodies`):
+``install-dev-application`` takes ``{path}`` alone and ``install-application``
+registry coordinates ``{package, version}``. ``GET /admin-api/peers`` answers a
+bare ``{"count": N}``. JSON-RPC answers are always HTTP 200 with either
 ``result`` or an ``error`` object of merod's ``{"type", "data"}`` shapes.
 
 Beyond merod, the execute result (and a FunctionCallError) also carries the
@@ -19,13 +22,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from .bodies import BodyShape, read_body, unexpected
 from .errors import ApiError, RpcError
-from .ids import IdError, b58decode32
+from .ids import IdError, canonical_hex32
 from .jsonrpc import EnvelopeRejected, parse_envelope, parse_params
 from .logs import node_logger
 
@@ -36,7 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_BODY_BYTES", "NodeApi", "Request", "Response"]
 
 MAX_BODY_BYTES = 128 * 1024 * 1024
-_METHOD_NAME = re.compile(r"[A-Za-z0-9_]{1,256}")
+#: merod's MAX_METHOD_NAME_LENGTH and MAX_ARGS_JSON_SIZE for ``execute``.
+_METHOD_NAME_LIMIT = 256
 _ARGS_LIMIT = 10 * 1024 * 1024
 #: merod's EPHEMERAL_MAX_BYTES for set_ephemeral.
 _EPHEMERAL_MAX = 16 * 1024
@@ -57,21 +62,9 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
     content_type: str = ""
 
-    def json(self, *, empty_ok: bool = True) -> dict[str, Any]:
-        """The body as a JSON object; 400 naming the problem otherwise."""
-        if not self.body.strip():
-            if empty_ok:
-                return {}
-            raise ApiError(400, f"{self.method} {self.path} needs a JSON body")
-        try:
-            value = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ApiError(
-                400, f"request body must be a JSON object, got {type(value).__name__}"
-            )
-        return value
+    def closed_json(self, shape: BodyShape) -> dict[str, Any]:
+        """The body as merod reads it into ``shape``: 400 in merod's words otherwise."""
+        return read_body(self.body, self.content_type, shape)
 
 
 @dataclass
@@ -93,6 +86,143 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+# -- request bodies (crates/server/primitives/src/admin/mod.rs) ---------------------
+
+
+def _too_long(name: str, value: str, limit: int) -> list[str]:
+    size = len(value.encode())
+    if size > limit:
+        return [f"Field '{name}' exceeds maximum length of {limit} characters (got {size})"]
+    return []
+
+
+def _coordinate_problems(body: Mapping[str, Any]) -> list[str]:
+    """``InstallApplicationRequest``'s checks: both coordinates set and short."""
+    problems: list[str] = []
+    for name, limit in (("package", 128), ("version", 64)):
+        value = body[name]
+        if not isinstance(value, str):
+            shown = unexpected(value, from_value=False)
+            return [f"invalid type: {shown}, expected a string"]
+        if not value:
+            problems.append(f"Field '{name}' is required but was empty")
+        problems += _too_long(name, value, limit)
+    return problems
+
+
+def _init_params_problems(body: Mapping[str, Any]) -> list[str]:
+    params = body["initializationParams"]
+    limit = 1 << 20
+    if isinstance(params, list) and len(params) > limit:
+        return [
+            f"Field 'initialization_params' exceeds maximum size of {limit} bytes "
+            f"(got {len(params)})"
+        ]
+    return []
+
+
+INSTALL_DEV = BodyShape("InstallDevApplicationRequest", ("path",), ("path",))
+INSTALL_REGISTRY = BodyShape(
+    "InstallApplicationRequest",
+    ("package", "version"),
+    ("package", "version"),
+    check=_coordinate_problems,
+)
+CREATE_CONTEXT = BodyShape(
+    "CreateContextRequest",
+    (
+        "applicationId",
+        "serviceName",
+        "contextSeed",
+        "initializationParams",
+        "groupId",
+        "identitySecret",
+        "name",
+    ),
+    ("applicationId", "initializationParams", "groupId"),
+    check=_init_params_problems,
+)
+CREATE_NAMESPACE = BodyShape(
+    "CreateNamespaceApiRequest",
+    ("applicationId", "name", "appKey", "bytecodeId"),
+    ("applicationId",),
+    aliases={"bytecodeId": "appKey"},
+)
+CREATE_INVITATION = BodyShape(
+    "CreateGroupInvitationApiRequest",
+    ("expirationTimestamp", "recursive", "admitters", "admitterAddrs"),
+)
+JOIN_NAMESPACE = BodyShape("JoinGroupApiRequest", ("invitation", "groupName"), ("invitation",))
+
+
+# -- JSON-RPC execute checks (crates/server/primitives/src/validation.rs) -----------
+
+
+def _rust_escape_default(char: str) -> str:
+    escapes = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
+    return escapes.get(char, f"\\u{{{ord(char):x}}}")
+
+
+def _method_name_problem(method: str) -> str | None:
+    """The server's check of a method name: empty, too long, or a control character.
+
+    Any other character reaches the runtime, which refuses it as a
+    ``FunctionCallError`` (merod's ``validate_method_name`` in the runtime).
+    """
+    if not method:
+        return "Field 'method' is required but was empty"
+    size = len(method.encode())
+    if size > _METHOD_NAME_LIMIT:
+        return f"Field 'method' exceeds maximum length of {_METHOD_NAME_LIMIT} characters (got {size})"
+    for char in method:
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return (
+                "Field 'method' has invalid format: contains control character "
+                f"'{_rust_escape_default(char)}' which is not allowed"
+            )
+    return None
+
+
+def _estimated_json_size(value: Any) -> int:
+    """merod's size estimate of ``argsJson``: strings count twice, plus quotes."""
+    if value is None or value is True:
+        return 4
+    if value is False:
+        return 5
+    if isinstance(value, (int, float)):
+        return len(json.dumps(value))
+    if isinstance(value, str):
+        return len(value.encode()) * 2 + 2
+    if isinstance(value, list):
+        return 2 + sum(_estimated_json_size(v) for v in value) + max(len(value) - 1, 0)
+    items = value.items()
+    body = sum(len(k.encode()) * 2 + 3 + _estimated_json_size(v) for k, v in items)
+    return 2 + body + max(len(value) - 1, 0)
+
+
+def _execute_problems(params: Mapping[str, Any]) -> None:
+    """``ExecutionRequest``'s checks; a failure is a ``ParseError`` with their texts."""
+    problems = []
+    name_problem = _method_name_problem(params["method"])
+    if name_problem is not None:
+        problems.append(name_problem)
+    size = _estimated_json_size(params["argsJson"])
+    if size > _ARGS_LIMIT:
+        problems.append(
+            f"Field 'args_json' exceeds maximum size of {_ARGS_LIMIT} bytes (got {size})"
+        )
+    if problems:
+        text = problems[0] if len(problems) == 1 else "Validation errors: " + "; ".join(problems)
+        raise RpcError("ParseError", text)
+
+
+def _rpc_context_id(value: str) -> str:
+    try:
+        return canonical_hex32(value, "contextId")
+    except IdError as exc:
+        raise RpcError("ParseError", str(exc)) from None
 
 
 def _rust_debug_bytes(data: bytes) -> str:
@@ -130,7 +260,7 @@ class NodeApi:
             ("GET", f"{a}/ready", self.ready),
             ("GET", f"{a}/is-authed", self.health),
             ("POST", f"{a}/install-dev-application", self.install_dev),
-            ("POST", f"{a}/install-application", self.install_url),
+            ("POST", f"{a}/install-application", self.install_registry),
             ("GET", f"{a}/applications", self.list_apps),
             ("GET", f"{a}/applications/{{app}}", self.get_app),
             ("DELETE", f"{a}/applications/{{app}}", self.delete_app),
@@ -303,11 +433,11 @@ class NodeApi:
     # -- applications --------------------------------------------------------------
 
     async def install_dev(self, request: Request) -> Response:
-        app = self.service.install_dev(request.json(empty_ok=False))
+        app = self.service.install_dev(request.closed_json(INSTALL_DEV))
         return Response.data({"applicationId": app.id})
 
-    async def install_url(self, request: Request) -> Response:
-        app = await self.service.install_url(request.json(empty_ok=False))
+    async def install_registry(self, request: Request) -> Response:
+        app = self.service.install_from_registry(request.closed_json(INSTALL_REGISTRY))
         return Response.data({"applicationId": app.id})
 
     async def list_apps(self, request: Request) -> Response:
@@ -333,7 +463,7 @@ class NodeApi:
     # -- namespaces ----------------------------------------------------------------
 
     async def create_namespace(self, request: Request) -> Response:
-        ns = self.service.create_namespace(request.json(empty_ok=False))
+        ns = self.service.create_namespace(request.closed_json(CREATE_NAMESPACE))
         return Response.data({"namespaceId": ns.id})
 
     async def list_namespaces(self, request: Request) -> Response:
@@ -345,7 +475,7 @@ class NodeApi:
         return Response.data(self.service.namespace_api(ns))
 
     async def invite(self, request: Request) -> Response:
-        body = request.json()
+        body = request.closed_json(CREATE_INVITATION)
         ns_id = request.params["ns"]
         signed = self.service.invite(ns_id, body)
         if isinstance(body, dict) and body.get("recursive"):
@@ -358,14 +488,15 @@ class NodeApi:
         return Response.data({"invitation": signed})
 
     async def join_namespace(self, request: Request) -> Response:
-        joined = await self.service.join_namespace(request.params["ns"], request.json())
+        body = request.closed_json(JOIN_NAMESPACE)
+        joined = await self.service.join_namespace(request.params["ns"], body)
         return Response.data(joined)
 
     # -- contexts ------------------------------------------------------------------
 
     async def create_context(self, request: Request) -> Response:
         return Response.data(
-            await self.service.create_context(request.json(empty_ok=False))
+            await self.service.create_context(request.closed_json(CREATE_CONTEXT))
         )
 
     def _int_query(self, request: Request, name: str, default: int, top: int) -> int:
@@ -426,12 +557,10 @@ class NodeApi:
     # -- blobs ---------------------------------------------------------------------
 
     def _blob_id(self, request: Request) -> str:
-        blob_id = request.params["blob"]
         try:
-            b58decode32(blob_id, "blob id")
+            return canonical_hex32(request.params["blob"], "blob id")
         except IdError as exc:
             raise ApiError(400, str(exc)) from None
-        return blob_id
 
     async def put_blob(self, request: Request) -> Response:
         blob_id = self.service.store.put_blob(request.body)
@@ -479,19 +608,12 @@ class NodeApi:
         return Response.json({"jsonrpc": "2.0", "id": req_id, "result": result})
 
     async def _execute(self, params: dict[str, Any]) -> dict[str, Any]:
-        ctx_id = params["contextId"]
+        ctx_id = _rpc_context_id(params["contextId"])
         method = params["method"]
-        if not _METHOD_NAME.fullmatch(method):
-            msg = f"invalid method name {method!r}: use 1-256 ASCII letters, digits or '_'"
-            raise RpcError("ParseError", msg)
+        _execute_problems(params)
         args = json.dumps(
             params["argsJson"], separators=(",", ":"), ensure_ascii=False
         ).encode()
-        if len(args) > _ARGS_LIMIT:
-            raise RpcError(
-                "ParseError",
-                f"argsJson is {len(args)} bytes; the limit is {_ARGS_LIMIT}",
-            )
 
         xcalls: list[Any] = []
         outcome = await self.service.execute(ctx_id, method, args, xcall_reports=xcalls)
@@ -523,7 +645,7 @@ class NodeApi:
         return {"output": output, **extras}
 
     def _sync_status(self, params: dict[str, Any]) -> dict[str, Any]:
-        ctx = self.service.store.contexts.get(params["contextId"])
+        ctx = self.service.store.contexts.get(_rpc_context_id(params["contextId"]))
         if ctx is None:
             raise RpcError("ContextNotFound")
         return {
@@ -543,7 +665,7 @@ class NodeApi:
             isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in state
         ):
             raise RpcError("ParseError", f"invalid type: state must be a sequence of u8, got {state!r:.80}")
-        ctx = self.service.store.contexts.get(params["contextId"])
+        ctx = self.service.store.contexts.get(_rpc_context_id(params["contextId"]))
         if ctx is None or ctx.identity not in self.service.store.identities:
             raise RpcError("NoOwnedIdentity")
         if len(state) > _EPHEMERAL_MAX:

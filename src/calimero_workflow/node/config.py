@@ -21,7 +21,6 @@ from typing import Any
 from .ids import IdError, Keypair, parse_multiaddr
 
 __all__ = [
-    "ALLOW_PRIVATE_URLS_ENV",
     "CONFIG_FILE",
     "ConfigError",
     "NodeConfig",
@@ -31,9 +30,6 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.toml"
-
-#: Set to ``1`` to let ``install-application`` fetch from loopback/private hosts.
-ALLOW_PRIVATE_URLS_ENV = "CALIMERO_NODE_ALLOW_PRIVATE_URLS"
 
 
 class ConfigError(ValueError):
@@ -62,8 +58,6 @@ class NodeConfig:
     sync_interval_ms: int = 1000
     #: The node identity; None means "use the one stored in home, or make one".
     identity: Keypair | None = None
-    #: Let install-application reach loopback/private hosts; None reads the env var.
-    allow_private_urls: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
@@ -80,17 +74,6 @@ class NodeConfig:
                 parse_multiaddr(addr)
             except IdError as exc:
                 raise ConfigError(f"bad bootstrap node: {exc}") from None
-
-    def private_urls_allowed(self, environ: Mapping[str, str] | None = None) -> bool:
-        """Whether install-application may fetch from private addresses."""
-        if self.allow_private_urls is not None:
-            return self.allow_private_urls
-        env = os.environ if environ is None else environ
-        return env.get(ALLOW_PRIVATE_URLS_ENV, "").strip().lower() in {
-            "1",
-            "true",
-            "yes",
-        }
 
     def with_identity(self, identity: Keypair) -> NodeConfig:
         """A copy with ``identity`` set."""

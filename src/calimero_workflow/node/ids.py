@@ -1,11 +1,14 @@
 """Identifier encodings and keys used by the embedded node.
 
-merod shows 32-byte ids (contexts, applications, public keys, blobs, hashes) as
-base58 strings and group/namespace/account ids as 64 lowercase hex digits. Peer
-ids follow libp2p: base58 of an identity multihash over the protobuf-encoded
-ed25519 public key, which is why they all start with ``12D3KooW``. Keys are
-ed25519: via the ``cryptography`` package when it is installed, else a small
-pure-Python RFC 8032 signer (slow, but nodes sign only handshakes and invitations).
+merod (0.11.0-rc.27 and later) shows every 32-byte id the same way: contexts,
+applications, public keys, accounts, devices, blobs, hashes, namespaces and
+groups are 64 lowercase hex digits, and base58 is refused where an id is read.
+Base58 is left only where libp2p uses it. Peer ids are base58 of an identity
+multihash over the protobuf-encoded ed25519 public key, which is why they all
+start with ``12D3KooW``, and config.toml keeps the node's keypair in base58.
+Keys are ed25519: via the ``cryptography`` package when it is installed, else a
+small pure-Python RFC 8032 signer (slow, but nodes sign only handshakes and
+invitations).
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from dataclasses import dataclass
 from .abi import ed25519_public_key_valid, ed25519_verify
 
 __all__ = [
-    "ZERO_HASH_B58",
+    "ZERO_HASH",
     "IdError",
     "Keypair",
     "Multiaddr",
     "b58decode",
-    "b58decode32",
     "b58encode",
+    "canonical_hex32",
     "hex32",
     "parse_hex32",
     "parse_multiaddr",
@@ -39,7 +42,7 @@ _ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _INDEX = {c: i for i, c in enumerate(_ALPHABET)}
 
 #: How merod shows an all-zero hash: the state hash of an uninitialised context.
-ZERO_HASH_B58 = "1" * 32
+ZERO_HASH = "0" * 64
 
 # libp2p protobuf framing: field 1 (KeyType) = 1 (Ed25519), field 2 = key bytes.
 _PB_PUBLIC_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
@@ -82,31 +85,42 @@ def b58decode(text: str) -> bytes:
     return b"\0" * zeros + body
 
 
-def b58decode32(text: object, what: str = "id") -> bytes:
-    """Decode a base58 id that must be exactly 32 bytes (context, app, key, blob ids)."""
-    if not isinstance(text, str) or not text:
-        raise IdError(f"{what} must be a base58 string of 32 bytes, got {text!r}")
-    raw = b58decode(text)
-    if len(raw) != 32:
-        msg = f"{what} {text!r} decodes to {len(raw)} bytes; expected 32 (base58)"
-        raise IdError(msg)
-    return raw
-
-
 def hex32(data: bytes) -> str:
-    """Lowercase hex of a 32-byte id (namespace, group, account ids)."""
+    """The 64 lowercase hex digits merod shows for a 32-byte id."""
     return data.hex()
 
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def _looks_base58(text: str) -> bool:
+    try:
+        return len(b58decode(text)) == 32
+    except IdError:
+        return False
+
+
 def parse_hex32(text: object, what: str = "id") -> bytes:
-    """Parse a 64-digit hex id (namespace/group/account ids)."""
-    if not isinstance(text, str) or not _HEX64.fullmatch(text):
-        msg = f"{what} must be 64 hex digits (32 bytes), got {text!r}"
-        raise IdError(msg)
-    return bytes.fromhex(text)
+    """Parse a 32-byte id written as 64 hex digits, as merod reads every id.
+
+    A base58 id (what merod showed before 0.11.0-rc.27) is refused with a hint:
+    merod refuses it too, since hex digits are also base58 digits and a parser
+    taking both could read one id as another.
+    """
+    if isinstance(text, str) and _HEX64.fullmatch(text):
+        return bytes.fromhex(text)
+    msg = f"invalid {what} {text!r}: expected 64 hex digits (32 bytes)"
+    if isinstance(text, str) and _looks_base58(text):
+        msg += (
+            "; it looks like a base58 id, which merod no longer reads "
+            "(every id is hex since 0.11.0-rc.27)"
+        )
+    raise IdError(msg)
+
+
+def canonical_hex32(text: object, what: str = "id") -> str:
+    """``text`` checked by :func:`parse_hex32` and spelled in lowercase."""
+    return parse_hex32(text, what).hex()
 
 
 def sha256(*parts: bytes) -> bytes:
@@ -275,16 +289,16 @@ class Keypair:
         return peer_id_from_public_key(self.public)
 
     @property
-    def public_b58(self) -> str:
-        """The public key as merod shows it (base58)."""
-        return b58encode(self.public)
+    def public_hex(self) -> str:
+        """The public key as merod shows it (64 hex digits)."""
+        return self.public.hex()
 
     def sign(self, message: bytes) -> bytes:
         """A 64-byte ed25519 signature over ``message``."""
         return _sign(self.secret, self.public, message)
 
     def __repr__(self) -> str:  # never print the secret
-        return f"Keypair(public={self.public_b58})"
+        return f"Keypair(public={self.public_hex})"
 
 
 @dataclass(frozen=True)

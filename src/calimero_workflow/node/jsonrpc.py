@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .bodies import expected_fields, is_json_content_type, syntax_error, unexpected
 from .errors import RpcError
 
 __all__ = [
@@ -47,49 +48,6 @@ class EnvelopeRejected(Exception):
         self.text = text
 
 
-def _unexpected(value: Any, *, from_value: bool) -> str:
-    """serde's ``Unexpected`` wording for a JSON value."""
-    if value is None:
-        # serde_json reports null as `null` while reading text, but as a unit
-        # value when deserialising from an already parsed Value.
-        return "unit value" if from_value else "null"
-    if isinstance(value, bool):
-        return f"boolean `{'true' if value else 'false'}`"
-    if isinstance(value, int):
-        return f"integer `{value}`"
-    if isinstance(value, float):
-        return f"floating point `{value!r}`"
-    if isinstance(value, str):
-        return "string " + json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "sequence"
-    return "map"
-
-
-def _syntax_error(exc: json.JSONDecodeError, body: bytes) -> str:
-    """serde_json's words for the syntax errors Python's parser reports."""
-    if not body.strip():
-        return "EOF while parsing a value"
-    words = {
-        "Expecting value": "expected value",
-        "Expecting property name enclosed in double quotes": "key must be a string",
-        "Extra data": "trailing characters",
-        "Expecting ':' delimiter": "expected `:`",
-        "Unterminated string starting at": "EOF while parsing a string",
-        "Invalid control character at": "control character (\\u0000-\\u001F) found while parsing a string",
-    }
-    if exc.msg == "Expecting ',' delimiter":
-        container = body.lstrip()[:1]
-        return "expected `,` or `]`" if container == b"[" else "expected `,` or `}`"
-    return words.get(exc.msg, exc.msg[:1].lower() + exc.msg[1:])
-
-
-def _is_json_content_type(content_type: str) -> bool:
-    mime = content_type.split(";", 1)[0].strip().lower()
-    kind, _, subtype = mime.partition("/")
-    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
-
-
 def parse_envelope(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
     """The request id and the remaining top-level fields of a JSON-RPC body.
 
@@ -97,13 +55,13 @@ def parse_envelope(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]
         EnvelopeRejected: axum's 415 (not ``application/json``), 400 (not JSON)
             or 422 (``jsonrpc`` or ``id`` missing or wrong).
     """
-    if not _is_json_content_type(content_type):
+    if not is_json_content_type(content_type):
         raise EnvelopeRejected(415, "Expected request with `Content-Type: application/json`")
     try:
         envelope = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         reason = (
-            _syntax_error(exc, body)
+            syntax_error(exc, body)
             if isinstance(exc, json.JSONDecodeError)
             else "invalid unicode code point"
         )
@@ -118,14 +76,14 @@ def parse_envelope(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]
 
     if not isinstance(envelope, dict):
         raise reject(
-            f"invalid type: {_unexpected(envelope, from_value=False)}, expected struct Request"
+            f"invalid type: {unexpected(envelope, from_value=False)}, expected struct Request"
         )
     if "jsonrpc" not in envelope:
         raise reject("missing field `jsonrpc`")
     version = envelope["jsonrpc"]
     if not isinstance(version, str):
         raise reject(
-            f"jsonrpc: invalid type: {_unexpected(version, from_value=False)}, expected a string"
+            f"jsonrpc: invalid type: {unexpected(version, from_value=False)}, expected a string"
         )
     if version != "2.0":
         raise reject("jsonrpc: Invalid JSON-RPC version")
@@ -150,7 +108,7 @@ def _parse_error(reason: str) -> RpcError:
 def _check_variant(method: Any) -> None:
     if not isinstance(method, str):
         raise _parse_error(
-            f"invalid type: {_unexpected(method, from_value=True)}, expected variant identifier"
+            f"invalid type: {unexpected(method, from_value=True)}, expected variant identifier"
         )
     if method not in METHODS:
         expected = ", ".join(f"`{m}`" for m in METHODS)
@@ -165,11 +123,15 @@ def parse_params(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """
     # serde walks the map in key order: the tag is checked where it is met,
     # an unknown key fails where it is met, missing fields fail at the end.
+    # With deny_unknown_fields an adjacently tagged enum refuses a stray key
+    # as an invalid tag-or-content key, not as an unknown field.
     for key in sorted(payload):
         if key == "method":
             _check_variant(payload["method"])
         elif key != "params":
-            raise _parse_error(f"unknown field `{key}`, expected `method` or `params`")
+            raise _parse_error(
+                f'invalid value: {unexpected(key, from_value=True)}, expected "method" or "params"'
+            )
     if "method" not in payload:
         raise _parse_error("missing field `method`")
     method = payload["method"]
@@ -191,27 +153,22 @@ def parse_params(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         params = dict(zip(fields, params, strict=True))
     if not isinstance(params, dict):
         raise _parse_error(
-            f"invalid type: {_unexpected(params, from_value=True)}, expected struct {struct}"
+            f"invalid type: {unexpected(params, from_value=True)}, expected struct {struct}"
         )
     # A serde_json Value map iterates in key order, so the first unknown field
     # in sorted order is the one reported; missing fields come after, in
     # declaration order.
     for key in sorted(params):
         if key not in fields:
-            expected = (
-                f"`{fields[0]}`"
-                if len(fields) == 1
-                else "one of " + ", ".join(f"`{f}`" for f in fields)
-                if len(fields) > 2
-                else f"`{fields[0]}` or `{fields[1]}`"
+            raise _parse_error(
+                f"unknown field `{key}`, expected {expected_fields(fields)}"
             )
-            raise _parse_error(f"unknown field `{key}`, expected {expected}")
     for field in fields:
         if field not in params:
             raise _parse_error(f"missing field `{field}`")
     for field in ("contextId", "method"):
         if field in fields and not isinstance(params[field], str):
             raise _parse_error(
-                f"invalid type: {_unexpected(params[field], from_value=True)}, expected a string"
+                f"invalid type: {unexpected(params[field], from_value=True)}, expected a string"
             )
     return method, params

@@ -1583,7 +1583,7 @@ class AppModule:
             if len(value) != 32:
                 raise ValueError(
                     f"{name} must be 32 raw bytes, got {len(value)} ({bytes(value)[:40]!r}); "
-                    "decode base58/hex ids before calling run()"
+                    "decode hex ids before calling run()"
                 )
         state = _CallState(
             bytes(input),

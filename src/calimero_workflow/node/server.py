@@ -149,7 +149,6 @@ class EmbeddedNode:
             store=store,
             runtime=self.runtime,
             keypair=self.identity,
-            allow_private_urls=cfg.private_urls_allowed(),
         )
         replicator_box: list[Replicator] = []
         swarm = Swarm(

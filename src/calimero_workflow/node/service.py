@@ -38,8 +38,8 @@ from .errors import ApiError, RpcError
 from .ids import (
     IdError,
     Keypair,
-    b58decode32,
-    b58encode,
+    canonical_hex32,
+    hex32,
     parse_hex32,
     sha256,
     verify_signature,
@@ -56,7 +56,6 @@ from .store import (
     NodeStore,
     delta_id,
 )
-from .urlguard import check_public_url, fetch_app
 from .worker import run_wasm
 
 if TYPE_CHECKING:
@@ -123,7 +122,7 @@ class _NodeBlobs:
 
     def get(self, blob_id: bytes) -> bytes | None:
         async def read() -> bytes | None:
-            return self._service.store.blob(b58encode(blob_id))
+            return self._service.store.blob(hex32(blob_id))
 
         return self._on_loop(read, _BLOB_FETCH_TIMEOUT)
 
@@ -131,7 +130,7 @@ class _NodeBlobs:
         async def write() -> str:
             return self._service.store.put_blob(data)
 
-        return b58decode32(self._on_loop(write, _BLOB_FETCH_TIMEOUT))
+        return parse_hex32(self._on_loop(write, _BLOB_FETCH_TIMEOUT))
 
     def announce(self, blob_id: bytes, context_id: bytes) -> bool:
         # Members of the context fetch blobs from any member that holds them,
@@ -141,7 +140,7 @@ class _NodeBlobs:
     def fetch(self, blob_id: bytes, context_id: bytes) -> bytes | None:
         async def fetch() -> bytes | None:
             return await self._service.sync.fetch_blob(
-                b58encode(blob_id), b58encode(context_id)
+                hex32(blob_id), hex32(context_id)
             )
 
         return self._on_loop(fetch, _BLOB_FETCH_TIMEOUT + 5)
@@ -159,10 +158,10 @@ def invitation_message(invitation: Mapping[str, Any]) -> bytes:
 def _app_id(blob_id: str, size: int, source: str, metadata: bytes) -> str:
     # merod hashes borsh((blob, size, source, metadata)); ours is a different but
     # equally deterministic encoding, so ids are stable across nodes and installs.
-    return b58encode(
+    return hex32(
         sha256(
             b"calimero-app-v1",
-            b58decode32(blob_id),
+            parse_hex32(blob_id),
             struct.pack("<Q", size),
             struct.pack("<I", len(source)),
             source.encode(),
@@ -182,9 +181,10 @@ def _bytes_field(value: Any, what: str) -> bytes:
     return bytes(value)
 
 
-def _ctx_id(text: Any) -> bytes:
+def _api_id(text: Any, what: str) -> str:
+    """An id from a request, lowercase; 400 with the reason if it is not 64 hex."""
     try:
-        return b58decode32(text, "context id")
+        return canonical_hex32(text, what)
     except IdError as exc:
         raise ApiError(400, str(exc)) from None
 
@@ -199,13 +199,11 @@ class NodeService:
         store: NodeStore,
         runtime: WasmRuntime,
         keypair: Keypair,
-        allow_private_urls: bool,
     ) -> None:
         self.name = name
         self.store = store
         self.runtime = runtime
         self.keypair = keypair
-        self.allow_private_urls = allow_private_urls
         self.replicator: Replicator | None = None
         self.log = node_logger(name, "service")
         self._modules: dict[str, AppModule] = {}
@@ -286,17 +284,17 @@ class NodeService:
         return rec
 
     def install_dev(self, body: Mapping[str, Any]) -> AppRecord:
-        """``install-dev-application``: ``path`` is a file on this node's filesystem."""
+        """``install-dev-application``: ``path`` is a file on this node's filesystem.
+
+        As in current merod the body is ``{path}`` alone (the route refuses
+        ``metadata``, ``package`` and ``version`` before this runs), so a dev
+        install records no metadata and no package coordinates.
+        """
         path = body.get("path")
         if not isinstance(path, str) or not path:
             raise ApiError(
                 400, f"'path' must be the wasm file's path on the node, got {path!r}"
             )
-        if "metadata" not in body:
-            raise ApiError(
-                400, "'metadata' is required (an array of bytes; [] for none)"
-            )
-        metadata = _bytes_field(body["metadata"], "metadata")
         file = Path(path).expanduser()
         if not file.is_file():
             msg = (
@@ -310,56 +308,27 @@ class NodeService:
             raise ApiError(
                 500, f"cannot read application file {path!r}: {exc}", plain=True
             ) from None
-        return self.install_bytes(
-            wasm,
-            source=file.resolve().as_uri(),
-            metadata=metadata,
-            package=body.get("package"),
-            version=body.get("version"),
-        )
+        return self.install_bytes(wasm, source=file.resolve().as_uri(), metadata=b"")
 
-    async def install_url(self, body: Mapping[str, Any]) -> AppRecord:
-        """``install-application``: fetch the wasm over HTTP(S), SSRF-guarded."""
-        url = body.get("url")
-        if not isinstance(url, str):
-            raise ApiError(400, f"'url' must be a string, got {url!r}")
-        if "metadata" not in body:
-            raise ApiError(
-                400, "'metadata' is required (an array of bytes; [] for none)"
-            )
-        metadata = _bytes_field(body["metadata"], "metadata")
-        # A refused host is a bad request; a failed download is, as every
-        # install failure in merod, a plain-text 500.
-        await check_public_url(url, allow_private=self.allow_private_urls)
-        try:
-            wasm = await fetch_app(url, allow_private=self.allow_private_urls)
-        except ApiError as exc:
-            raise ApiError(500, exc.message, plain=True) from None
-        expected = body.get("hash")
-        if expected is not None and expected != b58encode(sha256(wasm)):
-            msg = f"{url!r} has hash {b58encode(sha256(wasm))}, not the expected {expected!r}"
-            raise ApiError(500, msg, plain=True)
-        return self.install_bytes(
-            wasm,
-            source=url,
-            metadata=metadata,
-            package=body.get("package"),
-            version=body.get("version"),
+    def install_from_registry(self, body: Mapping[str, Any]) -> AppRecord:
+        """``install-application``: registry coordinates ``{package, version}``.
+
+        merod fetches them from the registry in its config; an embedded node
+        has none, so well-formed coordinates get merod's answer for coordinates
+        its source cannot resolve: a plain-text 502.
+        """
+        coords = f"{body['package']}@{body['version']}"
+        msg = (
+            f"the embedded node has no application registry, so nothing is published "
+            f"at {coords}; install the .wasm from a file with install-dev-application"
         )
+        raise ApiError(502, msg, plain=True)
 
     def app(self, app_id: str) -> AppRecord | None:
         """An installed application, None if unknown; 400 if the id is malformed."""
-        try:
-            b58decode32(app_id, "application id")
-        except IdError as exc:
-            raise ApiError(400, str(exc)) from None
-        return self.store.apps.get(app_id)
+        return self.store.apps.get(_api_id(app_id, "application id"))
 
     def require_app(self, app_id: Any) -> AppRecord:
-        if not isinstance(app_id, str):
-            raise ApiError(
-                400, f"'applicationId' must be a base58 string, got {app_id!r}"
-            )
         app = self.app(app_id)
         if app is None:
             msg = f"application {app_id} is not installed on node {self.name}; install it first"
@@ -379,11 +348,11 @@ class NodeService:
         self.store.add_identity(pair.public, pair.secret)
         return pair
 
-    def identity_pair(self, public_b58: str) -> Keypair:
-        secret = self.store.identities.get(public_b58)
+    def identity_pair(self, public_hex: str) -> Keypair:
+        secret = self.store.identities.get(public_hex)
         if secret is None:
             raise ApiError(
-                500, f"this node does not hold the key of identity {public_b58}"
+                500, f"this node does not hold the key of identity {public_hex}"
             )
         return Keypair.from_secret(secret)
 
@@ -430,14 +399,14 @@ class NodeService:
             created_at=_now(),
             name=name if isinstance(name, str) else None,
             members={
-                me.public_b58: {
+                me.public_hex: {
                     "peerId": self.peer_id,
                     "account": me.public.hex(),
                     "joinedAt": _now(),
                     "role": "Admin",
                 }
             },
-            identity=me.public_b58,
+            identity=me.public_hex,
         )
         self.store.save_namespace(ns)
         self.log.info("created namespace %s for application %s", ns.id, app.id)
@@ -473,7 +442,7 @@ class NodeService:
         assert ns.identity is not None
         inviter = self.identity_pair(ns.identity)
         invitation = {
-            "inviter_identity": inviter.public_b58,
+            "inviter_identity": inviter.public_hex,
             "group_id": ns.id,
             "expiration_timestamp": expires,
             "secret_salt": list(os.urandom(32)),
@@ -509,7 +478,7 @@ class NodeService:
             msg = f"invitation is for namespace {inv['group_id']}, not {ns_id}"
             raise ApiError(400, msg)
         try:
-            inviter = b58decode32(inv["inviter_identity"], "inviter_identity")
+            inviter = parse_hex32(inv["inviter_identity"], "inviter_identity")
             signature = bytes.fromhex(str(signed.get("inviter_signature")))
         except (IdError, ValueError) as exc:
             raise ApiError(400, f"malformed invitation: {exc}") from None
@@ -549,27 +518,27 @@ class NodeService:
                 app_key=state["app_key"],
                 created_at=state["created_at"],
                 name=state.get("name"),
-                identity=me.public_b58,
+                identity=me.public_hex,
             )
             ns.merge(state)
             self.store.save_namespace(ns)
-            self.log.info("joined namespace %s as %s", ns_id, me.public_b58)
+            self.log.info("joined namespace %s as %s", ns_id, me.public_hex)
         await self.follow_contexts(self.store.namespaces[ns_id])
         return {
             "namespaceId": ns_id,
-            "memberIdentity": me.public_b58,
+            "memberIdentity": me.public_hex,
             "memberAccount": me.public.hex(),
         }
 
     # -- identities ----------------------------------------------------------------
 
     def new_context_identity(self) -> str:
-        return self._new_identity().public_b58
+        return self._new_identity().public_hex
 
     def node_identity(self) -> dict[str, Any]:
         for ns in self.store.namespaces.values():
             if ns.identity is not None:
-                pk = b58decode32(ns.identity)
+                pk = bytes.fromhex(ns.identity)
                 return {
                     "accountId": pk.hex(),
                     "deviceId": self.keypair.public.hex(),
@@ -585,14 +554,13 @@ class NodeService:
     # -- contexts ------------------------------------------------------------------
 
     def context(self, ctx_id: str) -> ContextRecord:
-        _ctx_id(ctx_id)
-        ctx = self.store.contexts.get(ctx_id)
+        ctx = self.store.contexts.get(_api_id(ctx_id, "context id"))
         if ctx is None:
             raise ApiError(404, "Context not found")
         return ctx
 
     def context_api(self, ctx: ContextRecord) -> dict[str, Any]:
-        state_hash = b58encode(ctx.root)
+        state_hash = hex32(ctx.root)
         body: dict[str, Any] = {
             "id": ctx.id,
             "applicationId": ctx.application_id,
@@ -626,12 +594,12 @@ class NodeService:
         seed = body.get("contextSeed")
         if seed is not None:
             try:
-                context_key = Keypair.from_secret(b58decode32(seed, "contextSeed"))
+                context_key = Keypair.from_secret(parse_hex32(seed, "contextSeed"))
             except IdError as exc:
                 raise ApiError(400, str(exc)) from None
         else:
             context_key = Keypair.generate()
-        ctx_id = context_key.public_b58
+        ctx_id = context_key.public_hex
         if ctx_id in self.store.contexts or ctx_id in ns.contexts:
             raise ApiError(
                 400, f"context {ctx_id} already exists; use another contextSeed"
@@ -713,7 +681,7 @@ class NodeService:
 
     async def join_context(self, ctx_id: str) -> dict[str, Any]:
         """``POST /contexts/:ctx/join``: idempotent, as the namespace identity."""
-        _ctx_id(ctx_id)
+        ctx_id = _api_id(ctx_id, "context id")
         existing = self.store.contexts.get(ctx_id)
         if existing is not None:
             return {"contextId": ctx_id, "memberPublicKey": existing.identity}
@@ -809,7 +777,7 @@ class NodeService:
 
     def _runnable(self, ctx_id: str) -> tuple[ContextRecord, AppModule]:
         try:
-            b58decode32(ctx_id, "contextId")
+            parse_hex32(ctx_id, "contextId")
         except IdError as exc:
             raise RpcError("ParseError", str(exc)) from None
         ctx = self.store.contexts.get(ctx_id)
@@ -830,7 +798,7 @@ class NodeService:
         The device is the node's member identity in the context. Embedded nodes
         give each account exactly one device, so the account id is the same key.
         """
-        key = b58decode32(identity)
+        key = bytes.fromhex(identity)
         return {
             "executor_id": key,
             "account_id": key,
@@ -867,8 +835,8 @@ class NodeService:
                 method,
                 args,
                 storage=self.store.kv(ctx_id),
-                context_id=b58decode32(ctx_id),
-                xcall_origin=None if origin is None else b58decode32(origin),
+                context_id=bytes.fromhex(ctx_id),
+                xcall_origin=None if origin is None else bytes.fromhex(origin),
                 **self._host_services(ctx_id, ctx.identity),
             )
             if outcome.failure is not None or ctx_id not in self.store.contexts:
@@ -898,7 +866,7 @@ class NodeService:
                     ctx_id,
                     method,
                     delta.id.hex()[:16],
-                    b58encode(ctx.root),
+                    hex32(ctx.root),
                 )
             self.sync.broadcast_delta(ctx, delta)
         if outcome.xcalls and not outcome.is_error:
@@ -920,7 +888,7 @@ class NodeService:
         reported and logged and never affects the calling execution.
         """
         for call in xcalls:
-            target_id = b58encode(call.context_id)
+            target_id = hex32(call.context_id)
             report = XCallReport(source.id, target_id, call.function, "ok")
             target = self.store.contexts.get(target_id)
             if target is None or target.namespace_id != source.namespace_id:
@@ -982,7 +950,7 @@ class NodeService:
                 _SYNC_METHOD,
                 delta.artifact,
                 storage=self.store.kv(ctx_id),
-                context_id=b58decode32(ctx_id),
+                context_id=bytes.fromhex(ctx_id),
                 **self._host_services(ctx_id, ctx.identity),
             )
             if outcome.failure is not None:
@@ -998,7 +966,7 @@ class NodeService:
                 ctx_id,
                 delta.id.hex()[:16],
                 source,
-                b58encode(ctx.root),
+                hex32(ctx.root),
             )
         await self._run_handlers(ctx_id, delta)
         return True

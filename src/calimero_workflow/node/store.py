@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .ids import b58encode, sha256
+from .ids import hex32, sha256
 
 __all__ = [
     "LOCAL_SPACES",
@@ -94,7 +94,7 @@ class AppRecord:
                 "bytecode": self.blob_id,
                 # We never persist compiled code; name it by a derived hash so the
                 # shape matches merod.
-                "compiled": b58encode(sha256(b"compiled:", self.blob_id.encode())),
+                "compiled": hex32(sha256(b"compiled:", self.blob_id.encode())),
             },
             "size": self.size,
             "source": self.source,
@@ -122,7 +122,7 @@ class NamespaceRecord:
     app_key: str
     created_at: int
     name: str | None = None
-    #: member public key (base58) -> {"peerId", "account", "joinedAt"}
+    #: member public key (hex) -> {"peerId", "account", "joinedAt"}
     members: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: context id -> {"applicationId", "createdAt", "name"?}
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -164,7 +164,7 @@ class ContextRecord:
     identity: str
     root: bytes = ZERO_ROOT
     heads: list[bytes] = field(default_factory=list)
-    #: member public key (base58) -> peer id of the node that holds it
+    #: member public key (hex) -> peer id of the node that holds it
     members: dict[str, str] = field(default_factory=dict)
     created_at: int = field(default_factory=_now)
     name: str | None = None
@@ -274,7 +274,7 @@ class NodeStore:
     def __init__(self, home: Path) -> None:
         self.path = home / DB_FILE
         self._db: sqlite3.Connection | None = None
-        self.identities: dict[str, bytes] = {}  # public key b58 -> secret
+        self.identities: dict[str, bytes] = {}  # public key (hex) -> secret
         self.apps: dict[str, AppRecord] = {}
         self.namespaces: dict[str, NamespaceRecord] = {}
         self.contexts: dict[str, ContextRecord] = {}
@@ -297,7 +297,7 @@ class NodeStore:
             db.execute("ALTER TABLE deltas ADD COLUMN events TEXT NOT NULL DEFAULT '[]'")
         self._db = db
         for pk, secret in db.execute("SELECT public_key, secret FROM identities"):
-            self.identities[b58encode(pk)] = secret
+            self.identities[hex32(pk)] = secret
         for (text,) in db.execute("SELECT record FROM applications"):
             rec = AppRecord(**json.loads(text))
             self.apps[rec.id] = rec
@@ -345,7 +345,7 @@ class NodeStore:
         self._write([("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))])
 
     def add_identity(self, public: bytes, secret: bytes) -> str:
-        """Keep a keypair this node owns; returns the base58 public key."""
+        """Keep a keypair this node owns; returns the public key (hex)."""
         self._write(
             [
                 (
@@ -354,15 +354,15 @@ class NodeStore:
                 )
             ]
         )
-        key = b58encode(public)
+        key = hex32(public)
         self.identities[key] = secret
         return key
 
     # -- blobs and applications ----------------------------------------------------
 
     def put_blob(self, data: bytes) -> str:
-        """Store bytes under their content id (base58 sha256) and return the id."""
-        blob_id = b58encode(sha256(data))
+        """Store bytes under their content id (hex sha256) and return the id."""
+        blob_id = hex32(sha256(data))
         self._write([("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (blob_id, data))])
         return blob_id
 

@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError, PeerError
-from .ids import Keypair, b58encode, sha256
+from .ids import Keypair, hex32, sha256
 from .logs import node_logger
 from .store import AppRecord, ContextRecord, Delta, NamespaceRecord
 from .tasks import cancel_and_wait
@@ -185,7 +185,7 @@ class Replicator:
         await self._wait_for_peers()
         body = {
             "invitation": signed,
-            "identity": me.public_b58,
+            "identity": me.public_hex,
             "account": me.public.hex(),
         }
         refusals: list[str] = []
@@ -253,7 +253,7 @@ class Replicator:
             except (PeerError, KeyError, TypeError, ValueError) as exc:
                 reasons.append(str(exc))
                 continue
-            if record.id != app_id or b58encode(sha256(wasm)) != record.blob_id:
+            if record.id != app_id or hex32(sha256(wasm)) != record.blob_id:
                 reasons.append(
                     f"peer {peer} sent bytes that do not match application {app_id}"
                 )
@@ -311,7 +311,7 @@ class Replicator:
             if not reply.get("found"):
                 continue
             data = base64.b64decode(reply["data"], validate=True)
-            if b58encode(sha256(data)) != blob_id:
+            if hex32(sha256(data)) != blob_id:
                 self.log.warning("blob %s: %s sent other content; ignored", blob_id, peer)
                 continue
             self.store.put_blob(data)
@@ -431,7 +431,7 @@ class Replicator:
             peer,
             len(entries),
             len(deltas),
-            b58encode(ctx.root),
+            hex32(ctx.root),
         )
 
     # -- incoming ------------------------------------------------------------------
