@@ -471,6 +471,43 @@ async def test_failing_init_refuses_the_context(
     assert (await api.data("GET", "/admin-api/contexts"))["contexts"] == []
 
 
+# An app whose `init` traps unless its input is LENGTH bytes long, so the
+# node's handling of `initializationParams` shows.
+INIT_INPUT_LENGTH_WAT = r"""
+(module
+  (import "env" "input" (func $input (param i64)))
+  (import "env" "register_len" (func $register_len (param i64) (result i64)))
+  (memory (export "memory") 1)
+  (func (export "init")
+    (call $input (i64.const 1))
+    (if (i64.ne (call $register_len (i64.const 1)) (i64.const LENGTH))
+      (then unreachable)))
+)
+"""
+
+
+@pytest.mark.parametrize("params", [b"", b"{}", b'{"n":1}'])
+async def test_init_gets_the_initialization_params_verbatim(
+    cluster: Cluster, tmp_path: Path, params: bytes
+) -> None:
+    """merod hands init the bytes as given: [] is empty input, not ``{}``."""
+    api = await cluster.start("node-1")
+    app_file = tmp_path / "init_input.wasm"
+    app_file.write_bytes(
+        wasmtime.wat2wasm(INIT_INPUT_LENGTH_WAT.replace("LENGTH", str(len(params))))
+    )
+    body = {"path": str(app_file)}
+    app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
+        "applicationId"
+    ]
+    ns = await api.create_namespace(app_id)
+    resp = await api.post(
+        "/admin-api/contexts",
+        {"applicationId": app_id, "groupId": ns, "initializationParams": list(params)},
+    )
+    assert resp.status_code == 200, resp.text
+
+
 async def test_context_seed_gives_a_deterministic_id(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
     app_id = await api.install_kv_store()

@@ -9,6 +9,7 @@ runtime are real; results are read back through the admin API and JSON-RPC.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
+from calimero_workflow.node.service import MAX_XCALL_DEPTH
 from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
@@ -113,21 +115,45 @@ async def test_xcall_denials_and_failures_do_not_fail_the_call(
         (report,) = result["xcalls"]
         return report
 
-    # merod only lets a context call into its own namespace.
+    # merod only lets a context call into its own group (here: its namespace).
     assert await xcall(foreign, "set_origin", '{"key":"k"}') == {
         "origin": source,
         "contextId": foreign,
         "function": "set_origin",
         "status": "denied",
-        "reason": "namespace boundary",
+        "reason": "owning group boundary",
     }
-    assert (await xcall(unknown, "set_origin"))["reason"] == "namespace boundary"
+    assert (await xcall(unknown, "set_origin"))["reason"] == "owning group boundary"
     failed = await xcall(target, "nope")
     assert failed["status"] == "failed" and failed["reason"] == 'method "nope" not found'
     bad_args = await xcall(target, "set_origin", '{"key":1}')
     assert bad_args["status"] == "failed"
     assert bad_args["reason"].startswith("guest panicked: Failed to deserialize input")
     assert await api.call(foreign, "len") == 0
+
+
+async def test_xcall_cascades_stop_at_merods_depth(cluster: Cluster, kv_plus: Path) -> None:
+    """A call over JSON-RPC runs at depth 0; one at MAX_XCALL_DEPTH may not xcall."""
+    api = await cluster.start("node-1")
+    _, _, ctx = await shared(cluster, kv_plus, "node-1")
+    # Each level asks the same context to xcall once more, and the last one
+    # records its origin: a chain one hop longer than merod allows.
+    params = json.dumps({"key": "end"})
+    function = "set_origin"
+    for _ in range(MAX_XCALL_DEPTH + 1):
+        params = json.dumps({"context": ctx, "function": function, "params": params})
+        function = "xcall_to"
+    body = json.loads(params)
+    result = (await api.execute(ctx, "xcall_to", body))["result"]
+    statuses = [(r["function"], r["status"], r.get("reason")) for r in result["xcalls"]]
+    assert MAX_XCALL_DEPTH == 3
+    assert statuses == [
+        ("xcall_to", "ok", None),
+        ("xcall_to", "ok", None),
+        ("xcall_to", "ok", None),
+        ("set_origin", "denied", "xcall depth limit"),
+    ]
+    assert await api.call(ctx, "get", {"key": "end"}) is None
 
 
 async def test_xcall_target_state_reaches_the_targets_other_members(

@@ -1004,6 +1004,41 @@ def test_module_over_merods_size_limit_is_refused(runtime: WasmRuntime) -> None:
     )
 
 
+def test_module_size_and_xcall_limits_are_merods() -> None:
+    """crates/runtime/src/logic.rs at 0.11.0-rc.27 and later: VMLimits defaults."""
+    assert abi.LIMITS.max_module_size == 128 << 20
+    assert abi.LIMITS.max_xcalls == 8
+
+
+# An app that queues the same cross-context call 8 or 9 times.
+XCALLS_WAT = r"""
+(module
+  (import "env" "xcall" (func $xcall (param i64)))
+  (memory (export "memory") 1)
+  ;; XCall{context Buffer{64, 32}, function Buffer{96, 1}, params Buffer{100, 0}} at 0
+  (data (i32.const 0) "\40\00\00\00\00\00\00\00\20\00\00\00\00\00\00\00")
+  (data (i32.const 16) "\60\00\00\00\00\00\00\00\01\00\00\00\00\00\00\00")
+  (data (i32.const 32) "\64\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00")
+  (data (i32.const 96) "f")
+  (func $times (param $n i32)
+    (loop $again
+      (call $xcall (i64.const 0))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br_if $again (local.get $n))))
+  (func (export "eight") (call $times (i32.const 8)))
+  (func (export "nine") (call $times (i32.const 9)))
+)
+"""
+
+
+def test_an_execution_queues_at_most_eight_xcalls(runtime: WasmRuntime) -> None:
+    module = runtime.compile(wasmtime.wat2wasm(XCALLS_WAT))
+    eight = run(module, "eight")
+    assert eight.failure is None and len(eight.xcalls) == 8
+    nine = run(module, "nine")
+    assert nine.failure is not None and nine.failure.message == "xcalls overflow"
+
+
 def test_known_import_with_wrong_signature_is_refused(runtime: WasmRuntime) -> None:
     wat = '(module (import "env" "input" (func (param i32))) (memory (export "memory") 1))'
     with pytest.raises(AppLinkError) as info:

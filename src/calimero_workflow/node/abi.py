@@ -184,7 +184,8 @@ class Limits:
     max_events = 100
     max_event_kind_size = 100
     max_event_data_size = 16 << 10
-    max_xcalls = 100
+    #: Cross-context calls one execution may queue (merod's breadth ``B``).
+    max_xcalls = 8
     max_xcall_function_size = 100
     max_xcall_params_size = 16 << 10
     max_value_return_size = 16 << 20
@@ -195,7 +196,7 @@ class Limits:
     max_artifact_size = 16 << 20
     #: Method names, and the handler names of ``emit_with_handler``.
     max_method_name_size = 256
-    max_module_size = 10 << 20
+    max_module_size = 128 << 20
     #: ``max_memory_pages`` (1024) of 64 KiB.
     max_memory_size = 1024 << 16
 

@@ -72,9 +72,11 @@ __all__ = [
 #: Default lifetime of a namespace invitation, as in merod (one year).
 INVITATION_TTL_S = 365 * 24 * 3600
 _SYNC_METHOD = "__calimero_sync_next"
-#: Not a merod number: merod follows xcall chains without a bound, so two apps
-#: calling each other would spin forever. Deeper calls are denied and logged.
-MAX_XCALL_DEPTH = 16
+#: merod's MAX_XCALL_DEPTH: a call made over JSON-RPC runs at depth 0 and each
+#: xcall one deeper; an execution at this depth still runs, but the xcalls it
+#: queues are denied ("xcall depth limit"). With at most 8 xcalls per execution
+#: this bounds what one call can set off.
+MAX_XCALL_DEPTH = 3
 _BLOB_FETCH_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -622,7 +624,7 @@ class NodeService:
         outcome = await run_wasm(
             module.run,
             "init",
-            params or b"{}",
+            params,
             storage={},
             context_id=context_key.public,
             **self._host_services(ctx_id, ns.identity),
@@ -883,20 +885,22 @@ class NodeService:
     ) -> None:
         """Run queued cross-context calls in order, as merod does after a call.
 
-        A target must be a context of the same namespace that this node is a
-        member of; it runs as this node's member identity there. A failure is
-        reported and logged and never affects the calling execution.
+        The checks and their denial reasons are merod's, in its order: the
+        depth bound, then a target in the caller's own group (an embedded
+        namespace has no subgroups, so the namespace), then an identity of this
+        node in the target, as which the call runs. A failure is reported and
+        logged and never affects the calling execution.
         """
         for call in xcalls:
             target_id = hex32(call.context_id)
             report = XCallReport(source.id, target_id, call.function, "ok")
             target = self.store.contexts.get(target_id)
-            if target is None or target.namespace_id != source.namespace_id:
-                report = _deny(report, "namespace boundary")
+            if depth >= MAX_XCALL_DEPTH:
+                report = _deny(report, "xcall depth limit")
+            elif target is None or target.namespace_id != source.namespace_id:
+                report = _deny(report, "owning group boundary")
             elif target.identity not in self.store.identities:
                 report = _deny(report, "no owned member")
-            elif depth + 1 > MAX_XCALL_DEPTH:
-                report = _deny(report, f"deeper than {MAX_XCALL_DEPTH} nested xcalls")
             else:
                 nested: list[XCallReport] = []
                 try:
