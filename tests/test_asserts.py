@@ -245,3 +245,162 @@ async def test_a_quoted_operand_is_text_and_its_escaped_quotes_are_quotes(tmp_pa
     values = [o["values"] for o in result.steps[1].data["statements"]]
     assert values[0] == ['[10,{"b":"x"}]', '[10,{"b":"x"}]']
     assert values[4] == ["3", 3]
+
+
+# -- failure messages keep the operator and the number ------------------------------
+
+async def test_a_single_check_keeps_whole_numbers_and_its_operator(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {type: assert, actual: 3, less_than: 3}
+        """,
+        tmp_path,
+    )
+    error = result.steps[0].error
+    assert error.message == "expected 3 to be less than 3"
+    assert error.expected == "< 3" and error.actual == 3
+
+
+async def test_a_failed_comparison_statement_shows_its_operator(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {name: get, type: assert, actual: 1, is_set: true}
+          - type: assert
+            statements:
+              - "${results.get.actual} > 5"
+              - "contains(abc, z)"
+        """,
+        tmp_path,
+    )
+    error = result.steps[1].error
+    assert error.expected == "> 5" and error.actual == 1
+    assert error.message.startswith("2 of 2 statements failed (lines 7, 8); the first: ")
+    assert error.location.line == 7
+
+
+async def test_a_single_failed_statement_keeps_the_short_headline(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - type: assert
+            statements: ["1 == 1", "contains(abc, z)"]
+        """,
+        tmp_path,
+    )
+    assert result.steps[0].error.message == "assertion failed: contains(abc, z)"
+    assert result.steps[0].error.expected == 'contains "z"'
+
+
+# -- merobox's comparisons --------------------------------------------------------------
+
+async def test_a_null_compares_equal_to_none_as_in_merobox(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {type: assert, actual: null, is_empty: true, outputs: {x: actual}}
+          - type: assert
+            statements: ["{{x}} == None", "{{x}} != 'something'"]
+          - type: assert
+            statements: ["{{x}} != None"]
+        """,
+        tmp_path,
+    )
+    assert [s.status for s in result.steps] == [Status.PASSED, Status.PASSED, Status.FAILED]
+
+
+async def test_json_assert_takes_mappings_and_plain_text_like_merobox(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {type: assert, actual: value_1, is_set: true, outputs: {v: actual}}
+          - type: json_assert
+            statements:
+              - 'equal({{v}}, "value_1")'
+              - "equal({{v}}, 'value_1')"
+              - "json_equal({{v}}, value_1)"
+              - {statement: 'json_equal({"a": [1, 2]}, {"a": [1, 2]})', message: lists}
+          - type: json_assert
+            statements:
+              - {statement: "json_equal({{v}}, value_2)", message: the value is kept}
+        """,
+        tmp_path,
+    )
+    assert result.steps[1].status is Status.PASSED, result.steps[1].error
+    error = result.steps[2].error
+    assert error.message == "the value is kept: assertion failed: json_equal({{v}}, value_2)"
+    assert error.expected == "value_2" and error.actual == "value_1"
+
+
+# -- regular expressions are bounded and can be stopped ------------------------------------
+
+async def test_a_catastrophic_regex_is_stopped_by_the_step_timeout(tmp_path: Path):
+    import time
+
+    started = time.monotonic()
+    result = await run_text(
+        f"""
+        name: t
+        steps:
+          - type: assert
+            timeout: 0.5
+            actual: "{'a' * 64}b"
+            matches: "(a|aa)+$"
+        """,
+        tmp_path,
+    )
+    assert time.monotonic() - started < 5
+    error = result.steps[0].error
+    assert "did not finish within 0.5 s" in error.message or "timed out" in error.message
+
+
+async def test_a_catastrophic_regex_without_a_timeout_has_a_default_bound(tmp_path: Path, monkeypatch):
+    from calimero_workflow.steps import asserts
+
+    monkeypatch.setattr(asserts, "REGEX_TIMEOUT", 0.3)
+    result = await run_text(
+        f"""
+        name: t
+        steps:
+          - type: assert
+            statements: ["regex({'a' * 64}b, '(a|aa)+$')"]
+        """,
+        tmp_path,
+    )
+    error = result.steps[0].error
+    assert "did not finish within 0.3 s on a 65-character value" in error.message
+    assert "backtracks" in error.hint
+    assert error.location.line == 5
+
+
+async def test_nested_quantifiers_that_re_would_hang_on_finish(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        steps:
+          - {{type: assert, actual: "{'a' * 100}b", matches: "^(a+)+$"}}
+        """,
+        tmp_path,
+    )
+    assert result.steps[0].error.message.startswith("expected ")
+
+
+async def test_an_invalid_regex_from_a_placeholder_fails_the_step_cleanly(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {name: p, type: assert, actual: "(", is_set: true}
+          - {type: assert, actual: x, matches: "${results.p.actual}"}
+        """,
+        tmp_path,
+    )
+    error = result.steps[1].error
+    assert "matches: invalid regular expression '('" in error.message
+    assert (error.location.line, error.location.col) == (5, 40)  # the `matches:` value

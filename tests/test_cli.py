@@ -280,7 +280,9 @@ def test_a_failure_to_write_results_is_an_error_not_a_traceback(tmp_path: Path, 
     blocker.write_text("a file, not a folder")
     code = main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--results", str(blocker / "r.json")])
     assert code == 2
-    assert "cannot write the result files" in capsys.readouterr().err
+    # Found before the run (see test_output_folders_that_are_files_are_refused_before_the_run).
+    assert f"the folder of --results ({blocker}) is a file" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
@@ -292,3 +294,75 @@ def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
                  "--workdir", str(tmp_path / "w")]) == 0
     files = [set(r["node_log_files"].values()) for r in json.loads(report.read_text())]
     assert len(files[0] | files[1]) == 2 and all(Path(f).is_file() for f in files[0] | files[1])
+
+
+def test_output_folders_that_are_files_are_refused_before_the_run(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    afile = write(tmp_path, "afile", "not a folder")
+    cases = [
+        (["--workdir", str(afile)], f"--workdir {afile} is a file, not a folder"),
+        (["--logs-dir", str(afile)], f"--logs-dir {afile} is a file, not a folder"),
+        (["--logs-dir", str(afile / "logs")], f"cannot be a folder: {afile} is a file"),
+        (["--results", str(afile / "x.json")], f"the folder of --results ({afile}) is a file"),
+        (["--junit", str(afile / "sub" / "j.xml")], f"cannot be a folder: {afile} is a file"),
+    ]
+    for extra, message in cases:
+        workdir = [] if extra[0] == "--workdir" else ["--workdir", str(tmp_path / "w")]
+        assert main(["run", str(wf), *workdir, *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_validate_prints_the_notes(tmp_path: Path, capsys):
+    wf = write(tmp_path, "m.yml", "name: m\ne2e_mode: true\nvariables: {x: 1}\nsteps: []\n")
+    assert main(["validate", str(wf)]) == 0
+    out = capsys.readouterr().out
+    assert "note: e2e_mode:" in out
+    assert "key 'variables' is not a setting here and is ignored" in out
+
+
+def test_an_env_value_never_runs_as_shell_code(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EVIL", "$(touch PWNED)")
+    wf = write(tmp_path, "inj.yml", "name: inj\nsteps:\n  - type: ${T:-script}\n    run: echo hello ${EVIL}\n")
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w")]) == 2
+    assert f"{wf}:4:10: `${{...}}` and `{{{{...}}}}` are not expanded inside `run`" in capsys.readouterr().err
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_bad_input_is_a_located_error_never_a_traceback(tmp_path: Path, capsys):
+    texts = {
+        "big.yml": "name: x\nsteps:\n  - {type: wait, seconds: 1" + "0" * 5000 + "}\n",
+        "url.yml": 'name: x\nremote_nodes: {r: {url: "http://bob:Hunter2Pass@"}}\nsteps: []\n',
+        "ports.yml": "name: x\nnodes: {count: 2, base_rpc_port: 65535}\nsteps: []\n",
+        "mesh.yml": "name: x\nnodes: {count: 1}\nsteps:\n  - {type: create_mesh, context_node: calimero-node-1, application_id: a, nodes: 1}\n",
+    }
+    for name, text in texts.items():
+        wf = write(tmp_path, name, text)
+        for command in (["validate", str(wf)], ["run", str(wf), "--workdir", str(tmp_path / "w")]):
+            assert main(command) == 2, (name, command)
+            err = capsys.readouterr().err
+            assert err.startswith(f"{wf}:"), err
+            assert "Traceback" not in err and "Hunter2Pass" not in err
+
+
+def test_a_script_in_node_containers_is_refused_before_embedded_nodes_start(tmp_path: Path, capsys):
+    wf = write(tmp_path, "t.yml", "name: t\nnodes: {count: 1}\nsteps:\n  - {type: script, run: 'true', target: nodes}\n")
+    assert main(["validate", str(wf)]) == 0  # the backend is not known yet
+    capsys.readouterr()
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w")]) == 2
+    assert "embedded backend has none" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_ctrl_c_stops_a_catastrophic_regular_expression(tmp_path: Path):
+    steps = "  - type: assert\n    statements: [\"regex(" + "a" * 5000 + "b, '(a|aa)+$')\"]\n"
+    proc, seen, report = _start_slow_run(tmp_path, steps=steps)
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    # the process does not wait for the matching thread (it ends by itself)
+    assert time.monotonic() - started < 4
+    assert "Traceback" not in rest

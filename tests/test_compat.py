@@ -57,6 +57,9 @@ async def test_corpus_file_passes(path: Path, tmp_path: Path, monkeypatch):
         ("08-legacy-placeholders.yml", "method: get\n", "method: len\n"),
         ("13-canonical-fixture.yml", '"value_3_from_node1"}', '"value_2_from_node1"}'),
         ("15-auto-join.yml", '"equal({{later_on_3}}, from-node-2)"', '"equal({{later_on_3}}, from-node-1)"'),
+        ("16-current-merobox-keys.yml", '"json_equal({{read}}, value_1)"', '"json_equal({{read}}, value_2)"'),
+        ("16-current-merobox-keys.yml", '"equal({{length}}, 1)"', '"equal({{length}}, 2)"'),
+        ("16-current-merobox-keys.yml", '"{{len_error}} == None"', '"{{failed_type}} == None"'),
     ],
 )
 async def test_corpus_checks_can_fail(name: str, old: str, new: str, tmp_path: Path):

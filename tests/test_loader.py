@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from calimero_workflow import yamlsrc
 from calimero_workflow.errors import WorkflowValidationError
 from calimero_workflow.workflow import load_workflow, parse_workflow
 
@@ -302,3 +303,333 @@ def test_a_check_of_a_whole_step_does_not_dump_the_step():
     assert problem == (
         "wf.yml:3:5: step 'script #1' (script): give exactly one of `script` (a file) or `run` (an inline command)"
     )
+
+
+# -- shell text never takes expanded values ---------------------------------------
+
+@pytest.mark.parametrize(
+    "type_line, env",
+    [
+        ("type: ${T:-script}", {}),
+        ("type: ${T}", {"T": "script"}),
+        ("type: '${T:-script}'", {}),
+    ],
+)
+def test_run_stays_raw_whatever_spelling_reaches_type(type_line: str, env: dict[str, str]):
+    text = f"name: x\nsteps:\n  - {type_line}\n    run: echo hello ${{EVIL}}\n"
+    (msg,) = problems_of(text, env={"EVIL": "$(touch PWNED)", **env})
+    assert msg.startswith("wf.yml:4:10: ")
+    assert "not expanded inside `run`" in msg
+    assert "PWNED" not in msg
+
+
+def test_run_merged_in_from_an_anchor_stays_raw():
+    text = (
+        "base: &s {type: script}\nname: x\nsteps:\n  - <<: *s\n    run: echo ${EVIL}\n"
+    )
+    msgs = problems_of(text, env={"EVIL": "$(touch PWNED)"})
+    assert any("not expanded inside `run`" in m for m in msgs)
+
+
+@pytest.mark.parametrize("section", ["sandbox", "contracts"])
+def test_a_container_command_is_shell_text_too(section: str):
+    sandbox = "sandbox: {image: i, port: 1}\n" if section == "contracts" else ""
+    extra = "image: i, port: 1, " if section == "sandbox" else ""
+    text = f"name: x\n{sandbox}{section}: {{{extra}command: [sh, -c, 'deploy ${{NET}}']}}\nsteps: []\n"
+    msgs = problems_of(text, env={"NET": "$(touch PWNED)"})
+    assert any(f"not expanded inside `{section}.command`" in m for m in msgs)
+    assert not any("PWNED" in m for m in msgs)
+    # the shell's own variables are written $${NAME}
+    ok = text.replace("${NET}", "$${NET}")
+    wf = parse_workflow(ok, file=Path("wf.yml"), environ={})
+    assert getattr(wf.settings, section).command[-1] == "deploy ${NET}"
+
+
+# -- typed placeholders under both of PyYAML's loaders ----------------------------
+
+LOADERS = [yamlsrc._PyLoader] + ([yamlsrc._CLoader] if yamlsrc._CLoader else [])
+
+
+@pytest.fixture(params=LOADERS, ids=lambda c: c.__name__)
+def loader(request, monkeypatch):
+    monkeypatch.setattr(yamlsrc, "_Loader", request.param)
+    return request.param
+
+
+def test_an_unquoted_placeholder_takes_the_type_of_its_value(loader):
+    env = {"X": "123", "F": "1.5", "B": "true"}
+    data = yamlsrc.load_yaml("a: ${X}\nb: '${X}'\nc: ${F}\nd: ${B}\n", source_file=None, environ=env)
+    assert data == {"a": 123, "b": "123", "c": 1.5, "d": True}
+    assert type(data["a"]) is int
+
+
+@pytest.mark.parametrize("count", ['"3"', "3.0", "true", "0"])
+def test_a_parallel_group_count_must_be_a_positive_whole_number(count: str):
+    text = (
+        "name: x\nsteps:\n  - name: par\n    type: parallel\n    groups:\n"
+        f"      - {{name: g, count: {count}, steps: [{{type: wait, seconds: 0.01}}]}}\n"
+    )
+    (msg,) = problems_of(text)
+    assert msg.startswith("wf.yml:6:")
+    assert "group 'g': count" in msg
+
+
+# -- merge keys -------------------------------------------------------------------
+
+def test_a_key_written_out_wins_over_a_merged_one(loader):
+    text = (
+        "base: &w {type: wait, seconds: 5, message: base}\nname: x\nsteps:\n"
+        "  - <<: *w\n    seconds: 0.01\n"
+    )
+    data = yamlsrc.load_yaml(text, source_file=None, environ={})
+    assert data["steps"][0] == {"type": "wait", "seconds": 0.01, "message": "base"}
+    assert data["steps"][0].value_pos("seconds") == (5, 14)
+
+
+def test_of_two_merged_mappings_the_first_listed_wins(loader):
+    text = "a: &a {k: 1}\nb: &b {k: 2, j: 3}\nc:\n  <<: [*a, *b]\n"
+    assert yamlsrc.load_yaml(text, source_file=None, environ={})["c"] == {"k": 1, "j": 3}
+
+
+def test_a_key_written_twice_is_still_refused(loader):
+    text = "base: &w {type: wait}\nname: x\nsteps:\n  - <<: *w\n    seconds: 1\n    seconds: 2\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        yamlsrc.load_yaml(text, source_file=Path("wf.yml"), environ={})
+    (problem,) = info.value.problems
+    assert "key 'seconds' is given twice" in problem.message
+    assert problem.location.line == 6
+
+
+# -- YAML errors: located, with the hint that fits --------------------------------
+
+@pytest.mark.parametrize(
+    "text, message, hint",
+    [
+        ("name: x\nsteps:\n  - type: script\n    run: x\n    env: {CTX: ${results.ctx.context_id}}\n",
+         "YAML syntax error", 'must be quoted: env: {CTX: "${results.ctx.context_id}"}'),
+        ("name: x\nsteps: " + "[" * 2000 + "]" * 2000 + "\n", "", "few levels of nesting"),
+        ('name: "a\\uZZZZ"\nsteps: []\n', "YAML syntax error", "a backslash starts an escape"),
+        ("name: x\nsteps:\n  - {type: wait, seconds: 2024-13-45}\n", "is not a valid date", "quote it"),
+        ("name: x\nsteps:\n  - {type: wait, seconds: 1" + "0" * 5000 + "}\n",
+         "it has 5001 digits (the limit is 4300)", "quote it"),
+    ],
+    ids=["flow-mapping", "nesting", "escape", "date", "huge-number"],
+)
+def test_yaml_errors_are_located_with_a_fitting_hint(loader, text: str, message: str, hint: str):
+    (problem,) = problems_of(text)
+    assert problem.startswith("wf.yml:")
+    assert message in problem
+    assert hint in problem.split("hint:", 1)[1]
+    assert "json_subset" not in problem
+
+
+def test_the_run_hint_is_valid_yaml():
+    (msg,) = problems_of("name: x\nsteps:\n  - type: script\n    run: echo ${X:-1}\n")
+    example = msg.split("(e.g. ", 1)[1].split(")", 1)[0]
+    text = f"name: x\nsteps:\n  - type: script\n    run: echo \"$CTX\"\n    {example}\n"
+    assert yamlsrc.load_yaml(text, source_file=None, environ={})["steps"][0]["env"] == {
+        "CTX": "${results.ctx.context_id}"
+    }
+
+
+# -- credentials never reach a message --------------------------------------------
+
+@pytest.mark.parametrize(
+    "auth, secret",
+    [
+        ("{method: password, username: bob, password: 98765432101}", "98765432101"),
+        ("{method: api_key, api_key: [sekret-key-1]}", "sekret-key-1"),
+        ("{method: api_key, key: {x: sekret-key-2}}", "sekret-key-2"),
+        ("'bob:sekret-pass-3'", "sekret-pass-3"),
+    ],
+)
+def test_validation_errors_never_show_a_credential(auth: str, secret: str):
+    text = f"name: x\nremote_nodes:\n  r1:\n    url: http://127.0.0.1:1\n    auth: {auth}\nsteps: []\n"
+    msgs = problems_of(text)
+    assert msgs and all(secret not in m for m in msgs)
+    assert any("***" in m for m in msgs)
+
+
+def test_a_url_password_is_masked_in_errors():
+    text = 'name: x\nremote_nodes: {r: {url: "http://bob:Hunter2Pass@"}}\nsteps: []\n'
+    (msg,) = problems_of(text)
+    assert "names no host" in msg and "Hunter2Pass" not in msg
+    assert "http://bob:***@" in msg
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("ftp://host/x", "over http:// or https://, not ftp://"),
+        ("127.0.0.1:2528", "over http:// or https://"),
+        ("http://host:99999", "its port is not a number"),
+        ("http://ho st", "cannot hold spaces"),
+    ],
+)
+def test_a_remote_url_is_checked_at_load(url: str, message: str):
+    (msg,) = problems_of(f"name: x\nremote_nodes: {{r: {{url: '{url}'}}}}\nsteps: []\n")
+    assert msg.startswith("wf.yml:2:") and message in msg
+
+
+# -- bad literal values: located errors, never a traceback ------------------------
+
+NODE = "name: x\nnodes: {count: 1}\nsteps:\n"
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ("{type: create_mesh, context_node: calimero-node-1, application_id: a, nodes: 1}", "nodes: Input should be a valid list"),
+        ("{type: create_mesh, context_node: calimero-node-1, application_id: a, nodes: 1.5}", "nodes: Input should be a valid list"),
+        ("{type: create_mesh, context_node: calimero-node-1, application_id: a, nodes: true}", "nodes: Input should be a valid list"),
+        ("{type: upload_blob, node: calimero-node-1, file_path: " + "a" * 300 + "}", "a name in it is 300 bytes long"),
+        ('{type: script, script: "a\\0b.sh"}', "script: not a usable path: it holds a NUL character"),
+        ('{type: script, run: x, args: ["a\\0b"]}', "args.0: text passed to a program cannot hold a NUL"),
+        ('{type: script, run: x, env: {X: "a\\0b"}}', "the value of X holds a NUL character"),
+        ('{type: script, run: x, env: {"A=B": "1"}}', "cannot name an environment variable"),
+        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {d: 2024-01-01}}", "args.d: 2024-01-01 is a YAML date"),
+        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {n: .nan}}", "args.n: .nan is a YAML non-finite number"),
+        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {b: !!binary aGVsbG8=}}", "binary value (!!binary)"),
+        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {s: !!set {a, b}}}", "set (!!set)"),
+        ("{type: download_blob, node: calimero-node-1, blob_id: b, output_path: ../../outside.bin}", "output_path '../../outside.bin' is outside"),
+        ("{type: assert, actual: x, matches: '(unclosed'}", "invalid regular expression '(unclosed'"),
+        ("{type: assert, statements: ['regex(a, \"(\")']}", "invalid regular expression '('"),
+    ],
+)
+def test_bad_literal_values_are_located_errors(step: str, message: str):
+    msgs = problems_of(NODE + f"  - {step}\n")
+    assert any(m.startswith("wf.yml:4:") and message in m for m in msgs), msgs
+
+
+def test_a_date_in_call_args_says_how_to_quote_it():
+    (msg,) = problems_of(NODE + "  - {type: call, node: calimero-node-1, context_id: c, method: m, args: {d: 2024-01-01}}\n")
+    assert "hint: quote it to pass it as text: '2024-01-01'" in msg
+
+
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        ("{count: 2, base_rpc_port: 65535}", "needs ports up to 65536"),
+        ("{count: 3, base_port: 65534}", "needs ports up to 65536"),
+        ("{count: 3, base_port: 3000, base_rpc_port: 3002}", "overlap"),
+        ("{a: {rpc_port: 4000}, b: {rpc_port: 4000}}", "uses port 4000, which node 'a' uses already"),
+    ],
+)
+def test_node_ports_are_checked_at_load(nodes: str, message: str):
+    msgs = problems_of(f"name: x\nnodes: {nodes}\nsteps: []\n")
+    assert any(m.startswith("wf.yml:2:") and message in m for m in msgs), msgs
+
+
+def test_a_script_in_node_containers_needs_the_docker_backend():
+    text = NODE + "  - {type: script, run: 'true', target: nodes}\n"
+    (msg,) = problems_of("backend: embedded\n" + text)
+    assert "`target: nodes`" in msg and "embedded backend has none" in msg
+    with pytest.raises(WorkflowValidationError):
+        parse_workflow(text, file=Path("wf.yml"), environ={}, for_run=True)
+    # Unknown backend (validate): accepted; docker: accepted.
+    parse_workflow(text, file=Path("wf.yml"), environ={})
+    parse_workflow(text, file=Path("wf.yml"), environ={}, backend="docker", for_run=True)
+    (msg,) = problems_of("name: x\nsteps:\n  - {type: script, run: 'true', target: nodes}\n")
+    assert "the workflow has none" in msg
+
+
+# -- messages -----------------------------------------------------------------------
+
+def test_a_typo_in_a_nested_mapping_names_that_mapping():
+    (msg,) = problems_of(
+        "name: x\nremote_nodes:\n  r:\n    url: http://127.0.0.1:1\n    auth: {method: api_key, apikey: x}\nsteps: []\n"
+    )
+    assert "remote_nodes.r.auth: unknown key 'apikey'" in msg
+    assert "did you mean 'api_key'?" in msg
+    assert "allowed keys" not in msg
+
+
+def test_a_typo_in_a_parallel_group_is_said_once():
+    (msg,) = problems_of(
+        "name: x\nsteps:\n  - name: par\n    type: parallel\n    groups:\n      - name: g\n"
+        "        step:\n          - {type: wait, seconds: 0.01}\n"
+    )
+    assert msg.startswith("wf.yml:7:9: step 'par' (parallel): group 'g': unknown key 'step'")
+    assert "did you mean 'steps'?" in msg
+
+
+def test_a_typo_in_a_fuzzy_operation_names_the_operation():
+    (msg,) = problems_of(
+        NODE + "  - name: fz\n    type: fuzzy_test\n    context_id: c\n    nodes: [calimero-node-1]\n"
+        "    max_operations: 1\n    operations:\n      - name: op\n        wieght: 2\n"
+        "        steps: [{type: wait, seconds: 0.01}]\n"
+    )
+    assert "operation 'op': unknown key 'wieght'" in msg and "did you mean 'weight'?" in msg
+
+
+def test_a_step_with_a_bad_type_is_the_only_error_for_its_references():
+    (msg,) = problems_of(
+        NODE + "  - {name: install, type: instal_application, node: calimero-node-1, path: a.wasm}\n"
+        "  - {type: assert, actual: '${results.install.application_id}', is_set: true}\n"
+    )
+    assert "unknown step type 'instal_application'" in msg
+
+
+def test_a_dotted_step_name_can_be_referenced():
+    wf = parse_workflow(
+        NODE + "  - {name: get.v1, type: wait, seconds: 0.01}\n"
+        "  - {type: assert, actual: '${results.get.v1.seconds}', equals: 0.01}\n",
+        file=Path("wf.yml"), environ={},
+    )
+    assert len(wf.steps) == 2
+    (msg,) = problems_of(
+        NODE + "  - {name: get.v1, type: wait, seconds: 0.01}\n"
+        "  - {type: assert, actual: '${results.get.v2.seconds}', equals: 0.01}\n"
+    )
+    assert "names step 'get'" in msg and "did you mean 'get.v1'?" in msg
+
+
+# -- merobox keys -------------------------------------------------------------------
+
+def test_merobox_top_level_keys_are_accepted_with_notes():
+    text = (
+        "name: x\nnear_devnet: false\nno_docker: true\nbinary_path: /usr/bin/merod\n"
+        "topology: {type: nat}\nauth_image: img\nauth_use_cached: true\nwebui_use_cached: true\n"
+        "contracts_dir: ./contracts\nvariables: {app: &app ./a.wasm}\nnodes: {count: 1}\nsteps: []\n"
+    )
+    wf = parse_workflow(text, file=Path("wf.yml"), environ={})
+    notes = "\n".join(wf.notes)
+    for word in ("no_docker", "near_devnet", "topology", "auth_image", "'variables' is not a setting"):
+        assert word in notes
+
+
+def test_an_unknown_top_level_key_is_a_typo_only_when_close_to_a_known_one():
+    (msg,) = problems_of("name: x\nnmae: y\nsteps: []\n")
+    assert msg.startswith("wf.yml:2:1: workflow: unknown key 'nmae'") and "did you mean 'name'?" in msg
+    wf = parse_workflow("name: x\nmy_team_notes: hi\nsteps: []\n", file=Path("wf.yml"), environ={})
+    assert any("'my_team_notes' is not a setting here and is ignored" in n for n in wf.notes)
+
+
+def test_count_mode_takes_merobox_node_keys():
+    wf = parse_workflow(
+        "name: x\nnodes: {count: 2, chain_id: testnet-1, init_args: [--x]}\nsteps: []\n",
+        file=Path("wf.yml"), environ={},
+    )
+    assert wf.node_names == ["calimero-node-1", "calimero-node-2"]
+    assert any(n.startswith("nodes.chain_id") for n in wf.notes)
+    assert any(n.startswith("nodes.init_args") for n in wf.notes)
+    (msg,) = problems_of("name: x\nnodes: {count: 2, prefx: n}\nsteps: []\n")
+    assert "unknown key 'prefx'" in msg and "did you mean 'prefix'?" in msg
+
+
+def test_merobox_step_keys_are_accepted():
+    wf = parse_workflow(
+        NODE + "  - {type: call, node: calimero-node-1, context_id: c, method: m, token: eyJhbGciOi.x.y,"
+        " allow_failure: true, state_retry_attempts: 4, state_retry_delay: 0.5, unauthenticated: true}\n"
+        "  - {type: script, run: 'echo {}', json_output: true}\n",
+        file=Path("wf.yml"), environ={},
+    )
+    call = wf.steps[0].static_config
+    assert call.allow_failure and call.retries == 3 and call.retry_delay == 0.5
+    assert "eyJhbGciOi.x.y" in wf.secret_values()
+    assert any(n.startswith("token:") for n in wf.notes)
+    (msg,) = problems_of(
+        NODE + "  - {type: call, node: calimero-node-1, context_id: c, method: m, allow_failure: true,"
+        " expected_failure: true}\n"
+    )
+    assert "either `allow_failure`" in msg

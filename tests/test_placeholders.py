@@ -119,3 +119,91 @@ async def test_run_names_the_loader_keeps_for_run_time_have_values(tmp_path: Pat
     result = await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs", run_id="r-1").run()
     assert result.passed, [s.error for s in result.steps]
     assert result.workflow_results["a"]["actual"] == f"r-1|{tmp_path.resolve()}|named run"
+
+
+def test_a_step_name_with_dots_is_matched_longest_first():
+    scope = Scope(
+        results={"get": {"v1": "short"}, "get.v1": {"output": "long"}},
+        nodes={},
+    )
+    r = Resolver()
+    assert r.resolve("${results.get.v1.output}", scope) == "long"
+    assert r.resolve("${results.get.v1}", scope) == {"output": "long"}
+    with pytest.raises(PlaceholderError, match="no results for step 'nope'"):
+        r.resolve("${results.nope.x}", scope)
+
+
+# -- run time: errors at the offending key; bad values fail the step, never crash --------
+
+async def _run(text: str, tmp_path: Path):
+    import textwrap
+
+    from calimero_workflow.executor import WorkflowExecutor
+    from calimero_workflow.workflow import parse_workflow
+
+    wf = parse_workflow(textwrap.dedent(text), file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs").run()
+
+
+async def test_a_placeholder_that_fails_at_run_time_points_at_its_key(tmp_path: Path):
+    result = await _run(
+        """
+        name: t
+        steps:
+          - {name: a, type: assert, actual: 1, is_set: true}
+          - name: b
+            type: assert
+            message: m
+            actual: ${results.a.nope}
+            equals: 1
+        """,
+        tmp_path,
+    )
+    error = result.steps[1].error
+    assert "has no field 'nope'" in error.message
+    assert (error.location.line, error.location.col) == (8, 13)
+
+
+async def test_a_placeholder_deep_in_args_points_at_that_value(tmp_path: Path):
+    result = await _run(
+        """
+        name: t
+        steps:
+          - {name: a, type: assert, actual: 1, is_set: true}
+          - type: script
+            run: 'true'
+            env:
+              FIRST: "1"
+              SECOND: "{{missing_value}}"
+        """,
+        tmp_path,
+    )
+    error = result.steps[1].error
+    assert "unresolved placeholder {{missing_value}}" in error.message
+    assert error.location.line == 9
+
+
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ("args: ['{{v}}']", "text passed to a program cannot hold a NUL"),
+        ("env: {X: '{{v}}'}", "the value of X holds a NUL"),
+        ("script: '{{v}}'", "not a usable path: it holds a NUL"),
+        ("script: '{{long}}'", "a name in it is 300 bytes long"),
+    ],
+)
+async def test_values_resolved_into_process_fields_fail_the_step_cleanly(field: str, message: str, tmp_path: Path):
+    result = await _run(
+        f"""
+        name: t
+        steps:
+          - {{type: assert, actual: "a\\0b", is_set: true, outputs: {{v: actual}}}}
+          - {{type: assert, actual: {'x' * 300}, is_set: true, outputs: {{long: actual}}}}
+          - {{type: script, {'run: "true", ' if 'script:' not in field else ''}{field}}}
+        """,
+        tmp_path,
+    )
+    error = result.steps[2].error
+    assert error.kind == "invalid", error
+    assert message in error.message
+    assert error.location.line == 6

@@ -132,18 +132,19 @@ def test_bad_script_configuration(tmp_path: Path, body: str, message: str, monke
 
 
 async def test_target_nodes_is_refused_on_embedded_nodes(tmp_path: Path):
-    result = await run_text(
-        """
-        name: t
-        nodes: {count: 1}
-        steps:
-          - type: script
-            target: nodes
-            run: echo hi
-        """,
-        tmp_path,
-    )
-    assert "has no node containers" in result.steps[0].error.message
+    # Before any node starts (the command line refuses it when the file loads).
+    with pytest.raises(WorkflowValidationError, match="the embedded backend has none"):
+        await run_text(
+            """
+            name: t
+            nodes: {count: 1}
+            steps:
+              - type: script
+                target: nodes
+                run: echo hi
+            """,
+            tmp_path,
+        )
 
 
 async def test_env_values_never_reach_run_text_and_escapes_reach_the_shell(tmp_path: Path):

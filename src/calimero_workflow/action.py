@@ -569,7 +569,9 @@ class _Runner:
         total = settings.retries + 1
         for attempt in range(1, total + 1):
             try:
-                workflow = load_workflow(file, environ=self.load_env)
+                workflow = load_workflow(
+                    file, environ=self.load_env, backend=settings.backend, for_run=True
+                )
             except WorkflowValidationError as exc:
                 self.run.invalid = True
                 return [

@@ -118,6 +118,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             status = EXIT_INVALID
             continue
         print(f"{file}: ok ({len(workflow.nodes)} node(s), {len(workflow.steps)} step(s))")
+        for note in workflow.notes:
+            print(f"  note: {note}")
     return status
 
 
@@ -141,7 +143,7 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
     invalid = False
     for file in args.files:
         try:
-            workflows.append(load_workflow(file, environ=env))
+            workflows.append(load_workflow(file, environ=env, backend=args.backend, for_run=True))
         except WorkflowValidationError as exc:
             _print_problems(exc)
             invalid = True
@@ -251,8 +253,30 @@ def _check_outputs(args: argparse.Namespace) -> None:
         for other, other_path in given[i + 1:]:
             if path.resolve() == other_path.resolve():
                 problems.append(Problem(f"{flag} and {other} name the same file", hint="give each its own file"))
+    # Found now rather than after the whole run: a folder that is a file, or
+    # one that cannot be written.
+    places = [(flag, path.parent, False) for flag, path in given if not path.is_dir()]
+    places += [(flag, path, True) for flag, path in (("--workdir", args.workdir), ("--logs-dir", args.logs_dir)) if path]
+    for flag, path, is_the_dir in places:
+        problem = _unwritable(path)
+        if problem:
+            what = f"{flag} {path}" if is_the_dir else f"the folder of {flag} ({path})"
+            wanted = "a folder that can be created and written" if is_the_dir else "a file in a writable folder"
+            problems.append(Problem(f"{what} {problem}", hint=f"give {flag} {wanted}"))
     if problems:
         raise WorkflowValidationError(problems)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made when missing), or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be a folder: {existing} is a file" if existing != folder else "is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} is not writable"
+    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

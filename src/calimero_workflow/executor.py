@@ -38,7 +38,7 @@ from .backends.base import (
     PhaseReport,
 )
 from .client import NodeClient, NodeError
-from .errors import StepFailure
+from .errors import StepFailure, WorkflowValidationError
 from .placeholders import Resolver
 from .results import (
     ErrorInfo,
@@ -49,7 +49,7 @@ from .results import (
     error_from_exception,
 )
 from .steps.base import NodeRef, RunContext, RunEvents, StepRun
-from .workflow import Workflow, redact_url
+from .workflow import Workflow, backend_problems, redact_url
 
 log = logging.getLogger("calimero_workflow")
 
@@ -128,6 +128,10 @@ class WorkflowExecutor:
             raise BackendError(
                 f"unknown backend {self.backend_kind!r}", hint="use one of: " + ", ".join(BACKENDS)
             )
+        # A step the backend cannot run is refused before any node starts.
+        unfit = backend_problems(workflow.steps, self.backend_kind)
+        if unfit:
+            raise WorkflowValidationError(unfit)
         self.image = image
         self.env = dict(os.environ if env is None else env)
         self.events = events or RunEvents()

@@ -33,6 +33,20 @@ def split_path(expr: str) -> list[str]:
     return [p for p in _INDEX_RE.sub(r".\1", expr.strip()).split(".") if p != ""]
 
 
+def step_name_of(parts: list[str], names: Any) -> tuple[str | None, list[str]]:
+    """The step name at the start of ``parts`` and the path after it.
+
+    Step names may hold dots (``get.v1``), which the path splits: the longest
+    run of parts that is a name wins (``results.get.v1.output`` reads
+    ``output`` of ``get.v1`` even when a step ``get`` exists too).
+    """
+    for cut in range(len(parts), 0, -1):
+        name = ".".join(parts[:cut])
+        if name in names:
+            return name, parts[cut:]
+    return None, parts[1:]
+
+
 def _keys_of(value: Any) -> str:
     if isinstance(value, Mapping):
         keys = list(value.keys())
@@ -161,15 +175,15 @@ class Scope:
                 raise PlaceholderError(
                     "${results} needs a step name: ${results.<step>.<field>}"
                 )
-            step = rest[0]
-            if step not in self.results:
+            step, path = step_name_of(rest, self.results)
+            if step is None:
                 known = ", ".join(self.results) or "(none yet)"
                 raise PlaceholderError(
-                    f"no results for step {step!r}",
+                    f"no results for step {rest[0]!r}",
                     hint=f"steps with results so far: {known}; a step's results "
                     "exist only after it has run",
                 )
-            return traverse(self.results[step], rest[1:], f"results.{step}")
+            return traverse(self.results[step], path, f"results.{step}")
         if head == "nodes":
             if not rest:
                 raise PlaceholderError("${nodes} needs a node name: ${nodes.<name>.url}")

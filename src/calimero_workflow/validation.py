@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,6 +19,16 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Placeholders that only get a value when the step runs.
 _DEFERRED_RE = re.compile(r"\$\{[^{}]+\}|\{\{[^{}]+\}\}")
+
+#: Keys whose values are credentials: the ones the action masks in its
+#: ``env`` input (action._SECRET_KEY), less the bare ``KEY`` (an app's ``key``
+#: argument is data). Everything under a remote node's ``auth`` is one too.
+SECRET_KEY_RE = re.compile(
+    r"TOKEN|SECRET|PASSW|PASS$|API_?KEY|PRIVATE|SIGNING_?KEY|CREDENTIAL|COOKIE|SESSION|^AUTH",
+    re.I,
+)
+#: The password of a URL's user part: ``scheme://user:password@host``.
+_URL_PASSWORD_RE = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 
 
 def contains_deferred(value: Any) -> bool:
@@ -67,6 +78,57 @@ def value_at(raw: Any, path: Iterable[Any]) -> Any:
     return node
 
 
+def is_secret_path(path: Iterable[Any]) -> bool:
+    """Whether the value at ``path`` is a credential that no message may show."""
+    return any(isinstance(part, str) and SECRET_KEY_RE.search(part) for part in path)
+
+
+def mask_credentials(value: Any) -> Any:
+    """``value`` with credentials hidden: values under secret keys, and the
+    passwords of URLs (``http://user:***@host``)."""
+    if isinstance(value, str):
+        return _URL_PASSWORD_RE.sub(r"\1:***@", value)
+    if isinstance(value, dict):
+        return {
+            k: "***" if is_secret_path([k]) else mask_credentials(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_credentials(v) for v in value]
+    return value
+
+
+def shown_value(value: Any, path: Iterable[Any] = ()) -> str:
+    """A value as an error message shows it: JSON, credentials hidden."""
+    if is_secret_path(path):
+        return "***"
+    if value is None:
+        return "null"
+    text = json.dumps(mask_credentials(value), default=str, ensure_ascii=False)
+    if len(text) > 120:
+        text = f"{text[:60]}…{text[-20:]} ({len(text)} characters)"
+    return text
+
+
+_SINGULAR = {"groups": "group", "operations": "operation", "nodes": "node", "steps": "step"}
+
+
+def describe_path(raw: Any, path: tuple[Any, ...]) -> str:
+    """A mapping's place, for messages: ``remote_nodes.r.auth``, or ``group
+    'g'`` for an item of a list whose items are named."""
+    if (
+        len(path) >= 2
+        and isinstance(path[-1], int)
+        and isinstance(path[-2], str)
+        and isinstance(value_at(raw, path), dict)
+        and isinstance(value_at(raw, path).get("name"), str)
+    ):
+        name = value_at(raw, path)["name"]
+        owner = describe_path(raw, path[:-2])
+        what = f"{_SINGULAR.get(path[-2], path[-2])} {name!r}"
+        return f"{owner}: {what}" if owner else what
+    return ".".join(str(p) for p in path)
+
+
 def _field_names(model: type[BaseModel]) -> list[str]:
     names = []
     for name, info in model.model_fields.items():
@@ -76,28 +138,47 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return names
 
 
+def _members(annotation: Any) -> list[Any]:
+    """The types of a union, ``Optional`` or ``Annotated`` (``None`` left out)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _inner(annotation: Any, part: Any) -> list[Any]:
+    """The types that may hold the value at ``part`` inside ``annotation``."""
+    found = []
+    for tp in _members(annotation):
+        origin, args = get_origin(tp), get_args(tp)
+        if _is_model(tp) and part == tp.__name__:
+            found.append(tp)  # the tag of a union's member in an error's location
+        elif _is_model(tp):
+            for name, info in tp.model_fields.items():
+                if part in (name, info.alias, info.validation_alias):
+                    found.append(info.annotation)
+        elif origin in (dict, Mapping) and len(args) == 2:
+            found.append(args[1])
+        elif origin in (list, Sequence) and args and isinstance(part, int):
+            found.append(args[0])
+    return found
+
+
 def _model_at(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
-    """Follow ``path`` through nested model fields to the model that owns it."""
-    current: Any = model
+    """Follow ``path`` through nested models, mappings and lists to the model
+    of the mapping it names (``remote_nodes.r.auth`` → the auth model)."""
+    current: list[Any] = [model]
     for part in path:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        current = [tp for outer in current for tp in _inner(outer, part)]
+        if not current:
             return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next(
-            (
-                c
-                for c in candidates
-                if isinstance(c, type) and issubclass(c, BaseModel)
-            ),
-            None,
-        )
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return current
-    return None
+    return next((m for tp in current for m in _members(tp) if _is_model(m)), None)
 
 
 def problems_from_validation(
@@ -121,21 +202,31 @@ def problems_from_validation(
     # name in the location (`args.0.str`, `args.0.int`…): group them by the
     # part of the location that exists in the data and say it once.
     grouped: dict[tuple[Any, ...], list[tuple[dict, tuple[Any, ...]]]] = {}
+    # A typo explains the key it misses: `step:` for `steps:` is said once.
+    suggested: set[tuple[Any, ...]] = set()
+    # ...and a union's other members (`str`) need not say they are no mapping.
+    typo_in: set[tuple[Any, ...]] = set()
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(_plain_tag(p) for p in err["loc"])
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
         kind = err["type"]
         if kind == "extra_forbidden":
             name = loc[-1] if loc else "?"
-            owner = _model_at(model, loc[:-1]) or model
-            allowed = sorted(set(_field_names(owner)))
+            parent = _data_path(raw, loc[:-1])
+            owner = _model_at(model, loc[:-1]) or (model if not parent else None)
+            allowed = sorted(set(_field_names(owner))) if owner is not None else []
             close = difflib.get_close_matches(str(name), allowed, n=1)
             hint = f"did you mean {close[0]!r}?" if close else None
+            if close:
+                suggested.add((*parent, close[0]))
+            typo_in.add(parent)
             if hint is None and allowed:
                 hint = "allowed keys: " + ", ".join(allowed)
+            where = describe_path(raw, parent)
             problems.append(
                 Problem(
-                    f"{prefix}unknown key {name!r}",
-                    locate(raw, loc, file, key=True),
+                    f"{prefix}{where + ': ' if where else ''}unknown key {name!r}",
+                    locate(raw, (*parent, name), file, key=True),
                     hint,
                 )
             )
@@ -151,14 +242,27 @@ def problems_from_validation(
         if tolerate_deferred and "missing" not in kinds and contains_deferred(value):
             continue
         dotted = ".".join(str(p) for p in data_path) or "(value)"
+        named = describe_path(raw, data_path[:-1])
+        if data_path and named != ".".join(str(p) for p in data_path[:-1]):
+            dotted = f"{named}: {data_path[-1]}"  # group 'g': count
         if "missing" in kinds:
+            if data_path in suggested:
+                continue
+            where = describe_path(raw, data_path[:-1])
             problems.append(
-                Problem(f"{prefix}missing required key {dotted!r}", locate(raw, data_path[:-1], file))
+                Problem(
+                    f"{prefix}{where + ': ' if where else ''}missing required key {str(data_path[-1])!r}",
+                    locate(raw, data_path[:-1], file),
+                )
             )
             continue
-        shown = json.dumps(value, default=str, ensure_ascii=False) if value is not None else "null"
-        if len(errors) == 1:
-            message = errors[0][0]["msg"]
+        if data_path in typo_in:
+            continue
+        shown = shown_value(value, data_path)
+        # Of a union's complaints, our own check (a NUL in text…) says most.
+        own = [e for e, _ in errors if e["type"] == "value_error"]
+        if len(errors) == 1 or own:
+            message = (own or [errors[0][0]])[0]["msg"]
             if message.startswith("Value error, "):
                 message = message[len("Value error, ") :]
         else:
@@ -175,6 +279,13 @@ def problems_from_validation(
             continue
         problems.append(Problem(f"{prefix}{dotted}: {message} (got {shown})", locate(raw, data_path, file)))
     return problems
+
+
+def _plain_tag(part: Any) -> Any:
+    """``function-after[_no_nul(), str]`` (a checked union member) → ``str``."""
+    if isinstance(part, str) and part.startswith("function-") and ", " in part:
+        return part.rsplit(", ", 1)[1].rstrip("]")
+    return part
 
 
 def _data_path(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:

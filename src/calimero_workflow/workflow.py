@@ -22,13 +22,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .backends.base import NodeSpec
 from .errors import Location, Problem, WorkflowValidationError
 from .steps import load_builtin_steps
-from .steps.base import BaseStep, StepRegistry, ValidationContext, registry
+from .steps.base import (
+    BaseStep,
+    EnvName,
+    PathText,
+    StepRegistry,
+    ValidationContext,
+    registry,
+)
 from .validation import validate_model
-from .yamlsrc import LocatedDict, LocatedList, load_yaml, unescape_literals
+from .yamlsrc import (
+    RAW_COMMAND_SECTIONS,
+    LocatedDict,
+    LocatedList,
+    load_yaml,
+    unescape_literals,
+)
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
-#: Keys of ``nodes:`` that configure all nodes rather than name one.
+#: Keys of ``nodes:`` that configure all nodes rather than name one
+#: (merobox's RESERVED_NODE_CONFIG_KEYS, plus ``chain_id`` and ``init_args``,
+#: which its NodesConfig declares).
 RESERVED_NODE_KEYS = frozenset(
     {
         "count",
@@ -40,8 +55,13 @@ RESERVED_NODE_KEYS = frozenset(
         "use_image_entrypoint",
         "mdns",
         "network_admin",
+        "chain_id",
+        "init_args",
     }
 )
+#: How close an unknown key must be to a known one to be taken for its typo
+#: (difflib's ratio): `nmae` → `name` is 0.75, `variables` → anything far less.
+TYPO_CUTOFF = 0.75
 
 
 class _Strict(BaseModel):
@@ -54,8 +74,8 @@ class NodeSettings(_Strict):
     image: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     rpc_port: int | None = Field(default=None, ge=1, le=65535)
-    data_dir: str | None = None
-    config_path: str | None = None
+    data_dir: PathText | None = None
+    config_path: PathText | None = None
     use_image_entrypoint: bool = False
     mock_tee: bool = False
     mdns: bool | None = None
@@ -70,10 +90,14 @@ class NodesSection(_Strict):
     image: str | None = None
     base_port: int | None = Field(default=None, ge=1, le=65535)
     base_rpc_port: int | None = Field(default=None, ge=1, le=65535)
-    config_path: str | None = None
+    config_path: PathText | None = None
     use_image_entrypoint: bool = False
     mdns: bool | None = None
     network_admin: bool = True
+    #: merobox's chain id for its nodes; nodes here have no chain to join.
+    chain_id: str | int | None = None
+    #: merobox's extra `merod init` arguments (see the note where it is used).
+    init_args: list[str] | str | None = None
 
     @field_validator("prefix")
     @classmethod
@@ -106,6 +130,28 @@ class RemoteNodeSettings(_Strict):
     auth: RemoteAuth | None = None
     description: str | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # The messages never repeat the URL: its user part may hold a password.
+        if any(ch.isspace() or ch == "\0" for ch in value):
+            raise ValueError("a URL cannot hold spaces or control characters")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            reason = "its port is not a number from 0 to 65535" if "port" in str(exc).lower() else "it cannot be parsed"
+            raise ValueError(f"not a usable URL: {reason}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(
+                f"a remote node is reached over http:// or https://, not {parts.scheme + '://' if parts.scheme else 'a URL without a scheme'}"
+            )
+        if not parts.hostname:
+            raise ValueError("the URL names no host (e.g. http://node.example:2528)")
+        if port == 0:
+            raise ValueError("port 0 cannot be reached")
+        return value
+
 
 class SandboxSettings(_Strict):
     """A chain sandbox container started before the nodes."""
@@ -115,7 +161,7 @@ class SandboxSettings(_Strict):
     #: An HTTP path that answers 2xx when ready; without it, any answer will do.
     ready_path: str | None = None
     command: list[str] | str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     timeout: float = Field(default=60, gt=0)
 
 
@@ -123,11 +169,11 @@ class ContractsSettings(_Strict):
     """Deploy contracts into the sandbox; the command prints a JSON object."""
 
     #: Copied to /contracts in the deploy container (relative to the workflow).
-    dir: str | None = None
+    dir: PathText | None = None
     command: list[str] | str
     #: Image of the deploy container (default: the sandbox image).
     image: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     timeout: float = Field(default=300, gt=0)
 
 
@@ -156,6 +202,15 @@ class WorkflowSettings(_Strict):
     bootstrap_nodes: list[str] = Field(default_factory=list)
     sandbox: SandboxSettings | None = None
     contracts: ContractsSettings | None = None
+    # merobox settings that mean nothing (or something else) here; see _notes.
+    no_docker: bool = False
+    binary_path: str | None = None
+    near_devnet: bool | None = None
+    contracts_dir: str | None = None
+    topology: dict[str, Any] | None = None
+    auth_image: str | None = None
+    auth_use_cached: bool = False
+    webui_use_cached: bool = False
 
 
 @dataclass
@@ -194,6 +249,10 @@ class Workflow:
             password = urlsplit(remote.url).password
             if password:
                 secrets.append(password)
+        # merobox's per-step `token:` (a JWT), unused but written in the file.
+        secrets.extend(
+            s.raw["token"] for s in _all_steps(self.steps) if isinstance(s.raw.get("token"), str)
+        )
         return secrets
 
     def location(self, *keys: Any) -> Location:
@@ -235,8 +294,57 @@ def _subset(raw: dict, keys: frozenset[str]) -> LocatedDict:
     return out
 
 
+def _unknown_key(
+    key: Any, known: list[str], where: str, loc: Location, problems: list[Problem], notes: list[str]
+) -> None:
+    """A key merobox would let through: a typo of a known key is an error
+    (our typo protection), anything else a note that it is ignored."""
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=TYPO_CUTOFF)
+    if close:
+        problems.append(
+            Problem(f"{where}: unknown key {key!r}", loc, hint=f"did you mean {close[0]!r}?")
+        )
+    else:
+        notes.append(
+            f"{loc}: {where}: key {key!r} is not a setting here and is ignored "
+            "(merobox lets unknown keys through too)"
+        )
+
+
+def _port_problems(
+    raw: Any, shared: NodesSection, file: Path | None
+) -> list[Problem]:
+    """Count mode: every node's ports, base + index, must be real ports and apart."""
+    problems = []
+    count = shared.count or 0
+    ranges = {}
+    for key in ("base_port", "base_rpc_port"):
+        base = getattr(shared, key)
+        if base is None:
+            continue
+        ranges[key] = range(base, base + count)
+        if base + count - 1 > 65535:
+            problems.append(
+                Problem(
+                    f"nodes: {key} {base} with {count} nodes needs ports up to {base + count - 1}; "
+                    "the highest port is 65535",
+                    Location(file, *raw.value_pos(key)),
+                    hint=f"use a {key} of at most {65536 - count}",
+                )
+            )
+    if len(ranges) == 2 and set(ranges["base_port"]) & set(ranges["base_rpc_port"]):
+        problems.append(
+            Problem(
+                "nodes: the swarm ports (base_port) and the server ports (base_rpc_port) overlap",
+                Location(file, *raw.value_pos("base_rpc_port")),
+                hint=f"keep them at least {count} apart, e.g. base_port: 2428, base_rpc_port: 2528",
+            )
+        )
+    return problems
+
+
 def _parse_nodes(
-    raw: Any, file: Path | None, problems: list[Problem], top: LocatedDict
+    raw: Any, file: Path | None, problems: list[Problem], top: LocatedDict, notes: list[str]
 ) -> list[NodeSpec]:
     if raw is None:
         return []
@@ -260,17 +368,14 @@ def _parse_nodes(
         return []
     specs: list[NodeSpec] = []
     if shared.count is not None:
+        # merobox's count mode refuses only config_path; other keys pass.
         for key in named_raw:
             line, col = raw.key_pos(key) if isinstance(raw, LocatedDict) else (loc.line, loc.col)
-            close = difflib.get_close_matches(str(key), sorted(RESERVED_NODE_KEYS), n=1)
-            problems.append(
-                Problem(
-                    f"nodes: unknown key {key!r} in count mode",
-                    Location(file, line, col),
-                    hint=(f"did you mean {close[0]!r}? " if close else "")
-                    + "count mode takes: " + ", ".join(sorted(RESERVED_NODE_KEYS)),
-                )
+            _unknown_key(
+                key, sorted(RESERVED_NODE_KEYS), "nodes (count mode)", Location(file, line, col),
+                problems, notes,
             )
+        problems.extend(_port_problems(raw, shared, file))
         if shared.config_path:
             problems.append(
                 Problem(
@@ -289,6 +394,7 @@ def _parse_nodes(
                 )
             )
         return specs
+    used: dict[int, str] = {}
     for name, value in named_raw.items():
         node_loc = Location(file, *raw.key_pos(name)) if isinstance(raw, LocatedDict) else loc
         if not isinstance(name, str) or not _NODE_NAME_RE.match(name):
@@ -306,6 +412,18 @@ def _parse_nodes(
         problems.extend(Problem(p.message, p.location or node_loc, p.hint) for p in found)
         if settings is None:
             continue
+        for key in ("port", "rpc_port"):
+            port = getattr(settings, key)
+            if port is not None and port in used:
+                problems.append(
+                    Problem(
+                        f"nodes: node {name!r} uses port {port}, which {used[port]} uses already",
+                        Location(file, *value.value_pos(key)) if isinstance(value, LocatedDict) else node_loc,
+                        hint="give every node its own port and rpc_port",
+                    )
+                )
+            elif port is not None:
+                used[port] = f"node {name!r}"
         specs.append(
             NodeSpec(
                 name=name,
@@ -391,10 +509,14 @@ def _all_steps(steps: list[BaseStep]):
 _NESTED_KEYS = frozenset({"steps", "groups", "operations"})
 
 
-def _unknown_result_refs(steps: list[BaseStep], node_names: set[str] | None = None) -> list[Problem]:
+def _unknown_result_refs(
+    steps: list[BaseStep], node_names: set[str] | None = None, *, invalid: set[str] = frozenset()
+) -> list[Problem]:
     """``${results.X…}`` where no step anywhere is named X, or that only runs
-    later, and ``${nodes.N…}`` where the run has no node N, can never resolve."""
-    from .placeholders import DOLLAR, Resolver, split_path
+    later, and ``${nodes.N…}`` where the run has no node N, can never resolve.
+    A name of a step that is itself invalid (``invalid``) is left to that
+    step's own error."""
+    from .placeholders import DOLLAR, Resolver, split_path, step_name_of
 
     everything = list(_all_steps(steps))
     names = {s.explicit_name for s in everything if s.explicit_name}
@@ -429,23 +551,25 @@ def _unknown_result_refs(steps: list[BaseStep], node_names: set[str] | None = No
                     continue
                 if len(parts) < 2 or parts[0] != "results" or parts[1] in ("sandbox", "deploy_contracts"):
                     continue
-                later = first_top.get(parts[1], -1) > top_of.get(id(step), 0)
+                # A name with dots (`get.v1`) is matched longest first.
+                name = step_name_of(parts[1:], names | invalid)[0] or parts[1]
+                later = first_top.get(name, -1) > top_of.get(id(step), 0)
                 if later:
-                    runs_at = steps[first_top[parts[1]]].location.line
+                    runs_at = steps[first_top[name]].location.line
                     problems.append(
                         step.problem(
-                            f"${{{expr}}} names step {parts[1]!r}, which runs later (line {runs_at})",
+                            f"${{{expr}}} names step {name!r}, which runs later (line {runs_at})",
                             key=key,
                             hint="a step's results exist only after it has run; move the step "
                             "or read another one",
                         )
                     )
                     continue
-                if parts[1] not in names:
-                    close = difflib.get_close_matches(parts[1], sorted(names), n=1)
+                if name not in names and name not in invalid:
+                    close = difflib.get_close_matches(name, sorted(names), n=1)
                     problems.append(
                         step.problem(
-                            f"${{{expr}}} names step {parts[1]!r}, but no step has that name",
+                            f"${{{expr}}} names step {name!r}, but no step has that name",
                             key=key,
                             hint=(f"did you mean {close[0]!r}? " if close else "")
                             + "give the step a `name:`; named steps: " + (", ".join(sorted(names)) or "(none)"),
@@ -460,7 +584,7 @@ def _ambiguous_names(steps: list[BaseStep], raw: Any) -> list[Problem]:
     merobox files often reuse names (they pass values with ``outputs:``); a
     ``${results…}`` reference to a reused name would be ambiguous.
     """
-    from .placeholders import DOLLAR, Resolver, split_path
+    from .placeholders import DOLLAR, Resolver, split_path, step_name_of
 
     first: dict[str, BaseStep] = {}
     reused: dict[str, BaseStep] = {}
@@ -486,7 +610,7 @@ def _ambiguous_names(steps: list[BaseStep], raw: Any) -> list[Problem]:
     for expr in Resolver((DOLLAR,)).references(raw):
         parts = split_path(expr)
         if len(parts) >= 2 and parts[0] == "results":
-            referenced.add(parts[1])
+            referenced.add(step_name_of(parts[1:], set(first))[0] or parts[1])
     problems = []
     for name, step in reused.items():
         if name in referenced:
@@ -506,8 +630,17 @@ def load_workflow(
     *,
     environ: Mapping[str, str] | None = None,
     check_files: bool = True,
+    backend: str | None = None,
+    for_run: bool = False,
 ) -> Workflow:
-    """Load and validate a workflow file."""
+    """Load and validate a workflow file.
+
+    ``backend`` is the backend chosen on the command line (it wins over the
+    file's ``backend:``); with ``for_run`` the file is about to run, so a
+    file that names none runs embedded. Steps the backend cannot run are
+    then refused here; when the backend is not known (``validate``), the
+    executor refuses them before any node starts.
+    """
     load_builtin_steps()
     file = Path(path)
     try:
@@ -531,7 +664,9 @@ def load_workflow(
         ) from None
     except OSError as exc:
         raise WorkflowValidationError([Problem(f"cannot read workflow file {file}: {exc.strerror or exc}")]) from None
-    return parse_workflow(text, file=file, environ=environ, check_files=check_files)
+    return parse_workflow(
+        text, file=file, environ=environ, check_files=check_files, backend=backend, for_run=for_run
+    )
 
 
 def parse_workflow(
@@ -540,7 +675,10 @@ def parse_workflow(
     file: Path | None = None,
     environ: Mapping[str, str] | None = None,
     check_files: bool = True,
+    backend: str | None = None,
+    for_run: bool = False,
 ) -> Workflow:
+    """Parse and validate a workflow's text (see :func:`load_workflow`)."""
     load_builtin_steps()
     env = dict(os.environ if environ is None else environ)
     data = load_yaml(text, source_file=file, environ=env)
@@ -554,12 +692,19 @@ def parse_workflow(
                 )
             ]
         )
+    problems: list[Problem] = []
+    notes: list[str] = []
+    # Before `$${` is unescaped: there it is the shell's own `${`.
+    problems.extend(_command_problems(data, file))
     # Steps resolve `$${` themselves when they run; the settings never do.
     unescape_literals(data, skip=frozenset({"steps"}))
-    problems: list[Problem] = []
-    settings, found = validate_model(WorkflowSettings, data, file, what="workflow")
+    known = sorted(_field_names(WorkflowSettings))
+    for key in data:
+        if key not in known:
+            _unknown_key(key, known, "workflow", Location(file, *data.key_pos(key)), problems, notes)
+    settings, found = validate_model(WorkflowSettings, _subset(data, frozenset(known)), file, what="workflow")
     problems.extend(found)
-    nodes = _parse_nodes(data.get("nodes"), file, problems, data)
+    nodes = _parse_nodes(data.get("nodes"), file, problems, data, notes)
     names = [n.name for n in nodes]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(Problem(f"node name {dup!r} is defined twice", Location(file, *data.value_pos("nodes"))))
@@ -603,15 +748,101 @@ def parse_workflow(
     )
     problems.extend(validate_steps(steps, vctx))
     problems.extend(_ambiguous_names(steps, data.get("steps")))
-    problems.extend(_unknown_result_refs(steps, set(names) | remote))
+    problems.extend(
+        _unknown_result_refs(steps, set(names) | remote, invalid=_raw_step_names(data.get("steps")))
+    )
+    kind = backend or (settings.backend if settings else None) or ("embedded" if for_run else None)
+    if kind is not None:
+        problems.extend(backend_problems(steps, kind))
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(
-        path=file, settings=settings, raw=data, nodes=nodes, steps=steps, notes=_notes(settings)
+        path=file, settings=settings, raw=data, nodes=nodes, steps=steps,
+        notes=_notes(settings, data) + _step_notes(steps) + notes,
     )
 
 
-def _notes(settings: WorkflowSettings) -> list[str]:
+def backend_problems(steps: list[BaseStep], kind: str) -> list[Problem]:
+    """Steps the backend ``kind`` cannot run (a script in node containers
+    needs containers: the docker backend)."""
+    problems = []
+    if kind == "docker":
+        return problems
+    for step in _all_steps(steps):
+        if step.type_name == "script" and step.raw.get("target") == "nodes":
+            problems.append(
+                step.problem(
+                    f"`target: nodes` runs the script inside node containers, and the {kind} "
+                    "backend has none",
+                    key="target",
+                    hint="use `target: local`, or run with `backend: docker` (--backend docker)",
+                )
+            )
+    return problems
+
+
+def _command_problems(data: LocatedDict, file: Path | None) -> list[Problem]:
+    """``${…}`` in a container's ``command`` (kept raw, see yamlsrc.RAW_COMMAND_SECTIONS)."""
+    problems = []
+    for section in sorted(RAW_COMMAND_SECTIONS):
+        raw = data.get(section)
+        if not isinstance(raw, LocatedDict):
+            continue
+        command = raw.get("command")
+        texts = [command] if isinstance(command, str) else command if isinstance(command, list) else []
+        if any(isinstance(t, str) and _UNESCAPED_DOLLAR_RE.search(t) for t in texts):
+            problems.append(
+                Problem(
+                    f"`${{...}}` is not expanded inside `{section}.command` (values would become shell text)",
+                    Location(file, *raw.value_pos("command")),
+                    hint=f"pass values through `{section}.env:` (e.g. env: {{NET: \"${{NET}}\"}}) and use "
+                    "$NET in the command; write $${NAME} for the shell's own ${NAME}",
+                )
+            )
+    return problems
+
+
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\$)\$\{")
+
+
+def _field_names(model: type) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _raw_step_names(raw_steps: Any) -> set[str]:
+    """Every ``name:`` of a step in the file, nested ones too, valid or not."""
+    names: set[str] = set()
+    for item in raw_steps if isinstance(raw_steps, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("name"), str):
+            names.add(item["name"])
+        names |= _raw_step_names(item.get("steps"))
+        for nested in ("groups", "operations"):
+            for entry in item.get(nested) if isinstance(item.get(nested), list) else []:
+                if isinstance(entry, dict):
+                    names |= _raw_step_names(entry.get("steps"))
+    return names
+
+
+def _step_notes(steps: list[BaseStep]) -> list[str]:
+    """merobox step keys accepted here with another meaning, said once each."""
+    notes = []
+    everything = list(_all_steps(steps))
+    if any("token" in s.raw for s in everything):
+        notes.append(
+            "token: a step's own JWT is not used; steps reach a node with its own credentials "
+            "(remote_nodes.<name>.auth)"
+        )
+    if any(s.raw.get("unauthenticated") for s in everything):
+        notes.append(
+            "unauthenticated: calls are sent with the node's credentials, if it has any "
+            "(local nodes need none)"
+        )
+    return notes
+
+
+def _notes(settings: WorkflowSettings, data: LocatedDict) -> list[str]:
     """Settings merobox knows that mean nothing (or something else) here."""
     notes = []
     if settings.e2e_mode:
@@ -624,13 +855,40 @@ def _notes(settings: WorkflowSettings) -> list[str]:
             "restart / stop_all_nodes: every run starts its own fresh nodes and removes "
             "them at the end; nodes of other runs are never touched"
         )
-    if settings.auth_service or settings.auth_mode:
+    if (
+        settings.auth_service or settings.auth_mode or settings.auth_image
+        or settings.auth_use_cached or settings.webui_use_cached
+    ):
         notes.append(
-            "auth_service / auth_mode: no auth proxy is started; to test an authenticating "
-            "node, list it under remote_nodes with its auth"
+            "auth_service / auth_mode / auth_image / auth_use_cached / webui_use_cached: no auth "
+            "proxy or web UI is started; to test an authenticating node, list it under "
+            "remote_nodes with its auth"
         )
     if settings.preserve_default_bootstrap or settings.bootstrap_nodes:
         notes.append("bootstrap_nodes / preserve_default_bootstrap: nodes only peer with the nodes of this run")
+    if settings.no_docker or settings.binary_path:
+        notes.append(
+            "no_docker / binary_path: merobox's binary mode; here local nodes run embedded "
+            "unless `backend: docker` (or --backend docker) asks for containers"
+        )
+    if settings.near_devnet or settings.contracts_dir:
+        notes.append(
+            "near_devnet / contracts_dir: no NEAR devnet is started; use `sandbox:` and "
+            "`contracts:` for a chain sandbox"
+        )
+    if settings.topology:
+        notes.append(
+            "topology: there is no boot-node or NAT topology; the nodes of a run reach each "
+            "other directly"
+        )
+    nodes = data.get("nodes")
+    if isinstance(nodes, dict) and "chain_id" in nodes:
+        notes.append("nodes.chain_id: nodes here join no chain; the setting is ignored")
+    if isinstance(nodes, dict) and nodes.get("init_args"):
+        notes.append(
+            "nodes.init_args: not passed to the nodes (embedded nodes have no `merod init`, and "
+            "Docker nodes get extra init arguments only from `contracts:`)"
+        )
     return notes
 
 

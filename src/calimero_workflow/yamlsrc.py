@@ -14,6 +14,7 @@ and ``$${…}`` stays a literal ``${…}``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ RUNTIME_NAMES = frozenset(
 #: Keys whose text is a shell command (``script.run``): ``${VAR}`` there is
 #: left to the shell, never expanded by us, so no value becomes shell text.
 RAW_KEYS = frozenset({"run"})
+#: Top-level sections whose ``command`` runs in a container, usually through
+#: ``sh -c``: kept raw like ``run`` (values reach them through ``env:``).
+RAW_COMMAND_SECTIONS = frozenset({"sandbox", "contracts"})
 
 _ENV_RE = re.compile(r"\$(\$?)\{([^{}]*)\}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -89,11 +93,7 @@ def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
-#: libyaml's parser when PyYAML has it (about three times faster), else Python's.
-_SafeBase = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_SafeBase):  # type: ignore[misc,valid-type]
+class _LoaderMixin:
     """SafeLoader building located containers and refusing duplicate keys."""
 
     source_file: Path | None = None
@@ -102,20 +102,82 @@ class _Loader(_SafeBase):  # type: ignore[misc,valid-type]
 
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node, self)
-        return super().construct_document(node)
+        self.root_node = node
+        self.raw_nodes: set[int] = set()
+        return super().construct_document(node)  # type: ignore[misc]
 
+
+class _PyLoader(_LoaderMixin, yaml.SafeLoader):
+    """The loader on PyYAML's pure-Python parser."""
+
+
+#: libyaml's parser when PyYAML has it (about three times faster), else Python's.
+#: The two differ in details (a plain scalar's style is ``''`` in one and
+#: ``None`` in the other); tests load through both.
+_CLoader: type | None = None
+if hasattr(yaml, "CSafeLoader"):
+
+    class _CLoader(_LoaderMixin, yaml.CSafeLoader):  # type: ignore[no-redef]
+        """The loader on libyaml's parser."""
+
+
+_Loader: type = _CLoader or _PyLoader
 
 #: Values a document may hold once its aliases are expanded. A workflow holds a
 #: few thousand; nested aliases ("billion laughs") reach millions from a few lines.
 MAX_EXPANDED_VALUES = 200_000
 
 
-def _check_expansion(root: yaml.Node, loader: _Loader) -> None:
+#: Levels of nesting a document may have; a workflow needs about ten, and every
+#: later walk over the data recurses once per level.
+MAX_DEPTH = 100
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _depth(root: yaml.Node) -> int:
+    """How deeply ``root`` nests once its aliases are expanded (without
+    recursion: this runs before anything else may walk the data)."""
+    depths: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            depths[key] = 1 + max((depths.get(id(c), 0) for c in _children(node)), default=0)
+            if depths[key] > MAX_DEPTH:
+                return depths[key]
+            continue
+        if key in depths or key in on_path:  # known, or a recursive alias
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+    return depths.get(id(root), 1)
+
+
+def _check_expansion(root: yaml.Node, loader: Any) -> None:
     """Refuse documents whose aliases expand past :data:`MAX_EXPANDED_VALUES`.
 
     Every later walk over the data (validation, placeholders) visits each
     alias again, so the expanded size is what costs time and memory.
     """
+    depth = _depth(root)
+    if depth > MAX_DEPTH:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"the document nests {depth} levels deep (the limit is {MAX_DEPTH})",
+            root.start_mark,
+        )
     sizes: dict[int, int] = {}
     pending: set[int] = set()
 
@@ -167,19 +229,75 @@ def _first_alias_mark(root: yaml.Node, sizes: dict[int, int]) -> yaml.Mark | Non
     return best[1] if best else None
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
+def _expanded_type(loader: Any, node: yaml.MappingNode) -> str | None:
+    """A step mapping's ``type`` as it will read once ``${VAR}`` is expanded."""
+    for key_node, value_node in node.value:
+        if (
+            isinstance(key_node, yaml.ScalarNode)
+            and key_node.value == "type"
+            and isinstance(value_node, yaml.ScalarNode)
+        ):
+            # Problems are reported when the value itself is constructed.
+            return expand_env(value_node.value, loader.environ, problems=[])
+    return None
+
+
+def _raw_value_nodes(loader: Any, node: yaml.MappingNode) -> set[int]:
+    """Value nodes of ``node`` (or of the sections below the document's top)
+    that are shell text: constructed as written, never env-expanded."""
+    raw: set[int] = set()
+    # Only a script step's `run` is shell text; a `run` key elsewhere (in
+    # call args, say) is data like any other. The type is read after
+    # expansion, so `type: ${T:-script}` protects `run` as well.
+    if _expanded_type(loader, node) == "script":
+        raw.update(id(v) for k, v in node.value if getattr(k, "value", None) in RAW_KEYS)
+    if node is loader.root_node:
+        for key_node, section in node.value:
+            if getattr(key_node, "value", None) in RAW_COMMAND_SECTIONS and isinstance(
+                section, yaml.MappingNode
+            ):
+                raw.update(id(v) for k, v in _pairs(section) if getattr(k, "value", None) == "command")
+    return raw
+
+
+def _pairs(node: yaml.MappingNode) -> Any:
+    """The entries of a mapping not yet flattened, those merged in with ``<<:`` too."""
+    for key_node, value_node in node.value:
+        if key_node.tag != "tag:yaml.org,2002:merge":
+            yield key_node, value_node
+        elif isinstance(value_node, yaml.MappingNode):
+            yield from _pairs(value_node)
+        elif isinstance(value_node, yaml.SequenceNode):
+            for item in value_node.value:
+                if isinstance(item, yaml.MappingNode):
+                    yield from _pairs(item)
+
+
+def _construct_raw(loader: Any, node: yaml.Node) -> Any:
+    """Shell text as written: scalars as strings, lists of them kept located."""
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        result = LocatedList()
+        result.line, result.col = _pos(node.start_mark)
+        for child in node.value:
+            result.append(_construct_raw(loader, child))
+            result.item_marks.append(_pos(child.start_mark))
+        return result
+    return loader.construct_object(node, deep=True)
+
+
+def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LocatedDict:
+    explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
+    # flatten_mapping puts the entries of `<<: *anchor` first.
+    merged = len(node.value) - explicit
+    loader.raw_nodes.update(_raw_value_nodes(loader, node))
     result = LocatedDict()
     result.line, result.col = _pos(node.start_mark)
-    seen: dict[Any, yaml.Node] = {}
-    # Only a script step's `run` is shell text; a `run` key elsewhere (in
-    # call args, say) is data like any other.
-    is_script = any(
-        isinstance(k, yaml.ScalarNode) and k.value == "type"
-        and isinstance(v, yaml.ScalarNode) and v.value == "script"
-        for k, v in node.value
-    )
-    for key_node, value_node in node.value:
+    seen: dict[Any, tuple[yaml.Node, bool]] = {}
+    for index, (key_node, value_node) in enumerate(node.value):
+        from_merge = index < merged
         key = loader.construct_object(key_node, deep=True)
         try:
             hash(key)
@@ -192,21 +310,27 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
             )
             continue
         if key in seen:
-            first = _pos(seen[key].start_mark)
-            loader.problems.append(
-                Problem(
-                    f"key {key!r} is given twice in one mapping "
-                    f"(first at line {first[0]}, again at line "
-                    f"{key_node.start_mark.line + 1})",
-                    Location(loader.source_file, *_pos(key_node.start_mark)),
-                    hint="remove one of them; YAML would silently keep only the last",
+            first, first_merged = seen[key]
+            # Of two merged mappings the first one listed wins. PyYAML's
+            # flatten_mapping lists merged entries so that the winner comes
+            # last (6.0.3 keeps every entry, later mappings first; 6.0.4
+            # keeps only the winner), so a later merged entry replaces.
+            if not first_merged:
+                loader.problems.append(
+                    Problem(
+                        f"key {key!r} is given twice in one mapping "
+                        f"(first at line {first.start_mark.line + 1}, again at line "
+                        f"{key_node.start_mark.line + 1})",
+                        Location(loader.source_file, *_pos(key_node.start_mark)),
+                        hint="remove one of them; YAML would silently keep only the last",
+                    )
                 )
-            )
-            continue
-        seen[key] = key_node
-        if is_script and key in RAW_KEYS and isinstance(value_node, yaml.ScalarNode):
+                continue
+            # A key written out wins over the same key merged in with `<<:`.
+        seen[key] = (key_node, from_merge)
+        if id(value_node) in loader.raw_nodes:
             # The author's own command text: never expanded (see RAW_KEYS).
-            result[key] = loader.construct_scalar(value_node)
+            result[key] = _construct_raw(loader, value_node)
         else:
             result[key] = loader.construct_object(value_node, deep=True)
         result.key_marks[key] = _pos(key_node.start_mark)
@@ -214,7 +338,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
     return result
 
 
-def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
+def _construct_sequence(loader: Any, node: yaml.SequenceNode) -> LocatedList:
     result = LocatedList()
     result.line, result.col = _pos(node.start_mark)
     for child in node.value:
@@ -223,7 +347,7 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList
     return result
 
 
-def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
+def _construct_str(loader: Any, node: yaml.ScalarNode) -> Any:
     value = loader.construct_scalar(node)
     expanded = expand_env(
         value,
@@ -231,7 +355,8 @@ def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
         location=Location(loader.source_file, *_pos(node.start_mark)),
         problems=loader.problems,
     )
-    if expanded is value or node.style is not None:
+    # libyaml gives a plain scalar the style '' and PyYAML's parser None.
+    if expanded is value or node.style not in (None, ""):
         return expanded
     # An unquoted scalar that expanded to something else is typed as YAML
     # would type the expanded text: `count: ${N}` with N=3 gives the int 3.
@@ -244,13 +369,42 @@ def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
     return expanded
 
 
-_Loader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-_Loader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence
-)
-_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+def _readable_scalar(kind: str, construct: Any) -> Any:
+    """``construct`` with its ValueError (a 5,000-digit number, the 13th
+    month) turned into a YAML error at the value."""
+
+    def build(loader: Any, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError) as exc:
+            text = str(node.value)
+            shown = repr(text) if len(text) <= 40 else repr(text[:20] + "…" + text[-10:])
+            if "Exceeds the limit" in str(exc):
+                reason = f"it has {len(text.strip('+-'))} digits (the limit is {sys.get_int_max_str_digits()})"
+            else:
+                reason = str(exc)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown} is not a valid {kind}: {reason}", node.start_mark
+            ) from None
+
+    return build
+
+
+for _loader_class in (_PyLoader, _CLoader):
+    if _loader_class is None:
+        continue
+    _loader_class.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+    )
+    _loader_class.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence
+    )
+    _loader_class.add_constructor("tag:yaml.org,2002:str", _construct_str)
+    for _tag, _kind in (("int", "number"), ("float", "number"), ("timestamp", "date")):
+        _full = f"tag:yaml.org,2002:{_tag}"
+        _loader_class.add_constructor(
+            _full, _readable_scalar(_kind, yaml.SafeLoader.yaml_constructors[_full])
+        )
 
 
 _GENERATOR_CALL_RE = re.compile(
@@ -389,21 +543,52 @@ _QUOTE_HINT = (
     "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
     "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
 )
+_PLAIN_QUOTE_HINT = (
+    "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
+    "plain values as syntax (e.g. message: 'step 2: done')"
+)
+#: An unquoted placeholder that is a whole value inside `{...}` or `[...]`.
+_FLOW_PLACEHOLDER_RE = re.compile(r"(?:(?<=[:\[{,]\s)|(?<=[\[{]))(\$\{[^{}]*\}|\{\{[^{}]*\}\})(?=\s*[,}\]])")
+
+
+def _flow_hint(line: str) -> str:
+    """Quoting inside `{...}`/`[...]`, shown on the user's own line when possible."""
+    fixed = _FLOW_PLACEHOLDER_RE.sub(lambda m: '"' + m.group(1) + '"', line.strip())
+    example = fixed if fixed != line.strip() else 'env: {CTX: "${results.ctx.context_id}"}'
+    return (
+        "inside `{...}` or `[...]`, a value holding `${...}`, `{{...}}`, `: ` or ` #` "
+        f"must be quoted: {example}"
+    )
 
 
 def _yaml_hint(message: str, line: str, mark: yaml.Mark | None) -> str | None:
     """A hint for the usual causes of a YAML error on ``line``."""
     if "aliases expand to" in message:
         return "a workflow does not need nested aliases; write the values out or use `repeat`"
+    if "nesting depth" in message or "levels deep" in message:
+        return "a workflow needs only a few levels of nesting; look for a `[` or `{` that is never closed"
     if "constructor for the tag" in message:
         return "tags (`!!python/…`, `!Ref`…) are not allowed: a workflow is plain data; quote a value that starts with `!`"
     if "recursive" in message:
         return "an alias (`*name`) is used inside the very mapping or list its anchor (`&name`) marks"
+    if "is not a valid number" in message:
+        return "quote it if it is an id or other text: YAML reads unquoted digits as a number"
+    if "is not a valid date" in message:
+        return "quote it if it is text: YAML reads an unquoted YYYY-MM-DD as a date"
+    if "escape" in message or "hexdecimal" in message or "hexadecimal" in message:
+        return (
+            "in a double-quoted value a backslash starts an escape (`\\n`, `\\u00e9`): "
+            "write `\\\\` for a backslash, or use single quotes, where `\\` is an ordinary character"
+        )
     column = mark.column if mark is not None else 0
     if "\t" in line[: column + 1] or ("\t" in line and "cannot start any token" in message):
         return "indent with spaces: YAML does not allow tabs for indentation"
-    if any(token in line for token in ("${", "{{", ": ", "(", " #")):
+    if "flow mapping" in message or "flow sequence" in message or _FLOW_PLACEHOLDER_RE.search(line):
+        return _flow_hint(line)
+    if "(" in line:
         return _QUOTE_HINT
+    if any(token in line for token in ("${", "{{", ": ", " #")):
+        return _PLAIN_QUOTE_HINT
     return None
 
 
@@ -438,6 +623,17 @@ def load_yaml(
     except yaml.YAMLError as exc:
         raise WorkflowValidationError(
             [Problem(f"YAML error: {exc}", Location(source_file, 1))]
+        ) from None
+    except RecursionError:
+        # PyYAML's pure-Python parser recurses once per level.
+        raise WorkflowValidationError(
+            [
+                Problem(
+                    "YAML error: the document nests too deeply",
+                    Location(source_file, 1),
+                    _yaml_hint("levels deep", "", None),
+                )
+            ]
         ) from None
     if loader.problems:
         raise WorkflowValidationError(loader.problems)

@@ -8,15 +8,19 @@ split an argument.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import regex
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import format_embedded
+from ..validation import contains_deferred
 from ..yamlsrc import LocatedList
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
@@ -50,16 +54,26 @@ class AssertConfig(StepConfig):
     contains: Any = Field(default=_MISSING)
     not_contains: Any = Field(default=_MISSING)
     matches: str | None = None
-    greater_than: float | None = None
-    less_than: float | None = None
-    greater_or_equal: float | None = None
-    less_or_equal: float | None = None
+    # int first: `less_than: 3` stays 3 in messages, not 3.0.
+    greater_than: int | float | None = None
+    less_than: int | float | None = None
+    greater_or_equal: int | float | None = None
+    less_or_equal: int | float | None = None
     is_set: bool | None = None
     is_empty: bool | None = None
     statements: list[str | StatementSpec] | None = None
     #: Record a failure without stopping the workflow (still reported failed).
     non_blocking: bool = False
     message: str | None = None
+
+    @field_validator("matches")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value is not None and not contains_deferred(value):
+            problem = pattern_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     def given_checks(self) -> list[str]:
         out = []
@@ -254,20 +268,95 @@ def _ordered(op: str, a: Any, b: Any) -> bool:
     }[op]
 
 
+#: Seconds a regular expression may take on one value when the step sets no
+#: `timeout:`. Python's `re` cannot be stopped once it runs; the `regex`
+#: package (same syntax) takes a timeout, and runs in a worker thread without
+#: holding the interpreter, so the step's timeout and Ctrl-C still work.
+REGEX_TIMEOUT = 5.0
+
+_REGEX_OPS = frozenset({"regex", "matches"})
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a regular expression, or None."""
+    try:
+        regex.compile(pattern)
+    except (regex.error, ValueError, OverflowError) as exc:
+        return f"invalid regular expression {pattern!r}: {exc}"
+    return None
+
+
+async def search(pattern: str, value: Any, limit: float) -> bool:
+    """``re.search`` semantics, bounded by ``limit`` seconds and interruptible."""
+    problem = pattern_problem(pattern)
+    if problem:
+        raise StepFailure(problem, kind="invalid")
+    compiled = regex.compile(pattern)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    try:
+        found = await _in_daemon_thread(lambda: compiled.search(text, timeout=limit, concurrent=True))
+    except TimeoutError:
+        raise StepFailure(
+            f"the regular expression {pattern!r} did not finish within {limit:g} s "
+            f"on a {len(text)}-character value",
+            kind="invalid",
+            hint="the pattern backtracks catastrophically (nested repeats such as `(a|aa)+`); "
+            "simplify it, or raise the step's `timeout:` if the value is just large",
+        ) from None
+    return found is not None
+
+
+async def _in_daemon_thread(work: Any) -> Any:
+    """``work()`` in a daemon thread. A cancelled step (its timeout, Ctrl-C)
+    stops waiting at once, and the process may exit without joining the
+    thread, which ends by itself within its regex timeout."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (work(), None)
+        except BaseException as exc:  # handed to the awaiting step
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="cw-regex", daemon=True).start()
+    return await done
+
+
+def _equal_as_merobox(a: Any, b: Any) -> bool:
+    """merobox compares `a == b` statements as text when they are not both
+    numbers: `{{x}} == None` holds when x is null (``str(None) == "None"``)."""
+    return str(a) == str(b)
+
+
 def evaluate(op: str, values: list[Any]) -> bool:
-    if op in ("equal", "equals", "=="):
+    """Whether a statement holds (regular expressions: see :func:`evaluate_async`)."""
+    if op in ("equal", "equals"):
         return loose_equal(values[0], values[1])
-    if op in ("not_equal", "not_equals", "!="):
+    if op == "==":
+        return loose_equal(values[0], values[1]) or _equal_as_merobox(values[0], values[1])
+    if op in ("not_equal", "not_equals"):
         return not loose_equal(values[0], values[1])
+    if op == "!=":
+        return not (loose_equal(values[0], values[1]) or _equal_as_merobox(values[0], values[1]))
     if op == "contains":
         return _contains(values[0], values[1])
     if op == "not_contains":
         return not _contains(values[0], values[1])
-    if op in ("regex", "matches"):
-        try:
-            return re.search(str(values[1]), values[0] if isinstance(values[0], str) else json.dumps(values[0])) is not None
-        except re.error as exc:
-            raise StepFailure(f"invalid regular expression {values[1]!r}: {exc}", kind="invalid") from None
+    if op in _REGEX_OPS:
+        raise ValueError("regular expressions are evaluated by evaluate_async")
     if op in ("is_set", "exists"):
         return _is_set(values[0])
     if op in ("is_empty", "empty"):
@@ -275,9 +364,24 @@ def evaluate(op: str, values: list[Any]) -> bool:
     return _ordered(op, values[0], values[1])
 
 
+async def evaluate_async(op: str, values: list[Any], limit: float) -> bool:
+    """:func:`evaluate`, with regular expressions bounded by ``limit`` seconds."""
+    if op in _REGEX_OPS:
+        return await search(str(values[1]), values[0], limit)
+    return evaluate(op, values)
+
+
 #: Escapes a quoted operand may hold (the splitter skips them too); others,
 #: such as ``\d`` in a pattern, are kept as written.
 _QUOTED_ESCAPE_RE = re.compile(r"""\\(["'\\])""")
+
+
+def _pattern_literal(text: str) -> Any:
+    """A pattern operand as the statement reads it (quoted: its escapes undone)."""
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+        return _QUOTED_ESCAPE_RE.sub(lambda m: m.group(1), stripped[1:-1])
+    return _literal(stripped)
 
 
 def _literal(text: str) -> Any:
@@ -306,9 +410,15 @@ class Assert(BaseStep):
         for i, item in enumerate(config.statements or []):
             text = _statement_text(item)
             try:
-                parse_statement(text)
+                stmt = parse_statement(text)
             except StatementError as exc:
                 problems.append(Problem(f"statement {text!r}: {exc}", self._statement_location(i)))
+                continue
+            pattern = stmt.operands[1] if stmt.op in _REGEX_OPS else None
+            if pattern is not None and not contains_deferred(pattern):
+                problem = pattern_problem(str(_pattern_literal(pattern)))
+                if problem:
+                    problems.append(Problem(f"statement {text!r}: {problem}", self._statement_location(i)))
         return problems
 
     def _statement_location(self, index: int) -> Location:
@@ -332,7 +442,7 @@ class Assert(BaseStep):
 
     async def execute(self, config: AssertConfig, run: StepRun) -> dict[str, Any]:
         if config.statements is None:
-            return self._single(config)
+            return await self._single(config)
         outcomes = []
         failures = []
         for i, item in enumerate(config.statements):
@@ -347,7 +457,11 @@ class Assert(BaseStep):
             except StepFailure as exc:
                 exc.location = location
                 raise
-            ok = evaluate(stmt.op, values)
+            try:
+                ok = await evaluate_async(stmt.op, values, self._regex_limit(config))
+            except StepFailure as exc:
+                exc.location = exc.location or location
+                raise
             outcome = {"statement": text, "passed": ok, "values": values, "line": location.line}
             outcomes.append(outcome)
             run.log(f"{'PASS' if ok else 'FAIL'} {text}  → {json.dumps(values, ensure_ascii=False, default=str)}")
@@ -356,11 +470,11 @@ class Assert(BaseStep):
         data = {"statements": outcomes, "passed": len(outcomes) - len(failures), "failed": len(failures)}
         if failures:
             stmt, values, location, own_message = failures[0]
-            more = f" (and {len(failures) - 1} more failed statement(s))" if len(failures) > 1 else ""
             expected, actual = _expected_actual(stmt.op, values)
             message = own_message or config.message
             raise StepFailure(
-                (message + ": " if message else "") + f"assertion failed: {stmt.text}{more}",
+                (message + ": " if message else "")
+                + _headline([f[2].line for f in failures], len(outcomes), stmt.text),
                 kind="assertion",
                 expected=expected,
                 actual=actual,
@@ -369,7 +483,11 @@ class Assert(BaseStep):
             )
         return data
 
-    def _single(self, config: AssertConfig) -> dict[str, Any]:
+    @staticmethod
+    def _regex_limit(config: StepConfig) -> float:
+        return config.timeout or REGEX_TIMEOUT
+
+    async def _single(self, config: AssertConfig) -> dict[str, Any]:
         check = config.given_checks()[0]
         expected = getattr(config, check)
         actual = config.actual
@@ -381,7 +499,11 @@ class Assert(BaseStep):
         if check in ("is_set", "is_empty"):
             ok = _is_set(actual) == bool(expected) if check == "is_set" else (not _is_set(actual)) == bool(expected)
         else:
-            ok = evaluate(op, [actual, expected])
+            try:
+                ok = await evaluate_async(op, [actual, expected], self._regex_limit(config))
+            except StepFailure as exc:
+                exc.location = self.key_location(check)
+                raise
         data = {"check": check, "actual": actual, "expected": expected, "passed": ok}
         if not ok:
             text = {
@@ -396,7 +518,7 @@ class Assert(BaseStep):
                 (config.message + ": " if config.message else "")
                 + f"expected {json.dumps(actual, default=str, ensure_ascii=False)} {text}{shown}",
                 kind="assertion",
-                expected=expected,
+                expected=expected if op in ("equal", None) else _expected_actual(op, [actual, expected])[0],
                 actual=actual,
                 location=self.key_location(check),
                 data=data,
@@ -411,10 +533,33 @@ class Assert(BaseStep):
         return record
 
 
+#: How an expectation reads with its operator: `> 5`, `contains "x"`.
+_OP_TEXT = {
+    "==": None, "equal": None, "equals": None,
+    "!=": "!=", "not_equal": "!=", "not_equals": "!=",
+    ">": ">", "gt": ">", ">=": ">=", "gte": ">=", "<": "<", "lt": "<", "<=": "<=", "lte": "<=",
+    "contains": "contains", "not_contains": "not contains", "regex": "matches", "matches": "matches",
+}
+
+
 def _expected_actual(op: str, values: list[Any]) -> tuple[Any, Any]:
+    """The expectation of a failed statement, with its operator, and the value."""
     if len(values) == 1:
         return ("set" if op in ("is_set", "exists") else "empty"), values[0]
-    return values[1], values[0]
+    word = _OP_TEXT.get(op)
+    if word is None:
+        return values[1], values[0]
+    other = values[1]
+    shown = json.dumps(other, ensure_ascii=False, default=str)
+    return f"{word} {shown}", values[0]
+
+
+def _headline(lines: list[int], total: int, first: str) -> str:
+    """The message of a failed list of statements: how many, where, the first."""
+    if len(lines) == 1:
+        return f"assertion failed: {first}"
+    where = ", ".join(map(str, lines))
+    return f"{len(lines)} of {total} statements failed (lines {where}); the first: {first}"
 
 
 # -- json_assert -----------------------------------------------------------------------
@@ -427,7 +572,7 @@ _JSON_FUNCS = {
 
 
 class JsonAssertConfig(StepConfig):
-    statements: list[str] = Field(min_length=1)
+    statements: list[str | StatementSpec] = Field(min_length=1)
     non_blocking: bool = False
     message: str | None = None
 
@@ -457,7 +602,8 @@ class JsonAssert(Assert):
 
     def check(self, config: StepConfig, vctx: ValidationContext) -> list[Problem]:
         problems = BaseStep.check(self, config, vctx)
-        for i, text in enumerate(getattr(config, "statements", None) or []):
+        for i, item in enumerate(getattr(config, "statements", None) or []):
+            text = _statement_text(item)
             try:
                 self._parse(text)
             except StatementError as exc:
@@ -477,20 +623,21 @@ class JsonAssert(Assert):
         return _JSON_FUNCS[call.group(1).lower()], [a.strip() for a in args]
 
     def _json_operand(self, text: str, run: StepRun) -> Any:
+        """As merobox reads an operand: text that is JSON is parsed, and any
+        other text (`value_1`, `'value_1'`) compares as that text."""
         value = self._operand(text, run)
         if isinstance(value, str):
             try:
                 return json.loads(value)
             except ValueError:
-                raise StepFailure(
-                    f"{text.strip()!r} is not JSON: {value[:200]!r}", kind="assertion"
-                ) from None
+                return value
         return value
 
     async def execute(self, config: JsonAssertConfig, run: StepRun) -> dict[str, Any]:  # type: ignore[override]
         outcomes = []
         failures = []
-        for i, text in enumerate(config.statements):
+        for i, item in enumerate(config.statements):
+            text = _statement_text(item)
             location = self._statement_location(i)
             try:
                 op, operands = self._parse(text)
@@ -513,12 +660,14 @@ class JsonAssert(Assert):
             outcomes.append({"statement": text, "passed": ok, "values": [left, right], "line": location.line})
             run.log(f"{'PASS' if ok else 'FAIL'} {text}")
             if not ok:
-                failures.append((text, left, right, location))
+                failures.append((text, left, right, location, _statement_message(item)))
         data = {"statements": outcomes, "passed": len(outcomes) - len(failures), "failed": len(failures)}
         if failures:
-            text, left, right, location = failures[0]
+            text, left, right, location, own_message = failures[0]
+            message = own_message or config.message
             raise StepFailure(
-                (config.message + ": " if config.message else "") + f"assertion failed: {text}",
+                (message + ": " if message else "")
+                + _headline([f[3].line for f in failures], len(outcomes), text),
                 kind="assertion", expected=right, actual=left, location=location, data=data,
             )
         return data

@@ -16,25 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import json
 import logging
+import math
 import random
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..backends.base import BackendError, NodeUnavailableError
 from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
 from ..results import ErrorInfo, Status, StepRecord, error_from_exception
-from ..validation import validate_model
+from ..validation import locate, validate_model
 from ..yamlsrc import LocatedDict
 
 if TYPE_CHECKING:
@@ -81,12 +83,66 @@ class StepConfig(BaseModel):
     #: Capture values into ``{{name}}`` variables: ``name: dotted.path`` or
     #: ``name: {field, path, json, target}`` (merobox's ``outputs:``).
     outputs: dict[str, str | OutputSpec] | None = None
+    #: merobox's per-step JWT: accepted, not used (a note says so); masked.
+    token: str | None = None
 
 
 class NodeStepConfig(StepConfig):
     """A step that talks to one node."""
 
     node: str
+
+
+# -- values every file system and process takes --------------------------------
+
+#: The longest name of one path component, and of a whole path, in bytes (Linux).
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def path_text_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a file at all (a NUL, a name too long), or None."""
+    if "\0" in value:
+        return "it holds a NUL character"
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > PATH_MAX:
+        return f"it is {size} bytes long (a path may have at most {PATH_MAX})"
+    for part in value.split("/"):
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            return f"a name in it is {size} bytes long (a file name may have at most {NAME_MAX})"
+    return None
+
+
+def _usable_path(value: str) -> str:
+    problem = path_text_problem(value)
+    if problem:
+        raise ValueError(f"not a usable path: {problem}")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("text passed to a program cannot hold a NUL character")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not value or "=" in value or "\0" in value:
+        raise ValueError(
+            f"{value!r} cannot name an environment variable (it must be non-empty, "
+            "without `=` or a NUL character)"
+        )
+    return value
+
+
+#: A file name a step reads or writes: checked when the file loads, and again
+#: once placeholders in it are resolved.
+PathText = Annotated[str, AfterValidator(_usable_path)]
+#: Text a program receives as an argument or an environment value.
+ProcessText = Annotated[str, AfterValidator(_no_nul)]
+#: The name of an environment variable.
+EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 # -- registry ----------------------------------------------------------------
@@ -309,6 +365,7 @@ class BaseStep:
     # -- stage 1: validation --------------------------------------------------
 
     def validate(self, vctx: ValidationContext) -> list[Problem]:
+        not_json = self.non_json_problems()
         config, problems = validate_model(
             self.Config,
             self._validatable(self.raw),
@@ -316,6 +373,9 @@ class BaseStep:
             what=f"step {self.display_name!r} ({self.type_name})",
             tolerate_deferred=True,
         )
+        # Said once: a date where text is wanted is the date's problem.
+        said = {p.location for p in not_json}
+        problems = not_json + [p for p in problems if p.location not in said]
         # Positions in the error refer to self.raw; _validatable keeps keys.
         if config is not None:
             self.static_config = config
@@ -325,6 +385,27 @@ class BaseStep:
 
     def _validatable(self, raw: LocatedDict) -> Any:
         return raw
+
+    def non_json_problems(self) -> list[Problem]:
+        """Values YAML makes that JSON has no form for (a date, ``!!binary``,
+        ``!!set``, ``.nan``): refused where they are written, since a step's
+        values reach nodes, scripts and reports as JSON."""
+        problems = []
+        for key, item in self.raw.items():
+            if key in _NESTED_STEP_KEYS:
+                continue  # nested steps check their own values
+            for path, value in _non_json_values(item, (key,)):
+                kind, shown, hint = _non_json_kind(value)
+                dotted = ".".join(str(p) for p in path)
+                problems.append(
+                    Problem(
+                        f"step {self.display_name!r} ({self.type_name}): {dotted}: "
+                        f"{shown} is a YAML {kind}, not JSON data",
+                        locate(self.raw, path, self.file),
+                        hint,
+                    )
+                )
+        return problems
 
     def check(self, config: StepConfig, vctx: ValidationContext) -> list[Problem]:
         """Semantic checks on a valid model (node names, files...)."""
@@ -373,12 +454,20 @@ class BaseStep:
 
     def resolve(self, run: StepRun) -> StepConfig:
         """Resolve placeholders and validate the result strictly."""
-        raw = {k: v for k, v in self.raw.items() if k not in self.deferred_keys}
-        try:
-            resolved = run.ctx.resolver.resolve(raw, run.scope())
-        except PlaceholderError as exc:
-            exc.location = exc.location or self.location
-            raise
+        scope = run.scope()
+        # Located like the step itself, so that a value found invalid once
+        # resolved is reported at its own key.
+        resolved = LocatedDict(
+            {
+                key: self._resolve_at(value, (key,), run.ctx.resolver, scope)
+                for key, value in self.raw.items()
+                if key not in self.deferred_keys
+            }
+        )
+        resolved.line, resolved.col = self.location.line, self.location.col
+        if isinstance(self.raw, LocatedDict):
+            resolved.key_marks = dict(self.raw.key_marks)
+            resolved.value_marks = dict(self.raw.value_marks)
         for key in self.deferred_keys:
             if key in self.raw:
                 resolved[key] = self.raw[key]
@@ -395,6 +484,18 @@ class BaseStep:
                 hint=first.hint,
             )
         return config
+
+    def _resolve_at(self, value: Any, path: tuple[Any, ...], resolver: Resolver, scope: Scope) -> Any:
+        """Resolve one value; a placeholder that fails is located at its own key."""
+        if isinstance(value, dict):
+            return {k: self._resolve_at(v, (*path, k), resolver, scope) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve_at(v, (*path, i), resolver, scope) for i, v in enumerate(value)]
+        try:
+            return resolver.resolve(value, scope)
+        except PlaceholderError as exc:
+            exc.location = exc.location or locate(self.raw, path, self.file) or self.location
+            raise
 
     def _relocate(self, loc: Location | None) -> Location:
         # A resolved dict has no marks; point at the step's own key instead.
@@ -672,6 +773,38 @@ class BaseStep:
         return {node: tail} if tail else {}
 
 
+def _non_json_values(value: Any, path: tuple[Any, ...]):
+    """``(path, value)`` of every value below ``value`` that JSON cannot hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_json_values(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_json_values(item, (*path, index))
+    elif isinstance(value, (datetime.date, bytes, set)) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
+        yield path, value
+
+
+#: Keys whose values are nested steps, each validated on its own.
+_NESTED_STEP_KEYS = frozenset({"steps", "groups", "operations"})
+
+
+def _non_json_kind(value: Any) -> tuple[str, str, str]:
+    """What a non-JSON value is, how to show it, and the hint."""
+    if isinstance(value, datetime.date):
+        text = value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
+        return "date", text, f"quote it to pass it as text: '{text}'"
+    if isinstance(value, bytes):
+        return "binary value (!!binary)", f"{len(value)} bytes", "give the data as text, e.g. base64 in quotes"
+    if isinstance(value, set):
+        shown = json.dumps(sorted(map(str, value)), ensure_ascii=False)
+        return "set (!!set)", shown, "write a list instead: [a, b]"
+    shown = ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
+    return "non-finite number", shown, f"JSON has no {shown}; quote it to pass it as text"
+
+
 def _death(state: Any) -> str:
     """How a node ended: its exit code, the signal behind it, and the OOM flag."""
     code = state.exit_code
@@ -686,15 +819,22 @@ def _death(state: Any) -> str:
     return f"died: exit code {code}{how}, not out of memory"
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long, a NUL: nothing is there
+        return False
+
+
 def workflow_file(base_dir: Path, value: str) -> Path:
     """Where a file a workflow names is: next to the workflow file, or, when
     nothing is there, under the working directory, where merobox files name
     their files from (``path: workflow-examples/res/app.wasm``)."""
     beside = base_dir / value
-    if beside.exists():
+    if _exists(beside):
         return beside
     from_cwd = Path.cwd() / value
-    return from_cwd if from_cwd.exists() else beside
+    return from_cwd if _exists(from_cwd) else beside
 
 
 def file_hint(base_dir: Path) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
@@ -157,7 +157,18 @@ class GroupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
     steps: list[Any]
-    count: int = Field(default=1, ge=1, le=100_000)
+    #: Strict: a count of "3" or 3.0 is refused when the file loads rather
+    #: than read as something else.
+    count: int = Field(default=1, ge=1, le=100_000, strict=True)
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and contains_deferred(value):
+                return value  # reported apart, with its own hint
+            raise ValueError("a group's `count` must be a whole number written out, e.g. `count: 3`")
+        return value
 
 
 class ParallelConfig(StepConfig):
@@ -190,10 +201,12 @@ class Parallel(BaseStep):
             if not isinstance(group, dict):
                 continue
             name = group.get("name") if isinstance(group.get("name"), str) else f"group-{gi + 1}"
-            steps, found = _nested(self, "groups", group.get("steps"), vctx)
-            if group.get("steps") is None:
-                line, col = groups.item_pos(gi) if hasattr(groups, "item_pos") else (self.location.line, 1)
-                found = [Problem(f"group {name!r} has no `steps`", Location(self.file, line, col))]
+            # A group without `steps` is reported by the model, once.
+            steps, found = (
+                _nested(self, "groups", group.get("steps"), vctx)
+                if group.get("steps") is not None
+                else ([], [])
+            )
             problems.extend(found)
             count = group.get("count", 1)
             line, col = groups.item_pos(gi) if hasattr(groups, "item_pos") else (self.location.line, 1)

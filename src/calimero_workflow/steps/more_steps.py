@@ -13,6 +13,7 @@ from ..validation import contains_deferred
 from .base import (
     BaseStep,
     NodeStepConfig,
+    PathText,
     StepConfig,
     StepRun,
     ValidationContext,
@@ -51,7 +52,7 @@ def _confined(step: BaseStep, value: str, base: Path, key: str, *, existing: boo
 
 
 class UploadBlobConfig(NodeStepConfig):
-    file_path: str = Field(validation_alias=AliasChoices("file_path", "path"))
+    file_path: PathText = Field(validation_alias=AliasChoices("file_path", "path"))
     context_id: str | None = None
 
 
@@ -93,7 +94,7 @@ class UploadBlob(BaseStep):
 class DownloadBlobConfig(NodeStepConfig):
     blob_id: str
     context_id: str | None = None
-    output_path: str | None = None
+    output_path: PathText | None = None
     expected_size: int | None = Field(default=None, ge=0)
     expected_sha256: str | None = None
 
@@ -104,6 +105,22 @@ class DownloadBlob(BaseStep):
     Config = DownloadBlobConfig
     default_retries = 2
     summary = "download a blob, optionally checking its size and sha256 → `size`, `sha256`"
+
+    def check(self, config: DownloadBlobConfig, vctx: ValidationContext) -> list[Problem]:
+        problems = super().check(config, vctx)
+        out = config.output_path
+        if out and vctx.check_files and not contains_deferred(out):
+            path = (vctx.base_dir / out).resolve()
+            roots = [vctx.base_dir.resolve(), Path.cwd().resolve()]
+            if not any(path == r or r in path.parents for r in roots):
+                problems.append(
+                    self.problem(
+                        f"output_path {out!r} is outside the workflow's folder and the working directory",
+                        key="output_path",
+                        hint="write downloads next to the workflow or inside the repository",
+                    )
+                )
+        return problems
 
     async def execute(self, config: DownloadBlobConfig, run: StepRun) -> dict[str, Any]:
         content = await run.ctx.client(config.node).download_blob(config.blob_id, context_id=config.context_id)
@@ -129,7 +146,7 @@ class CreateMeshConfig(StepConfig):
     nodes: list[str] = Field(min_length=1)
     params: dict[str, Any] | str | None = None
     #: A wasm file to dev-install on every other node first (relative to the workflow).
-    path: str | None = None
+    path: PathText | None = None
 
 
 @register_step
@@ -158,7 +175,9 @@ class CreateMesh(BaseStep):
 
     def check_raw(self, vctx: ValidationContext) -> list[Problem]:
         problems = super().check_raw(vctx)
-        names = [self.raw.get("context_node")] + list(self.raw.get("nodes") or [])
+        nodes = self.raw.get("nodes")
+        # Anything but a list is the model's to report.
+        names = [self.raw.get("context_node")] + (nodes if isinstance(nodes, list) else [])
         for name in names:
             if isinstance(name, str) and "${" not in name and "{{" not in name and vctx.all_nodes and name not in vctx.all_nodes:
                 problems.append(self.unknown_node_problem(name, "nodes", vctx))

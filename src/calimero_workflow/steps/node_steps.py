@@ -9,12 +9,13 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ..appfetch import AppFetchError, download_app
-from ..client import NodeUnsupportedError
+from ..client import NodeError, NodeUnsupportedError
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
     BaseStep,
     NodeStepConfig,
+    PathText,
     StepRun,
     ValidationContext,
     file_hint,
@@ -31,7 +32,7 @@ def _ns_field() -> Any:
 
 
 class InstallConfig(NodeStepConfig):
-    path: str | None = None
+    path: PathText | None = None
     url: str | None = None
     #: merobox's switch for a local file; a `path` is always a dev install here.
     dev: bool | None = None
@@ -420,6 +421,28 @@ class CallConfig(NodeStepConfig):
     executor_public_key: str | None = None
     #: When given, the call fails unless its output equals this value.
     expected: Any = Field(default=_MISSING)
+    #: The step passes whether the call succeeds or fails; `success` and the
+    #: `error*` fields of its results say which (merobox's allow_failure).
+    allow_failure: bool = False
+    #: merobox's names for retrying a call while the node's state is not
+    #: synced yet (``Uninitialized``): attempts in all, and the first delay.
+    state_retry_attempts: int | None = Field(default=None, ge=1, le=101)
+    state_retry_delay: float | None = Field(default=None, ge=0)
+    #: Accepted for merobox files: calls carry the node's credentials.
+    unauthenticated: bool = False
+
+    @model_validator(mode="after")
+    def _merobox_retries(self) -> CallConfig:
+        if self.allow_failure and self.expected_failure:
+            raise ValueError(
+                "give either `allow_failure` (pass either way) or `expected_failure` (pass only on failure)"
+            )
+        # `retries`, when given too, wins: it is this project's own name.
+        if self.state_retry_attempts is not None and self.retries is None:
+            self.retries = self.state_retry_attempts - 1
+        if self.state_retry_delay is not None and "retry_delay" not in self.model_fields_set:
+            self.retry_delay = self.state_retry_delay
+        return self
 
 
 def outputs_equal(expected: Any, actual: Any) -> bool:
@@ -447,6 +470,31 @@ class Call(BaseStep):
     Config = CallConfig
     default_retries = 3
     summary = "call an app method over JSON-RPC → `output`, `logs`, `events`"
+
+    async def _execute_with_policy(self, config: CallConfig, run: StepRun) -> tuple[dict[str, Any], int]:  # type: ignore[override]
+        try:
+            data, attempts = await super()._execute_with_policy(config, run)
+        except NodeError as exc:
+            if not config.allow_failure:
+                raise
+            # allow_failure: the outcome is data, the step passes.
+            run.log(f"the call failed, which allow_failure permits: {exc}")
+            retries = config.retries if config.retries is not None else self.default_retries
+            attempts = retries + 1 if getattr(exc, "transient", False) else 1
+            data = {
+                "output": None, "logs": [], "events": [], "args": config.args or {},
+                "success": False, **self._expected_failure_data(exc),
+            }
+            run.response = {}
+            return data, attempts
+        if config.allow_failure:
+            data = {**data, "success": True, "error": None, "error_message": None,
+                    "error_type": None, "error_code": None}
+        return data, attempts
+
+    def export(self, config: CallConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:  # type: ignore[override]
+        # A failed call under allow_failure has no output to capture.
+        super().export(config, data, run, lenient=lenient or data.get("success") is False)
 
     async def execute(self, config: CallConfig, run: StepRun) -> dict[str, Any]:
         result = await run.ctx.client(config.node).execute(

@@ -24,6 +24,9 @@ from pydantic import Field, field_validator, model_validator
 from ..errors import Problem, StepFailure
 from .base import (
     BaseStep,
+    EnvName,
+    PathText,
+    ProcessText,
     StepConfig,
     StepRun,
     ValidationContext,
@@ -38,17 +41,19 @@ _OUTPUT_LIMIT = 1024 * 1024
 
 class ScriptConfig(StepConfig):
     #: A script file, relative to the workflow file.
-    script: str | None = None
+    script: PathText | None = None
     #: An inline command, run with ``/bin/sh -c``.
-    run: str | None = None
-    args: list[str | int | float | bool] = Field(default_factory=list)
-    env: dict[str, Any] = Field(default_factory=dict)
+    run: ProcessText | None = None
+    args: list[ProcessText | int | float | bool] = Field(default_factory=list)
+    env: dict[EnvName, Any] = Field(default_factory=dict)
     target: Literal["local", "nodes"] = "local"
     #: With ``target: nodes``: which nodes (default all local nodes).
     nodes: list[str] | str | None = None
-    cwd: str | None = None
+    cwd: PathText | None = None
     #: sh (default), bash, dash, zsh or ash, by name or under /bin or /usr/bin.
     shell: str = "/bin/sh"
+    #: merobox's switch: stdout must be JSON; its keys are what `outputs:` reads.
+    json_output: bool = False
 
     @field_validator("shell")
     @classmethod
@@ -58,6 +63,14 @@ class ScriptConfig(StepConfig):
             raise ValueError(
                 "shell must be one of sh, bash, dash, zsh, ash (by name or under /bin or /usr/bin)"
             )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if isinstance(item, str) and "\0" in item:
+                raise ValueError(f"the value of {key} holds a NUL character, which no environment can")
         return value
 
     @model_validator(mode="after")
@@ -128,9 +141,17 @@ class Script(BaseStep):
                 self.problem(
                     "`${...}` and `{{...}}` are not expanded inside `run` (values would become shell text)",
                     key="run",
-                    hint="pass values through `env:` (e.g. env: {CTX: ${results.ctx.context_id}}) "
+                    hint="pass values through `env:` (e.g. env: {CTX: \"${results.ctx.context_id}\"}) "
                     "and use \"$CTX\" in the command, or `args:` as \"$1\"; write $${NAME} "
                     "for the shell's own ${NAME}",
+                )
+            )
+        if config.target == "nodes" and not vctx.node_names:
+            problems.append(
+                self.problem(
+                    "`target: nodes` runs the script inside local nodes, and the workflow has none",
+                    key="target",
+                    hint="use `target: local` (the default)",
                 )
             )
         if config.script and vctx.check_files and "${" not in config.script and "{{" not in config.script:
@@ -216,11 +237,25 @@ class Script(BaseStep):
         try:
             cwd = (base / config.cwd).resolve() if config.cwd else base
             data = await self._run_local(argv, self._environment(config, run, results_file), cwd, run)
+            parsed = self._json_output(data) if config.json_output else {}
             # `outputs:` written for merobox name the duration `execution_time`.
-            run.response = {**data, "execution_time": data["duration_seconds"]}
+            run.response = {**parsed, **data, "execution_time": data["duration_seconds"]}
             return data
         finally:
             results_file.unlink(missing_ok=True)
+
+    def _json_output(self, data: dict[str, Any]) -> dict[str, Any]:
+        """With ``json_output``: stdout is JSON, and an object's keys can be captured."""
+        if data["output"] is None:
+            tail = data["stdout"].strip()[-200:]
+            raise StepFailure(
+                f"json_output is set, but the script's stdout is not JSON: {tail!r}",
+                kind="script",
+                location=self.key_location("json_output"),
+                hint="print one JSON value (e.g. `echo '{\"ok\": true}'`) and log to stderr",
+                data=data,
+            )
+        return data["output"] if isinstance(data["output"], dict) else {}
 
     async def _run_local(self, argv: list[str], env: dict[str, str], cwd: Path, run: StepRun) -> dict[str, Any]:
         started = time.perf_counter()
