@@ -143,12 +143,12 @@ async def test_json_assert(tmp_path: Path):
           - type: json_assert
             statements:
               - json_equal(${results.src.actual.a}, 1)
-              - 'json_subset({"b": [{"c": "x"}]}, ${results.src.actual})'
+              - 'json_subset(${results.src.actual}, {"b": [{"c": "x"}]})'
               - 'json_equal(${results.src.actual.s}, {"k": [1, 2]})'
               - json_not_equal(${results.src.actual.b}, [2, 1])
           - type: json_assert
             statements:
-              - 'json_subset({"b": [{"c": "y"}]}, ${results.src.actual})'
+              - 'json_subset(${results.src.actual}, {"b": [{"c": "y"}]})'
         """,
         tmp_path,
     )
@@ -172,3 +172,23 @@ def test_group_and_operation_settings_fixed_at_load_are_checked_at_load(tmp_path
         parse_workflow("name: t\nsteps:\n" + body, file=tmp_path / "wf.yml", environ={})
     found = [p for p in info.value.problems if message in p.message]
     assert found and found[0].location.line == line, [p.render() for p in info.value.problems]
+
+
+async def test_json_subset_takes_the_value_first_as_merobox_does(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: src
+            type: assert
+            actual: {a: 1, b: 2}
+            is_set: true
+          - type: json_assert
+            statements: ['json_subset(${results.src.actual}, {"a": 1})']
+          - type: json_assert
+            statements: ['json_subset({"a": 1}, ${results.src.actual})']
+        """,
+        tmp_path,
+    )
+    assert [s.status for s in result.steps] == [Status.PASSED, Status.PASSED, Status.FAILED]
+    assert result.steps[2].error.expected == {"a": 1, "b": 2}

@@ -541,7 +541,7 @@ def unescape_literals(data: Any, *, skip: frozenset[str] = frozenset()) -> None:
 
 _QUOTE_HINT = (
     "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "
-    "plain values as syntax (e.g. - 'json_subset({\"a\": 1}, ${results.x.y})')"
+    "plain values as syntax (e.g. - 'json_subset(${results.x.y}, {\"a\": 1})')"
 )
 _PLAIN_QUOTE_HINT = (
     "put the value in quotes: YAML reads `: `, `{`, `[` and ` #` inside "

@@ -597,7 +597,7 @@ class JsonAssert(Assert):
     Config = JsonAssertConfig  # type: ignore[assignment]
     summary = (
         "compare JSON values: `statements:` of json_equal(a, b), json_not_equal(a, b), "
-        "json_subset(part, whole)"
+        "json_subset(whole, part)"
     )
 
     def check(self, config: StepConfig, vctx: ValidationContext) -> list[Problem]:
@@ -615,7 +615,7 @@ class JsonAssert(Assert):
         call = _CALL_RE.match(text)
         if not call or call.group(1).lower() not in _JSON_FUNCS:
             raise StatementError(
-                "use json_equal(a, b), json_not_equal(a, b) or json_subset(part, whole)"
+                "use json_equal(a, b), json_not_equal(a, b) or json_subset(whole, part)"
             )
         args = split_top_level(call.group(2))
         if len(args) != 2:
@@ -656,7 +656,8 @@ class JsonAssert(Assert):
             elif op == "not_equal":
                 ok = not outputs_equal(right, left)
             else:
-                ok = json_subset(left, right)
+                # merobox's order: the value first, then the part it must hold.
+                ok = json_subset(right, left)
             outcomes.append({"statement": text, "passed": ok, "values": [left, right], "line": location.line})
             run.log(f"{'PASS' if ok else 'FAIL'} {text}")
             if not ok:
