@@ -816,7 +816,15 @@ def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
     [case] = never.iter("testcase")
     assert case.find("skipped").get("message") == "not run: the action was cancelled"
     assert never.get("timestamp")[:4] == time.strftime("%Y", time.gmtime())
-    assert junit.get("skipped") == "1"
+    # the step the cancellation cut short is skipped too, and says why
+    slow_suite = next(s for s in junit if s.get("file") == "wf/1-slow.yml")
+    (cut,) = slow_suite.iter("testcase")
+    assert cut.find("skipped").get("message") == "cancelled: the run was interrupted"
+    assert (junit.get("skipped"), junit.get("failures"), junit.get("errors")) == (
+        "2",
+        "0",
+        "0",
+    )
 
 
 # -- the other entry points ------------------------------------------------------------------

@@ -226,8 +226,13 @@ def test_an_interrupted_step_is_recorded_and_the_rest_skipped(tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, seen + rest
-    steps = json.loads(report.read_text())["steps"]
-    assert [(s["status"], (s["error"] or {}).get("kind")) for s in steps] == [("failed", "cancelled"), ("skipped", None)]
+    data = json.loads(report.read_text())
+    steps = data["steps"]
+    # cut short by the interrupt: skipped, not failed; the run says interrupted
+    assert [(s["status"], (s["error"] or {}).get("kind")) for s in steps] == [("skipped", "cancelled"), ("skipped", None)]
+    assert steps[0]["error"]["message"] == "the run was interrupted"
+    assert data["counts"] == {"total": 2, "passed": 0, "failed": 0, "skipped": 2}
+    assert "INTERRUPTED slow: 0 passed, 0 failed, 2 skipped" in rest
 
 
 def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path):
@@ -240,7 +245,7 @@ def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path)
     data = json.loads(report.read_text())
     (loop,) = data["steps"]
     assert [c["path"] for c in loop["children"]] == ["loop[1]/wait #1"]
-    assert data["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}
+    assert data["counts"] == {"total": 1, "passed": 0, "failed": 0, "skipped": 1}
 
 
 def test_result_paths_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path, capsys):
@@ -292,3 +297,91 @@ def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
                  "--workdir", str(tmp_path / "w")]) == 0
     files = [set(r["node_log_files"].values()) for r in json.loads(report.read_text())]
     assert len(files[0] | files[1]) == 2 and all(Path(f).is_file() for f in files[0] | files[1])
+
+
+# -- what the reports count ------------------------------------------------------------
+
+
+def _junit_cases(path: Path) -> list:
+    import xml.etree.ElementTree as ET
+
+    return list(ET.parse(path).getroot().iter("testcase"))
+
+
+def test_a_fail_fast_parallel_counts_what_it_cancelled_as_skipped(tmp_path: Path, capsys):
+    # the slow group comes first in the file and finishes last
+    wf = write(
+        tmp_path,
+        "par.yml",
+        """\
+name: par
+steps:
+  - name: both
+    type: parallel
+    failure_mode: fail-fast
+    groups:
+      - name: slow
+        steps: [{name: nap, type: wait, seconds: 30}, {name: after, type: wait, seconds: 0.01}]
+      - name: quick
+        steps: [{name: bad, type: assert, actual: 1, equals: 2}]
+""",
+    )
+    junit = tmp_path / "j.xml"
+    code = main(["run", str(wf), "--junit", str(junit), "--workdir", str(tmp_path / "w"), "--color", "never"])
+    assert code == 1
+    assert "FAILED par: 0 passed, 1 failed, 2 skipped" in capsys.readouterr().out
+    cases = _junit_cases(junit)
+    assert [c.get("name") for c in cases] == ["both/slow/nap", "both/slow/after", "both/quick/bad"]
+    nap, after, bad = cases
+    why = "cancelled: group 'quick' failed and failure_mode is fail-fast"
+    assert nap.find("skipped").get("message") == why and nap.find("failure") is None
+    assert after.find("skipped") is not None
+    assert bad.find("failure").get("type") != "cancelled"
+
+
+def test_a_failed_phase_counts_as_failed_and_keeps_its_time(tmp_path: Path, capsys):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        wf = write(
+            tmp_path, "port.yml", f"name: port\nnodes: {{count: 1, base_rpc_port: {port}}}\nsteps: [{{type: wait, seconds: 0.01}}]\n"
+        )
+        junit, report = tmp_path / "j.xml", tmp_path / "rep.json"
+        code = main(["run", str(wf), "--junit", str(junit), "--report", str(report),
+                     "--workdir", str(tmp_path / "w"), "--color", "never"])
+    finally:
+        taken.close()
+    assert code == 1
+    assert "FAILED port: 0 passed, 1 failed, 1 skipped" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    phase = next(p for p in data["phases"] if p["name"] == "nodes_start")
+    assert phase["status"] == "failed" and data["counts"]["failed"] == 1
+    case = next(c for c in _junit_cases(junit) if c.get("name") == "phase nodes_start")
+    assert case.find("error") is not None
+    assert case.get("time") == f"{max(phase['duration_s'], 0):.3f}" and phase["duration_s"] > 0
+
+
+def test_a_step_that_fails_on_its_own_capture_counts_as_failed(tmp_path: Path, capsys):
+    wf = write(
+        tmp_path,
+        "cap.yml",
+        """\
+name: cap
+steps:
+  - name: loop
+    type: repeat
+    count: 2
+    outputs: {x: no_such_field}
+    steps:
+      - {type: assert, actual: 1, equals: 1}
+""",
+    )
+    junit = tmp_path / "j.xml"
+    assert main(["run", str(wf), "--junit", str(junit), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1
+    assert "FAILED cap: 2 passed, 1 failed, 0 skipped" in capsys.readouterr().out
+    cases = {c.get("name"): c for c in _junit_cases(junit)}
+    assert "cannot be captured" in cases["loop"].find("failure").get("message")

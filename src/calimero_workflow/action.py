@@ -54,7 +54,13 @@ from .report.summary import (
     failures_of,
     is_flaky,
 )
-from .results import ErrorInfo, PhaseRecord, RunResult, Status
+from .results import (
+    ErrorInfo,
+    PhaseRecord,
+    RunResult,
+    Status,
+    StepRecord,
+)
 
 __all__ = [
     "ActionSettings",
@@ -654,14 +660,8 @@ class _Runner:
         ]
         for phase in cancelled:
             phase.error = timeout
-        for step in result.all_steps():
-            # the step that was running when the time ran out
-            if step.error is not None and step.error.kind == "cancelled" and not step.children:
-                step.error = ErrorInfo(
-                    message=f"still running when the workflow ran out of time ({minutes:g} minute(s))",
-                    kind="timeout",
-                    location=step.error.location,
-                )
+        for top in result.steps:
+            _blame_running_step(top, minutes)
         if not cancelled:
             result.phases.append(PhaseRecord("timeout", Status.FAILED, error=timeout))
         return result
@@ -684,6 +684,25 @@ class _Runner:
                     lines.append(f"--- last log lines of {node} ---")
                     lines.extend(text.rstrip("\n").split("\n"))
                 self.gh.untrusted(lines)
+
+
+def _blame_running_step(step: StepRecord, minutes: float) -> bool:
+    """Fail the step that was running when the time ran out, and its parents.
+
+    A cancelled step is skipped, but here it was the one too slow: the
+    failure is its own. Returns whether ``step`` or a nested step was it.
+    """
+    cut = step.error is not None and step.error.kind == "cancelled"
+    below = [_blame_running_step(child, minutes) for child in step.children]
+    if not cut or not (any(below) or not step.children):
+        return any(below)
+    step.status = Status.FAILED
+    step.error = ErrorInfo(
+        message=f"still running when the workflow ran out of time ({minutes:g} minute(s))",
+        kind="timeout",
+        location=step.error.location if step.error else None,
+    )
+    return True
 
 
 # -- stage 5: reports -------------------------------------------------------------------

@@ -446,6 +446,9 @@ class WorkflowExecutor:
         except (asyncio.CancelledError, KeyboardInterrupt):
             failed = True
             self.result.interrupted = True
+            for step in self.result.all_steps():
+                if step.error is not None and step.error.kind == "cancelled":
+                    step.error.message = "the run was interrupted"
         finally:
             self.result.status = Status.FAILED if failed else Status.PASSED
             # The teardown runs to its end: a signal that arrives during it (the
