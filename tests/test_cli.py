@@ -339,6 +339,37 @@ steps:
     assert bad.find("failure").get("type") != "cancelled"
 
 
+def test_a_file_that_does_not_load_is_an_error_testcase_and_the_others_run(
+    tmp_path: Path, monkeypatch, capsys
+):
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "good.yml", PASSING)
+    write(tmp_path, "bad.yml", "name: bad\nsteps:\n  - type: wait\n")
+    code = main(["run", "good.yml", "bad.yml", "--junit", "j.xml", "--results", "r.json",
+                 "--report", "rep.json", "--workdir", "w", "--color", "never"])
+    assert code == 2  # a file did not load
+    captured = capsys.readouterr()
+    assert "bad.yml:3:5: step 'wait #1' (wait): missing required key 'seconds'" in captured.err
+    assert "PASSED passing" in captured.out  # the valid file ran
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    suites = {s.get("file"): s for s in root.iter("testsuite")}
+    assert list(suites) == ["good.yml", "bad.yml"]
+    (case,) = suites["bad.yml"].iter("testcase")
+    assert (case.get("name"), case.get("file"), case.get("line")) == ("phase load", "bad.yml", "3")
+    assert case.find("error").get("type") == "invalid"
+    assert "missing required key 'seconds'" in case.find("error").get("message")
+    assert (root.get("tests"), root.get("errors"), root.get("failures")) == ("2", "1", "0")
+    report = json.loads((tmp_path / "rep.json").read_text())
+    assert [(r["file"], r["status"]) for r in report] == [("good.yml", "passed"), ("bad.yml", "failed")]
+    assert report[1]["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "good.yml": {"a": {"check": "equals", "actual": "hello", "expected": "hello", "passed": True}},
+        "bad.yml": {},
+    }
+
+
 def test_a_failed_phase_counts_as_failed_and_keeps_its_time(tmp_path: Path, capsys):
     import socket
 

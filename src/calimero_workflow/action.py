@@ -60,6 +60,7 @@ from .results import (
     RunResult,
     Status,
     StepRecord,
+    problems_result,
 )
 
 __all__ = [
@@ -401,28 +402,8 @@ def _problem_result(
     name: str, file: Path | None, backend: str, phase: str, problems: Sequence[Problem]
 ) -> RunResult:
     """A failed result for a workflow that never ran, its problems as phases."""
-    result = RunResult(
-        workflow_name=name,
-        workflow_file=str(file) if file is not None else None,
-        run_id="-",
-        backend=backend,
-        status=Status.FAILED,
-        started_at=time.time(),
-    )
-    for number, problem in enumerate(problems, start=1):
-        result.phases.append(
-            PhaseRecord(
-                name=phase if len(problems) == 1 else f"{phase} {number}",
-                status=Status.FAILED,
-                error=ErrorInfo(
-                    message=problem.message,
-                    kind="invalid",
-                    location=problem.location,
-                    hint=problem.hint,
-                ),
-            )
-        )
-    return result
+    where = str(file) if file is not None else None
+    return problems_result(name, where, backend, problems, phase=phase)
 
 
 def _skipped_result(file: Path, backend: str) -> RunResult:

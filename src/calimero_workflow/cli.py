@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .errors import Problem, WorkflowValidationError
-from .results import RunResult
+from .results import RunResult, problems_result
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -137,21 +137,27 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
     from .report.console import ConsoleReporter
     from .workflow import load_workflow
 
-    workflows = []
+    # Every file is loaded first, so its problems show before anything runs.
+    # A file that does not load is a failed result in the reports; the others
+    # still run, and the exit code says 2.
+    loaded: list[Any] = []
     invalid = False
     for file in args.files:
         try:
-            workflows.append(load_workflow(file, environ=env))
+            loaded.append(load_workflow(file, environ=env))
         except WorkflowValidationError as exc:
             _print_problems(exc)
             invalid = True
-    if invalid:
-        return EXIT_INVALID, []
+            loaded.append(problems_result(file.name, str(file), args.backend or "-", exc.problems))
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
+    workflows = [w for w in loaded if not isinstance(w, RunResult)]
     results: list[RunResult] = []
     folders: list[str] = []
-    for workflow in workflows:
+    for workflow in loaded:
+        if isinstance(workflow, RunResult):
+            results.append(workflow)
+            continue
         # one folder per workflow under --logs-dir, even when two share a name
         folder = _safe_name(workflow)
         if folder in folders:
@@ -174,6 +180,8 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
         results.append(result)
         if result.interrupted:
             return EXIT_INTERRUPTED, results
+    if invalid:
+        return EXIT_INVALID, results
     return (EXIT_OK if all(r.passed for r in results) else EXIT_FAILED), results
 
 

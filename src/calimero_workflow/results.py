@@ -7,10 +7,12 @@ records and nothing else, so each can be tested by building records by hand.
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Location
+from .errors import Location, Problem
 
 
 class Status(enum.StrEnum):
@@ -216,6 +218,40 @@ class RunResult:
         }
 
 
+def problems_result(
+    name: str,
+    file: str | None,
+    backend: str,
+    problems: Sequence[Problem],
+    *,
+    phase: str = "load",
+) -> RunResult:
+    """A failed result for a workflow that never ran: each problem is a failed
+    ``phase`` at its ``file:line`` (reports show it as an error testcase)."""
+    result = RunResult(
+        workflow_name=name,
+        workflow_file=file,
+        run_id="-",
+        backend=backend,
+        status=Status.FAILED,
+        started_at=time.time(),
+    )
+    for number, problem in enumerate(problems, start=1):
+        result.phases.append(
+            PhaseRecord(
+                name=phase if len(problems) == 1 else f"{phase} {number}",
+                status=Status.FAILED,
+                error=ErrorInfo(
+                    message=problem.message,
+                    kind="invalid",
+                    location=problem.location,
+                    hint=problem.hint,
+                ),
+            )
+        )
+    return result
+
+
 def error_from_exception(exc: BaseException) -> ErrorInfo:
     """Best-effort :class:`ErrorInfo` for any exception."""
     from .errors import StepFailure
@@ -240,4 +276,5 @@ __all__ = [
     "Status",
     "StepRecord",
     "error_from_exception",
+    "problems_result",
 ]
