@@ -7,6 +7,7 @@ background sync runs every 100 ms here so catch-up tests finish quickly.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -264,6 +265,37 @@ async def test_stopping_a_node_keeps_the_callers_cancellation(
             await stopper
     finally:
         await node.stop()
+
+
+async def test_a_start_cut_short_anywhere_stops_cleanly_and_frees_its_ports(
+    tmp_path, node_runtime
+) -> None:
+    # A run cancelled (or out of time) while its nodes start cancels start()
+    # at any of its awaits; the node must stop and let the cancellation go
+    # on, never fail with a closed socket inside a live server.
+    seen_running = False
+    for turns in range(40):
+        node = EmbeddedNode(
+            NodeConfig(name="n", home=tmp_path / f"n{turns}"), runtime=node_runtime
+        )
+        starting = asyncio.ensure_future(node.start())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            assert not node.running
+        else:  # started before the cancellation landed
+            seen_running = True
+            assert node.running
+            await node.stop()
+        # nothing left listening: the port can be taken again
+        port = int(node.url.rsplit(":", 1)[1])
+        if port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+    assert seen_running  # the loop reached past the end of start()
 
 
 # -- namespace members follow the namespace's contexts (merod's auto-join) ----------
