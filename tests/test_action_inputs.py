@@ -859,3 +859,42 @@ def test_with_arguments_the_image_is_the_command_line(workspace, capsys):
         == 0
     )
     assert "PASSED passing" in capsys.readouterr().out
+
+
+# -- what a repository's files and names cannot make the action do ------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a\r::warning::CR.yml", "b ##[error]LEGACY.yml", "c\n::error::NL.yml"],
+)
+def test_hostile_file_names_are_shown_not_run(workspace, name):
+    write(workspace, f"wf/{name}", PASSING.replace("${GREETING:-unset}", "hello"))
+    code, printed, outputs = run(env_for(workspace, workflows="wf/*.yml"))
+    assert (code, outputs["status"]) == (0, "passed"), printed
+    executed = runner_commands(printed)
+    assert [c for c in executed if c[0] not in ("group", "endgroup")] == []
+    shown = printed.replace("\u200b", "")
+    visible = name.replace("\r", "\\x0d").replace("\n", "\\n")
+    assert f"  - wf/{visible}\n" in shown
+
+
+def test_a_hostile_workflow_name_is_shown_not_run(workspace):
+    # more failing steps than log groups: the line that says so quotes the name
+    steps = (
+        "  - {name: loop, type: repeat, count: 22, stop_on_failure: false,"
+        " steps: [{type: script, run: 'echo out; exit 1'}]}\n"
+    )
+    for number, name in enumerate(
+        [r"x\r::warning::NAMECR ##[warning]NAMELEGACY", r"x\n::error::NAMENL"]
+    ):
+        write(workspace, f"wf/{number}.yml", f'name: "{name}"\nsteps:\n{steps}')
+    code, printed, outputs = run(env_for(workspace, workflows="wf/*.yml"))
+    assert (code, outputs["status"]) == (1, "failed"), printed
+    assert printed.count("(more step logs are in the JUnit report:") == 2
+    executed = runner_commands(printed)
+    # shown in group titles and in the annotations' titles (as properties),
+    # never run as commands of their own
+    assert {name for name, _, _ in executed} == {"group", "endgroup", "error", "warning"}
+    assert all("NAME" not in data for name, _, data in executed if name == "warning")
+    assert all(props.get("legacy") is None for _, props, _ in executed)

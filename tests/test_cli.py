@@ -416,3 +416,37 @@ steps:
     assert "FAILED cap: 2 passed, 1 failed, 0 skipped" in capsys.readouterr().out
     cases = {c.get("name"): c for c in _junit_cases(junit)}
     assert "cannot be captured" in cases["loop"].find("failure").get("message")
+
+
+def test_a_bad_env_flag_never_shows_its_value(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    assert main(["run", str(wf), "--env", "hunter2-secret", "--env", "1X=hunter3-secret"]) == 2
+    err = capsys.readouterr().err
+    assert "--env number 1 has no '='" in err and "--env '1X'=…: the key is not a variable name" in err
+    assert "hunter" not in err
+
+
+def test_result_files_are_made_of_redacted_records_then_cut(tmp_path: Path):
+    import argparse
+    import xml.etree.ElementTree as ET
+
+    from calimero_workflow.cli import _write_outputs
+    from calimero_workflow.results import ErrorInfo, RunResult, Status, StepRecord
+
+    secret = "pw-" + "s3cret" * 4
+    steps = [
+        StepRecord(f"s{pad}", "assert", f"s{pad}", Status.FAILED,
+                   error=ErrorInfo("x" * pad + secret + " and the rest"))
+        for pad in range(980, 1000)
+    ]
+    run = RunResult("wf", str(tmp_path / "wf.yml"), "r", "embedded", Status.FAILED, steps=steps,
+                    workflow_results={"failed": {secret: "failed"}})
+    args = argparse.Namespace(results=tmp_path / "r.json", report=tmp_path / "rep.json", junit=tmp_path / "j.xml")
+    _write_outputs(args, [run], [secret, "failed"])
+    texts = [p.read_text() for p in (args.results, args.report, args.junit)]
+    assert not [t for t in texts if secret[:5] in t]  # never half the secret at the 1000-character cut
+    # the masked word "failed" is masked in values, never in the files' own syntax
+    assert json.loads(texts[1])["status"] == "failed"
+    assert json.loads(texts[0]) == {"***": {"***": "***"}}
+    messages = [c.find("failure").get("message") for c in ET.parse(args.junit).getroot().iter("testcase")]
+    assert all(len(m) <= 1000 for m in messages)

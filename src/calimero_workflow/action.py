@@ -43,8 +43,8 @@ from .backends.docker import image_reference_problem
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
-from .report.console import ConsoleReporter, sanitize
-from .report.github import MIN_SECRET_CHARS, Annotation, GitHub
+from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
+from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
 from .report.junit import write_junit
 from .report.summary import (
     DEFAULT_BUDGET,
@@ -428,8 +428,16 @@ def _slug(text: str) -> str:
 class _ActionEvents(ConsoleReporter):
     """The console reporter, plus putting Docker nodes on the job's network."""
 
-    def __init__(self, stream: TextIO, *, run_id: str, job_network: str | None):
-        super().__init__(stream, color=True)
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        run_id: str,
+        job_network: str | None,
+        redactor: Redactor | None = None,
+    ):
+        # with the action's secrets: text is cut (expected/actual) after redaction
+        super().__init__(stream, color=True, redactor=redactor)
         self.run_id = run_id
         self.job_network = job_network
 
@@ -565,8 +573,8 @@ class _Runner:
             for secret in workflow.secret_values():
                 if not self.gh.add_mask(secret):
                     self.gh.echo(
-                        f"calimero-workflow: a credential in {rel} is shorter than "
-                        f"{MIN_SECRET_CHARS} characters and is not masked"
+                        f"calimero-workflow: a credential in {sanitize_line(rel)} is shorter "
+                        f"than {MIN_SECRET_CHARS} characters and is not masked"
                     )
 
             run_id = new_run_id()
@@ -579,7 +587,10 @@ class _Runner:
                 logs_dir = logs_dir / f"attempt-{attempt}"
             self.run.logs_dirs.append(logs_dir)
             events = _ActionEvents(
-                self.gh.stream, run_id=run_id, job_network=self.job_network
+                self.gh.stream,
+                run_id=run_id,
+                job_network=self.job_network,
+                redactor=self.gh.redactor,
             )
             executor = WorkflowExecutor(
                 workflow,
@@ -656,7 +667,9 @@ class _Runner:
             ):
                 continue
             if shown == _MAX_LOG_GROUPS:
-                self.gh.echo(f"(more step logs are in the JUnit report: {title})")
+                self.gh.echo(
+                    f"(more step logs are in the JUnit report: {sanitize_line(title)})"
+                )
                 break
             shown += 1
             with self.gh.group(f"{title} › {step.path} logs"):
@@ -962,15 +975,15 @@ def _exit_code(status: str, settings: ActionSettings | None) -> int:
 
 
 class _LineSafeFormatter(logging.Formatter):
-    """Log records on stderr, which the runner also parses: no line may start a
+    """Log records on stderr, which the runner also parses: no line may run a
     command, and no masked value may show."""
 
     #: Set to the run's :meth:`GitHub.redact` once secrets are known.
     redact: Callable[[str], str] = staticmethod(str)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = sanitize(super().format(record)).replace("\n", "\n| ")
-        return self.redact(text)
+        first, *rest = self.redact(super().format(record)).split("\n")
+        return "\n".join([inert_line(first), *("| " + inert_line(r) for r in rest)])
 
 
 def _setup_logging() -> None:
@@ -1017,7 +1030,7 @@ async def _discover_and_run(
             [_problem_result(pattern, None, settings.backend, "discover", [problem])]
         )
     listed = "\n".join(
-        f"  - {display_path(f, settings.workspace)}" for f in found.files
+        f"  - {sanitize_line(display_path(f, settings.workspace))}" for f in found.files
     )
     gh.echo(
         f"calimero-workflow: {len(found.files)} workflow file(s), backend {settings.backend}\n{listed}"
