@@ -221,12 +221,49 @@ def test_every_invalid_input_is_reported_at_once(workspace):
         in problems
     )
     assert "input summary must be true or false, got 'yes'" in problems
-    assert "input env, line 2: 'not a pair' is not KEY=VALUE" in problems
-    assert "input env, line 3: '1BAD=x' is not KEY=VALUE" in problems
+    # a line that is not KEY=VALUE may hold a secret: only its number and key show
+    assert "input env, line 2 has no '=' (its text is not shown" in problems
+    assert "not a pair" not in problems
+    assert "input env, line 3: the key '1BAD' is not a variable name" in problems
     assert (
         "input image: 'Calimero/Merod:edge' is not a valid image reference: "
         "repository names must be lowercase" in problems
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("retries", "²"),  # str.isdigit() says yes, int() says no
+        ("retries", "٣"),  # int() reads it as 3
+        ("retries", "1_0"),
+        ("retries", "+1"),
+        ("timeout-minutes", "٣"),
+        ("timeout-minutes", "1_0"),
+        ("timeout-minutes", "1e-7"),
+        ("timeout-minutes", "nan"),
+        ("timeout-minutes", "inf"),
+        ("timeout-minutes", "-0"),
+        ("timeout-minutes", "0x10"),
+    ],
+)
+def test_numeric_inputs_are_ascii_numbers(workspace, name, value):
+    write(workspace, "wf/a.yml", PASSING)
+    env = {**env_for(workspace, workflows="wf/a.yml"), f"INPUT_{name.upper()}": value}
+    with pytest.raises(InputError, match=rf"input {name} must be"):
+        read_settings(env)
+    code, printed, outputs = run(env)  # as the runner gives it: exit 2, no traceback
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert not (workspace / "calimero-workflow-results").exists()
+
+
+def test_numeric_inputs_in_their_plain_spelling_are_read(workspace):
+    settings = read_settings(
+        env_for(workspace, workflows="a.yml", retries="10", timeout_minutes="0.5")
+    )
+    assert (settings.retries, settings.timeout_minutes) == (10, 0.5)
+    settings = read_settings(env_for(workspace, workflows="a.yml", timeout_minutes=".25"))
+    assert settings.timeout_minutes == 0.25
 
 
 @pytest.mark.parametrize(
@@ -566,7 +603,7 @@ steps:
     env = env_for(
         workspace,
         workflows="wf/remote.yml",
-        env="API_TOKEN=tok-123\nPLAIN=visible\nSHORT_KEY=abc",
+        env="API_TOKEN=tok-123\nPLAIN=visible\nSHORT_KEY=x9",
     )
     _, printed, _ = run(env)
     executed = runner_commands(printed)
@@ -898,3 +935,57 @@ def test_a_hostile_workflow_name_is_shown_not_run(workspace):
     assert {name for name, _, _ in executed} == {"group", "endgroup", "error", "warning"}
     assert all("NAME" not in data for name, _, data in executed if name == "warning")
     assert all(props.get("legacy") is None for _, props, _ in executed)
+
+
+def test_values_that_read_as_settings_never_break_what_the_action_writes(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(
+        workspace,
+        workflows="wf/ok.yml",
+        env="AUTH_REQUIRED=true\nSESSION_LIMIT=null\nKEY_MODE=failed\nSESSION_STORE=file\n"
+        "RETRY_TOKEN=3",
+    )
+    code, printed, outputs = run(env)
+    assert (code, outputs["status"]) == (1, "failed")
+    assert outputs["failed"] == "1"
+    json.loads(outputs["results"]) and json.loads(outputs["failed-steps"])
+    reports = workspace / "calimero-workflow-results"
+    for name in ("results.json", "failed-steps.json", "report.json"):
+        json.loads((reports / name).read_text())
+    junit = ET.parse(reports / "junit.xml").getroot()
+    assert junit.find("testsuite").get("file") == "wf/ok.yml"
+    assert [n for n, _, _ in runner_commands(printed)].count("add-mask") == 0
+    for key in ("AUTH_REQUIRED", "SESSION_LIMIT", "KEY_MODE", "SESSION_STORE", "RETRY_TOKEN"):
+        assert f"the value of {key} reads as a setting" in printed
+
+
+@pytest.mark.parametrize(
+    "key", ["DB_PASSPHRASE", "CREDS", "AWS_CREDS", "JWT", "SENTRY_DSN", "DB_PWD", "BEARER"]
+)
+def test_more_secret_looking_keys_are_masked(workspace, key):
+    write(workspace, "wf/ok.yml", PASSING)
+    value = "v4lue-of-" + key.lower()
+    code, printed, _ = run(env_for(workspace, workflows="wf/ok.yml", env=f"{key}={value}"))
+    assert ("add-mask", {}, value) in runner_commands(printed)
+
+
+def test_pwd_alone_is_the_shells_folder_not_a_secret(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    env["PWD"] = "/github/workspace"
+    _, printed, _ = run(env)
+    assert "add-mask" not in [n for n, _, _ in runner_commands(printed)]
+
+
+def test_globstar_does_not_follow_symlinked_folders(workspace):
+    write(workspace, "t/ok.yml", PASSING)
+    (workspace / "t" / "l1").symlink_to(".")
+    (workspace / "t" / "l2").symlink_to(".")
+    (workspace / "t" / "root").symlink_to("/")
+    started = time.monotonic()
+    found = discover_workflows(read_settings(env_for(workspace, workflows="**/*.yml")))
+    assert time.monotonic() - started < 5
+    assert [p.relative_to(workspace).as_posix() for p in found.files] == ["t/ok.yml"]
+    # a link named on purpose is still read where it lands, once
+    found = discover_workflows(read_settings(env_for(workspace, workflows="t/l1/*.yml")))
+    assert [p.relative_to(workspace).as_posix() for p in found.files] == ["t/ok.yml"]

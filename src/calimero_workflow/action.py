@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import glob
 import json
 import logging
@@ -103,9 +104,25 @@ STATUS_CANCELLED = "cancelled"
 
 _MAX_RETRIES = 10
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: ``env`` entries whose key looks like this are masked in the log.
+#: Numeric inputs are ASCII digits: str.isdigit() and float() also take
+#: '²', '٣', '1_0', '1e3', 'nan' and 'inf'.
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+#: ``env`` entries whose key looks like this are masked in the log. Short
+#: names only as a whole word of the key, and ``PWD`` only after a prefix
+#: (``DB_PWD``; ``PWD`` alone is the shell's folder).
 _SECRET_KEY = re.compile(
-    r"TOKEN|SECRET|PASSW|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE|SESSION", re.I
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE"
+    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING"
+    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER)(?:_|$)|_PWD(?:_|$)",
+    re.I,
+)
+#: A value under a secret-looking key that reads as a setting, not a secret:
+#: masking ``true`` or ``file`` would rewrite every such word in the log and
+#: in the reports. Numbers, words of up to 7 letters, and these.
+_SETTING_VALUE = re.compile(
+    r"(?i:true|false|yes|no|on|off|null|none|nil|undefined|enabled|disabled|required|optional)"
+    r"|[-+]?[0-9]+(?:\.[0-9]+)?|[A-Za-z]{1,7}"
 )
 #: Variables of the action's own environment a workflow must not read:
 #: the inputs, and the runner's tokens for the Actions services.
@@ -205,16 +222,25 @@ def _folders_fit(
 
 
 def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` lines. A line that is not one is named by its number and
+    at most its key: the rest of it may be a secret."""
     pairs: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or not _ENV_KEY.fullmatch(key):
+        if not sep:
             problems.append(
-                f"input env, line {number}: {line.strip()[:60]!r} is not KEY=VALUE "
-                "(one per line, e.g. APP_PATH=./app.wasm)"
+                f"input env, line {number} has no '=' (its text is not shown: it may hold "
+                "a secret); write one KEY=VALUE per line, e.g. APP_PATH=./app.wasm"
+            )
+            continue
+        if not _ENV_KEY.fullmatch(key):
+            shown = sanitize_line(key[:40]) + ("…" if len(key) > 40 else "")
+            problems.append(
+                f"input env, line {number}: the key {shown!r} is not a variable name "
+                "(letters, digits and '_', not starting with a digit), e.g. APP_PATH=./app.wasm"
             )
             continue
         pairs[key] = value
@@ -247,7 +273,7 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
 
     retries_text = _input(env, "retries") or "0"
     retries = 0
-    if not retries_text.isdigit() or int(retries_text) > _MAX_RETRIES:
+    if not _WHOLE_NUMBER.fullmatch(retries_text) or int(retries_text) > _MAX_RETRIES:
         problems.append(
             f"input retries must be a whole number from 0 to {_MAX_RETRIES}, got {retries_text!r}"
         )
@@ -257,8 +283,10 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
     timeout_text = _input(env, "timeout-minutes") or "0"
     timeout = 0.0
     try:
+        if not _DECIMAL.fullmatch(timeout_text):
+            raise ValueError
         timeout = float(timeout_text)
-        if not 0 <= timeout < 10_000:
+        if not timeout < 10_000:
             raise ValueError
     except ValueError:
         problems.append(
@@ -353,6 +381,74 @@ class Discovery:
     unmatched: dict[str, str] = field(default_factory=dict)
 
 
+def _join(prefix: str, name: str) -> str:
+    if not prefix:
+        return name
+    return prefix + name if prefix.endswith("/") else f"{prefix}/{name}"
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as found:
+            return sorted(found, key=lambda e: e.name)
+    except OSError:  # not a folder, gone, or not readable: no matches here
+        return []
+
+
+def _folders_below(prefix: str, folder: Path) -> list[str]:
+    """``prefix`` and every folder below it, never entering a symlinked one
+    nor a hidden one (as glob's ``**`` skips hidden names)."""
+    found = [prefix]
+    for entry in _entries(folder):
+        if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+            found += _folders_below(_join(prefix, entry.name), Path(entry.path))
+    return found
+
+
+def expand_pattern(pattern: str, base: Path) -> list[str]:
+    """``glob.glob(pattern, root_dir=base, recursive=True)``, sorted, except that
+    ``**`` never enters a symlinked folder.
+
+    glob's ``**`` follows symlinked folders: a link to ``.`` makes it loop
+    and one to ``/`` walks the whole machine. Other parts of a pattern may
+    still name a link (one level, no loop); where the match then lands is
+    checked by the caller.
+    """
+    parts = [part for part in pattern.split("/") if part]
+    current = ["/" if pattern.startswith("/") else ""]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        following: list[str] = []
+        for prefix in current:
+            folder = base / prefix if prefix else base
+            if part == "**":
+                folders = _folders_below(prefix, folder)
+                if not last:
+                    following += folders
+                    continue
+                for below in folders:
+                    where = base / below if below else base
+                    following += [
+                        _join(below, e.name)
+                        for e in _entries(where)
+                        if not e.name.startswith(".")
+                    ]
+            elif glob.has_magic(part):
+                hidden = part.startswith(".")
+                following += [
+                    _join(prefix, e.name)
+                    for e in _entries(folder)
+                    if (hidden or not e.name.startswith("."))
+                    and fnmatch.fnmatchcase(e.name, part)
+                ]
+            else:
+                following.append(_join(prefix, part))
+        current = following
+    return sorted(
+        {m for m in current if m and os.path.lexists(base / m)}
+    )
+
+
 def discover_workflows(settings: ActionSettings) -> Discovery:
     """Expand the ``workflows`` patterns inside the workspace, in order, once each.
 
@@ -364,7 +460,7 @@ def discover_workflows(settings: ActionSettings) -> Discovery:
     seen: set[Path] = set()
     base = settings.working_directory
     for pattern in settings.workflows:
-        matches = sorted(glob.glob(pattern, root_dir=base, recursive=True))
+        matches = expand_pattern(pattern, base)
         kept: list[Path] = []
         outside: list[str] = []
         for match in matches:
@@ -1003,14 +1099,23 @@ def _mask_env_secrets(
 
     The runner masks its own secrets in the log, but not in the files we
     write; a secret given to the step through ``env:`` reaches workflows as
-    ``${KEY}`` like one from the input.
+    ``${KEY}`` like one from the input. A value that reads as a setting
+    (``AUTH_REQUIRED=true``, ``SESSION_STORE=file``) is not a secret: the log
+    says so instead.
     """
     readable = _load_env(env, settings)
     keys = [*settings.env, *(k for k in readable if k not in settings.env)]
     for key in keys:
-        if not _SECRET_KEY.search(key) or not readable[key].strip():
+        value = readable[key]
+        if not _SECRET_KEY.search(key) or not value.strip():
             continue
-        if not gh.add_mask(readable[key]):
+        if _SETTING_VALUE.fullmatch(value.strip()):
+            # the log says so, never what the value is
+            gh.echo(
+                f"calimero-workflow: the value of {key} reads as a setting (a number, "
+                "a word of up to 7 letters, true/false/null…), not a secret, and is not masked"
+            )
+        elif not gh.add_mask(value):
             gh.echo(
                 f"calimero-workflow: the value of {key} is shorter than "
                 f"{MIN_SECRET_CHARS} characters and is not masked"
