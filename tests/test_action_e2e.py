@@ -595,3 +595,68 @@ def test_node_logs_copied_to_the_workspace_have_secrets_redacted(
     written += [p.read_text() for p in runner.workspace.rglob("*") if p.is_file()]
     assert not [text for text in written if token in text]
     no_leftovers(client, run)
+
+
+# -- what a repository cannot make it do ------------------------------------------------------
+
+OK_WORKFLOW = "name: ok\nsteps:\n  - {type: assert, actual: 1, equals: 1}\n"
+
+
+def give_to_the_runner(workspace: Path) -> None:
+    for path in [workspace, *workspace.rglob("*")]:
+        os.chown(path, RUNNER_UID, RUNNER_GID, follow_symlinks=False)
+
+
+def test_hostile_file_names_are_shown_not_run(action_image, runner):
+    tests = runner.workspace / "tests"
+    tests.mkdir()
+    names = ["a\r::warning::CRINJECT.yml", "b ##[warning]LEGACY.yml", "c\n::error::NL.yml"]
+    for name in names:
+        (tests / name).write_text(OK_WORKFLOW)
+    give_to_the_runner(runner.workspace)
+    run = run_like_the_runner(
+        runner, action_image, {"workflows": "tests/*.yml", "backend": "embedded"}
+    )
+    assert run.code == 0, run.stdout
+    assert run.outputs["status"] == "passed" and run.outputs["total"] == "3"
+    executed = runner_commands(run.stdout)
+    assert {name for name, _, _ in executed} == {"group", "endgroup"}, executed
+    # and every file the run wrote went to the runner's user
+    written = [p for p in runner.workspace.rglob("*") if "results" in str(p)]
+    assert written and {(p.lstat().st_uid, p.lstat().st_gid) for p in written} == {
+        (RUNNER_UID, RUNNER_GID)
+    }
+
+
+def test_links_and_files_in_the_way_of_the_reports_are_refused(action_image, runner):
+    ws = runner.workspace
+    (ws / "tests").mkdir()
+    (ws / "tests" / "ok.yml").write_text(OK_WORKFLOW)
+    (ws / "docs").mkdir()
+    (ws / "docs" / "summary.md").write_text("the project's own summary\n")
+    logs = ws / "calimero-workflow-results" / "node-logs"
+    logs.mkdir(parents=True)
+    (logs / "tests-ok-yml").symlink_to("/github/runner_temp")
+    give_to_the_runner(ws)
+    before = sorted(p.name for p in runner.temp.iterdir())
+
+    for inputs, said in (
+        ({"junit-path": "docs/junit.xml"}, "docs/summary.md is already there"),
+        ({"junit-path": "README.md"}, None),
+        ({}, "calimero-workflow-results/node-logs/tests-ok-yml is a symbolic link"),
+    ):
+        if inputs.get("junit-path") == "README.md":
+            (ws / "README.md").write_text("# the project\n")
+            said = "README.md is already there"
+        run = run_like_the_runner(
+            runner,
+            action_image,
+            {"workflows": "tests/ok.yml", "backend": "embedded", **inputs},
+        )
+        assert run.code == 2, run.stdout
+        assert run.outputs["status"] == "invalid"
+        errors = [m for _, _, m in run.errors()]
+        assert any(said in m for m in errors), errors
+    assert (ws / "docs" / "summary.md").read_text() == "the project's own summary\n"
+    assert (ws / "README.md").read_text() == "# the project\n"
+    assert sorted(p.name for p in runner.temp.iterdir()) == before

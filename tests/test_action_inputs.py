@@ -332,14 +332,20 @@ def test_the_reports_never_overwrite_a_workflow_file(workspace, junit):
     assert clash is None or clash.read_text() == "{}"
 
 
-def test_a_symlink_out_of_the_workspace_is_outside_it(workspace, tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (workspace / "reports").symlink_to(outside)
-    with pytest.raises(
-        InputError, match="input junit-path 'reports/j.xml' is outside the workspace"
-    ):
-        read_settings(env_for(workspace, workflows="a.yml", junit_path="reports/j.xml"))
+@pytest.mark.parametrize("inside", [False, True])
+def test_no_path_to_write_goes_through_a_symlink(workspace, tmp_path, inside):
+    target = workspace / "real" if inside else tmp_path / "outside"
+    target.mkdir()
+    (workspace / "reports").symlink_to(target)
+    for name, value in (("junit_path", "reports/j.xml"), ("node_logs_dir", "reports/logs")):
+        with pytest.raises(InputError) as caught:
+            read_settings(env_for(workspace, workflows="a.yml", **{name: value}))
+        dashed = name.replace("_", "-")
+        assert (
+            f"input {dashed} {value!r}: reports is a symbolic link; the action writes "
+            "nothing through one (use a real folder)"
+        ) in caught.value.problems
+    assert not list(target.iterdir())
 
 
 # -- discovery -----------------------------------------------------------------------------
@@ -937,6 +943,139 @@ def test_a_hostile_workflow_name_is_shown_not_run(workspace):
     assert all(props.get("legacy") is None for _, props, _ in executed)
 
 
+def test_reports_never_go_through_a_symlink_a_run_puts_there(workspace, tmp_path):
+    # an earlier run of the action wrote the reports (and listed them) ...
+    write(workspace, "wf/ok.yml", PASSING.replace("${GREETING:-unset}", "hello"))
+    assert run(env_for(workspace, workflows="wf/ok.yml"))[0] == 0
+    reports = workspace / "calimero-workflow-results"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    # ... then a workflow's script swaps one for a link out of the workspace,
+    # and plants links where temporary files used to go
+    write(
+        workspace,
+        "wf/swap.yml",
+        f"""\
+name: swap
+steps:
+  - name: swap
+    type: script
+    run: |
+      rm -f {reports}/summary.md
+      ln -s {outside} {reports}/summary.md
+      for f in junit.xml results.json report.json failed-steps.json; do ln -sf {outside} {reports}/$f.tmp; done
+""",
+    )
+    code, printed, outputs = run(env_for(workspace, workflows="wf/*.yml"))
+    assert (code, outputs["status"]) == (0, "passed"), printed
+    assert outside.read_text() == "keep me"
+    summary = reports / "summary.md"
+    assert not summary.is_symlink() and "calimero-workflow" in summary.read_text()
+    warnings = [m for n, _, m in runner_commands(printed) if n == "warning"]
+    assert (
+        "calimero-workflow-results/summary.md was a symbolic link; it was replaced by the report"
+        in warnings
+    )
+
+
+def test_the_reports_folder_swapped_for_a_link_is_refused_not_followed(
+    workspace, tmp_path
+):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write(
+        workspace,
+        "wf/swap.yml",
+        f"name: swap\nsteps:\n  - {{type: script, run: 'rm -rf out; ln -s {outside} out'}}\n",
+    )
+    (workspace / "wf" / "out").mkdir()
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/swap.yml", junit_path="wf/out/junit.xml")
+    )
+    assert list(outside.iterdir()) == []
+    assert outputs["status"] == "failed" and code == 1
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert any(
+        "wf/out/junit.xml was not written: wf/out is a symbolic link" in m for m in errors
+    ), errors
+
+
+@pytest.mark.parametrize(
+    ("junit", "existing"),
+    [
+        ("docs/junit.xml", "docs/summary.md"),
+        ("README.md", "README.md"),
+        ("calimero-workflow-results/junit.xml", "calimero-workflow-results/report.json"),
+    ],
+)
+def test_the_reports_never_replace_a_file_the_action_did_not_write(
+    workspace, junit, existing
+):
+    write(workspace, "wf/ok.yml", PASSING)
+    mine = write(workspace, existing, "the repository's own file\n")
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", junit_path=junit))
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert mine.read_text() == "the repository's own file\n"
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert any(
+        f"{existing} is already there, and this action did not write it" in m for m in errors
+    ), errors
+
+
+def test_the_reports_replace_what_an_earlier_run_wrote(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml", junit_path="docs/junit.xml")
+    assert run(env)[0] == 1  # GREETING unset: the workflow fails, the reports are written
+    listed = json.loads((workspace / "docs" / ".calimero-workflow.json").read_text())
+    assert set(listed["written"]) == {
+        "junit.xml", "summary.md", "results.json", "failed-steps.json", "report.json",
+    }  # fmt: skip
+    env["GREETING"] = "hello"
+    code, printed, outputs = run(env)
+    assert (code, outputs["status"]) == (0, "passed"), printed
+    assert "passed" in (workspace / "docs" / "summary.md").read_text()
+
+
+def test_node_logs_folders_are_never_links_nor_someone_elses(workspace, tmp_path):
+    write(workspace, "wf/a.yml", "name: a\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    logs = workspace / "calimero-workflow-results" / "node-logs"
+    logs.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (logs / "wf-a-yml").symlink_to(outside)
+    code, printed, outputs = run(env_for(workspace, workflows="wf/a.yml"))
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert "calimero-workflow-results/node-logs/wf-a-yml is a symbolic link" in printed
+    (logs / "wf-a-yml").unlink()
+    code, printed, outputs = run(env_for(workspace, workflows="wf/a.yml"))
+    assert code == 0, printed
+    assert (logs / "wf-a-yml" / "calimero-node-1.log").is_file()
+    assert list(outside.iterdir()) == []
+
+
+def test_a_secret_at_a_cut_is_never_half_shown(workspace):
+    secret = "tok-" + "0123456789abcdefghij"
+    steps = "".join(
+        f"  - {{name: s{pad}, type: assert, non_blocking: true, "
+        f"actual: '{'x' * pad}${{API_TOKEN}}', equals: other}}\n"
+        for pad in range(240, 300, 3)
+    )
+    write(workspace, "wf/cut.yml", f"name: cut\nsteps:\n{steps}")
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/cut.yml", env=f"API_TOKEN={secret}")
+    )
+    assert code == 1
+    failed = json.loads(outputs["failed-steps"])
+    assert len(failed) == 20 and all(len(f["message"]) <= 300 for f in failed)
+    written = [
+        outputs["failed-steps"],
+        *(p.read_text() for p in (workspace / "calimero-workflow-results").rglob("*.*")),
+        Path(env_for(workspace)["GITHUB_STEP_SUMMARY"]).read_text(),
+        printed.replace(f"::add-mask::{secret}", ""),
+    ]
+    assert not [t for t in written if secret[:6] in t]
+
+
 def test_values_that_read_as_settings_never_break_what_the_action_writes(workspace):
     write(workspace, "wf/ok.yml", PASSING)
     env = env_for(
@@ -957,6 +1096,26 @@ def test_values_that_read_as_settings_never_break_what_the_action_writes(workspa
     assert [n for n, _, _ in runner_commands(printed)].count("add-mask") == 0
     for key in ("AUTH_REQUIRED", "SESSION_LIMIT", "KEY_MODE", "SESSION_STORE", "RETRY_TOKEN"):
         assert f"the value of {key} reads as a setting" in printed
+
+
+def test_an_explicit_secret_that_is_a_word_of_our_syntax_breaks_nothing(workspace):
+    # a remote node's password is always masked, even "failed"
+    write(
+        workspace,
+        "wf/remote.yml",
+        """\
+name: remote
+remote_nodes:
+  far: {url: "http://127.0.0.1:9", auth: {method: password, username: u, password: "failed"}}
+steps: [{type: wait, seconds: 0.01}]
+""",
+    )
+    code, printed, outputs = run(env_for(workspace, workflows="wf/remote.yml"))
+    assert (code, outputs["status"], outputs["failed"]) == (1, "failed", "1")
+    reports = workspace / "calimero-workflow-results"
+    report = json.loads((reports / "report.json").read_text())
+    assert report[0][0]["status"] == "failed"  # the key and our word, unmasked
+    ET.parse(reports / "junit.xml")
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -46,7 +47,7 @@ from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
-from .report.junit import write_junit
+from .report.junit import junit_xml
 from .report.summary import (
     DEFAULT_BUDGET,
     build_summary,
@@ -63,6 +64,7 @@ from .results import (
     StepRecord,
     problems_result,
 )
+from .workspace import Workspace
 
 __all__ = [
     "ActionSettings",
@@ -197,10 +199,24 @@ def _bool(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
 
 
 def _confined(
-    workspace: Path, base: Path, value: str, what: str, problems: list[str]
+    workspace: Path,
+    base: Path,
+    value: str,
+    what: str,
+    problems: list[str],
+    *,
+    to_write: bool = False,
 ) -> Path:
-    """``value`` resolved against ``base``; it must stay inside ``workspace``."""
-    path = (base / value).resolve()
+    """``value`` against ``base``; it must stay inside ``workspace``.
+
+    A path to read is resolved (links followed, so one that points outside
+    is outside). A path ``to_write`` is normalised without following links:
+    the action never writes through one (:func:`_folders_fit` refuses them).
+    """
+    if to_write:
+        path = Path(os.path.normpath(base / value))
+    else:
+        path = (base / value).resolve()
     if path != workspace and not path.is_relative_to(workspace):
         problems.append(
             f"{what} {value!r} is outside the workspace {workspace}: use a path inside the repository"
@@ -211,12 +227,25 @@ def _confined(
 def _folders_fit(
     workspace: Path, folder: Path, what: str, value: str, problems: list[str]
 ) -> None:
-    """Each existing part of ``folder`` below the workspace must be a folder."""
+    """Each existing part of ``folder`` below the workspace must be a folder,
+    not a file nor a symbolic link (checked without following links)."""
     if not folder.is_relative_to(workspace):
         return  # reported as outside the workspace
     for part in [*reversed(folder.parents), folder]:
-        if part.is_relative_to(workspace) and part.exists() and not part.is_dir():
-            rel = part.relative_to(workspace)
+        if part == workspace or not part.is_relative_to(workspace):
+            continue
+        try:
+            mode = part.lstat().st_mode
+        except OSError:
+            return  # missing from here on: the action makes the folders
+        rel = part.relative_to(workspace)
+        if stat.S_ISLNK(mode):
+            problems.append(
+                f"{what} {value!r}: {rel} is a symbolic link; the action writes nothing "
+                "through one (use a real folder)"
+            )
+            return
+        if not stat.S_ISDIR(mode):
             problems.append(f"{what} {value!r}: {rel} is a file, not a folder")
             return
 
@@ -307,13 +336,13 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
 
     junit_text = _input(env, "junit-path") or INPUTS["junit-path"]
     junit_path = _confined(
-        workspace, workspace, junit_text, "input junit-path", problems
+        workspace, workspace, junit_text, "input junit-path", problems, to_write=True
     )
     if junit_path == workspace or junit_text.endswith("/"):
         problems.append(
             f"input junit-path {junit_text!r} must name a file, e.g. reports/junit.xml"
         )
-    elif junit_path.is_dir():
+    elif junit_path.is_dir() and not junit_path.is_symlink():
         rel = junit_text.rstrip("/")
         problems.append(
             f"input junit-path {junit_text!r} is a folder: name a file in it, e.g. {rel}/junit.xml"
@@ -324,9 +353,9 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         )
     logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
     node_logs_dir = _confined(
-        workspace, workspace, logs_text, "input node-logs-dir", problems
+        workspace, workspace, logs_text, "input node-logs-dir", problems, to_write=True
     )
-    if node_logs_dir.exists() and not node_logs_dir.is_dir():
+    if node_logs_dir.is_file() and not node_logs_dir.is_symlink():
         problems.append(f"input node-logs-dir {logs_text!r} is a file, not a folder")
     else:
         _folders_fit(
@@ -604,8 +633,9 @@ class _Run:
 
     workflows: list[list[RunResult]] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
-    #: Node log folders written into the workspace.
-    logs_dirs: list[Path] = field(default_factory=list)
+    #: Per attempt, where the engine wrote its node logs (scratch space of
+    #: ours) and the folder of the workspace they are copied to.
+    node_logs: list[tuple[Path, Path]] = field(default_factory=list)
     cancelled: bool = False
     invalid: bool = False
 
@@ -678,10 +708,13 @@ class _Runner:
             # before the nodes exist: the post step must find them even if this
             # process is killed
             self.gh.save_state("run_ids", ",".join(self.run.run_ids))
-            logs_dir = settings.node_logs_dir / _slug(rel)
+            # the engine writes node logs to scratch space of ours; the report
+            # stage copies them into the workspace (redacted, through no link)
+            logs_dir = settings.workdir / "node-logs" / run_id
+            dest = settings.node_logs_dir / _slug(rel)
             if total > 1:
-                logs_dir = logs_dir / f"attempt-{attempt}"
-            self.run.logs_dirs.append(logs_dir)
+                dest = dest / f"attempt-{attempt}"
+            self.run.node_logs.append((logs_dir, dest))
             events = _ActionEvents(
                 self.gh.stream,
                 run_id=run_id,
@@ -808,14 +841,14 @@ def _status(run: _Run) -> str:
     return STATUS_FAILED
 
 
-def _counts(run: _Run) -> dict[str, int]:
-    finals = [attempts[-1] for attempts in run.workflows]
+def _counts(workflows: Sequence[Sequence[RunResult]]) -> dict[str, int]:
+    finals = [attempts[-1] for attempts in workflows]
     return {
         "total": len(finals),
         "passed": sum(r.status is Status.PASSED for r in finals),
         "failed": sum(r.status is Status.FAILED for r in finals),
         "skipped": sum(r.status is Status.SKIPPED for r in finals),
-        "flaky": sum(is_flaky(attempts) for attempts in run.workflows),
+        "flaky": sum(is_flaky(attempts) for attempts in workflows),
     }
 
 
@@ -823,8 +856,10 @@ def _annotation_message(error: ErrorInfo) -> str:
     return "\n".join([error.message, *error_details(error)])
 
 
-def _annotate(gh: GitHub, run: _Run, workspace: Path) -> None:
-    for attempts in run.workflows:
+def _annotate(
+    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
+) -> None:
+    for attempts in workflows:
         final = attempts[-1]
         for failure in failures_of(final):
             location = failure.location
@@ -856,9 +891,11 @@ def _annotate(gh: GitHub, run: _Run, workspace: Path) -> None:
     gh.flush_annotations()
 
 
-def _failed_steps(run: _Run, workspace: Path) -> list[dict[str, Any]]:
+def _failed_steps(
+    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
+) -> list[dict[str, Any]]:
     rows = []
-    for attempts in run.workflows:
+    for attempts in workflows:
         final = attempts[-1]
         for failure in failures_of(final):
             location = failure.location
@@ -870,50 +907,29 @@ def _failed_steps(run: _Run, workspace: Path) -> list[dict[str, Any]]:
                     else None,
                     "step": failure.what,
                     "line": location.line if location else None,
-                    "message": failure.error.message[:300],
+                    # redacted, then cut: never half a secret
+                    "message": gh.redactor.cut(failure.error.message, 300, note="…"),
                 }
             )
     return rows
 
 
-def _write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n",
-        encoding="utf-8",
-    )
-    tmp.replace(path)
+def _json_bytes(data: Any, *, indent: int | None = 2) -> bytes:
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    return (text + "\n").encode("utf-8")
 
 
-def _hand_over(paths: Sequence[Path], workspace: Path) -> None:
-    """Give what we wrote into the workspace to its owner.
+def _workspace_owner(workspace: Path) -> tuple[int, int] | None:
+    """Whom to give what we write: the workspace's owner, when we are root.
 
     The action runs as root, but later steps run as the runner's user, who
     could not otherwise change or delete these files (actions/runner#434).
-    Only ``paths``, the folders created on the way to them, and what is
-    inside the folders among them are touched; never the workspace itself.
     """
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return
+        return None
     owner = workspace.stat()
-    if (owner.st_uid, owner.st_gid) == (0, 0):
-        return
     ids = (owner.st_uid, owner.st_gid)
-    done: set[Path] = set()
-    for top in paths:
-        if top == workspace or not top.is_relative_to(workspace) or not top.exists():
-            continue
-        for parent in [top, *top.parents]:
-            if parent == workspace:
-                break
-            if parent not in done:
-                os.chown(parent, *ids, follow_symlinks=False)
-                done.add(parent)
-        if top.is_dir() and not top.is_symlink():
-            for folder, dirs, files in os.walk(top):
-                for name in [*dirs, *files]:
-                    os.chown(Path(folder) / name, *ids, follow_symlinks=False)
+    return None if ids == (0, 0) else ids
 
 
 class _NewFiles:
@@ -961,100 +977,212 @@ def _results_key(result: RunResult, workspace: Path) -> str:
     return result.workflow_name
 
 
-def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
-    """Write every report and output; return the status."""
+def _claims(
+    settings: ActionSettings, files: Workspace, found: Discovery
+) -> list[str]:
+    """Why the reports or node logs may not be written where the inputs say.
+
+    The action replaces only what an earlier run of it wrote: the report
+    files beside the JUnit file, and a folder per workflow in
+    ``node-logs-dir``.
+    """
+    reports = settings.report_files
+    slugs = {
+        _slug(display_path(file, settings.workspace)) for file in found.files
+    }
+    problems = [
+        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: {why}"
+        for why in files.claims(settings.reports_dir, [p.name for p in reports])
+    ]
+    problems += [
+        f"input node-logs-dir {display_path(settings.node_logs_dir, settings.workspace)!r}: {why}"
+        for why in files.claims(settings.node_logs_dir, sorted(slugs))
+    ]
+    if problems:
+        problems.append(
+            "the action writes its reports only where nothing is, or over what an earlier "
+            "run of it wrote there: choose another junit-path or node-logs-dir, e.g. "
+            f"{INPUTS['junit-path']}"
+        )
+    return problems
+
+
+def _log_redactor(gh: GitHub) -> Callable[[Path, bytes], bytes]:
+    """Node logs and states as they go into the workspace: redacted, JSON as data."""
+
+    def redact(source: Path, data: bytes) -> bytes:
+        if source.suffix == ".json":
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                pass
+            else:
+                return _json_bytes(gh.redactor.redact_data(parsed))
+        return gh.redactor.redact_bytes(data)
+
+    return redact
+
+
+def _relocate(value: Any, moves: Mapping[str, str]) -> Any:
+    """``value`` with paths under a scratch folder pointing at their copies."""
+    if isinstance(value, str):
+        for old, new in moves.items():
+            if value == old or value.startswith(old + os.sep):
+                return new + value[len(old) :]
+        return value
+    if isinstance(value, dict):
+        return {k: _relocate(v, moves) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocate(v, moves) for v in value]
+    return value
+
+
+def _copy_node_logs(
+    gh: GitHub, run: _Run, files: Workspace, trouble: list[str]
+) -> dict[str, str]:
+    """Copy each attempt's node logs into the workspace; the moves made."""
+    moves: dict[str, str] = {}
+    redact = _log_redactor(gh)
+    for scratch, dest in run.node_logs:
+        if not scratch.is_dir():
+            continue
+        try:
+            written = files.copy_tree(scratch, dest, redact)
+        except OSError as exc:
+            trouble.append(f"node logs were not copied to {display_path(dest, files.root)}: {exc}")
+            continue
+        moves[str(scratch)] = str(dest)
+        trouble += [
+            f"{display_path(w.path, files.root)} was a symbolic link; it was replaced by the file"
+            for w in written
+            if w.replaced_link
+        ]
+    return moves
+
+
+def _report(
+    settings: ActionSettings, gh: GitHub, run: _Run, files: Workspace
+) -> str:
+    """Write every report and output; return the status.
+
+    Everything is made of the run's records redacted first
+    (:meth:`Redactor.redact_data`): no file is redacted as text afterwards,
+    which could change its syntax, and no text is cut before it is redacted.
+    """
     workspace = settings.workspace
-    status = _status(run)
-    reports = settings.reports_dir
-    reports.mkdir(parents=True, exist_ok=True)
+    trouble: list[str] = []
+    moves = _copy_node_logs(gh, run, files, trouble)
+    workflows = gh.redactor.redact_data(run.workflows)
+    for attempts in workflows:
+        for result in attempts:
+            result.node_log_files = _relocate(result.node_log_files, moves)
+            for phase in result.phases:
+                phase.data = _relocate(phase.data, moves)
+
     properties = {"action.backend": settings.backend}
     if settings.image:
         properties["action.image"] = settings.image
-    write_junit(
-        settings.junit_path, run.workflows, root=workspace, properties=properties
-    )
-
     title = "calimero-workflow" + (" (cancelled)" if run.cancelled else "")
-    room = gh.summary_room()
     summary_text = build_summary(
-        run.workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
+        workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
     )
-    summary_path = settings.report_files[1]
-    summary_path.write_text(summary_text, encoding="utf-8")
+    results = {_results_key(a[-1], workspace): a[-1].workflow_results for a in workflows}
+    failed_steps = _failed_steps(gh, workflows, workspace)
+    junit_path, summary_path, results_path, failed_path, report_path = (
+        settings.report_files
+    )
+    contents = {
+        junit_path: junit_xml(workflows, root=workspace, properties=properties),
+        summary_path: summary_text.encode("utf-8"),
+        results_path: _json_bytes(results),
+        failed_path: _json_bytes(failed_steps),
+        report_path: _json_bytes([[r.to_dict() for r in a] for a in workflows]),
+    }
+    written = []
+    for path, data in contents.items():
+        try:
+            done = files.write(path, data)
+        except OSError as exc:
+            trouble.append(f"{display_path(path, workspace)} was not written: {exc}")
+            continue
+        written.append(path.name)
+        if done.replaced_link:
+            trouble.append(
+                f"{display_path(path, workspace)} was a symbolic link; it was replaced by the report"
+            )
+    # what we wrote, so that a later run of the action may replace it
+    folders = {Path(d).relative_to(settings.node_logs_dir).parts[0] for d in moves.values()}
+    for folder, names in ((settings.reports_dir, written), (settings.node_logs_dir, folders)):
+        if names:
+            with contextlib.suppress(OSError):  # the folder is unusable: said above
+                files.record(folder, names)
+
     if settings.summary:
-        if len(summary_text.encode("utf-8")) > room:
+        room = gh.summary_room()
+        text = summary_text
+        if len(text.encode("utf-8")) > room:
             # other tools filled this step's summary first: fit into what is left
-            summary_text = (
-                build_summary(run.workflows, root=workspace, budget=room, title=title)
+            text = (
+                build_summary(workflows, root=workspace, budget=room, title=title)
                 if room >= _MIN_SUMMARY
                 else ""
             )
-        if summary_text:
-            gh.append_summary(summary_text)
+        if text:
+            gh.append_summary(text, redact=False)
         else:
             gh.echo(
                 f"the step summary has only {room} bytes left; the summary is in {display_path(summary_path, workspace)}"
             )
-
-    results = {
-        _results_key(a[-1], workspace): a[-1].workflow_results for a in run.workflows
-    }
-    failed_steps = _failed_steps(run, workspace)
-    results_path, failed_path, report_path = settings.report_files[2:]
-    _write_json(results_path, results)
-    _write_json(failed_path, failed_steps)
-    _write_json(
-        report_path, [[r.to_dict() for r in attempts] for attempts in run.workflows]
-    )
-
+    for problem in trouble:
+        level = "error" if "not written" in problem or "not copied" in problem else "warning"
+        gh.annotate(Annotation(level, problem, title="calimero-workflow: reports"))
     if settings.annotations:
-        _annotate(gh, run, workspace)
+        _annotate(gh, workflows, workspace)
+    else:
+        gh.flush_annotations()
+
+    status = _status(run)
+    if status == STATUS_PASSED and any("not written" in t for t in trouble):
+        status = STATUS_FAILED
+    _write_outputs(settings, gh, status, workflows, results, failed_steps)
+    return status
+
+
+def _write_outputs(
+    settings: ActionSettings,
+    gh: GitHub,
+    status: str,
+    workflows: Sequence[Sequence[RunResult]],
+    results: Any,
+    failed_steps: list[dict[str, Any]],
+) -> None:
+    """The step's outputs: our own words and counts, and JSON of redacted records
+    (so none is redacted as text, which could break it)."""
+    workspace = settings.workspace
+    junit_path, summary_path, results_path, failed_path, _ = settings.report_files
 
     def rel(path: Path) -> str:
         return display_path(path, workspace)
 
-    gh.set_output("status", status)
-    for name, value in _counts(run).items():
-        gh.set_output(name, str(value))
+    gh.set_output("status", status, redact=False)
+    for name, value in _counts(workflows).items():
+        gh.set_output(name, str(value), redact=False)
     gh.set_output(
         "results",
         json.dumps(results, ensure_ascii=False, default=str),
         is_json=True,
         full_value=rel(results_path),
+        redact=False,
     )
     gh.set_output(
         "failed-steps",
         json.dumps(failed_steps, ensure_ascii=False, separators=(",", ":")),
         is_json=True,
         full_value=rel(failed_path),
+        redact=False,
     )
-    gh.set_output("junit-path", rel(settings.junit_path))
-    gh.set_output("summary-path", rel(summary_path))
-
-    written = [
-        settings.junit_path,
-        summary_path,
-        results_path,
-        failed_path,
-        report_path,
-    ]
-    # the runner masks secrets in the log only; these files become artifacts
-    for path in [*written, *_files_in(run.logs_dirs)]:
-        gh.redact_file(path)
-    _hand_over([*written, *run.logs_dirs], workspace)
-    return status
-
-
-def _files_in(folders: Sequence[Path]) -> list[Path]:
-    """The regular files under ``folders`` (node logs and states), no symlinks followed."""
-    found = []
-    for folder in folders:
-        if not folder.is_dir() or folder.is_symlink():
-            continue
-        for parent, _, names in os.walk(folder):
-            paths = [Path(parent) / name for name in names]
-            found += [p for p in paths if p.is_file() and not p.is_symlink()]
-    return found
+    gh.set_output("junit-path", rel(junit_path), redact=False)
+    gh.set_output("summary-path", rel(summary_path), redact=False)
 
 
 def _exit_code(status: str, settings: ActionSettings | None) -> int:
@@ -1170,7 +1298,7 @@ def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
             Annotation("error", problem, title="calimero-workflow: invalid input")
         )
     gh.flush_annotations()
-    gh.set_output("status", STATUS_INVALID)
+    gh.set_output("status", STATUS_INVALID, redact=False)
     return EXIT_INVALID
 
 
@@ -1183,12 +1311,14 @@ def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
         return _invalid(gh, exc.problems)
 
     found = discover_workflows(settings)
+    files = Workspace(settings.workspace, _workspace_owner(settings.workspace))
     clashes = [
         f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
         f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
         for path in settings.report_files
         if path in found.files
     ]
+    clashes = clashes or _claims(settings, files, found)
     if clashes:
         return _invalid(gh, clashes)
 
@@ -1196,9 +1326,9 @@ def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
     _LineSafeFormatter.redact = staticmethod(gh.redact)
     new_files = _NewFiles(settings.workspace)
     run = asyncio.run(_discover_and_run(settings, gh, env, found))
-    status = _report(settings, gh, run)
+    status = _report(settings, gh, run, files)
     new_files.hand_over()
-    counts = _counts(run)
+    counts = _counts(run.workflows)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
         f"{counts['failed']} failed, {counts['flaky']} flaky; JUnit report at "

@@ -268,18 +268,6 @@ class Redactor:
             return dataclasses.replace(value, **changes)
         return value
 
-    def redact_file(self, path: Path) -> bool:
-        """Redact a file in place; whether it held a masked value."""
-        if not self._forms:
-            return False
-        data = path.read_bytes()
-        text = data.decode("utf-8", "surrogateescape")
-        redacted = self.redact(text)
-        if redacted == text:
-            return False
-        path.write_bytes(redacted.encode("utf-8", "surrogateescape"))
-        return True
-
     def redact_bytes(self, data: bytes) -> bytes:
         """Text file contents redacted; bytes that are not UTF-8 are kept as they are."""
         if not self._forms:
@@ -452,10 +440,6 @@ class GitHub:
     def redact(self, text: str) -> str:
         """``text`` with every masked value (in each escaped form) as ``***``."""
         return self.redactor.redact(text)
-
-    def redact_file(self, path: Path) -> bool:
-        """Redact a file we wrote in place; whether it held a masked value."""
-        return self.redactor.redact_file(path)
 
     def echo(self, text: str = "") -> None:
         """Print our own text, one line per ``\\n``, as plain text.
