@@ -417,3 +417,36 @@ async def test_a_deleted_context_stays_left_until_join_context(cluster: Cluster)
     assert await node2.join_context(ctx) == {"contextId": ctx, "memberPublicKey": me}
     assert await node2.call(ctx, "get", {"key": "k"}) == "v"
     await cluster.converged(ctx)
+
+
+async def test_nodes_stopped_while_they_mesh_leave_no_failed_task(
+    tmp_path, node_runtime
+) -> None:
+    # a run cancelled just after its nodes started stops them while their
+    # handshakes and peer exchanges are still in flight
+    import gc
+
+    loop = asyncio.get_running_loop()
+    failures: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: failures.append(context["message"]))
+    try:
+        for round_ in range(6):
+            nodes: list[EmbeddedNode] = []
+            for i in range(8):
+                config = NodeConfig(
+                    name=f"n{i}",
+                    home=tmp_path / f"r{round_}" / f"n{i}",
+                    bootstrap=[n.swarm_multiaddr for n in nodes],
+                )
+                node = EmbeddedNode(config, runtime=node_runtime)
+                await node.start()
+                nodes.append(node)
+            await asyncio.sleep(0.005 * round_)
+            for node in nodes:
+                await node.stop()
+            await asyncio.sleep(0.05)  # stray handshakes finish
+            gc.collect()  # a failed task nobody awaited is reported when collected
+    finally:
+        loop.set_exception_handler(previous)
+    assert failures == []
