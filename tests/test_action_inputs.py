@@ -1148,3 +1148,106 @@ def test_globstar_does_not_follow_symlinked_folders(workspace):
     # a link named on purpose is still read where it lands, once
     found = discover_workflows(read_settings(env_for(workspace, workflows="t/l1/*.yml")))
     assert [p.relative_to(workspace).as_posix() for p in found.files] == ["t/ok.yml"]
+
+
+def test_the_runners_tokens_are_masked_first(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    env["ACTIONS_RUNTIME_TOKEN"] = "runtime-token-value"
+    env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"] = "id-token-value"
+    env["ACTIONS_RUNTIME_URL"] = "http://runtime.example/"
+    _, printed, _ = run(env)
+    masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
+    assert masks[:2] == ["runtime-token-value", "id-token-value"]
+    assert "http://runtime.example/" not in masks
+
+
+def test_many_nodes_out_of_time_while_starting_fail_cleanly(workspace):
+    write(workspace, "wf/many.yml", "name: many\nnodes: {count: 40}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/many.yml", timeout_minutes="0.0000001")
+    )
+    assert (code, outputs["status"]) == (1, "failed"), printed
+    (failure,) = json.loads(outputs["failed-steps"])
+    assert failure["step"] == "phase nodes_start"
+    assert "did not finish within" in failure["message"]
+
+
+# -- signals at any time --------------------------------------------------------------------
+
+
+def _start_action(env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """The action's console script, as the image starts it."""
+    env = {**env, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from calimero_workflow.interrupts import action_entry; raise SystemExit(action_entry())"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether the process has its own SIGTERM handler (set first thing)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def _cancelled_with_everything(workspace: Path, env: dict[str, str], proc) -> None:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    assert outputs["status"] == "cancelled", outputs
+    assert {"total", "passed", "failed", "skipped", "results", "failed-steps"} <= set(outputs)
+    reports = workspace / "calimero-workflow-results"
+    ET.parse(reports / "junit.xml")
+    for name in ("results.json", "failed-steps.json", "report.json"):
+        json.loads((reports / name).read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_engine_loads_ends_cancelled_with_every_output(workspace, sig):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    proc = _start_action(env, workspace)
+    deadline = time.monotonic() + 30
+    while not _handles_sigterm(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.001)
+    proc.send_signal(sig)  # the engine is still being imported
+    _cancelled_with_everything(workspace, env, proc)
+    report = json.loads((workspace / "calimero-workflow-results" / "report.json").read_text())
+    assert report[0][0]["status"] == "skipped"  # nothing ran
+
+
+def test_a_signal_while_the_reports_are_written_ends_cancelled_with_every_output(
+    workspace,
+):
+    steps = "".join(
+        f"  - {{name: a{i}, type: assert, non_blocking: true, actual: '{'v' * 200}', equals: w}}\n"
+        for i in range(20)
+    )
+    for i in range(3):
+        write(workspace, f"wf/w{i}.yml", f"name: w{i}\nsteps:\n{steps}")
+    env = env_for(workspace, workflows="wf/*.yml", env="API_TOKEN=abcdefghijklmnop")
+    # the step summary is a pipe nobody reads yet: the reports wait there
+    summary = Path(env["GITHUB_STEP_SUMMARY"])
+    os.mkfifo(summary)
+    proc = _start_action(env, workspace)
+    groups = 0
+    for line in proc.stdout:
+        groups += line.startswith("::endgroup::")
+        if groups == 3:  # the last workflow ran: the reports are next
+            break
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    with summary.open() as fh:  # let the reports go on
+        text = fh.read()
+    assert text.startswith("## ")
+    _cancelled_with_everything(workspace, env, proc)

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import signal
 import stat
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from .backends.docker import image_reference_problem
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
+from .interrupts import Interrupts
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
 from .report.junit import junit_xml
@@ -638,6 +638,8 @@ class _Run:
     node_logs: list[tuple[Path, Path]] = field(default_factory=list)
     cancelled: bool = False
     invalid: bool = False
+    #: The run stopped on an error of the action itself (a bug).
+    crashed: str | None = None
 
 
 def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str]:
@@ -664,6 +666,11 @@ class _Runner:
         for index, file in enumerate(files):
             try:
                 self.run.workflows.append(await self._attempts(file))
+            except Exception as exc:  # a bug: this workflow fails, the others run
+                log.error("running %s failed", file, exc_info=True)
+                self.run.workflows.append(
+                    self._pending_attempts + [self._crashed(file, exc)]
+                )
             except asyncio.CancelledError:
                 self.run.cancelled = True
                 partial = self._executor.result if self._executor is not None else None
@@ -679,6 +686,16 @@ class _Runner:
                     )
                 break
         return self.run
+
+    def _crashed(self, file: Path, exc: Exception) -> RunResult:
+        rel = display_path(file, self.settings.workspace)
+        problem = Problem(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="this is a bug in calimero-workflow; please report it with this workflow",
+        )
+        result = _problem_result(rel, file, self.settings.backend, "run", [problem])
+        result.phases[0].error.kind = "internal"
+        return result
 
     async def _attempts(self, file: Path) -> list[RunResult]:
         from .workflow import load_workflow
@@ -836,7 +853,7 @@ def _status(run: _Run) -> str:
         return STATUS_CANCELLED
     if run.invalid:
         return STATUS_INVALID
-    if all(attempts[-1].passed for attempts in run.workflows):
+    if not run.crashed and all(attempts[-1].passed for attempts in run.workflows):
         return STATUS_PASSED
     return STATUS_FAILED
 
@@ -1061,7 +1078,11 @@ def _copy_node_logs(
 
 
 def _report(
-    settings: ActionSettings, gh: GitHub, run: _Run, files: Workspace
+    settings: ActionSettings,
+    gh: GitHub,
+    run: _Run,
+    files: Workspace,
+    interrupts: Interrupts,
 ) -> str:
     """Write every report and output; return the status.
 
@@ -1082,7 +1103,8 @@ def _report(
     properties = {"action.backend": settings.backend}
     if settings.image:
         properties["action.image"] = settings.image
-    title = "calimero-workflow" + (" (cancelled)" if run.cancelled else "")
+    cancelled = run.cancelled or interrupts.cancelled
+    title = "calimero-workflow" + (" (cancelled)" if cancelled else "")
     summary_text = build_summary(
         workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
     )
@@ -1136,15 +1158,22 @@ def _report(
     for problem in trouble:
         level = "error" if "not written" in problem or "not copied" in problem else "warning"
         gh.annotate(Annotation(level, problem, title="calimero-workflow: reports"))
+    if run.crashed:
+        gh.annotate(
+            Annotation("error", run.crashed, title="calimero-workflow: internal error")
+        )
     if settings.annotations:
         _annotate(gh, workflows, workspace)
     else:
         gh.flush_annotations()
 
-    status = _status(run)
-    if status == STATUS_PASSED and any("not written" in t for t in trouble):
-        status = STATUS_FAILED
-    _write_outputs(settings, gh, status, workflows, results, failed_steps)
+    # the status is decided and written as one step: a signal waits for it
+    with interrupts.held():
+        run.cancelled = run.cancelled or interrupts.cancelled
+        status = _status(run)
+        if status == STATUS_PASSED and any("not written" in t for t in trouble):
+            status = STATUS_FAILED
+        _write_outputs(settings, gh, status, workflows, results, failed_steps)
     return status
 
 
@@ -1220,6 +1249,50 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _runner_tokens(env: Mapping[str, str]) -> dict[str, str]:
+    """The runner's own secrets in the environment (``ACTIONS_RUNTIME_TOKEN``,
+    ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, …): token-like ``ACTIONS_*`` values."""
+    return {
+        key: value
+        for key, value in env.items()
+        if key.startswith("ACTIONS_")
+        and _SECRET_KEY.search(key.removeprefix("ACTIONS_"))
+        and not key.endswith("_URL")
+        and value.strip()
+    }
+
+
+def _scrub_runner_tokens(names: Sequence[str]) -> None:
+    """Take the runner's tokens out of this process's environment.
+
+    Workflows never see them (``${VAR}`` and scripts get an environment
+    without ``ACTIONS_*``), but a script could read this process's
+    ``/proc/<pid>/environ``, which shows the environment the process started
+    with. So the values are removed from ``os.environ`` and blanked in place
+    in that block; the action itself has no use for them.
+    """
+    for name in names:
+        os.environ.pop(name, None)
+    wanted = {name.encode() for name in names}
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        # env_start and env_end: fields 50 and 51 of proc(5), after "pid (comm)"
+        start, end = int(fields[47]), int(fields[48])
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            block = mem.read(end - start)
+            offset = 0
+            for entry in block.split(b"\0"):
+                key, eq, value = entry.partition(b"=")
+                if eq and key in wanted:
+                    mem.seek(start + offset + len(key) + 1)
+                    mem.write(b"\0" * len(value))
+                offset += len(entry) + 1
+    except (OSError, ValueError, IndexError) as exc:  # not Linux, or no /proc
+        log.debug("the runner's tokens stay in the process's first environment: %s", exc)
+
+
 def _mask_env_secrets(
     gh: GitHub, settings: ActionSettings, env: Mapping[str, str]
 ) -> None:
@@ -1250,9 +1323,10 @@ def _mask_env_secrets(
             )
 
 
-async def _discover_and_run(
+def _start(
     settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
-) -> _Run:
+) -> _Runner:
+    """The runner, with the patterns that matched nothing as failed workflows."""
     runner = _Runner(settings, gh, env)
     for pattern, reason in found.unmatched.items():
         runner.run.invalid = True
@@ -1270,25 +1344,48 @@ async def _discover_and_run(
     )
     if runner.job_network:
         gh.echo(f"job network: {runner.job_network}")
+    return runner
 
+
+async def _run_cancellable(
+    runner: _Runner, files: Sequence[Path], interrupts: Interrupts
+) -> None:
     task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    signalled = False
+    assert task is not None
+    with interrupts.cancelling(task):
+        await runner.run_all(files)
 
-    def cancel() -> None:
-        nonlocal signalled
-        if (
-            not signalled and task is not None
-        ):  # a second signal must not cut cleanup short
-            signalled = True
-            task.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, cancel)
-        except (NotImplementedError, RuntimeError):  # not on the main thread (tests)
-            pass
-    return await runner.run_all(found.files)
+def _run(
+    settings: ActionSettings,
+    gh: GitHub,
+    env: Mapping[str, str],
+    found: Discovery,
+    interrupts: Interrupts,
+) -> _Run:
+    """Stages 3 and 4; whatever happens, a record of what ran."""
+    run = _Run()
+    try:
+        runner = _start(settings, gh, env, found)
+        run = runner.run
+        if interrupts.cancelled:  # before anything ran
+            run.workflows += [[_skipped_result(f, settings.backend)] for f in found.files]
+        else:
+            asyncio.run(_run_cancellable(runner, found.files, interrupts))
+    except asyncio.CancelledError:  # it came just as the run ended
+        pass
+    except Exception as exc:  # a bug of ours: reported, never a traceback alone
+        log.error("the run stopped on an internal error", exc_info=True)
+        run.crashed = (
+            f"the run stopped on an internal error: {type(exc).__name__}: {exc}; "
+            "this is a bug in calimero-workflow, please report it"
+        )
+    ran = {a[0].workflow_file for a in run.workflows}
+    run.workflows += [
+        [_skipped_result(f, settings.backend)] for f in found.files if str(f) not in ran
+    ]
+    run.cancelled = run.cancelled or interrupts.cancelled
+    return run
 
 
 def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
@@ -1302,9 +1399,23 @@ def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
     return EXIT_INVALID
 
 
-def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
-    """Run the action for ``env`` (the process environment); return the exit code."""
+def run_action(
+    env: Mapping[str, str],
+    stream: TextIO | None = None,
+    *,
+    interrupts: Interrupts | None = None,
+) -> int:
+    """Run the action for ``env`` (the process environment); return the exit code.
+
+    ``interrupts`` are the process's signal handlers (see
+    :mod:`~calimero_workflow.interrupts`); a signal at any time makes the run
+    cancelled, still with every report and output written.
+    """
+    interrupts = interrupts or Interrupts()
     gh = GitHub(env, stream)
+    # the runner's tokens never reach a workflow, but a script could find them
+    for value in _runner_tokens(env).values():
+        gh.add_mask(value)
     try:
         settings = read_settings(env)
     except InputError as exc:
@@ -1325,9 +1436,26 @@ def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
     _mask_env_secrets(gh, settings, env)
     _LineSafeFormatter.redact = staticmethod(gh.redact)
     new_files = _NewFiles(settings.workspace)
-    run = asyncio.run(_discover_and_run(settings, gh, env, found))
-    status = _report(settings, gh, run, files)
-    new_files.hand_over()
+    status = STATUS_FAILED
+    run = _Run()
+    try:
+        run = _run(settings, gh, env, found, interrupts)
+        status = _report(settings, gh, run, files, interrupts)
+    except Exception as exc:  # a bug in the reports: still a status, never a traceback alone
+        log.error("writing the reports failed", exc_info=True)
+        gh.annotate(
+            Annotation(
+                "error",
+                f"writing the reports failed: {type(exc).__name__}: {exc}",
+                title="calimero-workflow: internal error",
+            )
+        )
+        with interrupts.held():
+            status = STATUS_CANCELLED if interrupts.cancelled else STATUS_FAILED
+            gh.set_output("status", status, redact=False)
+    finally:
+        new_files.hand_over()
+    # a signal after the status was written changes nothing: the work is done
     counts = _counts(run.workflows)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
@@ -1366,14 +1494,26 @@ def post(env: Mapping[str, str], stream: TextIO | None = None) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m calimero_workflow.action [post | CLI ARGS…]``."""
+def main(
+    argv: Sequence[str] | None = None, *, interrupts: Interrupts | None = None
+) -> int:
+    """``python -m calimero_workflow.action [post | CLI ARGS…]``.
+
+    ``interrupts`` are the signal handlers :func:`~calimero_workflow.interrupts.action_entry`
+    installed before this module was imported; without them they are
+    installed here.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["post"]:
         return post(dict(os.environ))
     if args:
         from .cli import main as cli_main
 
+        if interrupts is not None:
+            # the command line handles its signals itself
+            Interrupts.restore_defaults()
+            if interrupts.cancelled:
+                return EXIT_INTERRUPTED
         # the image as the command line, run as root on a mounted folder:
         # what the run writes there belongs to the folder's owner
         new_files = _NewFiles(Path.cwd())
@@ -1381,8 +1521,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_main(args)
         finally:
             new_files.hand_over()
+    if interrupts is None:
+        interrupts = Interrupts().install()
     _setup_logging()
-    return run_action(dict(os.environ))
+    env = dict(os.environ)
+    _scrub_runner_tokens(list(_runner_tokens(env)))
+    return run_action(env, interrupts=interrupts)
 
 
 if __name__ == "__main__":  # pragma: no cover
