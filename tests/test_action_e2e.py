@@ -185,7 +185,9 @@ class Started:
             code=self.proc.returncode,
             stdout=self.seen + rest,
             outputs=read_env_file(self.files["GITHUB_OUTPUT"]),
-            summary=self.files["GITHUB_STEP_SUMMARY"].read_text(),
+            summary=self.files["GITHUB_STEP_SUMMARY"].read_text()
+            if self.files["GITHUB_STEP_SUMMARY"].is_file()
+            else "",
             state=read_env_file(self.files["GITHUB_STATE"]),
         )
 
@@ -197,6 +199,8 @@ def start_like_the_runner(
     *,
     network: str | None = None,
     entrypoint: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    summary_pipe: bool = False,
 ) -> Started:
     step = uuid.uuid4()
     files = {
@@ -206,8 +210,12 @@ def start_like_the_runner(
         "GITHUB_ENV": f"set_env_{step}",
         "GITHUB_PATH": f"add_path_{step}",
     }
-    for name in files.values():
-        (runner.temp / "_runner_file_commands" / name).touch()
+    for key, name in files.items():
+        path = runner.temp / "_runner_file_commands" / name
+        if summary_pipe and key == "GITHUB_STEP_SUMMARY":
+            os.mkfifo(path)  # the action waits there until the test reads it
+        else:
+            path.touch()
     env = {f"INPUT_{name.upper()}": value for name, value in inputs.items()}
     env.update({key: f"/github/file_commands/{name}" for key, name in files.items()})
     env.update(
@@ -220,6 +228,7 @@ def start_like_the_runner(
             "RUNNER_TEMP": "/github/runner_temp",
             "GITHUB_REPOSITORY": "example/calimero-app",
             "RUNNER_OS": "Linux",
+            **(extra_env or {}),
         }
     )
     name = f"calimero-workflow-action_{secrets.token_hex(3)}"
@@ -594,3 +603,158 @@ def test_node_logs_copied_to_the_workspace_have_secrets_redacted(
     written += [p.read_text() for p in runner.workspace.rglob("*") if p.is_file()]
     assert not [text for text in written if token in text]
     no_leftovers(client, run)
+
+
+# -- what a repository, the runner's signals and its tokens cannot make it do ----------------
+
+OK_WORKFLOW = "name: ok\nsteps:\n  - {type: assert, actual: 1, equals: 1}\n"
+
+
+def give_to_the_runner(workspace: Path) -> None:
+    for path in [workspace, *workspace.rglob("*")]:
+        os.chown(path, RUNNER_UID, RUNNER_GID, follow_symlinks=False)
+
+
+def test_hostile_file_names_are_shown_not_run(action_image, runner):
+    tests = runner.workspace / "tests"
+    tests.mkdir()
+    names = ["a\r::warning::CRINJECT.yml", "b ##[warning]LEGACY.yml", "c\n::error::NL.yml"]
+    for name in names:
+        (tests / name).write_text(OK_WORKFLOW)
+    give_to_the_runner(runner.workspace)
+    run = run_like_the_runner(
+        runner, action_image, {"workflows": "tests/*.yml", "backend": "embedded"}
+    )
+    assert run.code == 0, run.stdout
+    assert run.outputs["status"] == "passed" and run.outputs["total"] == "3"
+    executed = runner_commands(run.stdout)
+    assert {name for name, _, _ in executed} == {"group", "endgroup"}, executed
+    # and every file the run wrote went to the runner's user
+    written = [p for p in runner.workspace.rglob("*") if "results" in str(p)]
+    assert written and {(p.lstat().st_uid, p.lstat().st_gid) for p in written} == {
+        (RUNNER_UID, RUNNER_GID)
+    }
+
+
+def test_links_and_files_in_the_way_of_the_reports_are_refused(action_image, runner):
+    ws = runner.workspace
+    (ws / "tests").mkdir()
+    (ws / "tests" / "ok.yml").write_text(OK_WORKFLOW)
+    (ws / "docs").mkdir()
+    (ws / "docs" / "summary.md").write_text("the project's own summary\n")
+    logs = ws / "calimero-workflow-results" / "node-logs"
+    logs.mkdir(parents=True)
+    (logs / "tests-ok-yml").symlink_to("/github/runner_temp")
+    give_to_the_runner(ws)
+    before = sorted(p.name for p in runner.temp.iterdir())
+
+    for inputs, said in (
+        ({"junit-path": "docs/junit.xml"}, "docs/summary.md is already there"),
+        ({"junit-path": "README.md"}, None),
+        ({}, "calimero-workflow-results/node-logs/tests-ok-yml is a symbolic link"),
+    ):
+        if inputs.get("junit-path") == "README.md":
+            (ws / "README.md").write_text("# the project\n")
+            said = "README.md is already there"
+        run = run_like_the_runner(
+            runner,
+            action_image,
+            {"workflows": "tests/ok.yml", "backend": "embedded", **inputs},
+        )
+        assert run.code == 2, run.stdout
+        assert run.outputs["status"] == "invalid"
+        errors = [m for _, _, m in run.errors()]
+        assert any(said in m for m in errors), errors
+    assert (ws / "docs" / "summary.md").read_text() == "the project's own summary\n"
+    assert (ws / "README.md").read_text() == "# the project\n"
+    assert sorted(p.name for p in runner.temp.iterdir()) == before
+
+
+def test_signals_as_pid_1_at_any_time_end_cancelled_with_every_output(
+    client, action_image, runner
+):
+    (runner.workspace / "tests").mkdir()
+    steps = "".join(
+        f"  - {{name: a{i}, type: assert, non_blocking: true, actual: '{'v' * 500}', equals: w}}\n"
+        for i in range(30)
+    )
+    for i in range(6):
+        (runner.workspace / "tests" / f"w{i}.yml").write_text(f"name: w{i}\nsteps:\n{steps}")
+    give_to_the_runner(runner.workspace)
+    inputs = {"workflows": "tests/*.yml", "backend": "embedded"}
+
+    # SIGTERM as soon as the action handles it, while it is starting (as PID 1
+    # a process without a handler ignores SIGTERM)
+    started = start_like_the_runner(runner, action_image, inputs)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        probe = subprocess.run(
+            ["docker", "exec", started.name, "grep", "SigCgt", "/proc/1/status"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if probe.returncode == 0 and int(probe.stdout.split()[1], 16) & (1 << 14):
+            break
+        time.sleep(0.05)
+    client.containers.get(started.name).kill(signal="SIGTERM")
+    run = started.finish(120)
+    assert run.code == 130, run.stdout
+    assert "Traceback" not in run.stdout
+    assert run.outputs["status"] == "cancelled" and run.outputs["total"] == "6"
+
+    # SIGINT while the reports are written (they wait for the step summary,
+    # a pipe the test reads only then), passed on by `docker run`
+    started = start_like_the_runner(runner, action_image, inputs, summary_pipe=True)
+    while started.seen.count("::endgroup::\n") < 6:  # the last workflow ran
+        line = started.proc.stdout.readline()
+        assert line, started.seen
+        started.seen += line
+    time.sleep(1)
+    started.proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    with started.files["GITHUB_STEP_SUMMARY"].open() as pipe:
+        assert pipe.read().startswith("## ")
+    run = started.finish(120)
+    assert run.code == 130, run.stdout
+    assert "Traceback" not in run.stdout and "KeyboardInterrupt" not in run.stdout
+    assert run.outputs["status"] == "cancelled"
+    reports = runner.workspace / "calimero-workflow-results"
+    ET.parse(reports / "junit.xml")
+    written = [reports, *reports.rglob("*")]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {
+        (RUNNER_UID, RUNNER_GID)
+    }
+
+
+def test_the_runners_tokens_are_masked_and_gone_from_the_process(action_image, runner):
+    token = f"runtime-{secrets.token_hex(12)}"
+    id_token = f"idtoken-{secrets.token_hex(12)}"
+    (runner.workspace / "wf.yml").write_text(
+        "name: peek\nsteps:\n"
+        "  - name: env\n    type: script\n    run: env | grep ^ACTIONS_ || true\n"
+        "  - name: environ\n    type: script\n"
+        "    run: tr '\\0' '\\n' < /proc/1/environ | grep ^ACTIONS_ || true\n"
+    )
+    give_to_the_runner(runner.workspace)
+    run = run_like_the_runner(
+        runner,
+        action_image,
+        {"workflows": "wf.yml", "backend": "embedded"},
+        extra_env={
+            "ACTIONS_RUNTIME_TOKEN": token,
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": id_token,
+            "ACTIONS_RUNTIME_URL": "http://runtime.invalid/",
+        },
+    )
+    assert run.code == 0, run.stdout
+    masks = [m for n, _, m in runner_commands(run.stdout) if n == "add-mask"]
+    assert set(masks[:2]) == {token, id_token}  # before anything else
+    results = json.loads(run.outputs["results"])["wf.yml"]
+    seen = results["environ"]["stdout"]
+    assert "ACTIONS_RUNTIME_URL=http://runtime.invalid/" in seen  # the block is read...
+    assert f"ACTIONS_RUNTIME_TOKEN={token}" not in seen  # ...without the tokens
+    assert token not in seen and id_token not in seen
+    assert results["env"]["stdout"] == ""  # workflows never get ACTIONS_*
+    written = [run.stdout.replace(f"::add-mask::{token}", "").replace(f"::add-mask::{id_token}", "")]
+    written += [run.summary, *run.outputs.values()]
+    written += [p.read_text() for p in runner.workspace.rglob("*") if p.is_file()]
+    assert not [t for t in written if token in t or id_token in t]

@@ -220,12 +220,49 @@ def test_every_invalid_input_is_reported_at_once(workspace):
         in problems
     )
     assert "input summary must be true or false, got 'yes'" in problems
-    assert "input env, line 2: 'not a pair' is not KEY=VALUE" in problems
-    assert "input env, line 3: '1BAD=x' is not KEY=VALUE" in problems
+    # a line that is not KEY=VALUE may hold a secret: only its number and key show
+    assert "input env, line 2 has no '=' (its text is not shown" in problems
+    assert "not a pair" not in problems
+    assert "input env, line 3: the key '1BAD' is not a variable name" in problems
     assert (
         "input image: 'Calimero/Merod:edge' is not a valid image reference: "
         "repository names must be lowercase" in problems
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("retries", "²"),  # str.isdigit() says yes, int() says no
+        ("retries", "٣"),  # int() reads it as 3
+        ("retries", "1_0"),
+        ("retries", "+1"),
+        ("timeout-minutes", "٣"),
+        ("timeout-minutes", "1_0"),
+        ("timeout-minutes", "1e-7"),
+        ("timeout-minutes", "nan"),
+        ("timeout-minutes", "inf"),
+        ("timeout-minutes", "-0"),
+        ("timeout-minutes", "0x10"),
+    ],
+)
+def test_numeric_inputs_are_ascii_numbers(workspace, name, value):
+    write(workspace, "wf/a.yml", PASSING)
+    env = {**env_for(workspace, workflows="wf/a.yml"), f"INPUT_{name.upper()}": value}
+    with pytest.raises(InputError, match=rf"input {name} must be"):
+        read_settings(env)
+    code, printed, outputs = run(env)  # as the runner gives it: exit 2, no traceback
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert not (workspace / "calimero-workflow-results").exists()
+
+
+def test_numeric_inputs_in_their_plain_spelling_are_read(workspace):
+    settings = read_settings(
+        env_for(workspace, workflows="a.yml", retries="10", timeout_minutes="0.5")
+    )
+    assert (settings.retries, settings.timeout_minutes) == (10, 0.5)
+    settings = read_settings(env_for(workspace, workflows="a.yml", timeout_minutes=".25"))
+    assert settings.timeout_minutes == 0.25
 
 
 @pytest.mark.parametrize(
@@ -294,14 +331,20 @@ def test_the_reports_never_overwrite_a_workflow_file(workspace, junit):
     assert clash is None or clash.read_text() == "{}"
 
 
-def test_a_symlink_out_of_the_workspace_is_outside_it(workspace, tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (workspace / "reports").symlink_to(outside)
-    with pytest.raises(
-        InputError, match="input junit-path 'reports/j.xml' is outside the workspace"
-    ):
-        read_settings(env_for(workspace, workflows="a.yml", junit_path="reports/j.xml"))
+@pytest.mark.parametrize("inside", [False, True])
+def test_no_path_to_write_goes_through_a_symlink(workspace, tmp_path, inside):
+    target = workspace / "real" if inside else tmp_path / "outside"
+    target.mkdir()
+    (workspace / "reports").symlink_to(target)
+    for name, value in (("junit_path", "reports/j.xml"), ("node_logs_dir", "reports/logs")):
+        with pytest.raises(InputError) as caught:
+            read_settings(env_for(workspace, workflows="a.yml", **{name: value}))
+        dashed = name.replace("_", "-")
+        assert (
+            f"input {dashed} {value!r}: reports is a symbolic link; the action writes "
+            "nothing through one (use a real folder)"
+        ) in caught.value.problems
+    assert not list(target.iterdir())
 
 
 # -- discovery -----------------------------------------------------------------------------
@@ -565,7 +608,7 @@ steps:
     env = env_for(
         workspace,
         workflows="wf/remote.yml",
-        env="API_TOKEN=tok-123\nPLAIN=visible\nSHORT_KEY=abc",
+        env="API_TOKEN=tok-123\nPLAIN=visible\nSHORT_KEY=x9",
     )
     _, printed, _ = run(env)
     executed = runner_commands(printed)
@@ -815,7 +858,15 @@ def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
     [case] = never.iter("testcase")
     assert case.find("skipped").get("message") == "not run: the action was cancelled"
     assert never.get("timestamp")[:4] == time.strftime("%Y", time.gmtime())
-    assert junit.get("skipped") == "1"
+    # the step the cancellation cut short is skipped too, and says why
+    slow_suite = next(s for s in junit if s.get("file") == "wf/1-slow.yml")
+    (cut,) = slow_suite.iter("testcase")
+    assert cut.find("skipped").get("message") == "cancelled: the run was interrupted"
+    assert (junit.get("skipped"), junit.get("failures"), junit.get("errors")) == (
+        "2",
+        "0",
+        "0",
+    )
 
 
 # -- the other entry points ------------------------------------------------------------------
@@ -850,3 +901,352 @@ def test_with_arguments_the_image_is_the_command_line(workspace, capsys):
         == 0
     )
     assert "PASSED passing" in capsys.readouterr().out
+
+
+# -- what a repository's files and names cannot make the action do ------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a\r::warning::CR.yml", "b ##[error]LEGACY.yml", "c\n::error::NL.yml"],
+)
+def test_hostile_file_names_are_shown_not_run(workspace, name):
+    write(workspace, f"wf/{name}", PASSING.replace("${GREETING:-unset}", "hello"))
+    code, printed, outputs = run(env_for(workspace, workflows="wf/*.yml"))
+    assert (code, outputs["status"]) == (0, "passed"), printed
+    executed = runner_commands(printed)
+    assert [c for c in executed if c[0] not in ("group", "endgroup")] == []
+    shown = printed.replace("\u200b", "")
+    visible = name.replace("\r", "\\x0d").replace("\n", "\\n")
+    assert f"  - wf/{visible}\n" in shown
+
+
+def test_a_hostile_workflow_name_is_shown_not_run(workspace):
+    # more failing steps than log groups: the line that says so quotes the name
+    steps = (
+        "  - {name: loop, type: repeat, count: 22, stop_on_failure: false,"
+        " steps: [{type: script, run: 'echo out; exit 1'}]}\n"
+    )
+    for number, name in enumerate(
+        [r"x\r::warning::NAMECR ##[warning]NAMELEGACY", r"x\n::error::NAMENL"]
+    ):
+        write(workspace, f"wf/{number}.yml", f'name: "{name}"\nsteps:\n{steps}')
+    code, printed, outputs = run(env_for(workspace, workflows="wf/*.yml"))
+    assert (code, outputs["status"]) == (1, "failed"), printed
+    assert printed.count("(more step logs are in the JUnit report:") == 2
+    executed = runner_commands(printed)
+    # shown in group titles and in the annotations' titles (as properties),
+    # never run as commands of their own
+    assert {name for name, _, _ in executed} == {"group", "endgroup", "error", "warning"}
+    assert all("NAME" not in data for name, _, data in executed if name == "warning")
+    assert all(props.get("legacy") is None for _, props, _ in executed)
+
+
+def test_reports_never_go_through_a_symlink_a_run_puts_there(workspace, tmp_path):
+    # an earlier run of the action wrote the reports (and listed them) ...
+    write(workspace, "wf/ok.yml", PASSING.replace("${GREETING:-unset}", "hello"))
+    assert run(env_for(workspace, workflows="wf/ok.yml"))[0] == 0
+    reports = workspace / "calimero-workflow-results"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    # ... then a workflow's script swaps one for a link out of the workspace,
+    # and plants links where temporary files used to go
+    write(
+        workspace,
+        "wf/swap.yml",
+        f"""\
+name: swap
+steps:
+  - name: swap
+    type: script
+    run: |
+      rm -f {reports}/summary.md
+      ln -s {outside} {reports}/summary.md
+      for f in junit.xml results.json report.json failed-steps.json; do ln -sf {outside} {reports}/$f.tmp; done
+""",
+    )
+    code, printed, outputs = run(env_for(workspace, workflows="wf/*.yml"))
+    assert (code, outputs["status"]) == (0, "passed"), printed
+    assert outside.read_text() == "keep me"
+    summary = reports / "summary.md"
+    assert not summary.is_symlink() and "calimero-workflow" in summary.read_text()
+    warnings = [m for n, _, m in runner_commands(printed) if n == "warning"]
+    assert (
+        "calimero-workflow-results/summary.md was a symbolic link; it was replaced by the report"
+        in warnings
+    )
+
+
+def test_the_reports_folder_swapped_for_a_link_is_refused_not_followed(
+    workspace, tmp_path
+):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write(
+        workspace,
+        "wf/swap.yml",
+        f"name: swap\nsteps:\n  - {{type: script, run: 'rm -rf out; ln -s {outside} out'}}\n",
+    )
+    (workspace / "wf" / "out").mkdir()
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/swap.yml", junit_path="wf/out/junit.xml")
+    )
+    assert list(outside.iterdir()) == []
+    assert outputs["status"] == "failed" and code == 1
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert any(
+        "wf/out/junit.xml was not written: wf/out is a symbolic link" in m for m in errors
+    ), errors
+
+
+@pytest.mark.parametrize(
+    ("junit", "existing"),
+    [
+        ("docs/junit.xml", "docs/summary.md"),
+        ("README.md", "README.md"),
+        ("calimero-workflow-results/junit.xml", "calimero-workflow-results/report.json"),
+    ],
+)
+def test_the_reports_never_replace_a_file_the_action_did_not_write(
+    workspace, junit, existing
+):
+    write(workspace, "wf/ok.yml", PASSING)
+    mine = write(workspace, existing, "the repository's own file\n")
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", junit_path=junit))
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert mine.read_text() == "the repository's own file\n"
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert any(
+        f"{existing} is already there, and this action did not write it" in m for m in errors
+    ), errors
+
+
+def test_the_reports_replace_what_an_earlier_run_wrote(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml", junit_path="docs/junit.xml")
+    assert run(env)[0] == 1  # GREETING unset: the workflow fails, the reports are written
+    listed = json.loads((workspace / "docs" / ".calimero-workflow.json").read_text())
+    assert set(listed["written"]) == {
+        "junit.xml", "summary.md", "results.json", "failed-steps.json", "report.json",
+    }  # fmt: skip
+    env["GREETING"] = "hello"
+    code, printed, outputs = run(env)
+    assert (code, outputs["status"]) == (0, "passed"), printed
+    assert "passed" in (workspace / "docs" / "summary.md").read_text()
+
+
+def test_node_logs_folders_are_never_links_nor_someone_elses(workspace, tmp_path):
+    write(workspace, "wf/a.yml", "name: a\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    logs = workspace / "calimero-workflow-results" / "node-logs"
+    logs.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (logs / "wf-a-yml").symlink_to(outside)
+    code, printed, outputs = run(env_for(workspace, workflows="wf/a.yml"))
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert "calimero-workflow-results/node-logs/wf-a-yml is a symbolic link" in printed
+    (logs / "wf-a-yml").unlink()
+    code, printed, outputs = run(env_for(workspace, workflows="wf/a.yml"))
+    assert code == 0, printed
+    assert (logs / "wf-a-yml" / "calimero-node-1.log").is_file()
+    assert list(outside.iterdir()) == []
+
+
+def test_a_secret_at_a_cut_is_never_half_shown(workspace):
+    secret = "tok-" + "0123456789abcdefghij"
+    steps = "".join(
+        f"  - {{name: s{pad}, type: assert, non_blocking: true, "
+        f"actual: '{'x' * pad}${{API_TOKEN}}', equals: other}}\n"
+        for pad in range(240, 300, 3)
+    )
+    write(workspace, "wf/cut.yml", f"name: cut\nsteps:\n{steps}")
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/cut.yml", env=f"API_TOKEN={secret}")
+    )
+    assert code == 1
+    failed = json.loads(outputs["failed-steps"])
+    assert len(failed) == 20 and all(len(f["message"]) <= 300 for f in failed)
+    written = [
+        outputs["failed-steps"],
+        *(p.read_text() for p in (workspace / "calimero-workflow-results").rglob("*.*")),
+        Path(env_for(workspace)["GITHUB_STEP_SUMMARY"]).read_text(),
+        printed.replace(f"::add-mask::{secret}", ""),
+    ]
+    assert not [t for t in written if secret[:6] in t]
+
+
+def test_values_that_read_as_settings_never_break_what_the_action_writes(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(
+        workspace,
+        workflows="wf/ok.yml",
+        env="AUTH_REQUIRED=true\nSESSION_LIMIT=null\nKEY_MODE=failed\nSESSION_STORE=file\n"
+        "RETRY_TOKEN=3",
+    )
+    code, printed, outputs = run(env)
+    assert (code, outputs["status"]) == (1, "failed")
+    assert outputs["failed"] == "1"
+    json.loads(outputs["results"]) and json.loads(outputs["failed-steps"])
+    reports = workspace / "calimero-workflow-results"
+    for name in ("results.json", "failed-steps.json", "report.json"):
+        json.loads((reports / name).read_text())
+    junit = ET.parse(reports / "junit.xml").getroot()
+    assert junit.find("testsuite").get("file") == "wf/ok.yml"
+    assert [n for n, _, _ in runner_commands(printed)].count("add-mask") == 0
+    for key in ("AUTH_REQUIRED", "SESSION_LIMIT", "KEY_MODE", "SESSION_STORE", "RETRY_TOKEN"):
+        assert f"the value of {key} reads as a setting" in printed
+
+
+def test_an_explicit_secret_that_is_a_word_of_our_syntax_breaks_nothing(workspace):
+    # a remote node's password is always masked, even "failed"
+    write(
+        workspace,
+        "wf/remote.yml",
+        """\
+name: remote
+remote_nodes:
+  far: {url: "http://127.0.0.1:9", auth: {method: password, username: u, password: "failed"}}
+steps: [{type: wait, seconds: 0.01}]
+""",
+    )
+    code, printed, outputs = run(env_for(workspace, workflows="wf/remote.yml"))
+    assert (code, outputs["status"], outputs["failed"]) == (1, "failed", "1")
+    reports = workspace / "calimero-workflow-results"
+    report = json.loads((reports / "report.json").read_text())
+    assert report[0][0]["status"] == "failed"  # the key and our word, unmasked
+    ET.parse(reports / "junit.xml")
+
+
+@pytest.mark.parametrize(
+    "key", ["DB_PASSPHRASE", "CREDS", "AWS_CREDS", "JWT", "SENTRY_DSN", "DB_PWD", "BEARER"]
+)
+def test_more_secret_looking_keys_are_masked(workspace, key):
+    write(workspace, "wf/ok.yml", PASSING)
+    value = "v4lue-of-" + key.lower()
+    code, printed, _ = run(env_for(workspace, workflows="wf/ok.yml", env=f"{key}={value}"))
+    assert ("add-mask", {}, value) in runner_commands(printed)
+
+
+def test_pwd_alone_is_the_shells_folder_not_a_secret(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    env["PWD"] = "/github/workspace"
+    _, printed, _ = run(env)
+    assert "add-mask" not in [n for n, _, _ in runner_commands(printed)]
+
+
+def test_globstar_does_not_follow_symlinked_folders(workspace):
+    write(workspace, "t/ok.yml", PASSING)
+    (workspace / "t" / "l1").symlink_to(".")
+    (workspace / "t" / "l2").symlink_to(".")
+    (workspace / "t" / "root").symlink_to("/")
+    started = time.monotonic()
+    found = discover_workflows(read_settings(env_for(workspace, workflows="**/*.yml")))
+    assert time.monotonic() - started < 5
+    assert [p.relative_to(workspace).as_posix() for p in found.files] == ["t/ok.yml"]
+    # a link named on purpose is still read where it lands, once
+    found = discover_workflows(read_settings(env_for(workspace, workflows="t/l1/*.yml")))
+    assert [p.relative_to(workspace).as_posix() for p in found.files] == ["t/ok.yml"]
+
+
+def test_the_runners_tokens_are_masked_first(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    env["ACTIONS_RUNTIME_TOKEN"] = "runtime-token-value"
+    env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"] = "id-token-value"
+    env["ACTIONS_RUNTIME_URL"] = "http://runtime.example/"
+    _, printed, _ = run(env)
+    masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
+    assert masks[:2] == ["runtime-token-value", "id-token-value"]
+    assert "http://runtime.example/" not in masks
+
+
+def test_many_nodes_out_of_time_while_starting_fail_cleanly(workspace):
+    write(workspace, "wf/many.yml", "name: many\nnodes: {count: 40}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    code, printed, outputs = run(
+        env_for(workspace, workflows="wf/many.yml", timeout_minutes="0.0000001")
+    )
+    assert (code, outputs["status"]) == (1, "failed"), printed
+    (failure,) = json.loads(outputs["failed-steps"])
+    assert failure["step"] == "phase nodes_start"
+    assert "did not finish within" in failure["message"]
+
+
+# -- signals at any time --------------------------------------------------------------------
+
+
+def _start_action(env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """The action's console script, as the image starts it."""
+    env = {**env, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from calimero_workflow.interrupts import action_entry; raise SystemExit(action_entry())"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether the process has its own SIGTERM handler (set first thing)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def _cancelled_with_everything(workspace: Path, env: dict[str, str], proc) -> None:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    assert outputs["status"] == "cancelled", outputs
+    assert {"total", "passed", "failed", "skipped", "results", "failed-steps"} <= set(outputs)
+    reports = workspace / "calimero-workflow-results"
+    ET.parse(reports / "junit.xml")
+    for name in ("results.json", "failed-steps.json", "report.json"):
+        json.loads((reports / name).read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_engine_loads_ends_cancelled_with_every_output(workspace, sig):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    proc = _start_action(env, workspace)
+    deadline = time.monotonic() + 30
+    while not _handles_sigterm(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.001)
+    proc.send_signal(sig)  # the engine is still being imported
+    _cancelled_with_everything(workspace, env, proc)
+    report = json.loads((workspace / "calimero-workflow-results" / "report.json").read_text())
+    assert report[0][0]["status"] == "skipped"  # nothing ran
+
+
+def test_a_signal_while_the_reports_are_written_ends_cancelled_with_every_output(
+    workspace,
+):
+    steps = "".join(
+        f"  - {{name: a{i}, type: assert, non_blocking: true, actual: '{'v' * 200}', equals: w}}\n"
+        for i in range(20)
+    )
+    for i in range(3):
+        write(workspace, f"wf/w{i}.yml", f"name: w{i}\nsteps:\n{steps}")
+    env = env_for(workspace, workflows="wf/*.yml", env="API_TOKEN=abcdefghijklmnop")
+    # the step summary is a pipe nobody reads yet: the reports wait there
+    summary = Path(env["GITHUB_STEP_SUMMARY"])
+    os.mkfifo(summary)
+    proc = _start_action(env, workspace)
+    groups = 0
+    for line in proc.stdout:
+        groups += line.startswith("::endgroup::")
+        if groups == 3:  # the last workflow ran: the reports are next
+            break
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    with summary.open() as fh:  # let the reports go on
+        text = fh.read()
+    assert text.startswith("## ")
+    _cancelled_with_everything(workspace, env, proc)

@@ -226,8 +226,13 @@ def test_an_interrupted_step_is_recorded_and_the_rest_skipped(tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, seen + rest
-    steps = json.loads(report.read_text())["steps"]
-    assert [(s["status"], (s["error"] or {}).get("kind")) for s in steps] == [("failed", "cancelled"), ("skipped", None)]
+    data = json.loads(report.read_text())
+    steps = data["steps"]
+    # cut short by the interrupt: skipped, not failed; the run says interrupted
+    assert [(s["status"], (s["error"] or {}).get("kind")) for s in steps] == [("skipped", "cancelled"), ("skipped", None)]
+    assert steps[0]["error"]["message"] == "the run was interrupted"
+    assert data["counts"] == {"total": 2, "passed": 0, "failed": 0, "skipped": 2}
+    assert "INTERRUPTED slow: 0 passed, 0 failed, 2 skipped" in rest
 
 
 def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path):
@@ -240,7 +245,7 @@ def test_an_interrupted_nested_step_is_recorded_under_its_parent(tmp_path: Path)
     data = json.loads(report.read_text())
     (loop,) = data["steps"]
     assert [c["path"] for c in loop["children"]] == ["loop[1]/wait #1"]
-    assert data["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}
+    assert data["counts"] == {"total": 1, "passed": 0, "failed": 0, "skipped": 1}
 
 
 def test_result_paths_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path, capsys):
@@ -366,3 +371,156 @@ def test_ctrl_c_stops_a_catastrophic_regular_expression(tmp_path: Path):
     # the process does not wait for the matching thread (it ends by itself)
     assert time.monotonic() - started < 4
     assert "Traceback" not in rest
+
+
+# -- what the reports count ------------------------------------------------------------
+
+
+def _junit_cases(path: Path) -> list:
+    import xml.etree.ElementTree as ET
+
+    return list(ET.parse(path).getroot().iter("testcase"))
+
+
+def test_a_fail_fast_parallel_counts_what_it_cancelled_as_skipped(tmp_path: Path, capsys):
+    # the slow group comes first in the file and finishes last
+    wf = write(
+        tmp_path,
+        "par.yml",
+        """\
+name: par
+steps:
+  - name: both
+    type: parallel
+    failure_mode: fail-fast
+    groups:
+      - name: slow
+        steps: [{name: nap, type: wait, seconds: 30}, {name: after, type: wait, seconds: 0.01}]
+      - name: quick
+        steps: [{name: bad, type: assert, actual: 1, equals: 2}]
+""",
+    )
+    junit = tmp_path / "j.xml"
+    code = main(["run", str(wf), "--junit", str(junit), "--workdir", str(tmp_path / "w"), "--color", "never"])
+    assert code == 1
+    assert "FAILED par: 0 passed, 1 failed, 2 skipped" in capsys.readouterr().out
+    cases = _junit_cases(junit)
+    assert [c.get("name") for c in cases] == ["both/slow/nap", "both/slow/after", "both/quick/bad"]
+    nap, after, bad = cases
+    why = "cancelled: group 'quick' failed and failure_mode is fail-fast"
+    assert nap.find("skipped").get("message") == why and nap.find("failure") is None
+    assert after.find("skipped") is not None
+    assert bad.find("failure").get("type") != "cancelled"
+
+
+def test_a_file_that_does_not_load_is_an_error_testcase_and_the_others_run(
+    tmp_path: Path, monkeypatch, capsys
+):
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "good.yml", PASSING)
+    write(tmp_path, "bad.yml", "name: bad\nsteps:\n  - type: wait\n")
+    code = main(["run", "good.yml", "bad.yml", "--junit", "j.xml", "--results", "r.json",
+                 "--report", "rep.json", "--workdir", "w", "--color", "never"])
+    assert code == 2  # a file did not load
+    captured = capsys.readouterr()
+    assert "bad.yml:3:5: step 'wait #1' (wait): missing required key 'seconds'" in captured.err
+    assert "PASSED passing" in captured.out  # the valid file ran
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    suites = {s.get("file"): s for s in root.iter("testsuite")}
+    assert list(suites) == ["good.yml", "bad.yml"]
+    (case,) = suites["bad.yml"].iter("testcase")
+    assert (case.get("name"), case.get("file"), case.get("line")) == ("phase load", "bad.yml", "3")
+    assert case.find("error").get("type") == "invalid"
+    assert "missing required key 'seconds'" in case.find("error").get("message")
+    assert (root.get("tests"), root.get("errors"), root.get("failures")) == ("2", "1", "0")
+    report = json.loads((tmp_path / "rep.json").read_text())
+    assert [(r["file"], r["status"]) for r in report] == [("good.yml", "passed"), ("bad.yml", "failed")]
+    assert report[1]["counts"] == {"total": 1, "passed": 0, "failed": 1, "skipped": 0}
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "good.yml": {"a": {"check": "equals", "actual": "hello", "expected": "hello", "passed": True}},
+        "bad.yml": {},
+    }
+
+
+def test_a_failed_phase_counts_as_failed_and_keeps_its_time(tmp_path: Path, capsys):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        wf = write(
+            tmp_path, "port.yml", f"name: port\nnodes: {{count: 1, base_rpc_port: {port}}}\nsteps: [{{type: wait, seconds: 0.01}}]\n"
+        )
+        junit, report = tmp_path / "j.xml", tmp_path / "rep.json"
+        code = main(["run", str(wf), "--junit", str(junit), "--report", str(report),
+                     "--workdir", str(tmp_path / "w"), "--color", "never"])
+    finally:
+        taken.close()
+    assert code == 1
+    assert "FAILED port: 0 passed, 1 failed, 1 skipped" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    phase = next(p for p in data["phases"] if p["name"] == "nodes_start")
+    assert phase["status"] == "failed" and data["counts"]["failed"] == 1
+    case = next(c for c in _junit_cases(junit) if c.get("name") == "phase nodes_start")
+    assert case.find("error") is not None
+    assert case.get("time") == f"{max(phase['duration_s'], 0):.3f}" and phase["duration_s"] > 0
+
+
+def test_a_step_that_fails_on_its_own_capture_counts_as_failed(tmp_path: Path, capsys):
+    wf = write(
+        tmp_path,
+        "cap.yml",
+        """\
+name: cap
+steps:
+  - name: loop
+    type: repeat
+    count: 2
+    outputs: {x: no_such_field}
+    steps:
+      - {type: assert, actual: 1, equals: 1}
+""",
+    )
+    junit = tmp_path / "j.xml"
+    assert main(["run", str(wf), "--junit", str(junit), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1
+    assert "FAILED cap: 2 passed, 1 failed, 0 skipped" in capsys.readouterr().out
+    cases = {c.get("name"): c for c in _junit_cases(junit)}
+    assert "cannot be captured" in cases["loop"].find("failure").get("message")
+
+
+def test_a_bad_env_flag_never_shows_its_value(tmp_path: Path, capsys):
+    wf = write(tmp_path, "ok.yml", PASSING)
+    assert main(["run", str(wf), "--env", "hunter2-secret", "--env", "1X=hunter3-secret"]) == 2
+    err = capsys.readouterr().err
+    assert "--env number 1 has no '='" in err and "--env '1X'=…: the key is not a variable name" in err
+    assert "hunter" not in err
+
+
+def test_result_files_are_made_of_redacted_records_then_cut(tmp_path: Path):
+    import argparse
+    import xml.etree.ElementTree as ET
+
+    from calimero_workflow.cli import _write_outputs
+    from calimero_workflow.results import ErrorInfo, RunResult, Status, StepRecord
+
+    secret = "pw-" + "s3cret" * 4
+    steps = [
+        StepRecord(f"s{pad}", "assert", f"s{pad}", Status.FAILED,
+                   error=ErrorInfo("x" * pad + secret + " and the rest"))
+        for pad in range(980, 1000)
+    ]
+    run = RunResult("wf", str(tmp_path / "wf.yml"), "r", "embedded", Status.FAILED, steps=steps,
+                    workflow_results={"failed": {secret: "failed"}})
+    args = argparse.Namespace(results=tmp_path / "r.json", report=tmp_path / "rep.json", junit=tmp_path / "j.xml")
+    _write_outputs(args, [run], [secret, "failed"])
+    texts = [p.read_text() for p in (args.results, args.report, args.junit)]
+    assert not [t for t in texts if secret[:5] in t]  # never half the secret at the 1000-character cut
+    # the masked word "failed" is masked in values, never in the files' own syntax
+    assert json.loads(texts[1])["status"] == "failed"
+    assert json.loads(texts[0]) == {"***": {"***": "***"}}
+    messages = [c.find("failure").get("message") for c in ET.parse(args.junit).getroot().iter("testcase")]
+    assert all(len(m) <= 1000 for m in messages)

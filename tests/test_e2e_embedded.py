@@ -455,3 +455,35 @@ async def test_registry_install_sends_the_coordinates(tmp_path: Path):
 async def test_an_install_needs_a_source(tmp_path: Path):
     with pytest.raises(WorkflowValidationError, match="or `package` with `version`"):
         await run_workflow(tmp_path, 1, "  - {type: install_application, node: node-1, package: p}\n")
+
+
+
+async def test_an_unexpected_error_in_a_phase_fails_the_phase_and_still_cleans_up(
+    tmp_path: Path,
+):
+    from calimero_workflow.backends.embedded import EmbeddedBackend
+
+    class Broken(EmbeddedBackend):
+        async def start_nodes(self, specs, *, ready_timeout):
+            await super().start_nodes(specs, ready_timeout=ready_timeout)
+            raise ValueError("Invalid file descriptor: -1")
+
+    wf = parse_workflow(
+        "name: t\nnodes: {count: 2}\nsteps: [{type: wait, seconds: 0.01}]\n",
+        file=tmp_path / "wf.yml",
+        environ={},
+    )
+    made: list[Broken] = []
+
+    def factory(kind, **kwargs):
+        made.append(Broken(run_id=kwargs["run_id"], workflow_name="t", workdir=kwargs["workdir"]))
+        return made[0]
+
+    result = await WorkflowExecutor(wf, env={}, workdir=tmp_path, backend_factory=factory).run()
+    assert result.status is Status.FAILED and not result.interrupted
+    phases = {p.name: p for p in result.phases}
+    assert phases["nodes_start"].error.kind == "internal"
+    assert "ValueError: Invalid file descriptor: -1" in phases["nodes_start"].error.message
+    assert phases["cleanup"].status is Status.PASSED
+    assert not made[0]._nodes or not any(n.running for n in made[0]._nodes.values())
+    assert result.counts()["failed"] == 1

@@ -7,6 +7,7 @@ background sync runs every 100 ms here so catch-up tests finish quickly.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -266,6 +267,37 @@ async def test_stopping_a_node_keeps_the_callers_cancellation(
         await node.stop()
 
 
+async def test_a_start_cut_short_anywhere_stops_cleanly_and_frees_its_ports(
+    tmp_path, node_runtime
+) -> None:
+    # A run cancelled (or out of time) while its nodes start cancels start()
+    # at any of its awaits; the node must stop and let the cancellation go
+    # on, never fail with a closed socket inside a live server.
+    seen_running = False
+    for turns in range(40):
+        node = EmbeddedNode(
+            NodeConfig(name="n", home=tmp_path / f"n{turns}"), runtime=node_runtime
+        )
+        starting = asyncio.ensure_future(node.start())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            assert not node.running
+        else:  # started before the cancellation landed
+            seen_running = True
+            assert node.running
+            await node.stop()
+        # nothing left listening: the port can be taken again
+        port = int(node.url.rsplit(":", 1)[1])
+        if port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+    assert seen_running  # the loop reached past the end of start()
+
+
 # -- namespace members follow the namespace's contexts (merod's auto-join) ----------
 
 
@@ -385,3 +417,36 @@ async def test_a_deleted_context_stays_left_until_join_context(cluster: Cluster)
     assert await node2.join_context(ctx) == {"contextId": ctx, "memberPublicKey": me}
     assert await node2.call(ctx, "get", {"key": "k"}) == "v"
     await cluster.converged(ctx)
+
+
+async def test_nodes_stopped_while_they_mesh_leave_no_failed_task(
+    tmp_path, node_runtime
+) -> None:
+    # a run cancelled just after its nodes started stops them while their
+    # handshakes and peer exchanges are still in flight
+    import gc
+
+    loop = asyncio.get_running_loop()
+    failures: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: failures.append(context["message"]))
+    try:
+        for round_ in range(6):
+            nodes: list[EmbeddedNode] = []
+            for i in range(8):
+                config = NodeConfig(
+                    name=f"n{i}",
+                    home=tmp_path / f"r{round_}" / f"n{i}",
+                    bootstrap=[n.swarm_multiaddr for n in nodes],
+                )
+                node = EmbeddedNode(config, runtime=node_runtime)
+                await node.start()
+                nodes.append(node)
+            await asyncio.sleep(0.005 * round_)
+            for node in nodes:
+                await node.stop()
+            await asyncio.sleep(0.05)  # stray handshakes finish
+            gc.collect()  # a failed task nobody awaited is reported when collected
+    finally:
+        loop.set_exception_handler(previous)
+    assert failures == []

@@ -20,6 +20,7 @@ from calimero_workflow.report.github import (
     MAX_MESSAGE_CHARS,
     Annotation,
     GitHub,
+    Redactor,
     escape_data,
     escape_property,
     utf16_size,
@@ -42,32 +43,76 @@ def unescape_property(text: str) -> str:
     )
 
 
-_COMMAND = re.compile(r"^::([A-Za-z-]+)(?: ([^:]*))?::(.*)$")
+#: Commands the runner knows (ActionCommandManager's extensions); only these run.
+_REGISTERED = frozenset(
+    {
+        "error", "warning", "notice", "debug", "group", "endgroup", "add-mask",
+        "set-output", "save-state", "set-env", "add-path", "echo",
+        "stop-commands", "add-matcher", "remove-matcher",
+    }
+)  # fmt: skip
+
+
+def _parse_v2(line: str, registered: set[str]) -> tuple[str, dict, str] | None:
+    """ActionCommand.TryParseV2: ``::name props::data`` after leading spaces."""
+    line = line.lstrip()
+    if not line.startswith("::"):
+        return None
+    end = line.find("::", 2)
+    if end < 0:
+        return None
+    info = line[2:end]
+    name, _, props_text = info.partition(" ")
+    if name.lower() not in registered:
+        return None
+    props = {}
+    for pair in props_text.split(","):
+        key, eq, value = pair.partition("=")
+        if eq and key and value:
+            props[key] = unescape_property(value)
+    return name.lower(), props, unescape_data(line[end + 2 :])
+
+
+def _parse_v1(line: str, registered: set[str]) -> tuple[str, dict, str] | None:
+    """ActionCommand.TryParse: the legacy ``##[name props]data``, anywhere in a line."""
+    start = line.find("##[")
+    if start < 0:
+        return None
+    close = line.find("]", start)
+    if close < 0:
+        return None
+    name = line[start + 3 : close].partition(" ")[0]
+    if name.lower() not in registered:
+        return None
+    return name.lower(), {"legacy": "true"}, line[close + 1 :]
 
 
 def runner_commands(output: str) -> list[tuple[str, dict[str, str], str]]:
-    """The commands the runner would execute for ``output``, in order."""
+    """The commands the runner would execute for ``output``, in order.
+
+    As the runner does it: lines end at ``\\r``, ``\\n`` or ``\\r\\n``
+    (StreamReader.ReadLine); a line is a command when it starts with ``::``
+    after spaces, or holds a legacy ``##[`` command anywhere; command names
+    are case-insensitive; after ``stop-commands`` only the resume token runs.
+    """
     executed = []
+    registered = set(_REGISTERED)
     stop_token: str | None = None
-    for raw in output.split("\n"):
-        line = raw.lstrip()  # the runner trims leading whitespace first
+    for line in re.split(r"\r\n|\r|\n", output):
+        command = _parse_v2(line, registered) or _parse_v1(line, registered)
+        if command is None:
+            continue
+        name, props, data = command
         if stop_token is not None:
-            if line == f"::{stop_token}::":
+            if name == stop_token.lower():
+                registered.discard(name)
                 stop_token = None
             continue
-        match = _COMMAND.match(line)
-        if not match:
-            continue
-        name, props_text, data = match.groups()
-        props = {}
-        for pair in (props_text or "").split(","):
-            if "=" in pair:
-                key, value = pair.split("=", 1)
-                props[key] = unescape_property(value)
         if name == "stop-commands":
             stop_token = data
+            registered.add(data.lower())
             continue
-        executed.append((name, props, unescape_data(data)))
+        executed.append((name, props, data))
     return executed
 
 
@@ -177,25 +222,28 @@ def test_annotation_control_characters_are_made_visible():
     assert "\\x1b[31m" in command
 
 
-def test_annotations_beyond_the_per_step_limit_are_counted_in_one_notice(gh, out):
+def test_annotations_beyond_the_per_step_limit_are_counted_in_one_warning(gh, out):
     for i in range(15):
         gh.annotate(Annotation("error", f"failure {i}", file="a.yml", line=i + 1))
-    for i in range(3):
+    for i in range(12):
         gh.annotate(Annotation("warning", f"warning {i}"))
     for i in range(12):
         gh.annotate(Annotation("notice", f"notice {i}"))
-    assert gh.dropped_annotations == {"error": 5, "warning": 0, "notice": 3}
+    assert gh.dropped_annotations == {"error": 5, "warning": 3, "notice": 2}
     gh.flush_annotations()
     executed = runner_commands(out.getvalue())
     errors = [c for c in executed if c[0] == "error"]
-    notices = [c for c in executed if c[0] == "notice"]
+    warnings = [c for c in executed if c[0] == "warning"]
     assert [c[2] for c in errors] == [
         f"failure {i}" for i in range(MAX_ANNOTATIONS_PER_LEVEL)
     ]
-    assert len([c for c in executed if c[0] == "warning"]) == 3
-    # 9 of ours plus the one that counts the rest: never more than 10 notices
-    assert len(notices) == MAX_ANNOTATIONS_PER_LEVEL
-    assert notices[-1][2].startswith("5 errors, 3 notices more not annotated")
+    assert len([c for c in executed if c[0] == "notice"]) == MAX_ANNOTATIONS_PER_LEVEL
+    # the count is a warning (the runner hides notices without enhanced
+    # annotations): 9 of ours plus the one that counts the rest
+    assert len(warnings) == MAX_ANNOTATIONS_PER_LEVEL
+    assert warnings[-1][2].startswith(
+        "5 errors, 3 warnings, 2 notices more not annotated"
+    )
     assert gh.dropped_annotations == {"error": 0, "warning": 0, "notice": 0}
 
 
@@ -234,10 +282,8 @@ def test_masked_values_are_redacted_in_what_we_print_and_write(gh, out, tmp_path
     assert "echo ***" in lines and "console *** and abc" in lines
     assert lines.index("tail ***") < lines.index("after")
     assert "title=t ***::saw ***" in printed
-    report = tmp_path / "junit.xml"
-    report.write_text('<a v="pa:ss,w%rd">{"k": "pa:ss,w%rd"}</a>\n')
-    assert gh.redact_file(report) and not gh.redact_file(report)
-    assert report.read_text() == '<a v="***">{"k": "***"}</a>\n'
+    data = '<a v="pa:ss,w%rd">{"k": "pa:ss,w%rd"} \xff</a>\n'.encode("latin-1")
+    assert gh.redactor.redact_bytes(data) == b'<a v="***">{"k": "***"} \xff</a>\n'
     # a value spelt as JSON, then HTML, inside JSON (an app's log in the summary)
     assert gh.add_mask('q"<x>"q')
     assert gh.redact('"log": "value \\"q\\\\\\"&lt;x&gt;\\\\\\"q\\""') == '"log": "value \\"***\\""'
@@ -293,11 +339,30 @@ def test_stop_commands_tokens_are_random_and_avoid_the_text(gh, out):
     assert len(tokens) == 20 and all(len(t) >= 32 for t in tokens)
 
 
-def test_echo_refuses_lines_the_runner_would_execute(gh, out):
-    gh.echo("plain text\nmore")
-    with pytest.raises(ValueError, match="GitHub.untrusted"):
-        gh.echo("ok\n  ::error::nope")
-    assert out.getvalue() == "plain text\nmore\nok\n"
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a\r::warning::CR.yml",
+        "b ##[error]LEGACY.yml",
+        "c\n::error::NL.yml",
+        "d\r\n  ::add-mask::x.yml",
+        "e ##[group]x\r##[endgroup].yml",
+        "  ::error::lead.yml",
+    ],
+)
+def test_echo_prints_any_text_inert(gh, out, name):
+    # our messages quote names from the repository (file names, workflow
+    # names): the runner must show them, never run them
+    gh.echo(f"calimero-workflow: 1 workflow file(s)\n  - tests/{name}\n{name}")
+    gh.echo(f"(more step logs are in the JUnit report: {name} (tests/{name}))")
+    printed = out.getvalue()
+    assert runner_commands(printed) == []
+    # a carriage return never ends a line; our own line breaks (a name with
+    # a line feed, passed as it is) do, and the rest is behind a gutter
+    lines = re.split(r"\r\n|\r|\n", printed.rstrip("\n"))
+    assert len(lines) == 4 + 4 * name.count("\n")
+    shown = printed.replace("\u200b", "")
+    assert name.split("\n")[0].replace("\r", "\\x0d") in shown
 
 
 # -- outputs -----------------------------------------------------------------------------
@@ -407,3 +472,75 @@ def test_summary_appends_within_the_limit_and_refuses_beyond(tmp_path):
     with pytest.raises(ValueError, match="does not fit the 100 bytes left"):
         gh.append_summary("y" * 101)
     assert summary.stat().st_size == 900
+
+
+# -- redaction: values, not syntax; redact, then cut ---------------------------------------
+
+
+def test_a_secret_is_masked_as_repr_spells_it():
+    # load errors quote values with !r: a quote or backslash in a secret is escaped
+    for secret in ("it's-a\\secret", "both'\"quotes\\", "tab\there"):
+        redactor = Redactor([secret])
+        for text in (repr(secret), repr(f'x{secret}"y'), repr(f"'{secret}\"")):
+            assert secret.strip("'\"") not in redactor.redact(text)
+            assert "***" in redactor.redact(text), (secret, text)
+
+
+def test_cutting_redacts_first_and_drops_a_partial_secret_at_the_cut():
+    secret = "tok-0123456789abcdef"
+    redactor = Redactor([secret])
+    text = "x" * 290 + secret + " and more"
+    cut = redactor.cut(text, 300, note="…")
+    assert len(cut) <= 300 and "tok-" not in cut and cut.endswith("…")
+    # the text was cut before it reached us: its end is the start of a secret
+    assert redactor.trim_partial("value tok-0123") == "value "
+    assert redactor.trim_partial("9abcdef tail", keep="tail") == " tail"
+    assert redactor.cut("…" + "y" * 50 + secret, 20, note="…", keep="tail").endswith("***")
+    assert Redactor().trim_partial("tok-0123") == "tok-0123"
+
+
+def test_annotations_are_redacted_before_they_are_cut(gh, out):
+    secret = "s3cret-value-" + "q" * 20
+    gh.add_mask(secret)
+    message = "a" * (MAX_MESSAGE_CHARS - 10) + secret
+    gh.annotate(Annotation("error", message, title="t " + "b" * 250 + secret))
+    (_, props, data) = next(c for c in runner_commands(out.getvalue()) if c[0] == "error")
+    assert "s3cr" not in data and "s3cr" not in props["title"]
+    assert len(data) <= MAX_MESSAGE_CHARS
+
+
+def test_redacting_records_keeps_their_shape(tmp_path):
+    from calimero_workflow.results import ErrorInfo, RunResult, Status, StepRecord
+
+    redactor = Redactor(["failed", "message-secret", "key-secret"])
+    run = RunResult(
+        workflow_name="wf failed",
+        workflow_file="/ws/wf.yml",
+        run_id="r",
+        backend="embedded",
+        status=Status.FAILED,
+        steps=[
+            StepRecord(
+                "a", "call", "a", Status.FAILED,
+                error=ErrorInfo("said message-secret", expected={"key-secret": 1}),
+            )
+        ],
+        workflow_results={"a": {"key-secret": "message-secret", "n": 3}},
+    )
+    copy = redactor.redact_data([[run]])[0][0]
+    assert copy.status is Status.FAILED and copy.steps[0].status is Status.FAILED
+    assert copy.workflow_name == "wf ***"
+    assert copy.steps[0].error.message == "said ***"
+    assert copy.steps[0].error.expected == {"***": 1}
+    assert copy.workflow_results == {"a": {"***": "***", "n": 3}}
+    # JSON of the copy: keys and markup of ours untouched
+    assert json.loads(json.dumps(copy.to_dict()))["status"] == "failed"
+    assert run.workflow_name == "wf failed"  # the original is left alone
+
+
+def test_our_own_outputs_are_not_redacted(gh, tmp_path):
+    gh.add_mask("failed")
+    gh.set_output("status", "failed", redact=False)
+    gh.set_output("other", "it failed")
+    values = read_env_file(tmp_path / "output")
+    assert values == {"status": "failed", "other": "it ***"}

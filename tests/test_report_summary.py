@@ -220,7 +220,10 @@ def test_summary_of_an_interrupted_run_says_cancelled():
     ]
     text = build_summary([[run]])
     assert "### ⛔ wf (cancelled)" in text
-    assert "<code>phase steps</code>" in text
+    assert "cancelled during <code>phase steps</code>" in text
+    # a cancellation is no failure: the step it cut short is skipped
+    assert "#### Failures" not in text
+    assert "0 passed, 0 failed, 1 skipped" in text
 
 
 def test_text_from_nodes_and_yaml_cannot_add_markup():

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import glob
 import json
 import logging
 import os
 import re
-import signal
+import stat
 import sys
 import tempfile
 import time
@@ -43,9 +44,10 @@ from .backends.docker import image_reference_problem
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
-from .report.console import ConsoleReporter, sanitize
-from .report.github import MIN_SECRET_CHARS, Annotation, GitHub
-from .report.junit import write_junit
+from .interrupts import Interrupts
+from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
+from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
+from .report.junit import junit_xml
 from .report.summary import (
     DEFAULT_BUDGET,
     build_summary,
@@ -54,7 +56,15 @@ from .report.summary import (
     failures_of,
     is_flaky,
 )
-from .results import ErrorInfo, PhaseRecord, RunResult, Status
+from .results import (
+    ErrorInfo,
+    PhaseRecord,
+    RunResult,
+    Status,
+    StepRecord,
+    problems_result,
+)
+from .workspace import Workspace
 
 __all__ = [
     "ActionSettings",
@@ -96,9 +106,25 @@ STATUS_CANCELLED = "cancelled"
 
 _MAX_RETRIES = 10
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: ``env`` entries whose key looks like this are masked in the log.
+#: Numeric inputs are ASCII digits: str.isdigit() and float() also take
+#: '²', '٣', '1_0', '1e3', 'nan' and 'inf'.
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+#: ``env`` entries whose key looks like this are masked in the log. Short
+#: names only as a whole word of the key, and ``PWD`` only after a prefix
+#: (``DB_PWD``; ``PWD`` alone is the shell's folder).
 _SECRET_KEY = re.compile(
-    r"TOKEN|SECRET|PASSW|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE|SESSION", re.I
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE"
+    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING"
+    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER)(?:_|$)|_PWD(?:_|$)",
+    re.I,
+)
+#: A value under a secret-looking key that reads as a setting, not a secret:
+#: masking ``true`` or ``file`` would rewrite every such word in the log and
+#: in the reports. Numbers, words of up to 7 letters, and these.
+_SETTING_VALUE = re.compile(
+    r"(?i:true|false|yes|no|on|off|null|none|nil|undefined|enabled|disabled|required|optional)"
+    r"|[-+]?[0-9]+(?:\.[0-9]+)?|[A-Za-z]{1,7}"
 )
 #: Variables of the action's own environment a workflow must not read:
 #: the inputs, and the runner's tokens for the Actions services.
@@ -173,10 +199,24 @@ def _bool(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
 
 
 def _confined(
-    workspace: Path, base: Path, value: str, what: str, problems: list[str]
+    workspace: Path,
+    base: Path,
+    value: str,
+    what: str,
+    problems: list[str],
+    *,
+    to_write: bool = False,
 ) -> Path:
-    """``value`` resolved against ``base``; it must stay inside ``workspace``."""
-    path = (base / value).resolve()
+    """``value`` against ``base``; it must stay inside ``workspace``.
+
+    A path to read is resolved (links followed, so one that points outside
+    is outside). A path ``to_write`` is normalised without following links:
+    the action never writes through one (:func:`_folders_fit` refuses them).
+    """
+    if to_write:
+        path = Path(os.path.normpath(base / value))
+    else:
+        path = (base / value).resolve()
     if path != workspace and not path.is_relative_to(workspace):
         problems.append(
             f"{what} {value!r} is outside the workspace {workspace}: use a path inside the repository"
@@ -187,27 +227,49 @@ def _confined(
 def _folders_fit(
     workspace: Path, folder: Path, what: str, value: str, problems: list[str]
 ) -> None:
-    """Each existing part of ``folder`` below the workspace must be a folder."""
+    """Each existing part of ``folder`` below the workspace must be a folder,
+    not a file nor a symbolic link (checked without following links)."""
     if not folder.is_relative_to(workspace):
         return  # reported as outside the workspace
     for part in [*reversed(folder.parents), folder]:
-        if part.is_relative_to(workspace) and part.exists() and not part.is_dir():
-            rel = part.relative_to(workspace)
+        if part == workspace or not part.is_relative_to(workspace):
+            continue
+        try:
+            mode = part.lstat().st_mode
+        except OSError:
+            return  # missing from here on: the action makes the folders
+        rel = part.relative_to(workspace)
+        if stat.S_ISLNK(mode):
+            problems.append(
+                f"{what} {value!r}: {rel} is a symbolic link; the action writes nothing "
+                "through one (use a real folder)"
+            )
+            return
+        if not stat.S_ISDIR(mode):
             problems.append(f"{what} {value!r}: {rel} is a file, not a folder")
             return
 
 
 def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` lines. A line that is not one is named by its number and
+    at most its key: the rest of it may be a secret."""
     pairs: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or not _ENV_KEY.fullmatch(key):
+        if not sep:
             problems.append(
-                f"input env, line {number}: {line.strip()[:60]!r} is not KEY=VALUE "
-                "(one per line, e.g. APP_PATH=./app.wasm)"
+                f"input env, line {number} has no '=' (its text is not shown: it may hold "
+                "a secret); write one KEY=VALUE per line, e.g. APP_PATH=./app.wasm"
+            )
+            continue
+        if not _ENV_KEY.fullmatch(key):
+            shown = sanitize_line(key[:40]) + ("…" if len(key) > 40 else "")
+            problems.append(
+                f"input env, line {number}: the key {shown!r} is not a variable name "
+                "(letters, digits and '_', not starting with a digit), e.g. APP_PATH=./app.wasm"
             )
             continue
         pairs[key] = value
@@ -240,7 +302,7 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
 
     retries_text = _input(env, "retries") or "0"
     retries = 0
-    if not retries_text.isdigit() or int(retries_text) > _MAX_RETRIES:
+    if not _WHOLE_NUMBER.fullmatch(retries_text) or int(retries_text) > _MAX_RETRIES:
         problems.append(
             f"input retries must be a whole number from 0 to {_MAX_RETRIES}, got {retries_text!r}"
         )
@@ -250,8 +312,10 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
     timeout_text = _input(env, "timeout-minutes") or "0"
     timeout = 0.0
     try:
+        if not _DECIMAL.fullmatch(timeout_text):
+            raise ValueError
         timeout = float(timeout_text)
-        if not 0 <= timeout < 10_000:
+        if not timeout < 10_000:
             raise ValueError
     except ValueError:
         problems.append(
@@ -272,13 +336,13 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
 
     junit_text = _input(env, "junit-path") or INPUTS["junit-path"]
     junit_path = _confined(
-        workspace, workspace, junit_text, "input junit-path", problems
+        workspace, workspace, junit_text, "input junit-path", problems, to_write=True
     )
     if junit_path == workspace or junit_text.endswith("/"):
         problems.append(
             f"input junit-path {junit_text!r} must name a file, e.g. reports/junit.xml"
         )
-    elif junit_path.is_dir():
+    elif junit_path.is_dir() and not junit_path.is_symlink():
         rel = junit_text.rstrip("/")
         problems.append(
             f"input junit-path {junit_text!r} is a folder: name a file in it, e.g. {rel}/junit.xml"
@@ -289,9 +353,9 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         )
     logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
     node_logs_dir = _confined(
-        workspace, workspace, logs_text, "input node-logs-dir", problems
+        workspace, workspace, logs_text, "input node-logs-dir", problems, to_write=True
     )
-    if node_logs_dir.exists() and not node_logs_dir.is_dir():
+    if node_logs_dir.is_file() and not node_logs_dir.is_symlink():
         problems.append(f"input node-logs-dir {logs_text!r} is a file, not a folder")
     else:
         _folders_fit(
@@ -346,6 +410,74 @@ class Discovery:
     unmatched: dict[str, str] = field(default_factory=dict)
 
 
+def _join(prefix: str, name: str) -> str:
+    if not prefix:
+        return name
+    return prefix + name if prefix.endswith("/") else f"{prefix}/{name}"
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as found:
+            return sorted(found, key=lambda e: e.name)
+    except OSError:  # not a folder, gone, or not readable: no matches here
+        return []
+
+
+def _folders_below(prefix: str, folder: Path) -> list[str]:
+    """``prefix`` and every folder below it, never entering a symlinked one
+    nor a hidden one (as glob's ``**`` skips hidden names)."""
+    found = [prefix]
+    for entry in _entries(folder):
+        if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+            found += _folders_below(_join(prefix, entry.name), Path(entry.path))
+    return found
+
+
+def expand_pattern(pattern: str, base: Path) -> list[str]:
+    """``glob.glob(pattern, root_dir=base, recursive=True)``, sorted, except that
+    ``**`` never enters a symlinked folder.
+
+    glob's ``**`` follows symlinked folders: a link to ``.`` makes it loop
+    and one to ``/`` walks the whole machine. Other parts of a pattern may
+    still name a link (one level, no loop); where the match then lands is
+    checked by the caller.
+    """
+    parts = [part for part in pattern.split("/") if part]
+    current = ["/" if pattern.startswith("/") else ""]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        following: list[str] = []
+        for prefix in current:
+            folder = base / prefix if prefix else base
+            if part == "**":
+                folders = _folders_below(prefix, folder)
+                if not last:
+                    following += folders
+                    continue
+                for below in folders:
+                    where = base / below if below else base
+                    following += [
+                        _join(below, e.name)
+                        for e in _entries(where)
+                        if not e.name.startswith(".")
+                    ]
+            elif glob.has_magic(part):
+                hidden = part.startswith(".")
+                following += [
+                    _join(prefix, e.name)
+                    for e in _entries(folder)
+                    if (hidden or not e.name.startswith("."))
+                    and fnmatch.fnmatchcase(e.name, part)
+                ]
+            else:
+                following.append(_join(prefix, part))
+        current = following
+    return sorted(
+        {m for m in current if m and os.path.lexists(base / m)}
+    )
+
+
 def discover_workflows(settings: ActionSettings) -> Discovery:
     """Expand the ``workflows`` patterns inside the workspace, in order, once each.
 
@@ -357,7 +489,7 @@ def discover_workflows(settings: ActionSettings) -> Discovery:
     seen: set[Path] = set()
     base = settings.working_directory
     for pattern in settings.workflows:
-        matches = sorted(glob.glob(pattern, root_dir=base, recursive=True))
+        matches = expand_pattern(pattern, base)
         kept: list[Path] = []
         outside: list[str] = []
         for match in matches:
@@ -395,28 +527,8 @@ def _problem_result(
     name: str, file: Path | None, backend: str, phase: str, problems: Sequence[Problem]
 ) -> RunResult:
     """A failed result for a workflow that never ran, its problems as phases."""
-    result = RunResult(
-        workflow_name=name,
-        workflow_file=str(file) if file is not None else None,
-        run_id="-",
-        backend=backend,
-        status=Status.FAILED,
-        started_at=time.time(),
-    )
-    for number, problem in enumerate(problems, start=1):
-        result.phases.append(
-            PhaseRecord(
-                name=phase if len(problems) == 1 else f"{phase} {number}",
-                status=Status.FAILED,
-                error=ErrorInfo(
-                    message=problem.message,
-                    kind="invalid",
-                    location=problem.location,
-                    hint=problem.hint,
-                ),
-            )
-        )
-    return result
+    where = str(file) if file is not None else None
+    return problems_result(name, where, backend, problems, phase=phase)
 
 
 def _skipped_result(file: Path, backend: str) -> RunResult:
@@ -441,8 +553,16 @@ def _slug(text: str) -> str:
 class _ActionEvents(ConsoleReporter):
     """The console reporter, plus putting Docker nodes on the job's network."""
 
-    def __init__(self, stream: TextIO, *, run_id: str, job_network: str | None):
-        super().__init__(stream, color=True)
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        run_id: str,
+        job_network: str | None,
+        redactor: Redactor | None = None,
+    ):
+        # with the action's secrets: text is cut (expected/actual) after redaction
+        super().__init__(stream, color=True, redactor=redactor)
         self.run_id = run_id
         self.job_network = job_network
 
@@ -513,10 +633,13 @@ class _Run:
 
     workflows: list[list[RunResult]] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
-    #: Node log folders written into the workspace.
-    logs_dirs: list[Path] = field(default_factory=list)
+    #: Per attempt, where the engine wrote its node logs (scratch space of
+    #: ours) and the folder of the workspace they are copied to.
+    node_logs: list[tuple[Path, Path]] = field(default_factory=list)
     cancelled: bool = False
     invalid: bool = False
+    #: The run stopped on an error of the action itself (a bug).
+    crashed: str | None = None
 
 
 def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str]:
@@ -543,6 +666,11 @@ class _Runner:
         for index, file in enumerate(files):
             try:
                 self.run.workflows.append(await self._attempts(file))
+            except Exception as exc:  # a bug: this workflow fails, the others run
+                log.error("running %s failed", file, exc_info=True)
+                self.run.workflows.append(
+                    self._pending_attempts + [self._crashed(file, exc)]
+                )
             except asyncio.CancelledError:
                 self.run.cancelled = True
                 partial = self._executor.result if self._executor is not None else None
@@ -558,6 +686,16 @@ class _Runner:
                     )
                 break
         return self.run
+
+    def _crashed(self, file: Path, exc: Exception) -> RunResult:
+        rel = display_path(file, self.settings.workspace)
+        problem = Problem(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="this is a bug in calimero-workflow; please report it with this workflow",
+        )
+        result = _problem_result(rel, file, self.settings.backend, "run", [problem])
+        result.phases[0].error.kind = "internal"
+        return result
 
     async def _attempts(self, file: Path) -> list[RunResult]:
         from .workflow import load_workflow
@@ -580,8 +718,8 @@ class _Runner:
             for secret in workflow.secret_values():
                 if not self.gh.add_mask(secret):
                     self.gh.echo(
-                        f"calimero-workflow: a credential in {rel} is shorter than "
-                        f"{MIN_SECRET_CHARS} characters and is not masked"
+                        f"calimero-workflow: a credential in {sanitize_line(rel)} is shorter "
+                        f"than {MIN_SECRET_CHARS} characters and is not masked"
                     )
 
             run_id = new_run_id()
@@ -589,12 +727,18 @@ class _Runner:
             # before the nodes exist: the post step must find them even if this
             # process is killed
             self.gh.save_state("run_ids", ",".join(self.run.run_ids))
-            logs_dir = settings.node_logs_dir / _slug(rel)
+            # the engine writes node logs to scratch space of ours; the report
+            # stage copies them into the workspace (redacted, through no link)
+            logs_dir = settings.workdir / "node-logs" / run_id
+            dest = settings.node_logs_dir / _slug(rel)
             if total > 1:
-                logs_dir = logs_dir / f"attempt-{attempt}"
-            self.run.logs_dirs.append(logs_dir)
+                dest = dest / f"attempt-{attempt}"
+            self.run.node_logs.append((logs_dir, dest))
             events = _ActionEvents(
-                self.gh.stream, run_id=run_id, job_network=self.job_network
+                self.gh.stream,
+                run_id=run_id,
+                job_network=self.job_network,
+                redactor=self.gh.redactor,
             )
             executor = WorkflowExecutor(
                 workflow,
@@ -656,14 +800,8 @@ class _Runner:
         ]
         for phase in cancelled:
             phase.error = timeout
-        for step in result.all_steps():
-            # the step that was running when the time ran out
-            if step.error is not None and step.error.kind == "cancelled" and not step.children:
-                step.error = ErrorInfo(
-                    message=f"still running when the workflow ran out of time ({minutes:g} minute(s))",
-                    kind="timeout",
-                    location=step.error.location,
-                )
+        for top in result.steps:
+            _blame_running_step(top, minutes)
         if not cancelled:
             result.phases.append(PhaseRecord("timeout", Status.FAILED, error=timeout))
         return result
@@ -677,7 +815,9 @@ class _Runner:
             ):
                 continue
             if shown == _MAX_LOG_GROUPS:
-                self.gh.echo(f"(more step logs are in the JUnit report: {title})")
+                self.gh.echo(
+                    f"(more step logs are in the JUnit report: {sanitize_line(title)})"
+                )
                 break
             shown += 1
             with self.gh.group(f"{title} › {step.path} logs"):
@@ -688,6 +828,25 @@ class _Runner:
                 self.gh.untrusted(lines)
 
 
+def _blame_running_step(step: StepRecord, minutes: float) -> bool:
+    """Fail the step that was running when the time ran out, and its parents.
+
+    A cancelled step is skipped, but here it was the one too slow: the
+    failure is its own. Returns whether ``step`` or a nested step was it.
+    """
+    cut = step.error is not None and step.error.kind == "cancelled"
+    below = [_blame_running_step(child, minutes) for child in step.children]
+    if not cut or not (any(below) or not step.children):
+        return any(below)
+    step.status = Status.FAILED
+    step.error = ErrorInfo(
+        message=f"still running when the workflow ran out of time ({minutes:g} minute(s))",
+        kind="timeout",
+        location=step.error.location if step.error else None,
+    )
+    return True
+
+
 # -- stage 5: reports -------------------------------------------------------------------
 
 
@@ -696,19 +855,19 @@ def _status(run: _Run) -> str:
         return STATUS_CANCELLED
     if run.invalid:
         return STATUS_INVALID
-    if all(attempts[-1].passed for attempts in run.workflows):
+    if not run.crashed and all(attempts[-1].passed for attempts in run.workflows):
         return STATUS_PASSED
     return STATUS_FAILED
 
 
-def _counts(run: _Run) -> dict[str, int]:
-    finals = [attempts[-1] for attempts in run.workflows]
+def _counts(workflows: Sequence[Sequence[RunResult]]) -> dict[str, int]:
+    finals = [attempts[-1] for attempts in workflows]
     return {
         "total": len(finals),
         "passed": sum(r.status is Status.PASSED for r in finals),
         "failed": sum(r.status is Status.FAILED for r in finals),
         "skipped": sum(r.status is Status.SKIPPED for r in finals),
-        "flaky": sum(is_flaky(attempts) for attempts in run.workflows),
+        "flaky": sum(is_flaky(attempts) for attempts in workflows),
     }
 
 
@@ -716,8 +875,10 @@ def _annotation_message(error: ErrorInfo) -> str:
     return "\n".join([error.message, *error_details(error)])
 
 
-def _annotate(gh: GitHub, run: _Run, workspace: Path) -> None:
-    for attempts in run.workflows:
+def _annotate(
+    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
+) -> None:
+    for attempts in workflows:
         final = attempts[-1]
         for failure in failures_of(final):
             location = failure.location
@@ -749,9 +910,11 @@ def _annotate(gh: GitHub, run: _Run, workspace: Path) -> None:
     gh.flush_annotations()
 
 
-def _failed_steps(run: _Run, workspace: Path) -> list[dict[str, Any]]:
+def _failed_steps(
+    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
+) -> list[dict[str, Any]]:
     rows = []
-    for attempts in run.workflows:
+    for attempts in workflows:
         final = attempts[-1]
         for failure in failures_of(final):
             location = failure.location
@@ -763,50 +926,29 @@ def _failed_steps(run: _Run, workspace: Path) -> list[dict[str, Any]]:
                     else None,
                     "step": failure.what,
                     "line": location.line if location else None,
-                    "message": failure.error.message[:300],
+                    # redacted, then cut: never half a secret
+                    "message": gh.redactor.cut(failure.error.message, 300, note="…"),
                 }
             )
     return rows
 
 
-def _write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n",
-        encoding="utf-8",
-    )
-    tmp.replace(path)
+def _json_bytes(data: Any, *, indent: int | None = 2) -> bytes:
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    return (text + "\n").encode("utf-8")
 
 
-def _hand_over(paths: Sequence[Path], workspace: Path) -> None:
-    """Give what we wrote into the workspace to its owner.
+def _workspace_owner(workspace: Path) -> tuple[int, int] | None:
+    """Whom to give what we write: the workspace's owner, when we are root.
 
     The action runs as root, but later steps run as the runner's user, who
     could not otherwise change or delete these files (actions/runner#434).
-    Only ``paths``, the folders created on the way to them, and what is
-    inside the folders among them are touched; never the workspace itself.
     """
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return
+        return None
     owner = workspace.stat()
-    if (owner.st_uid, owner.st_gid) == (0, 0):
-        return
     ids = (owner.st_uid, owner.st_gid)
-    done: set[Path] = set()
-    for top in paths:
-        if top == workspace or not top.is_relative_to(workspace) or not top.exists():
-            continue
-        for parent in [top, *top.parents]:
-            if parent == workspace:
-                break
-            if parent not in done:
-                os.chown(parent, *ids, follow_symlinks=False)
-                done.add(parent)
-        if top.is_dir() and not top.is_symlink():
-            for folder, dirs, files in os.walk(top):
-                for name in [*dirs, *files]:
-                    os.chown(Path(folder) / name, *ids, follow_symlinks=False)
+    return None if ids == (0, 0) else ids
 
 
 class _NewFiles:
@@ -854,100 +996,224 @@ def _results_key(result: RunResult, workspace: Path) -> str:
     return result.workflow_name
 
 
-def _report(settings: ActionSettings, gh: GitHub, run: _Run) -> str:
-    """Write every report and output; return the status."""
+def _claims(
+    settings: ActionSettings, files: Workspace, found: Discovery
+) -> list[str]:
+    """Why the reports or node logs may not be written where the inputs say.
+
+    The action replaces only what an earlier run of it wrote: the report
+    files beside the JUnit file, and a folder per workflow in
+    ``node-logs-dir``.
+    """
+    reports = settings.report_files
+    slugs = {
+        _slug(display_path(file, settings.workspace)) for file in found.files
+    }
+    problems = [
+        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: {why}"
+        for why in files.claims(settings.reports_dir, [p.name for p in reports])
+    ]
+    problems += [
+        f"input node-logs-dir {display_path(settings.node_logs_dir, settings.workspace)!r}: {why}"
+        for why in files.claims(settings.node_logs_dir, sorted(slugs))
+    ]
+    if problems:
+        problems.append(
+            "the action writes its reports only where nothing is, or over what an earlier "
+            "run of it wrote there: choose another junit-path or node-logs-dir, e.g. "
+            f"{INPUTS['junit-path']}"
+        )
+    return problems
+
+
+def _log_redactor(gh: GitHub) -> Callable[[Path, bytes], bytes]:
+    """Node logs and states as they go into the workspace: redacted, JSON as data."""
+
+    def redact(source: Path, data: bytes) -> bytes:
+        if source.suffix == ".json":
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                pass
+            else:
+                return _json_bytes(gh.redactor.redact_data(parsed))
+        return gh.redactor.redact_bytes(data)
+
+    return redact
+
+
+def _relocate(value: Any, moves: Mapping[str, str]) -> Any:
+    """``value`` with paths under a scratch folder pointing at their copies."""
+    if isinstance(value, str):
+        for old, new in moves.items():
+            if value == old or value.startswith(old + os.sep):
+                return new + value[len(old) :]
+        return value
+    if isinstance(value, dict):
+        return {k: _relocate(v, moves) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocate(v, moves) for v in value]
+    return value
+
+
+def _copy_node_logs(
+    gh: GitHub, run: _Run, files: Workspace, trouble: list[str]
+) -> dict[str, str]:
+    """Copy each attempt's node logs into the workspace; the moves made."""
+    moves: dict[str, str] = {}
+    redact = _log_redactor(gh)
+    for scratch, dest in run.node_logs:
+        if not scratch.is_dir():
+            continue
+        try:
+            written = files.copy_tree(scratch, dest, redact)
+        except OSError as exc:
+            trouble.append(f"node logs were not copied to {display_path(dest, files.root)}: {exc}")
+            continue
+        moves[str(scratch)] = str(dest)
+        trouble += [
+            f"{display_path(w.path, files.root)} was a symbolic link; it was replaced by the file"
+            for w in written
+            if w.replaced_link
+        ]
+    return moves
+
+
+def _report(
+    settings: ActionSettings,
+    gh: GitHub,
+    run: _Run,
+    files: Workspace,
+    interrupts: Interrupts,
+) -> str:
+    """Write every report and output; return the status.
+
+    Everything is made of the run's records redacted first
+    (:meth:`Redactor.redact_data`): no file is redacted as text afterwards,
+    which could change its syntax, and no text is cut before it is redacted.
+    """
     workspace = settings.workspace
-    status = _status(run)
-    reports = settings.reports_dir
-    reports.mkdir(parents=True, exist_ok=True)
+    trouble: list[str] = []
+    moves = _copy_node_logs(gh, run, files, trouble)
+    workflows = gh.redactor.redact_data(run.workflows)
+    for attempts in workflows:
+        for result in attempts:
+            result.node_log_files = _relocate(result.node_log_files, moves)
+            for phase in result.phases:
+                phase.data = _relocate(phase.data, moves)
+
     properties = {"action.backend": settings.backend}
     if settings.image:
         properties["action.image"] = settings.image
-    write_junit(
-        settings.junit_path, run.workflows, root=workspace, properties=properties
-    )
-
-    title = "calimero-workflow" + (" (cancelled)" if run.cancelled else "")
-    room = gh.summary_room()
+    cancelled = run.cancelled or interrupts.cancelled
+    title = "calimero-workflow" + (" (cancelled)" if cancelled else "")
     summary_text = build_summary(
-        run.workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
+        workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
     )
-    summary_path = settings.report_files[1]
-    summary_path.write_text(summary_text, encoding="utf-8")
+    results = {_results_key(a[-1], workspace): a[-1].workflow_results for a in workflows}
+    failed_steps = _failed_steps(gh, workflows, workspace)
+    junit_path, summary_path, results_path, failed_path, report_path = (
+        settings.report_files
+    )
+    contents = {
+        junit_path: junit_xml(workflows, root=workspace, properties=properties),
+        summary_path: summary_text.encode("utf-8"),
+        results_path: _json_bytes(results),
+        failed_path: _json_bytes(failed_steps),
+        report_path: _json_bytes([[r.to_dict() for r in a] for a in workflows]),
+    }
+    written = []
+    for path, data in contents.items():
+        try:
+            done = files.write(path, data)
+        except OSError as exc:
+            trouble.append(f"{display_path(path, workspace)} was not written: {exc}")
+            continue
+        written.append(path.name)
+        if done.replaced_link:
+            trouble.append(
+                f"{display_path(path, workspace)} was a symbolic link; it was replaced by the report"
+            )
+    # what we wrote, so that a later run of the action may replace it
+    folders = {Path(d).relative_to(settings.node_logs_dir).parts[0] for d in moves.values()}
+    for folder, names in ((settings.reports_dir, written), (settings.node_logs_dir, folders)):
+        if names:
+            with contextlib.suppress(OSError):  # the folder is unusable: said above
+                files.record(folder, names)
+
     if settings.summary:
-        if len(summary_text.encode("utf-8")) > room:
+        room = gh.summary_room()
+        text = summary_text
+        if len(text.encode("utf-8")) > room:
             # other tools filled this step's summary first: fit into what is left
-            summary_text = (
-                build_summary(run.workflows, root=workspace, budget=room, title=title)
+            text = (
+                build_summary(workflows, root=workspace, budget=room, title=title)
                 if room >= _MIN_SUMMARY
                 else ""
             )
-        if summary_text:
-            gh.append_summary(summary_text)
+        if text:
+            gh.append_summary(text, redact=False)
         else:
             gh.echo(
                 f"the step summary has only {room} bytes left; the summary is in {display_path(summary_path, workspace)}"
             )
-
-    results = {
-        _results_key(a[-1], workspace): a[-1].workflow_results for a in run.workflows
-    }
-    failed_steps = _failed_steps(run, workspace)
-    results_path, failed_path, report_path = settings.report_files[2:]
-    _write_json(results_path, results)
-    _write_json(failed_path, failed_steps)
-    _write_json(
-        report_path, [[r.to_dict() for r in attempts] for attempts in run.workflows]
-    )
-
+    for problem in trouble:
+        level = "error" if "not written" in problem or "not copied" in problem else "warning"
+        gh.annotate(Annotation(level, problem, title="calimero-workflow: reports"))
+    if run.crashed:
+        gh.annotate(
+            Annotation("error", run.crashed, title="calimero-workflow: internal error")
+        )
     if settings.annotations:
-        _annotate(gh, run, workspace)
+        _annotate(gh, workflows, workspace)
+    else:
+        gh.flush_annotations()
+
+    # the status is decided and written as one step: a signal waits for it
+    with interrupts.held():
+        run.cancelled = run.cancelled or interrupts.cancelled
+        status = _status(run)
+        if status == STATUS_PASSED and any("not written" in t for t in trouble):
+            status = STATUS_FAILED
+        _write_outputs(settings, gh, status, workflows, results, failed_steps)
+    return status
+
+
+def _write_outputs(
+    settings: ActionSettings,
+    gh: GitHub,
+    status: str,
+    workflows: Sequence[Sequence[RunResult]],
+    results: Any,
+    failed_steps: list[dict[str, Any]],
+) -> None:
+    """The step's outputs: our own words and counts, and JSON of redacted records
+    (so none is redacted as text, which could break it)."""
+    workspace = settings.workspace
+    junit_path, summary_path, results_path, failed_path, _ = settings.report_files
 
     def rel(path: Path) -> str:
         return display_path(path, workspace)
 
-    gh.set_output("status", status)
-    for name, value in _counts(run).items():
-        gh.set_output(name, str(value))
+    gh.set_output("status", status, redact=False)
+    for name, value in _counts(workflows).items():
+        gh.set_output(name, str(value), redact=False)
     gh.set_output(
         "results",
         json.dumps(results, ensure_ascii=False, default=str),
         is_json=True,
         full_value=rel(results_path),
+        redact=False,
     )
     gh.set_output(
         "failed-steps",
         json.dumps(failed_steps, ensure_ascii=False, separators=(",", ":")),
         is_json=True,
         full_value=rel(failed_path),
+        redact=False,
     )
-    gh.set_output("junit-path", rel(settings.junit_path))
-    gh.set_output("summary-path", rel(summary_path))
-
-    written = [
-        settings.junit_path,
-        summary_path,
-        results_path,
-        failed_path,
-        report_path,
-    ]
-    # the runner masks secrets in the log only; these files become artifacts
-    for path in [*written, *_files_in(run.logs_dirs)]:
-        gh.redact_file(path)
-    _hand_over([*written, *run.logs_dirs], workspace)
-    return status
-
-
-def _files_in(folders: Sequence[Path]) -> list[Path]:
-    """The regular files under ``folders`` (node logs and states), no symlinks followed."""
-    found = []
-    for folder in folders:
-        if not folder.is_dir() or folder.is_symlink():
-            continue
-        for parent, _, names in os.walk(folder):
-            paths = [Path(parent) / name for name in names]
-            found += [p for p in paths if p.is_file() and not p.is_symlink()]
-    return found
+    gh.set_output("junit-path", rel(junit_path), redact=False)
+    gh.set_output("summary-path", rel(summary_path), redact=False)
 
 
 def _exit_code(status: str, settings: ActionSettings | None) -> int:
@@ -964,15 +1230,15 @@ def _exit_code(status: str, settings: ActionSettings | None) -> int:
 
 
 class _LineSafeFormatter(logging.Formatter):
-    """Log records on stderr, which the runner also parses: no line may start a
+    """Log records on stderr, which the runner also parses: no line may run a
     command, and no masked value may show."""
 
     #: Set to the run's :meth:`GitHub.redact` once secrets are known.
     redact: Callable[[str], str] = staticmethod(str)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = sanitize(super().format(record)).replace("\n", "\n| ")
-        return self.redact(text)
+        first, *rest = self.redact(super().format(record)).split("\n")
+        return "\n".join([inert_line(first), *("| " + inert_line(r) for r in rest)])
 
 
 def _setup_logging() -> None:
@@ -985,6 +1251,50 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _runner_tokens(env: Mapping[str, str]) -> dict[str, str]:
+    """The runner's own secrets in the environment (``ACTIONS_RUNTIME_TOKEN``,
+    ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, …): token-like ``ACTIONS_*`` values."""
+    return {
+        key: value
+        for key, value in env.items()
+        if key.startswith("ACTIONS_")
+        and _SECRET_KEY.search(key.removeprefix("ACTIONS_"))
+        and not key.endswith("_URL")
+        and value.strip()
+    }
+
+
+def _scrub_runner_tokens(names: Sequence[str]) -> None:
+    """Take the runner's tokens out of this process's environment.
+
+    Workflows never see them (``${VAR}`` and scripts get an environment
+    without ``ACTIONS_*``), but a script could read this process's
+    ``/proc/<pid>/environ``, which shows the environment the process started
+    with. So the values are removed from ``os.environ`` and blanked in place
+    in that block; the action itself has no use for them.
+    """
+    for name in names:
+        os.environ.pop(name, None)
+    wanted = {name.encode() for name in names}
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        # env_start and env_end: fields 50 and 51 of proc(5), after "pid (comm)"
+        start, end = int(fields[47]), int(fields[48])
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            block = mem.read(end - start)
+            offset = 0
+            for entry in block.split(b"\0"):
+                key, eq, value = entry.partition(b"=")
+                if eq and key in wanted:
+                    mem.seek(start + offset + len(key) + 1)
+                    mem.write(b"\0" * len(value))
+                offset += len(entry) + 1
+    except (OSError, ValueError, IndexError) as exc:  # not Linux, or no /proc
+        log.debug("the runner's tokens stay in the process's first environment: %s", exc)
+
+
 def _mask_env_secrets(
     gh: GitHub, settings: ActionSettings, env: Mapping[str, str]
 ) -> None:
@@ -992,23 +1302,33 @@ def _mask_env_secrets(
 
     The runner masks its own secrets in the log, but not in the files we
     write; a secret given to the step through ``env:`` reaches workflows as
-    ``${KEY}`` like one from the input.
+    ``${KEY}`` like one from the input. A value that reads as a setting
+    (``AUTH_REQUIRED=true``, ``SESSION_STORE=file``) is not a secret: the log
+    says so instead.
     """
     readable = _load_env(env, settings)
     keys = [*settings.env, *(k for k in readable if k not in settings.env)]
     for key in keys:
-        if not _SECRET_KEY.search(key) or not readable[key].strip():
+        value = readable[key]
+        if not _SECRET_KEY.search(key) or not value.strip():
             continue
-        if not gh.add_mask(readable[key]):
+        if _SETTING_VALUE.fullmatch(value.strip()):
+            # the log says so, never what the value is
+            gh.echo(
+                f"calimero-workflow: the value of {key} reads as a setting (a number, "
+                "a word of up to 7 letters, true/false/null…), not a secret, and is not masked"
+            )
+        elif not gh.add_mask(value):
             gh.echo(
                 f"calimero-workflow: the value of {key} is shorter than "
                 f"{MIN_SECRET_CHARS} characters and is not masked"
             )
 
 
-async def _discover_and_run(
+def _start(
     settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
-) -> _Run:
+) -> _Runner:
+    """The runner, with the patterns that matched nothing as failed workflows."""
     runner = _Runner(settings, gh, env)
     for pattern, reason in found.unmatched.items():
         runner.run.invalid = True
@@ -1019,32 +1339,55 @@ async def _discover_and_run(
             [_problem_result(pattern, None, settings.backend, "discover", [problem])]
         )
     listed = "\n".join(
-        f"  - {display_path(f, settings.workspace)}" for f in found.files
+        f"  - {sanitize_line(display_path(f, settings.workspace))}" for f in found.files
     )
     gh.echo(
         f"calimero-workflow: {len(found.files)} workflow file(s), backend {settings.backend}\n{listed}"
     )
     if runner.job_network:
         gh.echo(f"job network: {runner.job_network}")
+    return runner
 
+
+async def _run_cancellable(
+    runner: _Runner, files: Sequence[Path], interrupts: Interrupts
+) -> None:
     task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    signalled = False
+    assert task is not None
+    with interrupts.cancelling(task):
+        await runner.run_all(files)
 
-    def cancel() -> None:
-        nonlocal signalled
-        if (
-            not signalled and task is not None
-        ):  # a second signal must not cut cleanup short
-            signalled = True
-            task.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, cancel)
-        except (NotImplementedError, RuntimeError):  # not on the main thread (tests)
-            pass
-    return await runner.run_all(found.files)
+def _run(
+    settings: ActionSettings,
+    gh: GitHub,
+    env: Mapping[str, str],
+    found: Discovery,
+    interrupts: Interrupts,
+) -> _Run:
+    """Stages 3 and 4; whatever happens, a record of what ran."""
+    run = _Run()
+    try:
+        runner = _start(settings, gh, env, found)
+        run = runner.run
+        if interrupts.cancelled:  # before anything ran
+            run.workflows += [[_skipped_result(f, settings.backend)] for f in found.files]
+        else:
+            asyncio.run(_run_cancellable(runner, found.files, interrupts))
+    except asyncio.CancelledError:  # it came just as the run ended
+        pass
+    except Exception as exc:  # a bug of ours: reported, never a traceback alone
+        log.error("the run stopped on an internal error", exc_info=True)
+        run.crashed = (
+            f"the run stopped on an internal error: {type(exc).__name__}: {exc}; "
+            "this is a bug in calimero-workflow, please report it"
+        )
+    ran = {a[0].workflow_file for a in run.workflows}
+    run.workflows += [
+        [_skipped_result(f, settings.backend)] for f in found.files if str(f) not in ran
+    ]
+    run.cancelled = run.cancelled or interrupts.cancelled
+    return run
 
 
 def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
@@ -1054,35 +1397,68 @@ def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
             Annotation("error", problem, title="calimero-workflow: invalid input")
         )
     gh.flush_annotations()
-    gh.set_output("status", STATUS_INVALID)
+    gh.set_output("status", STATUS_INVALID, redact=False)
     return EXIT_INVALID
 
 
-def run_action(env: Mapping[str, str], stream: TextIO | None = None) -> int:
-    """Run the action for ``env`` (the process environment); return the exit code."""
+def run_action(
+    env: Mapping[str, str],
+    stream: TextIO | None = None,
+    *,
+    interrupts: Interrupts | None = None,
+) -> int:
+    """Run the action for ``env`` (the process environment); return the exit code.
+
+    ``interrupts`` are the process's signal handlers (see
+    :mod:`~calimero_workflow.interrupts`); a signal at any time makes the run
+    cancelled, still with every report and output written.
+    """
+    interrupts = interrupts or Interrupts()
     gh = GitHub(env, stream)
+    # the runner's tokens never reach a workflow, but a script could find them
+    for value in _runner_tokens(env).values():
+        gh.add_mask(value)
     try:
         settings = read_settings(env)
     except InputError as exc:
         return _invalid(gh, exc.problems)
 
     found = discover_workflows(settings)
+    files = Workspace(settings.workspace, _workspace_owner(settings.workspace))
     clashes = [
         f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
         f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
         for path in settings.report_files
         if path in found.files
     ]
+    clashes = clashes or _claims(settings, files, found)
     if clashes:
         return _invalid(gh, clashes)
 
     _mask_env_secrets(gh, settings, env)
     _LineSafeFormatter.redact = staticmethod(gh.redact)
     new_files = _NewFiles(settings.workspace)
-    run = asyncio.run(_discover_and_run(settings, gh, env, found))
-    status = _report(settings, gh, run)
-    new_files.hand_over()
-    counts = _counts(run)
+    status = STATUS_FAILED
+    run = _Run()
+    try:
+        run = _run(settings, gh, env, found, interrupts)
+        status = _report(settings, gh, run, files, interrupts)
+    except Exception as exc:  # a bug in the reports: still a status, never a traceback alone
+        log.error("writing the reports failed", exc_info=True)
+        gh.annotate(
+            Annotation(
+                "error",
+                f"writing the reports failed: {type(exc).__name__}: {exc}",
+                title="calimero-workflow: internal error",
+            )
+        )
+        with interrupts.held():
+            status = STATUS_CANCELLED if interrupts.cancelled else STATUS_FAILED
+            gh.set_output("status", status, redact=False)
+    finally:
+        new_files.hand_over()
+    # a signal after the status was written changes nothing: the work is done
+    counts = _counts(run.workflows)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
         f"{counts['failed']} failed, {counts['flaky']} flaky; JUnit report at "
@@ -1120,14 +1496,26 @@ def post(env: Mapping[str, str], stream: TextIO | None = None) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m calimero_workflow.action [post | CLI ARGS…]``."""
+def main(
+    argv: Sequence[str] | None = None, *, interrupts: Interrupts | None = None
+) -> int:
+    """``python -m calimero_workflow.action [post | CLI ARGS…]``.
+
+    ``interrupts`` are the signal handlers :func:`~calimero_workflow.interrupts.action_entry`
+    installed before this module was imported; without them they are
+    installed here.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["post"]:
         return post(dict(os.environ))
     if args:
         from .cli import main as cli_main
 
+        if interrupts is not None:
+            # the command line handles its signals itself
+            Interrupts.restore_defaults()
+            if interrupts.cancelled:
+                return EXIT_INTERRUPTED
         # the image as the command line, run as root on a mounted folder:
         # what the run writes there belongs to the folder's owner
         new_files = _NewFiles(Path.cwd())
@@ -1135,8 +1523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_main(args)
         finally:
             new_files.hand_over()
+    if interrupts is None:
+        interrupts = Interrupts().install()
     _setup_logging()
-    return run_action(dict(os.environ))
+    env = dict(os.environ)
+    _scrub_runner_tokens(list(_runner_tokens(env)))
+    return run_action(env, interrupts=interrupts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .errors import Problem, WorkflowValidationError
-from .results import RunResult
+from .results import RunResult, problems_result
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,11 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse_env(pairs: list[str]) -> dict[str, str]:
     env = dict(os.environ)
     problems = []
-    for pair in pairs:
+    for number, pair in enumerate(pairs, start=1):
         key, sep, value = pair.partition("=")
-        if not sep or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+        # the value may be a secret: a message shows the key at most
+        if not sep:
             problems.append(
-                Problem(f"--env {pair!r} is not KEY=VALUE", hint="for example --env APP_PATH=./app.wasm")
+                Problem(
+                    f"--env number {number} has no '=' (its text is not shown: it may hold a secret)",
+                    hint="for example --env APP_PATH=./app.wasm",
+                )
+            )
+            continue
+        if not key or not key.isascii() or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            problems.append(
+                Problem(
+                    f"--env {key[:40]!r}=…: the key is not a variable name",
+                    hint="letters, digits and '_', not starting with a digit; for example --env APP_PATH=./app.wasm",
+                )
             )
             continue
         env[key] = value
@@ -139,21 +151,27 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
     from .report.console import ConsoleReporter
     from .workflow import load_workflow
 
-    workflows = []
+    # Every file is loaded first, so its problems show before anything runs.
+    # A file that does not load is a failed result in the reports; the others
+    # still run, and the exit code says 2.
+    loaded: list[Any] = []
     invalid = False
     for file in args.files:
         try:
-            workflows.append(load_workflow(file, environ=env, backend=args.backend, for_run=True))
+            loaded.append(load_workflow(file, environ=env, backend=args.backend, for_run=True))
         except WorkflowValidationError as exc:
             _print_problems(exc)
             invalid = True
-    if invalid:
-        return EXIT_INVALID, []
+            loaded.append(problems_result(file.name, str(file), args.backend or "-", exc.problems))
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
+    workflows = [w for w in loaded if not isinstance(w, RunResult)]
     results: list[RunResult] = []
     folders: list[str] = []
-    for workflow in workflows:
+    for workflow in loaded:
+        if isinstance(workflow, RunResult):
+            results.append(workflow)
+            continue
         # one folder per workflow under --logs-dir, even when two share a name
         folder = _safe_name(workflow)
         if folder in folders:
@@ -176,6 +194,8 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
         results.append(result)
         if result.interrupted:
             return EXIT_INTERRUPTED, results
+    if invalid:
+        return EXIT_INVALID, results
     return (EXIT_OK if all(r.passed for r in results) else EXIT_FAILED), results
 
 
@@ -185,19 +205,16 @@ def _safe_name(workflow: Any) -> str:
     return _slug(workflow.name)
 
 
-def _write_file(path: Path, text: str, secrets: list[str]) -> None:
-    """Write ``text`` with the secrets masked, atomically: never half a file."""
-    from .report.github import Redactor
-
+def _write_file(path: Path, text: str) -> None:
+    """Write ``text`` atomically: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(Redactor(secrets).redact(text), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
-def _write_json(path: Path, data: Any, secrets: list[str] | None = None) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    _write_file(path, text, secrets or [])
+def _write_json(path: Path, data: Any) -> None:
+    _write_file(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 class _Interrupts:
@@ -309,21 +326,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(args: argparse.Namespace, results: list[RunResult], secrets: list[str]) -> None:
+    """Write the result files from the runs with their credentials masked.
+
+    The records are redacted before anything is made of them, so a message
+    cut to a length limit (JUnit's) never keeps half a credential, and the
+    files' own syntax is never masked.
+    """
+    from .report.github import Redactor
+
+    results = Redactor(secrets).redact_data(results)
     if args.results:
         data = (
             results[0].workflow_results
             if len(results) == 1
             else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
         )
-        _write_json(args.results, data, secrets)
+        _write_json(args.results, data)
     if args.report:
         report = [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict()
-        _write_json(args.report, report, secrets)
+        _write_json(args.report, report)
     if args.junit:
         from .report.junit import junit_xml
 
         xml = junit_xml([[r] for r in results], root=Path.cwd()).decode("utf-8")
-        _write_file(args.junit, xml, secrets)
+        _write_file(args.junit, xml)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,6 +179,14 @@ class WorkflowExecutor:
             record.error = error_from_exception(exc)
             if isinstance(exc, NodeUnavailableError) and exc.last_logs:
                 record.data["last_logs"] = exc.last_logs
+        except Exception as exc:  # a bug: fail the phase, never the whole run
+            log.error("phase %s crashed", name, exc_info=True)
+            record.status = Status.FAILED
+            record.error = ErrorInfo(
+                message=f"internal error in phase {name}: {type(exc).__name__}: {exc}",
+                kind="internal",
+                hint="this is a bug in calimero-workflow; please report it with this workflow",
+            )
         record.duration_s = time.perf_counter() - started
         self.result.phases.append(record)
         self.events.phase_finished(record)
@@ -450,6 +458,9 @@ class WorkflowExecutor:
         except (asyncio.CancelledError, KeyboardInterrupt):
             failed = True
             self.result.interrupted = True
+            for step in self.result.all_steps():
+                if step.error is not None and step.error.kind == "cancelled":
+                    step.error.message = "the run was interrupted"
         finally:
             self.result.status = Status.FAILED if failed else Status.PASSED
             # The teardown runs to its end: a signal that arrives during it (the

@@ -7,10 +7,12 @@ records and nothing else, so each can be tested by building records by hand.
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Location
+from .errors import Location, Problem
 
 
 class Status(enum.StrEnum):
@@ -141,18 +143,61 @@ class RunResult:
         for step in self.steps:
             yield from step.walk()
 
+    def reported_steps(self) -> list[StepRecord]:
+        """The steps reports list and count, in order: every step without nested
+        steps, plus a parent step that failed on its own (none of its nested
+        steps failed, e.g. a ``repeat`` whose ``outputs:`` capture failed)."""
+        out: list[StepRecord] = []
+
+        def visit(step: StepRecord) -> bool:
+            if not step.children:
+                out.append(step)
+                return step.status is Status.FAILED
+            mark = len(out)
+            failed_below = False
+            for child in step.children:
+                failed_below = visit(child) or failed_below
+            if step.status is Status.FAILED and not failed_below:
+                out.insert(mark, step)
+                return True
+            return failed_below
+
+        for step in self.steps:
+            visit(step)
+        return out
+
+    def failed_phases(self) -> list[PhaseRecord]:
+        """Phases that failed for a reason of their own.
+
+        Not the ``steps`` phase when it failed because a step did (the step is
+        the failure), and not a phase cut short by a cancellation, which is no
+        failure of the workflow.
+        """
+        return [
+            phase
+            for phase in self.phases
+            if phase.status is Status.FAILED
+            and not (phase.error is not None and phase.error.kind == "cancelled")
+            and not (
+                phase.name == "steps"
+                and (phase.error is None or phase.error.kind == "steps")
+            )
+        ]
+
     def counts(self) -> dict[str, int]:
-        """Counts over top-level steps and their nested steps (leaves)."""
+        """Counts of what the reports list: the steps of :meth:`reported_steps`,
+        and each failed phase (:meth:`failed_phases`) as one more failure."""
         counts = {"total": 0, "passed": 0, "failed": 0, "skipped": 0}
-        for step in self.all_steps():
-            if step.children:
-                continue
+        for step in self.reported_steps():
             counts["total"] += 1
             counts[str(step.status)] += 1
+        failed_phases = len(self.failed_phases())
+        counts["total"] += failed_phases
+        counts["failed"] += failed_phases
         return counts
 
     def failed_steps(self) -> list[StepRecord]:
-        return [s for s in self.all_steps() if s.status is Status.FAILED and not s.children]
+        return [s for s in self.reported_steps() if s.status is Status.FAILED]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +216,40 @@ class RunResult:
             "steps": [s.to_dict() for s in self.steps],
             "workflow_results": self.workflow_results,
         }
+
+
+def problems_result(
+    name: str,
+    file: str | None,
+    backend: str,
+    problems: Sequence[Problem],
+    *,
+    phase: str = "load",
+) -> RunResult:
+    """A failed result for a workflow that never ran: each problem is a failed
+    ``phase`` at its ``file:line`` (reports show it as an error testcase)."""
+    result = RunResult(
+        workflow_name=name,
+        workflow_file=file,
+        run_id="-",
+        backend=backend,
+        status=Status.FAILED,
+        started_at=time.time(),
+    )
+    for number, problem in enumerate(problems, start=1):
+        result.phases.append(
+            PhaseRecord(
+                name=phase if len(problems) == 1 else f"{phase} {number}",
+                status=Status.FAILED,
+                error=ErrorInfo(
+                    message=problem.message,
+                    kind="invalid",
+                    location=problem.location,
+                    hint=problem.hint,
+                ),
+            )
+        )
+    return result
 
 
 def error_from_exception(exc: BaseException) -> ErrorInfo:
@@ -197,4 +276,5 @@ __all__ = [
     "Status",
     "StepRecord",
     "error_from_exception",
+    "problems_result",
 ]

@@ -187,15 +187,19 @@ class EmbeddedNode:
         http = uvicorn.Server(uv_config)
         http.lifespan = uv_config.lifespan_class(uv_config)
         self.running = True
+        # known to stop() from here on: a start cut short (a cancelled run, a
+        # timeout) closes whatever servers startup() made
+        self._http = http
         try:
             await http.startup(sockets=[http_sock])
-            self._http = http
             await swarm.start(swarm_sock)
             replicator.start()
         except BaseException:
+            # stop first: the servers still hold these sockets, and closing a
+            # socket under a live asyncio server leaves it a descriptor of -1
+            await self.stop()
             http_sock.close()
             swarm_sock.close()
-            await self.stop()
             raise
         self.log.info(
             "node %s started: server %s, swarm %s",
@@ -223,8 +227,10 @@ class EmbeddedNode:
     async def _stop_http(self, http: uvicorn.Server) -> None:
         # uvicorn's own shutdown sleeps 100 ms before looking at connections;
         # we close idle keep-alive connections at once and give in-flight
-        # requests a short grace period.
-        for server in http.servers:
+        # requests a short grace period. A startup() cut short may not have
+        # made its servers yet.
+        servers = list(getattr(http, "servers", []))
+        for server in servers:
             server.close()
         for connection in list(http.server_state.connections):
             connection.shutdown()
@@ -236,7 +242,7 @@ class EmbeddedNode:
             await asyncio.sleep(0.002)
         for task in list(http.server_state.tasks):
             task.cancel()
-        for server in http.servers:
+        for server in servers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(0.2):
                     await server.wait_closed()

@@ -130,7 +130,8 @@ class _Connection:
                     "handling %r from %s failed", msg.get("t"), self.peer_id
                 )
             reply["err"] = str(exc) or type(exc).__name__
-        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+        # the connection may close meanwhile (the node stops): nobody to answer
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError, PeerError):
             await self.send(reply)
 
     async def send(self, msg: dict[str, Any]) -> None:
@@ -216,6 +217,7 @@ class Swarm:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._partitioned = False
+        self._stopping = False
         self.connected = asyncio.Event()
         self.log = node_logger(node_name, "swarm")
 
@@ -223,12 +225,14 @@ class Swarm:
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound and listening socket and start dialing."""
+        self._stopping = False
         self._server = await asyncio.start_server(self._accept, sock=sock)
         self.port = sock.getsockname()[1]
         self._maintainer = asyncio.create_task(self._maintain())
 
     async def stop(self) -> None:
         """Close the listener and every connection; no waiting on peers."""
+        self._stopping = True
         if self._maintainer is not None:
             await cancel_and_wait(self._maintainer)
         if self._server is not None:
@@ -396,7 +400,8 @@ class Swarm:
             self.log.debug("refused an incoming swarm connection: %s", exc)
             writer.close()
             return
-        if claimed == self.peer_id or self._partitioned:
+        if claimed == self.peer_id or self._partitioned or self._stopping:
+            # a handshake that ends as the node stops registers nothing
             writer.close()
             return
         # Peers dial from ephemeral ports; their listen port comes in the hello.

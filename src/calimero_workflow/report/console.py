@@ -26,6 +26,26 @@ def sanitize(text: str) -> str:
     return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
+#: The runner's legacy command prefix, which it finds anywhere in a line.
+_LEGACY_COMMAND = "##["
+
+
+def inert_line(text: str) -> str:
+    """``text`` as one line a CI runner can only show, never run as a command.
+
+    The Actions runner splits its log on ``\\r``, ``\\n`` and ``\\r\\n``, reads a
+    line that starts with ``::`` (after spaces) as a workflow command, and a
+    legacy ``##[command]`` anywhere in a line. So: control characters and
+    line breaks are made visible, ``##[`` gets an invisible zero-width space
+    (``##\\u200b[``, shown as typed), and a leading ``::`` is put behind a
+    ``| `` gutter.
+    """
+    line = sanitize_line(text).replace(_LEGACY_COMMAND, "##\u200b[")
+    if line.lstrip().startswith("::"):
+        line = "| " + line
+    return line
+
+
 _MARK = {Status.PASSED: "PASS", Status.FAILED: "FAIL", Status.SKIPPED: "SKIP"}
 _COLOR = {Status.PASSED: "32", Status.FAILED: "31", Status.SKIPPED: "33"}
 
@@ -41,8 +61,12 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds:.2f}s"
 
 
-def _short(value: Any, limit: int = 300) -> str:
+def _short(value: Any, redactor: Redactor | None, limit: int = 300) -> str:
+    """``value`` as text of at most ``limit`` characters, secrets masked first
+    (cutting first could leave half a secret)."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if redactor:
+        return sanitize(redactor.cut(text, limit, note="…"))
     text = sanitize(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -51,13 +75,16 @@ class ConsoleReporter(RunEvents):
     """Prints a run as it happens."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False,
-                 quiet: bool = False, color: bool | None = None):
+                 quiet: bool = False, color: bool | None = None,
+                 redactor: Redactor | None = None):
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self.quiet = quiet
         self.color = self.stream.isatty() if color is None else color
-        #: Masks the credentials of the running workflow, never printed.
-        self.redactor: Redactor | None = None
+        #: Values masked in every run shown (the action's secrets).
+        self._base_redactor = redactor
+        #: Masks those and the credentials of the running workflow, never printed.
+        self.redactor: Redactor | None = redactor
 
     def _paint(self, status: Status, text: str) -> str:
         if not self.color:
@@ -67,6 +94,8 @@ class ConsoleReporter(RunEvents):
     def _write(self, line: str = "") -> None:
         if self.redactor:
             line = self.redactor.redact(line)
+        # under a CI runner, text from apps must not run a legacy ##[command]
+        line = line.replace(_LEGACY_COMMAND, "##\u200b[")
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -83,7 +112,8 @@ class ConsoleReporter(RunEvents):
     def run_started(self, result: RunResult) -> None:
         from .github import Redactor
 
-        self.redactor = Redactor(result.secrets)
+        base = self._base_redactor
+        self.redactor = base.with_values(result.secrets) if base else Redactor(result.secrets)
         where = f" ({result.workflow_file})" if result.workflow_file else ""
         self._write(f"== {sanitize_line(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 
@@ -128,8 +158,8 @@ class ConsoleReporter(RunEvents):
             where = f"{err.location}: " if err.location else "error: "
             self._block(f"{indent}     {where}", err.message)
             if err.expected is not None or err.actual is not None:
-                self._block(f"{indent}     expected: ", _short(err.expected))
-                self._block(f"{indent}     actual:   ", _short(err.actual))
+                self._block(f"{indent}     expected: ", _short(err.expected, self.redactor))
+                self._block(f"{indent}     actual:   ", _short(err.actual, self.redactor))
             if err.hint:
                 self._block(f"{indent}     hint: ", err.hint)
         if record.logs and (self.verbose or record.status is Status.FAILED):

@@ -10,14 +10,19 @@ of each level per step, 4096-character messages, 1 MiB of step summary,
 1 MB of outputs per job) are enforced here, when the text is written.
 
 The runner masks registered secrets only in the log it shows. Everything
-that leaves through this adapter (log lines, outputs, the summary, and the
-report files passed to :meth:`GitHub.redact_file`) has them replaced by
-``***`` here, in every escaped form the reports use.
+that leaves through this adapter (log lines, the values in commands,
+outputs, the summary) has them replaced by ``***`` here, in every escaped
+form the reports use; report files are made of records redacted with
+:meth:`Redactor.redact_data`. Plain lines are made inert
+(:func:`~.console.inert_line`), so text quoted from the repository cannot
+issue a command.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import html
 import io
 import json
@@ -27,9 +32,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
-from .console import sanitize, sanitize_line
+from .console import inert_line, sanitize, sanitize_line
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Annotation",
@@ -96,11 +103,30 @@ def _xml_attribute(text: str) -> str:
     return text.replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#09;")
 
 
+def _repr_body(text: str, *, escape_quote: bool) -> str:
+    """``text`` as Python's ``repr()`` spells it between its quotes.
+
+    ``repr()`` of a longer text that holds both quote characters escapes
+    ``'`` too, so both spellings are needed.
+    """
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == "'":
+            out.append("\\'" if escape_quote else "'")
+        else:
+            out.append(repr(char)[1:-1] if char != '"' else '"')
+    return "".join(out)
+
+
 def _secret_forms(value: str) -> set[str]:
-    """``value`` as the log, JSON, XML, HTML and workflow commands may spell it."""
+    """``value`` as the log, JSON, XML, HTML, Python's ``repr()`` (error
+    messages quote values with ``!r``) and workflow commands may spell it."""
     # as text, or inside a JSON string, or inside a JSON string in a JSON
     # string (an app's log line, which quotes its values, in the results)
     inner = {value, sanitize(value), sanitize_line(value)}
+    inner |= {_repr_body(value, escape_quote=q) for q in (False, True)}
     for _ in range(2):
         inner |= {json.dumps(t, ensure_ascii=a)[1:-1] for t in inner for a in (0, 1)}
     forms: set[str] = set()
@@ -122,6 +148,16 @@ class Redactor:
     One is shared by everything a run writes: the console, the JUnit XML, the
     JSON results and report, the summary and the node logs handed out as
     artifacts, so a value is masked the same way everywhere.
+
+    Two rules keep what we write whole and the secrets whole-masked:
+
+    * values, not syntax: structured output is redacted before it is
+      serialised (:meth:`redact_data` on the records, then JSON, XML or
+      markdown is made of them), so a secret that happens to be a word of
+      the markup or a JSON key we use never breaks it;
+    * redact, then cut: text is cut to a length limit only after it is
+      redacted (:meth:`cut`), and a cut that ends in the start of a secret
+      spelling drops that part too.
     """
 
     def __init__(self, values: Iterable[str] = ()) -> None:
@@ -148,6 +184,10 @@ class Redactor:
         self._forms = sorted(forms, key=len, reverse=True)
         return True
 
+    def with_values(self, values: Iterable[str]) -> Redactor:
+        """A new redactor masking what this one does, and ``values``."""
+        return Redactor([*self._values, *values])
+
     def __bool__(self) -> bool:
         return bool(self._forms)
 
@@ -158,17 +198,82 @@ class Redactor:
                 text = text.replace(form, REDACTED)
         return text
 
-    def redact_file(self, path: Path) -> bool:
-        """Redact a file in place; whether it held a masked value."""
+    def cut(
+        self,
+        text: str,
+        limit: int,
+        *,
+        note: str = "",
+        keep: Literal["head", "tail"] = "head",
+    ) -> str:
+        """``text`` redacted, then cut to ``limit`` characters with ``note``
+        at the cut (after the head, or before the tail that is kept)."""
+        text = self.redact(text)
+        if len(text) <= limit:
+            return text
+        room = max(limit - len(note), 0)
+        if keep == "tail":
+            return note + self.trim_partial(text[len(text) - room :], keep="tail")
+        return self.trim_partial(text[:room]) + note
+
+    def trim_partial(self, text: str, *, keep: Literal["head", "tail"] = "head") -> str:
+        """Drop the start of a secret spelling that ``text`` ends with (a head
+        cut there), or the end of one it starts with (a tail cut there)."""
+        longest = 0
+        for form in self._forms:
+            for size in range(min(len(form) - 1, len(text)), longest, -1):
+                piece = form[:size] if keep == "head" else form[-size:]
+                if (text.endswith if keep == "head" else text.startswith)(piece):
+                    longest = size
+                    break
+        if not longest:
+            return text
+        return text[: len(text) - longest] if keep == "head" else text[longest:]
+
+    def redact_data(self, value: _T) -> _T:
+        """A copy of ``value`` with every text in it redacted.
+
+        Strings anywhere inside dataclasses (the run records), mappings (keys
+        too), lists and tuples are redacted; field names, enums, numbers and
+        the shape stay as they are. Reports made from the copy need no
+        redaction afterwards, which could change their syntax.
+        """
         if not self._forms:
-            return False
-        data = path.read_bytes()
+            return value
+        return self._redact_value(value)
+
+    def _redact_value(self, value: Any) -> Any:
+        if isinstance(value, enum.Enum | type):
+            return value
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                name = self.redact(key) if isinstance(key, str) else key
+                while name in out:  # two keys masked alike: keep both
+                    name = f"{name}+"
+                out[name] = self._redact_value(item)
+            return out
+        if isinstance(value, list):
+            return [self._redact_value(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self._redact_value(item) for item in value)
+        if dataclasses.is_dataclass(value):
+            changes = {
+                f.name: self._redact_value(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.init
+            }
+            return dataclasses.replace(value, **changes)
+        return value
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """Text file contents redacted; bytes that are not UTF-8 are kept as they are."""
+        if not self._forms:
+            return data
         text = data.decode("utf-8", "surrogateescape")
-        redacted = self.redact(text)
-        if redacted == text:
-            return False
-        path.write_bytes(redacted.encode("utf-8", "surrogateescape"))
-        return True
+        return self.redact(text).encode("utf-8", "surrogateescape")
 
 
 def utf16_size(text: str) -> int:
@@ -176,8 +281,11 @@ def utf16_size(text: str) -> int:
     return len(text.encode("utf-16-le"))
 
 
-def _cut(text: str, limit: int, note: str) -> str:
-    """``text`` cut to ``limit`` characters, ending with ``note`` when cut."""
+def _cut(text: str, limit: int, note: str, redactor: Redactor | None) -> str:
+    """``text`` cut to ``limit`` characters, ending with ``note`` when cut;
+    redacted first."""
+    if redactor is not None:
+        return redactor.cut(text, limit, note=note)
     if len(text) <= limit:
         return text
     return text[: max(limit - len(note), 0)] + note
@@ -195,23 +303,30 @@ class Annotation:
     col: int | None = None
     title: str | None = None
 
-    def to_command(self) -> str:
-        """The workflow command line, escaped and cut to the runner's limits."""
+    def to_command(self, redactor: Redactor | None = None) -> str:
+        """The workflow command line, escaped and cut to the runner's limits.
+
+        With ``redactor``, the file, title and message are redacted before
+        they are cut (never the command's own syntax).
+        """
         props: dict[str, str] = {}
         if self.file:
-            props["file"] = self.file
+            props["file"] = redactor.redact(self.file) if redactor else self.file
         # the runner drops a column given without a line (ValidateLinesAndColumns)
         if self.line is not None and self.line > 0:
             props["line"] = str(self.line)
             if self.col is not None and self.col > 0:
                 props["col"] = str(self.col)
         if self.title:
-            title = " ".join(sanitize(self.title).split())
-            props["title"] = _cut(title, MAX_TITLE_CHARS, "…")
+            title = redactor.redact(self.title) if redactor else self.title
+            title = " ".join(sanitize(title).split())
+            props["title"] = _cut(title, MAX_TITLE_CHARS, "…", redactor)
+        message = sanitize(redactor.redact(self.message) if redactor else self.message)
         message = _cut(
-            sanitize(self.message),
+            message,
             MAX_MESSAGE_CHARS,
             "\n… (cut to 4096 characters; the step summary and the JUnit report have it all)",
+            redactor,
         )
         return _format_command(self.level, props, message)
 
@@ -307,32 +422,34 @@ class GitHub:
 
     # -- workflow commands ----------------------------------------------------------
 
-    def _emit(self, line: str, *, raw: bool = False) -> None:
+    def _emit(self, line: str) -> None:
+        """Print one finished line (a command, or text made inert) as it is."""
         # one write and a flush per line: stderr (logging) is unbuffered, and
-        # the runner must see a stop-commands line before anything after it
-        # what the console reporter wrote comes first, and the runner reads
-        # a command only at the start of a line
+        # the runner must see a stop-commands line before anything after it.
+        # What the console reporter wrote comes first, and the runner reads
+        # a command only at the start of a line.
         self.stream.end_line()
-        self._out.write((line if raw else self.redact(line)) + "\n")
+        self._out.write(line + "\n")
         self._out.flush()
+
+    def _command(self, name: str, props: Mapping[str, str], message: str) -> None:
+        """A workflow command with its values (never its syntax) redacted."""
+        values = {key: self.redact(value) for key, value in props.items()}
+        self._emit(_format_command(name, values, self.redact(message)))
 
     def redact(self, text: str) -> str:
         """``text`` with every masked value (in each escaped form) as ``***``."""
         return self.redactor.redact(text)
 
-    def redact_file(self, path: Path) -> bool:
-        """Redact a file we wrote in place; whether it held a masked value."""
-        return self.redactor.redact_file(path)
-
     def echo(self, text: str = "") -> None:
-        """Print our own text. It must not start with ``::`` (use :meth:`untrusted`)."""
+        """Print our own text, one line per ``\\n``, as plain text.
+
+        Each line is redacted and made inert (:func:`inert_line`): what it
+        quotes (a file or workflow name from the repository) is shown, with
+        its control characters visible, and can never issue a command.
+        """
         for line in text.split("\n"):
-            if line.lstrip().startswith("::"):
-                raise ValueError(
-                    f"refusing to print {line[:40]!r} as plain text: the runner would "
-                    "read it as a workflow command; print it with GitHub.untrusted()"
-                )
-            self._emit(line)
+            self._emit(inert_line(self.redact(line)))
 
     def add_mask(self, value: str) -> bool:
         """Mask ``value`` in every later log line of the job and in what we write.
@@ -346,7 +463,7 @@ class GitHub:
         for part in parts:
             if self.redactor.add(part):
                 # the runner's mask, before anything else can print the value
-                self._emit(_format_command("add-mask", {}, part), raw=True)
+                self._emit(_format_command("add-mask", {}, part))
         return bool(parts)
 
     @contextlib.contextmanager
@@ -357,7 +474,7 @@ class GitHub:
                 f"group {title!r} opened inside another group; groups do not nest"
             )
         self._in_group = True
-        self._emit(_format_command("group", {}, " ".join(sanitize(title).split())))
+        self._command("group", {}, " ".join(sanitize(self.redact(title)).split()))
         try:
             yield
         finally:
@@ -385,14 +502,14 @@ class GitHub:
     def untrusted(self, text: str | Iterable[str]) -> None:
         """Print text we do not control (node logs, app output) inertly."""
         lines = text.split("\n") if isinstance(text, str) else list(text)
-        lines = [sanitize(line) for line in lines]
+        lines = [sanitize(self.redact(line)) for line in lines]
         with self.stop_commands(avoid="\n".join(lines)):
             for line in lines:
                 self._emit(line)
 
     def debug(self, message: str) -> None:
         """A line shown only when step debug logging is on."""
-        self._emit(_format_command("debug", {}, sanitize(message)))
+        self._command("debug", {}, sanitize(self.redact(message)))
 
     # -- annotations ------------------------------------------------------------------
 
@@ -400,16 +517,16 @@ class GitHub:
         """Emit ``annotation`` if its level still has room in this step.
 
         Past the limit the annotation is counted, not printed, and
-        :meth:`flush_annotations` reports the count. One notice is kept free
+        :meth:`flush_annotations` reports the count. One warning is kept free
         for that report. Returns whether the annotation was printed.
         """
         level = annotation.level
-        room = MAX_ANNOTATIONS_PER_LEVEL - (1 if level == "notice" else 0)
+        room = MAX_ANNOTATIONS_PER_LEVEL - (1 if level == "warning" else 0)
         if self._annotations[level] >= room:
             self._dropped[level] += 1
             return False
         self._annotations[level] += 1
-        self._emit(annotation.to_command())
+        self._emit(annotation.to_command(self.redactor))
         return True
 
     @property
@@ -420,7 +537,11 @@ class GitHub:
     def flush_annotations(
         self, where: str = "the step summary and the JUnit report"
     ) -> None:
-        """Say in one notice how many annotations were left out, if any."""
+        """Say in one warning how many annotations were left out, if any.
+
+        A warning, not a notice: the runner shows notices only where
+        enhanced annotations are on.
+        """
         parts = [
             f"{count} {level}{'s' if count > 1 else ''}"
             for level, count in self._dropped.items()
@@ -433,10 +554,10 @@ class GitHub:
             f"{MAX_ANNOTATIONS_PER_LEVEL} annotations of each level per step. "
             f"See {where}."
         )
-        self._annotations["notice"] += 1
+        self._annotations["warning"] += 1
         self._emit(
             Annotation(
-                "notice", message, title="More results than annotations"
+                "warning", message, title="More results than annotations"
             ).to_command()
         )
         self._dropped = dict.fromkeys(self._dropped, 0)
@@ -450,6 +571,7 @@ class GitHub:
         *,
         is_json: bool = False,
         full_value: str | None = None,
+        redact: bool = True,
     ) -> OutputWritten:
         """Append ``name`` = ``value`` to ``$GITHUB_OUTPUT`` as a heredoc.
 
@@ -457,6 +579,10 @@ class GitHub:
         cut with a note naming ``full_value`` (where the caller keeps the whole
         value). A cut JSON value is replaced by a small JSON object saying so,
         so ``fromJSON`` still works on it.
+
+        ``redact=False`` is for values that are ours (a status, a count) or
+        made of redacted data (JSON of :meth:`Redactor.redact_data`), which
+        redacting as text could break.
 
         Raises:
             ValueError: ``name`` is not a valid output name.
@@ -466,7 +592,8 @@ class GitHub:
                 f"output name {name!r} is not valid: use letters, digits, '_' and '-', "
                 "starting with a letter or '_'"
             )
-        value = self.redact(value)
+        if redact:
+            value = self.redact(value)
         limit = min(
             self.output_value_limit,
             self.output_budget - self._output_used - utf16_size(name),
@@ -475,7 +602,12 @@ class GitHub:
         truncated = size > limit
         if truncated:
             value = _shrink_output(
-                value, size, max(limit, 0), is_json=is_json, full_value=full_value
+                value,
+                size,
+                max(limit, 0),
+                is_json=is_json,
+                full_value=full_value,
+                redactor=self.redactor,
             )
         written = utf16_size(value)
         self._output_used += written + utf16_size(name)
@@ -504,14 +636,17 @@ class GitHub:
             used = self.summary_file.stat().st_size
         return max(self.summary_limit - used, 0)
 
-    def append_summary(self, markdown: str) -> bool:
+    def append_summary(self, markdown: str, *, redact: bool = True) -> bool:
         """Append to ``$GITHUB_STEP_SUMMARY``; False when there is no such file.
+
+        ``redact=False`` is for markdown made of redacted records, where
+        redacting the text could break its markup.
 
         Raises:
             ValueError: the text would push the summary over its limit, which
                 would make the runner drop the whole summary.
         """
-        data = self.redact(markdown).encode("utf-8")
+        data = (self.redact(markdown) if redact else markdown).encode("utf-8")
         room = self.summary_room()
         if len(data) > room:
             raise ValueError(
@@ -540,7 +675,13 @@ def _valid_name(name: str) -> bool:
 
 
 def _shrink_output(
-    value: str, size: int, limit: int, *, is_json: bool, full_value: str | None
+    value: str,
+    size: int,
+    limit: int,
+    *,
+    is_json: bool,
+    full_value: str | None,
+    redactor: Redactor,
 ) -> str:
     where = f"; the full value is in {full_value}" if full_value else ""
     note = (
@@ -557,4 +698,4 @@ def _shrink_output(
     head = value[:keep]
     while head and utf16_size(head + tail) > limit:
         head = head[: len(head) - max(len(head) // 16, 1)]
-    return head + tail
+    return redactor.trim_partial(head) + tail

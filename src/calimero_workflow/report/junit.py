@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..results import RunResult, Status
+from ..results import RunResult, Status, StepRecord
 from .console import sanitize
 from .summary import (
     Failure,
@@ -132,6 +132,15 @@ def _file_of(run: RunResult, root: Path | None) -> str | None:
     return display_path(run.workflow_file, root) if run.workflow_file else None
 
 
+def _skipped_message(run: RunResult, step: StepRecord) -> str:
+    """Why a step did not run (or did not finish)."""
+    if step.error is not None and step.error.kind == "cancelled":
+        return _one_line(f"cancelled: {step.error.message}")
+    if run.interrupted:
+        return "not run: the run was interrupted"
+    return "not run: an earlier step or phase failed"
+
+
 def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
     """Testcases of one attempt: failed phases, then every step (leaves)."""
     file = _file_of(run, root)
@@ -142,7 +151,9 @@ def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
         if failure.step is not None:
             continue
         line = failure.location.line if failure.location is not None else None
-        element = _case_element(failure.what, run.workflow_name, 0.0, file, line)
+        element = _case_element(
+            failure.what, run.workflow_name, failure.duration_s, file, line
+        )
         element.append(_verdict("error", failure, root))
         logs = _logs_text(failure)
         if logs:
@@ -156,9 +167,7 @@ def _cases_of(run: RunResult, root: Path | None) -> list[_Case]:
         outcome = "passed"
         if step.status is Status.SKIPPED:
             outcome = "skipped"
-            ET.SubElement(
-                element, "skipped", message="not run: an earlier step or phase failed"
-            )
+            ET.SubElement(element, "skipped", message=_skipped_message(run, step))
         elif step.status is Status.FAILED:
             outcome = "failure"
             failure = by_step[id(step)]

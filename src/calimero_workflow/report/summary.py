@@ -84,45 +84,24 @@ class Failure:
     step: StepRecord | None = None
     #: Node log text that explains the failure, per node.
     node_logs: dict[str, str] | None = None
+    #: How long the failed step or phase ran.
+    duration_s: float = 0.0
 
 
 def reported_steps(run: RunResult) -> list[StepRecord]:
-    """The steps reports list, in order: every step without nested steps, plus
-    a parent step that failed on its own (none of its nested steps failed)."""
-    out: list[StepRecord] = []
-
-    def visit(step: StepRecord) -> bool:
-        if not step.children:
-            out.append(step)
-            return step.status is Status.FAILED
-        mark = len(out)
-        failed_below = False
-        for child in step.children:
-            failed_below = visit(child) or failed_below
-        if step.status is Status.FAILED and not failed_below:
-            out.insert(mark, step)
-            return True
-        return failed_below
-
-    for step in run.steps:
-        visit(step)
-    return out
+    """The steps reports list, in order (see :meth:`RunResult.reported_steps`)."""
+    return run.reported_steps()
 
 
 def failures_of(run: RunResult) -> list[Failure]:
     """Every failure of ``run``: phases first, then steps.
 
     The ``steps`` phase fails whenever a step does; it is listed only when it
-    failed for a reason of its own (an interruption).
+    failed for a reason of its own. A cancelled phase or step is no failure
+    (the steps it cut short are skipped).
     """
     found: list[Failure] = []
-    for phase in run.phases:
-        if phase.status is not Status.FAILED:
-            continue
-        if phase.name == "steps" and (
-            phase.error is None or phase.error.kind == "steps"
-        ):
-            continue
+    for phase in run.failed_phases():
         error = phase.error or ErrorInfo(message=f"phase {phase.name} failed")
         logs = phase.data.get("last_logs")
         found.append(
@@ -131,6 +110,7 @@ def failures_of(run: RunResult) -> list[Failure]:
                 error=error,
                 location=error.location,
                 node_logs={"the node": str(logs)} if logs else None,
+                duration_s=phase.duration_s,
             )
         )
     for step in reported_steps(run):
@@ -143,6 +123,7 @@ def failures_of(run: RunResult) -> list[Failure]:
                     location=error.location or step.location,
                     step=step,
                     node_logs=dict(step.node_logs) or None,
+                    duration_s=step.duration_s,
                 )
             )
     return found
@@ -336,6 +317,9 @@ def _status_line(attempts: Sequence[RunResult], root: Path | None) -> _Block:
     text = f"### {_ICON[state]} {_esc(final.workflow_name)} ({state})\n\n" + " · ".join(
         facts
     )
+    cut = [p.name for p in final.phases if p.error is not None and p.error.kind == "cancelled"]
+    if final.interrupted and cut:
+        text += f"<br>cancelled during {_code('phase ' + cut[0])}; what it cut short is skipped"
     if len(attempts) > 1:
         word = "passed" if final.passed else "failed"
         text += f"<br>{word} on attempt {len(attempts)} of {len(attempts)}"
@@ -404,10 +388,16 @@ def _step_row(step: StepRecord, root: Path | None) -> str:
     timing = "" if step.status is Status.SKIPPED else format_duration(step.duration_s)
     extra = f" (after {step.attempts} attempts)" if step.attempts > 1 else ""
     extra += " (non-blocking)" if step.non_blocking else ""
+    if step.status is Status.SKIPPED and _cancelled(step):
+        extra += " (cancelled)"
     return (
         f"| {_ICON[str(step.status)]} | {_code(step.path)}{extra} | {_cell(step.type)} "
         f"| {timing} | {where} |\n"
     )
+
+
+def _cancelled(step: StepRecord) -> bool:
+    return step.error is not None and step.error.kind == "cancelled"
 
 
 _TABLE_HEAD = "| | step | type | duration | where |\n|---|---|---|---|---|\n"

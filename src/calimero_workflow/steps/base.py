@@ -599,8 +599,12 @@ class BaseStep:
                     hint="raise `timeout:` on the step if the operation is legitimately slow",
                 )
         except asyncio.CancelledError:
-            record.status = Status.FAILED
-            record.error = ErrorInfo(message="cancelled", kind="cancelled", location=self.location)
+            # Cut short (an interrupt, a fail-fast sibling, a timeout): not a
+            # failure of this step. Whoever cancelled it may say why.
+            record.status = Status.SKIPPED
+            record.error = ErrorInfo(
+                message="stopped before it finished", kind="cancelled", location=self.location
+            )
             record.duration_s = time.perf_counter() - started
             record.logs = run.logs
             record.children = run.children

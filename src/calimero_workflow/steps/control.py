@@ -32,10 +32,27 @@ def _nested(parent: BaseStep, key: str, raw: Any, vctx: ValidationContext | None
     return steps, problems
 
 
+def _not_run(steps: list[BaseStep], prefix: str) -> list[StepRecord]:
+    return [
+        StepRecord(
+            name=step.display_name, type=step.type_name,
+            path=f"{prefix}/{step.display_name}", status=Status.SKIPPED,
+            location=step.location,
+        )
+        for step in steps
+    ]
+
+
 async def run_sequence(
-    steps: list[BaseStep], run: StepRun, prefix: str, variables: dict[str, Any]
+    steps: list[BaseStep], run: StepRun, prefix: str, variables: dict[str, Any],
+    *, cancelled_into: list[StepRecord] | None = None,
 ) -> tuple[list[StepRecord], bool]:
-    """Run steps in order under ``prefix``; stop at the first blocking failure."""
+    """Run steps in order under ``prefix``; stop at the first blocking failure.
+
+    When cancelled, what ran, the step that was cut short and the steps not
+    reached are added to ``cancelled_into`` (default: ``run.children``)
+    before the cancellation goes on.
+    """
     records: list[StepRecord] = []
     ok = True
     for i, step in enumerate(steps):
@@ -47,21 +64,16 @@ async def run_sequence(
         try:
             record = await step.run(child)
         except asyncio.CancelledError:
-            # Interrupted: keep what ran, and the step that was cut short.
-            run.children.extend(records + ([child.record] if child.record else []))
+            cut = [child.record] if child.record else []
+            rest = _not_run(steps[i + 1:], prefix)
+            sink = run.children if cancelled_into is None else cancelled_into
+            sink.extend(records + cut + rest)
             raise
         records.append(record)
         if record.status is Status.FAILED:
             ok = False
             if not record.non_blocking:
-                for rest in steps[i + 1:]:
-                    records.append(
-                        StepRecord(
-                            name=rest.display_name, type=rest.type_name,
-                            path=f"{prefix}/{rest.display_name}", status=Status.SKIPPED,
-                            location=rest.location,
-                        )
-                    )
+                records.extend(_not_run(steps[i + 1:], prefix))
                 break
     return records, ok
 
@@ -249,7 +261,11 @@ class Parallel(BaseStep):
                     "iteration": rep + 1,
                     "iteration_index": rep,
                 }
-                recs, ok = await run_sequence(steps, run, prefix, variables)
+                # cancelled, the group's records stay with the group, so the
+                # report lists the groups in YAML order, not finishing order
+                recs, ok = await run_sequence(
+                    steps, run, prefix, variables, cancelled_into=records[name]
+                )
                 records[name].extend(recs)
                 if not ok:
                     all_ok = False
@@ -275,14 +291,27 @@ class Parallel(BaseStep):
                 cancelled = [self.groups[tasks.index(t)][0] for t in pending]
             else:
                 await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # the run is cancelled: let the groups record what they cut short
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._collect(run, records)
+            raise
         finally:
             for task in tasks:
                 if not task.done():
                     task.cancel()
-        for name, _, _ in self.groups:
-            run.children.extend(records.get(name, []))
         passed = [n for n, ok in outcome.items() if ok]
         failed = [n for n, ok in outcome.items() if not ok]
+        if cancelled:
+            why = f"group {', '.join(map(repr, failed))} failed and failure_mode is fail-fast"
+            for name in cancelled:
+                for record in records.get(name, []):
+                    for cut in record.walk():
+                        if cut.error is not None and cut.error.kind == "cancelled":
+                            cut.error.message = why
+        self._collect(run, records)
         data = {
             "group_count": len(self.groups),
             "passed_groups": passed,
@@ -303,6 +332,11 @@ class Parallel(BaseStep):
                 data=data,
             )
         return data
+
+    def _collect(self, run: StepRun, records: dict[str, list[StepRecord]]) -> None:
+        """The groups' records as the parallel step's children, in YAML order."""
+        for name, steps, _ in self.groups:
+            run.children.extend(records.get(name) or _not_run(steps, f"{run.path}/{name}"))
 
 
 class _GroupFailed(Exception):
