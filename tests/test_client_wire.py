@@ -31,7 +31,7 @@ from calimero_workflow.client import (
     is_zero_hash,
 )
 from calimero_workflow.node.ids import b58encode
-from node_fixtures import KV_STORE_WASM, Cluster, cluster, node_runtime
+from node_fixtures import KV_STORE_WASM, Cluster, cluster, kv_store_mpk, node_runtime
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
@@ -199,8 +199,8 @@ async def test_dev_install_sends_the_path_alone_to_current_merod(
     caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
     api = await cluster.start("node-1")
     async with NodeClient(api.url, name="node-1") as node:
-        first = await node.install_dev_application(str(KV_STORE_WASM))
-        assert first == await node.install_dev_application(str(KV_STORE_WASM))
+        first = await node.install_dev_application(str(kv_store_mpk()))
+        assert first == await node.install_dev_application(str(kv_store_mpk()))
     assert install_requests(caplog, "install-dev-application") == 2
 
 
@@ -224,8 +224,46 @@ async def test_dev_install_extras_are_refused_by_current_merod_once(
             await node.install_dev_application(str(KV_STORE_WASM), package="p")
         assert install_requests(caplog, "install-dev-application") == 1
         # A plain install still works, in one request.
-        await node.install_dev_application(str(KV_STORE_WASM))
+        await node.install_dev_application(str(kv_store_mpk()))
     assert install_requests(caplog, "install-dev-application") == 2
+
+
+async def test_install_file_bundles_a_raw_wasm_for_the_embedded_node(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        installed = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path / "b")
+        # asked with the raw file first: nothing told the client what the node takes
+        assert install_requests(caplog, "install-dev-application") == 2
+        assert installed.application_id == bundle.application_id_for_bundle(
+            "com.calimero.kv-store", bundle.DEV_SIGNER_ID
+        ).hex()
+        assert installed.bundle is not None
+        assert installed.bundle["package"] == "com.calimero.kv-store"
+        assert installed.bundle["version"] == "0.1.0"
+        assert installed.bundle["signer_id"] == bundle.DEV_SIGNER_ID
+        assert Path(installed.bundle["path"]).parent == tmp_path / "b"
+        assert node.app_format == bundle.SCHEME_V1
+        # known now: straight to the bundle
+        again = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path / "b", version="0.2.0")
+        assert again.application_id == installed.application_id
+        assert install_requests(caplog, "install-dev-application") == 3
+        app = await node.get_application(installed.application_id)
+        assert app is not None and app["version"] == "0.2.0"
+
+
+async def test_install_file_installs_a_bundle_as_given(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        node.expect_bundles(bundle.SCHEME_V1)
+        installed = await node.install_file(kv_store_mpk(), bundle_dir=tmp_path / "bundles")
+        assert installed.bundle is None and not (tmp_path / "bundles").exists()
+        app = await node.get_application(installed.application_id)
+        assert app is not None and app["source"] == kv_store_mpk().resolve().as_uri()
 
 
 async def test_url_install_on_current_merod(cluster: Cluster) -> None:
