@@ -27,6 +27,7 @@ from bench_harness import (
 )
 from bench_workflows import many_nodes_workflow, sync_workflow, write
 
+from calimero_workflow.bundle import SCHEME_V1
 from calimero_workflow.client import NodeClient
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.node.ids import hex32
@@ -120,7 +121,9 @@ def _import_time(workdir: Path) -> float:
 async def _kv_context(nodes: list[EmbeddedNode], clients: list[NodeClient]) -> str:
     """Install kv-store on the first node, share one context with all; return its id."""
     first = clients[0]
-    app = await first.install_dev_application(str(KV_WASM))
+    # As the engine installs a .wasm on an embedded node: as a dev-signed bundle.
+    first.expect_bundles(SCHEME_V1)
+    app = (await first.install_file(KV_WASM, bundle_dir=nodes[0].home.parent / "bundles")).application_id
     ns = await first.create_namespace(app)
     ctx = (await first.create_context(app, ns))["contextId"]
     for client in clients[1:]:

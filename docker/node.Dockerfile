@@ -37,6 +37,9 @@ COPY --from=build /opt/cw /opt/cw
 RUN ln -s /opt/cw/bin/merod /usr/local/bin/merod \
  && ln -s /opt/cw/bin/calimero-workflow /usr/local/bin/calimero-workflow
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# Like current merod, the node installs only signed .mpk bundles, signed under
+# this scheme: the engine then bundles a raw .wasm for it without asking first.
+LABEL calimero-workflow.app-bundles="calimero.bundle.manifest.v1"
 EXPOSE 2528 2428
 WORKDIR /app
 ENTRYPOINT ["merod"]

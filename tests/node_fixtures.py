@@ -9,6 +9,9 @@ Waiting is done by polling with a deadline, never by fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,11 +20,27 @@ from typing import Any
 import httpx
 import pytest
 
+from calimero_workflow.bundle import dev_bundle_for
 from calimero_workflow.node.runtime import WasmRuntime
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
 
 REPO = Path(__file__).resolve().parent.parent
 KV_STORE_WASM = REPO / "apps" / "kv-store" / "kv_store.wasm"
+_BUNDLES: Path | None = None
+
+
+def dev_bundle(wasm: Path, **coordinates: Any) -> Path:
+    """A dev-signed ``.mpk`` of ``wasm`` (built once per test session), which is
+    what current merod, and so the embedded node, installs."""
+    global _BUNDLES
+    if _BUNDLES is None:
+        _BUNDLES = Path(tempfile.mkdtemp(prefix="cw-test-bundles-"))
+        atexit.register(shutil.rmtree, _BUNDLES, True)
+    return dev_bundle_for(wasm, _BUNDLES, **coordinates)
+
+
+def kv_store_mpk() -> Path:
+    return dev_bundle(KV_STORE_WASM)
 #: Generous: convergence normally takes milliseconds; the deadline only bounds failures.
 CONVERGE_TIMEOUT = 20.0
 #: Fast background sync so catch-up tests do not wait a full second per round.
@@ -110,13 +129,17 @@ class Api:
 
     # -- the §1.4 flow in pieces ---------------------------------------------------
 
-    async def install_kv_store(self) -> str:
-        body = {"path": str(KV_STORE_WASM)}
+    async def install_file(self, path: Path) -> str:
+        """Install a ``.mpk`` (a raw ``.wasm`` is dev-bundled first, as the engine does)."""
+        body = {"path": str(dev_bundle(path))}
         return str(
             (await self.data("POST", "/admin-api/install-dev-application", body))[
                 "applicationId"
             ]
         )
+
+    async def install_kv_store(self) -> str:
+        return await self.install_file(KV_STORE_WASM)
 
     async def create_namespace(self, app_id: str) -> str:
         body = {"applicationId": app_id}

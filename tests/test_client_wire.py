@@ -9,16 +9,20 @@ records every request it saw.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from calimero_workflow import bundle
 from calimero_workflow.client import (
+    APP_WASM,
     LEGACY_ZERO_HASH,
     ZERO_HASH,
     NodeApiError,
@@ -27,7 +31,7 @@ from calimero_workflow.client import (
     is_zero_hash,
 )
 from calimero_workflow.node.ids import b58encode
-from node_fixtures import KV_STORE_WASM, Cluster, cluster, node_runtime
+from node_fixtures import KV_STORE_WASM, Cluster, cluster, kv_store_mpk, node_runtime
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
@@ -55,12 +59,36 @@ ERAS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
 
 
 class StandIn(ThreadingHTTPServer):
-    """A merod of one era on loopback; ``seen`` holds ``(path, body)`` of each request."""
+    """A merod of one era on loopback; ``seen`` holds ``(path, body)`` of each request.
 
-    def __init__(self, era: str) -> None:
+    ``takes`` is what its install-dev-application reads from the file: None
+    (it does not look, and answers :data:`APP_ID`), ``"wasm"`` (any file, its
+    id the SHA-256 of the bytes, as merod before 0.11.0-rc.31 installs a raw
+    ``.wasm``), or the signing schemes of the only bundles it installs, checked
+    and refused with merod's texts (0.11.0-rc.31 and later).
+    """
+
+    def __init__(self, era: str, takes: str | tuple[str, ...] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.era = era
+        self.takes = takes
         self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def dev_install(self, path: str) -> tuple[int, str]:
+        """(status, application id or merod's plain-text error) for a dev install."""
+        if self.takes is None:
+            return 200, APP_ID
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            return 500, f"application file not found at {path}"
+        if self.takes == "wasm":
+            return 200, hashlib.sha256(data).hexdigest()
+        try:
+            verified = bundle.verify_bundle(data, source=path, schemes=self.takes)
+        except bundle.BundleError as exc:
+            return 500, str(exc)
+        return 200, verified.application_id
 
     @property
     def url(self) -> str:
@@ -119,6 +147,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "no such route in this stand-in"})
             return
         refused = self.server.refusal(route, body)
+        if refused is None and route == "install-dev-application":
+            status, answer = self.server.dev_install(body["path"])
+            if status == 200:
+                self._json(200, {"data": {"applicationId": answer}})
+            else:  # merod answers install errors in plain text
+                self._send(status, answer.encode(), "text/plain; charset=utf-8")
+            return
         if refused is None:
             self._json(200, {"data": {"applicationId": APP_ID}})
             return
@@ -134,8 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
 def stand_in() -> Iterator[Any]:
     servers: list[StandIn] = []
 
-    def start(era: str) -> StandIn:
-        server = StandIn(era)
+    def start(era: str, takes: str | tuple[str, ...] | None = None) -> StandIn:
+        server = StandIn(era, takes)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server
@@ -164,8 +199,8 @@ async def test_dev_install_sends_the_path_alone_to_current_merod(
     caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
     api = await cluster.start("node-1")
     async with NodeClient(api.url, name="node-1") as node:
-        first = await node.install_dev_application(str(KV_STORE_WASM))
-        assert first == await node.install_dev_application(str(KV_STORE_WASM))
+        first = await node.install_dev_application(str(kv_store_mpk()))
+        assert first == await node.install_dev_application(str(kv_store_mpk()))
     assert install_requests(caplog, "install-dev-application") == 2
 
 
@@ -189,8 +224,46 @@ async def test_dev_install_extras_are_refused_by_current_merod_once(
             await node.install_dev_application(str(KV_STORE_WASM), package="p")
         assert install_requests(caplog, "install-dev-application") == 1
         # A plain install still works, in one request.
-        await node.install_dev_application(str(KV_STORE_WASM))
+        await node.install_dev_application(str(kv_store_mpk()))
     assert install_requests(caplog, "install-dev-application") == 2
+
+
+async def test_install_file_bundles_a_raw_wasm_for_the_embedded_node(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        installed = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path / "b")
+        # asked with the raw file first: nothing told the client what the node takes
+        assert install_requests(caplog, "install-dev-application") == 2
+        assert installed.application_id == bundle.application_id_for_bundle(
+            "com.calimero.kv-store", bundle.DEV_SIGNER_ID
+        ).hex()
+        assert installed.bundle is not None
+        assert installed.bundle["package"] == "com.calimero.kv-store"
+        assert installed.bundle["version"] == "0.1.0"
+        assert installed.bundle["signer_id"] == bundle.DEV_SIGNER_ID
+        assert Path(installed.bundle["path"]).parent == tmp_path / "b"
+        assert node.app_format == bundle.SCHEME_V1
+        # known now: straight to the bundle
+        again = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path / "b", version="0.2.0")
+        assert again.application_id == installed.application_id
+        assert install_requests(caplog, "install-dev-application") == 3
+        app = await node.get_application(installed.application_id)
+        assert app is not None and app["version"] == "0.2.0"
+
+
+async def test_install_file_installs_a_bundle_as_given(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    api = await cluster.start("node-1")
+    async with NodeClient(api.url, name="node-1") as node:
+        node.expect_bundles(bundle.SCHEME_V1)
+        installed = await node.install_file(kv_store_mpk(), bundle_dir=tmp_path / "bundles")
+        assert installed.bundle is None and not (tmp_path / "bundles").exists()
+        app = await node.get_application(installed.application_id)
+        assert app is not None and app["source"] == kv_store_mpk().resolve().as_uri()
 
 
 async def test_url_install_on_current_merod(cluster: Cluster) -> None:
@@ -288,6 +361,98 @@ async def test_registry_install_on_current_and_older_nodes(stand_in: Any) -> Non
             await node.install_from_registry("com.example.kv", "1.0.0")
     assert info.value.fields == ("package", "version")
     assert "fetches a URL" in info.value.message and "`url`" in info.value.hint
+
+
+def dev_paths(server: StandIn) -> list[str]:
+    return [body["path"] for body in server.bodies("install-dev-application")]
+
+
+async def test_install_file_sends_raw_wasm_to_a_node_that_takes_it(
+    stand_in: Any, tmp_path: Path
+) -> None:
+    """merod before 0.11.0-rc.31 installs a raw .wasm: it keeps getting one."""
+    server = stand_in("current", takes="wasm")
+    async with NodeClient(server.url, name="rc30") as node:
+        installed = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path)
+        assert installed.application_id == hashlib.sha256(KV_STORE_WASM.read_bytes()).hexdigest()
+        assert installed.bundle is None and node.app_format == APP_WASM
+        await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path)
+    assert dev_paths(server) == [str(KV_STORE_WASM)] * 2
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_install_file_negotiates_a_bundle_signed_as_before_core_4307(
+    stand_in: Any, tmp_path: Path
+) -> None:
+    """A node from rc.31 until core#4307 refuses raw wasm and the current
+    signature; the client bundles, re-signs, and remembers what worked."""
+    server = stand_in("current", takes=(bundle.SCHEME_UNTAGGED,))
+    async with NodeClient(server.url, name="rc40") as node:
+        installed = await node.install_file(
+            KV_STORE_WASM, bundle_dir=tmp_path, package="com.example.kv", version="2.0.0"
+        )
+        expected = bundle.application_id_for_bundle("com.example.kv", bundle.DEV_SIGNER_ID).hex()
+        assert installed.application_id == expected
+        assert installed.bundle == {
+            "package": "com.example.kv",
+            "version": "2.0.0",
+            "signer_id": bundle.DEV_SIGNER_ID,
+            "path": dev_paths(server)[-1],
+        }
+        assert node.app_format == bundle.SCHEME_UNTAGGED
+        raw, tagged, untagged = dev_paths(server)
+        assert raw == str(KV_STORE_WASM)
+        assert bundle.open_bundle(Path(tagged).read_bytes()).scheme == bundle.SCHEME_V1
+        built = bundle.open_bundle(Path(untagged).read_bytes(), schemes=(bundle.SCHEME_UNTAGGED,))
+        assert (built.package, built.version) == ("com.example.kv", "2.0.0")
+        assert built.runnable_wasm() == KV_STORE_WASM.read_bytes()
+
+        # Remembered: one request, straight to the scheme that worked.
+        server.seen.clear()
+        await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path)
+        assert dev_paths(server) == [
+            str(bundle.dev_bundle_for(KV_STORE_WASM, tmp_path, scheme=bundle.SCHEME_UNTAGGED))
+        ]
+
+
+async def test_install_file_bundles_at_once_for_a_node_known_to_need_them(
+    stand_in: Any, tmp_path: Path
+) -> None:
+    current = stand_in("current", takes=(bundle.SCHEME_V1,))
+    async with NodeClient(current.url, name="head") as node:
+        node.expect_bundles(bundle.SCHEME_V1)
+        installed = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path)
+    assert dev_paths(current) == [installed.bundle["path"]]
+
+    # Expected wrongly (an older node): the signature is still renegotiated.
+    older = stand_in("current", takes=(bundle.SCHEME_UNTAGGED,))
+    async with NodeClient(older.url, name="older") as node:
+        node.expect_bundles(bundle.SCHEME_V1)
+        await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path)
+        assert node.app_format == bundle.SCHEME_UNTAGGED
+    assert len(dev_paths(older)) == 2 and str(KV_STORE_WASM) not in dev_paths(older)
+
+
+async def test_install_file_refuses_what_a_bundle_cannot_carry(
+    stand_in: Any, tmp_path: Path
+) -> None:
+    server = stand_in("current", takes=(bundle.SCHEME_V1,))
+    async with NodeClient(server.url, name="head") as node:
+        # metadata: a bundle records its manifest's, and the node takes no other
+        with pytest.raises(NodeUnsupportedError) as info:
+            await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path, metadata=b"{}")
+        assert info.value.fields == ("metadata",)
+        # a package id cargo-mero would refuse
+        with pytest.raises(NodeUnsupportedError) as info:
+            await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path, package="my app")
+        assert info.value.fields == ("package",)
+        assert "invalid package id `my app`" in info.value.message
+        # package and version alone are refused as request fields, then carried by the bundle
+        installed = await node.install_file(KV_STORE_WASM, bundle_dir=tmp_path, version="1.0.0")
+        assert installed.bundle is not None and installed.bundle["version"] == "1.0.0"
+    assert server.bodies("install-dev-application")[0] == {
+        "path": str(KV_STORE_WASM), "metadata": [123, 125]
+    }
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from calimero_workflow import bundle
 from calimero_workflow.backends.base import BackendError, NodeSpec, NodeUnavailableError
 from calimero_workflow.backends.docker import (
     LABEL_RUN,
@@ -34,7 +35,7 @@ from calimero_workflow.backends.docker import (
     image_reference_problem,
     set_bootstrap,
 )
-from calimero_workflow.client import NodeClient
+from calimero_workflow.client import NodeApiError, NodeClient
 from calimero_workflow.executor import WorkflowExecutor
 from calimero_workflow.results import Status
 from calimero_workflow.workflow import load_workflow, parse_workflow
@@ -69,6 +70,17 @@ async def test_example_passes_with_three_containers(client, tmp_path: Path):
     assert result.passed, failures(result)
     assert result.workflow_results["get2"]["output"] == "world"
     assert result.workflow_results["read-on-1"]["output"] == "from node 3"
+    # The image's label says its node installs bundles only: the engine built
+    # one in the run's folder and the node took it at once.
+    install = result.workflow_results["install"]
+    assert install["bundle"]["package"] == "com.calimero.kv-store"
+    assert install["application_id"] == bundle.application_id_for_bundle(
+        "com.calimero.kv-store", bundle.DEV_SIGNER_ID
+    ).hex()
+    assert all(n["app_bundles"] == bundle.SCHEME_V1 for n in result.nodes.values())
+    logs = {n: Path(p).read_text() for n, p in result.node_log_files.items()}
+    assert "installed application " in logs["node-1"]
+    assert "install-dev-application 500" not in logs["node-1"]
     assert {n["container"] for n in result.nodes.values()} == {
         f"cw-{result.run_id.replace('-', '')[-10:]}-node-{i}" for i in (1, 2, 3)
     }
@@ -82,6 +94,36 @@ async def test_example_passes_with_three_containers(client, tmp_path: Path):
     assert all(
         "node node-" in Path(p).read_text() for p in result.node_log_files.values()
     )
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
+
+
+async def test_a_node_not_known_to_need_bundles_is_asked_then_remembered(
+    client, tmp_path: Path
+):
+    """An image without our label (as merod's own) gets the raw .wasm first;
+    refused, the engine stages a dev bundle like the original file and retries,
+    and goes straight to a bundle on the next install."""
+    tag = derived_image("no-bundle-label")
+    dockerfile = f'FROM {NODE_IMAGE}\nLABEL calimero-workflow.app-bundles=""\n'
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    wf = parse_workflow(
+        "name: unlabelled\nnodes: {count: 1, prefix: node}\nsteps:\n"
+        f"  - {{name: first, type: install_application, node: node-1, path: {KV_WASM}}}\n"
+        f"  - {{name: second, type: install_application, node: node-1, path: {KV_WASM},"
+        " version: 0.2.0}\n",
+        environ={},
+    )
+    result = await WorkflowExecutor(
+        wf, backend="docker", image=tag, env={}, workdir=tmp_path
+    ).run()
+    assert result.passed, failures(result)
+    first, second = result.workflow_results["first"], result.workflow_results["second"]
+    assert first["application_id"] == second["application_id"]
+    assert (first["bundle"]["version"], second["bundle"]["version"]) == ("0.1.0", "0.2.0")
+    assert "app_bundles" not in result.nodes["node-1"]
+    log = Path(result.node_log_files["node-1"]).read_text()
+    assert log.count("install-dev-application 500") == 1
+    assert log.count("installed application ") == 2
     assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
@@ -469,6 +511,7 @@ def _backend(
 
 async def _kv_context(node: NodeClient, staged: str) -> str:
     app = await node.install_dev_application(staged)
+    assert app == bundle.application_id_for_bundle("com.calimero.kv-store", bundle.DEV_SIGNER_ID).hex()
     namespace = await node.create_namespace(app)
     return (await node.create_context(app, namespace))["contextId"]
 
@@ -484,8 +527,19 @@ async def test_stopped_node_keeps_data_url_and_logs(client, tmp_path: Path):
         assert handles["solo"].info["data"] == str(
             backend.workdir.resolve() / "nodes" / "solo"
         )
-        staged = await backend.stage_file("solo", KV_WASM)
+        assert handles["solo"].info["app_bundles"] == bundle.SCHEME_V1
+        raw = await backend.stage_file("solo", KV_WASM)
+        staged = await backend.stage_file(
+            "solo", bundle.dev_bundle_for(KV_WASM, tmp_path / "bundles")
+        )
         async with NodeClient(url, name="solo") as node:
+            # As current merod: a raw .wasm is refused, a signed bundle installs.
+            with pytest.raises(NodeApiError) as info:
+                await node.install_dev_application(raw)
+            assert info.value.status == 500
+            assert info.value.message.endswith(
+                "failed with HTTP 500: not a signed application bundle: /app/data/kv_store.wasm"
+            )
             context = await _kv_context(node, staged)
             await node.execute(context, "set", {"key": "k", "value": "before stop"})
 

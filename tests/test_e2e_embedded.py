@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from calimero_workflow import bundle
 from calimero_workflow.cli import main
 from calimero_workflow.errors import WorkflowValidationError
 from calimero_workflow.executor import WorkflowExecutor
@@ -386,12 +389,15 @@ async def test_url_install_on_a_local_node_downloads_and_checks_the_hash(
     result = await run_workflow(tmp_path, 1, steps)
     assert result.passed, failures(result)
     data = result.workflow_results
-    # The engine fetched the file, kept it in the run's folder and installed it
-    # from there as a dev app: one file, so one application for all three.
+    # The engine fetched the file, kept it in the run's folder under its own
+    # name and installed it from there as a dev app, bundled like a path: one
+    # package by one signer, so one application for all four.
     assert Path(data["hex"]["path"]).read_bytes() == APP.read_bytes()
+    assert Path(data["hex"]["path"]).name == "kv_store.wasm"
     assert Path(data["hex"]["path"]).is_relative_to(tmp_path / "runs")
-    ids = {data[n]["application_id"] for n in ("hex", "base58", "unchecked")}
-    assert len(ids) == 1 and ids != {data["by-path"]["application_id"]}
+    ids = {data[n]["application_id"] for n in ("by-path", "hex", "base58", "unchecked")}
+    assert ids == {bundle.application_id_for_bundle("com.calimero.kv-store", bundle.DEV_SIGNER_ID).hex()}
+    assert data["hex"]["bundle"]["package"] == "com.calimero.kv-store"
     assert data["unchecked"]["url"] == url
 
 
@@ -431,9 +437,147 @@ async def test_dev_install_fields_current_merod_cannot_take_fail_the_step(tmp_pa
     result = await run_workflow(tmp_path, 1, steps)
     (step,) = result.steps
     assert step.status is Status.FAILED
-    assert "cannot record `metadata`" in step.error.message
+    # A bundle records its manifest's metadata, and the node takes no other.
+    assert "`metadata` cannot be given" in step.error.message
     assert step.error.location.line == key_line(steps, "metadata")
-    assert "remove them" in step.error.hint
+    assert "remove `metadata`" in step.error.hint
+
+
+async def test_a_raw_wasm_is_bundled_for_the_embedded_node(tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO, logger="calimero_workflow.node.api")
+    steps = f"""
+  - name: default
+    type: install_application
+    node: node-1
+    path: {APP}
+  - name: named
+    type: install_application
+    node: node-1
+    path: {APP}
+    package: com.example.kv
+    version: 2.1.0
+  - name: app
+    type: get_application
+    node: node-1
+    application_id: ${{results.named.application_id}}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert result.passed, failures(result)
+    data = result.workflow_results
+    default, named = data["default"], data["named"]
+    assert default["application_id"] == bundle.application_id_for_bundle(
+        "com.calimero.kv-store", bundle.DEV_SIGNER_ID
+    ).hex()
+    assert named["bundle"] == {
+        "package": "com.example.kv",
+        "version": "2.1.0",
+        "signer_id": bundle.DEV_SIGNER_ID,
+        "path": named["bundle"]["path"],
+    }
+    assert Path(named["bundle"]["path"]).is_relative_to(tmp_path / "runs")
+    assert named["application_id"] == bundle.application_id_for_bundle(
+        "com.example.kv", bundle.DEV_SIGNER_ID
+    ).hex()
+    assert data["app"]["application"]["version"] == "2.1.0"
+    assert data["app"]["application"]["signer_id"] == bundle.DEV_SIGNER_ID
+    # The engine knows its embedded nodes take bundles only: no refused request first.
+    installs = [
+        r for r in caplog.records
+        if r.name == "calimero_workflow.node.api" and "install-dev-application" in r.getMessage()
+    ]
+    assert len(installs) == 2 and all(" 200 " in r.getMessage() for r in installs)
+    record = next(s for s in result.steps if s.name == "named")
+    assert any(bundle.DEV_SIGNER_ID in line for line in record.logs)
+
+
+def _write_bundle(path: Path, **options) -> Path:
+    built = bundle.build_bundle(APP.read_bytes(), **options)
+    path.write_bytes(built.data)
+    return path
+
+
+async def test_a_user_built_bundle_installs_runs_and_syncs_to_three_nodes(tmp_path: Path):
+    """A .mpk built elsewhere (here with our builder, signed by its own key)
+    installs as is; the joiners fetch it from a peer and verify it themselves."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    mpk = _write_bundle(
+        tmp_path / "kv-store-1.0.0.mpk", package="com.example.kv", version="1.0.0", key=key
+    )
+    steps = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    path: {mpk}
+  - name: ns
+    type: create_namespace
+    node: node-1
+    application_id: ${{results.install.application_id}}
+  - name: ctx
+    type: create_context
+    node: node-1
+    application_id: ${{results.install.application_id}}
+    namespace_id: ${{results.ns.namespace_id}}
+  - {{name: inv2, type: invite, node: node-1, namespace_id: "${{results.ns.namespace_id}}"}}
+  - name: join2
+    type: join
+    node: node-2
+    namespace_id: ${{results.ns.namespace_id}}
+    invitation: ${{results.inv2.invitation}}
+  - {{name: inv3, type: invite, node: node-1, namespace_id: "${{results.ns.namespace_id}}"}}
+  - name: join3
+    type: join
+    node: node-3
+    namespace_id: ${{results.ns.namespace_id}}
+    invitation: ${{results.inv3.invitation}}
+  - name: set
+    type: call
+    node: node-1
+    context_id: ${{results.ctx.context_id}}
+    method: set
+    args: {{key: k, value: v}}
+  - name: synced
+    type: wait_for_sync
+    context_id: ${{results.ctx.context_id}}
+    expect: {{method: get, args: {{key: k}}, equals: v}}
+  - name: app3
+    type: get_application
+    node: node-3
+    application_id: ${{results.install.application_id}}
+"""
+    result = await run_workflow(tmp_path, 3, steps)
+    assert result.passed, failures(result)
+    data = result.workflow_results
+    signer = bundle.signer_id_for_public_key(key.public_key().public_bytes_raw())
+    assert signer != bundle.DEV_SIGNER_ID
+    assert data["install"]["application_id"] == bundle.application_id_for_bundle(
+        "com.example.kv", signer
+    ).hex()
+    assert "bundle" not in data["install"]  # installed as given
+    assert set(data["synced"]["hashes"]) == {"node-1", "node-2", "node-3"}
+    app3 = data["app3"]["application"]
+    assert app3["signer_id"] == signer and app3["size"] == mpk.stat().st_size
+
+
+async def test_a_tampered_bundle_is_refused_with_merods_text(tmp_path: Path):
+    built = bundle.build_bundle(APP.read_bytes(), package="com.example.kv", version="1.0.0")
+    manifest = {**built.manifest, "package": "com.example.other"}
+    mpk = tmp_path / "tampered.mpk"
+    mpk.write_bytes(
+        bundle._tar_gz([("manifest.json", json.dumps(manifest).encode()), ("app.wasm", APP.read_bytes())])
+    )
+    steps = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    path: {mpk}
+    retries: 0
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    (step,) = result.steps
+    assert step.status is Status.FAILED and step.error.kind == "HTTP 500"
+    assert step.error.message.endswith(
+        "install-dev-application failed with HTTP 500: Ed25519 signature verification failed"
+    )
 
 
 async def test_registry_install_sends_the_coordinates(tmp_path: Path):

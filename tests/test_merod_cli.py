@@ -19,7 +19,7 @@ import calimero_workflow
 from calimero_workflow.node.config import dump_toml, load_config, write_config
 from calimero_workflow.node.ids import Keypair
 from calimero_workflow.node.merod import EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK, main
-from node_fixtures import KV_STORE_WASM, wait_until
+from node_fixtures import kv_store_mpk, wait_until
 
 SRC = Path(calimero_workflow.__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -340,7 +340,7 @@ async def test_two_subprocess_nodes_bootstrapped_to_each_other_converge(
             await data(
                 url1,
                 "/admin-api/install-dev-application",
-                {"path": str(KV_STORE_WASM)},
+                {"path": str(kv_store_mpk())},
             )
         )["applicationId"]
         ns = (await data(url1, "/admin-api/namespaces", {"applicationId": app_id}))[
@@ -394,7 +394,7 @@ async def test_state_survives_a_killed_process(
     processes.append(node)
     await node.ready()
     async with httpx.AsyncClient(timeout=30) as client:
-        body = {"path": str(KV_STORE_WASM)}
+        body = {"path": str(kv_store_mpk())}
         resp = await client.post(
             node.url + "/admin-api/install-dev-application", json=body
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from calimero_workflow import bundle
 from calimero_workflow.node.ids import ZERO_HASH, b58encode, sha256
 from node_fixtures import KV_STORE_WASM, Api, Cluster, cluster, node_runtime, wait_until
 
@@ -89,31 +90,180 @@ async def test_peers_counts_connected_nodes(cluster: Cluster) -> None:
 # -- applications ------------------------------------------------------------------
 
 
-async def test_install_dev_application_and_read_it_back(cluster: Cluster) -> None:
+async def test_install_dev_application_installs_a_bundle_as_merod_records_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     api = await cluster.start("node-1")
-    body = {"path": str(KV_STORE_WASM)}
+    mpk = tmp_path / "kv-store-1.2.0.mpk"
+    built = bundle.build_bundle(
+        KV_STORE_WASM.read_bytes(), package="com.example.kv", version="1.2.0", name="kv"
+    )
+    mpk.write_bytes(built.data)
+    body = {"path": str(mpk)}
     app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
         "applicationId"
     ]
-    assert HEX64.fullmatch(app_id)
+    # ApplicationId::for_bundle: SHA-256(borsh((package, signerId))), in hex.
+    assert app_id == bundle.application_id_for_bundle("com.example.kv", bundle.DEV_SIGNER_ID).hex()
+    assert app_id == built.application_id
 
     apps = (await api.data("GET", "/admin-api/applications"))["apps"]
     assert [a["id"] for a in apps] == [app_id]
     app = (await api.data("GET", f"/admin-api/applications/{app_id}"))["application"]
-    wasm = KV_STORE_WASM.read_bytes()
-    assert app["size"] == len(wasm)
-    assert app["blob"]["bytecode"] == sha256(wasm).hex()
-    assert HEX64.fullmatch(app["blob"]["compiled"])
-    assert app["source"] == KV_STORE_WASM.resolve().as_uri()
-    assert app["metadata"] == []
-    assert "package" not in app and "version" not in app
+    assert app == {
+        "id": app_id,
+        # the blob is the whole archive; nothing is compiled into a blob yet
+        "blob": {"bytecode": sha256(built.data).hex(), "compiled": "0" * 64},
+        "size": len(built.data),
+        "source": mpk.resolve().as_uri(),
+        # BundleManifest::to_metadata_json(), as bytes
+        "metadata": list(
+            b'{"package":"com.example.kv","version":"1.2.0","name":"kv"}'
+        ),
+        "signer_id": bundle.DEV_SIGNER_ID,
+        "package": "com.example.kv",
+        "version": "1.2.0",
+    }
 
     abi = await api.data("GET", f"/admin-api/applications/{app_id}/abi")
     assert isinstance(abi, dict) and abi
 
-    # Installing the same file again gives the same id.
+    # Installing the same file again gives the same id and the same row.
     again = await api.data("POST", "/admin-api/install-dev-application", body)
     assert again["applicationId"] == app_id
+    assert (await api.data("GET", "/admin-api/applications"))["apps"] == [app]
+
+
+async def test_install_dev_application_refuses_raw_wasm(cluster: Cluster) -> None:
+    """Current merod installs only signed bundles, recognised by content."""
+    api = await cluster.start("node-1")
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(KV_STORE_WASM)})
+    assert resp.status_code == 500
+    assert resp.headers["content-type"].startswith("text/plain")
+    assert resp.text == f"not a signed application bundle: {KV_STORE_WASM.resolve()}"
+    assert (await api.data("GET", "/admin-api/applications"))["apps"] == []
+
+
+async def test_install_dev_application_refuses_a_tampered_bundle(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    api = await cluster.start("node-1")
+    built = bundle.build_bundle(KV_STORE_WASM.read_bytes(), package="com.example.kv", version="1.0.0")
+    # another appVersion under the same signature
+    text = json.dumps({**built.manifest, "appVersion": "9.9.9"}, indent=2).encode()
+    tampered = tmp_path / "tampered.mpk"
+    tampered.write_bytes(
+        bundle._tar_gz([("manifest.json", text), ("app.wasm", KV_STORE_WASM.read_bytes())])
+    )
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(tampered)})
+    assert resp.status_code == 500 and resp.text == "Ed25519 signature verification failed"
+    # a manifest that holds but a wasm that does not
+    wasm = bytearray(KV_STORE_WASM.read_bytes())
+    wasm[-1] ^= 1
+    text = json.dumps(built.manifest, indent=2).encode()
+    tampered.write_bytes(bundle._tar_gz([("manifest.json", text), ("app.wasm", bytes(wasm))]))
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(tampered)})
+    assert resp.status_code == 500
+    assert resp.text.startswith("bundle artifact 'app.wasm' failed its integrity check: manifest hash ")
+    # a bundle signed the way merod signed before core#4307 (untagged)
+    old = tmp_path / "old.mpk"
+    old.write_bytes(
+        bundle.build_bundle(
+            KV_STORE_WASM.read_bytes(), package="com.example.kv", version="1.0.0",
+            scheme=bundle.SCHEME_UNTAGGED,
+        ).data
+    )
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(old)})
+    assert resp.status_code == 500 and resp.text == "Ed25519 signature verification failed"
+    assert (await api.data("GET", "/admin-api/applications"))["apps"] == []
+
+
+async def test_a_new_version_replaces_the_row_and_the_running_code(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Every version of a package by one signer shares an id: installing 2.0.0
+    replaces the 1.0.0 row, and contexts of the app run the new module."""
+    api = await cluster.start("node-1")
+    v1 = tmp_path / "v1.mpk"
+    v1.write_bytes(bundle.build_bundle(wasmtime.wat2wasm(VERSIONED_WAT.replace("VERSION", "1")),
+                                       package="com.example.versioned", version="1.0.0").data)
+    v2 = tmp_path / "v2.mpk"
+    v2.write_bytes(bundle.build_bundle(wasmtime.wat2wasm(VERSIONED_WAT.replace("VERSION", "2")),
+                                       package="com.example.versioned", version="2.0.0").data)
+    app_id = (await api.data("POST", "/admin-api/install-dev-application", {"path": str(v1)}))[
+        "applicationId"
+    ]
+    ns = await api.create_namespace(app_id)
+    ctx = await api.create_context(app_id, ns)
+    assert await api.call(ctx, "which") == 1
+    again = await api.data("POST", "/admin-api/install-dev-application", {"path": str(v2)})
+    assert again["applicationId"] == app_id
+    apps = (await api.data("GET", "/admin-api/applications"))["apps"]
+    assert [(a["id"], a["version"], a["size"]) for a in apps] == [
+        (app_id, "2.0.0", v2.stat().st_size)
+    ]
+    assert await api.call(ctx, "which") == 2
+
+
+async def test_a_multi_service_bundle_runs_the_service_a_context_names(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    api = await cluster.start("node-1")
+    modules = {n: wasmtime.wat2wasm(VERSIONED_WAT.replace("VERSION", str(n))) for n in (1, 2)}
+
+    def artifact(path: str, data: bytes) -> dict:
+        return {"path": path, "hash": sha256(data).hex(), "size": len(data)}
+
+    signed = bundle.sign_manifest(
+        {
+            "version": "1.0", "package": "com.example.multi", "appVersion": "1.0.0",
+            "minRuntimeVersion": "0.1.0",
+            "services": [
+                {"name": "one", "wasm": artifact("services/one.wasm", modules[1])},
+                {"name": "two", "wasm": artifact("services/two.wasm", modules[2])},
+            ],
+        }
+    )
+    mpk = tmp_path / "multi.mpk"
+    mpk.write_bytes(
+        bundle._tar_gz(
+            [
+                ("manifest.json", json.dumps(signed).encode()),
+                ("services/one.wasm", modules[1]),
+                ("services/two.wasm", modules[2]),
+            ]
+        )
+    )
+    app_id = (await api.data("POST", "/admin-api/install-dev-application", {"path": str(mpk)}))[
+        "applicationId"
+    ]
+    app = (await api.data("GET", f"/admin-api/applications/{app_id}"))["application"]
+    assert app["services"] == {
+        "one": {"bytecode": sha256(modules[1]).hex(), "compiled": "0" * 64},
+        "two": {"bytecode": sha256(modules[2]).hex(), "compiled": "0" * 64},
+    }
+    assert app["blob"]["bytecode"] == sha256(mpk.read_bytes()).hex()
+    ns = await api.create_namespace(app_id)
+    body = {"applicationId": app_id, "groupId": ns, "initializationParams": []}
+    resp = await api.post("/admin-api/contexts", body)
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "bundle has several services (one, two); name the one to run"
+    ctx = (await api.data("POST", "/admin-api/contexts", {**body, "serviceName": "two"}))["contextId"]
+    assert await api.call(ctx, "which") == 2
+
+
+# `which` returns VERSION as its JSON output.
+VERSIONED_WAT = r"""
+(module
+  (import "env" "value_return" (func $value_return (param i64)))
+  (memory (export "memory") 1)
+  ;; Result::Ok tag 0, then Buffer{ptr=32,len=1} at 8
+  (data (i32.const 0) "\00\00\00\00\00\00\00\00\20\00\00\00\00\00\00\00\01\00\00\00\00\00\00\00")
+  (data (i32.const 32) "VERSION")
+  (func (export "init"))
+  (func (export "which") (call $value_return (i64.const 0)))
+)
+"""
 
 
 async def test_application_lookup_errors(cluster: Cluster) -> None:
@@ -150,12 +300,12 @@ async def test_install_dev_application_refuses_a_missing_path(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     api = await cluster.start("node-1")
-    missing = tmp_path / "nowhere" / "app.wasm"
+    missing = tmp_path / "nowhere" / "app.mpk"
     resp = await api.post("/admin-api/install-dev-application", {"path": str(missing)})
     # merod's install handlers answer any install failure with a plain-text 500.
     assert resp.status_code == 500
     assert resp.headers["content-type"].startswith("text/plain")
-    assert str(missing) in resp.text and "does not exist" in resp.text
+    assert resp.text == f"application file not found at {missing}"
 
 
 @pytest.mark.parametrize(
@@ -206,6 +356,22 @@ async def test_install_dev_application_refuses_bodies_that_are_not_json(
 
     bogus = tmp_path / "bogus.wasm"
     bogus.write_bytes(b"definitely not wasm")
+    resp = await api.post("/admin-api/install-dev-application", {"path": str(bogus)})
+    assert resp.status_code == 500
+    assert resp.text == f"not a signed application bundle: {bogus}"
+    # A signed bundle whose module is no wasm: merod would refuse to run it,
+    # and the embedded node refuses it at install, with the reason.
+    module = b"definitely not wasm"
+    signed = bundle.sign_manifest(
+        {
+            "version": "1.0", "package": "com.example.bogus", "appVersion": "1.0.0",
+            "minRuntimeVersion": "0.1.0",
+            "wasm": {"path": "app.wasm", "hash": sha256(module).hex(), "size": len(module)},
+        }
+    )
+    bogus.write_bytes(
+        bundle._tar_gz([("manifest.json", json.dumps(signed).encode()), ("app.wasm", module)])
+    )
     resp = await api.post("/admin-api/install-dev-application", {"path": str(bogus)})
     assert resp.status_code == 500
     assert resp.text.startswith("cannot install file://") and "not a wasm module" in resp.text
@@ -457,10 +623,7 @@ async def test_failing_init_refuses_the_context(
     api = await cluster.start("node-1")
     app_file = tmp_path / "panics.wasm"
     app_file.write_bytes(wasmtime.wat2wasm(PANICKING_INIT_WAT))
-    body = {"path": str(app_file)}
-    app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
-        "applicationId"
-    ]
+    app_id = await api.install_file(app_file)
     ns = await api.create_namespace(app_id)
     resp = await api.post(
         "/admin-api/contexts",
@@ -496,10 +659,7 @@ async def test_init_gets_the_initialization_params_verbatim(
     app_file.write_bytes(
         wasmtime.wat2wasm(INIT_INPUT_LENGTH_WAT.replace("LENGTH", str(len(params))))
     )
-    body = {"path": str(app_file)}
-    app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
-        "applicationId"
-    ]
+    app_id = await api.install_file(app_file)
     ns = await api.create_namespace(app_id)
     resp = await api.post(
         "/admin-api/contexts",

@@ -36,9 +36,7 @@ def kv_plus(c_test_wasm: dict[str, bytes], tmp_path: Path) -> Path:
 
 
 async def install(api: Api, wasm: Path) -> str:
-    body = {"path": str(wasm)}
-    data = await api.data("POST", "/admin-api/install-dev-application", body)
-    return str(data["applicationId"])
+    return await api.install_file(wasm)
 
 
 async def shared(cluster: Cluster, wasm: Path, *names: str) -> tuple[str, str, str]:

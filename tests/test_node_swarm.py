@@ -7,14 +7,25 @@ background sync runs every 100 ms here so catch-up tests finish quickly.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import pytest
 
+from calimero_workflow import bundle
 from calimero_workflow.node import ids
+from calimero_workflow.node.errors import ApiError
 from calimero_workflow.node.ids import Keypair
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
-from node_fixtures import Api, Cluster, cluster, node_runtime, wait_until
+from node_fixtures import (
+    KV_STORE_WASM,
+    Api,
+    Cluster,
+    cluster,
+    dev_bundle,
+    node_runtime,
+    wait_until,
+)
 
 __all__ = ["cluster", "node_runtime"]  # fixtures used by name
 
@@ -450,3 +461,66 @@ async def test_nodes_stopped_while_they_mesh_leave_no_failed_task(
     finally:
         loop.set_exception_handler(previous)
     assert failures == []
+
+
+async def test_a_fetched_bundle_is_verified_by_the_receiver(cluster: Cluster) -> None:
+    """A node that joins a context whose app it lacks fetches the bundle from a
+    member and verifies it itself: a bundle that derives another id, or that
+    fails verification, is not installed, whatever the peer's row says."""
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    app_id = await node1.install_kv_store()
+    ns_id = await node1.create_namespace(app_id)
+    await node2.join(ns_id, await node1.invite(ns_id))
+    store1 = node1.node.service.store
+    ns2 = node2.node.service.store.namespaces[ns_id]
+    row = store1.apps[app_id]
+    good_blob = row.blob_id
+
+    other = bundle.build_bundle(
+        KV_STORE_WASM.read_bytes(), package="com.example.other", version="0.1.0"
+    )
+    row.blob_id = store1.put_blob(other.data)
+    with pytest.raises(ApiError) as info:
+        await node2.node.service.sync.fetch_application(app_id, ns2)
+    assert info.value.status == 503
+    assert f"application mismatch: expected {app_id}, got {other.application_id}" in str(info.value)
+
+    signed = bundle.build_bundle(KV_STORE_WASM.read_bytes(), package="com.calimero.kv-store", version="0.1.0")
+    forged = {**signed.manifest, "appVersion": "6.6.6"}
+    row.blob_id = store1.put_blob(
+        bundle._tar_gz([("manifest.json", json.dumps(forged).encode()), ("app.wasm", KV_STORE_WASM.read_bytes())])
+    )
+    with pytest.raises(ApiError) as info:
+        await node2.node.service.sync.fetch_application(app_id, ns2)
+    assert "Ed25519 signature verification failed" in str(info.value)
+    assert app_id not in node2.node.service.store.apps
+
+    row.blob_id = good_blob
+    await node2.node.service.sync.fetch_application(app_id, ns2)
+    fetched = node2.node.service.store.apps[app_id]
+    assert (fetched.blob_id, fetched.size, fetched.signer_id) == (
+        good_blob, row.size, bundle.DEV_SIGNER_ID
+    )
+    assert fetched.source == row.source
+
+
+async def test_a_fetched_bundle_never_replaces_a_newer_version(cluster: Cluster, tmp_path) -> None:
+    """merod's rule for a bundle a peer names: equal or newer versions replace the row."""
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    v1 = dev_bundle(KV_STORE_WASM, version="1.0.0")
+    v2 = dev_bundle(KV_STORE_WASM, version="2.0.0")
+    app_id = (await node1.data("POST", "/admin-api/install-dev-application", {"path": str(v1)}))[
+        "applicationId"
+    ]
+    assert (await node2.data("POST", "/admin-api/install-dev-application", {"path": str(v2)}))[
+        "applicationId"
+    ] == app_id
+    ns_id = await node1.create_namespace(app_id)
+    await node2.join(ns_id, await node1.invite(ns_id))
+    ns2 = node2.node.service.store.namespaces[ns_id]
+    await node2.node.service.sync.fetch_application(app_id, ns2)
+    assert node2.node.service.store.apps[app_id].version == "2.0.0"

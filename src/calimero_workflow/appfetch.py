@@ -104,7 +104,10 @@ async def download_app(
             key="hash",
             hint="the file changed, or `hash` is of another file",
         )
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    path = dest_dir / f"{got.hex()[:16]}-{_file_name(url)}"
+    # In a folder named by the digest, under the URL's own file name: a dev
+    # bundle built from it takes its default package and version from that name.
+    folder = dest_dir / got.hex()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / _file_name(url)
     path.write_bytes(b"".join(chunks))
     return path

@@ -13,6 +13,14 @@ nodes before it where their shapes differ:
   other when the node says so, and remembers which one the node takes.
 - ``install-application``: current merod installs registry coordinates
   ``{package, version}``; older nodes fetch a ``url``.
+- what a dev install takes: merod from 0.11.0-rc.31 installs only signed
+  ``.mpk`` bundles and refuses a raw ``.wasm`` (``not a signed application
+  bundle: {path}``), and the signing payload changed with core#4307.
+  :meth:`NodeClient.install_file` installs a raw ``.wasm`` as is on a node that
+  takes it, and on one that does not packs it into a bundle signed with the
+  public development key (the one ``cargo mero bundle --dev`` uses), falling
+  back to the signature before core#4307 when the node refuses the current one.
+  It remembers what each node took.
 - older response spellings where that is cheap (``rootHash`` for
   ``contextStateHash``).
 
@@ -32,7 +40,9 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
@@ -41,9 +51,11 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "APP_WASM",
     "LEGACY_ZERO_HASH",
     "ZERO_HASH",
     "ExecuteResult",
+    "InstalledApp",
     "NodeApiError",
     "NodeClient",
     "NodeConnectionError",
@@ -187,6 +199,31 @@ _PATH_ONLY, _WITH_METADATA = "path", "metadata"
 #: The body shapes of install-application: registry coordinates, or a URL.
 _COORDINATES, _URL = "coordinates", "url"
 
+#: ``NodeClient.app_format`` of a node that installs a raw ``.wasm`` as is.
+APP_WASM = "wasm"
+#: How merod refuses a file that is no bundle, and a signature it cannot verify.
+_NOT_A_BUNDLE = "not a signed application bundle"
+_BAD_SIGNATURE = "Ed25519 signature verification failed"
+
+
+@dataclass
+class InstalledApp:
+    """What :meth:`NodeClient.install_file` installed."""
+
+    application_id: str
+    #: ``{package, version, signer_id, path}`` of the dev-signed bundle the client
+    #: built for a node that installs only bundles; None when the file went as is.
+    bundle: dict[str, Any] | None = None
+
+
+def _bundle_field(message: str) -> str:
+    """The install step key a bundle-building error is about."""
+    if "package" in message:
+        return "package"
+    if "appVersion" in message or "version" in message:
+        return "version"
+    return "path"
+
 
 @dataclass
 class ExecuteResult:
@@ -305,6 +342,11 @@ class NodeClient:
         #: The install bodies this node was seen to take (None: not yet known).
         self._dev_install_shape: str | None = None
         self._install_shape: str | None = None
+        #: How this node installs a raw ``.wasm`` (see :meth:`install_file`): None
+        #: while not known, :data:`APP_WASM` as is, or the signing scheme of the
+        #: bundles it takes (``bundle.SCHEME_V1``, ``bundle.SCHEME_UNTAGGED``).
+        self.app_format: str | None = None
+        self._app_format_seen = False
 
     async def __aenter__(self) -> NodeClient:
         return self
@@ -522,6 +564,141 @@ class NodeClient:
             status=exc.status if exc else None,
             data=exc.data if exc else None,
         )
+
+    def expect_bundles(self, scheme: str) -> None:
+        """Say that this node installs only bundles signed under ``scheme`` (the
+        engine knows it of the nodes it runs), so :meth:`install_file` bundles a
+        raw ``.wasm`` without asking first. What the node answered wins."""
+        if not self._app_format_seen:
+            self.app_format = scheme
+
+    async def install_file(
+        self,
+        local: Path,
+        *,
+        bundle_dir: Path,
+        stage: Callable[[Path], Awaitable[str]] | None = None,
+        metadata: bytes = b"",
+        package: str | None = None,
+        version: str | None = None,
+    ) -> InstalledApp:
+        """Install the ``.wasm`` or ``.mpk`` at ``local`` as a dev application.
+
+        ``stage`` makes a file readable by the node and returns the node's path
+        for it (default: the path as is). A ``.mpk`` (recognised by content, as
+        merod does) is installed as given. A raw ``.wasm`` goes as is to a node
+        that takes it; a node that answers ``not a signed application bundle``
+        (merod 0.11.0-rc.31 and later), or that :meth:`expect_bundles` named,
+        gets a bundle of it signed with the public dev key, written to
+        ``bundle_dir``: ``package`` and ``version`` name it (else they come from
+        the file name, :func:`calimero_workflow.bundle.default_coordinates`).
+        A node that refuses the signature (``Ed25519 signature verification
+        failed``) gets it once more signed as merod signed before core#4307.
+        What worked is remembered, so later installs go straight to it.
+        """
+        from . import bundle as mpk
+
+        if stage is None:
+            async def stage(path: Path) -> str:
+                return str(path)
+
+        data = local.read_bytes()
+        if mpk.is_bundle(data):
+            node_path = await stage(local)
+            app_id = await self.install_dev_application(
+                node_path, metadata=metadata, package=package, version=version
+            )
+            return InstalledApp(app_id)
+        if self.app_format in (None, APP_WASM):
+            try:
+                app_id = await self.install_dev_application(
+                    await stage(local), metadata=metadata, package=package, version=version
+                )
+            except NodeUnsupportedError as exc:
+                # The node takes the path alone (0.11.0-rc.27 and later): a
+                # bundle can still carry `package` and `version`, not `metadata`.
+                if self.app_format == APP_WASM or "metadata" in exc.fields:
+                    raise
+            except NodeApiError as exc:
+                if exc.status != 500 or _NOT_A_BUNDLE not in exc.message:
+                    raise
+                log.info("node %s installs only signed bundles: %s", self.name, exc.message)
+            else:
+                self.app_format, self._app_format_seen = APP_WASM, True
+                return InstalledApp(app_id)
+        return await self._install_dev_bundle(local, bundle_dir, stage, metadata, package, version)
+
+    async def _install_dev_bundle(
+        self,
+        local: Path,
+        bundle_dir: Path,
+        stage: Callable[[Path], Awaitable[str]],
+        metadata: bytes,
+        package: str | None,
+        version: str | None,
+    ) -> InstalledApp:
+        from . import bundle as mpk
+
+        route = "POST /admin-api/install-dev-application"
+        if metadata:
+            raise NodeUnsupportedError(
+                f"node {self.name} installs signed bundles only, which record the "
+                "metadata of their manifest: `metadata` cannot be given to it",
+                node=self.name,
+                route=route,
+                fields=("metadata",),
+                hint="remove `metadata`; `package` and `version` name the bundle built for the node",
+            )
+        default_package, default_version, _ = mpk.default_coordinates(local)
+        package, version = package or default_package, version or default_version
+        schemes = [mpk.SCHEME_V1, mpk.SCHEME_UNTAGGED]
+        if self.app_format in schemes:
+            schemes.remove(self.app_format)
+            schemes.insert(0, self.app_format)
+            if self._app_format_seen:
+                del schemes[1:]
+        for scheme in schemes:
+            try:
+                path = mpk.dev_bundle_for(
+                    local, bundle_dir, package=package, version=version, scheme=scheme
+                )
+            except ValueError as exc:
+                raise NodeUnsupportedError(
+                    f"cannot bundle {local.name} for node {self.name}, which installs "
+                    f"signed bundles only: {exc}",
+                    node=self.name,
+                    route=route,
+                    fields=(_bundle_field(str(exc)),),
+                    hint="give `package` (letters, digits, `.`, `-`, `_`) and `version` "
+                    "for the bundle, or install a .mpk built with `cargo mero bundle`",
+                ) from None
+            try:
+                app_id = await self.install_dev_application(await stage(path))
+            except NodeApiError as exc:
+                if _BAD_SIGNATURE in exc.message and scheme != schemes[-1]:
+                    log.info(
+                        "node %s refused the %s signature of %s; signing it as merod "
+                        "before core#4307 did",
+                        self.name, scheme, path.name,
+                    )
+                    continue
+                raise
+            self.app_format, self._app_format_seen = scheme, True
+            log.info(
+                "installed %s on node %s as dev bundle %s@%s (signer %s, %s signature): "
+                "application %s",
+                local.name, self.name, package, version, mpk.DEV_SIGNER_ID, scheme, app_id,
+            )
+            return InstalledApp(
+                app_id,
+                bundle={
+                    "package": package,
+                    "version": version,
+                    "signer_id": mpk.DEV_SIGNER_ID,
+                    "path": str(path),
+                },
+            )
+        raise AssertionError("unreachable: the last scheme's failure is raised")
 
     async def install_application(
         self, url: str, *, hash: str | None = None, metadata: bytes = b"",

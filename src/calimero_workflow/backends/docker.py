@@ -61,6 +61,7 @@ from .base import (
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "LABEL_APP_BUNDLES",
     "LABEL_NODE",
     "LABEL_RUN",
     "LABEL_WORKFLOW",
@@ -80,6 +81,10 @@ DEFAULT_IMAGE = "ghcr.io/calimero-network/merod:edge"
 LABEL_RUN = "calimero-workflow.run-id"
 LABEL_WORKFLOW = "calimero-workflow.workflow"
 LABEL_NODE = "calimero-workflow.node"
+#: An image label naming the bundle signing scheme its node requires for dev
+#: installs (our node image has it): the engine then bundles a raw .wasm for
+#: it at once, instead of learning so from a refused install.
+LABEL_APP_BUNDLES = "calimero-workflow.app-bundles"
 SERVER_PORT = 2528
 SWARM_PORT = 2428
 DATA = "/app/data"
@@ -904,6 +909,10 @@ class DockerBackend(NodeBackend):
             "image": self._image_for(self._specs[name]),
             "data": self._data.get(name),
         }
+        # A container carries its image's labels.
+        scheme = (container.labels or {}).get(LABEL_APP_BUNDLES)
+        if scheme:
+            info["app_bundles"] = scheme
         return NodeHandle(name=name, url=self._urls[name], backend=self.name, info=info)
 
     # -- readiness ----------------------------------------------------------------

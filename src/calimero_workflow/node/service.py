@@ -27,13 +27,12 @@ import asyncio
 import json
 import logging
 import os
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import bundle
 from .errors import ApiError, RpcError
 from .ids import (
     IdError,
@@ -157,19 +156,15 @@ def invitation_message(invitation: Mapping[str, Any]) -> bytes:
     return json.dumps(invitation, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _app_id(blob_id: str, size: int, source: str, metadata: bytes) -> str:
-    # merod hashes borsh((blob, size, source, metadata)); ours is a different but
-    # equally deterministic encoding, so ids are stable across nodes and installs.
-    return hex32(
-        sha256(
-            b"calimero-app-v1",
-            parse_hex32(blob_id),
-            struct.pack("<Q", size),
-            struct.pack("<I", len(source)),
-            source.encode(),
-            metadata,
-        )
-    )
+def _remote_may_replace(row: AppRecord | None, version: str) -> bool:
+    """merod's rule for a bundle a peer names: it replaces the row only if the
+    row is not a bundle's, or the version is equal or provably newer."""
+    if row is None or row.signer_id is None or row.version == version:
+        return True
+    try:
+        return not bundle.parse_semver(row.version or "") > bundle.parse_semver(version)
+    except ValueError:
+        return False
 
 
 def _bytes_field(value: Any, what: str) -> bytes:
@@ -208,7 +203,10 @@ class NodeService:
         self.keypair = keypair
         self.replicator: Replicator | None = None
         self.log = node_logger(name, "service")
-        self._modules: dict[str, AppModule] = {}
+        #: Compiled modules by (application id, service name).
+        self._modules: dict[tuple[str, str | None], AppModule] = {}
+        #: The signing payloads install-dev-application accepts: current merod's.
+        self.bundle_schemes: tuple[str, ...] = (bundle.SCHEME_V1,)
         self._locks: dict[str, asyncio.Lock] = {}
         #: Serialise joins of one context (explicit and automatic ones).
         self._join_locks: dict[str, asyncio.Lock] = {}
@@ -234,83 +232,131 @@ class NodeService:
 
     # -- applications --------------------------------------------------------------
 
-    def module(self, app: AppRecord) -> AppModule:
-        """The compiled module of an installed app (compiled on first use)."""
-        mod = self._modules.get(app.id)
+    def module(self, app: AppRecord, service: str | None = None) -> AppModule:
+        """The compiled module a context of ``app`` runs (compiled on first use).
+
+        As merod resolves it: a single-service bundle runs its top-level wasm,
+        read from the archive and digest-checked again; a multi-service bundle
+        runs the named service (the only one when none is named).
+        """
+        key = (app.id, service)
+        mod = self._modules.get(key)
         if mod is None:
-            wasm = self.store.blob(app.blob_id)
-            if wasm is None:
-                raise ApiError(500, f"application {app.id} has lost its bytecode blob")
-            mod = self._modules[app.id] = self.runtime.compile(wasm)
+            mod = self._modules[key] = self.runtime.compile(
+                self._runnable_wasm(app, service)
+            )
         return mod
 
-    def install_bytes(
+    def _runnable_wasm(self, app: AppRecord, service: str | None) -> bytes:
+        def blob(blob_id: str) -> bytes:
+            data = self.store.blob(blob_id)
+            if data is None:
+                raise ApiError(500, f"application {app.id} has lost its bytecode blob")
+            return data
+
+        if app.services:
+            name = service
+            if name is None and len(app.services) == 1:
+                name = next(iter(app.services))
+            if name is None:
+                names = ", ".join(app.services)
+                msg = f"bundle has several services ({names}); name the one to run"
+                raise ApiError(400, msg)
+            if name not in app.services:
+                raise ApiError(400, f"service '{name}' not found in bundle manifest")
+            return blob(app.services[name])
+        data = blob(app.blob_id)
+        if app.signer_id is None and not bundle.is_bundle(data):
+            return data  # a raw-wasm row of an older node home
+        try:
+            # The signature was checked at install, under either scheme.
+            verified = bundle.open_bundle(data, schemes=(bundle.SCHEME_V1, bundle.SCHEME_UNTAGGED))
+            return verified.runnable_wasm(service)
+        except bundle.BundleError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def install_bundle(
         self,
-        wasm: bytes,
+        verified: bundle.VerifiedBundle,
+        data: bytes,
         *,
         source: str,
-        metadata: bytes,
-        package: str | None = None,
-        version: str | None = None,
+        remote: bool = False,
     ) -> AppRecord:
-        """Install wasm bytes; refuses what merod would refuse to link.
+        """Install a verified bundle as merod's ``install_bundle`` does.
 
-        Failures are merod's install-handler answer: a plain-text 500.
+        The archive is the application blob and each named service's wasm gets a
+        blob of its own. The id derives from (package, signer), so another
+        version of the same package replaces the row, and the contexts of the
+        application then run the new code (the cached modules are dropped). A
+        ``remote`` install (a peer's bundle) never moves the row to an older
+        version. Modules merod would refuse to link are refused here, with the
+        reason, as a plain-text 500 (merod's install-error answer).
         """
-        if wasm[:4] == b"PK\x03\x04" or wasm[:2] == b"\x1f\x8b":
-            raise ApiError(
-                500,
-                f"{source}: .mpk bundles are not supported; install the .wasm",
-                plain=True,
-            )
-        try:
-            mod = self.runtime.compile(wasm)
-        except AppFormatError as exc:
-            raise ApiError(500, f"cannot install {source}: {exc}", plain=True) from None
-        blob_id = self.store.put_blob(wasm)
-        app_id = _app_id(blob_id, len(wasm), source, metadata)
+        app_id = verified.application_id
+        row = self.store.apps.get(app_id)
+        if remote and not _remote_may_replace(row, verified.version):
+            return row  # type: ignore[return-value]
+        compiled: dict[tuple[str, str | None], AppModule] = {}
+        for artifact in verified.wasm:
+            try:
+                compiled[(app_id, artifact.name)] = self.runtime.compile(artifact.data)
+            except AppFormatError as exc:
+                raise ApiError(500, f"cannot install {source}: {exc}", plain=True) from None
+        blob_id = self.store.put_blob(data)
+        services = {
+            a.name: self.store.put_blob(a.data) for a in verified.wasm if a.name is not None
+        }
         rec = AppRecord(
             id=app_id,
             blob_id=blob_id,
-            size=len(wasm),
+            size=len(data),
             source=source,
-            metadata=list(metadata),
-            package=package,
-            version=version,
+            metadata=list(verified.metadata_json()),
+            package=verified.package,
+            version=verified.record_version,
+            signer_id=verified.signer_id,
+            services=services or None,
         )
         self.store.put_app(rec)
-        self._modules[app_id] = mod
+        for key in [k for k in self._modules if k[0] == app_id]:
+            del self._modules[key]
+        if len(services) == 1:
+            compiled[(app_id, None)] = compiled[(app_id, next(iter(services)))]
+        self._modules.update(compiled)
+        replaced = ""
+        if row is not None and row.blob_id != blob_id:
+            replaced = f", replacing {row.package or 'raw wasm'}@{row.version or '?'}"
         self.log.info(
-            "installed application %s from %s (%d bytes)", app_id, source, len(wasm)
+            "installed application %s: %s@%s signed by %s, from %s (%d bytes)%s",
+            app_id, verified.package, verified.version, verified.signer_id,
+            source, len(data), replaced,
         )
         return rec
 
     def install_dev(self, body: Mapping[str, Any]) -> AppRecord:
-        """``install-dev-application``: ``path`` is a file on this node's filesystem.
+        """``install-dev-application``: ``path`` is a signed ``.mpk`` bundle on
+        this node's filesystem.
 
         As in current merod the body is ``{path}`` alone (the route refuses
-        ``metadata``, ``package`` and ``version`` before this runs), so a dev
-        install records no metadata and no package coordinates.
+        ``metadata``, ``package`` and ``version`` before this runs): what the
+        row records comes from the bundle's manifest. The file is recognised
+        by its content, a raw ``.wasm`` is refused with merod's ``not a signed
+        application bundle: {path}``, and every check and error text is
+        merod's (:func:`calimero_workflow.bundle.load_bundle_file`).
         """
         path = body.get("path")
         if not isinstance(path, str) or not path:
             raise ApiError(
-                400, f"'path' must be the wasm file's path on the node, got {path!r}"
+                400, f"'path' must be the bundle file's path on the node, got {path!r}"
             )
-        file = Path(path).expanduser()
-        if not file.is_file():
-            msg = (
-                f"application file {path!r} does not exist on node {self.name}; the path "
-                "is read on the node's filesystem, not the caller's"
-            )
-            raise ApiError(500, msg, plain=True)
         try:
-            wasm = file.read_bytes()
+            verified, data, real = bundle.load_bundle_file(path, schemes=self.bundle_schemes)
+        except bundle.BundleError as exc:
+            raise ApiError(500, str(exc), plain=True) from None
         except OSError as exc:
-            raise ApiError(
-                500, f"cannot read application file {path!r}: {exc}", plain=True
-            ) from None
-        return self.install_bytes(wasm, source=file.resolve().as_uri(), metadata=b"")
+            raise ApiError(500, f"cannot read application file {path}: {exc}", plain=True) from None
+        return self.install_bundle(verified, data, source=real.as_uri())
 
     def install_from_registry(self, body: Mapping[str, Any]) -> AppRecord:
         """``install-application``: registry coordinates ``{package, version}``.
@@ -340,7 +386,8 @@ class NodeService:
     def uninstall(self, app_id: str) -> None:
         self.require_app(app_id)
         self.store.delete_app(app_id)
-        self._modules.pop(app_id, None)
+        for key in [k for k in self._modules if k[0] == app_id]:
+            del self._modules[key]
         self.log.info("uninstalled application %s", app_id)
 
     # -- namespaces and invitations ------------------------------------------------
@@ -620,7 +667,7 @@ class NodeService:
             if isinstance(body.get("serviceName"), str)
             else None,
         )
-        module = self.module(app)
+        module = self.module(app, ctx.service_name)
         outcome = await run_wasm(
             module.run,
             "init",
@@ -792,7 +839,7 @@ class NodeService:
             )
         if not ctx.initialized:
             raise RpcError("Uninitialized")
-        return ctx, self.module(app)
+        return ctx, self.module(app, ctx.service_name)
 
     def _host_services(self, ctx_id: str, identity: str) -> dict[str, Any]:
         """The run() arguments that bind an execution to this node.
@@ -950,7 +997,7 @@ class NodeService:
             if app is None:
                 return False
             outcome = await run_wasm(
-                self.module(app).run,
+                self.module(app, ctx.service_name).run,
                 _SYNC_METHOD,
                 delta.artifact,
                 storage=self.store.kv(ctx_id),

@@ -75,7 +75,14 @@ def _now() -> int:
 
 @dataclass
 class AppRecord:
-    """An installed application (shown snake_case, like merod's ``Application``)."""
+    """An installed application (shown snake_case, like merod's ``Application``).
+
+    For a signed bundle, as merod records one: ``blob_id`` is the blob of the
+    whole ``.mpk`` archive and ``size`` its length, ``metadata`` the manifest's
+    metadata JSON, ``signer_id`` the did:key that signed it, and ``services``
+    maps each named service of a multi-service bundle to the blob of its wasm.
+    A record without ``signer_id`` is a raw-wasm install of an older node home.
+    """
 
     id: str
     blob_id: str
@@ -85,26 +92,38 @@ class AppRecord:
     package: str | None = None
     version: str | None = None
     installed_at: int = field(default_factory=_now)
+    signer_id: str | None = None
+    services: dict[str, str] | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The ``Application`` JSON of the admin API."""
         body: dict[str, Any] = {
             "id": self.id,
-            "blob": {
-                "bytecode": self.blob_id,
-                # We never persist compiled code; name it by a derived hash so the
-                # shape matches merod.
-                "compiled": hex32(sha256(b"compiled:", self.blob_id.encode())),
-            },
+            "blob": {"bytecode": self.blob_id, "compiled": self._compiled(self.blob_id)},
             "size": self.size,
             "source": self.source,
             "metadata": self.metadata,
         }
-        if self.package is not None:
+        if self.signer_id is not None:
+            body["signer_id"] = self.signer_id
+        if self.package:
             body["package"] = self.package
         if self.version is not None:
             body["version"] = self.version
+        if self.services:
+            body["services"] = {
+                name: {"bytecode": blob, "compiled": self._compiled(blob)}
+                for name, blob in self.services.items()
+            }
         return body
+
+    def _compiled(self, blob_id: str) -> str:
+        # Compiled code is never persisted. merod shows the zero blob id for a
+        # bundle's modules until it has compiled them; older rows keep a
+        # derived hash, as they always showed.
+        if self.signer_id is not None:
+            return "0" * 64
+        return hex32(sha256(b"compiled:", blob_id.encode()))
 
 
 @dataclass

@@ -32,10 +32,11 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import bundle
 from .errors import ApiError, PeerError
 from .ids import Keypair, hex32, sha256
 from .logs import node_logger
-from .store import AppRecord, ContextRecord, Delta, NamespaceRecord
+from .store import ContextRecord, Delta, NamespaceRecord
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -241,26 +242,39 @@ class Replicator:
                 await self.announce_namespace(ns)
 
     async def fetch_application(self, app_id: str, ns: NamespaceRecord) -> None:
-        """Install an app by copying it from a member peer."""
+        """Install an app by copying its signed bundle from a member peer.
+
+        As merod's ``install_expected_bundle_blob``: the archive is verified
+        here, under this node's own checks, and must derive the id asked for
+        (``application mismatch: expected …, got …`` otherwise); the peer's
+        record only lends its ``source``. A bundle never replaces a newer
+        version of the row.
+        """
         reasons = []
         for peer in self._member_peers(ns):
             try:
                 reply = await self.swarm.request(
                     peer, "app_fetch", {"application_id": app_id}, timeout=60.0
                 )
-                wasm = base64.b64decode(reply["wasm"], validate=True)
-                record = AppRecord(**reply["record"])
+                data = base64.b64decode(reply["bundle"], validate=True)
+                source = str(reply["source"])
             except (PeerError, KeyError, TypeError, ValueError) as exc:
-                reasons.append(str(exc))
+                reasons.append(f"peer {peer}: {exc}")
                 continue
-            if record.id != app_id or hex32(sha256(wasm)) != record.blob_id:
-                reasons.append(
-                    f"peer {peer} sent bytes that do not match application {app_id}"
+            try:
+                verified = bundle.verify_bundle(
+                    data,
+                    source=f"application {app_id} from peer {peer}",
+                    schemes=self.service.bundle_schemes,
                 )
+                if verified.application_id != app_id:
+                    raise bundle.BundleError(
+                        f"application mismatch: expected {app_id}, got {verified.application_id}"
+                    )
+                self.service.install_bundle(verified, data, source=source, remote=True)
+            except (bundle.BundleError, ApiError) as exc:
+                reasons.append(f"peer {peer}: {exc}")
                 continue
-            self.service.runtime.compile(wasm)
-            self.store.put_blob(wasm)
-            self.store.put_app(record)
             self.log.info("fetched application %s from peer %s", app_id, peer)
             return
         detail = "; ".join(reasons) or "no member peer is connected"
@@ -499,11 +513,10 @@ class Replicator:
         ):
             raise _NotMember(f"peer {peer} shares no namespace with this node")
         app = self.store.apps.get(app_id)
-        wasm = self.store.blob(app.blob_id) if app is not None else None
-        if app is None or wasm is None:
+        data = self.store.blob(app.blob_id) if app is not None else None
+        if app is None or data is None:
             raise PeerError(f"application {app_id} is not installed on this node")
-        record = {k: v for k, v in vars(app).items()}
-        return {"record": record, "wasm": base64.b64encode(wasm).decode()}
+        return {"source": app.source, "bundle": base64.b64encode(data).decode()}
 
     async def _on_ctx_joined(self, peer: str, body: dict[str, Any]) -> dict[str, Any]:
         ctx = self._member_ctx(str(body.get("context_id")), peer)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import AliasChoices, Field
 
+from ..appinstall import install_local_app
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -207,8 +208,9 @@ class CreateMesh(BaseStep):
             client = ctx.client(name)
             if config.path:
                 local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
-                node_path = await ctx.backend.stage_file(name, local) if ctx.backend else str(local)
-                await client.install_dev_application(node_path)
+                installed = await install_local_app(ctx, name, local)
+                if installed.bundle is not None:
+                    run.log(f"{name} installs signed bundles only: installed {installed.bundle['path']}")
             invitation = await owner.create_namespace_invitation(ns)
             joined = await client.join_namespace(ns, invitation["invitation"])
             in_context = await client.join_context(context_id)

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from ..appfetch import AppFetchError, download_app
+from ..appinstall import install_local_app
 from ..client import NodeError, NodeUnsupportedError
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
@@ -45,11 +46,11 @@ class InstallConfig(NodeStepConfig):
     def _one_source(self) -> InstallConfig:
         if self.path and self.url:
             raise ValueError(
-                "give one of `path` (a local .wasm file) and `url`, not both"
+                "give one of `path` (a local .wasm or .mpk file) and `url`, not both"
             )
         if not (self.path or self.url or (self.package and self.version)):
             raise ValueError(
-                "give `path` (a local .wasm file), `url`, or `package` with `version` "
+                "give `path` (a local .wasm or .mpk file), `url`, or `package` with `version` "
                 "(installed from the node's registry)"
             )
         return self
@@ -106,16 +107,26 @@ class InstallApplication(BaseStep):
 
     async def _install_file(
         self, config: InstallConfig, run: StepRun, local: Path
-    ) -> str:
-        """Install a file of this machine on a node this run started."""
-        ctx = run.ctx
-        node_path = await ctx.backend.stage_file(config.node, local) if ctx.backend else str(local)
-        return await ctx.client(config.node).install_dev_application(
-            node_path,
+    ) -> dict[str, Any]:
+        """Install a file of this machine on a node this run started: its
+        ``application_id``, and ``bundle`` when the node needed one built."""
+        installed = await install_local_app(
+            run.ctx,
+            config.node,
+            local,
             metadata=_metadata_bytes(config.metadata),
             package=config.package,
             version=config.version,
         )
+        out: dict[str, Any] = {"application_id": installed.application_id}
+        if installed.bundle is not None:
+            b = installed.bundle
+            run.log(
+                f"{config.node} installs signed bundles only: built {b['package']}@{b['version']} "
+                f"from {local.name}, signed with the dev key {b['signer_id']}, as {b['path']}"
+            )
+            out["bundle"] = dict(b)
+        return out
 
     async def _install_path(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
         ctx = run.ctx
@@ -133,10 +144,11 @@ class InstallApplication(BaseStep):
                 location=self.key_location("path"),
                 hint="install from a `url` or registry coordinates the remote node can fetch",
             )
-        app_id = await self._install_file(config, run, local)
+        installed = await self._install_file(config, run, local)
+        app_id = installed["application_id"]
         run.log(f"installed {local.name} on {config.node} as {app_id}")
         run.response = {"applicationId": app_id}
-        return {"application_id": app_id, "path": str(local), "node": config.node}
+        return {**installed, "path": str(local), "node": config.node}
 
     async def _install_url(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
         """A node this run started gets the file from the engine: current merod
@@ -162,11 +174,12 @@ class InstallApplication(BaseStep):
                 exc.message, location=self.key_location(exc.key), hint=exc.hint
             ) from None
         run.log(f"downloaded {config.url} ({local.stat().st_size} bytes) to {local}")
-        app_id = await self._install_file(config, run, local)
+        installed = await self._install_file(config, run, local)
+        app_id = installed["application_id"]
         run.log(f"installed {config.url} on {config.node} as {app_id}")
         run.response = {"applicationId": app_id}
         return {
-            "application_id": app_id,
+            **installed,
             "url": config.url,
             "path": str(local),
             "node": config.node,
