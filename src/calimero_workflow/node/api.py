@@ -19,6 +19,7 @@ Requests are read as merod reads them (see :mod:`.jsonrpc`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -336,7 +337,21 @@ class NodeApi:
                     "",
                 ),
             )
-            response = await self._dispatch(request)
+            if method == "POST" and path == "/jsonrpc":
+                answer = await self._dispatch_while_connected(request, receive)
+                if answer is None:
+                    self.log.info("%s %s: the client went away; call interrupted", method, path)
+                    return
+                response = answer
+            else:
+                response = await self._dispatch(request)
+        except asyncio.CancelledError:
+            if self.node.running:
+                raise
+            # uvicorn cancels the requests still running when the node stops;
+            # their connections are closing, so there is nobody to answer.
+            self.log.info("%s %s: cut short, node %s stopped", method, path, self.node.config.name)
+            return
         except ApiError as exc:
             if exc.plain:
                 response = Response(
@@ -389,6 +404,44 @@ class NodeApi:
             if not message.get("more_body"):
                 break
         return b"".join(chunks)
+
+    async def _dispatch_while_connected(
+        self, request: Request, receive: Receive
+    ) -> Response | None:
+        """Dispatch ``request``, cancelled if its client disconnects first.
+
+        A JSON-RPC call can keep a guest busy for the node's whole time limit;
+        when the caller gives up (a step timeout closes the connection), the
+        guest is interrupted instead (see ``NodeService._run_guest``). Returns
+        None when the client went away.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        # With the body read, receive() answers only once the client disconnects
+        # (or the response is complete).
+        gone = asyncio.ensure_future(receive())
+        answered = left = False
+
+        def client_left(done: asyncio.Future[dict[str, Any]]) -> None:
+            nonlocal left
+            # A callback scheduled before the answer may run after it.
+            if answered or done.cancelled() or done.exception() is not None:
+                return
+            if done.result().get("type") == "http.disconnect":
+                left = True
+                task.cancel()
+
+        gone.add_done_callback(client_left)
+        try:
+            return await self._dispatch(request)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()
+            return None
+        finally:
+            answered = True
+            gone.cancel()
 
     async def _dispatch(self, request: Request) -> Response:
         exact = self._exact.get((request.method, request.path))

@@ -45,7 +45,14 @@ from .ids import (
     verify_signature,
 )
 from .logs import node_logger
-from .runtime import AppFormatError, AppModule, Outcome, WasmRuntime, XCall
+from .runtime import (
+    AppFormatError,
+    AppModule,
+    Cancellation,
+    Outcome,
+    WasmRuntime,
+    XCall,
+)
 from .store import (
     LOCAL_SPACES,
     ZERO_ROOT,
@@ -214,6 +221,10 @@ class NodeService:
         self._join_locks: dict[str, asyncio.Lock] = {}
         #: Presence slices taken by set_ephemeral, by context (memory only).
         self.presence: dict[str, bytes] = {}
+        #: The guest calls under way, to interrupt when the node stops.
+        self._calls: set[Cancellation] = set()
+        #: Why no guest may run any more (the node is stopping); None while it may.
+        self._closing: str | None = None
 
     @property
     def peer_id(self) -> str:
@@ -621,8 +632,8 @@ class NodeService:
             else None,
         )
         module = self.module(app)
-        outcome = await run_wasm(
-            module.run,
+        outcome = await self._run_guest(
+            module,
             "init",
             params,
             storage={},
@@ -777,6 +788,35 @@ class NodeService:
 
     # -- execution -----------------------------------------------------------------
 
+    async def _run_guest(
+        self, module: AppModule, method: str, input: bytes, **kwargs: Any
+    ) -> Outcome:
+        """``module.run`` on the wasm thread, interrupted if the caller gives up.
+
+        A cancelled caller (a client that closed its request, a task stopped
+        with the node) interrupts the guest at once instead of leaving it to
+        run on the shared wasm thread until its time is up.
+        """
+        cancellation = Cancellation()
+        if self._closing is not None:
+            cancellation.cancel(self._closing)
+        self._calls.add(cancellation)
+        try:
+            return await run_wasm(
+                module.run, method, input, cancellation=cancellation, **kwargs
+            )
+        except asyncio.CancelledError:
+            cancellation.cancel("the request was cancelled")
+            raise
+        finally:
+            self._calls.discard(cancellation)
+
+    def interrupt_calls(self, reason: str) -> None:
+        """Interrupt the guest calls under way and refuse new ones (the node stops)."""
+        self._closing = reason
+        for cancellation in list(self._calls):
+            cancellation.cancel(reason)
+
     def _runnable(self, ctx_id: str) -> tuple[ContextRecord, AppModule]:
         try:
             parse_hex32(ctx_id, "contextId")
@@ -832,8 +872,8 @@ class NodeService:
         delta = None
         async with self.lock(ctx_id):
             ctx = self.store.contexts.get(ctx_id) or ctx
-            outcome = await run_wasm(
-                module.run,
+            outcome = await self._run_guest(
+                module,
                 method,
                 args,
                 storage=self.store.kv(ctx_id),
@@ -949,8 +989,8 @@ class NodeService:
             app = self.store.apps.get(ctx.application_id)
             if app is None:
                 return False
-            outcome = await run_wasm(
-                self.module(app).run,
+            outcome = await self._run_guest(
+                self.module(app),
                 _SYNC_METHOD,
                 delta.artifact,
                 storage=self.store.kv(ctx_id),
