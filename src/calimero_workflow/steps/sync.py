@@ -9,10 +9,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..client import NodeError, is_zero_hash
+from ..client import NodeApiError, NodeError, is_zero_hash
 from ..errors import Problem, StepFailure
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
+
+#: How long a node may go on answering 404 for the context while the other
+#: nodes agree, before the step fails: time for a namespace member to join
+#: the context by itself (auto-join), far less than a sync timeout.
+NOT_MEMBER_GRACE_S = 5.0
 
 
 class WaitConfig(StepConfig):
@@ -118,31 +123,43 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
     attempts = 0
     hashes: dict[str, str | None] = {}
     errors: dict[str, str] = {}
+    #: Nodes that answer 404 for the context (not members of it), with the answer.
+    absent: dict[str, str] = {}
+    #: Since when the absent nodes are all that keeps the others from agreeing.
+    absent_since: float | None = None
     #: What each node last answered to `expect`, once the hashes agreed.
     expect_outputs: dict[str, Any] | None = None
 
     async def fetch(name: str) -> None:
+        absent.pop(name, None)
+        errors.pop(name, None)
         try:
             hashes[name] = await ctx.client(name).context_state_hash(
                 config.context_id, timeout=max(0.5, min(5.0, deadline - time.perf_counter()))
             )
-            errors.pop(name, None)
         except NodeError as exc:
             hashes[name] = None
-            errors[name] = exc.message
+            if isinstance(exc, NodeApiError) and exc.status == 404:
+                # "GET /admin-api/contexts/… failed with HTTP 404: Context not found"
+                absent[name] = exc.message.split(" failed with ", 1)[-1]
+            else:
+                errors[name] = exc.message
 
     async def trigger(name: str) -> None:
         # Bounded: a node cut off from its peers may take long to give up on
         # a sync, and the poll must still report in time.
         remaining = deadline - time.perf_counter()
+        # A node without the context syncs everything: a member of its
+        # namespace joins the context on the way (auto-join).
+        context_id = None if name in absent else config.context_id
         try:
-            await ctx.client(name).sync(config.context_id, timeout=max(0.2, min(2.0, remaining)))
+            await ctx.client(name).sync(context_id, timeout=max(0.2, min(2.0, remaining)))
         except NodeError:
             pass  # a node that cannot sync yet shows up in the hash poll
 
     while True:
         attempts += 1
-        if config.trigger_sync and attempts % 10 == 1:
+        if config.trigger_sync and (attempts % 10 == 1 or (attempts == 2 and absent)):
             await asyncio.gather(*(trigger(n) for n in names))
         await asyncio.gather(*(fetch(n) for n in names))
         values = set(hashes.values())
@@ -166,17 +183,23 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
                 data["expect_outputs"] = expect_outputs
             return data
         now = time.perf_counter()
+        if absent and _others_agree(hashes, absent):
+            absent_since = now if absent_since is None else absent_since
+            if now - absent_since >= NOT_MEMBER_GRACE_S:
+                raise _not_members(config.context_id, names, hashes, absent, now - absent_since)
+        else:
+            absent_since = None
         if now >= deadline or (config.retry_attempts and attempts >= config.retry_attempts):
             break
         await asyncio.sleep(min(interval, max(0.0, deadline - now)))
         interval = min(interval * config.backoff_factor, config.check_interval)
-    detail = ", ".join(
-        f"{n}={hashes.get(n) or 'unreachable'}" + (f" ({errors[n]})" if n in errors else "")
-        for n in names
-    )
+    detail = ", ".join(_node_state(n, hashes, errors, absent) for n in names)
     reason = "did not converge"
     if all(is_zero_hash(h) for h in hashes.values()):
         reason = "has no state yet on any node"
+    hint = "check that every node joined the context; raise `timeout:` for slow networks"
+    if absent:
+        hint = _not_member_hint(sorted(absent))
     agreed = set(hashes.values())
     if config.expect is not None and expect_outputs is not None and len(agreed) == 1 and None not in agreed:
         # The hashes agree; it is the value read with `expect` that never matched.
@@ -199,8 +222,75 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
         kind="sync_timeout",
         expected="the same contextStateHash on every node",
         actual=dict(hashes),
-        hint="check that every node joined the context; raise `timeout:` for slow networks",
-        data={"hashes": dict(hashes), "errors": dict(errors), "polls": attempts},
+        hint=hint,
+        data={
+            "hashes": dict(hashes),
+            "errors": dict(errors),
+            "not_members": sorted(absent),
+            "polls": attempts,
+        },
+    )
+
+
+def _node_state(
+    name: str, hashes: dict[str, str | None], errors: dict[str, str], absent: dict[str, str]
+) -> str:
+    """One node in a failure message: its hash, or why it has none."""
+    if name in absent:
+        return f"{name}=not a member ({absent[name]})"
+    if name in errors:
+        return f"{name}=unreachable ({errors[name]})"
+    return f"{name}={hashes.get(name)}"
+
+
+def _others_agree(hashes: dict[str, str | None], absent: dict[str, str]) -> bool:
+    """Whether the nodes that have the context agree (True when none has it)."""
+    values = {h for n, h in hashes.items() if n not in absent}
+    if not values:
+        return True
+    return len(values) == 1 and None not in values and not any(map(is_zero_hash, values))
+
+
+def _not_member_hint(missing: list[str]) -> str:
+    them = "it" if len(missing) == 1 else "them"
+    return (
+        f"join {', '.join(missing)} to the context first (`join` its namespace, or "
+        f"`join_context`), or leave {them} out of `nodes:`"
+    )
+
+
+def _not_members(
+    context_id: str,
+    names: list[str],
+    hashes: dict[str, str | None],
+    absent: dict[str, str],
+    waited: float,
+) -> StepFailure:
+    """The failure for nodes that stay outside the context while the others agree."""
+    missing = [n for n in names if n in absent]
+    answers = "; ".join(f"{n}: {absent[n]}" for n in missing)
+    members = [n for n in names if n not in absent]
+    if members:
+        agreed = next(iter({hashes[n] for n in members}))
+        verb = "is not a member" if len(missing) == 1 else "are not members"
+        message = (
+            f"{', '.join(missing)} {verb} of context {context_id}: still answering 404 after "
+            f"{waited:.1f}s while {', '.join(members)} agree on {agreed} ({answers})"
+        )
+        hint = _not_member_hint(missing)
+    else:
+        message = (
+            f"context {context_id} is on none of the nodes {', '.join(names)}: each "
+            f"answered 404 for {waited:.1f}s ({answers})"
+        )
+        hint = "check `context_id`, and that the context was created on one of these nodes"
+    return StepFailure(
+        message,
+        kind="not_member",
+        expected="every node a member of the context",
+        actual={n: "not a member" if n in absent else hashes.get(n) for n in names},
+        hint=hint,
+        data={"hashes": dict(hashes), "not_members": missing},
     )
 
 def _expected(equals: Any, output: Any) -> bool:
