@@ -312,6 +312,84 @@ async def test_namespace_routes(cluster: Cluster) -> None:
     }
 
 
+#: merod's GroupInfoApiResponseData as core's wire fixture shows it
+#: (crates/server/primitives/fixtures/wire/groups/group_info.res.json).
+GROUP_INFO_KEYS = {
+    "appKey",
+    "contextCount",
+    "defaultCapabilities",
+    "groupId",
+    "groupStateHash",
+    "memberCount",
+    "namespaceId",
+    "ownerOpCounter",
+    "subgroupVisibility",
+    "targetApplicationId",
+}
+
+
+async def test_a_namespace_is_a_group_with_a_state_hash(cluster: Cluster) -> None:
+    api, app_id, ns, _ = await one_node(cluster)
+    info = await api.data("GET", f"/admin-api/groups/{ns}")
+    assert set(info) == GROUP_INFO_KEYS
+    assert info["groupId"] == info["namespaceId"] == ns
+    assert info["targetApplicationId"] == app_id
+    assert (info["memberCount"], info["contextCount"], info["ownerOpCounter"]) == (1, 1, 0)
+    assert HEX64.fullmatch(info["groupStateHash"])
+    # Reading it changes nothing; a new context in the namespace changes it.
+    again = await api.data("GET", f"/admin-api/groups/{ns.upper()}")
+    assert again["groupStateHash"] == info["groupStateHash"]
+    await api.create_context(app_id, ns)
+    grown = await api.data("GET", f"/admin-api/groups/{ns}")
+    assert grown["contextCount"] == 2
+    assert grown["groupStateHash"] != info["groupStateHash"]
+    # Calls change a context's state, not the group's.
+    ctx = (await api.data("GET", "/admin-api/contexts"))["contexts"][0]["id"]
+    await api.call(ctx, "set", {"key": "k", "value": "v"})
+    assert (await api.data("GET", f"/admin-api/groups/{ns}"))[
+        "groupStateHash"
+    ] == grown["groupStateHash"]
+
+    resp = await api.get(f"/admin-api/groups/{'ab' * 32}")
+    assert resp.status_code == 404 and "not found" in resp.json()["error"]
+    resp = await api.get("/admin-api/groups/xyz")
+    assert resp.status_code == 400 and "64 hex digits" in resp.json()["error"]
+
+
+async def test_group_state_hash_follows_joins_and_converges(cluster: Cluster) -> None:
+    one = await cluster.start("node-1")
+    two = await cluster.start("node-2")
+    await cluster.connected()
+    app_id = await one.install_kv_store()
+    ns = await one.create_namespace(app_id)
+    await one.create_context(app_id, ns)
+    alone = (await one.data("GET", f"/admin-api/groups/{ns}"))["groupStateHash"]
+    # node-2 is no member yet: it does not know the group.
+    resp = await two.get(f"/admin-api/groups/{ns}")
+    assert resp.status_code == 404
+
+    await two.join(ns, await one.invite(ns))
+
+    async def hashes() -> set[str]:
+        infos = [await a.data("GET", f"/admin-api/groups/{ns}") for a in (one, two)]
+        return {i["groupStateHash"] for i in infos if i["memberCount"] == 2}
+
+    async def agreed() -> str | None:
+        values = await hashes()
+        return next(iter(values)) if len(values) == 1 else None
+
+    joined = await wait_until(agreed, what="both members on one groupStateHash")
+    assert joined != alone
+    # A context created by the new member changes it on both.
+    await two.create_context(app_id, ns)
+
+    async def moved() -> str | None:
+        value = await agreed()
+        return value if value not in (None, joined) else None
+
+    await wait_until(moved, what="the new context in both members' groupStateHash")
+
+
 async def test_invitation_is_signed_snake_case(cluster: Cluster) -> None:
     api, _, ns, _ = await one_node(cluster)
     signed = await api.invite(ns, expirationTimestamp=int(time.time()) + 60)

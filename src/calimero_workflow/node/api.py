@@ -271,6 +271,7 @@ class NodeApi:
             ("GET", f"{a}/namespaces/{{ns}}", self.get_namespace),
             ("POST", f"{a}/namespaces/{{ns}}/invite", self.invite),
             ("POST", f"{a}/namespaces/{{ns}}/join", self.join_namespace),
+            ("GET", f"{a}/groups/{{group}}", self.get_group),
             ("POST", f"{a}/contexts", self.create_context),
             ("GET", f"{a}/contexts", self.list_contexts),
             ("POST", f"{a}/contexts/sync", self.sync_all),
@@ -526,6 +527,9 @@ class NodeApi:
     async def get_namespace(self, request: Request) -> Response:
         ns = self.service.namespace(request.params["ns"])
         return Response.data(self.service.namespace_api(ns))
+
+    async def get_group(self, request: Request) -> Response:
+        return Response.data(self.service.group_info(request.params["group"]))
 
     async def invite(self, request: Request) -> Response:
         body = request.closed_json(CREATE_INVITATION)

@@ -442,6 +442,40 @@ class NodeService:
             body["appVersion"] = app.version
         return body
 
+    def group_info(self, group_id: str) -> dict[str, Any]:
+        """``GET /groups/:gid`` of a namespace (the only groups embedded nodes have).
+
+        merod answers only a member of the group; the shape is its
+        ``GroupInfoApiResponseData``, with the namespace as its own root and
+        merod's defaults for what embedded namespaces do not have (capabilities,
+        subgroup visibility, owner-guarded ops).
+        """
+        try:
+            parse_hex32(group_id, "group id")
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        ns = self.store.namespaces.get(group_id.lower())
+        if ns is None:
+            raise ApiError(404, f"group {group_id} not found on node {self.name}")
+        if ns.identity is None:
+            msg = (
+                f"node {self.name} is not a member of group {group_id}; join it with an "
+                "invitation first"
+            )
+            raise ApiError(403, msg)
+        return {
+            "groupId": ns.id,
+            "namespaceId": ns.id,
+            "appKey": ns.app_key,
+            "targetApplicationId": ns.application_id,
+            "memberCount": len(ns.members),
+            "contextCount": len(ns.contexts),
+            "defaultCapabilities": 0,
+            "subgroupVisibility": "restricted",
+            "ownerOpCounter": 0,
+            "groupStateHash": ns.state_hash().hex(),
+        }
+
     def invite(self, ns_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """A signed open invitation to a namespace this node belongs to."""
         ns = self.member_namespace(ns_id)
