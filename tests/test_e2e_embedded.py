@@ -267,6 +267,66 @@ async def test_wait_for_sync_waits_for_a_namespace_member_to_join_the_context(tm
     assert result.passed, failures(result)
 
 
+async def test_wait_for_sync_on_a_group_and_a_context(tmp_path: Path):
+    # merobox's group_id: the namespace's groupStateHash, alone or with the context.
+    steps = SETUP + JOIN2 + """
+  - name: group
+    type: wait_for_sync
+    group_id: ${results.ns.namespace_id}
+    nodes: [node-1, node-2]
+    timeout: 30
+  - name: both
+    type: wait_for_sync
+    context_id: ${results.ctx.context_id}
+    group_id: ${results.ns.namespace_id}
+    timeout: 30
+    outputs:
+      agreed: targets
+      per_node: per_target_node_hashes
+      root: root_hash
+  - type: json_assert
+    statements:
+      - 'json_equal({{agreed}}, {"context=${results.ctx.context_id}": "${results.both.context_state_hash}", "group=${results.ns.namespace_id}": "${results.both.group_state_hash}"})'
+      - 'json_subset({"group=${results.ns.namespace_id}": ${results.both.group_hashes}}, {{per_node}})'
+  - type: assert
+    statements: ['equal({{root}}, ${results.both.context_state_hash})']
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    assert result.passed, failures(result)
+    results = result.workflow_results
+    group = results["group"]
+    assert set(group["group_hashes"]) == {"node-1", "node-2"}
+    assert set(group["group_hashes"].values()) == {group["group_state_hash"]}
+    assert "context_state_hash" not in group
+    both = results["both"]
+    assert both["group_state_hash"] == group["group_state_hash"]
+    assert set(both["hashes"].values()) == {both["context_state_hash"]}
+
+
+async def test_wait_for_sync_on_a_group_a_node_is_not_in(tmp_path: Path):
+    steps = SETUP + """
+  - name: group
+    type: wait_for_sync
+    group_id: ${results.ns.namespace_id}
+    timeout: 60
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    sync = next(s for s in result.steps if s.name == "group")
+    assert sync.status is Status.FAILED and sync.error.kind == "not_member"
+    ns = result.workflow_results["ns"]["namespace_id"]
+    assert sync.error.message.startswith(f"node-2 is not a member of group {ns}: ")
+    assert "`join`" in sync.error.hint
+
+
+async def test_wait_for_sync_needs_a_context_or_a_group(tmp_path: Path):
+    with pytest.raises(WorkflowValidationError, match="`context_id`.*`group_id`"):
+        await run_workflow(tmp_path, 1, "  - {type: wait_for_sync, timeout: 1}\n")
+    with pytest.raises(WorkflowValidationError, match="give `context_id` too"):
+        await run_workflow(
+            tmp_path, 1, "  - {type: wait_for_sync, group_id: x, expect: {method: len}}\n"
+        )
+
+
 async def test_two_nodes_converge_after_writes_on_both(tmp_path: Path):
     steps = SETUP + JOIN2 + """
   - name: w1
