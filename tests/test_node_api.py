@@ -133,8 +133,6 @@ async def test_application_lookup_errors(cluster: Cluster) -> None:
     assert upper["application"]["id"] == app_id
     resp = await api.get(f"/admin-api/applications/{unknown}/abi")
     assert resp.status_code == 404
-    resp = await api.delete(f"/admin-api/applications/{unknown}")
-    assert resp.status_code == 404
 
 
 async def test_delete_application(cluster: Cluster) -> None:
@@ -144,6 +142,12 @@ async def test_delete_application(cluster: Cluster) -> None:
         "applicationId": app_id
     }
     assert (await api.data("GET", "/admin-api/applications"))["apps"] == []
+    # merod deletes the record whether or not it is there: no error either way.
+    assert await api.data("DELETE", f"/admin-api/applications/{app_id.upper()}") == {
+        "applicationId": app_id
+    }
+    resp = await api.delete("/admin-api/applications/not-hex")
+    assert resp.status_code == 400 and "not-hex" in resp.json()["error"]
 
 
 async def test_install_dev_application_refuses_a_missing_path(
@@ -449,15 +453,39 @@ async def test_join_refuses_tampered_and_expired_invitations(cluster: Cluster) -
 async def test_identity_routes(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
     resp = await api.get("/admin-api/identity")
-    assert resp.status_code == 404 and "no identity yet" in resp.json()["error"]
+    assert resp.status_code == 404
+    assert resp.json()["error"] == (
+        "this node holds neither a usable device nor an account root yet; both are "
+        "minted the first time it takes part in a namespace"
+    )
     fresh = await api.data("POST", "/admin-api/identity/context", {})
     assert HEX64.fullmatch(fresh["publicKey"])
 
     app_id = await api.install_kv_store()
-    await api.create_namespace(app_id)
+    ns = await api.create_namespace(app_id)
+    ctx = await api.create_context(app_id, ns)
     ident = await api.data("GET", "/admin-api/identity")
-    assert HEX64.fullmatch(ident["accountId"]) and HEX64.fullmatch(ident["deviceId"])
-    assert HEX64.fullmatch(ident["publicKey"])
+    # merod's NodeIdentityApiResponseData, as core's wire fixture shows it
+    # (crates/server/primitives/fixtures/wire/identity/node_identity.res.json).
+    assert set(ident) == {
+        "accountId",
+        "accountNamespaceId",
+        "accountRootPublicKey",
+        "deviceAgreementKey",
+        "deviceCertified",
+        "deviceId",
+        "holdsAccountRoot",
+        "publicKey",
+    }
+    # One device holding its own root: every key is the namespace identity,
+    # the one the node executes as (env.account_id and env.device_id).
+    (member,) = (await api.data("GET", f"/admin-api/contexts/{ctx}/identities"))["identities"]
+    for key in ("accountId", "accountRootPublicKey", "deviceId", "publicKey"):
+        assert ident[key] == member, key
+    assert ident["accountNamespaceId"] == ns
+    assert ident["deviceCertified"] is True and ident["holdsAccountRoot"] is True
+    agreement = ident["deviceAgreementKey"]
+    assert HEX64.fullmatch(agreement) and agreement != member
 
 
 # -- contexts ----------------------------------------------------------------------
@@ -490,6 +518,10 @@ async def test_context_routes(cluster: Cluster) -> None:
     assert await api.data("DELETE", f"/admin-api/contexts/{ctx}") == {"isDeleted": True}
     resp = await api.get(f"/admin-api/contexts/{ctx}")
     assert resp.status_code == 404 and resp.json() == {"error": "Context not found"}
+    # As in merod, deleting a context the node does not have is no error.
+    assert await api.data("DELETE", f"/admin-api/contexts/{ctx}") == {"isDeleted": False}
+    resp = await api.delete("/admin-api/contexts/xyz")
+    assert resp.status_code == 400 and "64 hex digits" in resp.json()["error"]
 
 
 async def test_create_context_errors(cluster: Cluster) -> None:

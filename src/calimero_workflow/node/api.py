@@ -504,7 +504,7 @@ class NodeApi:
 
     async def delete_app(self, request: Request) -> Response:
         self.service.uninstall(request.params["app"])
-        return Response.data({"applicationId": request.params["app"]})
+        return Response.data({"applicationId": request.params["app"].lower()})
 
     async def app_abi(self, request: Request) -> Response:
         app = self.service.require_app(request.params["app"])
@@ -579,8 +579,8 @@ class NodeApi:
         return Response.data(self.service.context_api(ctx))
 
     async def delete_context(self, request: Request) -> Response:
-        self.service.delete_context(request.params["ctx"])
-        return Response.data({"isDeleted": True})
+        deleted = self.service.delete_context(request.params["ctx"])
+        return Response.data({"isDeleted": deleted})
 
     async def identities(self, request: Request) -> Response:
         ctx = self.service.context(request.params["ctx"])

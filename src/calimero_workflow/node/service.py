@@ -43,6 +43,7 @@ from .ids import (
     parse_hex32,
     sha256,
     verify_signature,
+    x25519_public_key,
 )
 from .logs import node_logger
 from .runtime import (
@@ -349,10 +350,14 @@ class NodeService:
         return app
 
     def uninstall(self, app_id: str) -> None:
-        self.require_app(app_id)
-        self.store.delete_app(app_id)
-        self._modules.pop(app_id, None)
-        self.log.info("uninstalled application %s", app_id)
+        """``DELETE /applications/:id``: as in merod, an app that is not here is no error."""
+        app = self.app(app_id)
+        if app is None:
+            self.log.info("uninstall of application %s: not installed", app_id)
+            return
+        self.store.delete_app(app.id)
+        self._modules.pop(app.id, None)
+        self.log.info("uninstalled application %s", app.id)
 
     # -- namespaces and invitations ------------------------------------------------
 
@@ -583,18 +588,31 @@ class NodeService:
         return self._new_identity().public_hex
 
     def node_identity(self) -> dict[str, Any]:
+        """``GET /identity``: merod's ``NodeIdentityApiResponseData``.
+
+        An embedded node's account is its identity in its first namespace, a
+        single device that holds its own root: account, device, signing key
+        and root are that one key (what ``env.account_id`` and ``env.device_id``
+        answer), its namespace is the account's, the device is certified, and
+        the agreement key is the key's X25519 form.
+        """
         for ns in self.store.namespaces.values():
             if ns.identity is not None:
-                pk = bytes.fromhex(ns.identity)
+                key = bytes.fromhex(ns.identity)
                 return {
-                    "accountId": pk.hex(),
-                    "deviceId": self.keypair.public.hex(),
-                    "publicKey": ns.identity,
+                    "accountId": ns.identity,
+                    "accountNamespaceId": ns.id,
                     "accountRootPublicKey": ns.identity,
+                    "deviceAgreementKey": x25519_public_key(key).hex(),
+                    "deviceCertified": True,
+                    "deviceId": ns.identity,
+                    "holdsAccountRoot": True,
+                    "publicKey": ns.identity,
                 }
+        # merod's words; it mints both when the node first takes part in a namespace.
         msg = (
-            f"node {self.name} has no identity yet: it gets one when it creates or "
-            "joins a namespace"
+            "this node holds neither a usable device nor an account root yet; both are "
+            "minted the first time it takes part in a namespace"
         )
         raise ApiError(404, msg)
 
@@ -704,8 +722,11 @@ class NodeService:
             "groupCreated": False,
         }
 
-    def delete_context(self, ctx_id: str) -> None:
-        ctx = self.context(ctx_id)
+    def delete_context(self, ctx_id: str) -> bool:
+        """``DELETE /contexts/:ctx``: False (merod's ``isDeleted``) if it is not here."""
+        ctx = self.store.contexts.get(_api_id(ctx_id, "context id"))
+        if ctx is None:
+            return False
         ns = self.store.namespaces.get(ctx.namespace_id)
         if ns is not None and ctx.id not in ns.unfollowed:
             # Not joined again automatically; join_context undoes this.
@@ -715,6 +736,7 @@ class NodeService:
         self._locks.pop(ctx.id, None)
         self.sync.forget_context(ctx.id)
         self.log.info("deleted context %s from this node", ctx.id)
+        return True
 
     def _member_namespace_of(self, ctx_id: str) -> NamespaceRecord | None:
         return next(
