@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -209,12 +210,124 @@ async def test_wait_for_sync_times_out_with_per_node_hashes(tmp_path: Path):
     sync = next(s for s in result.steps if s.name == "sync")
     assert sync.status is Status.FAILED
     assert sync.error.kind == "sync_timeout"
-    assert "node-1=" in sync.error.message and "node-2=" in sync.error.message
+    assert "node-1=" in sync.error.message and "node-2=not a member (" in sync.error.message
+    assert "unreachable" not in sync.error.message
     assert set(sync.error.actual) == {"node-1", "node-2"}
     # on failure, node logs and states are written
     assert "node-1" in result.node_log_files
     states = json.loads(next((tmp_path / "runs").glob("*/node-logs/node-states.json")).read_text())
     assert states["node-1"]["contexts"][0]["id"] == result.workflow_results["ctx"]["context_id"]
+
+
+async def test_wait_for_sync_names_a_node_outside_the_context_at_once(tmp_path: Path):
+    # node-2 joined; node-3 never did. It answers 404, which is not
+    # "unreachable", and the step fails once the others agree (after a grace
+    # for auto-join), long before its timeout.
+    steps = SETUP + JOIN2 + """
+  - name: sync
+    type: wait_for_sync
+    context_id: ${results.ctx.context_id}
+    timeout: 60
+"""
+    started = time.monotonic()
+    result = await run_workflow(tmp_path, 3, steps)
+    assert time.monotonic() - started < 30
+    sync = next(s for s in result.steps if s.name == "sync")
+    assert sync.status is Status.FAILED
+    assert sync.error.kind == "not_member"
+    ctx = result.workflow_results["ctx"]["context_id"]
+    assert sync.error.message.startswith(f"node-3 is not a member of context {ctx}: ")
+    assert "node-1, node-2 agree on" in sync.error.message
+    assert "unreachable" not in sync.error.message
+    assert "`nodes:`" in sync.error.hint and "join_context" in sync.error.hint
+    assert sync.error.actual["node-3"] == "not a member"
+
+
+async def test_wait_for_sync_on_a_context_no_node_has(tmp_path: Path):
+    steps = """
+  - name: sync
+    type: wait_for_sync
+    context_id: "%s"
+    timeout: 60
+""" % ("ab" * 32)
+    result = await run_workflow(tmp_path, 2, steps)
+    sync = next(s for s in result.steps if s.name == "sync")
+    assert sync.status is Status.FAILED
+    assert sync.error.kind == "not_member"
+    assert sync.error.message.startswith(f"context {'ab' * 32} is on none of the nodes node-1, node-2")
+    assert "check `context_id`" in sync.error.hint
+
+
+async def test_wait_for_sync_waits_for_a_namespace_member_to_join_the_context(tmp_path: Path):
+    # node-2 joins the namespace only; it joins the context by itself.
+    steps = SETUP + JOIN2.split("  - name: ctx2")[0] + """
+  - name: sync
+    type: wait_for_sync
+    context_id: ${results.ctx.context_id}
+    timeout: 60
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    assert result.passed, failures(result)
+
+
+async def test_wait_for_sync_on_a_group_and_a_context(tmp_path: Path):
+    # merobox's group_id: the namespace's groupStateHash, alone or with the context.
+    steps = SETUP + JOIN2 + """
+  - name: group
+    type: wait_for_sync
+    group_id: ${results.ns.namespace_id}
+    nodes: [node-1, node-2]
+    timeout: 30
+  - name: both
+    type: wait_for_sync
+    context_id: ${results.ctx.context_id}
+    group_id: ${results.ns.namespace_id}
+    timeout: 30
+    outputs:
+      agreed: targets
+      per_node: per_target_node_hashes
+      root: root_hash
+  - type: json_assert
+    statements:
+      - 'json_equal({{agreed}}, {"context=${results.ctx.context_id}": "${results.both.context_state_hash}", "group=${results.ns.namespace_id}": "${results.both.group_state_hash}"})'
+      - 'json_subset({"group=${results.ns.namespace_id}": ${results.both.group_hashes}}, {{per_node}})'
+  - type: assert
+    statements: ['equal({{root}}, ${results.both.context_state_hash})']
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    assert result.passed, failures(result)
+    results = result.workflow_results
+    group = results["group"]
+    assert set(group["group_hashes"]) == {"node-1", "node-2"}
+    assert set(group["group_hashes"].values()) == {group["group_state_hash"]}
+    assert "context_state_hash" not in group
+    both = results["both"]
+    assert both["group_state_hash"] == group["group_state_hash"]
+    assert set(both["hashes"].values()) == {both["context_state_hash"]}
+
+
+async def test_wait_for_sync_on_a_group_a_node_is_not_in(tmp_path: Path):
+    steps = SETUP + """
+  - name: group
+    type: wait_for_sync
+    group_id: ${results.ns.namespace_id}
+    timeout: 60
+"""
+    result = await run_workflow(tmp_path, 2, steps)
+    sync = next(s for s in result.steps if s.name == "group")
+    assert sync.status is Status.FAILED and sync.error.kind == "not_member"
+    ns = result.workflow_results["ns"]["namespace_id"]
+    assert sync.error.message.startswith(f"node-2 is not a member of group {ns}: ")
+    assert "`join`" in sync.error.hint
+
+
+async def test_wait_for_sync_needs_a_context_or_a_group(tmp_path: Path):
+    with pytest.raises(WorkflowValidationError, match="`context_id`.*`group_id`"):
+        await run_workflow(tmp_path, 1, "  - {type: wait_for_sync, timeout: 1}\n")
+    with pytest.raises(WorkflowValidationError, match="give `context_id` too"):
+        await run_workflow(
+            tmp_path, 1, "  - {type: wait_for_sync, group_id: x, expect: {method: len}}\n"
+        )
 
 
 async def test_two_nodes_converge_after_writes_on_both(tmp_path: Path):

@@ -283,8 +283,6 @@ async def test_application_lookup_errors(cluster: Cluster) -> None:
     assert upper["application"]["id"] == app_id
     resp = await api.get(f"/admin-api/applications/{unknown}/abi")
     assert resp.status_code == 404
-    resp = await api.delete(f"/admin-api/applications/{unknown}")
-    assert resp.status_code == 404
 
 
 async def test_delete_application(cluster: Cluster) -> None:
@@ -294,6 +292,12 @@ async def test_delete_application(cluster: Cluster) -> None:
         "applicationId": app_id
     }
     assert (await api.data("GET", "/admin-api/applications"))["apps"] == []
+    # merod deletes the record whether or not it is there: no error either way.
+    assert await api.data("DELETE", f"/admin-api/applications/{app_id.upper()}") == {
+        "applicationId": app_id
+    }
+    resp = await api.delete("/admin-api/applications/not-hex")
+    assert resp.status_code == 400 and "not-hex" in resp.json()["error"]
 
 
 async def test_install_dev_application_refuses_a_missing_path(
@@ -478,6 +482,84 @@ async def test_namespace_routes(cluster: Cluster) -> None:
     }
 
 
+#: merod's GroupInfoApiResponseData as core's wire fixture shows it
+#: (crates/server/primitives/fixtures/wire/groups/group_info.res.json).
+GROUP_INFO_KEYS = {
+    "appKey",
+    "contextCount",
+    "defaultCapabilities",
+    "groupId",
+    "groupStateHash",
+    "memberCount",
+    "namespaceId",
+    "ownerOpCounter",
+    "subgroupVisibility",
+    "targetApplicationId",
+}
+
+
+async def test_a_namespace_is_a_group_with_a_state_hash(cluster: Cluster) -> None:
+    api, app_id, ns, _ = await one_node(cluster)
+    info = await api.data("GET", f"/admin-api/groups/{ns}")
+    assert set(info) == GROUP_INFO_KEYS
+    assert info["groupId"] == info["namespaceId"] == ns
+    assert info["targetApplicationId"] == app_id
+    assert (info["memberCount"], info["contextCount"], info["ownerOpCounter"]) == (1, 1, 0)
+    assert HEX64.fullmatch(info["groupStateHash"])
+    # Reading it changes nothing; a new context in the namespace changes it.
+    again = await api.data("GET", f"/admin-api/groups/{ns.upper()}")
+    assert again["groupStateHash"] == info["groupStateHash"]
+    await api.create_context(app_id, ns)
+    grown = await api.data("GET", f"/admin-api/groups/{ns}")
+    assert grown["contextCount"] == 2
+    assert grown["groupStateHash"] != info["groupStateHash"]
+    # Calls change a context's state, not the group's.
+    ctx = (await api.data("GET", "/admin-api/contexts"))["contexts"][0]["id"]
+    await api.call(ctx, "set", {"key": "k", "value": "v"})
+    assert (await api.data("GET", f"/admin-api/groups/{ns}"))[
+        "groupStateHash"
+    ] == grown["groupStateHash"]
+
+    resp = await api.get(f"/admin-api/groups/{'ab' * 32}")
+    assert resp.status_code == 404 and "not found" in resp.json()["error"]
+    resp = await api.get("/admin-api/groups/xyz")
+    assert resp.status_code == 400 and "64 hex digits" in resp.json()["error"]
+
+
+async def test_group_state_hash_follows_joins_and_converges(cluster: Cluster) -> None:
+    one = await cluster.start("node-1")
+    two = await cluster.start("node-2")
+    await cluster.connected()
+    app_id = await one.install_kv_store()
+    ns = await one.create_namespace(app_id)
+    await one.create_context(app_id, ns)
+    alone = (await one.data("GET", f"/admin-api/groups/{ns}"))["groupStateHash"]
+    # node-2 is no member yet: it does not know the group.
+    resp = await two.get(f"/admin-api/groups/{ns}")
+    assert resp.status_code == 404
+
+    await two.join(ns, await one.invite(ns))
+
+    async def hashes() -> set[str]:
+        infos = [await a.data("GET", f"/admin-api/groups/{ns}") for a in (one, two)]
+        return {i["groupStateHash"] for i in infos if i["memberCount"] == 2}
+
+    async def agreed() -> str | None:
+        values = await hashes()
+        return next(iter(values)) if len(values) == 1 else None
+
+    joined = await wait_until(agreed, what="both members on one groupStateHash")
+    assert joined != alone
+    # A context created by the new member changes it on both.
+    await two.create_context(app_id, ns)
+
+    async def moved() -> str | None:
+        value = await agreed()
+        return value if value not in (None, joined) else None
+
+    await wait_until(moved, what="the new context in both members' groupStateHash")
+
+
 async def test_invitation_is_signed_snake_case(cluster: Cluster) -> None:
     api, _, ns, _ = await one_node(cluster)
     signed = await api.invite(ns, expirationTimestamp=int(time.time()) + 60)
@@ -537,15 +619,39 @@ async def test_join_refuses_tampered_and_expired_invitations(cluster: Cluster) -
 async def test_identity_routes(cluster: Cluster) -> None:
     api = await cluster.start("node-1")
     resp = await api.get("/admin-api/identity")
-    assert resp.status_code == 404 and "no identity yet" in resp.json()["error"]
+    assert resp.status_code == 404
+    assert resp.json()["error"] == (
+        "this node holds neither a usable device nor an account root yet; both are "
+        "minted the first time it takes part in a namespace"
+    )
     fresh = await api.data("POST", "/admin-api/identity/context", {})
     assert HEX64.fullmatch(fresh["publicKey"])
 
     app_id = await api.install_kv_store()
-    await api.create_namespace(app_id)
+    ns = await api.create_namespace(app_id)
+    ctx = await api.create_context(app_id, ns)
     ident = await api.data("GET", "/admin-api/identity")
-    assert HEX64.fullmatch(ident["accountId"]) and HEX64.fullmatch(ident["deviceId"])
-    assert HEX64.fullmatch(ident["publicKey"])
+    # merod's NodeIdentityApiResponseData, as core's wire fixture shows it
+    # (crates/server/primitives/fixtures/wire/identity/node_identity.res.json).
+    assert set(ident) == {
+        "accountId",
+        "accountNamespaceId",
+        "accountRootPublicKey",
+        "deviceAgreementKey",
+        "deviceCertified",
+        "deviceId",
+        "holdsAccountRoot",
+        "publicKey",
+    }
+    # One device holding its own root: every key is the namespace identity,
+    # the one the node executes as (env.account_id and env.device_id).
+    (member,) = (await api.data("GET", f"/admin-api/contexts/{ctx}/identities"))["identities"]
+    for key in ("accountId", "accountRootPublicKey", "deviceId", "publicKey"):
+        assert ident[key] == member, key
+    assert ident["accountNamespaceId"] == ns
+    assert ident["deviceCertified"] is True and ident["holdsAccountRoot"] is True
+    agreement = ident["deviceAgreementKey"]
+    assert HEX64.fullmatch(agreement) and agreement != member
 
 
 # -- contexts ----------------------------------------------------------------------
@@ -578,6 +684,10 @@ async def test_context_routes(cluster: Cluster) -> None:
     assert await api.data("DELETE", f"/admin-api/contexts/{ctx}") == {"isDeleted": True}
     resp = await api.get(f"/admin-api/contexts/{ctx}")
     assert resp.status_code == 404 and resp.json() == {"error": "Context not found"}
+    # As in merod, deleting a context the node does not have is no error.
+    assert await api.data("DELETE", f"/admin-api/contexts/{ctx}") == {"isDeleted": False}
+    resp = await api.delete("/admin-api/contexts/xyz")
+    assert resp.status_code == 400 and "64 hex digits" in resp.json()["error"]
 
 
 async def test_create_context_errors(cluster: Cluster) -> None:

@@ -7,6 +7,7 @@ background sync runs every 100 ms here so catch-up tests finish quickly.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 
@@ -227,6 +228,18 @@ def test_pure_python_signer_matches_cryptography() -> None:
         assert ids._pure_sign(secret, pair.public, message) == pair.sign(message)
         assert ids.verify_signature(pair.public, pair.sign(message), message)
         assert not ids.verify_signature(pair.public, pair.sign(message), message + b"!")
+
+
+def test_the_agreement_key_is_the_x25519_form_of_the_identity() -> None:
+    # What X25519 derives from the same seed (RFC 8032 §5.1.5, RFC 7748 §5).
+    x25519 = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.x25519")
+    for seed in range(1, 5):
+        pair = Keypair.from_secret(bytes([seed]) * 32)
+        scalar = hashlib.sha512(pair.secret).digest()[:32]
+        expected = x25519.X25519PrivateKey.from_private_bytes(scalar).public_key()
+        assert ids.x25519_public_key(pair.public) == expected.public_bytes_raw()
+    with pytest.raises(ids.IdError):
+        ids.x25519_public_key(b"short")
 
 
 async def test_nodes_work_without_the_cryptography_package(

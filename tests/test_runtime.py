@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import wasmtime
 
 from calimero_workflow.node import abi
+from calimero_workflow.node.interrupt import DEFAULT_TIME_LIMIT_S
 from calimero_workflow.node.runtime import (
     DATA_REGISTER,
     AppFormatError,
     AppLinkError,
     AppModule,
+    Cancellation,
     Event,
     Outcome,
     WasmRuntime,
@@ -871,6 +875,95 @@ def test_fuel_exhaustion_stops_an_infinite_loop() -> None:
     assert (
         outcome.failure.message == "execution exhausted its gas limit of 1000000 points"
     )
+
+
+SPIN_BODY = """
+(func (export "spin_host") (loop $again (drop (call $register_len (i64.const 12345))) (br $again)))
+(func (export "spin") (loop $forever (br $forever)))
+(func (export "quick") (drop (call $register_len (i64.const 12345))))
+"""
+
+
+def test_a_loop_over_host_calls_stops_at_the_time_limit() -> None:
+    # Each round costs the guest ~2 fuel, so merod's 10^9 gas would last
+    # minutes at the embedded node's ~1 µs per host call.
+    module = compile_wat(WasmRuntime(time_limit=0.3), SPIN_BODY)
+    started = time.monotonic()
+    outcome = run(module, "spin_host")
+    elapsed = time.monotonic() - started
+    assert outcome.failure is not None
+    assert (outcome.failure.kind, outcome.failure.message) == (
+        "Interrupted",
+        "execution interrupted: it ran longer than the time limit of 0.3 s",
+    )
+    assert "CW_WASM_TIME_LIMIT" in outcome.failure.detail
+    assert 0.3 <= elapsed < 2.0
+    # The runtime, its engine and the next store are unaffected.
+    ok(run(module, "quick"))
+
+
+def test_the_time_limit_also_stops_a_loop_without_host_calls() -> None:
+    module = compile_wat(WasmRuntime(time_limit=0.2), SPIN_BODY)
+    outcome = run(module, "spin")
+    assert outcome.failure is not None and outcome.failure.kind == "Interrupted"
+
+
+def test_gas_still_stops_a_pure_loop_first_with_merods_text() -> None:
+    # Gas is merod's bound; the wall-clock limit only backs it up.
+    module = compile_wat(WasmRuntime(gas_limit=1_000_000, time_limit=30), SPIN_BODY)
+    outcome = run(module, "spin")
+    assert outcome.failure is not None
+    assert outcome.failure.message == "execution exhausted its gas limit of 1000000 points"
+
+
+def test_a_cancellation_interrupts_the_guest_from_another_thread() -> None:
+    module = compile_wat(WasmRuntime(time_limit=30), SPIN_BODY)
+    cancellation = Cancellation()
+    timer = threading.Timer(0.1, cancellation.cancel, args=("node-1 is stopping",))
+    timer.start()
+    started = time.monotonic()
+    outcome = run(module, "spin_host", cancellation=cancellation)
+    assert time.monotonic() - started < 5
+    assert outcome.failure is not None
+    assert (outcome.failure.kind, outcome.failure.message) == (
+        "Interrupted",
+        "execution interrupted: node-1 is stopping",
+    )
+    # Cancelled before it starts, a call does not run at all.
+    again = run(module, "quick", cancellation=cancellation)
+    assert again.failure is not None
+    assert again.failure.message == "execution interrupted: node-1 is stopping"
+    # Another call, with its own cancellation or none, runs.
+    ok(run(module, "quick", cancellation=Cancellation()))
+    ok(run(module, "quick"))
+
+
+def test_a_cancellation_after_the_call_changes_nothing() -> None:
+    module = compile_wat(WasmRuntime(time_limit=30), SPIN_BODY)
+    cancellation = Cancellation()
+    ok(run(module, "quick", cancellation=cancellation))
+    cancellation.cancel()
+    ok(run(module, "quick"))
+
+
+def test_the_time_limit_comes_from_the_environment() -> None:
+    assert WasmRuntime(environ={}).time_limit == DEFAULT_TIME_LIMIT_S
+    assert WasmRuntime(environ={"CW_WASM_TIME_LIMIT": "2.5"}).time_limit == 2.5
+    assert WasmRuntime(environ={"CW_WASM_TIME_LIMIT": "0"}).time_limit is None
+    # An explicit argument wins over the environment.
+    assert WasmRuntime(time_limit=None, environ={"CW_WASM_TIME_LIMIT": "3"}).time_limit is None
+    for bad in ("soon", "-1", "inf"):
+        with pytest.raises(ValueError, match="CW_WASM_TIME_LIMIT"):
+            WasmRuntime(environ={"CW_WASM_TIME_LIMIT": bad})
+    with pytest.raises(ValueError, match="time_limit"):
+        WasmRuntime(time_limit=0)
+
+
+def test_without_a_time_limit_only_gas_stops_the_guest() -> None:
+    module = compile_wat(WasmRuntime(gas_limit=200_000, time_limit=None), SPIN_BODY)
+    outcome = run(module, "spin_host")
+    assert outcome.failure is not None
+    assert outcome.failure.message == "execution exhausted its gas limit of 200000 points"
 
 
 @pytest.mark.parametrize("method", ["bad_descriptor", "bad_buffer"])

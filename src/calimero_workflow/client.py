@@ -800,6 +800,25 @@ class NodeClient:
     async def get_namespace(self, namespace_id: str) -> dict[str, Any]:
         return await self._admin("GET", f"/namespaces/{namespace_id}")
 
+    async def get_group(self, group_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """A group's info (``GET /admin-api/groups/:gid``); a namespace is a group too."""
+        return await self._admin("GET", f"/groups/{group_id}", timeout=timeout)
+
+    async def group_state_hash(self, group_id: str, *, timeout: float | None = None) -> str:
+        """The hash of the group's governance state (members, contexts…), as the node spells it."""
+        data = await self.get_group(group_id, timeout=timeout)
+        value = data.get("groupStateHash") if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            route = f"GET /admin-api/groups/{group_id}"
+            raise NodeApiError(
+                f"{route} answered without a groupStateHash ({_error_text(data)[:200]}); "
+                "the node predates group state hashes",
+                node=self.name,
+                route=route,
+                data=data,
+            )
+        return value
+
     async def create_namespace_invitation(
         self, namespace_id: str, *, expiration_timestamp: int | None = None,
         recursive: bool | None = None,

@@ -19,6 +19,7 @@ Requests are read as merod reads them (see :mod:`.jsonrpc`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -270,6 +271,7 @@ class NodeApi:
             ("GET", f"{a}/namespaces/{{ns}}", self.get_namespace),
             ("POST", f"{a}/namespaces/{{ns}}/invite", self.invite),
             ("POST", f"{a}/namespaces/{{ns}}/join", self.join_namespace),
+            ("GET", f"{a}/groups/{{group}}", self.get_group),
             ("POST", f"{a}/contexts", self.create_context),
             ("GET", f"{a}/contexts", self.list_contexts),
             ("POST", f"{a}/contexts/sync", self.sync_all),
@@ -336,7 +338,21 @@ class NodeApi:
                     "",
                 ),
             )
-            response = await self._dispatch(request)
+            if method == "POST" and path == "/jsonrpc":
+                answer = await self._dispatch_while_connected(request, receive)
+                if answer is None:
+                    self.log.info("%s %s: the client went away; call interrupted", method, path)
+                    return
+                response = answer
+            else:
+                response = await self._dispatch(request)
+        except asyncio.CancelledError:
+            if self.node.running:
+                raise
+            # uvicorn cancels the requests still running when the node stops;
+            # their connections are closing, so there is nobody to answer.
+            self.log.info("%s %s: cut short, node %s stopped", method, path, self.node.config.name)
+            return
         except ApiError as exc:
             if exc.plain:
                 response = Response(
@@ -389,6 +405,44 @@ class NodeApi:
             if not message.get("more_body"):
                 break
         return b"".join(chunks)
+
+    async def _dispatch_while_connected(
+        self, request: Request, receive: Receive
+    ) -> Response | None:
+        """Dispatch ``request``, cancelled if its client disconnects first.
+
+        A JSON-RPC call can keep a guest busy for the node's whole time limit;
+        when the caller gives up (a step timeout closes the connection), the
+        guest is interrupted instead (see ``NodeService._run_guest``). Returns
+        None when the client went away.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        # With the body read, receive() answers only once the client disconnects
+        # (or the response is complete).
+        gone = asyncio.ensure_future(receive())
+        answered = left = False
+
+        def client_left(done: asyncio.Future[dict[str, Any]]) -> None:
+            nonlocal left
+            # A callback scheduled before the answer may run after it.
+            if answered or done.cancelled() or done.exception() is not None:
+                return
+            if done.result().get("type") == "http.disconnect":
+                left = True
+                task.cancel()
+
+        gone.add_done_callback(client_left)
+        try:
+            return await self._dispatch(request)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()
+            return None
+        finally:
+            answered = True
+            gone.cancel()
 
     async def _dispatch(self, request: Request) -> Response:
         exact = self._exact.get((request.method, request.path))
@@ -450,7 +504,7 @@ class NodeApi:
 
     async def delete_app(self, request: Request) -> Response:
         self.service.uninstall(request.params["app"])
-        return Response.data({"applicationId": request.params["app"]})
+        return Response.data({"applicationId": request.params["app"].lower()})
 
     async def app_abi(self, request: Request) -> Response:
         app = self.service.require_app(request.params["app"])
@@ -473,6 +527,9 @@ class NodeApi:
     async def get_namespace(self, request: Request) -> Response:
         ns = self.service.namespace(request.params["ns"])
         return Response.data(self.service.namespace_api(ns))
+
+    async def get_group(self, request: Request) -> Response:
+        return Response.data(self.service.group_info(request.params["group"]))
 
     async def invite(self, request: Request) -> Response:
         body = request.closed_json(CREATE_INVITATION)
@@ -522,8 +579,8 @@ class NodeApi:
         return Response.data(self.service.context_api(ctx))
 
     async def delete_context(self, request: Request) -> Response:
-        self.service.delete_context(request.params["ctx"])
-        return Response.data({"isDeleted": True})
+        deleted = self.service.delete_context(request.params["ctx"])
+        return Response.data({"isDeleted": deleted})
 
     async def identities(self, request: Request) -> Response:
         ctx = self.service.context(request.params["ctx"])

@@ -36,6 +36,7 @@ __all__ = [
     "public_key_from_peer_id",
     "sha256",
     "verify_signature",
+    "x25519_public_key",
 ]
 
 _ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -163,6 +164,20 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> boo
 _Q = 2**255 - 19
 _ORDER = 2**252 + 27742317777372353535851937790883648493
 _CURVE_D = (-121665 * pow(121666, -1, _Q)) % _Q
+
+
+def x25519_public_key(ed25519_public: bytes) -> bytes:
+    """The X25519 (Montgomery) form of an ed25519 public key, as libsodium converts it.
+
+    u = (1 + y) / (1 - y) mod p, from the key's y coordinate (RFC 7748 §4.1).
+    """
+    if len(ed25519_public) != 32:
+        raise IdError(f"an ed25519 public key is 32 bytes, got {len(ed25519_public)}")
+    y = int.from_bytes(ed25519_public, "little") & ((1 << 255) - 1)
+    if y == 1:
+        raise IdError("the ed25519 identity point has no X25519 form")
+    u = (1 + y) * pow((1 - y) % _Q, -1, _Q) % _Q
+    return u.to_bytes(32, "little")
 
 
 def _x_for(y: int) -> int:

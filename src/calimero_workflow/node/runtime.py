@@ -9,7 +9,10 @@ method the way merod's ``Module::run`` does:
 1. a fresh ``Store`` and instance per call, so nothing survives in guest memory;
 2. ``__calimero_register_merge`` first when exported (its failure is ignored);
 3. the method export, which must exist and have type ``() -> ()``;
-4. a fuel budget, so a runaway guest fails instead of hanging the node.
+4. a fuel budget, so a runaway guest fails instead of hanging the node, and a
+   wall-clock limit for the guests that fuel stops too slowly here (a loop
+   over host calls; see :mod:`.interrupt`). A :class:`Cancellation` passed to
+   ``run`` interrupts the guest from another thread.
 
 The host never mutates the caller's storage. Writes go to an overlay that the
 guest's own later reads see, and come back in :attr:`Outcome.writes` for the
@@ -42,6 +45,7 @@ import wasmtime
 
 from . import abi
 from .abi import DATA_REGISTER, DEFAULT_GAS_LIMIT, HOST_ERRORS, LIMITS, U64_MAX
+from .interrupt import TIME_LIMIT_ENV, Cancellation, Interrupted, Watch, time_limit_from
 
 __all__ = [
     "DATA_REGISTER",
@@ -49,6 +53,7 @@ __all__ = [
     "AppLinkError",
     "AppModule",
     "BlobStore",
+    "Cancellation",
     "Event",
     "ExecutionFailure",
     "Outcome",
@@ -57,6 +62,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("calimero_workflow.node.runtime")
+
 
 #: The custom section holding the app's ``wasm-abi/1`` JSON.
 ABI_SECTION = "calimero_abi_v1"
@@ -135,9 +141,11 @@ class ExecutionFailure:
     """Why a call failed; ``message`` is merod's ``FunctionCallError`` display text.
 
     ``kind`` is one of ``"Panic"``, ``"Trap"`` (including gas exhaustion),
-    ``"MethodNotFound"``, ``"InvalidSignature"`` or ``"HostError"``. ``detail``
-    is our own explanation (which call, which bytes, which limit); merod has
-    no equivalent, so it belongs in logs, never in an API answer.
+    ``"MethodNotFound"``, ``"InvalidSignature"``, ``"HostError"`` or
+    ``"Interrupted"`` (the embedded node's time limit, or a cancellation; merod
+    has neither, so its message is ours). ``detail`` is our own explanation
+    (which call, which bytes, which limit); merod has no equivalent, so it
+    belongs in logs, never in an API answer.
     """
 
     kind: str
@@ -1454,7 +1462,8 @@ def _method_name_error(method: str) -> str | None:
 # hands a Python exception raised by a host function back through a
 # module-global slot, so two threads inside wasm at once could pick up each
 # other's exception. Calls are therefore serialised process-wide; the host
-# functions hold the GIL anyway, so little parallelism is lost.
+# functions hold the GIL anyway, so little parallelism is lost. The
+# watchdog of :mod:`.interrupt` relies on it too: one guest runs at a time.
 _CALL_LOCK = threading.Lock()
 
 
@@ -1476,6 +1485,18 @@ def _call_unit(store: wasmtime.Store, func: wasmtime.Func) -> None:
         func(store)
         return
     _RAW.call_unit(store, func)
+
+
+def _interrupted(watch: Watch) -> ExecutionFailure:
+    reason = watch.reason or "interrupted"
+    if watch.timed_out:
+        return ExecutionFailure(
+            "Interrupted",
+            f"execution interrupted: {reason}",
+            f"a wall-clock limit of the embedded node (merod bounds a call by gas "
+            f"alone); raise it with {TIME_LIMIT_ENV} (seconds, 0 for none)",
+        )
+    return ExecutionFailure("Interrupted", f"execution interrupted: {reason}")
 
 
 def _default_clock() -> int:
@@ -1510,6 +1531,7 @@ class AppModule:
         imports: frozenset[str],
         abi: dict[str, Any] | None,
         gas_limit: int,
+        time_limit: float | None,
     ) -> None:
         self.sha256 = sha256
         self.size = size
@@ -1525,6 +1547,7 @@ class AppModule:
         self._has_merge = _REGISTER_MERGE in internal
         self._bad_signatures = bad_signatures
         self.gas_limit = gas_limit
+        self.time_limit = time_limit
 
     def __repr__(self) -> str:
         return f"<AppModule sha256={self.sha256[:12]}… size={self.size} methods={sorted(self.methods)}>"
@@ -1545,6 +1568,7 @@ class AppModule:
         index: Mapping[bytes, bytes] | None = None,
         index_meta: Mapping[bytes, bytes] | None = None,
         blobs: BlobStore | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Outcome:
         """Execute ``method`` with ``input`` against a read-only view of ``storage``.
 
@@ -1566,6 +1590,8 @@ class AppModule:
                 functions then answer as merod does without one).
             blobs: the node's blob store for the ``blob_*`` functions; without
                 one they fail as merod does without a node client.
+            cancellation: lets another thread interrupt this call; one
+                cancelled already makes the call fail without running.
 
         Returns:
             The :class:`Outcome`; a guest failure is reported in
@@ -1600,7 +1626,9 @@ class AppModule:
         state.index_meta = index_meta
         state.blobs = blobs
         try:
-            state.outcome.failure = self._execute(method, state)
+            state.outcome.failure = self._execute(
+                method, state, Watch(self._engine, self.time_limit, cancellation)
+            )
         finally:
             self._host.leave()
         outcome = state.outcome
@@ -1616,7 +1644,9 @@ class AppModule:
         outcome.duration_s = time.perf_counter() - started
         return outcome
 
-    def _execute(self, method: str, state: _CallState) -> ExecutionFailure | None:
+    def _execute(
+        self, method: str, state: _CallState, watch: Watch
+    ) -> ExecutionFailure | None:
         problem = _method_name_error(method)
         if problem is not None:
             return ExecutionFailure("MethodNotFound", problem)
@@ -1641,11 +1671,25 @@ class AppModule:
         store.set_fuel(self.gas_limit)
         state.store = store
         self._host.enter(state)
+        # One guest span from instantiation to the method's return: one
+        # deadline set and one lock taken, not one per guest entry.
+        with _CALL_LOCK:
+            try:
+                watch.enter(store)
+            except Interrupted:
+                return _interrupted(watch)
+            try:
+                return self._run_guest(method, state, watch, store)
+            finally:
+                watch.leave()
+
+    def _run_guest(
+        self, method: str, state: _CallState, watch: Watch, store: wasmtime.Store
+    ) -> ExecutionFailure | None:
         try:
-            with _CALL_LOCK:
-                instance = self._pre.instantiate(store)
+            instance = self._pre.instantiate(store)
         except Exception as exc:
-            return self._stopped(state, exc)
+            return self._stopped(state, watch, exc)
         memory = _export(store, instance, "memory")
         assert isinstance(memory, wasmtime.Memory)
         state.memory = memory
@@ -1654,11 +1698,12 @@ class AppModule:
             merge = _export(store, instance, _REGISTER_MERGE)
             assert isinstance(merge, wasmtime.Func)
             try:
-                with _CALL_LOCK:
-                    _call_unit(store, merge)
+                _call_unit(store, merge)
             except Exception as exc:
                 if state.pending is not None:
                     raise state.pending from None
+                if watch.reason is not None:
+                    return _interrupted(watch)
                 # merod ignores this failure too; note it for whoever debugs an app.
                 logger.debug(
                     "%s failed (ignored): %s", _REGISTER_MERGE, state.abort or exc
@@ -1668,17 +1713,29 @@ class AppModule:
         func = _export(store, instance, method)
         assert isinstance(func, wasmtime.Func)
         try:
-            with _CALL_LOCK:
-                _call_unit(store, func)
+            _call_unit(store, func)
         except Exception as exc:
-            return self._stopped(state, exc)
+            return self._stopped(state, watch, exc)
         return None
 
-    def _stopped(self, state: _CallState, exc: Exception) -> ExecutionFailure:
+    def _stopped(
+        self, state: _CallState, watch: Watch, exc: Exception
+    ) -> ExecutionFailure:
         """Why the guest stopped with ``exc``; an interrupt caught in the host is raised."""
         if state.pending is not None:
             raise state.pending from None
-        return state.abort or _trap_failure(exc, self.gas_limit)
+        if state.abort is not None:
+            return state.abort
+        if getattr(exc, "trap_code", None) == wasmtime.TrapCode.INTERRUPT:
+            return _interrupted(watch)
+        return _trap_failure(exc, self.gas_limit)
+
+
+class _Unset:
+    """The type of a keyword argument that was not given."""
+
+
+_UNSET = _Unset()
 
 
 class WasmRuntime:
@@ -1686,13 +1743,37 @@ class WasmRuntime:
 
     The engine meters fuel (merod's gas) and every compiled module shares the
     same host functions, so instantiating per call is cheap.
+
+    Args:
+        gas_limit: fuel one call may spend (merod's ``max_gas``).
+        time_limit: wall-clock seconds one call may run, None for no limit;
+            when omitted, ``CW_WASM_TIME_LIMIT`` or
+            :data:`~calimero_workflow.node.interrupt.DEFAULT_TIME_LIMIT_S`.
+
+    Raises:
+        ValueError: ``time_limit`` (or the environment's) is not a positive
+            number of seconds.
     """
 
-    def __init__(self, *, gas_limit: int = DEFAULT_GAS_LIMIT) -> None:
+    def __init__(
+        self,
+        *,
+        gas_limit: int = DEFAULT_GAS_LIMIT,
+        time_limit: float | None | _Unset = _UNSET,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(time_limit, _Unset):
+            time_limit = time_limit_from(os.environ if environ is None else environ)
+        elif time_limit is not None and not time_limit > 0:
+            msg = f"time_limit must be a positive number of seconds or None, got {time_limit!r}"
+            raise ValueError(msg)
         config = wasmtime.Config()
         config.consume_fuel = True
+        # Each store's deadline is set before it runs guest code (interrupt.Watch).
+        config.epoch_interruption = True
         self.engine = wasmtime.Engine(config)
         self.gas_limit = gas_limit
+        self.time_limit = time_limit
         _settle_raw_api()
         self._host = _Host()
         self._linker = wasmtime.Linker(self.engine)
@@ -1761,6 +1842,7 @@ class WasmRuntime:
             imports=imports,
             abi=_read_abi(wasm),
             gas_limit=self.gas_limit,
+            time_limit=self.time_limit,
         )
 
     @staticmethod

@@ -213,6 +213,10 @@ class EmbeddedNode:
         if not self.running:
             return
         self.running = False
+        if self._service is not None:
+            # A guest still running would hold its request (and the wasm
+            # thread) past the grace period; its caller gets an error instead.
+            self._service.interrupt_calls(f"node {self.config.name} is stopping")
         if self._replicator is not None:
             await self._replicator.stop()
         if self._swarm is not None:

@@ -42,9 +42,17 @@ from .ids import (
     parse_hex32,
     sha256,
     verify_signature,
+    x25519_public_key,
 )
 from .logs import node_logger
-from .runtime import AppFormatError, AppModule, Outcome, WasmRuntime, XCall
+from .runtime import (
+    AppFormatError,
+    AppModule,
+    Cancellation,
+    Outcome,
+    WasmRuntime,
+    XCall,
+)
 from .store import (
     LOCAL_SPACES,
     ZERO_ROOT,
@@ -212,6 +220,10 @@ class NodeService:
         self._join_locks: dict[str, asyncio.Lock] = {}
         #: Presence slices taken by set_ephemeral, by context (memory only).
         self.presence: dict[str, bytes] = {}
+        #: The guest calls under way, to interrupt when the node stops.
+        self._calls: set[Cancellation] = set()
+        #: Why no guest may run any more (the node is stopping); None while it may.
+        self._closing: str | None = None
 
     @property
     def peer_id(self) -> str:
@@ -384,11 +396,15 @@ class NodeService:
         return app
 
     def uninstall(self, app_id: str) -> None:
-        self.require_app(app_id)
-        self.store.delete_app(app_id)
-        for key in [k for k in self._modules if k[0] == app_id]:
+        """``DELETE /applications/:id``: as in merod, an app that is not here is no error."""
+        app = self.app(app_id)
+        if app is None:
+            self.log.info("uninstall of application %s: not installed", app_id)
+            return
+        self.store.delete_app(app.id)
+        for key in [k for k in self._modules if k[0] == app.id]:
             del self._modules[key]
-        self.log.info("uninstalled application %s", app_id)
+        self.log.info("uninstalled application %s", app.id)
 
     # -- namespaces and invitations ------------------------------------------------
 
@@ -477,6 +493,40 @@ class NodeService:
         if app is not None and app.version is not None:
             body["appVersion"] = app.version
         return body
+
+    def group_info(self, group_id: str) -> dict[str, Any]:
+        """``GET /groups/:gid`` of a namespace (the only groups embedded nodes have).
+
+        merod answers only a member of the group; the shape is its
+        ``GroupInfoApiResponseData``, with the namespace as its own root and
+        merod's defaults for what embedded namespaces do not have (capabilities,
+        subgroup visibility, owner-guarded ops).
+        """
+        try:
+            parse_hex32(group_id, "group id")
+        except IdError as exc:
+            raise ApiError(400, str(exc)) from None
+        ns = self.store.namespaces.get(group_id.lower())
+        if ns is None:
+            raise ApiError(404, f"group {group_id} not found on node {self.name}")
+        if ns.identity is None:
+            msg = (
+                f"node {self.name} is not a member of group {group_id}; join it with an "
+                "invitation first"
+            )
+            raise ApiError(403, msg)
+        return {
+            "groupId": ns.id,
+            "namespaceId": ns.id,
+            "appKey": ns.app_key,
+            "targetApplicationId": ns.application_id,
+            "memberCount": len(ns.members),
+            "contextCount": len(ns.contexts),
+            "defaultCapabilities": 0,
+            "subgroupVisibility": "restricted",
+            "ownerOpCounter": 0,
+            "groupStateHash": ns.state_hash().hex(),
+        }
 
     def invite(self, ns_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """A signed open invitation to a namespace this node belongs to."""
@@ -585,18 +635,31 @@ class NodeService:
         return self._new_identity().public_hex
 
     def node_identity(self) -> dict[str, Any]:
+        """``GET /identity``: merod's ``NodeIdentityApiResponseData``.
+
+        An embedded node's account is its identity in its first namespace, a
+        single device that holds its own root: account, device, signing key
+        and root are that one key (what ``env.account_id`` and ``env.device_id``
+        answer), its namespace is the account's, the device is certified, and
+        the agreement key is the key's X25519 form.
+        """
         for ns in self.store.namespaces.values():
             if ns.identity is not None:
-                pk = bytes.fromhex(ns.identity)
+                key = bytes.fromhex(ns.identity)
                 return {
-                    "accountId": pk.hex(),
-                    "deviceId": self.keypair.public.hex(),
-                    "publicKey": ns.identity,
+                    "accountId": ns.identity,
+                    "accountNamespaceId": ns.id,
                     "accountRootPublicKey": ns.identity,
+                    "deviceAgreementKey": x25519_public_key(key).hex(),
+                    "deviceCertified": True,
+                    "deviceId": ns.identity,
+                    "holdsAccountRoot": True,
+                    "publicKey": ns.identity,
                 }
+        # merod's words; it mints both when the node first takes part in a namespace.
         msg = (
-            f"node {self.name} has no identity yet: it gets one when it creates or "
-            "joins a namespace"
+            "this node holds neither a usable device nor an account root yet; both are "
+            "minted the first time it takes part in a namespace"
         )
         raise ApiError(404, msg)
 
@@ -668,8 +731,8 @@ class NodeService:
             else None,
         )
         module = self.module(app, ctx.service_name)
-        outcome = await run_wasm(
-            module.run,
+        outcome = await self._run_guest(
+            module,
             "init",
             params,
             storage={},
@@ -706,8 +769,11 @@ class NodeService:
             "groupCreated": False,
         }
 
-    def delete_context(self, ctx_id: str) -> None:
-        ctx = self.context(ctx_id)
+    def delete_context(self, ctx_id: str) -> bool:
+        """``DELETE /contexts/:ctx``: False (merod's ``isDeleted``) if it is not here."""
+        ctx = self.store.contexts.get(_api_id(ctx_id, "context id"))
+        if ctx is None:
+            return False
         ns = self.store.namespaces.get(ctx.namespace_id)
         if ns is not None and ctx.id not in ns.unfollowed:
             # Not joined again automatically; join_context undoes this.
@@ -717,6 +783,7 @@ class NodeService:
         self._locks.pop(ctx.id, None)
         self.sync.forget_context(ctx.id)
         self.log.info("deleted context %s from this node", ctx.id)
+        return True
 
     def _member_namespace_of(self, ctx_id: str) -> NamespaceRecord | None:
         return next(
@@ -824,6 +891,35 @@ class NodeService:
 
     # -- execution -----------------------------------------------------------------
 
+    async def _run_guest(
+        self, module: AppModule, method: str, input: bytes, **kwargs: Any
+    ) -> Outcome:
+        """``module.run`` on the wasm thread, interrupted if the caller gives up.
+
+        A cancelled caller (a client that closed its request, a task stopped
+        with the node) interrupts the guest at once instead of leaving it to
+        run on the shared wasm thread until its time is up.
+        """
+        cancellation = Cancellation()
+        if self._closing is not None:
+            cancellation.cancel(self._closing)
+        self._calls.add(cancellation)
+        try:
+            return await run_wasm(
+                module.run, method, input, cancellation=cancellation, **kwargs
+            )
+        except asyncio.CancelledError:
+            cancellation.cancel("the request was cancelled")
+            raise
+        finally:
+            self._calls.discard(cancellation)
+
+    def interrupt_calls(self, reason: str) -> None:
+        """Interrupt the guest calls under way and refuse new ones (the node stops)."""
+        self._closing = reason
+        for cancellation in list(self._calls):
+            cancellation.cancel(reason)
+
     def _runnable(self, ctx_id: str) -> tuple[ContextRecord, AppModule]:
         try:
             parse_hex32(ctx_id, "contextId")
@@ -879,8 +975,8 @@ class NodeService:
         delta = None
         async with self.lock(ctx_id):
             ctx = self.store.contexts.get(ctx_id) or ctx
-            outcome = await run_wasm(
-                module.run,
+            outcome = await self._run_guest(
+                module,
                 method,
                 args,
                 storage=self.store.kv(ctx_id),
@@ -996,8 +1092,8 @@ class NodeService:
             app = self.store.apps.get(ctx.application_id)
             if app is None:
                 return False
-            outcome = await run_wasm(
-                self.module(app, ctx.service_name).run,
+            outcome = await self._run_guest(
+                self.module(app, ctx.service_name),
                 _SYNC_METHOD,
                 delta.artifact,
                 storage=self.store.kv(ctx_id),

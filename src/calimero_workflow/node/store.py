@@ -155,6 +155,28 @@ class NamespaceRecord:
         body.pop("unfollowed")
         return body
 
+    def state_hash(self) -> bytes:
+        """The hash of the governance state members share (merod's ``groupStateHash``).
+
+        It covers the application, the members (with their accounts and roles)
+        and the contexts, and nothing local or timed, so members that merged
+        the same updates report the same hash and any join or new context
+        changes it.
+        """
+        state = {
+            "id": self.id,
+            "applicationId": self.application_id,
+            "appKey": self.app_key,
+            "members": {
+                key: [value.get("account"), value.get("role", "Member")]
+                for key, value in self.members.items()
+            },
+            "contexts": {
+                key: value.get("applicationId") for key, value in self.contexts.items()
+            },
+        }
+        return sha256(json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
+
     def merge(self, other: Mapping[str, Any]) -> bool:
         """Union ``other``'s members and contexts into ours; True if anything changed."""
         changed = False

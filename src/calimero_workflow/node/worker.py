@@ -74,5 +74,7 @@ async def run_wasm(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run ``func(*args, **kwargs)`` on the wasm thread and await its result.
 
     Cancelling the awaiting task does not stop the call; its result is dropped.
+    A guest call is stopped through the :class:`~.runtime.Cancellation` it was
+    given (``NodeService._run_guest`` cancels it when its caller is cancelled).
     """
     return await _THREAD.submit(functools.partial(func, *args, **kwargs))
