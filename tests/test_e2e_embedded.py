@@ -290,7 +290,7 @@ async def test_wait_for_sync_on_a_group_and_a_context(tmp_path: Path):
   - type: json_assert
     statements:
       - 'json_equal({{agreed}}, {"context=${results.ctx.context_id}": "${results.both.context_state_hash}", "group=${results.ns.namespace_id}": "${results.both.group_state_hash}"})'
-      - 'json_subset({"group=${results.ns.namespace_id}": ${results.both.group_hashes}}, {{per_node}})'
+      - 'json_subset({{per_node}}, {"group=${results.ns.namespace_id}": ${results.both.group_hashes}})'
   - type: assert
     statements: ['equal({{root}}, ${results.both.context_state_hash})']
 """

@@ -40,10 +40,7 @@ async def one_node(
     """One node running kv_plus under ``time_limit``, and a context on it."""
     cluster = Cluster(tmp_path, WasmRuntime(time_limit=time_limit), client)
     api = await cluster.start("node-1")
-    body = {"path": str(kv_plus)}
-    app_id = (await api.data("POST", "/admin-api/install-dev-application", body))[
-        "applicationId"
-    ]
+    app_id = await api.install_file(kv_plus)
     ns = await api.create_namespace(app_id)
     ctx = await api.create_context(app_id, ns)
     return cluster, api, ctx
