@@ -169,9 +169,10 @@ class NodeBackend(abc.ABC):
         return str(path.resolve())
 
     async def exec_in_node(
-        self, name: str, argv: list[str], env: dict[str, str]
+        self, name: str, argv: list[str], env: dict[str, str], *, limit: int | None = None
     ) -> tuple[int, bytes, bytes]:
-        """Run a command inside a node's container: ``(exit code, stdout, stderr)``."""
+        """Run a command inside a node's container: ``(exit code, stdout, stderr)``,
+        each output cut to ``limit`` bytes (the rest is read and dropped)."""
         raise BackendError(
             f"the {self.name} backend has no node containers to run commands in",
             node=name,
@@ -189,3 +190,4 @@ class NodeBackend(abc.ABC):
     @abc.abstractmethod
     async def cleanup(self) -> PhaseReport:
         """Stop and remove everything this run created. Safe to call twice."""
+

@@ -1002,17 +1002,36 @@ class DockerBackend(NodeBackend):
         return f"{DATA}/{target}"
 
     async def exec_in_node(
-        self, name: str, argv: list[str], env: dict[str, str]
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` in the node's container: ``(exit code, stdout, stderr)``."""
+        """Run ``argv`` in the node's container: ``(exit code, stdout, stderr)``.
+
+        With ``limit``, each output keeps at most that many bytes; the rest is
+        read (so the command never blocks on a full pipe) and dropped.
+        """
         container = self._container(name)
-        result = await self._io(
-            container.exec_run, argv, environment=env, demux=True, user=self._user or ""
-        )
-        stdout, stderr = (
-            result.output if isinstance(result.output, tuple) else (result.output, b"")
-        )
-        return result.exit_code or 0, stdout or b"", stderr or b""
+        return await self._io(self._exec, container, argv, env, limit)
+
+    def _exec(
+        self, container: Any, argv: list[str], env: dict[str, str], limit: int | None
+    ) -> tuple[int, bytes, bytes]:
+        api = self.client.api
+        exec_id = api.exec_create(
+            container.id, argv, environment=env, user=self._user or ""
+        )["Id"]
+        kept = (bytearray(), bytearray())
+        for chunks in api.exec_start(exec_id, stream=True, demux=True):
+            for buffer, chunk in zip(kept, chunks, strict=True):
+                if chunk:
+                    room = len(chunk) if limit is None else limit - len(buffer)
+                    buffer += chunk[: max(room, 0)]
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        return code or 0, bytes(kept[0]), bytes(kept[1])
 
     # -- faults -------------------------------------------------------------------
 
