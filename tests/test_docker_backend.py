@@ -782,25 +782,28 @@ async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path)
 
 
 async def test_nuke_removes_only_this_workflows_leftovers(client, tmp_path: Path):
-    # A crashed earlier run of "nuke me", and a live run of "nuke-me" (same slug!).
+    # A crashed earlier run of "nuke me", a live run of "nuke-me" (same slug!)
+    # and one of "nuke me too" (whose name starts with "nuke me").
     crashed = _backend(tmp_path, "nuke me")
-    other = _backend(tmp_path, "nuke-me")
+    others = [_backend(tmp_path, "nuke-me"), _backend(tmp_path, "nuke me too")]
     try:
-        await crashed.start_nodes([NodeSpec(name="n")], ready_timeout=60)
-        await other.start_nodes([NodeSpec(name="n")], ready_timeout=60)
+        for backend in (crashed, *others):
+            await backend.start_nodes([NodeSpec(name="n")], ready_timeout=60)
         fresh = _backend(tmp_path, "nuke me")
         report = await fresh.nuke()
         assert report.data["data_dirs"] == [crashed.workdir.name]
         assert "1 container(s), 2 network(s)" in report.detail
         assert leftovers(client, f"{LABEL_RUN}={crashed.run_id}") == NOTHING
         assert not (crashed.workdir / "nodes").exists()
-        assert leftovers(client, f"{LABEL_RUN}={other.run_id}")["containers"] == [
-            f"cw-{other.short}-n"
-        ]
-        assert (other.workdir / "nodes" / "n" / "n" / "config.toml").is_file()
+        for other in others:
+            assert leftovers(client, f"{LABEL_RUN}={other.run_id}")["containers"] == [
+                f"cw-{other.short}-n"
+            ]
+            assert (other.workdir / "nodes" / "n" / "n" / "config.toml").is_file()
     finally:
         await crashed.cleanup()
-        await other.cleanup()
+        for other in others:
+            await other.cleanup()
 
 
 def test_host_path_for_maps_through_the_deepest_mount():

@@ -112,6 +112,31 @@ async def test_embedded_nuke_removes_node_data_of_earlier_runs(tmp_path: Path):
     assert not (old / "nodes").exists()
 
 
+async def test_nuke_leaves_workflows_whose_name_only_starts_the_same(tmp_path: Path):
+    # "kv" is a prefix of "kv store replicates" (folders kv-<run>, kv-store-replicates-<run>),
+    # and "kv store" differs from "kv-store" only in punctuation (one slug).
+    others = []
+    for name in ("kv store replicates", "kv-store", "kv store"):
+        wf = parse_workflow(f"name: {name}\nnodes: {{count: 1}}\nsteps: []\n", environ={})
+        run = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+        others.append(next(tmp_path.glob(f"*{run.run_id}")))
+    kv = parse_workflow("name: kv\nnodes: {count: 1}\nsteps: []\n", environ={})
+    earlier = await WorkflowExecutor(kv, env={}, workdir=tmp_path).run()
+    mine = next(tmp_path.glob(f"*{earlier.run_id}"))
+
+    again = await WorkflowExecutor(kv, env={}, workdir=tmp_path, nuke=True).run()
+    nuke = next(p for p in again.phases if p.name == "nuke")
+    assert nuke.data["removed"] == [mine.name]
+    assert not (mine / "nodes").exists()
+    for other in others:
+        assert (other / "nodes").is_dir(), other.name
+    # and "kv store" removes its own only, not "kv-store"'s
+    store = parse_workflow("name: kv store\nnodes: {count: 1}\nsteps: []\n", environ={})
+    result = await WorkflowExecutor(store, env={}, workdir=tmp_path, nuke=True).run()
+    assert next(p for p in result.phases if p.name == "nuke").data["removed"] == [others[2].name]
+    assert (others[1] / "nodes").is_dir()
+
+
 @pytest.mark.parametrize("name", ["kv-store", "control", "fuzzy", "faults"])
 async def test_examples_pass_on_embedded_nodes(name: str, tmp_path: Path):
     wf = load_workflow(ROOT / "examples" / name / "workflow.yml", environ={})

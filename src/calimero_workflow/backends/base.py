@@ -9,9 +9,19 @@ lifecycle phase and every fault step goes through the methods below.
 from __future__ import annotations
 
 import abc
+import contextlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: Written into each run's folder: which workflow the run belongs to, so
+#: ``nuke`` removes exactly that workflow's leftovers (never a workflow whose
+#: name merely starts the same).
+RUN_MARKER = ".cw-run.json"
+#: The marker earlier Docker runs wrote; still read by ``nuke``.
+_OLD_RUN_MARKERS = (".cw-docker-run.json",)
 
 
 class BackendError(Exception):
@@ -191,3 +201,27 @@ class NodeBackend(abc.ABC):
     async def cleanup(self) -> PhaseReport:
         """Stop and remove everything this run created. Safe to call twice."""
 
+
+def write_run_marker(workdir: Path, *, workflow_name: str, run_id: str, backend: str) -> None:
+    """Record in the run's folder which workflow it belongs to (read by ``nuke``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker = {"workflow": workflow_name, "run_id": run_id, "backend": backend}
+    (workdir / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+
+
+def runs_of_workflow(parent: Path, workflow_name: str) -> Iterator[Path]:
+    """The run folders under ``parent`` whose marker names exactly ``workflow_name``.
+
+    A folder without a marker (or with one naming another workflow) is never
+    listed, whatever its name: names are cut and lower-cased, so ``kv`` and
+    ``kv store`` would otherwise look alike.
+    """
+    if not parent.is_dir():
+        return
+    for run_dir in sorted(parent.iterdir()):
+        for marker_name in (RUN_MARKER, *_OLD_RUN_MARKERS):
+            with contextlib.suppress(OSError, ValueError):
+                marker = json.loads((run_dir / marker_name).read_text())
+                if isinstance(marker, dict) and marker.get("workflow") == workflow_name:
+                    yield run_dir
+                    break

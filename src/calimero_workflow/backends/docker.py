@@ -57,6 +57,8 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    runs_of_workflow,
+    write_run_marker,
 )
 
 __all__ = [
@@ -83,8 +85,6 @@ LABEL_NODE = "calimero-workflow.node"
 SERVER_PORT = 2528
 SWARM_PORT = 2428
 DATA = "/app/data"
-#: Written into each run's workdir so ``nuke`` knows which workflow left it.
-RUN_MARKER = ".cw-docker-run.json"
 #: How often readiness is polled; a node takes a few hundred ms to serve.
 POLL_INTERVAL = 0.05
 #: Bound on waiting for Docker calls still in flight when cleanup starts.
@@ -662,13 +662,12 @@ class DockerBackend(NodeBackend):
         return self._network(f"ctl-{_name_part(node)}")
 
     def _write_marker(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        marker = {
-            "workflow": self.workflow_name,
-            "run_id": self.run_id,
-            "backend": self.name,
-        }
-        (self.workdir / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+        write_run_marker(
+            self.workdir,
+            workflow_name=self.workflow_name,
+            run_id=self.run_id,
+            backend=self.name,
+        )
 
     def _local_data_dir(self, spec: NodeSpec) -> Path:
         if spec.data_dir is not None:
@@ -1185,22 +1184,10 @@ class DockerBackend(NodeBackend):
 
     def _remove_old_data(self) -> list[str]:
         removed = []
-        parent = self.workdir.parent
-        if not parent.is_dir():
-            return removed
-        for run_dir in sorted(parent.iterdir()):
-            try:
-                marker = json.loads((run_dir / RUN_MARKER).read_text())
-            except (OSError, ValueError):
-                continue
-            if (
-                not isinstance(marker, dict)
-                or marker.get("workflow") != self.workflow_name
-                or not (run_dir / "nodes").is_dir()
-            ):
-                continue
-            shutil.rmtree(run_dir / "nodes")
-            removed.append(run_dir.name)
+        for run_dir in runs_of_workflow(self.workdir.parent, self.workflow_name):
+            if (run_dir / "nodes").is_dir():
+                shutil.rmtree(run_dir / "nodes")
+                removed.append(run_dir.name)
         return removed
 
     async def nuke(self) -> PhaseReport:

@@ -24,6 +24,8 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    runs_of_workflow,
+    write_run_marker,
 )
 
 _MAX_LOG_LINES = 20_000
@@ -73,16 +75,15 @@ class EmbeddedBackend(NodeBackend):
             self._logger.setLevel(logging.INFO)
 
     async def nuke(self) -> PhaseReport:
-        """Remove node data left by earlier runs of the same workflow."""
+        """Remove node data left by earlier runs of the same workflow (by the
+        run marker's exact workflow name, never by a folder name prefix)."""
         import shutil
 
-        prefix = self.workdir.name[: -len(self.run_id)] if self.workdir.name.endswith(self.run_id) else None
         removed = []
-        if prefix and self.workdir.parent.is_dir():
-            for old in sorted(self.workdir.parent.iterdir()):
-                if old.is_dir() and old.name.startswith(prefix) and old != self.workdir:
-                    shutil.rmtree(old / "nodes", ignore_errors=True)
-                    removed.append(old.name)
+        for old in runs_of_workflow(self.workdir.parent, self.workflow_name):
+            if old != self.workdir and (old / "nodes").is_dir():
+                shutil.rmtree(old / "nodes", ignore_errors=True)
+                removed.append(old.name)
         return PhaseReport(
             detail=f"removed node data of {len(removed)} earlier run(s)" if removed else "nothing left by earlier runs",
             data={"removed": removed},
@@ -101,6 +102,9 @@ class EmbeddedBackend(NodeBackend):
             logging.getLogger("calimero_workflow").info(
                 "embedded nodes ignore the node image (%s)", ", ".join(ignored)
             )
+        write_run_marker(
+            self.workdir, workflow_name=self.workflow_name, run_id=self.run_id, backend=self.name
+        )
         handles: dict[str, NodeHandle] = {}
         addrs: list[str] = []
         # Nodes come up one after another in a few milliseconds each; every
