@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,14 @@ class NodeBackend(abc.ABC):
         """Whether the node runs, and how it ended if it does not."""
 
     @abc.abstractmethod
-    async def collect_logs(self, dest: Path) -> dict[str, Path]:
-        """Write each node's full log to ``dest/<node>.log`` and return the paths."""
+    async def collect_logs(
+        self, dest: Path, *, redact: Callable[[str], str] | None = None
+    ) -> dict[str, Path]:
+        """Write each node's full log to ``dest/<node>.log`` and return the paths.
+
+        ``redact`` masks the run's credentials in the text before it is
+        written (a node may log a URL with a password in it).
+        """
 
     async def stage_file(self, name: str, path: Path) -> str:
         """Make a host file readable by the node and return the node's path for it.

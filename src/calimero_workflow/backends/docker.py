@@ -1097,23 +1097,33 @@ class DockerBackend(NodeBackend):
             return ""
         return raw.decode("utf-8", "replace").rstrip("\n")
 
-    async def collect_logs(self, dest: Path) -> dict[str, Path]:
+    async def collect_logs(
+        self, dest: Path, *, redact: Callable[[str], str] | None = None
+    ) -> dict[str, Path]:
         """Write ``<node>.log`` (all segments, timestamps) and ``<node>.state.json`` per node."""
         dest.mkdir(parents=True, exist_ok=True)
         out: dict[str, Path] = {}
+
+        def write(path: Path, data: bytes) -> None:
+            if redact is not None:
+                text = redact(data.decode("utf-8", "surrogateescape"))
+                data = text.encode("utf-8", "surrogateescape")
+            path.write_bytes(data)
+
         for name, container in list(self._containers.items()):
             path = dest / f"{name}.log"
             try:
                 raw = await self._io(container.logs, timestamps=True)
                 state = await self.node_state(name)
             except BackendError as exc:  # keep going for the other nodes
-                path.write_bytes(
+                write(
+                    path,
                     self._log_history.get(name, b"")
-                    + f"could not read logs: {exc}\n".encode()
+                    + f"could not read logs: {exc}\n".encode(),
                 )
                 out[name] = path
                 continue
-            path.write_bytes(_merge_logs(self._log_history.get(name, b""), raw))
+            write(path, _merge_logs(self._log_history.get(name, b""), raw))
             (dest / f"{name}.state.json").write_text(
                 json.dumps(asdict(state), indent=2) + "\n"
             )

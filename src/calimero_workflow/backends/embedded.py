@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from ..client import NodeClient, NodeError
@@ -242,12 +243,15 @@ class EmbeddedBackend(NodeBackend):
             return ""
         return "\n".join(list(buffer)[-lines:])
 
-    async def collect_logs(self, dest: Path) -> dict[str, Path]:
+    async def collect_logs(
+        self, dest: Path, *, redact: Callable[[str], str] | None = None
+    ) -> dict[str, Path]:
         dest.mkdir(parents=True, exist_ok=True)
         out: dict[str, Path] = {}
         for name, buffer in self._logs.items():
             path = dest / f"{name}.log"
-            path.write_text("\n".join(buffer) + ("\n" if buffer else ""), encoding="utf-8")
+            text = "\n".join(buffer) + ("\n" if buffer else "")
+            path.write_text(redact(text) if redact else text, encoding="utf-8")
             state = self._states.get(name)
             if state is not None:
                 (dest / f"{name}.state.json").write_text(json.dumps(state.__dict__, indent=2))
