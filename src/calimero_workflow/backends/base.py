@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any
 RUN_MARKER = ".cw-run.json"
 #: The marker earlier Docker runs wrote; still read by ``nuke``.
 _OLD_RUN_MARKERS = (".cw-docker-run.json",)
+
+#: A log line's level, in merod's (``WARN``) and Python's (``WARNING``) spelling.
+_LEVEL_RE = re.compile(r"\b(WARN|WARNING|ERROR|CRITICAL|FATAL)\b")
 
 
 class BackendError(Exception):
@@ -203,9 +207,18 @@ class NodeBackend(abc.ABC):
         """The last lines of one node's log, for failure messages."""
         return ""
 
+    async def logs_since(self, name: str, since: float) -> list[str]:
+        """The node's log lines written since ``since`` (seconds since the epoch)."""
+        return []
+
     @abc.abstractmethod
     async def cleanup(self) -> PhaseReport:
         """Stop and remove everything this run created. Safe to call twice."""
+
+
+def is_warning_or_error(line: str) -> bool:
+    """Whether a node log line was logged as a warning or an error."""
+    return _LEVEL_RE.search(line) is not None
 
 
 def write_run_marker(workdir: Path, *, workflow_name: str, run_id: str, backend: str) -> None:

@@ -1097,6 +1097,14 @@ class DockerBackend(NodeBackend):
             return ""
         return raw.decode("utf-8", "replace").rstrip("\n")
 
+    async def logs_since(self, name: str, since: float) -> list[str]:
+        try:
+            container = self._container(name)
+            raw = await self._io(container.logs, since=since, timestamps=True)
+        except BackendError:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
+
     async def collect_logs(
         self, dest: Path, *, redact: Callable[[str], str] | None = None
     ) -> dict[str, Path]:

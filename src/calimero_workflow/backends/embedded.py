@@ -3,7 +3,8 @@
 Each node is an :class:`~calimero_workflow.node.server.EmbeddedNode` with its
 own home directory, admin/JSON-RPC server and swarm port on loopback. They
 share one wasm runtime, so an app is compiled once for the whole run. Node
-log lines are kept per node in memory and written out like container logs.
+log lines are kept per node in memory, with the time each was written, and
+written out like container logs.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from .base import (
 
 _MAX_LOG_LINES = 20_000
 
+#: One log line and when it was written (seconds since the epoch).
+LogLine = tuple[float, str]
+
 
 class _NodeLogHandler(logging.Handler):
     """Routes log records of embedded nodes to per-node buffers."""
 
-    def __init__(self, buffers: dict[str, deque[str]]):
+    def __init__(self, buffers: dict[str, deque[LogLine]]):
         super().__init__(level=logging.DEBUG)
         self.buffers = buffers
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -48,7 +52,7 @@ class _NodeLogHandler(logging.Handler):
             node = tail if tail in self.buffers else None
         if node in self.buffers:
             try:
-                self.buffers[node].append(self.format(record))
+                self.buffers[node].append((record.created, self.format(record)))
             except Exception:  # logging must never break a node
                 self.handleError(record)
 
@@ -65,7 +69,7 @@ class EmbeddedBackend(NodeBackend):
         self.runtime = WasmRuntime()
         self._nodes: dict = {}
         self._specs: dict[str, NodeSpec] = {}
-        self._logs: dict[str, deque[str]] = {}
+        self._logs: dict[str, deque[LogLine]] = {}
         self._states: dict[str, NodeState] = {}
         #: Last server URL of each node: a restarted node comes back on it.
         self._urls: dict[str, str] = {}
@@ -183,6 +187,9 @@ class EmbeddedBackend(NodeBackend):
             raise BackendError(f"no node named {name!r} in this run", node=name)
         return self._nodes.get(name)
 
+    def _note(self, name: str, text: str) -> None:
+        self._logs[name].append((time.time(), f"{_now()} INFO {text}"))
+
     async def stop_node(self, name: str) -> None:
         node = self._node(name)
         if node is None:
@@ -192,7 +199,7 @@ class EmbeddedBackend(NodeBackend):
         self._states[name] = NodeState(
             running=False, exit_code=0, started_at=self._states[name].started_at, finished_at=_now()
         )
-        self._logs[name].append(f"{_now()} INFO node stopped by the workflow")
+        self._note(name, "node stopped by the workflow")
 
     async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
         from ..node.server import EmbeddedNode, NodeConfig
@@ -215,7 +222,7 @@ class EmbeddedBackend(NodeBackend):
         await node.start()
         self._nodes[name] = node
         self._states[name] = NodeState(running=True, started_at=_now())
-        self._logs[name].append(f"{_now()} INFO node started again by the workflow")
+        self._note(name, "node started again by the workflow")
         await self._wait_ready([name], 1, ready_timeout)
         return self._handle(name)
 
@@ -224,14 +231,14 @@ class EmbeddedBackend(NodeBackend):
         if node is None:
             raise BackendError(f"node {name} is not running", node=name)
         node.swarm.partitioned = True
-        self._logs[name].append(f"{_now()} INFO node disconnected from its peers by the workflow")
+        self._note(name, "node disconnected from its peers by the workflow")
 
     async def connect_node(self, name: str) -> None:
         node = self._node(name)
         if node is None:
             raise BackendError(f"node {name} is not running", node=name)
         node.swarm.partitioned = False
-        self._logs[name].append(f"{_now()} INFO node reconnected to its peers by the workflow")
+        self._note(name, "node reconnected to its peers by the workflow")
 
     async def node_state(self, name: str) -> NodeState:
         self._node(name)
@@ -241,7 +248,10 @@ class EmbeddedBackend(NodeBackend):
         buffer = self._logs.get(name)
         if not buffer:
             return ""
-        return "\n".join(list(buffer)[-lines:])
+        return "\n".join(text for _, text in list(buffer)[-lines:])
+
+    async def logs_since(self, name: str, since: float) -> list[str]:
+        return [text for at, text in list(self._logs.get(name, ())) if at >= since]
 
     async def collect_logs(
         self, dest: Path, *, redact: Callable[[str], str] | None = None
@@ -250,7 +260,7 @@ class EmbeddedBackend(NodeBackend):
         out: dict[str, Path] = {}
         for name, buffer in self._logs.items():
             path = dest / f"{name}.log"
-            text = "\n".join(buffer) + ("\n" if buffer else "")
+            text = "\n".join(line for _, line in buffer) + ("\n" if buffer else "")
             path.write_text(redact(text) if redact else text, encoding="utf-8")
             state = self._states.get(name)
             if state is not None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..backends.base import BackendError, NodeUnavailableError
+from ..backends.base import BackendError, NodeUnavailableError, is_warning_or_error
 from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
@@ -415,6 +415,8 @@ class BaseStep:
         if run.report:
             ctx.events.step_started(self, run.path)
         started = time.perf_counter()
+        #: Node log lines from here on belong to this step.
+        since = time.time()
         record = StepRecord(
             name=self.display_name,
             type=self.type_name,
@@ -424,6 +426,7 @@ class BaseStep:
         )
         run.record = record
         config: StepConfig | None = None
+        cause: BaseException | None = None
         try:
             config = self.resolve(run)
             record.node = self.node_of(config)
@@ -442,6 +445,7 @@ class BaseStep:
             record.data = data
             self.export(config, data, run)
         except StepFailure as exc:
+            cause = exc
             if exc.location is None:
                 exc.location = self.location
             # Configuration mistakes never count as the expected failure.
@@ -464,6 +468,7 @@ class BaseStep:
                 record.error = error_from_exception(exc)
                 record.data = exc.data
         except (NodeError, BackendError) as exc:
+            cause = exc
             handled = config is not None and config.expected_failure
             if handled:
                 record.data = self._expected_failure_data(exc)
@@ -518,12 +523,18 @@ class BaseStep:
         record.duration_s = time.perf_counter() - started
         record.logs = run.logs
         record.children = run.children
+        kept: dict[str, str] = {}
         if record.status is Status.FAILED and record.node and ctx.backend is not None:
-            record.node_logs = await self._node_logs(ctx, record.node)
+            record.node_logs, kept = await self._node_logs(ctx, record, since, cause)
         if record.status is Status.PASSED and self.explicit_name:
             ctx.results[self.explicit_name] = record.data
         if run.report:
             ctx.events.step_finished(record)
+        if kept:
+            # The console has shown what bears on the failure; the reports
+            # written from the record after the run (JUnit, the summary) keep
+            # the node's last lines whatever the failure.
+            record.node_logs = kept
         return record
 
     def export(self, config: StepConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:
@@ -662,14 +673,35 @@ class BaseStep:
         return info
 
     @staticmethod
-    async def _node_logs(ctx: RunContext, node: str) -> dict[str, str]:
-        if node not in ctx.nodes or ctx.nodes[node].kind == "remote" or ctx.backend is None:
-            return {}
+    async def _node_logs(
+        ctx: RunContext, record: StepRecord, since: float, cause: BaseException | None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The node log lines shown with a failure, and those kept for the reports.
+
+        Shown: only what bears on this step. The last lines when the node
+        died, the lines written during the step when the node failed (HTTP
+        5xx), and otherwise the warnings and errors it logged during the
+        step. Kept: the node's last lines. All of its log is in the run's
+        ``node-logs/``.
+        """
+        node = record.node
+        backend = ctx.backend
+        if node not in ctx.nodes or ctx.nodes[node].kind == "remote" or backend is None:
+            return {}, {}
+        kind = record.error.kind if record.error else None
         try:
-            tail = await ctx.backend.tail_logs(node, 50)
+            tail = (await backend.tail_logs(node, 50)).splitlines()
+            if kind in ("node_died", "node_unavailable") or isinstance(cause, NodeUnavailableError):
+                lines = tail
+            else:
+                lines = await backend.logs_since(node, since)
+                failed = isinstance(cause, NodeApiError) and (cause.status or 0) >= 500
+                if not failed:
+                    lines = [line for line in lines if is_warning_or_error(line)]
         except Exception:  # logs are best effort; the failure itself matters more
-            return {}
-        return {node: tail} if tail else {}
+            return {}, {}
+        shown = {node: "\n".join(lines[-50:])} if lines else {}
+        return shown, ({node: "\n".join(tail)} if tail else {})
 
 
 def _death(state: Any) -> str:
