@@ -208,7 +208,7 @@ async def test_node_log_lines_shown_with_a_failure_are_the_relevant_ones(tmp_pat
     from calimero_workflow.errors import StepFailure
     from calimero_workflow.node.logs import node_logger
     from calimero_workflow.results import ErrorInfo, StepRecord
-    from calimero_workflow.steps.base import BaseStep, NodeRef, RunContext
+    from calimero_workflow.steps.base import BaseStep, Halt, NodeRef, RunContext
 
     backend = EmbeddedBackend(run_id="r", workflow_name="t", workdir=tmp_path / "run")
     try:
@@ -248,5 +248,9 @@ async def test_node_log_lines_shown_with_a_failure_are_the_relevant_ones(tmp_pat
         # nothing relevant: nothing shown
         since = time.time() + 1
         assert await shown("assertion", StepFailure("x", kind="assertion")) == ""
+        # a node the workflow stopped itself needs no log to explain it
+        since = 0
+        ctx.halted["n"] = Halt(how="stopped", step="stop", line=3)
+        assert await shown("node_halted", StepFailure("x", kind="node_halted")) == ""
     finally:
         await backend.cleanup()

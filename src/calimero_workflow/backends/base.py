@@ -9,6 +9,7 @@ lifecycle phase and every fault step goes through the methods below.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import json
 import re
@@ -81,6 +82,8 @@ class NodeHandle:
     backend: str
     #: Backend-specific facts shown in results (container id, image, ports...).
     info: dict[str, Any] = field(default_factory=dict)
+    #: ``start_node`` found the node running already and started nothing.
+    already_running: bool = False
 
 
 @dataclass
@@ -115,6 +118,7 @@ class NodeBackend(abc.ABC):
         self.workflow_name = workflow_name
         #: Per-run scratch directory (node homes, copied apps, logs).
         self.workdir = workdir
+        self._lifecycle_locks: dict[str, asyncio.Lock] = {}
 
     def node_setup(self, *, env: dict[str, str], init_args: list[str], networks: list[str]) -> None:
         """Extra environment, ``merod init`` arguments and networks for every node
@@ -144,26 +148,67 @@ class NodeBackend(abc.ABC):
         :class:`NodeUnavailableError` naming the first node that failed.
         """
 
-    @abc.abstractmethod
-    async def stop_node(self, name: str) -> None:
-        """Stop a node, keeping its data."""
+    # -- lifecycle: one operation per node at a time ------------------------------
 
-    @abc.abstractmethod
-    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
-        """Start a stopped node again on its existing data."""
+    def _lifecycle_lock(self, name: str) -> asyncio.Lock:
+        if name not in self._lifecycle_locks:
+            self._lifecycle_locks[name] = asyncio.Lock()
+        return self._lifecycle_locks[name]
 
-    async def restart_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
-        await self.stop_node(name)
-        return await self.start_node(name, ready_timeout=ready_timeout)
+    async def stop_node(self, name: str) -> bool:
+        """Stop a node, keeping its data. False when it was stopped already.
+
+        Lifecycle operations on one node (stop, start, restart, taking it
+        off its peers and back) run one at a time, in the order they were
+        asked for, so steps in parallel groups see each other's outcome and
+        never a half stopped node.
+        """
+        async with self._lifecycle_lock(name):
+            return await self._stop_node(name)
+
+    async def start_node(
+        self, name: str, *, ready_timeout: float, wait: bool = True
+    ) -> NodeHandle:
+        """Start a stopped node again on its existing data (``wait``: until ready).
+
+        A node that runs already is left alone; its handle says
+        ``already_running``.
+        """
+        async with self._lifecycle_lock(name):
+            return await self._start_node(name, ready_timeout=ready_timeout, wait=wait)
+
+    async def restart_node(
+        self, name: str, *, ready_timeout: float, wait: bool = True
+    ) -> NodeHandle:
+        """Stop (when it runs) and start a node, as one operation."""
+        async with self._lifecycle_lock(name):
+            await self._stop_node(name)
+            handle = await self._start_node(name, ready_timeout=ready_timeout, wait=wait)
+            handle.already_running = False
+            return handle
 
     async def disconnect_node(self, name: str) -> None:
         """Cut a node off from its peers (the engine can still reach it)."""
-        raise BackendError(
-            f"the {self.name} backend cannot partition nodes", node=name
-        )
+        async with self._lifecycle_lock(name):
+            await self._disconnect_node(name)
 
     async def connect_node(self, name: str) -> None:
         """Undo :meth:`disconnect_node`."""
+        async with self._lifecycle_lock(name):
+            await self._connect_node(name)
+
+    @abc.abstractmethod
+    async def _stop_node(self, name: str) -> bool:
+        """Stop a node (under its lifecycle lock); False when it was not running."""
+
+    @abc.abstractmethod
+    async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
+        """Start a stopped node (under its lifecycle lock)."""
+
+    async def _disconnect_node(self, name: str) -> None:
+        raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
+
+    async def _connect_node(self, name: str) -> None:
         raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
 
     @abc.abstractmethod

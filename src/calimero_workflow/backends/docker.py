@@ -1034,36 +1034,44 @@ class DockerBackend(NodeBackend):
 
     # -- faults -------------------------------------------------------------------
 
-    async def stop_node(self, name: str) -> None:
+    async def _stop_node(self, name: str) -> bool:
         """SIGTERM the node (SIGKILL after 10 s); container, data and logs stay."""
-        container = self._container(name)
-        await self._io(container.stop, timeout=10)
-        current = await self._io(container.logs, timestamps=True)
-        self._log_history[name] = _merge_logs(self._log_history.get(name, b""), current)
-
-    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
-        """Start a stopped node on its data; ready once it sees the reachable running peers."""
         container = self._container(name)
         await self._io(container.reload)
         if container.status != "running":
-            await self._io(container.start)
-        expected = 0
-        if name not in self._disconnected:
-            for other, sibling in self._containers.items():
-                if other == name or other in self._disconnected:
-                    continue
-                await self._io(sibling.reload)
-                expected += sibling.status == "running"
-        await self._wait_ready([name], expected, ready_timeout)
+            return False
+        await self._io(container.stop, timeout=10)
+        current = await self._io(container.logs, timestamps=True)
+        self._log_history[name] = _merge_logs(self._log_history.get(name, b""), current)
+        return True
+
+    async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
+        """Start a stopped node on its data; ready once it sees the reachable running peers."""
+        container = self._container(name)
+        await self._io(container.reload)
+        if container.status == "running":
+            handle = self._handle(name)
+            handle.already_running = True
+            return handle
+        await self._io(container.start)
+        if wait:
+            expected = 0
+            if name not in self._disconnected:
+                for other, sibling in self._containers.items():
+                    if other == name or other in self._disconnected:
+                        continue
+                    await self._io(sibling.reload)
+                    expected += sibling.status == "running"
+            await self._wait_ready([name], expected, ready_timeout)
         return self._handle(name)
 
-    async def disconnect_node(self, name: str) -> None:
+    async def _disconnect_node(self, name: str) -> None:
         """Take the node off the peers network; the workflow still reaches it."""
         container = self._container(name)
         await self._io(self._network("peers").disconnect, container, force=True)
         self._disconnected.add(name)
 
-    async def connect_node(self, name: str) -> None:
+    async def _connect_node(self, name: str) -> None:
         """Put a disconnected node back on the peers network under its alias."""
         container = self._container(name)
         if name in self._disconnected:

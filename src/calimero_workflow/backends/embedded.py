@@ -187,25 +187,34 @@ class EmbeddedBackend(NodeBackend):
             raise BackendError(f"no node named {name!r} in this run", node=name)
         return self._nodes.get(name)
 
+    def _running(self, name: str):
+        node = self._node(name)
+        if node is None:
+            raise BackendError(f"node {name} is not running", node=name)
+        return node
+
     def _note(self, name: str, text: str) -> None:
         self._logs[name].append((time.time(), f"{_now()} INFO {text}"))
 
-    async def stop_node(self, name: str) -> None:
+    async def _stop_node(self, name: str) -> bool:
         node = self._node(name)
         if node is None:
-            return
+            return False
         await node.stop()
         del self._nodes[name]
         self._states[name] = NodeState(
             running=False, exit_code=0, started_at=self._states[name].started_at, finished_at=_now()
         )
         self._note(name, "node stopped by the workflow")
+        return True
 
-    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+    async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
         from ..node.server import EmbeddedNode, NodeConfig
 
         if self._node(name) is not None:
-            return self._handle(name)
+            handle = self._handle(name)
+            handle.already_running = True
+            return handle
         spec = self._specs[name]
         others = [n.swarm_multiaddr for k, n in self._nodes.items() if k != name]
         config = NodeConfig(
@@ -219,24 +228,26 @@ class EmbeddedBackend(NodeBackend):
             bootstrap=others,
         )
         node = EmbeddedNode(config, runtime=self.runtime)
-        await node.start()
+        try:
+            await node.start()
+        except OSError as exc:
+            raise NodeUnavailableError(
+                f"embedded node {name} could not start again: {exc}", node=name
+            ) from exc
         self._nodes[name] = node
         self._states[name] = NodeState(running=True, started_at=_now())
         self._note(name, "node started again by the workflow")
-        await self._wait_ready([name], 1, ready_timeout)
+        if wait:
+            await self._wait_ready([name], 1, ready_timeout)
         return self._handle(name)
 
-    async def disconnect_node(self, name: str) -> None:
-        node = self._node(name)
-        if node is None:
-            raise BackendError(f"node {name} is not running", node=name)
+    async def _disconnect_node(self, name: str) -> None:
+        node = self._running(name)
         node.swarm.partitioned = True
         self._note(name, "node disconnected from its peers by the workflow")
 
-    async def connect_node(self, name: str) -> None:
-        node = self._node(name)
-        if node is None:
-            raise BackendError(f"node {name} is not running", node=name)
+    async def _connect_node(self, name: str) -> None:
+        node = self._running(name)
         node.swarm.partitioned = False
         self._note(name, "node reconnected to its peers by the workflow")
 

@@ -153,6 +153,23 @@ class NodeRef:
         return {"name": self.name, "url": self.url, "kind": self.kind, **self.info}
 
 
+@dataclass(frozen=True)
+class Halt:
+    """A node that a fault step took down on purpose."""
+
+    #: "stopped".
+    how: str
+    #: The step that did it, and its line.
+    step: str
+    line: int
+
+    def describe(self, node: str) -> str:
+        return f"{node} was {self.how} by step {self.step!r} (line {self.line})"
+
+    def hint(self) -> str:
+        return "start it again with start_node or restart_node before this step"
+
+
 class RunEvents:
     """Callbacks the executor fires; reporters subclass this."""
 
@@ -184,6 +201,8 @@ class RunContext:
     captured: dict[str, Any] = field(default_factory=dict)
     #: Ready-wait timeout for start/restart steps.
     ready_timeout: float = 60.0
+    #: Nodes the workflow stopped, until a step brings them back.
+    halted: dict[str, Halt] = field(default_factory=dict)
 
     @functools.cached_property
     def run_variables(self) -> dict[str, Any]:
@@ -614,6 +633,18 @@ class BaseStep:
                     data = await self.execute(config, run)
                 return (data if data is not None else {}), attempt
             except (NodeError, BackendError) as exc:
+                halted = _halted(run.ctx, exc)
+                explicit = config.retries is not None and attempt <= retries
+                if halted is not None and (not explicit or config.expected_failure):
+                    # The workflow took the node down itself: say so, at once
+                    # (unless the step asked for retries, to ride out a restart).
+                    node, halt = halted
+                    raise StepFailure(
+                        halt.describe(node),
+                        kind="node_halted",
+                        hint=halt.hint(),
+                        location=self.location,
+                    ) from exc
                 if attempt > retries or not _is_transient(exc) or config.expected_failure:
                     raise
                 run.log(f"attempt {attempt} failed ({exc}); retrying in {delay:.2f}s")
@@ -681,8 +712,8 @@ class BaseStep:
         Shown: only what bears on this step. The last lines when the node
         died, the lines written during the step when the node failed (HTTP
         5xx), and otherwise the warnings and errors it logged during the
-        step. Kept: the node's last lines. All of its log is in the run's
-        ``node-logs/``.
+        step; nothing for a node the workflow stopped itself. Kept: the
+        node's last lines. All of its log is in the run's ``node-logs/``.
         """
         node = record.node
         backend = ctx.backend
@@ -691,7 +722,9 @@ class BaseStep:
         kind = record.error.kind if record.error else None
         try:
             tail = (await backend.tail_logs(node, 50)).splitlines()
-            if kind in ("node_died", "node_unavailable") or isinstance(cause, NodeUnavailableError):
+            if node in ctx.halted:
+                lines = []
+            elif kind in ("node_died", "node_unavailable") or isinstance(cause, NodeUnavailableError):
                 lines = tail
             else:
                 lines = await backend.logs_since(node, since)
@@ -702,6 +735,16 @@ class BaseStep:
             return {}, {}
         shown = {node: "\n".join(lines[-50:])} if lines else {}
         return shown, ({node: "\n".join(tail)} if tail else {})
+
+
+def _halted(ctx: RunContext, exc: BaseException) -> tuple[str, Halt] | None:
+    """The node an error is about, when the workflow took that node down."""
+    node = getattr(exc, "node", None)
+    if node not in ctx.halted:
+        return None
+    if isinstance(exc, NodeConnectionError):
+        return node, ctx.halted[node]
+    return None
 
 
 def _death(state: Any) -> str:

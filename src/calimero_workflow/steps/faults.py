@@ -2,6 +2,9 @@
 
 They work on every backend that owns its nodes (embedded and Docker); remote
 nodes cannot be stopped, and asking to is an error rather than a silent skip.
+The backend runs the lifecycle operations of one node one at a time, so steps
+in parallel groups that act on the same node each get a well-defined outcome:
+a node stopped twice is ``already stopped`` the second time.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from ..client import NodeClient
 from ..errors import Problem, StepFailure
 from .base import (
     BaseStep,
+    Halt,
     NodeRef,
     StepConfig,
     StepRun,
@@ -62,6 +66,9 @@ class _FaultStep(BaseStep):
             raise StepFailure(f"{self.type_name} cannot act on remote node {name!r}", location=self.location)
         return ref
 
+    def _halt(self, how: str) -> Halt:
+        return Halt(how=how, step=self.display_name, line=self.location.line)
+
     async def _refresh(self, run: StepRun, name: str, handle: Any) -> None:
         """A restarted node may come back on another address: point its client there."""
         ref = run.ctx.nodes[name]
@@ -80,11 +87,16 @@ class StopNode(_FaultStep):
 
     async def execute(self, config: NodesConfig, run: StepRun) -> dict[str, Any]:
         names = _names(config.nodes)
+        outcomes: dict[str, str] = {}
         for name in names:
             self._local(run, name)
-            await run.ctx.backend.stop_node(name)
-            run.log(f"stopped {name}")
-        return {"nodes": names}
+            if await run.ctx.backend.stop_node(name):
+                outcomes[name] = "stopped"
+                run.ctx.halted[name] = self._halt("stopped")
+            else:
+                outcomes[name] = "already stopped"
+            run.log(f"{name} {outcomes[name]}")
+        return {"nodes": names, "outcomes": outcomes}
 
 
 @register_step
@@ -96,12 +108,17 @@ class StartNode(_FaultStep):
     async def execute(self, config: StartConfig, run: StepRun) -> dict[str, Any]:
         names = _names(config.nodes)
         timeout = config.wait_timeout or run.ctx.ready_timeout
+        outcomes: dict[str, str] = {}
         for name in names:
             self._local(run, name)
-            handle = await run.ctx.backend.start_node(name, ready_timeout=timeout)
+            handle = await run.ctx.backend.start_node(
+                name, ready_timeout=timeout, wait=config.wait_for_ready
+            )
             await self._refresh(run, name, handle)
-            run.log(f"started {name} at {handle.url}")
-        return {"nodes": names}
+            run.ctx.halted.pop(name, None)
+            outcomes[name] = "already running" if handle.already_running else "started"
+            run.log(f"{name} {outcomes[name]}" + ("" if handle.already_running else f" at {handle.url}"))
+        return {"nodes": names, "outcomes": outcomes}
 
 
 @register_step
@@ -115,10 +132,13 @@ class RestartNode(_FaultStep):
         timeout = config.wait_timeout or run.ctx.ready_timeout
         for name in names:
             self._local(run, name)
-            handle = await run.ctx.backend.restart_node(name, ready_timeout=timeout)
+            handle = await run.ctx.backend.restart_node(
+                name, ready_timeout=timeout, wait=config.wait_for_ready
+            )
             await self._refresh(run, name, handle)
-            run.log(f"restarted {name}")
-        return {"nodes": names}
+            run.ctx.halted.pop(name, None)
+            run.log(f"{name} restarted")
+        return {"nodes": names, "outcomes": dict.fromkeys(names, "restarted")}
 
 
 @register_step
