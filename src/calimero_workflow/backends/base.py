@@ -252,6 +252,11 @@ class NodeBackend(abc.ABC):
         """The last lines of one node's log, for failure messages."""
         return ""
 
+    async def read_logs(self, name: str, *, tail: int | None = None) -> str | None:
+        """One node's log as text (the last ``tail`` lines, or all it keeps);
+        None when this backend keeps no log of the node."""
+        return None
+
     async def logs_since(self, name: str, since: float) -> list[str]:
         """The node's log lines written since ``since`` (seconds since the epoch)."""
         return []

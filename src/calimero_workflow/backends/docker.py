@@ -1105,6 +1105,12 @@ class DockerBackend(NodeBackend):
             return ""
         return raw.decode("utf-8", "replace").rstrip("\n")
 
+    async def read_logs(self, name: str, *, tail: int | None = None) -> str | None:
+        """The container's log as the node wrote it (no timestamps added)."""
+        container = self._container(name)
+        raw = await self._io(container.logs, tail=tail or "all", timestamps=False)
+        return raw.decode("utf-8", "replace")
+
     async def logs_since(self, name: str, since: float) -> list[str]:
         try:
             container = self._container(name)

@@ -261,6 +261,11 @@ class EmbeddedBackend(NodeBackend):
             return ""
         return "\n".join(text for _, text in list(buffer)[-lines:])
 
+    async def read_logs(self, name: str, *, tail: int | None = None) -> str | None:
+        self._node(name)
+        lines = [text for _, text in self._logs.get(name, ())]
+        return "\n".join(lines[-tail:] if tail else lines)
+
     async def logs_since(self, name: str, since: float) -> list[str]:
         return [text for at, text in list(self._logs.get(name, ())) if at >= since]
 
