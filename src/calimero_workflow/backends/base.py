@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,8 @@ class NodeState:
 
     running: bool
     exit_code: int | None = None
+    #: Frozen by ``pause_node`` (it runs, but answers nothing).
+    paused: bool = False
     oom_killed: bool = False
     error: str | None = None
     started_at: str | None = None
@@ -158,10 +160,10 @@ class NodeBackend(abc.ABC):
     async def stop_node(self, name: str) -> bool:
         """Stop a node, keeping its data. False when it was stopped already.
 
-        Lifecycle operations on one node (stop, start, restart, taking it
-        off its peers and back) run one at a time, in the order they were
-        asked for, so steps in parallel groups see each other's outcome and
-        never a half stopped node.
+        Lifecycle operations on one node (stop, start, restart, pause,
+        taking it off its peers and back) run one at a time, in the order
+        they were asked for, so steps in parallel groups see each other's
+        outcome and never a half stopped node.
         """
         async with self._lifecycle_lock(name):
             return await self._stop_node(name)
@@ -187,6 +189,17 @@ class NodeBackend(abc.ABC):
             handle.already_running = False
             return handle
 
+    async def pause_node(self, name: str) -> bool:
+        """Freeze a running node: it keeps its state but answers nothing and
+        exchanges nothing with its peers. False when it was paused already."""
+        async with self._lifecycle_lock(name):
+            return await self._pause_node(name)
+
+    async def unpause_node(self, name: str) -> bool:
+        """Undo :meth:`pause_node`. False when the node was not paused."""
+        async with self._lifecycle_lock(name):
+            return await self._unpause_node(name)
+
     async def disconnect_node(self, name: str) -> None:
         """Cut a node off from its peers (the engine can still reach it)."""
         async with self._lifecycle_lock(name):
@@ -197,6 +210,25 @@ class NodeBackend(abc.ABC):
         async with self._lifecycle_lock(name):
             await self._connect_node(name)
 
+    async def partition_peers(self, name: str, peers: list[str]) -> None:
+        """Cut traffic between ``name`` and each of ``peers``, both ways; every
+        node still answers the engine, and talks to the nodes not named."""
+        async with self._lifecycle_locks_of([name, *peers]):
+            await self._set_partition(name, peers, blocked=True)
+
+    async def heal_peers(self, name: str, peers: list[str]) -> None:
+        """Undo :meth:`partition_peers` for these pairs."""
+        async with self._lifecycle_locks_of([name, *peers]):
+            await self._set_partition(name, peers, blocked=False)
+
+    @contextlib.asynccontextmanager
+    async def _lifecycle_locks_of(self, names: list[str]) -> AsyncIterator[None]:
+        # Always taken in one order, so two partitions never wait on each other.
+        async with contextlib.AsyncExitStack() as stack:
+            for name in sorted(set(names)):
+                await stack.enter_async_context(self._lifecycle_lock(name))
+            yield
+
     @abc.abstractmethod
     async def _stop_node(self, name: str) -> bool:
         """Stop a node (under its lifecycle lock); False when it was not running."""
@@ -205,10 +237,19 @@ class NodeBackend(abc.ABC):
     async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
         """Start a stopped node (under its lifecycle lock)."""
 
+    async def _pause_node(self, name: str) -> bool:
+        raise BackendError(f"the {self.name} backend cannot pause nodes", node=name)
+
+    async def _unpause_node(self, name: str) -> bool:
+        raise BackendError(f"the {self.name} backend cannot pause nodes", node=name)
+
     async def _disconnect_node(self, name: str) -> None:
         raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
 
     async def _connect_node(self, name: str) -> None:
+        raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
+
+    async def _set_partition(self, name: str, peers: list[str], *, blocked: bool) -> None:
         raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
 
     @abc.abstractmethod

@@ -6,7 +6,11 @@ What one run creates, all labelled ``calimero-workflow.run-id=<run id>``,
 
 - a *peers* bridge network for the swarm, on which each node is known as
   ``<node>.peers`` (the only name its siblings' ``bootstrap.nodes`` use).
-  ``disconnect_node`` takes a node off this network and nothing else;
+  ``disconnect_node`` takes a node off this network and nothing else. While
+  ``partition_peers`` keeps pairs of nodes apart, the nodes are spread over
+  several such networks (``peers``, ``peers-1``…), each one a group of nodes
+  that may all talk to each other, so two nodes share a network exactly when
+  they may talk;
 - *control* networks through which the workflow reaches each node's server
   port. Docker drops a container's published ports when it leaves its only
   network, which is why peers and control are separate. Nodes must not talk to
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -353,6 +358,39 @@ def _merge_logs(earlier: bytes, current: bytes) -> bytes:
     )
 
 
+def _clique_cover(names: list[str], blocked: set[frozenset[str]]) -> list[frozenset[str]]:
+    """Groups of nodes that may all talk to each other, covering every pair
+    that may talk (a pair in ``blocked`` may not). Nodes that may talk to no
+    one are in no group."""
+    allowed = {
+        n: {m for m in names if m != n and frozenset((n, m)) not in blocked}
+        for n in names
+    }
+    cliques: list[frozenset[str]] = []
+
+    def extend(chosen: set[str], candidates: set[str], excluded: set[str]) -> None:
+        # Bron-Kerbosch: every maximal clique, for the handful of nodes a run has.
+        if not candidates and not excluded:
+            cliques.append(frozenset(chosen))
+            return
+        for node in sorted(candidates):
+            extend(chosen | {node}, candidates & allowed[node], excluded & allowed[node])
+            candidates = candidates - {node}
+            excluded = excluded | {node}
+
+    extend(set(), set(names), set())
+    uncovered = {frozenset((a, b)) for a in names for b in allowed[a]}
+    cover: list[frozenset[str]] = []
+    while uncovered:
+        best = max(
+            cliques,
+            key=lambda c: (sum(1 for pair in uncovered if pair <= c), sorted(c)),
+        )
+        cover.append(best)
+        uncovered = {pair for pair in uncovered if not pair <= best}
+    return cover
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -408,6 +446,12 @@ class DockerBackend(NodeBackend):
         self._data: dict[str, str] = {}
         self._urls: dict[str, str] = {}
         self._disconnected: set[str] = set()
+        self._paused: set[str] = set()
+        #: Pairs of nodes ``partition_peers`` keeps apart.
+        self._blocked_pairs: set[frozenset[str]] = set()
+        #: Members of each peer network (role -> node names).
+        self._peer_members: dict[str, set[str]] = {}
+        self._rewiring = threading.Lock()
         #: Log text saved at each stop, merged with the live log at collection.
         self._log_history: dict[str, bytes] = {}
         # Docker calls run in worker threads that a cancelled task cannot stop;
@@ -843,6 +887,8 @@ class DockerBackend(NodeBackend):
                     hint=hint,
                 ) from exc
             self._containers[spec.name] = container
+            with self._rewiring:
+                self._peer_members.setdefault("peers", set()).add(spec.name)
             self._urls[spec.name] = (
                 f"http://127.0.0.1:{port}"
                 if self._joins is None
@@ -1038,7 +1084,10 @@ class DockerBackend(NodeBackend):
         """SIGTERM the node (SIGKILL after 10 s); container, data and logs stay."""
         container = self._container(name)
         await self._io(container.reload)
-        if container.status != "running":
+        if container.status == "paused":
+            await self._io(container.unpause)
+        self._paused.discard(name)
+        if container.status not in ("running", "paused"):
             return False
         await self._io(container.stop, timeout=10)
         current = await self._io(container.logs, timestamps=True)
@@ -1049,36 +1098,116 @@ class DockerBackend(NodeBackend):
         """Start a stopped node on its data; ready once it sees the reachable running peers."""
         container = self._container(name)
         await self._io(container.reload)
-        if container.status == "running":
+        if container.status in ("running", "paused"):
             handle = self._handle(name)
             handle.already_running = True
             return handle
         await self._io(container.start)
         if wait:
-            expected = 0
-            if name not in self._disconnected:
-                for other, sibling in self._containers.items():
-                    if other == name or other in self._disconnected:
-                        continue
-                    await self._io(sibling.reload)
-                    expected += sibling.status == "running"
-            await self._wait_ready([name], expected, ready_timeout)
+            await self._wait_ready([name], await self._reachable_peers(name), ready_timeout)
         return self._handle(name)
 
-    async def _disconnect_node(self, name: str) -> None:
-        """Take the node off the peers network; the workflow still reaches it."""
+    async def _reachable_peers(self, name: str) -> int:
+        """How many running nodes share a peer network with ``name``."""
+        mine = {role for role, members in self._peer_members.items() if name in members}
+        count = 0
+        for other, sibling in self._containers.items():
+            shared = any(
+                other in self._peer_members.get(role, ()) for role in mine
+            )
+            if other == name or not shared:
+                continue
+            await self._io(sibling.reload)
+            count += sibling.status == "running"
+        return count
+
+    async def _pause_node(self, name: str) -> bool:
+        """``docker pause``: the container keeps its memory and answers nothing."""
         container = self._container(name)
-        await self._io(self._network("peers").disconnect, container, force=True)
+        await self._io(container.reload)
+        if container.status == "paused":
+            return False
+        if container.status != "running":
+            raise BackendError(f"node {name} is not running, so it cannot be paused", node=name)
+        await self._io(container.pause)
+        self._paused.add(name)
+        return True
+
+    async def _unpause_node(self, name: str) -> bool:
+        container = self._container(name)
+        await self._io(container.reload)
+        if container.status != "paused":
+            return False
+        await self._io(container.unpause)
+        self._paused.discard(name)
+        return True
+
+    async def _disconnect_node(self, name: str) -> None:
+        """Take the node off its peer networks; the workflow still reaches it."""
+        self._container(name)
         self._disconnected.add(name)
+        await self._io(self._rewire_peers)
 
     async def _connect_node(self, name: str) -> None:
-        """Put a disconnected node back on the peers network under its alias."""
-        container = self._container(name)
-        if name in self._disconnected:
-            await self._io(
-                self._network("peers").connect, container, aliases=[_peer_alias(name)]
-            )
-            self._disconnected.discard(name)
+        """Put a disconnected node back on its peer networks under its alias."""
+        self._container(name)
+        self._disconnected.discard(name)
+        await self._io(self._rewire_peers)
+
+    async def _set_partition(self, name: str, peers: list[str], *, blocked: bool) -> None:
+        for node in [name, *peers]:
+            self._container(node)
+        for peer in peers:
+            if peer == name:
+                raise BackendError(f"node {name} cannot be partitioned from itself", node=name)
+            pair = frozenset((name, peer))
+            if blocked:
+                self._blocked_pairs.add(pair)
+            else:
+                self._blocked_pairs.discard(pair)
+        await self._io(self._rewire_peers)
+
+    def _peer_cover(self) -> dict[str, set[str]]:
+        """Which peer network each group of mutually reachable nodes uses.
+
+        A group keeps the network whose members it shares most (``peers``
+        first), so a change moves as few nodes as it can.
+        """
+        names = [n for n in self._containers if n not in self._disconnected]
+        if not self._blocked_pairs:
+            groups = [frozenset(names)] if names else []
+        else:
+            groups = _clique_cover(names, self._blocked_pairs)
+        free = {role: set(members) for role, members in self._peer_members.items()}
+        free.setdefault("peers", set())
+        cover: dict[str, set[str]] = {}
+        for group in sorted(groups, key=lambda g: (-len(g), sorted(g))):
+            if free:
+                role = max(
+                    free,
+                    key=lambda r: (len(free[r] & group), r == "peers", -len(r), r),
+                )
+                del free[role]
+            else:
+                role = next(f"peers-{i}" for i in itertools.count(1) if f"peers-{i}" not in cover)
+            cover[role] = set(group)
+        return cover
+
+    def _rewire_peers(self) -> None:
+        """Connect and disconnect nodes so the peer networks match the faults:
+        new memberships first, so a pair that may talk never loses all of them."""
+        with self._rewiring:
+            desired = self._peer_cover()
+            for role, members in desired.items():
+                current = self._peer_members.get(role, set())
+                for node in sorted(members - current):
+                    self._network(role).connect(
+                        self._containers[node], aliases=[_peer_alias(node)]
+                    )
+            for role, current in self._peer_members.items():
+                for node in sorted(current - desired.get(role, set())):
+                    self._network(role).disconnect(self._containers[node], force=True)
+            self._peer_members = {role: set(m) for role, m in desired.items()}
 
     # -- observation --------------------------------------------------------------
 
@@ -1090,6 +1219,7 @@ class DockerBackend(NodeBackend):
         return NodeState(
             running=bool(state.get("Running")),
             exit_code=state.get("ExitCode"),
+            paused=bool(state.get("Paused")),
             oom_killed=bool(state.get("OOMKilled")),
             error=state.get("Error") or None,
             started_at=state.get("StartedAt"),

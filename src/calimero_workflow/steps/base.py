@@ -155,9 +155,9 @@ class NodeRef:
 
 @dataclass(frozen=True)
 class Halt:
-    """A node that a fault step took down on purpose."""
+    """A node that a fault step took down on purpose: stopped or paused."""
 
-    #: "stopped".
+    #: "stopped" or "paused".
     how: str
     #: The step that did it, and its line.
     step: str
@@ -167,6 +167,8 @@ class Halt:
         return f"{node} was {self.how} by step {self.step!r} (line {self.line})"
 
     def hint(self) -> str:
+        if self.how == "paused":
+            return "resume it with unpause_container before this step"
         return "start it again with start_node or restart_node before this step"
 
 
@@ -201,7 +203,7 @@ class RunContext:
     captured: dict[str, Any] = field(default_factory=dict)
     #: Ready-wait timeout for start/restart steps.
     ready_timeout: float = 60.0
-    #: Nodes the workflow stopped, until a step brings them back.
+    #: Nodes the workflow stopped or paused, until a step brings them back.
     halted: dict[str, Halt] = field(default_factory=dict)
 
     @functools.cached_property
@@ -504,6 +506,9 @@ class BaseStep:
         except TimeoutError:
             limit = config.timeout if config else None
             message = f"step timed out after {limit:g} s" if limit else "step timed out"
+            node = self.node_of(config) if config is not None else None
+            if node in ctx.halted:  # a paused node answers nothing
+                message += f": {ctx.halted[node].describe(node)}"
             if config is not None and config.expected_failure:
                 failure = StepFailure(message, kind="timeout")
                 record.data = self._expected_failure_data(failure)
