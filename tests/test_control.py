@@ -131,6 +131,45 @@ async def test_parallel_failure_modes(mode, step_status, groups_ran, tmp_path: P
         assert par.data["cancelled_groups"] == ["slow"]
 
 
+async def test_repeat_and_parallel_timings_have_merobox_names(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: loop
+            type: repeat
+            count: 4
+            steps:
+              - {type: wait, seconds: 0.02}
+          - name: par
+            type: parallel
+            failure_mode: continue-on-error
+            groups:
+              - name: ok
+                steps: [{type: wait, seconds: 0.05}]
+              - steps: [{type: assert, actual: 1, equals: 2}]
+        """,
+        tmp_path,
+    )
+    loop = result.workflow_results["loop"]
+    seconds = loop["duration_seconds"]
+    assert 0.08 <= seconds < 5
+    assert loop["duration_ms"] == pytest.approx(seconds * 1000, abs=0.01)
+    assert isinstance(loop["duration_ns"], int) and loop["duration_ns"] == pytest.approx(seconds * 1e9, rel=1e-3)
+    assert loop["throughput_ops_per_sec"] == pytest.approx(4 / seconds, abs=0.01)
+    assert loop["avg_time_per_op_ms"] == pytest.approx(seconds * 1000 / 4, abs=0.001)
+
+    par = result.workflow_results["par"]
+    assert par["parallel_success_count"] == 1 and par["parallel_failure_count"] == 1
+    assert par["overall_duration_ms"] == pytest.approx(par["overall_duration_seconds"] * 1000, abs=0.01)
+    assert isinstance(par["overall_duration_ns"], int)
+    assert 0.05 <= par["ok_duration_seconds"] <= par["overall_duration_seconds"]
+    assert par["group_0_duration_seconds"] == par["ok_duration_seconds"]
+    assert par["group_0_duration_ms"] == par["ok_duration_ms"]
+    # an unnamed group is known by its index, and by its default name
+    assert par["group_1_duration_ns"] == par["group-2_duration_ns"]
+
+
 async def test_json_assert(tmp_path: Path):
     result = await run_text(
         """

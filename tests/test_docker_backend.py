@@ -562,6 +562,7 @@ async def test_stopped_node_keeps_data_url_and_logs(client, tmp_path: Path):
         assert set(state) == {
             "running",
             "exit_code",
+            "paused",
             "oom_killed",
             "error",
             "started_at",
@@ -836,25 +837,146 @@ async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path)
 
 
 async def test_nuke_removes_only_this_workflows_leftovers(client, tmp_path: Path):
-    # A crashed earlier run of "nuke me", and a live run of "nuke-me" (same slug!).
+    # A crashed earlier run of "nuke me", a live run of "nuke-me" (same slug!)
+    # and one of "nuke me too" (whose name starts with "nuke me").
     crashed = _backend(tmp_path, "nuke me")
-    other = _backend(tmp_path, "nuke-me")
+    others = [_backend(tmp_path, "nuke-me"), _backend(tmp_path, "nuke me too")]
     try:
-        await crashed.start_nodes([NodeSpec(name="n")], ready_timeout=60)
-        await other.start_nodes([NodeSpec(name="n")], ready_timeout=60)
+        for backend in (crashed, *others):
+            await backend.start_nodes([NodeSpec(name="n")], ready_timeout=60)
         fresh = _backend(tmp_path, "nuke me")
         report = await fresh.nuke()
         assert report.data["data_dirs"] == [crashed.workdir.name]
         assert "1 container(s), 2 network(s)" in report.detail
         assert leftovers(client, f"{LABEL_RUN}={crashed.run_id}") == NOTHING
         assert not (crashed.workdir / "nodes").exists()
-        assert leftovers(client, f"{LABEL_RUN}={other.run_id}")["containers"] == [
-            f"cw-{other.short}-n"
-        ]
-        assert (other.workdir / "nodes" / "n" / "n" / "config.toml").is_file()
+        for other in others:
+            assert leftovers(client, f"{LABEL_RUN}={other.run_id}")["containers"] == [
+                f"cw-{other.short}-n"
+            ]
+            assert (other.workdir / "nodes" / "n" / "n" / "config.toml").is_file()
     finally:
         await crashed.cleanup()
-        await other.cleanup()
+        for other in others:
+            await other.cleanup()
+
+
+async def test_pause_partition_and_concurrent_lifecycle_on_containers(client, tmp_path: Path):
+    backend = _backend(tmp_path)
+    try:
+        handles = await backend.start_nodes(
+            [NodeSpec(name=n) for n in ("a", "b", "c")], ready_timeout=60
+        )
+
+        async def reach(source: str, *targets: str) -> list[int]:
+            """From ``source``: can a TCP connection reach each target's swarm port by its alias?"""
+            probe = (
+                "import socket,sys\n"
+                "for host in sys.argv[1:]:\n"
+                "    try:\n"
+                "        socket.create_connection((host, 2428), timeout=2).close(); print(1)\n"
+                "    except OSError:\n"
+                "        print(0)\n"
+            )
+            code, out, err = await backend.exec_in_node(
+                source, ["python3", "-c", probe, *(f"{t}.peers" for t in targets)], {}
+            )
+            assert code == 0, err
+            return [int(x) for x in out.split()]
+
+        # a partition cuts only the pairs it names, both ways
+        await backend.partition_peers("a", ["c"])
+        assert await reach("a", "b", "c") == [1, 0]
+        assert await reach("c", "a", "b") == [0, 1]
+        assert await reach("b", "a", "c") == [1, 1]
+        # a restarted node keeps its networks, and a disconnect on top of a partition undoes cleanly
+        await backend.restart_node("c", ready_timeout=60)
+        assert await reach("c", "a", "b") == [0, 1]
+        await backend.disconnect_node("b")
+        assert await reach("a", "b", "c") == [0, 0]
+        await backend.connect_node("b")
+        await backend.heal_peers("c", ["a"])
+        assert await reach("a", "b", "c") == [1, 1]
+        assert await reach("c", "a", "b") == [1, 1]
+        await backend._wait_ready(["a", "b", "c"], 2, 60)  # they find each other again
+
+        # a paused node answers nothing, then everything again
+        assert await backend.pause_node("b") is True
+        assert await backend.pause_node("b") is False
+        assert (await backend.node_state("b")).paused
+        async with httpx.AsyncClient(trust_env=False, timeout=1.0) as http:
+            with pytest.raises(httpx.TimeoutException):
+                await http.get(f"{handles['b'].url}/admin-api/health")
+            assert await backend.unpause_node("b") is True
+            assert (await http.get(f"{handles['b'].url}/admin-api/health")).status_code == 200
+        assert await backend.unpause_node("b") is False
+
+        # lifecycle operations on one node, asked for at once, take turns
+        await backend.pause_node("b")
+        stops = await asyncio.gather(backend.stop_node("b"), backend.stop_node("b"))
+        assert stops == [True, False]  # the paused node was stopped once
+        started = await asyncio.gather(
+            backend.start_node("b", ready_timeout=60),
+            backend.start_node("b", ready_timeout=60),
+        )
+        assert [h.already_running for h in started] == [False, True]
+        await asyncio.gather(
+            backend.restart_node("b", ready_timeout=60),
+            backend.restart_node("b", ready_timeout=60),
+        )
+        assert (await backend.node_state("b")).running
+
+        # node log lines: read as written, since a time, and written out masked
+        assert "node b started" in await backend.read_logs("b")
+        assert await backend.logs_since("b", time.time() + 60) == []
+        files = await backend.collect_logs(
+            tmp_path / "logs", redact=lambda text: text.replace("node b started", "***")
+        )
+        log = files["b"].read_text()
+        assert "node b started" not in log and "***" in log
+    finally:
+        await backend.cleanup()
+    assert leftovers(client, f"{LABEL_RUN}={backend.run_id}") == NOTHING
+
+
+async def test_faults_and_log_steps_in_a_workflow_on_containers(client, tmp_path: Path):
+    text = textwrap.dedent(f"""
+        name: docker faults
+        nodes: {{count: 3, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {KV_WASM}}}
+          - {{name: ns, type: create_namespace, node: node-1, application_id: "${{results.install.application_id}}"}}
+          - {{name: ctx, type: create_context, node: node-1, application_id: "${{results.install.application_id}}", namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{name: inv2, type: invite, node: node-1, namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{type: join, node: node-2, namespace_id: "${{results.ns.namespace_id}}", invitation: "${{results.inv2.invitation}}"}}
+          - {{name: inv3, type: invite, node: node-1, namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{type: join, node: node-3, namespace_id: "${{results.ns.namespace_id}}", invitation: "${{results.inv3.invitation}}"}}
+          - {{type: partition_peers, node: node-3, peers: [node-1, node-2]}}
+          - {{type: call, node: node-3, context_id: "${{results.ctx.context_id}}", method: set, args: {{key: island, value: "3"}}}}
+          - {{type: call, node: node-1, context_id: "${{results.ctx.context_id}}", method: set, args: {{key: main, value: "1"}}}}
+          - {{name: apart, type: wait_for_sync, context_id: "${{results.ctx.context_id}}", timeout: 2, expected_failure: true}}
+          - {{type: heal_peers, node: node-3, peers: [node-1, node-2]}}
+          - {{type: wait_for_sync, context_id: "${{results.ctx.context_id}}", timeout: 60, expect: {{method: len, equals: 2}}}}
+          - {{name: freeze, type: pause_container, container: node-2}}
+          - {{name: frozen, type: call, node: node-2, context_id: "${{results.ctx.context_id}}", method: len, timeout: 1, expected_failure: true, expected_error: "paused by step 'freeze'"}}
+          - {{type: unpause_container, container: node-2}}
+          - {{name: bounce, type: restart_container, container: "${{nodes.node-2.container}}"}}
+          - {{type: call, node: node-2, context_id: "${{results.ctx.context_id}}", method: len, expected: 2}}
+          - {{name: stop2, type: stop_node, nodes: node-2}}
+          - {{type: call, node: node-2, context_id: "${{results.ctx.context_id}}", method: len, expected_failure: true, expected_error: "node-2 was stopped by step 'stop2'"}}
+          - {{type: start_node, nodes: node-2}}
+          - {{type: assert_log_present, nodes: [node-1, node-2], patterns: ["node node-2 started"], min_matches: 3}}
+          - {{type: assert_log_absent, nodes: [], patterns: ["Traceback"]}}
+          - {{name: big, type: script, target: nodes, nodes: node-1, run: 'head -c 3000000 /dev/zero | tr "\\0" a'}}
+    """)
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    result = await run_docker(wf, tmp_path)
+    assert result.passed, failures(result)
+    hashes = result.workflow_results["apart"]["hashes"]
+    assert hashes["node-1"] == hashes["node-2"] != hashes["node-3"]
+    big = result.workflow_results["big"]["nodes"]["node-1"]
+    assert len(big["stdout"]) == 1024 * 1024 and big["stdout_truncated"] is True
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
 def test_host_path_for_maps_through_the_deepest_mount():

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -105,6 +110,91 @@ async def test_timeout_kills_the_script(tmp_path: Path):
     assert result.steps[0].error.kind == "timeout"
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def _run_in_a_fresh_interpreter(tmp_path: Path, workflow: str) -> subprocess.CompletedProcess[str]:
+    """Run a workflow in its own interpreter, which prints its peak memory (KiB) last."""
+    wf = tmp_path / "wf.yml"
+    wf.write_text(textwrap.dedent(workflow))
+    program = textwrap.dedent(f"""
+        import resource, sys
+        from calimero_workflow.cli import main
+        code = main(["run", {str(wf)!r}, "--workdir", {str(tmp_path / "runs")!r}, "-v"])
+        print("peak-kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        sys.exit(code)
+    """)
+    return subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_huge_output_is_cut_while_it_is_read(tmp_path: Path):
+    # 300 MB on stdout: kept up to 1 MiB, the rest read and dropped as it
+    # comes, so the engine's memory stays flat (it held all of it, and
+    # peaked at more than twice the output's size).
+    done = _run_in_a_fresh_interpreter(
+        tmp_path,
+        """
+        name: t
+        steps:
+          - name: big
+            type: script
+            run: 'head -c 300000000 /dev/zero | tr "\\0" a; echo finished >&2'
+        """,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    peak_mib = int(done.stdout.rsplit("peak-kib", 1)[1]) / 1024
+    assert peak_mib < 200, f"peak memory {peak_mib:.0f} MiB"
+    assert "stdout: [cut at 1 MiB of 300000000 bytes; the rest was dropped]" in done.stdout
+    assert "stderr: finished" in done.stdout
+
+
+async def test_cut_output_is_marked_in_the_results(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {name: big, type: script, run: 'head -c 1048600 /dev/zero | tr "\\0" b'}
+          - {name: small, type: script, run: 'echo "{\\"a\\": 1}"'}
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    big = result.workflow_results["big"]
+    assert len(big["stdout"]) == 1024 * 1024 and set(big["stdout"]) == {"b"}
+    assert big["stdout_truncated"] is True and big["stderr_truncated"] is False
+    assert big["output"] is None
+    small = result.workflow_results["small"]
+    assert small["output"] == {"a": 1} and small["stdout_truncated"] is False
+    # a 1 MiB value cannot be an environment variable (the kernel refuses to
+    # start the program): it is left out, and the step says so
+    assert any("SCRIPT_OUTPUT_LOCAL is left out of the environment" in line for line in result.steps[1].logs)
+
+
+def test_a_timed_out_script_that_left_a_process_behind_exits_quietly(tmp_path: Path):
+    # `setsid` takes the background process out of the script's process group:
+    # the timeout cannot kill it, and it holds the output pipe open. The run
+    # used to end with "Exception ignored ... RuntimeError: Event loop is closed".
+    pidfile = tmp_path / "pid"
+    try:
+        done = _run_in_a_fresh_interpreter(
+            tmp_path,
+            f"""
+            name: t
+            steps:
+              - {{type: script, run: 'setsid sleep 298 & echo $! > {pidfile}; echo started', timeout: 2}}
+            """,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "step timed out after 2 s" in done.stdout
+        assert "Exception ignored" not in done.stderr, done.stderr
+        assert "Event loop is closed" not in done.stderr, done.stderr
+        assert done.stderr.strip() == "", done.stderr
+    finally:
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize(

@@ -957,3 +957,26 @@ class NodeClient:
             events=list(result.get("events") or []),
             raw=payload,
         )
+
+    # -- contexts, applications and the node's identity (later additions) -----
+
+    async def delete_context(self, context_id: str, *, requester: str | None = None) -> dict[str, Any]:
+        """Leave and delete a context on this node (``DELETE /admin-api/contexts/:id``).
+
+        ``requester`` is the admin identity merod asks for when the context
+        belongs to a group.
+        """
+        body = {"requester": requester} if requester else None
+        data = await self._admin("DELETE", f"/contexts/{context_id}", body)
+        return data if isinstance(data, dict) else {}
+
+    async def uninstall_application(self, application_id: str) -> dict[str, Any]:
+        """Remove an installed application (``DELETE /admin-api/applications/:id``)."""
+        data = await self._admin("DELETE", f"/applications/{application_id}")
+        return data if isinstance(data, dict) else {}
+
+    async def node_identity(self) -> dict[str, Any]:
+        """Who the node is: ``accountId``, ``deviceId``, ``publicKey``,
+        ``accountRootPublicKey`` (``GET /admin-api/identity``)."""
+        data = await self._admin("GET", "/identity")
+        return data if isinstance(data, dict) else {}

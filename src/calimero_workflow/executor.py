@@ -364,10 +364,19 @@ class WorkflowExecutor:
                 states[name]["contexts_error"] = exc.message
         (dest / "node-states.json").write_text(json.dumps(states, indent=2, default=str))
         data["states"] = str(dest / "node-states.json")
-        files = await self.backend.collect_logs(dest)
+        files = await self.backend.collect_logs(dest, redact=self._redact())
         self.result.node_log_files.update({n: str(p) for n, p in files.items()})
         data["logs"] = {n: str(p) for n, p in files.items()}
         return PhaseReport(detail=f"node logs and states written to {dest}", data=data)
+
+    def _redact(self) -> Callable[[str], str] | None:
+        """Masks the workflow's credentials in node logs before they are written:
+        a node may log what it was given (a URL with a password in it)."""
+        if not self.result.secrets:
+            return None
+        from .report.github import Redactor
+
+        return Redactor(self.result.secrets).redact
 
     def _logs_dir(self) -> Path:
         return self.logs_dir if self.logs_dir is not None else self.workdir / "node-logs"
@@ -377,7 +386,7 @@ class WorkflowExecutor:
         if self.backend is not None:
             if not self.result.node_log_files and self.ctx is not None and self.ctx.nodes:
                 try:
-                    files = await self.backend.collect_logs(self._logs_dir())
+                    files = await self.backend.collect_logs(self._logs_dir(), redact=self._redact())
                     self.result.node_log_files.update({n: str(p) for n, p in files.items()})
                     if files:
                         details.append(f"node logs in {self._logs_dir()}")

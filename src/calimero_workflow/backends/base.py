@@ -9,9 +9,24 @@ lifecycle phase and every fault step goes through the methods below.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: Written into each run's folder: which workflow the run belongs to, so
+#: ``nuke`` removes exactly that workflow's leftovers (never a workflow whose
+#: name merely starts the same).
+RUN_MARKER = ".cw-run.json"
+#: The marker earlier Docker runs wrote; still read by ``nuke``.
+_OLD_RUN_MARKERS = (".cw-docker-run.json",)
+
+#: A log line's level, in merod's (``WARN``) and Python's (``WARNING``) spelling.
+_LEVEL_RE = re.compile(r"\b(WARN|WARNING|ERROR|CRITICAL|FATAL)\b")
 
 
 class BackendError(Exception):
@@ -67,6 +82,8 @@ class NodeHandle:
     backend: str
     #: Backend-specific facts shown in results (container id, image, ports...).
     info: dict[str, Any] = field(default_factory=dict)
+    #: ``start_node`` found the node running already and started nothing.
+    already_running: bool = False
 
 
 @dataclass
@@ -75,6 +92,8 @@ class NodeState:
 
     running: bool
     exit_code: int | None = None
+    #: Frozen by ``pause_node`` (it runs, but answers nothing).
+    paused: bool = False
     oom_killed: bool = False
     error: str | None = None
     started_at: str | None = None
@@ -101,6 +120,7 @@ class NodeBackend(abc.ABC):
         self.workflow_name = workflow_name
         #: Per-run scratch directory (node homes, copied apps, logs).
         self.workdir = workdir
+        self._lifecycle_locks: dict[str, asyncio.Lock] = {}
 
     def node_setup(self, *, env: dict[str, str], init_args: list[str], networks: list[str]) -> None:
         """Extra environment, ``merod init`` arguments and networks for every node
@@ -130,26 +150,106 @@ class NodeBackend(abc.ABC):
         :class:`NodeUnavailableError` naming the first node that failed.
         """
 
-    @abc.abstractmethod
-    async def stop_node(self, name: str) -> None:
-        """Stop a node, keeping its data."""
+    # -- lifecycle: one operation per node at a time ------------------------------
 
-    @abc.abstractmethod
-    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
-        """Start a stopped node again on its existing data."""
+    def _lifecycle_lock(self, name: str) -> asyncio.Lock:
+        if name not in self._lifecycle_locks:
+            self._lifecycle_locks[name] = asyncio.Lock()
+        return self._lifecycle_locks[name]
 
-    async def restart_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
-        await self.stop_node(name)
-        return await self.start_node(name, ready_timeout=ready_timeout)
+    async def stop_node(self, name: str) -> bool:
+        """Stop a node, keeping its data. False when it was stopped already.
+
+        Lifecycle operations on one node (stop, start, restart, pause,
+        taking it off its peers and back) run one at a time, in the order
+        they were asked for, so steps in parallel groups see each other's
+        outcome and never a half stopped node.
+        """
+        async with self._lifecycle_lock(name):
+            return await self._stop_node(name)
+
+    async def start_node(
+        self, name: str, *, ready_timeout: float, wait: bool = True
+    ) -> NodeHandle:
+        """Start a stopped node again on its existing data (``wait``: until ready).
+
+        A node that runs already is left alone; its handle says
+        ``already_running``.
+        """
+        async with self._lifecycle_lock(name):
+            return await self._start_node(name, ready_timeout=ready_timeout, wait=wait)
+
+    async def restart_node(
+        self, name: str, *, ready_timeout: float, wait: bool = True
+    ) -> NodeHandle:
+        """Stop (when it runs) and start a node, as one operation."""
+        async with self._lifecycle_lock(name):
+            await self._stop_node(name)
+            handle = await self._start_node(name, ready_timeout=ready_timeout, wait=wait)
+            handle.already_running = False
+            return handle
+
+    async def pause_node(self, name: str) -> bool:
+        """Freeze a running node: it keeps its state but answers nothing and
+        exchanges nothing with its peers. False when it was paused already."""
+        async with self._lifecycle_lock(name):
+            return await self._pause_node(name)
+
+    async def unpause_node(self, name: str) -> bool:
+        """Undo :meth:`pause_node`. False when the node was not paused."""
+        async with self._lifecycle_lock(name):
+            return await self._unpause_node(name)
 
     async def disconnect_node(self, name: str) -> None:
         """Cut a node off from its peers (the engine can still reach it)."""
-        raise BackendError(
-            f"the {self.name} backend cannot partition nodes", node=name
-        )
+        async with self._lifecycle_lock(name):
+            await self._disconnect_node(name)
 
     async def connect_node(self, name: str) -> None:
         """Undo :meth:`disconnect_node`."""
+        async with self._lifecycle_lock(name):
+            await self._connect_node(name)
+
+    async def partition_peers(self, name: str, peers: list[str]) -> None:
+        """Cut traffic between ``name`` and each of ``peers``, both ways; every
+        node still answers the engine, and talks to the nodes not named."""
+        async with self._lifecycle_locks_of([name, *peers]):
+            await self._set_partition(name, peers, blocked=True)
+
+    async def heal_peers(self, name: str, peers: list[str]) -> None:
+        """Undo :meth:`partition_peers` for these pairs."""
+        async with self._lifecycle_locks_of([name, *peers]):
+            await self._set_partition(name, peers, blocked=False)
+
+    @contextlib.asynccontextmanager
+    async def _lifecycle_locks_of(self, names: list[str]) -> AsyncIterator[None]:
+        # Always taken in one order, so two partitions never wait on each other.
+        async with contextlib.AsyncExitStack() as stack:
+            for name in sorted(set(names)):
+                await stack.enter_async_context(self._lifecycle_lock(name))
+            yield
+
+    @abc.abstractmethod
+    async def _stop_node(self, name: str) -> bool:
+        """Stop a node (under its lifecycle lock); False when it was not running."""
+
+    @abc.abstractmethod
+    async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
+        """Start a stopped node (under its lifecycle lock)."""
+
+    async def _pause_node(self, name: str) -> bool:
+        raise BackendError(f"the {self.name} backend cannot pause nodes", node=name)
+
+    async def _unpause_node(self, name: str) -> bool:
+        raise BackendError(f"the {self.name} backend cannot pause nodes", node=name)
+
+    async def _disconnect_node(self, name: str) -> None:
+        raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
+
+    async def _connect_node(self, name: str) -> None:
+        raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
+
+    async def _set_partition(self, name: str, peers: list[str], *, blocked: bool) -> None:
         raise BackendError(f"the {self.name} backend cannot partition nodes", node=name)
 
     @abc.abstractmethod
@@ -157,8 +257,14 @@ class NodeBackend(abc.ABC):
         """Whether the node runs, and how it ended if it does not."""
 
     @abc.abstractmethod
-    async def collect_logs(self, dest: Path) -> dict[str, Path]:
-        """Write each node's full log to ``dest/<node>.log`` and return the paths."""
+    async def collect_logs(
+        self, dest: Path, *, redact: Callable[[str], str] | None = None
+    ) -> dict[str, Path]:
+        """Write each node's full log to ``dest/<node>.log`` and return the paths.
+
+        ``redact`` masks the run's credentials in the text before it is
+        written (a node may log a URL with a password in it).
+        """
 
     async def stage_file(self, name: str, path: Path) -> str:
         """Make a host file readable by the node and return the node's path for it.
@@ -169,9 +275,10 @@ class NodeBackend(abc.ABC):
         return str(path.resolve())
 
     async def exec_in_node(
-        self, name: str, argv: list[str], env: dict[str, str]
+        self, name: str, argv: list[str], env: dict[str, str], *, limit: int | None = None
     ) -> tuple[int, bytes, bytes]:
-        """Run a command inside a node's container: ``(exit code, stdout, stderr)``."""
+        """Run a command inside a node's container: ``(exit code, stdout, stderr)``,
+        each output cut to ``limit`` bytes (the rest is read and dropped)."""
         raise BackendError(
             f"the {self.name} backend has no node containers to run commands in",
             node=name,
@@ -186,6 +293,45 @@ class NodeBackend(abc.ABC):
         """The last lines of one node's log, for failure messages."""
         return ""
 
+    async def read_logs(self, name: str, *, tail: int | None = None) -> str | None:
+        """One node's log as text (the last ``tail`` lines, or all it keeps);
+        None when this backend keeps no log of the node."""
+        return None
+
+    async def logs_since(self, name: str, since: float) -> list[str]:
+        """The node's log lines written since ``since`` (seconds since the epoch)."""
+        return []
+
     @abc.abstractmethod
     async def cleanup(self) -> PhaseReport:
         """Stop and remove everything this run created. Safe to call twice."""
+
+
+def is_warning_or_error(line: str) -> bool:
+    """Whether a node log line was logged as a warning or an error."""
+    return _LEVEL_RE.search(line) is not None
+
+
+def write_run_marker(workdir: Path, *, workflow_name: str, run_id: str, backend: str) -> None:
+    """Record in the run's folder which workflow it belongs to (read by ``nuke``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker = {"workflow": workflow_name, "run_id": run_id, "backend": backend}
+    (workdir / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+
+
+def runs_of_workflow(parent: Path, workflow_name: str) -> Iterator[Path]:
+    """The run folders under ``parent`` whose marker names exactly ``workflow_name``.
+
+    A folder without a marker (or with one naming another workflow) is never
+    listed, whatever its name: names are cut and lower-cased, so ``kv`` and
+    ``kv store`` would otherwise look alike.
+    """
+    if not parent.is_dir():
+        return
+    for run_dir in sorted(parent.iterdir()):
+        for marker_name in (RUN_MARKER, *_OLD_RUN_MARKERS):
+            with contextlib.suppress(OSError, ValueError):
+                marker = json.loads((run_dir / marker_name).read_text())
+                if isinstance(marker, dict) and marker.get("workflow") == workflow_name:
+                    yield run_dir
+                    break

@@ -6,7 +6,11 @@ What one run creates, all labelled ``calimero-workflow.run-id=<run id>``,
 
 - a *peers* bridge network for the swarm, on which each node is known as
   ``<node>.peers`` (the only name its siblings' ``bootstrap.nodes`` use).
-  ``disconnect_node`` takes a node off this network and nothing else;
+  ``disconnect_node`` takes a node off this network and nothing else. While
+  ``partition_peers`` keeps pairs of nodes apart, the nodes are spread over
+  several such networks (``peers``, ``peers-1``…), each one a group of nodes
+  that may all talk to each other, so two nodes share a network exactly when
+  they may talk;
 - *control* networks through which the workflow reaches each node's server
   port. Docker drops a container's published ports when it leaves its only
   network, which is why peers and control are separate. Nodes must not talk to
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -57,6 +62,8 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    runs_of_workflow,
+    write_run_marker,
 )
 
 __all__ = [
@@ -88,8 +95,6 @@ LABEL_APP_BUNDLES = "calimero-workflow.app-bundles"
 SERVER_PORT = 2528
 SWARM_PORT = 2428
 DATA = "/app/data"
-#: Written into each run's workdir so ``nuke`` knows which workflow left it.
-RUN_MARKER = ".cw-docker-run.json"
 #: How often readiness is polled; a node takes a few hundred ms to serve.
 POLL_INTERVAL = 0.05
 #: Bound on waiting for Docker calls still in flight when cleanup starts.
@@ -358,6 +363,39 @@ def _merge_logs(earlier: bytes, current: bytes) -> bytes:
     )
 
 
+def _clique_cover(names: list[str], blocked: set[frozenset[str]]) -> list[frozenset[str]]:
+    """Groups of nodes that may all talk to each other, covering every pair
+    that may talk (a pair in ``blocked`` may not). Nodes that may talk to no
+    one are in no group."""
+    allowed = {
+        n: {m for m in names if m != n and frozenset((n, m)) not in blocked}
+        for n in names
+    }
+    cliques: list[frozenset[str]] = []
+
+    def extend(chosen: set[str], candidates: set[str], excluded: set[str]) -> None:
+        # Bron-Kerbosch: every maximal clique, for the handful of nodes a run has.
+        if not candidates and not excluded:
+            cliques.append(frozenset(chosen))
+            return
+        for node in sorted(candidates):
+            extend(chosen | {node}, candidates & allowed[node], excluded & allowed[node])
+            candidates = candidates - {node}
+            excluded = excluded | {node}
+
+    extend(set(), set(names), set())
+    uncovered = {frozenset((a, b)) for a in names for b in allowed[a]}
+    cover: list[frozenset[str]] = []
+    while uncovered:
+        best = max(
+            cliques,
+            key=lambda c: (sum(1 for pair in uncovered if pair <= c), sorted(c)),
+        )
+        cover.append(best)
+        uncovered = {pair for pair in uncovered if not pair <= best}
+    return cover
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -413,6 +451,12 @@ class DockerBackend(NodeBackend):
         self._data: dict[str, str] = {}
         self._urls: dict[str, str] = {}
         self._disconnected: set[str] = set()
+        self._paused: set[str] = set()
+        #: Pairs of nodes ``partition_peers`` keeps apart.
+        self._blocked_pairs: set[frozenset[str]] = set()
+        #: Members of each peer network (role -> node names).
+        self._peer_members: dict[str, set[str]] = {}
+        self._rewiring = threading.Lock()
         #: Log text saved at each stop, merged with the live log at collection.
         self._log_history: dict[str, bytes] = {}
         # Docker calls run in worker threads that a cancelled task cannot stop;
@@ -667,13 +711,12 @@ class DockerBackend(NodeBackend):
         return self._network(f"ctl-{_name_part(node)}")
 
     def _write_marker(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        marker = {
-            "workflow": self.workflow_name,
-            "run_id": self.run_id,
-            "backend": self.name,
-        }
-        (self.workdir / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+        write_run_marker(
+            self.workdir,
+            workflow_name=self.workflow_name,
+            run_id=self.run_id,
+            backend=self.name,
+        )
 
     def _local_data_dir(self, spec: NodeSpec) -> Path:
         if spec.data_dir is not None:
@@ -849,6 +892,8 @@ class DockerBackend(NodeBackend):
                     hint=hint,
                 ) from exc
             self._containers[spec.name] = container
+            with self._rewiring:
+                self._peer_members.setdefault("peers", set()).add(spec.name)
             self._urls[spec.name] = (
                 f"http://127.0.0.1:{port}"
                 if self._joins is None
@@ -1011,57 +1056,167 @@ class DockerBackend(NodeBackend):
         return f"{DATA}/{target}"
 
     async def exec_in_node(
-        self, name: str, argv: list[str], env: dict[str, str]
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` in the node's container: ``(exit code, stdout, stderr)``."""
+        """Run ``argv`` in the node's container: ``(exit code, stdout, stderr)``.
+
+        With ``limit``, each output keeps at most that many bytes; the rest is
+        read (so the command never blocks on a full pipe) and dropped.
+        """
         container = self._container(name)
-        result = await self._io(
-            container.exec_run, argv, environment=env, demux=True, user=self._user or ""
-        )
-        stdout, stderr = (
-            result.output if isinstance(result.output, tuple) else (result.output, b"")
-        )
-        return result.exit_code or 0, stdout or b"", stderr or b""
+        return await self._io(self._exec, container, argv, env, limit)
+
+    def _exec(
+        self, container: Any, argv: list[str], env: dict[str, str], limit: int | None
+    ) -> tuple[int, bytes, bytes]:
+        api = self.client.api
+        exec_id = api.exec_create(
+            container.id, argv, environment=env, user=self._user or ""
+        )["Id"]
+        kept = (bytearray(), bytearray())
+        for chunks in api.exec_start(exec_id, stream=True, demux=True):
+            for buffer, chunk in zip(kept, chunks, strict=True):
+                if chunk:
+                    room = len(chunk) if limit is None else limit - len(buffer)
+                    buffer += chunk[: max(room, 0)]
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        return code or 0, bytes(kept[0]), bytes(kept[1])
 
     # -- faults -------------------------------------------------------------------
 
-    async def stop_node(self, name: str) -> None:
+    async def _stop_node(self, name: str) -> bool:
         """SIGTERM the node (SIGKILL after 10 s); container, data and logs stay."""
         container = self._container(name)
+        await self._io(container.reload)
+        if container.status == "paused":
+            await self._io(container.unpause)
+        self._paused.discard(name)
+        if container.status not in ("running", "paused"):
+            return False
         await self._io(container.stop, timeout=10)
         current = await self._io(container.logs, timestamps=True)
         self._log_history[name] = _merge_logs(self._log_history.get(name, b""), current)
+        return True
 
-    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+    async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
         """Start a stopped node on its data; ready once it sees the reachable running peers."""
         container = self._container(name)
         await self._io(container.reload)
-        if container.status != "running":
-            await self._io(container.start)
-        expected = 0
-        if name not in self._disconnected:
-            for other, sibling in self._containers.items():
-                if other == name or other in self._disconnected:
-                    continue
-                await self._io(sibling.reload)
-                expected += sibling.status == "running"
-        await self._wait_ready([name], expected, ready_timeout)
+        if container.status in ("running", "paused"):
+            handle = self._handle(name)
+            handle.already_running = True
+            return handle
+        await self._io(container.start)
+        if wait:
+            await self._wait_ready([name], await self._reachable_peers(name), ready_timeout)
         return self._handle(name)
 
-    async def disconnect_node(self, name: str) -> None:
-        """Take the node off the peers network; the workflow still reaches it."""
-        container = self._container(name)
-        await self._io(self._network("peers").disconnect, container, force=True)
-        self._disconnected.add(name)
-
-    async def connect_node(self, name: str) -> None:
-        """Put a disconnected node back on the peers network under its alias."""
-        container = self._container(name)
-        if name in self._disconnected:
-            await self._io(
-                self._network("peers").connect, container, aliases=[_peer_alias(name)]
+    async def _reachable_peers(self, name: str) -> int:
+        """How many running nodes share a peer network with ``name``."""
+        mine = {role for role, members in self._peer_members.items() if name in members}
+        count = 0
+        for other, sibling in self._containers.items():
+            shared = any(
+                other in self._peer_members.get(role, ()) for role in mine
             )
-            self._disconnected.discard(name)
+            if other == name or not shared:
+                continue
+            await self._io(sibling.reload)
+            count += sibling.status == "running"
+        return count
+
+    async def _pause_node(self, name: str) -> bool:
+        """``docker pause``: the container keeps its memory and answers nothing."""
+        container = self._container(name)
+        await self._io(container.reload)
+        if container.status == "paused":
+            return False
+        if container.status != "running":
+            raise BackendError(f"node {name} is not running, so it cannot be paused", node=name)
+        await self._io(container.pause)
+        self._paused.add(name)
+        return True
+
+    async def _unpause_node(self, name: str) -> bool:
+        container = self._container(name)
+        await self._io(container.reload)
+        if container.status != "paused":
+            return False
+        await self._io(container.unpause)
+        self._paused.discard(name)
+        return True
+
+    async def _disconnect_node(self, name: str) -> None:
+        """Take the node off its peer networks; the workflow still reaches it."""
+        self._container(name)
+        self._disconnected.add(name)
+        await self._io(self._rewire_peers)
+
+    async def _connect_node(self, name: str) -> None:
+        """Put a disconnected node back on its peer networks under its alias."""
+        self._container(name)
+        self._disconnected.discard(name)
+        await self._io(self._rewire_peers)
+
+    async def _set_partition(self, name: str, peers: list[str], *, blocked: bool) -> None:
+        for node in [name, *peers]:
+            self._container(node)
+        for peer in peers:
+            if peer == name:
+                raise BackendError(f"node {name} cannot be partitioned from itself", node=name)
+            pair = frozenset((name, peer))
+            if blocked:
+                self._blocked_pairs.add(pair)
+            else:
+                self._blocked_pairs.discard(pair)
+        await self._io(self._rewire_peers)
+
+    def _peer_cover(self) -> dict[str, set[str]]:
+        """Which peer network each group of mutually reachable nodes uses.
+
+        A group keeps the network whose members it shares most (``peers``
+        first), so a change moves as few nodes as it can.
+        """
+        names = [n for n in self._containers if n not in self._disconnected]
+        if not self._blocked_pairs:
+            groups = [frozenset(names)] if names else []
+        else:
+            groups = _clique_cover(names, self._blocked_pairs)
+        free = {role: set(members) for role, members in self._peer_members.items()}
+        free.setdefault("peers", set())
+        cover: dict[str, set[str]] = {}
+        for group in sorted(groups, key=lambda g: (-len(g), sorted(g))):
+            if free:
+                role = max(
+                    free,
+                    key=lambda r: (len(free[r] & group), r == "peers", -len(r), r),
+                )
+                del free[role]
+            else:
+                role = next(f"peers-{i}" for i in itertools.count(1) if f"peers-{i}" not in cover)
+            cover[role] = set(group)
+        return cover
+
+    def _rewire_peers(self) -> None:
+        """Connect and disconnect nodes so the peer networks match the faults:
+        new memberships first, so a pair that may talk never loses all of them."""
+        with self._rewiring:
+            desired = self._peer_cover()
+            for role, members in desired.items():
+                current = self._peer_members.get(role, set())
+                for node in sorted(members - current):
+                    self._network(role).connect(
+                        self._containers[node], aliases=[_peer_alias(node)]
+                    )
+            for role, current in self._peer_members.items():
+                for node in sorted(current - desired.get(role, set())):
+                    self._network(role).disconnect(self._containers[node], force=True)
+            self._peer_members = {role: set(m) for role, m in desired.items()}
 
     # -- observation --------------------------------------------------------------
 
@@ -1073,6 +1228,7 @@ class DockerBackend(NodeBackend):
         return NodeState(
             running=bool(state.get("Running")),
             exit_code=state.get("ExitCode"),
+            paused=bool(state.get("Paused")),
             oom_killed=bool(state.get("OOMKilled")),
             error=state.get("Error") or None,
             started_at=state.get("StartedAt"),
@@ -1088,23 +1244,47 @@ class DockerBackend(NodeBackend):
             return ""
         return raw.decode("utf-8", "replace").rstrip("\n")
 
-    async def collect_logs(self, dest: Path) -> dict[str, Path]:
+    async def read_logs(self, name: str, *, tail: int | None = None) -> str | None:
+        """The container's log as the node wrote it (no timestamps added)."""
+        container = self._container(name)
+        raw = await self._io(container.logs, tail=tail or "all", timestamps=False)
+        return raw.decode("utf-8", "replace")
+
+    async def logs_since(self, name: str, since: float) -> list[str]:
+        try:
+            container = self._container(name)
+            raw = await self._io(container.logs, since=since, timestamps=True)
+        except BackendError:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
+
+    async def collect_logs(
+        self, dest: Path, *, redact: Callable[[str], str] | None = None
+    ) -> dict[str, Path]:
         """Write ``<node>.log`` (all segments, timestamps) and ``<node>.state.json`` per node."""
         dest.mkdir(parents=True, exist_ok=True)
         out: dict[str, Path] = {}
+
+        def write(path: Path, data: bytes) -> None:
+            if redact is not None:
+                text = redact(data.decode("utf-8", "surrogateescape"))
+                data = text.encode("utf-8", "surrogateescape")
+            path.write_bytes(data)
+
         for name, container in list(self._containers.items()):
             path = dest / f"{name}.log"
             try:
                 raw = await self._io(container.logs, timestamps=True)
                 state = await self.node_state(name)
             except BackendError as exc:  # keep going for the other nodes
-                path.write_bytes(
+                write(
+                    path,
                     self._log_history.get(name, b"")
-                    + f"could not read logs: {exc}\n".encode()
+                    + f"could not read logs: {exc}\n".encode(),
                 )
                 out[name] = path
                 continue
-            path.write_bytes(_merge_logs(self._log_history.get(name, b""), raw))
+            write(path, _merge_logs(self._log_history.get(name, b""), raw))
             (dest / f"{name}.state.json").write_text(
                 json.dumps(asdict(state), indent=2) + "\n"
             )
@@ -1175,22 +1355,10 @@ class DockerBackend(NodeBackend):
 
     def _remove_old_data(self) -> list[str]:
         removed = []
-        parent = self.workdir.parent
-        if not parent.is_dir():
-            return removed
-        for run_dir in sorted(parent.iterdir()):
-            try:
-                marker = json.loads((run_dir / RUN_MARKER).read_text())
-            except (OSError, ValueError):
-                continue
-            if (
-                not isinstance(marker, dict)
-                or marker.get("workflow") != self.workflow_name
-                or not (run_dir / "nodes").is_dir()
-            ):
-                continue
-            shutil.rmtree(run_dir / "nodes")
-            removed.append(run_dir.name)
+        for run_dir in runs_of_workflow(self.workdir.parent, self.workflow_name):
+            if (run_dir / "nodes").is_dir():
+                shutil.rmtree(run_dir / "nodes")
+                removed.append(run_dir.name)
         return removed
 
     async def nuke(self) -> PhaseReport:

@@ -3,7 +3,13 @@
 Each node is an :class:`~calimero_workflow.node.server.EmbeddedNode` with its
 own home directory, admin/JSON-RPC server and swarm port on loopback. They
 share one wasm runtime, so an app is compiled once for the whole run. Node
-log lines are kept per node in memory and written out like container logs.
+log lines are kept per node in memory, with the time each was written, and
+written out like container logs.
+
+The faults act on the node objects from outside: a paused node keeps its
+listening socket (connections queue in the kernel, as with ``docker pause``)
+but reads nothing, and a partition between two nodes makes each refuse the
+other's swarm connections.
 """
 
 from __future__ import annotations
@@ -11,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..client import NodeClient, NodeError
 from .base import (
@@ -24,15 +34,20 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    runs_of_workflow,
+    write_run_marker,
 )
 
 _MAX_LOG_LINES = 20_000
+
+#: One log line and when it was written (seconds since the epoch).
+LogLine = tuple[float, str]
 
 
 class _NodeLogHandler(logging.Handler):
     """Routes log records of embedded nodes to per-node buffers."""
 
-    def __init__(self, buffers: dict[str, deque[str]]):
+    def __init__(self, buffers: dict[str, deque[LogLine]]):
         super().__init__(level=logging.DEBUG)
         self.buffers = buffers
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -45,9 +60,52 @@ class _NodeLogHandler(logging.Handler):
             node = tail if tail in self.buffers else None
         if node in self.buffers:
             try:
-                self.buffers[node].append(self.format(record))
+                self.buffers[node].append((record.created, self.format(record)))
             except Exception:  # logging must never break a node
                 self.handleError(record)
+
+
+@dataclass
+class _Frozen:
+    """What :meth:`EmbeddedBackend.pause_node` stopped reading, to resume it."""
+
+    #: Duplicates of the server's listening sockets: they keep the port
+    #: listening (connections wait in the backlog) while nothing accepts.
+    listeners: list[socket.socket] = field(default_factory=list)
+    transports: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for sock in self.listeners:
+            sock.close()
+        self.listeners.clear()
+
+
+def _guard_swarm(swarm: Any, blocked: set[str]) -> None:
+    """Make ``swarm`` refuse connections with the peer ids in ``blocked``.
+
+    The set is the backend's own and changes in place; the swarm checks it on
+    every connection it would register and every peer it would dial.
+    """
+    register = swarm._register
+    dial_targets = swarm._dial_targets
+
+    def guarded_register(conn: Any) -> None:
+        if conn.peer_id in blocked:
+            conn.close()  # never registered, so nothing else to undo
+            return
+        register(conn)
+
+    def guarded_targets() -> list[Any]:
+        return [a for a in dial_targets() if a.peer_id not in blocked]
+
+    swarm._register = guarded_register
+    swarm._dial_targets = guarded_targets
+
+
+def _drop_connections(swarm: Any, peer_ids: set[str]) -> None:
+    for peer_id in peer_ids:
+        for conn in list(swarm._conns.get(peer_id, ())):
+            conn.close()
 
 
 class EmbeddedBackend(NodeBackend):
@@ -62,10 +120,18 @@ class EmbeddedBackend(NodeBackend):
         self.runtime = WasmRuntime()
         self._nodes: dict = {}
         self._specs: dict[str, NodeSpec] = {}
-        self._logs: dict[str, deque[str]] = {}
+        self._logs: dict[str, deque[LogLine]] = {}
         self._states: dict[str, NodeState] = {}
         #: Last server URL of each node: a restarted node comes back on it.
         self._urls: dict[str, str] = {}
+        #: Peer id of each node (kept in its home, so it survives restarts).
+        self._peer_ids: dict[str, str] = {}
+        #: Faults that outlive a restart of the node they are set on.
+        self._disconnected: set[str] = set()
+        self._blocked: dict[str, set[str]] = {}
+        self._frozen: dict[str, _Frozen] = {}
+        #: The swarm each node's partition guard is installed on.
+        self._guarded: dict[str, Any] = {}
         self._handler = _NodeLogHandler(self._logs)
         self._logger = logging.getLogger("calimero_workflow.node")
         self._logger.addHandler(self._handler)
@@ -73,16 +139,15 @@ class EmbeddedBackend(NodeBackend):
             self._logger.setLevel(logging.INFO)
 
     async def nuke(self) -> PhaseReport:
-        """Remove node data left by earlier runs of the same workflow."""
+        """Remove node data left by earlier runs of the same workflow (by the
+        run marker's exact workflow name, never by a folder name prefix)."""
         import shutil
 
-        prefix = self.workdir.name[: -len(self.run_id)] if self.workdir.name.endswith(self.run_id) else None
         removed = []
-        if prefix and self.workdir.parent.is_dir():
-            for old in sorted(self.workdir.parent.iterdir()):
-                if old.is_dir() and old.name.startswith(prefix) and old != self.workdir:
-                    shutil.rmtree(old / "nodes", ignore_errors=True)
-                    removed.append(old.name)
+        for old in runs_of_workflow(self.workdir.parent, self.workflow_name):
+            if old != self.workdir and (old / "nodes").is_dir():
+                shutil.rmtree(old / "nodes", ignore_errors=True)
+                removed.append(old.name)
         return PhaseReport(
             detail=f"removed node data of {len(removed)} earlier run(s)" if removed else "nothing left by earlier runs",
             data={"removed": removed},
@@ -101,6 +166,9 @@ class EmbeddedBackend(NodeBackend):
             logging.getLogger("calimero_workflow").info(
                 "embedded nodes ignore the node image (%s)", ", ".join(ignored)
             )
+        write_run_marker(
+            self.workdir, workflow_name=self.workflow_name, run_id=self.run_id, backend=self.name
+        )
         handles: dict[str, NodeHandle] = {}
         addrs: list[str] = []
         # Nodes come up one after another in a few milliseconds each; every
@@ -132,6 +200,7 @@ class EmbeddedBackend(NodeBackend):
                 ) from exc
             self._nodes[spec.name] = node
             self._urls[spec.name] = node.url
+            self._peer_ids[spec.name] = node.peer_id
             self._states[spec.name] = NodeState(running=True, started_at=_now())
             addrs.append(node.swarm_multiaddr)
             handles[spec.name] = self._handle(spec.name)
@@ -178,22 +247,35 @@ class EmbeddedBackend(NodeBackend):
             raise BackendError(f"no node named {name!r} in this run", node=name)
         return self._nodes.get(name)
 
-    async def stop_node(self, name: str) -> None:
+    def _running(self, name: str):
         node = self._node(name)
         if node is None:
-            return
+            raise BackendError(f"node {name} is not running", node=name)
+        return node
+
+    def _note(self, name: str, text: str) -> None:
+        self._logs[name].append((time.time(), f"{_now()} INFO {text}"))
+
+    async def _stop_node(self, name: str) -> bool:
+        node = self._node(name)
+        if node is None:
+            return False
+        self._thaw(name, node, listen=False)
         await node.stop()
         del self._nodes[name]
         self._states[name] = NodeState(
             running=False, exit_code=0, started_at=self._states[name].started_at, finished_at=_now()
         )
-        self._logs[name].append(f"{_now()} INFO node stopped by the workflow")
+        self._note(name, "node stopped by the workflow")
+        return True
 
-    async def start_node(self, name: str, *, ready_timeout: float) -> NodeHandle:
+    async def _start_node(self, name: str, *, ready_timeout: float, wait: bool) -> NodeHandle:
         from ..node.server import EmbeddedNode, NodeConfig
 
         if self._node(name) is not None:
-            return self._handle(name)
+            handle = self._handle(name)
+            handle.already_running = True
+            return handle
         spec = self._specs[name]
         others = [n.swarm_multiaddr for k, n in self._nodes.items() if k != name]
         config = NodeConfig(
@@ -207,26 +289,121 @@ class EmbeddedBackend(NodeBackend):
             bootstrap=others,
         )
         node = EmbeddedNode(config, runtime=self.runtime)
-        await node.start()
+        try:
+            await node.start()
+        except OSError as exc:
+            raise NodeUnavailableError(
+                f"embedded node {name} could not start again: {exc}", node=name
+            ) from exc
         self._nodes[name] = node
         self._states[name] = NodeState(running=True, started_at=_now())
-        self._logs[name].append(f"{_now()} INFO node started again by the workflow")
-        await self._wait_ready([name], 1, ready_timeout)
+        self._note(name, "node started again by the workflow")
+        # A restart keeps the faults set on the node, as a container keeps its networks.
+        if name in self._disconnected:
+            node.swarm.partitioned = True
+        self._guard(name)
+        if wait:
+            await self._wait_ready([name], 1, ready_timeout)
         return self._handle(name)
 
-    async def disconnect_node(self, name: str) -> None:
-        node = self._node(name)
-        if node is None:
-            raise BackendError(f"node {name} is not running", node=name)
-        node.swarm.partitioned = True
-        self._logs[name].append(f"{_now()} INFO node disconnected from its peers by the workflow")
+    # -- pause ---------------------------------------------------------------------
 
-    async def connect_node(self, name: str) -> None:
-        node = self._node(name)
-        if node is None:
-            raise BackendError(f"node {name} is not running", node=name)
-        node.swarm.partitioned = False
-        self._logs[name].append(f"{_now()} INFO node reconnected to its peers by the workflow")
+    async def _pause_node(self, name: str) -> bool:
+        node = self._running(name)
+        if name in self._frozen:
+            return False
+        # The node's HTTP server (uvicorn's); EmbeddedNode has no public handle on it.
+        http = node._http
+        frozen = _Frozen()
+        for server in list(http.servers):
+            frozen.listeners.extend(sock.dup() for sock in server.sockets)
+            server.close()
+        for connection in list(http.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                frozen.transports.append(transport)
+        node.swarm.partitioned = True
+        self._frozen[name] = frozen
+        self._states[name].paused = True
+        self._note(name, "node paused by the workflow")
+        return True
+
+    async def _unpause_node(self, name: str) -> bool:
+        node = self._running(name)
+        if name not in self._frozen:
+            return False
+        listeners = self._thaw(name, node, listen=True)
+        if listeners:
+            await node._http.startup(sockets=listeners)
+        self._note(name, "node unpaused by the workflow")
+        return True
+
+    def _thaw(self, name: str, node: Any, *, listen: bool) -> list[socket.socket]:
+        """Undo a pause's reading stops; return the kept listening sockets
+        (``listen``) or close them."""
+        frozen = self._frozen.pop(name, None)
+        if frozen is None:
+            return []
+        for transport in frozen.transports:
+            if not transport.is_closing():
+                transport.resume_reading()
+        node.swarm.partitioned = name in self._disconnected
+        self._states[name].paused = False
+        if listen:
+            return frozen.listeners
+        frozen.close()
+        return []
+
+    # -- partitions ------------------------------------------------------------------
+
+    async def _disconnect_node(self, name: str) -> None:
+        node = self._running(name)
+        node.swarm.partitioned = True
+        self._disconnected.add(name)
+        self._note(name, "node disconnected from its peers by the workflow")
+
+    async def _connect_node(self, name: str) -> None:
+        node = self._running(name)
+        self._disconnected.discard(name)
+        if name not in self._frozen:
+            node.swarm.partitioned = False
+        self._note(name, "node reconnected to its peers by the workflow")
+
+    async def _set_partition(self, name: str, peers: list[str], *, blocked: bool) -> None:
+        for peer in [name, *peers]:
+            self._node(peer)  # each must be a node of this run
+        for peer in peers:
+            if peer == name:
+                raise BackendError(f"node {name} cannot be partitioned from itself", node=name)
+            for a, b in ((name, peer), (peer, name)):
+                ids = self._blocked.setdefault(a, set())
+                if blocked:
+                    ids.add(self._peer_ids[b])
+                else:
+                    ids.discard(self._peer_ids[b])
+        for node_name in [name, *peers]:
+            node = self._guard(node_name)
+            if node is not None and blocked:
+                _drop_connections(node.swarm, self._blocked[node_name])
+        what = "cut off from" if blocked else "reconnected to"
+        self._note(name, f"node {what} {', '.join(peers)} by the workflow")
+        if not blocked:
+            for node_name in [name, *peers]:
+                node = self._nodes.get(node_name)
+                if node is not None:
+                    await node.swarm.dial_missing()
+
+    def _guard(self, name: str) -> Any:
+        """Install the partition guard on a running node's swarm (once per swarm)."""
+        node = self._nodes.get(name)
+        blocked = self._blocked.get(name)
+        if node is None or blocked is None:
+            return node
+        if self._guarded.get(name) is not node.swarm:
+            _guard_swarm(node.swarm, blocked)
+            self._guarded[name] = node.swarm
+        return node
 
     async def node_state(self, name: str) -> NodeState:
         self._node(name)
@@ -236,14 +413,25 @@ class EmbeddedBackend(NodeBackend):
         buffer = self._logs.get(name)
         if not buffer:
             return ""
-        return "\n".join(list(buffer)[-lines:])
+        return "\n".join(text for _, text in list(buffer)[-lines:])
 
-    async def collect_logs(self, dest: Path) -> dict[str, Path]:
+    async def read_logs(self, name: str, *, tail: int | None = None) -> str | None:
+        self._node(name)
+        lines = [text for _, text in self._logs.get(name, ())]
+        return "\n".join(lines[-tail:] if tail else lines)
+
+    async def logs_since(self, name: str, since: float) -> list[str]:
+        return [text for at, text in list(self._logs.get(name, ())) if at >= since]
+
+    async def collect_logs(
+        self, dest: Path, *, redact: Callable[[str], str] | None = None
+    ) -> dict[str, Path]:
         dest.mkdir(parents=True, exist_ok=True)
         out: dict[str, Path] = {}
         for name, buffer in self._logs.items():
             path = dest / f"{name}.log"
-            path.write_text("\n".join(buffer) + ("\n" if buffer else ""), encoding="utf-8")
+            text = "\n".join(line for _, line in buffer) + ("\n" if buffer else "")
+            path.write_text(redact(text) if redact else text, encoding="utf-8")
             state = self._states.get(name)
             if state is not None:
                 (dest / f"{name}.state.json").write_text(json.dumps(state.__dict__, indent=2))
@@ -254,6 +442,7 @@ class EmbeddedBackend(NodeBackend):
         stopped = []
         for name, node in list(self._nodes.items()):
             try:
+                self._thaw(name, node, listen=False)
                 await node.stop()
             finally:
                 self._nodes.pop(name, None)

@@ -10,6 +10,16 @@ def load_builtin_steps() -> None:
     global _loaded
     if _loaded:
         return
-    from . import asserts, control, faults, fuzzy, more_steps, node_steps, script, sync  # noqa: F401
+    from . import (  # noqa: F401
+        asserts,
+        control,
+        faults,
+        fuzzy,
+        logs,
+        more_steps,
+        node_steps,
+        script,
+        sync,
+    )
 
     _loaded = True

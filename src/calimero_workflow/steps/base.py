@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..backends.base import BackendError, NodeUnavailableError
+from ..backends.base import BackendError, NodeUnavailableError, is_warning_or_error
 from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
@@ -209,6 +209,25 @@ class NodeRef:
         return {"name": self.name, "url": self.url, "kind": self.kind, **self.info}
 
 
+@dataclass(frozen=True)
+class Halt:
+    """A node that a fault step took down on purpose: stopped or paused."""
+
+    #: "stopped" or "paused".
+    how: str
+    #: The step that did it, and its line.
+    step: str
+    line: int
+
+    def describe(self, node: str) -> str:
+        return f"{node} was {self.how} by step {self.step!r} (line {self.line})"
+
+    def hint(self) -> str:
+        if self.how == "paused":
+            return "resume it with unpause_container before this step"
+        return "start it again with start_node or restart_node before this step"
+
+
 class RunEvents:
     """Callbacks the executor fires; reporters subclass this."""
 
@@ -240,6 +259,8 @@ class RunContext:
     captured: dict[str, Any] = field(default_factory=dict)
     #: Ready-wait timeout for start/restart steps.
     ready_timeout: float = 60.0
+    #: Nodes the workflow stopped or paused, until a step brings them back.
+    halted: dict[str, Halt] = field(default_factory=dict)
 
     @functools.cached_property
     def run_variables(self) -> dict[str, Any]:
@@ -516,6 +537,8 @@ class BaseStep:
         if run.report:
             ctx.events.step_started(self, run.path)
         started = time.perf_counter()
+        #: Node log lines from here on belong to this step.
+        since = time.time()
         record = StepRecord(
             name=self.display_name,
             type=self.type_name,
@@ -525,6 +548,7 @@ class BaseStep:
         )
         run.record = record
         config: StepConfig | None = None
+        cause: BaseException | None = None
         try:
             config = self.resolve(run)
             record.node = self.node_of(config)
@@ -543,6 +567,7 @@ class BaseStep:
             record.data = data
             self.export(config, data, run)
         except StepFailure as exc:
+            cause = exc
             if exc.location is None:
                 exc.location = self.location
             # Configuration mistakes never count as the expected failure.
@@ -565,6 +590,7 @@ class BaseStep:
                 record.error = error_from_exception(exc)
                 record.data = exc.data
         except (NodeError, BackendError) as exc:
+            cause = exc
             handled = config is not None and config.expected_failure
             if handled:
                 record.data = self._expected_failure_data(exc)
@@ -581,6 +607,9 @@ class BaseStep:
         except TimeoutError:
             limit = config.timeout if config else None
             message = f"step timed out after {limit:g} s" if limit else "step timed out"
+            node = self.node_of(config) if config is not None else None
+            if node in ctx.halted:  # a paused node answers nothing
+                message += f": {ctx.halted[node].describe(node)}"
             if config is not None and config.expected_failure:
                 failure = StepFailure(message, kind="timeout")
                 record.data = self._expected_failure_data(failure)
@@ -623,12 +652,18 @@ class BaseStep:
         record.duration_s = time.perf_counter() - started
         record.logs = run.logs
         record.children = run.children
+        kept: dict[str, str] = {}
         if record.status is Status.FAILED and record.node and ctx.backend is not None:
-            record.node_logs = await self._node_logs(ctx, record.node)
+            record.node_logs, kept = await self._node_logs(ctx, record, since, cause)
         if record.status is Status.PASSED and self.explicit_name:
             ctx.results[self.explicit_name] = record.data
         if run.report:
             ctx.events.step_finished(record)
+        if kept:
+            # The console has shown what bears on the failure; the reports
+            # written from the record after the run (JUnit, the summary) keep
+            # the node's last lines whatever the failure.
+            record.node_logs = kept
         return record
 
     def export(self, config: StepConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False) -> None:
@@ -708,6 +743,18 @@ class BaseStep:
                     data = await self.execute(config, run)
                 return (data if data is not None else {}), attempt
             except (NodeError, BackendError) as exc:
+                halted = _halted(run.ctx, exc)
+                explicit = config.retries is not None and attempt <= retries
+                if halted is not None and (not explicit or config.expected_failure):
+                    # The workflow took the node down itself: say so, at once
+                    # (unless the step asked for retries, to ride out a restart).
+                    node, halt = halted
+                    raise StepFailure(
+                        halt.describe(node),
+                        kind="node_halted",
+                        hint=halt.hint(),
+                        location=self.location,
+                    ) from exc
                 if attempt > retries or not _is_transient(exc) or config.expected_failure:
                     raise
                 run.log(f"attempt {attempt} failed ({exc}); retrying in {delay:.2f}s")
@@ -767,14 +814,47 @@ class BaseStep:
         return info
 
     @staticmethod
-    async def _node_logs(ctx: RunContext, node: str) -> dict[str, str]:
-        if node not in ctx.nodes or ctx.nodes[node].kind == "remote" or ctx.backend is None:
-            return {}
+    async def _node_logs(
+        ctx: RunContext, record: StepRecord, since: float, cause: BaseException | None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The node log lines shown with a failure, and those kept for the reports.
+
+        Shown: only what bears on this step. The last lines when the node
+        died, the lines written during the step when the node failed (HTTP
+        5xx), and otherwise the warnings and errors it logged during the
+        step; nothing for a node the workflow stopped itself. Kept: the
+        node's last lines. All of its log is in the run's ``node-logs/``.
+        """
+        node = record.node
+        backend = ctx.backend
+        if node not in ctx.nodes or ctx.nodes[node].kind == "remote" or backend is None:
+            return {}, {}
+        kind = record.error.kind if record.error else None
         try:
-            tail = await ctx.backend.tail_logs(node, 50)
+            tail = (await backend.tail_logs(node, 50)).splitlines()
+            if node in ctx.halted:
+                lines = []
+            elif kind in ("node_died", "node_unavailable") or isinstance(cause, NodeUnavailableError):
+                lines = tail
+            else:
+                lines = await backend.logs_since(node, since)
+                failed = isinstance(cause, NodeApiError) and (cause.status or 0) >= 500
+                if not failed:
+                    lines = [line for line in lines if is_warning_or_error(line)]
         except Exception:  # logs are best effort; the failure itself matters more
-            return {}
-        return {node: tail} if tail else {}
+            return {}, {}
+        shown = {node: "\n".join(lines[-50:])} if lines else {}
+        return shown, ({node: "\n".join(tail)} if tail else {})
+
+
+def _halted(ctx: RunContext, exc: BaseException) -> tuple[str, Halt] | None:
+    """The node an error is about, when the workflow took that node down."""
+    node = getattr(exc, "node", None)
+    if node not in ctx.halted:
+        return None
+    if isinstance(exc, NodeConnectionError):
+        return node, ctx.halted[node]
+    return None
 
 
 def _non_json_values(value: Any, path: tuple[Any, ...]):

@@ -139,16 +139,20 @@ class Repeat(BaseStep):
                 if config.stop_on_failure:
                     break
         elapsed = time.perf_counter() - started
+        ran = len(iterations)
         data = {
             "iterations": iterations,
             # The last iteration's variables, so `outputs:` can rename them.
-            "iteration": len(iterations),
-            "iteration_index": len(iterations) - 1,
+            "iteration": ran,
+            "iteration_index": ran - 1,
             "total_iterations": config.count,
             "step_count": len(self.children),
-            "completed_iterations": len(iterations),
+            "completed_iterations": ran,
             "failed_iterations": failed_iterations,
-            "duration_seconds": round(elapsed, 6),
+            # merobox's timing names, rounded as merobox rounds them.
+            **_durations("duration", elapsed),
+            "throughput_ops_per_sec": round(ran / elapsed, 2) if elapsed > 0 else 0.0,
+            "avg_time_per_op_ms": round(elapsed * 1000 / ran, 3) if elapsed > 0 and ran else 0.0,
         }
         if failed_iterations:
             first = failed_iterations[0]
@@ -312,14 +316,23 @@ class Parallel(BaseStep):
                         if cut.error is not None and cut.error.kind == "cancelled":
                             cut.error.message = why
         self._collect(run, records)
+        overall = time.perf_counter() - started
         data = {
             "group_count": len(self.groups),
             "passed_groups": passed,
             "failed_groups": failed,
             "cancelled_groups": cancelled,
             "durations": {k: round(v, 6) for k, v in durations.items()},
-            "duration_seconds": round(time.perf_counter() - started, 6),
+            "duration_seconds": round(overall, 6),
+            # merobox's names: overall, per group by index (0-based) and by name.
+            **_durations("overall_duration", overall),
+            "parallel_success_count": len(passed),
+            "parallel_failure_count": len(failed) + len(cancelled),
         }
+        for index, (name, _, _) in enumerate(self.groups):
+            if name in durations:
+                data.update(_durations(f"group_{index}_duration", durations[name]))
+                data.update(_durations(f"{name}_duration", durations[name]))
         if config.failure_mode == "continue-on-error":
             if passed:
                 return data
@@ -341,3 +354,12 @@ class Parallel(BaseStep):
 
 class _GroupFailed(Exception):
     pass
+
+
+def _durations(prefix: str, seconds: float) -> dict[str, Any]:
+    """``<prefix>_seconds``, ``_ms`` and ``_ns``, rounded as merobox rounds them."""
+    return {
+        f"{prefix}_seconds": round(seconds, 6),
+        f"{prefix}_ms": round(seconds * 1000, 3),
+        f"{prefix}_ns": int(seconds * 1_000_000_000),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from ..appinstall import install_local_app
+from ..confined import ConfinedPathError, write_confined
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -128,9 +130,19 @@ class DownloadBlob(BaseStep):
         digest = hashlib.sha256(content).hexdigest()
         data: dict[str, Any] = {"blob_id": config.blob_id, "size": len(content), "sha256": digest}
         if config.output_path:
-            out = _confined(self, config.output_path, run.ctx.workflow.base_dir, "output_path")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(content)
+            base = run.ctx.workflow.base_dir
+            try:
+                out = await asyncio.to_thread(
+                    write_confined, config.output_path, content, base=base, roots=[base, Path.cwd()]
+                )
+            except (ConfinedPathError, OSError) as exc:
+                raise StepFailure(
+                    f"cannot write output_path {config.output_path!r}: {exc}",
+                    location=self.key_location("output_path"),
+                    hint="output_path is relative to the workflow's folder, must stay inside it or "
+                    "the working directory, and may pass through no symbolic link",
+                    data=data,
+                ) from None
             data["output_path"] = str(out)
         if config.expected_size is not None and config.expected_size != len(content):
             raise StepFailure("blob size differs", kind="assertion", expected=config.expected_size,

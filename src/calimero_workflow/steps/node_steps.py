@@ -542,3 +542,73 @@ class Call(BaseStep):
                 data=data,
             )
         return data
+
+
+# -- removing contexts and applications; the node's identity ----------------------------
+
+
+class DeleteContextConfig(NodeStepConfig):
+    context_id: str
+    #: The admin identity merod asks for when the context belongs to a group.
+    requester: str | None = None
+
+
+@register_step
+class DeleteContext(BaseStep):
+    type_name = "delete_context"
+    Config = DeleteContextConfig
+    default_retries = 2
+    summary = "delete a context on a node (the node leaves it until `join_context`) → `deleted`"
+
+    async def execute(self, config: DeleteContextConfig, run: StepRun) -> dict[str, Any]:
+        data = await run.ctx.client(config.node).delete_context(
+            config.context_id, requester=config.requester
+        )
+        run.response = data
+        return {"context_id": config.context_id, "deleted": bool(data.get("isDeleted", True))}
+
+
+class UninstallApplicationConfig(NodeStepConfig):
+    application_id: str
+
+
+@register_step
+class UninstallApplication(BaseStep):
+    type_name = "uninstall_application"
+    Config = UninstallApplicationConfig
+    default_retries = 2
+    summary = "remove an installed application from a node → `application_id`"
+
+    async def execute(self, config: UninstallApplicationConfig, run: StepRun) -> dict[str, Any]:
+        data = await run.ctx.client(config.node).uninstall_application(config.application_id)
+        run.response = data
+        return {"application_id": data.get("applicationId", config.application_id)}
+
+
+@register_step
+class NodeIdentity(BaseStep):
+    type_name = "node_identity"
+    Config = NodeStepConfig
+    default_retries = 2
+    #: merobox's automatic names.
+    exports = {
+        "identity_account_id_{node}": "account_id",
+        "identity_device_id_{node}": "device_id",
+        "identity_public_key_{node}": "public_key",
+        "identity_account_root_{node}": "account_root_public_key",
+        "identity_agreement_key_{node}": "device_agreement_key",
+    }
+    summary = (
+        "read who a node is → `account_id`, `device_id`, `public_key`, `account_root_public_key`"
+    )
+
+    async def execute(self, config: NodeStepConfig, run: StepRun) -> dict[str, Any]:
+        data = await run.ctx.client(config.node).node_identity()
+        run.response = data
+        return {
+            "account_id": data.get("accountId"),
+            "device_id": data.get("deviceId"),
+            "public_key": data.get("publicKey"),
+            "account_root_public_key": data.get("accountRootPublicKey"),
+            "device_agreement_key": data.get("deviceAgreementKey"),
+        }

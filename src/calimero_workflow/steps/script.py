@@ -37,6 +37,8 @@ from .base import (
 
 _ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _OUTPUT_LIMIT = 1024 * 1024
+#: Linux's limit on one ``NAME=value`` string given to a program (MAX_ARG_STRLEN).
+_ENV_VALUE_LIMIT = 128 * 1024
 
 
 class ScriptConfig(StepConfig):
@@ -98,6 +100,43 @@ def _as_env_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class _CappedOutput(asyncio.SubprocessProtocol):
+    """A script's stdout and stderr, read as they come, each kept up to ``limit`` bytes.
+
+    Bytes past the limit are counted and dropped, so a script that writes
+    gigabytes costs no memory and never blocks on a full pipe.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.limit = limit
+        self.kept = {1: bytearray(), 2: bytearray()}
+        self.size = {1: 0, 2: 0}
+        self._open = {1, 2}
+        #: The process has exited.
+        self.exited: asyncio.Future[None] = loop.create_future()
+        #: The process has exited and both pipes are closed.
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.size[fd] += len(data)
+        room = self.limit - len(self.kept[fd])
+        if room > 0:
+            self.kept[fd] += data[:room]
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        self._settle()
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.exited.done() and not self._open and not self.done.done():
+            self.done.set_result(None)
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -200,10 +239,18 @@ class Script(BaseStep):
     def _environment(self, config: ScriptConfig, run: StepRun, results_file: Path) -> dict[str, str]:
         ctx = run.ctx
         env = dict(ctx.env)
-        for key, value in ctx.captured.items():
-            env[env_name(key)] = _as_env_value(value)
-        for key, value in run.variables.items():
-            env[env_name(key)] = _as_env_value(value)
+        for key, value in [*ctx.captured.items(), *run.variables.items()]:
+            name, text = env_name(key), _as_env_value(value)
+            if len(name) + len(text) + 2 > _ENV_VALUE_LIMIT:
+                # The kernel refuses to start a program given a longer variable.
+                env.pop(name, None)
+                run.log(
+                    f"{name} is left out of the environment: its value has {len(text)} "
+                    "characters, over the system's limit for one variable (128 KiB); "
+                    "a named step's results are in $CW_RESULTS_FILE"
+                )
+                continue
+            env[name] = text
         for name, ref in ctx.nodes.items():
             env[f"CW_NODE_{env_name(name)}_URL"] = ref.url
         env["CW_RESULTS_FILE"] = str(results_file)
@@ -259,8 +306,10 @@ class Script(BaseStep):
 
     async def _run_local(self, argv: list[str], env: dict[str, str], cwd: Path, run: StepRun) -> dict[str, Any]:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            transport, output = await loop.subprocess_exec(
+                lambda: _CappedOutput(loop, _OUTPUT_LIMIT),
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -275,18 +324,31 @@ class Script(BaseStep):
         # exits normally (`cmd &`) keeps running; only a timeout or an
         # interrupt takes the process group down.
         try:
-            stdout, stderr = await proc.communicate()
+            # The output is read as it comes (so the script never blocks on a
+            # full pipe) and kept up to the limit; the step ends when the
+            # script has exited and its output is closed.
+            await output.done
         except asyncio.CancelledError:
             # Timeout or interrupt: take the whole process group down.
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(transport.get_pid(), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            await proc.wait()
+            await output.exited
             raise
-        return self._finish(run, proc.returncode or 0, stdout, stderr, time.perf_counter() - started)
+        finally:
+            # Closes our ends of the pipes even when a process that left the
+            # group (`setsid cmd &`) still holds theirs.
+            transport.close()
+        return self._finish(
+            run, transport.get_returncode() or 0, bytes(output.kept[1]), bytes(output.kept[2]),
+            time.perf_counter() - started, sizes=(output.size[1], output.size[2]),
+        )
 
-    def _finish(self, run: StepRun, code: int, stdout: bytes, stderr: bytes, elapsed: float, node: str | None = None) -> dict[str, Any]:
+    def _finish(
+        self, run: StepRun, code: int, stdout: bytes, stderr: bytes, elapsed: float,
+        node: str | None = None, sizes: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
         out = stdout[:_OUTPUT_LIMIT].decode("utf-8", "replace")
         err = stderr[:_OUTPUT_LIMIT].decode("utf-8", "replace")
         prefix = f"[{node}] " if node else ""
@@ -294,8 +356,16 @@ class Script(BaseStep):
             run.log(f"{prefix}stdout: {line}")
         for line in err.splitlines()[-200:]:
             run.log(f"{prefix}stderr: {line}")
+        sizes = sizes or (len(stdout), len(stderr))
+        truncated = {}
+        for stream, size in zip(("stdout", "stderr"), sizes, strict=True):
+            truncated[stream] = size > _OUTPUT_LIMIT
+            if truncated[stream]:
+                # Node containers report no total: their output stops being read at the cut.
+                written = f" of {size} bytes" if node is None else ""
+                run.log(f"{prefix}{stream}: [cut at 1 MiB{written}; the rest was dropped]")
         try:
-            parsed = json.loads(out) if out.strip() else None
+            parsed = json.loads(out) if out.strip() and not truncated["stdout"] else None
         except ValueError:
             parsed = None
         data = {
@@ -304,6 +374,8 @@ class Script(BaseStep):
             "stderr": err,
             "output": parsed,
             "duration_seconds": round(elapsed, 6),
+            "stdout_truncated": truncated["stdout"],
+            "stderr_truncated": truncated["stderr"],
         }
         if code != 0:
             raise StepFailure(
@@ -335,7 +407,9 @@ class Script(BaseStep):
         for name in names:
             started = time.perf_counter()
             code, stdout, stderr = await ctx.backend.exec_in_node(
-                name, ["/bin/sh", "-c", body, "script", *[_as_env_value(a) for a in config.args]], env
+                name, ["/bin/sh", "-c", body, "script", *[_as_env_value(a) for a in config.args]], env,
+                # One byte more than is kept, so a cut is noticed.
+                limit=_OUTPUT_LIMIT + 1,
             )
             per_node[name] = self._finish(run, code, stdout, stderr, time.perf_counter() - started, node=name)
         return {"nodes": per_node, "exit_code": 0}

@@ -1,0 +1,99 @@
+"""Writing a file a workflow names, inside a folder, without following symbolic links.
+
+Resolving a path and then writing to it leaves a window in which a directory
+on the way can be swapped for a symbolic link, and the write lands wherever
+the link points. :func:`write_confined` never resolves anything below the
+folder: it opens each directory on the way relative to the one before it,
+refusing symbolic links (``O_NOFOLLOW``), creates the file under a fresh
+temporary name in the last one (``O_CREAT | O_EXCL``) and renames it into
+place within that directory. A link swapped in at any moment makes the write
+fail; it never redirects it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["ConfinedPathError", "write_confined"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ConfinedPathError(ValueError):
+    """The path leaves the allowed folders, or passes through a symbolic link."""
+
+
+def write_confined(path_text: str, data: bytes, *, base: Path, roots: Sequence[Path]) -> Path:
+    """Write ``data`` to ``path_text`` (relative to ``base``) inside one of ``roots``.
+
+    ``..`` is read as text, before anything is opened, and the result must lie
+    inside one of ``roots`` (each taken as it resolves now). Missing
+    directories are created. An existing file is replaced whole; a symbolic
+    link in its place is replaced, never followed.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfinedPathError: the path is outside every root, names a folder, or
+            passes through a symbolic link or a file.
+        OSError: the file system refused the write.
+    """
+    target = Path(os.path.normpath(base.resolve() / path_text))
+    inside = [r for r in (root.resolve() for root in roots) if r == target or r in target.parents]
+    if not inside:
+        raise ConfinedPathError(f"{path_text!r} is outside the workflow's folder and the working directory")
+    root = max(inside, key=lambda r: len(r.parts))
+    parts = target.relative_to(root).parts
+    if not parts:
+        raise ConfinedPathError(f"{path_text!r} names a folder, not a file")
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            below = _open_dir(folder, part, path_text)
+            os.close(folder)
+            folder = below
+        _replace(folder, parts[-1], data)
+    finally:
+        os.close(folder)
+    return target
+
+
+def _open_dir(folder: int, name: str, path_text: str) -> int:
+    """Open (making it when missing) directory ``name`` in ``folder``, never through a link."""
+    for attempt in range(2):
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=folder)
+        except FileNotFoundError:
+            if attempt:
+                raise
+            # Whatever is there after a race is opened, without following, below.
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                raise ConfinedPathError(
+                    f"{path_text!r} passes through {name!r}, which is a symbolic link or a file, "
+                    "not a folder"
+                ) from None
+            raise
+    raise AssertionError("unreachable")
+
+
+def _replace(folder: int, name: str, data: bytes) -> None:
+    temporary = f".{name}.{secrets.token_hex(6)}.tmp"
+    handle = os.open(temporary, _FILE_FLAGS, 0o644, dir_fd=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=folder)
+        raise

@@ -1,0 +1,119 @@
+"""assert_log_present and assert_log_absent on the logs of embedded nodes."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calimero_workflow.errors import WorkflowValidationError
+from calimero_workflow.executor import WorkflowExecutor
+from calimero_workflow.results import Status
+from calimero_workflow.workflow import parse_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "kv-store" / "kv_store.wasm"
+
+
+async def run_text(text: str, tmp_path: Path):
+    wf = parse_workflow(textwrap.dedent(text), file=tmp_path / "wf.yml", environ={})
+    return await WorkflowExecutor(wf, env={}, workdir=tmp_path / "runs").run()
+
+
+async def test_patterns_present_and_absent_pass(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        nodes: {{count: 2, prefix: node}}
+        steps:
+          - {{type: install_application, node: node-1, path: {APP}}}
+          - {{type: install_application, node: node-2, path: {APP}}}
+          - name: present
+            type: assert_log_present
+            nodes: [node-1, node-2, node-1]
+            patterns: ["installed application", "INSTALLED APP"]
+            case_sensitive: false
+            min_matches: 2
+          - name: regex
+            type: assert_log_present
+            nodes: []
+            patterns: ['node node-\\d started: server http://127\\.0\\.0\\.1:\\d+']
+            regex: true
+          - name: absent
+            type: assert_log_absent
+            nodes: [node-1, node-2]
+            patterns: ["Traceback", "panicked at"]
+          - name: tail
+            type: assert_log_absent
+            nodes: [node-1]
+            patterns: ["generated node identity"]
+            tail_lines: 1
+        """,
+        tmp_path,
+    )
+    assert result.passed, [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    present = result.workflow_results["present"]
+    assert present["nodes"] == ["node-1", "node-2"]  # each log read once
+    assert present["hits"] == {"installed application": 2, "INSTALLED APP": 2}
+    assert present["first_matches"]["installed application"]["node"] == "node-1"
+    assert result.workflow_results["regex"]["hits"] == {
+        r"node node-\d started: server http://127\.0\.0\.1:\d+": 2
+    }
+    assert result.workflow_results["absent"]["match_count"] == 0
+
+
+async def test_a_pattern_found_or_missing_fails_with_where(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        nodes: {{count: 1, prefix: node}}
+        steps:
+          - {{type: install_application, node: node-1, path: {APP}}}
+          - name: absent
+            type: assert_log_absent
+            nodes: [node-1]
+            patterns: ["installed application"]
+        """,
+        tmp_path,
+    )
+    step = result.steps[1]
+    assert step.status is Status.FAILED and step.error.kind == "assertion"
+    assert "node 'node-1' line" in step.error.message and "'installed application'" in step.error.message
+    text = step.data["matches"][0]["text"]
+    assert "installed application" in text and len(text) <= 200  # cut as merobox cuts
+
+    result = await run_text(
+        """
+        name: t
+        nodes: {count: 1, prefix: node}
+        steps:
+          - {type: assert_log_present, nodes: [node-1], patterns: ["node node-1 started", "never logged"], min_matches: 1}
+        """,
+        tmp_path,
+    )
+    step = result.steps[0]
+    assert step.status is Status.FAILED
+    assert step.error.message == "pattern 'never logged' had 0 hit(s), expected at least 1"
+    assert step.data["hits"]["node node-1 started"] == 1
+
+
+def test_log_steps_are_checked_at_load(tmp_path: Path):
+    text = textwrap.dedent("""
+        name: t
+        nodes: {count: 1, prefix: node}
+        remote_nodes: {far: {url: "http://127.0.0.1:9"}}
+        steps:
+          - {type: assert_log_present, nodes: [node-1], patterns: ["a("], regex: true}
+          - {type: assert_log_absent, nodes: [far, node-2], patterns: ["x"]}
+          - {type: assert_log_absent, nodes: [node-1], patterns: [""]}
+          - {type: assert_log_present, nodes: [node-1], patterns: ["x"], min_matches: 0}
+    """)
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    messages = [p.render() for p in info.value.problems]
+    assert any(":6:" in m and "not a valid regular expression" in m for m in messages), messages
+    assert any(":7:" in m and "remote node 'far'" in m for m in messages), messages
+    assert any(":7:" in m and "'node-2'" in m for m in messages), messages
+    assert any(":8:" in m and "would match every line" in m for m in messages), messages
+    assert any(":9:" in m and "min_matches" in m for m in messages), messages
