@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from calimero_workflow import bundle as mpk
+from calimero_workflow import ed25519
 from calimero_workflow.bundle import BundleError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -403,7 +404,7 @@ def test_a_small_order_key_forgery_is_refused() -> None:
 def test_a_non_canonical_s_is_refused() -> None:
     signed = mpk.sign_manifest(manifest())
     sig = base64.urlsafe_b64decode(signed["signature"]["signature"] + "==")
-    s = int.from_bytes(sig[32:], "little") + mpk._L
+    s = int.from_bytes(sig[32:], "little") + ed25519.L
     assert s < 2**256
     signed["signature"]["signature"] = b64u(sig[:32] + s.to_bytes(32, "little"))
     assert refused(pack(signed, sign=False)) == "Ed25519 signature verification failed"

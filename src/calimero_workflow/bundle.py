@@ -54,6 +54,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from .ed25519 import L, decode_point, is_small_order
+from .node.ids import b58encode
+
 __all__ = [
     "DEV_PUBLIC_KEY",
     "DEV_SEED",
@@ -131,7 +134,6 @@ DEV_SEED = hashlib.sha256(b"calimero-dev-signing-key-v1").digest()
 EMBEDDED_RUNTIME_VERSION = "0.11.0"
 
 _ED25519_PUB_MULTICODEC = b"\xed\x01"
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _JSON_MAX_DEPTH = 127  # serde_json refuses the 128th nested array/object
 
 
@@ -144,16 +146,6 @@ class _Corrupt(Exception):
 
 
 # -- small encodings --------------------------------------------------------------
-
-
-def _b58encode(data: bytes) -> str:
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    num = int.from_bytes(data, "big")
-    out = []
-    while num:
-        num, rem = divmod(num, 58)
-        out.append(_B58_ALPHABET[rem])
-    return "1" * zeros + "".join(reversed(out))
 
 
 def _b64url_encode(data: bytes) -> str:
@@ -178,7 +170,7 @@ def signer_id_for_public_key(public_key: bytes) -> str:
     """``did:key:z`` + base58btc(0xed01 || key): the signerId of an Ed25519 key."""
     if len(public_key) != 32:
         raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(public_key)}")
-    return "did:key:z" + _b58encode(_ED25519_PUB_MULTICODEC + public_key)
+    return "did:key:z" + b58encode(_ED25519_PUB_MULTICODEC + public_key)
 
 
 def _raw_public_key(key: Ed25519PrivateKey) -> bytes:
@@ -403,59 +395,17 @@ def signing_payload(canonical: bytes, scheme: str = SCHEME_V1) -> bytes:
 
 # -- Ed25519 as ed25519-dalek's verify_strict --------------------------------------
 
-_P = 2**255 - 19
-_L = 2**252 + 27742317777372353535851937790883648493
-_D = -121665 * pow(121666, _P - 2, _P) % _P
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
-
-
-def _decompress(encoded: bytes) -> tuple[int, int, int, int] | None:
-    """curve25519-dalek's ``CompressedEdwardsY::decompress``: None when no point."""
-    y = int.from_bytes(encoded, "little")
-    sign = y >> 255
-    y = (y & ((1 << 255) - 1)) % _P
-    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
-    x2 = u * pow(v, _P - 2, _P) % _P
-    x = pow(x2, (_P + 3) // 8, _P)
-    if (x * x - x2) % _P:
-        x = x * _SQRT_M1 % _P
-    if (x * x - x2) % _P:
-        return None
-    if x & 1:
-        x = _P - x
-    if sign:
-        x = (_P - x) % _P
-    return (x, y, 1, x * y % _P)
-
-
-def _add(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    x1, y1, z1, t1 = a
-    x2, y2, z2, t2 = b
-    aa = (y1 - x1) * (y2 - x2) % _P
-    bb = (y1 + x1) * (y2 + x2) % _P
-    cc = 2 * t1 * t2 * _D % _P
-    dd = 2 * z1 * z2 % _P
-    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
-    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
-
-
-def _small_order(point: tuple[int, int, int, int]) -> bool:
-    for _ in range(3):
-        point = _add(point, point)
-    x, y, z, _ = point
-    return x % _P == 0 and (y - z) % _P == 0
-
 
 def _verify_strict(signature: bytes, public_key: bytes, message: bytes) -> bool:
     """ed25519-dalek ``verify_strict``: the cofactorless equation, refusing
     small-order keys and R, non-canonical s, and an R that is no point."""
-    point_a = _decompress(public_key)
-    point_r = _decompress(signature[:32])
+    point_a = decode_point(public_key, strict=False)
+    point_r = decode_point(signature[:32], strict=False)
     if point_a is None or point_r is None:
         return False
-    if int.from_bytes(signature[32:], "little") >= _L:
+    if int.from_bytes(signature[32:], "little") >= L:
         return False
-    if _small_order(point_a) or _small_order(point_r):
+    if is_small_order(point_a) or is_small_order(point_r):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
@@ -509,7 +459,7 @@ def verify_manifest_signature(
         canonical = canonical_manifest(obj)
     except ValueError:
         raise BundleError("failed to canonicalize manifest JSON") from None
-    if _decompress(public_key) is None:
+    if decode_point(public_key, strict=False) is None:
         raise BundleError("invalid Ed25519 public key")
     used = None
     for scheme in schemes:

@@ -17,6 +17,8 @@ import hashlib
 import struct
 from collections.abc import Iterator
 
+from ..ed25519 import BASE, L, add, decode_point, encode_point, mul, negate
+
 __all__ = [
     "BUFFER",
     "DATA_REGISTER",
@@ -260,104 +262,30 @@ def custom_sections(wasm: bytes) -> Iterator[tuple[str, bytes]]:
 # `cryptography` package does not expose point validation, so decoding is done
 # here in pure Python (cheap: one modular square root); the signature check
 # itself uses `cryptography` when it is importable and falls back to the pure
-# Python RFC 8032 verifier below.
-
-_P = 2**255 - 19
-_L = 2**252 + 27742317777372353535851937790883648493
-_D = -121665 * pow(121666, _P - 2, _P) % _P
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
-_BASE_Y = 4 * pow(5, _P - 2, _P) % _P
-
-_Point = tuple[int, int, int, int]  # extended coordinates X, Y, Z, T
-
-
-def _recover_x(y: int, sign: int) -> int | None:
-    if y >= _P:
-        return None
-    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
-    if x2 == 0:
-        return None if sign else 0
-    x = pow(x2, (_P + 3) // 8, _P)
-    if (x * x - x2) % _P:
-        x = x * _SQRT_M1 % _P
-    if (x * x - x2) % _P:
-        return None
-    if x & 1 != sign:
-        x = _P - x
-    return x
-
-
-def _decode_point(encoded: bytes) -> _Point | None:
-    if len(encoded) != 32:
-        return None
-    y = int.from_bytes(encoded, "little")
-    sign = y >> 255
-    y &= (1 << 255) - 1
-    x = _recover_x(y, sign)
-    if x is None:
-        return None
-    return (x, y, 1, x * y % _P)
-
-
-def _encode_point(point: _Point) -> bytes:
-    x, y, z, _ = point
-    zinv = pow(z, _P - 2, _P)
-    x, y = x * zinv % _P, y * zinv % _P
-    return (y | ((x & 1) << 255)).to_bytes(32, "little")
-
-
-def _add(a: _Point, b: _Point) -> _Point:
-    # "add-2008-hwcd-3" for twisted Edwards curves with a = -1.
-    x1, y1, z1, t1 = a
-    x2, y2, z2, t2 = b
-    aa = (y1 - x1) * (y2 - x2) % _P
-    bb = (y1 + x1) * (y2 + x2) % _P
-    cc = 2 * t1 * t2 * _D % _P
-    dd = 2 * z1 * z2 % _P
-    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
-    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
-
-
-def _mul(scalar: int, point: _Point) -> _Point:
-    result: _Point = (0, 1, 1, 0)
-    while scalar:
-        if scalar & 1:
-            result = _add(result, point)
-        point = _add(point, point)
-        scalar >>= 1
-    return result
-
-
-_BASE: _Point = (
-    _recover_x(_BASE_Y, 0) or 0,
-    _BASE_Y,
-    1,
-    (_recover_x(_BASE_Y, 0) or 0) * _BASE_Y % _P,
-)
+# Python RFC 8032 verifier below (the curve is in calimero_workflow.ed25519).
 
 
 def ed25519_public_key_valid(public_key: bytes) -> bool:
     """Whether ``public_key`` is 32 bytes that decode to a point on the curve."""
-    return _decode_point(public_key) is not None
+    return decode_point(public_key) is not None
 
 
 def _verify_pure(signature: bytes, public_key: bytes, message: bytes) -> bool:
-    point_a = _decode_point(public_key)
+    point_a = decode_point(public_key)
     if point_a is None or len(signature) != 64:
         return False
     s = int.from_bytes(signature[32:], "little")
-    if s >= _L:
+    if s >= L:
         return False
     h = (
         int.from_bytes(
             hashlib.sha512(signature[:32] + public_key + message).digest(), "little"
         )
-        % _L
+        % L
     )
     # Check [s]B - [h]A == R by encoding, the cofactorless equation dalek uses.
-    neg_a = ((_P - point_a[0]) % _P, point_a[1], point_a[2], (_P - point_a[3]) % _P)
-    candidate = _add(_mul(s, _BASE), _mul(h, neg_a))
-    return _encode_point(candidate) == signature[:32]
+    candidate = add(mul(s, BASE), mul(h, negate(point_a)))
+    return encode_point(candidate) == signature[:32]
 
 
 def _verify_cryptography(signature: bytes, public_key: bytes, message: bytes) -> bool:
