@@ -561,8 +561,9 @@ class BaseStep:
                     expected="failure" + (f" containing {config.expected_error!r}" if config.expected_error else ""),
                     actual="success",
                     location=self.location,
-                    hint="remove `expected_failure` if the step is meant to succeed "
-                    "(merobox only warned when a call succeeded)",
+                    hint="remove `expected_failure` if the step is meant to succeed, or give "
+                    "a `call` that may go either way `allow_failure` instead (older merobox "
+                    "only warned when such a call succeeded; current merobox fails it too)",
                 )
             record.data = data
             self.export(config, data, run)
