@@ -137,6 +137,46 @@ async def test_yaml_log_level_reaches_the_nodes(tmp_path: Path):
     assert seen == ["warn"]
 
 
+@pytest.mark.parametrize(
+    "image, force_pull, given",
+    [
+        ("me/node:dev", None, {"me/node:dev"}),  # the README's Docker command
+        ("127.0.0.1:1/x:y", None, set()),  # --image names the file's own image
+        (None, None, set()),
+        ("me/node:dev", True, set()),  # --force-pull: every image
+    ],
+)
+async def test_force_pull_image_is_for_the_files_images_not_image(
+    tmp_path: Path, image: str | None, force_pull: bool | None, given: set[str]
+):
+    # merobox's _force_pull_workflow_images pulls the image the file names;
+    # an --image in its place is never force-pulled (the nodes run it).
+    from calimero_workflow.backends.embedded import EmbeddedBackend
+    from calimero_workflow.executor import WorkflowExecutor as Executor
+
+    wf = parse_workflow(
+        "name: p\nforce_pull_image: true\nnodes: {count: 1, image: '127.0.0.1:1/x:y'}\nsteps: []\n",
+        environ={},
+    )
+    asked = []
+
+    class Recording(EmbeddedBackend):
+        async def pull_image(self, *, force=False, as_given=()):
+            asked.append((force, set(as_given)))
+            return await super().pull_image(force=force, as_given=as_given)
+
+    def factory(kind, **k):
+        return Recording(run_id=k["run_id"], workflow_name="p", workdir=k["workdir"])
+
+    executor = Executor(
+        wf, backend="docker", image=image, force_pull=force_pull, env={}, workdir=tmp_path,
+        backend_factory=factory,
+    )
+    result = await executor.run()
+    assert result.passed, failures(result)
+    assert asked == [(True, given)]
+
+
 async def test_executor_public_key_is_accepted_and_sent(tmp_path: Path, monkeypatch):
     # §9.5: merobox validated it and dropped it; we send it (0.10-era nodes need it)
     # and, when a current node denies the unknown field, send the call again

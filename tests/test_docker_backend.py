@@ -759,22 +759,90 @@ async def test_pull_says_which_image_is_missing_or_needs_a_login(
         assert "attempts" not in str(failed.value)  # not worth trying again
         assert "name and the tag" in failed.value.hint
 
-        # forced, with a copy here: the message says the copy was not used
+        # forced, with a copy here: a warning, and the copy is used
         local = f"{registry}/calimero/merod:local-copy-{secrets.token_hex(3)}"
         client.images.get(NODE_IMAGE).tag(local)
         try:
-            with pytest.raises(BackendError) as failed:
-                await _backend(tmp_path, image=local).pull_image(force=True)
+            backend = _backend(tmp_path, image=local)
+            report = await backend.pull_image(force=True)
         finally:
             client.images.remove(local)
-        assert "force_pull_image" in failed.value.hint
-        assert "a copy of it is here" in failed.value.hint
+        assert not report.skipped
+        (warning,) = report.data["warnings"]
+        assert warning.startswith(f"the forced pull of {local} failed (the registry has no image")
+        assert warning.endswith("the copy of it here is used")
+        assert f"warning: {warning}" in report.detail
+        assert backend.image_info()["id"] == client.images.get(NODE_IMAGE).id
     with _registry("401") as registry:
         private = f"{registry}/private/merod:edge"
         with pytest.raises(BackendError) as failed:
             await _backend(tmp_path, image=private).pull_image()
         assert f"the registry refused {private!r}" in str(failed.value)
         assert f"docker login {registry}" in failed.value.hint
+
+
+def _closed_registry() -> str:
+    """A registry on a loopback port where nothing listens: every pull is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_force_pull_image_keeps_the_run_on_the_copy_here(client, tmp_path: Path):
+    # merobox: a forced pull that fails says "Workflow will continue with
+    # existing image". The file names an image whose registry cannot be reached.
+    registry = _closed_registry()
+    named = f"{registry}/calimero/merod:copy-{secrets.token_hex(3)}"
+    client.images.get(NODE_IMAGE).tag(named)
+    text = (
+        "name: forced pull\nforce_pull_image: true\n"
+        f"nodes: {{count: 1, prefix: n, image: '{named}'}}\n"
+        "steps:\n  - {type: wait, seconds: 0.1}\n"
+    )
+    try:
+        wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+        result = await WorkflowExecutor(wf, backend="docker", env={}, workdir=tmp_path).run()
+    finally:
+        client.images.remove(named)
+    assert result.passed, failures(result)
+    pull = next(p for p in result.phases if p.name == "pull_image")
+    assert pull.status is Status.PASSED
+    assert f"warning: the forced pull of {named} failed (cannot pull the node image" in pull.detail
+    assert pull.data["warnings"] and result.image["image"] == named
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
+
+
+async def test_force_pull_image_leaves_an_image_chosen_with_image_as_it_is(client, tmp_path: Path):
+    # merobox force-pulls the image the file names, never the command line's,
+    # and the nodes run the command line's. The file's image is on a registry
+    # that cannot be reached, and no node runs it: it is not pulled at all.
+    never = f"{_closed_registry()}/calimero/merod:never-{secrets.token_hex(3)}"
+    text = (
+        "name: forced pull with --image\nforce_pull_image: true\n"
+        f"nodes: {{count: 1, prefix: n, image: '{never}'}}\n"
+        "steps:\n  - {type: wait, seconds: 0.1}\n"
+    )
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    result = await run_docker(wf, tmp_path)
+    assert result.passed, failures(result)
+    pull = next(p for p in result.phases if p.name == "pull_image")
+    assert pull.status is Status.SKIPPED
+    assert pull.detail == f"present, not force-pulled (chosen with --image): {NODE_IMAGE}"
+
+    # --force-pull on the command line is for every image: this one is local only
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    local = f"{_closed_registry()}/calimero/merod:local-{secrets.token_hex(3)}"
+    client.images.get(NODE_IMAGE).tag(local)
+    try:
+        executor = WorkflowExecutor(
+            wf, backend="docker", image=local, env={}, workdir=tmp_path, force_pull=True
+        )
+        result = await executor.run()
+    finally:
+        client.images.remove(local)
+    assert result.passed, failures(result)
+    pull = next(p for p in result.phases if p.name == "pull_image")
+    assert f"the forced pull of {local} failed" in pull.detail
 
 
 @pytest.mark.parametrize(

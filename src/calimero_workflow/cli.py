@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--logs-dir", type=Path, metavar="DIR", help="where node logs are written")
     run.add_argument("--workdir", type=Path, metavar="DIR", help="scratch directory for node data (default ./.cw-runs)")
     run.add_argument("--nuke", action="store_true", default=None, help="remove leftovers of an earlier run first")
-    run.add_argument("--force-pull", action="store_true", default=None, help="pull the node image even if present")
+    run.add_argument(
+        "--force-pull", action="store_true", default=None,
+        help="pull the node images even if present (--image's too)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show step logs of passing steps too")
     run.add_argument("-q", "--quiet", action="store_true", help="show only failures and the summary")
     run.add_argument("--color", choices=("auto", "always", "never"), default="auto")

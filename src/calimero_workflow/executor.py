@@ -142,6 +142,8 @@ class WorkflowExecutor:
         self.resolver = resolver or Resolver()
         self.nuke = workflow.settings.nuke_on_start if nuke is None else nuke
         self.force_pull = workflow.settings.force_pull_image if force_pull is None else force_pull
+        #: --force-pull asks for every image; force_pull_image for the workflow's own.
+        self._force_from_file = force_pull is None
         self._backend_factory = backend_factory or make_backend
         self.backend: NodeBackend | None = None
         self.sandbox: Any = None
@@ -206,9 +208,21 @@ class WorkflowExecutor:
 
     async def _pull(self) -> PhaseReport:
         assert self.backend is not None
-        report = await self.backend.pull_image(force=self.force_pull)
+        report = await self.backend.pull_image(
+            force=self.force_pull, as_given=self._given_images()
+        )
         self.result.image = self.backend.image_info()
         return report
+
+    def _given_images(self) -> set[str]:
+        """``--image`` when it replaces the images the workflow names, which
+        ``force_pull_image`` then does not pull anew: merobox force-pulls the
+        image its file names and never the command line's. (``--force-pull``
+        given on the command line is for every image.)"""
+        if not self.image or not self._force_from_file:
+            return set()
+        named = {self.workflow.settings.image, *(node.image for node in self.workflow.nodes)}
+        return set() if self.image in named else {self.image}
 
     def _node_specs(self) -> list[NodeSpec]:
         specs: list[NodeSpec] = []

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,8 +135,11 @@ class NodeBackend(abc.ABC):
         """Remove leftovers of an earlier run of the same workflow."""
         return PhaseReport(skipped=True, detail=f"{self.name} nodes leave nothing behind")
 
-    async def pull_image(self, *, force: bool = False) -> PhaseReport:
-        """Make sure the node image is present."""
+    async def pull_image(
+        self, *, force: bool = False, as_given: Collection[str] = ()
+    ) -> PhaseReport:
+        """Make sure the node images are present; ``force`` pulls them anew,
+        except those in ``as_given`` (chosen on the command line)."""
         return PhaseReport(skipped=True, detail=f"{self.name} nodes need no image")
 
     @abc.abstractmethod

@@ -47,7 +47,7 @@ import tarfile
 import threading
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -597,8 +597,18 @@ class DockerBackend(NodeBackend):
 
     # -- image --------------------------------------------------------------------
 
-    async def pull_image(self, *, force: bool = False) -> PhaseReport:
-        """Pull the node image(s) unless present; ``force`` pulls anyway."""
+    async def pull_image(
+        self, *, force: bool = False, as_given: Collection[str] = ()
+    ) -> PhaseReport:
+        """Pull the node images that are not here; ``force`` pulls the others too.
+
+        ``force`` (``force_pull_image``) applies to the images the workflow
+        names. One in ``as_given`` (an ``--image`` that replaces them) is pulled
+        only when it is not here, as merobox force-pulls the workflow's images
+        and never the command line's. A forced pull that fails while a copy of
+        the image is here is a warning, and the nodes run that copy (merobox:
+        "Workflow will continue with existing image"); without a copy it fails.
+        """
         planned = getattr(self, "planned", [])
         images = sorted({self.image, *(s.image for s in planned if s.image)})
         for ref in images:
@@ -608,19 +618,42 @@ class DockerBackend(NodeBackend):
                     f"node image {problem}",
                     hint="write it as Docker does, e.g. ghcr.io/calimero-network/merod:edge",
                 )
-        pulled, present = [], []
+        pulled, present, given, kept, warnings = [], [], [], [], []
         for ref in images:
-            if not force and await self._io(self._image_present, ref):
+            here = await self._io(self._image_present, ref)
+            if here and not force:
                 present.append(ref)
                 continue
-            await self._pull(ref, force=force)
+            if here and ref in as_given:
+                given.append(ref)
+                continue
+            try:
+                await self._pull(ref)
+            except BackendError as exc:
+                if not here:
+                    raise
+                kept.append(ref)
+                warnings.append(
+                    f"the forced pull of {ref} failed ({exc}); the copy of it here is used"
+                )
+                log.info("%s", warnings[-1])
+                continue
             pulled.append(ref)
         detail = []
         if present:
             detail.append("present: " + ", ".join(present))
+        if given:
+            detail.append(
+                "present, not force-pulled (chosen with --image): " + ", ".join(given)
+            )
         if pulled:
             detail.append("pulled: " + ", ".join(pulled))
-        return PhaseReport(skipped=not pulled, detail="; ".join(detail))
+        detail.extend(f"warning: {w}" for w in warnings)
+        return PhaseReport(
+            skipped=not (pulled or kept),
+            detail="; ".join(detail),
+            data={"warnings": warnings} if warnings else {},
+        )
 
     def _image_present(self, ref: str) -> bool:
         import docker.errors
@@ -631,14 +664,9 @@ class DockerBackend(NodeBackend):
         except docker.errors.ImageNotFound:
             return False
 
-    async def _pull(self, ref: str, *, force: bool = False) -> None:
+    async def _pull(self, ref: str) -> None:
         delay = 1.0
         last: Exception | None = None
-        local = (
-            " (a copy of it is here: without force_pull_image it would be used)"
-            if force and await self._io(self._image_present, ref)
-            else ""
-        )
         build = (
             "build the image locally (scripts/build-images.sh makes "
             "calimero-workflow/node:dev) and pass it with --image"
@@ -655,20 +683,20 @@ class DockerBackend(NodeBackend):
                 if any(word in text for word in _NOT_THERE):
                     raise BackendError(
                         f"the registry has no image {ref!r}: {exc}",
-                        hint=f"check the name and the tag{local}; or {build}",
+                        hint=f"check the name and the tag; or {build}",
                     ) from exc
                 if any(word in text for word in _NOT_ALLOWED):
                     registry = _registry_of(ref)
                     raise BackendError(
                         f"the registry refused {ref!r}: {exc}",
-                        hint=f"log in first: docker login {registry}{local}",
+                        hint=f"log in first: docker login {registry}",
                     ) from exc
                 if attempt < 2:
                     await asyncio.sleep(delay)
                     delay *= 2
         raise BackendError(
             f"cannot pull the node image {ref!r} after 3 attempts: {last}",
-            hint=f"check that the registry is reachable{local}, or {build}",
+            hint=f"check that the registry is reachable, or {build}",
         )
 
     def image_info(self) -> dict[str, Any]:
