@@ -61,6 +61,7 @@ __all__ = [
     "NodeConnectionError",
     "NodeError",
     "NodeUnsupportedError",
+    "api_path_problem",
     "decode_returned_error",
     "describe_rpc_error",
     "is_zero_hash",
@@ -162,6 +163,43 @@ class NodeUnsupportedError(NodeApiError):
         super().__init__(message, node=node, route=route, status=status, data=data)
         self.fields = fields
         self.hint = hint
+
+
+#: What a path (and query) of a node's API may hold: RFC 3986's unreserved and
+#: sub-delimiter characters, ``:``, ``@``, ``/``, ``?`` and percent escapes.
+_API_PATH_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def api_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a route of the node's own API, or None when it is.
+
+    A route is a path (``/admin-api/namespaces``, the leading ``/`` optional)
+    with an optional query. Anything that could leave the node is refused: a
+    URL with a scheme, ``//host``, a ``.`` or ``..`` segment (percent-encoded
+    too), an encoded slash, and characters a request line cannot carry.
+    """
+    if not path.strip("/"):
+        return "it names no route"
+    if not _API_PATH_RE.fullmatch(path):
+        bad = next(c for c in path if not _API_PATH_RE.fullmatch(c))
+        return f"it holds {bad!r}, which a request path cannot carry (percent-encode it)"
+    if _SCHEME_RE.match(path):
+        return "it is a URL; give the route on the node alone, e.g. /admin-api/health"
+    if path.startswith("//"):
+        return "it starts with `//`, which names another host"
+    from urllib.parse import unquote
+
+    for segment in path.split("?", 1)[0].split("/"):
+        try:
+            text = unquote(segment, errors="strict")
+        except UnicodeDecodeError:
+            return f"the segment {segment!r} is not valid percent-encoded UTF-8"
+        if text in (".", ".."):
+            return f"the segment {segment!r} leaves the route it is in"
+        if "/" in text or "\\" in text:
+            return f"the segment {segment!r} holds an encoded slash"
+    return None
 
 
 def _refused_field(exc: NodeApiError, names: tuple[str, ...]) -> str | None:
@@ -903,6 +941,43 @@ class NodeClient:
                 node=self.name, route=f"GET {path}", status=response.status_code,
             )
         return response.content
+
+    # -- any route -------------------------------------------------------------
+
+    async def get_json(self, path: str) -> Any:
+        """``GET`` a route of the node's API and return its JSON body as sent.
+
+        Nothing is unwrapped (a ``{"data": …}`` stays as it is). A status
+        outside 2xx, or a body that is not JSON, is a :class:`NodeApiError`.
+
+        Raises:
+            ValueError: ``path`` is not a route of this node (see
+                :func:`api_path_problem`).
+        """
+        problem = api_path_problem(path)
+        if problem:
+            raise ValueError(f"{path!r} is not a route of the node's API: {problem}")
+        target = "/" + path.lstrip("/")
+        route = f"GET {target}"
+        response = await self._request("GET", target)
+        if not 200 <= response.status_code < 300:
+            try:
+                payload = response.json() if response.content else None
+            except ValueError:
+                payload = response.text
+            raise NodeApiError(
+                f"{route} answered HTTP {response.status_code}: "
+                f"{_error_text(payload)[:500] or response.reason_phrase}",
+                node=self.name, route=route, status=response.status_code, data=payload,
+            )
+        try:
+            return json.loads(response.content)
+        except (ValueError, UnicodeDecodeError):
+            raise NodeApiError(
+                f"{route} answered HTTP {response.status_code} with a body that is not JSON: "
+                f"{response.text[:200]!r}",
+                node=self.name, route=route, status=response.status_code, error_type="NotJson",
+            ) from None
 
     # -- JSON-RPC ----------------------------------------------------------------
 

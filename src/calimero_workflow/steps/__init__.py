@@ -11,6 +11,7 @@ def load_builtin_steps() -> None:
     if _loaded:
         return
     from . import (  # noqa: F401
+        api_response,
         asserts,
         control,
         faults,

@@ -343,8 +343,12 @@ class ValidationContext:
         return self.node_names | self.remote_node_names
 
 
-#: StepFailure kinds that mean the workflow is wrong, not that the operation failed.
-_NOT_AN_OPERATION_FAILURE = frozenset({"placeholder", "invalid", "capture", "expected_failure", "internal"})
+#: StepFailure kinds that never count as the expected failure: the workflow is
+#: wrong, or (``response_assertion``) the operation worked and what it returned
+#: missed the step's assertions, as merobox's assert_api_response has it.
+_NOT_AN_OPERATION_FAILURE = frozenset(
+    {"placeholder", "invalid", "capture", "expected_failure", "internal", "response_assertion"}
+)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -731,10 +735,14 @@ class BaseStep:
             return Location(self.file, *outputs.key_pos(name))
         return self.key_location("outputs")
 
+    def transient_retries(self, config: StepConfig) -> int:
+        """Extra attempts after a transient node error (``retries``, else the default)."""
+        return config.retries if config.retries is not None else self.default_retries
+
     async def _execute_with_policy(
         self, config: StepConfig, run: StepRun
     ) -> tuple[dict[str, Any], int]:
-        retries = config.retries if config.retries is not None else self.default_retries
+        retries = self.transient_retries(config)
         delay = config.retry_delay
         attempt = 0
         while True:
