@@ -300,3 +300,26 @@ async def test_blob_open_in_context_fetches_from_a_peer(cluster: Cluster, kv_plu
     resp = await node2.get(f"/admin-api/blobs/{blob_hex}")
     assert resp.content == b"held by node 1"  # kept once fetched
     assert await node2.call(ctx, "blob_fetch", {"blob": "00" * 32}) is None
+
+
+async def test_the_blob_route_with_context_id_fetches_from_a_peer(cluster: Cluster, kv_plus: Path) -> None:
+    # merod's GET /admin-api/blobs/:id?context_id=… discovers a missing blob
+    # among the context's members (crates/server/src/admin/handlers/blob.rs).
+    node1 = await cluster.start("node-1")
+    node2 = await cluster.start("node-2")
+    await cluster.connected()
+    _, _, ctx = await shared(cluster, kv_plus, "node-1", "node-2")
+    put = await node1.client.put(node1.url + f"/admin-api/blobs?context_id={ctx}", content=b"uploaded on 1")
+    blob_id = put.json()["data"]["blobId"]
+
+    local = await node2.get(f"/admin-api/blobs/{blob_id}")
+    assert local.status_code == 404
+    assert local.json() == {"error": "Blob not found locally or in network"}
+    fetched = await node2.get(f"/admin-api/blobs/{blob_id}?context_id={ctx}")
+    assert fetched.status_code == 200 and fetched.content == b"uploaded on 1"
+    assert (await node2.get(f"/admin-api/blobs/{blob_id}")).content == b"uploaded on 1"  # kept
+
+    bad = await node2.get(f"/admin-api/blobs/{blob_id}?context_id=not-an-id")
+    assert bad.status_code == 400 and bad.json() == {"error": "Invalid context ID format"}
+    elsewhere = await node2.get(f"/admin-api/blobs/{'ab' * 32}?context_id={'cd' * 32}")
+    assert elsewhere.status_code == 404

@@ -630,10 +630,20 @@ class NodeApi:
         )
 
     async def get_blob(self, request: Request) -> Response:
+        """The blob's bytes; with ``?context_id=`` (merod's network discovery),
+        fetched from a member of that context when this node lacks it."""
         blob_id = self._blob_id(request)
-        data = self.service.store.blob(blob_id)
+        context = request.query.get("context_id")
+        if context is None:
+            data = self.service.store.blob(blob_id)
+        else:
+            try:
+                context_id = canonical_hex32(context[-1], "context id")
+            except IdError:
+                raise ApiError(400, "Invalid context ID format") from None
+            data = await self.service.sync.fetch_blob(blob_id, context_id)
         if data is None:
-            raise ApiError(404, f"blob {blob_id} not found")
+            raise ApiError(404, "Blob not found locally or in network")
         return Response(200, data, "application/octet-stream")
 
     async def delete_blob(self, request: Request) -> Response:
