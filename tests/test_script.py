@@ -322,6 +322,66 @@ async def test_merobox_names_of_script_results(tmp_path: Path):
     assert result.passed, [s.error for s in result.all_steps() if s.error]
 
 
+async def test_a_local_script_file_exports_its_path_as_merobox_does(tmp_path: Path):
+    (tmp_path / "hello.sh").write_text("echo hello\n")
+    result = await run_text(
+        """
+        name: m
+        steps:
+          - {type: script, script: hello.sh}
+          - {type: assert, statements: ['equal({{script_script_path_local}}, hello.sh)']}
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+
+
+def test_a_script_in_nodes_exports_per_node_and_applies_no_outputs(tmp_path: Path):
+    # merobox's _execute_on_nodes: `script_<key>_<container>` for each node,
+    # and `outputs:` never applied. (Running one needs Docker: see
+    # test_docker_backend.py; this checks what the step makes of its results.)
+    from calimero_workflow.placeholders import Resolver
+    from calimero_workflow.steps.base import RunContext, RunEvents, StepRun
+
+    (tmp_path / "probe.sh").write_text("echo hello\n")
+    wf = parse_workflow(
+        textwrap.dedent(
+            """
+            name: t
+            nodes: {count: 2, prefix: node}
+            steps:
+              - name: s
+                type: script
+                target: nodes
+                script: probe.sh
+                outputs: {script_result: output, execution_time: execution_time}
+            """
+        ),
+        file=tmp_path / "wf.yml",
+        environ={},
+    )
+    (note,) = [n for n in wf.notes if "`outputs:` is not applied" in n]
+    assert note.startswith(f"{tmp_path / 'wf.yml'}:5:5: script 's'")
+    assert "${results.s.nodes.<node>…}" in note and "{{script_output_<node>}}" in note
+    step = wf.steps[0]
+    ctx = RunContext(
+        workflow=wf, run_id="r", workdir=tmp_path, resolver=Resolver(), env={}, events=RunEvents()
+    )
+    one = {"exit_code": 0, "stdout": "hello\n", "stderr": "", "output": None, "duration_seconds": 0.25}
+    data = {"nodes": {"node-1": one, "node-2": {**one, "stdout": "hi\n"}}, "exit_code": 0}
+    step.export(step.static_config, data, StepRun(ctx=ctx, path="s"))
+    assert ctx.captured == {
+        "script_exit_code_node-1": 0,
+        "script_output_node-1": "hello\n",
+        "script_execution_time_node-1": 0.25,
+        "script_script_path_node-1": "probe.sh",
+        "script_exit_code_node-2": 0,
+        "script_output_node-2": "hi\n",
+        "script_execution_time_node-2": 0.25,
+        "script_script_path_node-2": "probe.sh",
+    }
+
+
 async def test_outputs_of_a_script_that_fails_as_expected_are_captured(tmp_path: Path):
     result = await run_text(
         """

@@ -839,6 +839,19 @@ def _step_notes(steps: list[BaseStep]) -> list[str]:
             "unauthenticated: calls are sent with the node's credentials, if it has any "
             "(local nodes need none)"
         )
+    for s in everything:
+        if s.type_name == "script" and s.raw.get("target") == "nodes" and s.raw.get("outputs"):
+            results = (
+                f"${{results.{s.explicit_name}.nodes.<node>…}}" if s.explicit_name
+                else "its results"
+            )
+            notes.append(
+                f"{s.location}: script {s.display_name!r}: `outputs:` is not applied with "
+                f"`target: nodes` (merobox applies it to no script run in nodes); each node's "
+                f"exit_code, stdout and duration_seconds are in {results}, and merobox's "
+                "{{script_exit_code_<node>}}, {{script_output_<node>}} and "
+                "{{script_execution_time_<node>}} are set"
+            )
     return notes
 
 

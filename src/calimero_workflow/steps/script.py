@@ -149,7 +149,8 @@ class Script(BaseStep):
     Config = ScriptConfig
     # The inline command is the author's text, never a template.
     deferred_keys = frozenset({"run"})
-    #: merobox's automatic names for a local script's results.
+    #: merobox's automatic names for a local script's results; a script run
+    #: in node containers has them per node instead (see :meth:`export`).
     exports = {
         "script_exit_code_local": "exit_code",
         "script_output_local": "stdout",
@@ -235,6 +236,27 @@ class Script(BaseStep):
                 hint=file_hint(base_dir),
             )
         return None
+
+    def export(
+        self, config: ScriptConfig, data: dict[str, Any], run: StepRun, *, lenient: bool = False
+    ) -> None:
+        """merobox's exports: ``script_<key>_local``, or with ``target: nodes``
+        ``script_<key>_<node>`` for each node, named after its container as
+        merobox names them (the node's name). ``outputs:`` is applied to a local
+        script only: merobox applies it to no script run in nodes, and their
+        results are per node (``${results.<step>.nodes.<node>.…}``)."""
+        captured = run.ctx.captured
+        if config.target != "nodes":
+            super().export(config, data, run, lenient=lenient)
+            if config.script and "exit_code" in data:
+                captured["script_script_path_local"] = config.script
+            return
+        for node, result in (data.get("nodes") or {}).items():
+            captured[f"script_exit_code_{node}"] = result["exit_code"]
+            captured[f"script_output_{node}"] = result["stdout"]
+            captured[f"script_execution_time_{node}"] = result["duration_seconds"]
+            if config.script:
+                captured[f"script_script_path_{node}"] = config.script
 
     def _environment(self, config: ScriptConfig, run: StepRun, results_file: Path) -> dict[str, str]:
         ctx = run.ctx
