@@ -633,3 +633,15 @@ def test_merobox_step_keys_are_accepted():
         " expected_failure: true}\n"
     )
     assert "either `allow_failure`" in msg
+
+
+def test_older_merobox_mesh_capability_is_accepted_with_a_note():
+    wf = parse_workflow(
+        "name: x\nnodes: {count: 2}\nsteps:\n"
+        "  - {type: create_mesh, context_node: calimero-node-1, application_id: a,"
+        " nodes: [calimero-node-2], capability: member}\n",
+        file=Path("wf.yml"), environ={},
+    )
+    assert wf.steps[0].static_config.capability == "member"
+    (note,) = [n for n in wf.notes if n.startswith("create_mesh.capability")]
+    assert "ignored" in note and "namespace" in note

@@ -852,6 +852,12 @@ def _step_notes(steps: list[BaseStep]) -> list[str]:
                 "{{script_exit_code_<node>}}, {{script_output_<node>}} and "
                 "{{script_execution_time_<node>}} are set"
             )
+    if any(s.type_name == "create_mesh" and "capability" in s.raw for s in everything):
+        notes.append(
+            "create_mesh.capability: ignored. Older merobox passed it (default `member`) "
+            "with its context invitations, whose later clients dropped it; here the other "
+            "nodes join through the namespace as members (current merobox refuses the key)"
+        )
     return notes
 
 

@@ -160,6 +160,9 @@ class CreateMeshConfig(StepConfig):
     params: dict[str, Any] | str | None = None
     #: A wasm file to dev-install on every other node first (relative to the workflow).
     path: PathText | None = None
+    #: Older merobox's capability for the invited members: accepted, not used
+    #: (a note says so).
+    capability: str | None = None
 
 
 @register_step
