@@ -60,6 +60,8 @@ async def test_corpus_file_passes(path: Path, tmp_path: Path, monkeypatch):
         ("16-current-merobox-keys.yml", '"json_equal({{read}}, value_1)"', '"json_equal({{read}}, value_2)"'),
         ("16-current-merobox-keys.yml", '"equal({{length}}, 1)"', '"equal({{length}}, 2)"'),
         ("16-current-merobox-keys.yml", '"{{len_error}} == None"', '"{{failed_type}} == None"'),
+        ("17-api-response-and-network-blobs.yml", "match: {name: shared-room}", "match: {name: other-room}"),
+        ("17-api-response-and-network-blobs.yml", "context_id: '{{context_id}}', expected_size", "expected_size"),
     ],
 )
 async def test_corpus_checks_can_fail(name: str, old: str, new: str, tmp_path: Path):

@@ -1047,6 +1047,50 @@ async def test_faults_and_log_steps_in_a_workflow_on_containers(client, tmp_path
     assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
 
 
+async def test_merobox_steps_on_containers_api_blobs_and_node_scripts(client, tmp_path: Path):
+    # assert_api_response, a blob node 2 fetches from node 1 with context_id
+    # (merod's network discovery), and a `target: nodes` script whose
+    # `outputs:` is not applied while merobox's per-node exports are set.
+    (tmp_path / "small.txt").write_text("a blob that starts on node 1\n")
+    text = textwrap.dedent(f"""
+        name: docker merobox steps
+        nodes: {{count: 2, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {KV_WASM}}}
+          - {{name: ns, type: create_namespace, node: node-1, application_id: "${{results.install.application_id}}", namespace_name: shared-room}}
+          - {{name: ctx, type: create_context, node: node-1, application_id: "${{results.install.application_id}}", namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{name: inv, type: invite, node: node-1, namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{type: join, node: node-2, namespace_id: "${{results.ns.namespace_id}}", invitation: "${{results.inv.invitation}}"}}
+          - name: named
+            type: assert_api_response
+            node: node-1
+            path: /admin-api/namespaces
+            where: {{namespaceId: "${{results.ns.namespace_id}}"}}
+            match: {{name: shared-room, memberCount: 2}}
+          - {{name: up, type: upload_blob, node: node-1, file_path: small.txt, context_id: "${{results.ctx.context_id}}"}}
+          - {{name: control, type: download_blob, node: node-2, blob_id: "${{results.up.blob_id}}", expected_failure: true, expected_error: "Blob not found locally or in network"}}
+          - {{name: down, type: download_blob, node: node-2, blob_id: "${{results.up.blob_id}}", context_id: "${{results.ctx.context_id}}", expected_sha256: "${{results.up.sha256}}"}}
+          - name: probe
+            type: script
+            target: nodes
+            run: echo "hello from $(hostname)"
+            outputs: {{script_result: output, execution_time: execution_time}}
+          - type: assert
+            statements:
+              - 'equal({{{{script_exit_code_node-1}}}}, 0)'
+              - 'contains({{{{script_output_node-2}}}}, "hello from")'
+              - 'gte({{{{script_execution_time_node-1}}}}, 0)'
+    """)
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    assert any("`outputs:` is not applied" in note for note in wf.notes)
+    result = await run_docker(wf, tmp_path)
+    assert result.passed, failures(result)
+    assert result.workflow_results["down"]["size"] == (tmp_path / "small.txt").stat().st_size
+    assert result.workflow_results["named"]["element"]["name"] == "shared-room"
+    assert set(result.workflow_results["probe"]["nodes"]) == {"node-1", "node-2"}
+    assert leftovers(client, f"{LABEL_RUN}={result.run_id}") == NOTHING
+
+
 def test_host_path_for_maps_through_the_deepest_mount():
     mounts = [
         {
