@@ -1323,6 +1323,129 @@ def test_concurrent_calls_keep_their_own_state(runtime: WasmRuntime) -> None:
         list(pool.map(one, range(400)))
 
 
+#: A guest that calls time_now forever: each round is a host call the test can count.
+CLOCK_SPIN = """
+(func (export "spin_clock")
+  (call $buf (i32.const 0) (i32.const 8192) (i32.const 8))
+  (loop $again (call $time_now (i64.const 0)) (br $again)))
+(func (export "quick") (drop (call $register_len (i64.const 12345))))
+(func (export "now")
+  (call $buf (i32.const 0) (i32.const 8192) (i32.const 8))
+  (call $time_now (i64.const 0)))
+"""
+
+
+class Ticks:
+    """A ``clock`` for one call that counts the guest's rounds, so a test can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def __call__(self) -> int:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+        return 1_700_000_000_000_000_000
+
+    def reach(self, count: int) -> bool:
+        """Wait until the guest has made ``count`` rounds (False if it stopped short)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.count >= count, timeout=30)
+
+
+def test_guests_on_two_threads_run_at_once() -> None:
+    # No process-wide lock: while one guest loops, another one runs too.
+    module = compile_wat(WasmRuntime(time_limit=60), CLOCK_SPIN)
+    ticks = [Ticks(), Ticks()]
+    cancellations = [Cancellation(), Cancellation()]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        calls = [
+            pool.submit(run, module, "spin_clock", clock=t, cancellation=c)
+            for t, c in zip(ticks, cancellations, strict=True)
+        ]
+        assert ticks[0].reach(1) and ticks[1].reach(1)
+        # Each makes progress while the other is still inside wasm.
+        assert ticks[0].reach(ticks[0].count + 100) and ticks[1].reach(ticks[1].count + 100)
+        assert not any(call.done() for call in calls)
+        for c in cancellations:
+            c.cancel("done")
+        for call in calls:
+            assert call.result(30).failure.message == "execution interrupted: done"  # type: ignore[union-attr]
+
+
+def test_an_interrupt_stops_only_its_own_call() -> None:
+    # Both stores share the engine, so the epoch increment that stops one call
+    # reaches the other's deadline too; that one must carry on.
+    module = compile_wat(WasmRuntime(time_limit=60), CLOCK_SPIN)
+    first, second = Ticks(), Ticks()
+    stop_first, stop_second = Cancellation(), Cancellation()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        one = pool.submit(run, module, "spin_clock", clock=first, cancellation=stop_first)
+        two = pool.submit(run, module, "spin_clock", clock=second, cancellation=stop_second)
+        assert first.reach(1) and second.reach(1)
+        stop_first.cancel("the first call's caller left")
+        stopped = one.result(30)
+        assert stopped.failure is not None
+        assert stopped.failure.message == "execution interrupted: the first call's caller left"
+        # The increment came before the first call returned; the second guest
+        # keeps calling the host after it.
+        assert second.reach(second.count + 1000)
+        assert not two.done()
+        stop_second.cancel("the second call's caller left")
+        outcome = two.result(30)
+    assert outcome.failure is not None
+    assert outcome.failure.message == "execution interrupted: the second call's caller left"
+
+
+def test_two_looping_guests_stop_at_their_own_time_limits() -> None:
+    module = compile_wat(WasmRuntime(time_limit=1.5), CLOCK_SPIN)
+    first, second = Ticks(), Ticks()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        one = pool.submit(run, module, "spin_clock", clock=first)
+        assert first.reach(1)
+        two = pool.submit(run, module, "spin_clock", clock=second)
+        assert second.reach(1)
+        # Both loop at once...
+        assert not one.done()
+        outcomes = [one.result(30), two.result(30)]
+    # ...and each ends at its own limit: the first one's interrupt did not
+    # stop the second (which would then fail with another text).
+    for outcome in outcomes:
+        assert outcome.failure is not None
+        assert outcome.failure.message == (
+            "execution interrupted: it ran longer than the time limit of 1.5 s"
+        )
+
+
+def test_the_public_api_runs_one_guest_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # wasmtime-py's own trampoline passes a host function's exception through
+    # a module-global slot, and without the deadline callback an epoch
+    # increment stops every store of the engine: calls take turns then.
+    from calimero_workflow.node import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "_RAW", None)
+    module = compile_wat(WasmRuntime(time_limit=60), CLOCK_SPIN)
+    held: list[bool] = []
+
+    def clock() -> int:
+        held.append(runtime_module._PUBLIC_API_LOCK.locked())
+        return 1
+
+    ok(run(module, "quick"))
+    cancellation = Cancellation()
+    ticks = Ticks()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        looping = pool.submit(run, module, "spin_clock", clock=ticks, cancellation=cancellation)
+        assert ticks.reach(1)
+        assert runtime_module._PUBLIC_API_LOCK.locked()
+        cancellation.cancel("stop")
+        assert looping.result(30).failure.message == "execution interrupted: stop"  # type: ignore[union-attr]
+    ok(run(module, "now", clock=clock))
+    assert held == [True]
+    assert not runtime_module._PUBLIC_API_LOCK.locked()
+
+
 # --- binding -------------------------------------------------------------------------------------
 
 
@@ -1417,6 +1540,16 @@ def test_c_bindings_that_misbehave_are_not_used(monkeypatch: pytest.MonkeyPatch)
     with monkeypatch.context() as patch:
         patch.setattr(runtime_module._RawApi, "trap", lambda self, message: 0)
         with pytest.raises(ValueError, match="did not stop the guest"):
+            runtime_module._check_raw_api(api)
+    # The epoch-deadline callback: missing, a store traps at every increment;
+    # never stopping, an interrupted guest runs on.
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime_module._RawApi, "watch_epochs", lambda self, store: None)
+        with pytest.raises(ValueError, match="increment for another call stopped this one"):
+            runtime_module._check_raw_api(api)
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime_module, "interrupted", lambda: False)
+        with pytest.raises(ValueError, match="callback did not stop the guest"):
             runtime_module._check_raw_api(api)
 
     monkeypatch.setattr(runtime_module, "_RAW", api)

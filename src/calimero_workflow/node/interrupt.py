@@ -11,11 +11,18 @@ runtime was given, or ``CW_WASM_TIME_LIMIT`` seconds) is interrupted.
 
 Interruption uses wasmtime's epochs. Every guest entry sets its store's
 deadline one epoch ahead, and a watchdog thread increments the engine's epoch
-when the call's time is up, or at once when its :class:`Cancellation` is
-cancelled; the guest then traps at its next loop back-edge or function entry.
-Guests run one at a time in this process (``runtime._CALL_LOCK``), so one
-watchdog serves every engine, and it sleeps unless a call outlives its limit:
-a call that ends in time costs a lock and one C call per guest entry.
+when a call's time is up, or at once when its :class:`Cancellation` is
+cancelled; the guest then reaches its deadline at its next loop back-edge or
+function entry. Guests of several nodes run at once, on their nodes' threads,
+and the epoch belongs to the engine that they share, so every store running
+on it reaches its deadline together. The runtime gives each store a deadline
+callback that asks :func:`interrupted` about the call its thread runs: the
+interrupted one stops, the others go on with a deadline one epoch further.
+(Without that callback, in wasmtime-py's public API, the runtime runs one
+guest at a time, and the plain trap at the deadline is meant for that one.)
+One watchdog serves every call of the process, and it sleeps unless a call
+outlives its limit: a call that ends in time costs a lock and two C calls
+(the callback and the deadline) per guest entry.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ __all__ = [
     "Cancellation",
     "Interrupted",
     "Watch",
+    "interrupted",
     "time_limit_from",
 ]
 
@@ -111,24 +119,42 @@ class Watch:
         self.timed_out = False
 
     def enter(self, store: Any) -> None:
-        """The call's guest starts running in ``store`` (under ``_CALL_LOCK``).
+        """The call's guest starts running in ``store``, on this thread.
 
         Raises:
             Interrupted: it was cancelled or ran out of time before this entry.
         """
         _WATCHDOG.enter(self, store)
+        _THREAD.watch = self
 
     def leave(self) -> None:
         """The guest returned or trapped."""
+        _THREAD.watch = None
         _WATCHDOG.leave(self)
 
 
+#: The watch of the guest running on each thread (``interrupted`` reads it).
+_THREAD = threading.local()
+
+
+def interrupted() -> bool:
+    """Whether the call whose guest runs on this thread has been interrupted.
+
+    Asked by the runtime's epoch-deadline callback, on the guest's thread,
+    when the engine's epoch reaches the store's deadline: an increment meant
+    for another call on the same engine answers False.
+    """
+    watch: Watch | None = getattr(_THREAD, "watch", None)
+    return watch is not None and watch.reason is not None
+
+
 class _Watchdog:
-    """The thread that interrupts the one guest running in this process."""
+    """The thread that interrupts the guests running in this process."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._running: Watch | None = None
+        #: The calls whose guests run now.
+        self._running: set[Watch] = set()
         #: When the thread wakes next (None: it waits for a call to watch).
         self._wakes_at: float | None = None
         self._thread: threading.Thread | None = None
@@ -142,10 +168,11 @@ class _Watchdog:
                     self._time_is_up(watch)
             if watch.reason is not None:
                 raise Interrupted(watch.reason)
-            # Under the lock: an increment meant for the previous call has
-            # happened already, so it cannot reach this store.
+            # Under the lock, so that a cancellation sees the call either not
+            # yet running (and leaves the reason for this entry to find) or
+            # running with its deadline set.
             store.set_epoch_deadline(1)
-            self._running = watch
+            self._running.add(watch)
             if watch.limit is None:
                 return
             if watch.deadline is None:
@@ -160,19 +187,25 @@ class _Watchdog:
 
     def leave(self, watch: Watch) -> None:
         with self._cond:
-            if self._running is watch:
-                self._running = None
+            self._running.discard(watch)
 
     def cancel(self, cancellation: Cancellation, reason: str) -> None:
         with self._cond:
             if cancellation.reason is None:
                 cancellation.reason = reason
-            watch = self._running
-            if watch is not None and watch.cancellation is cancellation:
-                self._interrupt(watch, cancellation.reason)
+            for watch in self._running:
+                if watch.cancellation is cancellation:
+                    self._interrupt(watch, cancellation.reason)
+
+    def running(self) -> int:
+        """How many guests run now (for tests)."""
+        with self._cond:
+            return len(self._running)
 
     def _interrupt(self, watch: Watch, reason: str) -> None:
         if watch.reason is None:
+            # Set before the increment: the deadline callbacks it triggers
+            # (on this engine's other running stores too) read it.
             watch.reason = reason
             watch.engine.increment_epoch()
 
@@ -182,19 +215,28 @@ class _Watchdog:
             watch, f"it ran longer than the time limit of {watch.limit:g} s"
         )
 
+    def _next(self) -> Watch | None:
+        """The running call whose time is up first, if any has a limit left."""
+        first, soonest = None, math.inf
+        for watch in self._running:
+            if watch.reason is None and watch.deadline is not None and watch.deadline < soonest:
+                first, soonest = watch, watch.deadline
+        return first
+
     def _serve(self) -> None:
         with self._cond:
             while True:
-                watch = self._running
-                if watch is None or watch.reason is not None or watch.deadline is None:
+                watch = self._next()
+                if watch is None:
                     self._wakes_at = None
                     self._cond.wait()
                     continue
+                assert watch.deadline is not None
                 remaining = watch.deadline - time.monotonic()
                 if remaining <= 0:
                     self._time_is_up(watch)
                     continue
-                # A later call has a later deadline: no need to wake for it.
+                # A call entering with a later deadline needs no wake-up.
                 self._wakes_at = watch.deadline
                 self._cond.wait(remaining)
 

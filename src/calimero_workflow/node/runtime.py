@@ -14,6 +14,12 @@ method the way merod's ``Module::run`` does:
    over host calls; see :mod:`.interrupt`). A :class:`Cancellation` passed to
    ``run`` interrupts the guest from another thread.
 
+Calls may run on several threads at once (each embedded node has its own),
+sharing the engine and the compiled modules; each has its own store, and the
+host functions find the call's state in a thread-local. Only with
+wasmtime-py's public API (when its C bindings are not usable) do calls take
+turns, process-wide (see ``_PUBLIC_API_LOCK``).
+
 The host never mutates the caller's storage. Writes go to an overlay that the
 guest's own later reads see, and come back in :attr:`Outcome.writes` for the
 caller to apply, only when :attr:`Outcome.failure` is ``None``. The node-local
@@ -45,7 +51,14 @@ import wasmtime
 
 from . import abi
 from .abi import DATA_REGISTER, DEFAULT_GAS_LIMIT, HOST_ERRORS, LIMITS, U64_MAX
-from .interrupt import TIME_LIMIT_ENV, Cancellation, Interrupted, Watch, time_limit_from
+from .interrupt import (
+    TIME_LIMIT_ENV,
+    Cancellation,
+    Interrupted,
+    Watch,
+    interrupted,
+    time_limit_from,
+)
 
 __all__ = [
     "DATA_REGISTER",
@@ -323,6 +336,26 @@ class _RawApi:
         self.trap_new = ffi.wasmtime_trap_new
         self.caller_export_get = ffi.wasmtime_caller_export_get
         self.instance_export_get = ffi.wasmtime_instance_export_get
+        self.error_new = ffi.wasmtime_error_new
+        # wasmtime_store_epoch_deadline_callback(store, callback, data, finalizer);
+        # the callback returns a wasmtime_error_t* (null: carry on).
+        epoch_callback = ctypes.CFUNCTYPE(
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_uint64),
+            ctypes.POINTER(ctypes.c_uint8),
+        )
+        self.set_epoch_callback = ffi.dll["wasmtime_store_epoch_deadline_callback"]
+        self.set_epoch_callback.restype = None
+        self.set_epoch_callback.argtypes = [
+            ctypes.POINTER(ffi.wasmtime_store_t),
+            epoch_callback,
+            ctypes.c_void_p,
+            ctypes.CFUNCTYPE(None, ctypes.c_void_p),
+        ]
+        # One C callback for every store; it asks about the call of its thread.
+        self.epoch_callback = epoch_callback(self._epoch_reached)
 
     def trap(self, message: str) -> int:
         """A new trap (owned by wasmtime once returned from a callback), as an address."""
@@ -358,6 +391,28 @@ class _RawApi:
         )
         return self.wrap_extern(item) if found else None
 
+    def _epoch_reached(
+        self, context: Any, data: Any, delta: Any, kind: Any
+    ) -> int:
+        """A store reached its epoch deadline: stop its guest only if its call was interrupted.
+
+        The engine's epoch is shared by every store running on it, so the
+        watchdog's increment for one call reaches all of them; the others
+        carry on with a deadline one epoch further.
+        """
+        if interrupted():
+            raw = _INTERRUPTED_ERROR.encode()
+            return ctypes.cast(self.error_new(raw), ctypes.c_void_p).value or 0
+        delta[0] = 1
+        kind[0] = _UPDATE_DEADLINE_CONTINUE
+        return 0
+
+    def watch_epochs(self, store: wasmtime.Store) -> None:
+        """Have ``store`` ask :func:`interrupted` at its epoch deadline instead of trapping."""
+        self.set_epoch_callback(
+            store.ptr(), self.epoch_callback, None, self.no_finalizer
+        )
+
     def call_unit(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
         """Call a ``() -> ()`` export; raise wasmtime's Trap or error as ``func(store)`` would."""
         trap = ctypes.POINTER(self.ffi.wasm_trap_t)()
@@ -374,13 +429,20 @@ class _RawApi:
             raise wasmtime.Trap._from_ptr(trap)
 
 
+#: What an epoch-deadline callback tells wasmtime to do: carry on (wasmtime's
+#: ``WASMTIME_UPDATE_DEADLINE_CONTINUE``).
+_UPDATE_DEADLINE_CONTINUE = 0
+#: The error an epoch-deadline callback stops an interrupted guest with.
+_INTERRUPTED_ERROR = "calimero-workflow: the call was interrupted"
+
 #: A module for :func:`_check_raw_api`: one import taking a u64 and a u32.
 _CHECK_WAT = """(module
   (import "env" "check" (func $check (param i64 i32) (result i64)))
   (memory (export "memory") 1)
   (func (export "run")
     (i64.store (i32.const 8) (call $check (i64.const -2) (i32.const -3))))
-  (func (export "fail") (drop (call $check (i64.const 0) (i32.const 0)))))"""
+  (func (export "fail") (drop (call $check (i64.const 0) (i32.const 0))))
+  (func (export "tick")))"""
 _CHECK_VALUE = 0x1122_3344_5566_7788
 
 
@@ -391,7 +453,9 @@ def _check_raw_api(api: _RawApi) -> None:
     and change what is behind them (a field, a method turned property). One
     round trip through each path the runtime uses catches that before use.
     """
-    engine = wasmtime.Engine()
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
     linker = wasmtime.Linker(engine)
 
     def check(env: Any, caller: Any, values: Any, count: int) -> int:
@@ -413,6 +477,8 @@ def _check_raw_api(api: _RawApi) -> None:
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
     store = wasmtime.Store(engine)
+    api.watch_epochs(store)
+    store.set_epoch_deadline(1)
     instance = linker.instantiate(store, wasmtime.Module(engine, wasmtime.wat2wasm(_CHECK_WAT)))
     api.call_unit(store, api.export(store, instance, "run"))
     view = api.guest_memory(store, api.export(store, instance, "memory")).view()
@@ -426,6 +492,33 @@ def _check_raw_api(api: _RawApi) -> None:
             raise ValueError(f"a host trap came back as {exc}") from None
     else:
         raise ValueError("a host trap did not stop the guest")
+    _check_epoch_callback(api, engine, store, api.export(store, instance, "tick"))
+
+
+def _check_epoch_callback(
+    api: _RawApi, engine: wasmtime.Engine, store: wasmtime.Store, tick: wasmtime.Func
+) -> None:
+    """An epoch increment stops the guest of an interrupted call only."""
+    cancellation = Cancellation()
+    watch = Watch(engine, None, cancellation)
+    watch.enter(store)
+    try:
+        # Meant for another call: this one carries on past its deadline.
+        engine.increment_epoch()
+        try:
+            api.call_unit(store, tick)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise ValueError(f"an epoch increment for another call stopped this one: {exc}") from None
+        cancellation.cancel("check")
+        try:
+            api.call_unit(store, tick)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if _INTERRUPTED_ERROR not in str(exc):
+                raise ValueError(f"an interrupted guest stopped with {exc}") from None
+        else:
+            raise ValueError("an epoch-deadline callback did not stop the guest")
+    finally:
+        watch.leave()
 
 
 def _load_raw_api() -> _RawApi | None:
@@ -1458,13 +1551,15 @@ def _method_name_error(method: str) -> str | None:
     return None
 
 
-# wasmtime-py's own trampoline (used when its C bindings are not reachable)
-# hands a Python exception raised by a host function back through a
-# module-global slot, so two threads inside wasm at once could pick up each
-# other's exception. Calls are therefore serialised process-wide; the host
-# functions hold the GIL anyway, so little parallelism is lost. The
-# watchdog of :mod:`.interrupt` relies on it too: one guest runs at a time.
-_CALL_LOCK = threading.Lock()
+# Guests run on several threads at once (each node has its own). Two things
+# would stop that, and both come only with wasmtime-py's public API, used when
+# its C bindings are not reachable (``_RAW is None``): its trampoline hands a
+# Python exception raised by a host function back through a module-global
+# slot, so two threads inside wasm at once could pick up each other's
+# exception; and a store without the epoch-deadline callback traps at every
+# increment of its engine's epoch, including one meant for another call. In
+# that case calls are serialised process-wide by this lock.
+_PUBLIC_API_LOCK = threading.Lock()
 
 
 def _export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
@@ -1485,6 +1580,13 @@ def _call_unit(store: wasmtime.Store, func: wasmtime.Func) -> None:
         func(store)
         return
     _RAW.call_unit(store, func)
+
+
+def _stopped_by_interrupt(exc: BaseException) -> bool:
+    """Whether the guest stopped at an epoch deadline: through the callback, or a plain trap."""
+    if getattr(exc, "trap_code", None) == wasmtime.TrapCode.INTERRUPT:
+        return True
+    return isinstance(exc, wasmtime.WasmtimeError) and _INTERRUPTED_ERROR in str(exc)
 
 
 def _interrupted(watch: Watch) -> ExecutionFailure:
@@ -1671,17 +1773,26 @@ class AppModule:
         store.set_fuel(self.gas_limit)
         state.store = store
         self._host.enter(state)
+        raw = _RAW
+        if raw is None:
+            with _PUBLIC_API_LOCK:
+                return self._watched(method, state, watch, store)
+        raw.watch_epochs(store)
+        return self._watched(method, state, watch, store)
+
+    def _watched(
+        self, method: str, state: _CallState, watch: Watch, store: wasmtime.Store
+    ) -> ExecutionFailure | None:
         # One guest span from instantiation to the method's return: one
-        # deadline set and one lock taken, not one per guest entry.
-        with _CALL_LOCK:
-            try:
-                watch.enter(store)
-            except Interrupted:
-                return _interrupted(watch)
-            try:
-                return self._run_guest(method, state, watch, store)
-            finally:
-                watch.leave()
+        # deadline set, not one per guest entry.
+        try:
+            watch.enter(store)
+        except Interrupted:
+            return _interrupted(watch)
+        try:
+            return self._run_guest(method, state, watch, store)
+        finally:
+            watch.leave()
 
     def _run_guest(
         self, method: str, state: _CallState, watch: Watch, store: wasmtime.Store
@@ -1726,7 +1837,7 @@ class AppModule:
             raise state.pending from None
         if state.abort is not None:
             return state.abort
-        if getattr(exc, "trap_code", None) == wasmtime.TrapCode.INTERRUPT:
+        if _stopped_by_interrupt(exc):
             return _interrupted(watch)
         return _trap_failure(exc, self.gas_limit)
 

@@ -30,6 +30,7 @@ from .service import NodeService
 from .store import NodeStore
 from .swarm import Swarm
 from .sync import Replicator
+from .worker import WasmWorker
 
 __all__ = ["ConfigError", "EmbeddedNode", "NodeConfig"]
 
@@ -224,9 +225,23 @@ class EmbeddedNode:
         if self._http is not None:
             await self._stop_http(self._http)
             self._http = None
+        if self._service is not None:
+            await self._stop_wasm(self._service.wasm)
         if self._store is not None:
             self._store.close()
         self.log.info("node %s stopped", self.config.name)
+
+    async def _stop_wasm(self, wasm: WasmWorker) -> None:
+        # Every caller is gone by now and its guest interrupted: the threads
+        # finish what is queued (calls that fail at once) and exit.
+        wasm.close()
+        if not await wasm.wait_closed(_SHUTDOWN_GRACE_S):
+            self.log.warning(
+                "node %s stopped with %d wasm call(s) still running; their "
+                "threads exit when the calls return",
+                self.config.name,
+                wasm.busy,
+            )
 
     async def _stop_http(self, http: uvicorn.Server) -> None:
         # uvicorn's own shutdown sleeps 100 ms before looking at connections;

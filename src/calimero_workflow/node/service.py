@@ -63,7 +63,7 @@ from .store import (
     NodeStore,
     delta_id,
 )
-from .worker import run_wasm
+from .worker import WasmWorker
 
 if TYPE_CHECKING:
     from .sync import Replicator
@@ -222,6 +222,8 @@ class NodeService:
         self.presence: dict[str, bytes] = {}
         #: The guest calls under way, to interrupt when the node stops.
         self._calls: set[Cancellation] = set()
+        #: This node's wasm threads (its calls never wait for another node's).
+        self.wasm = WasmWorker(name)
         #: Why no guest may run any more (the node is stopping); None while it may.
         self._closing: str | None = None
 
@@ -894,18 +896,18 @@ class NodeService:
     async def _run_guest(
         self, module: AppModule, method: str, input: bytes, **kwargs: Any
     ) -> Outcome:
-        """``module.run`` on the wasm thread, interrupted if the caller gives up.
+        """``module.run`` on the node's wasm threads, interrupted if the caller gives up.
 
         A cancelled caller (a client that closed its request, a task stopped
         with the node) interrupts the guest at once instead of leaving it to
-        run on the shared wasm thread until its time is up.
+        hold a wasm thread until its time is up.
         """
         cancellation = Cancellation()
         if self._closing is not None:
             cancellation.cancel(self._closing)
         self._calls.add(cancellation)
         try:
-            return await run_wasm(
+            return await self.wasm.run(
                 module.run, method, input, cancellation=cancellation, **kwargs
             )
         except asyncio.CancelledError:
