@@ -11,6 +11,12 @@ import pytest
 from calimero_workflow.node.worker import WasmWorker, WorkerClosed
 
 
+def wasm_threads(node: str) -> list[str]:
+    """The live threads of ``node``'s worker (other tests' threads may come and go)."""
+    prefix = f"calimero-wasm-{node}-"
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
 @pytest.fixture
 async def worker() -> AsyncIterator[WasmWorker]:
     wasm = WasmWorker("node-1")
@@ -123,14 +129,13 @@ async def test_a_busy_thread_gets_company_up_to_the_limit() -> None:
 
 
 async def test_close_finishes_queued_calls_and_stops_the_threads() -> None:
-    before = threading.active_count()
-    worker = WasmWorker("node-1", max_threads=1)
+    worker = WasmWorker("node-close", max_threads=1)
     release = threading.Event()
     first = asyncio.create_task(worker.run(release.wait, 10))
     queued = asyncio.create_task(worker.run(lambda: "queued"))
     await asyncio.sleep(0)
     worker.close()
-    with pytest.raises(WorkerClosed, match="node-1"):
+    with pytest.raises(WorkerClosed, match="node-close"):
         await worker.run(lambda: "refused")
     # A thread still in a call does not exit before the call returns.
     assert not await worker.wait_closed(0.05)
@@ -139,7 +144,7 @@ async def test_close_finishes_queued_calls_and_stops_the_threads() -> None:
     assert await queued == "queued"
     assert await worker.wait_closed(5)
     assert worker.threads == 0
-    assert threading.active_count() == before
+    assert wasm_threads("node-close") == []
 
 
 async def test_a_worker_never_used_closes_at_once() -> None:
@@ -152,18 +157,18 @@ async def test_a_worker_never_used_closes_at_once() -> None:
 
 
 async def test_started_and_stopped_workers_leave_no_threads() -> None:
-    before = threading.active_count()
     for _ in range(5):
-        worker = WasmWorker("node-1", max_threads=3)
+        worker = WasmWorker("node-cycle", max_threads=3)
         release = threading.Event()
         calls = [asyncio.create_task(worker.run(release.wait, 10)) for _ in range(3)]
         while worker.threads < 3:
             await asyncio.sleep(0.001)
         release.set()
         await asyncio.gather(*calls)
+        assert len(wasm_threads("node-cycle")) == 3
         worker.close()
         assert await worker.wait_closed(5)
-    assert threading.active_count() == before
+    assert wasm_threads("node-cycle") == []
 
 
 def test_max_threads_is_at_least_one() -> None:

@@ -60,6 +60,8 @@ class WasmWorker:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
+        #: Threads that left their loop: alive for a moment after they say so.
+        self._ended: list[threading.Thread] = []
         #: Calls handed over and not yet finished (running or queued).
         self._pending = 0
         self._started = 0
@@ -134,16 +136,23 @@ class WasmWorker:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        deadline = None if timeout is None else loop.time() + timeout
         with self._lock:
             if not self._closed:
                 raise RuntimeError("wait_closed() before close()")
-            if not self._threads:
-                return True
-            self._waiters.append((loop, future))
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            return False
+            running = bool(self._threads)
+            if running:
+                self._waiters.append((loop, future))
+        if running:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                return False
+        # The last thread wakes us on its way out; let every one be gone.
+        while any(t.is_alive() for t in self._ended):
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
         return True
 
     def _serve(self) -> None:
@@ -167,6 +176,7 @@ class WasmWorker:
         finally:
             with self._lock:
                 self._threads.discard(me)
+                self._ended.append(me)
                 last = self._closed and not self._threads
             if last:
                 self._wake_waiters()
