@@ -301,6 +301,41 @@ def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
     assert len(files[0] | files[1]) == 2 and all(Path(f).is_file() for f in files[0] | files[1])
 
 
+def test_result_files_that_are_a_workflow_file_are_refused_before_the_run(
+    tmp_path: Path, capsys, monkeypatch
+):
+    wf = write(tmp_path, "w.yml", PASSING)
+    other = write(tmp_path, "other.yml", PASSING.replace("passing", "other"))
+    (tmp_path / "linked.yml").hardlink_to(other)
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["w.yml", "--results", "w.yml"], "--results w.yml is the workflow file w.yml"),
+        (["w.yml", "--junit", "./w.yml"], "--junit w.yml is the workflow file w.yml"),
+        (["w.yml", "--report", str(wf)], f"--report {wf} is the workflow file w.yml"),
+        # any file given, and under another name
+        (["w.yml", "other.yml", "--results", "../" + tmp_path.name + "/other.yml"], "is the workflow file other.yml"),
+        (["w.yml", "other.yml", "--report", "linked.yml"], "--report linked.yml is the workflow file other.yml"),
+    ]
+    for argv, message in cases:
+        assert main(["run", *argv, "--workdir", str(tmp_path / "w")]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "writing the result would overwrite it" in err, err
+        assert "hint: give" in err
+    assert wf.read_text() == PASSING
+    assert other.read_text() == PASSING.replace("passing", "other")
+    assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_result_files_that_a_workflow_reads_are_refused_before_the_run(tmp_path: Path, capsys):
+    script = write(tmp_path, "check.sh", "echo ok\n")
+    wf = write(tmp_path, "wf.yml", "name: s\nsteps:\n  - {type: script, script: check.sh}\n")
+    assert main(["run", str(wf), "--junit", str(script), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"--junit {script} is {script}, which {wf} reads: writing the result would overwrite it" in err
+    assert script.read_text() == "echo ok\n"
+    assert not (tmp_path / "w").exists()
+
+
 def test_output_folders_that_are_files_are_refused_before_the_run(tmp_path: Path, capsys):
     wf = write(tmp_path, "ok.yml", PASSING)
     afile = write(tmp_path, "afile", "not a folder")

@@ -163,9 +163,10 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             _print_problems(exc)
             invalid = True
             loaded.append(problems_result(file.name, str(file), args.backend or "-", exc.problems))
+    workflows = [w for w in loaded if not isinstance(w, RunResult)]
+    _check_files_read(args, workflows)
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
-    workflows = [w for w in loaded if not isinstance(w, RunResult)]
     results: list[RunResult] = []
     folders: list[str] = []
     for workflow in loaded:
@@ -261,7 +262,7 @@ class _Interrupts:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse result paths that cannot be written before anything runs."""
     problems = []
-    given = [(flag, path) for flag, path in (("--results", args.results), ("--report", args.report), ("--junit", args.junit)) if path is not None]
+    given = _result_files(args)
     for flag, path in given:
         if path.is_dir():
             example = path / ("junit.xml" if flag == "--junit" else "out.json")
@@ -270,6 +271,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         for other, other_path in given[i + 1:]:
             if path.resolve() == other_path.resolve():
                 problems.append(Problem(f"{flag} and {other} name the same file", hint="give each its own file"))
+    problems += _overwritten(given, [(file, f"the workflow file {file}") for file in args.files])
     # Found now rather than after the whole run: a folder that is a file, or
     # one that cannot be written.
     places = [(flag, path.parent, False) for flag, path in given if not path.is_dir()]
@@ -280,6 +282,43 @@ def _check_outputs(args: argparse.Namespace) -> None:
             what = f"{flag} {path}" if is_the_dir else f"the folder of {flag} ({path})"
             wanted = "a folder that can be created and written" if is_the_dir else "a file in a writable folder"
             problems.append(Problem(f"{what} {problem}", hint=f"give {flag} {wanted}"))
+    if problems:
+        raise WorkflowValidationError(problems)
+
+
+def _result_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    pairs = (("--results", args.results), ("--report", args.report), ("--junit", args.junit))
+    return [(flag, path) for flag, path in pairs if path is not None]
+
+
+def _overwritten(given: list[tuple[str, Path]], read: list[tuple[Path, str]]) -> list[Problem]:
+    """Result files that are files the run reads (``read``: each file and how
+    to name it), which writing the results would replace."""
+    from .confined import same_file
+
+    problems = []
+    for flag, path in given:
+        for file, what in read:
+            if same_file(path, file):
+                problems.append(
+                    Problem(
+                        f"{flag} {path} is {what}: writing the result would overwrite it",
+                        hint=f"give {flag} a file of its own, e.g. {flag} "
+                        + ("junit.xml" if flag == "--junit" else f"{flag.lstrip('-')}.json"),
+                    )
+                )
+    return problems
+
+
+def _check_files_read(args: argparse.Namespace, workflows: list[Any]) -> None:
+    """Refuse, before anything runs, result files that are files the loaded
+    workflows read (an app's `path`, a script, a file to upload)."""
+    read = [
+        (file, f"{file}, which {workflow.path} reads")
+        for workflow in workflows
+        for file in workflow.files_read()
+    ]
+    problems = _overwritten(_result_files(args), read)
     if problems:
         raise WorkflowValidationError(problems)
 

@@ -255,6 +255,20 @@ class Workflow:
         )
         return secrets
 
+    def files_read(self) -> list[Path]:
+        """The files the steps read that are written out in the file (an app's
+        ``path``, ``upload_blob.file_path``, a script), where they are found."""
+        from .steps.base import workflow_file
+        from .validation import contains_deferred
+
+        files = []
+        for step in _all_steps(self.steps):
+            for key in _FILE_KEYS.get(step.type_name, ()):
+                value = getattr(step.static_config, key, None)
+                if isinstance(value, str) and value and not contains_deferred(value):
+                    files.append(workflow_file(self.base_dir, value))
+        return files
+
     def location(self, *keys: Any) -> Location:
         node: Any = self.raw
         line, col = self.raw.line, self.raw.col
@@ -266,6 +280,15 @@ class Workflow:
                 line, col = node.item_pos(key)
                 node = node[key]
         return Location(self.path, line, col)
+
+
+#: The keys of each step type that name a file the step reads.
+_FILE_KEYS = {
+    "install_application": ("path",),
+    "create_mesh": ("path",),
+    "upload_blob": ("file_path",),
+    "script": ("script",),
+}
 
 
 def redact_url(url: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from ..appinstall import install_local_app
-from ..confined import ConfinedPathError, write_confined
+from ..confined import ConfinedPathError, same_file, write_confined
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -123,7 +123,16 @@ class DownloadBlob(BaseStep):
                         hint="write downloads next to the workflow or inside the repository",
                     )
                 )
+            elif vctx.file is not None and same_file(vctx.base_dir / out, vctx.file):
+                problems.append(self._overwrites_workflow(out, vctx.file))
         return problems
+
+    def _overwrites_workflow(self, out: str, workflow: Path) -> Problem:
+        return self.problem(
+            f"output_path {out!r} is the workflow file {workflow}: the download would overwrite it",
+            key="output_path",
+            hint="write the blob to a file of its own, e.g. output_path: downloads/blob.bin",
+        )
 
     async def execute(self, config: DownloadBlobConfig, run: StepRun) -> dict[str, Any]:
         content = await run.ctx.client(config.node).download_blob(config.blob_id, context_id=config.context_id)
@@ -131,6 +140,11 @@ class DownloadBlob(BaseStep):
         data: dict[str, Any] = {"blob_id": config.blob_id, "size": len(content), "sha256": digest}
         if config.output_path:
             base = run.ctx.workflow.base_dir
+            workflow = run.ctx.workflow.path
+            if workflow is not None and same_file(base / config.output_path, workflow):
+                # written out, refused at load; this one came from a placeholder
+                problem = self._overwrites_workflow(config.output_path, workflow)
+                raise StepFailure(problem.message, location=problem.location, hint=problem.hint, data=data)
             try:
                 out = await asyncio.to_thread(
                     write_confined, config.output_path, content, base=base, roots=[base, Path.cwd()]
