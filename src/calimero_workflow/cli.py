@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .credentials import secret_env_values
 from .errors import Problem, WorkflowValidationError
 from .results import RunResult, problems_result
 
@@ -165,6 +166,8 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             loaded.append(problems_result(file.name, str(file), args.backend or "-", exc.problems))
     workflows = [w for w in loaded if not isinstance(w, RunResult)]
     _check_files_read(args, workflows)
+    # the environment's credentials (--env MY_API_TOKEN=…), by the action's rule
+    env_secrets = secret_env_values(env)
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
     results: list[RunResult] = []
@@ -188,6 +191,7 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             logs_dir=(args.logs_dir / folder) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
             nuke=args.nuke,
             force_pull=args.force_pull,
+            secret_values=env_secrets,
         )
         reporter.run_started(executor.result)
         result = await executor.run()

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .credentials import redact_url
 from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
 
 if TYPE_CHECKING:
@@ -390,7 +391,7 @@ class NodeClient:
             ) from exc
         except HttpError as exc:
             raise NodeConnectionError(
-                f"node {self.name} is unreachable at {self.url} ({exc})",
+                f"node {self.name} is unreachable at {redact_url(self.url)} ({exc})",
                 node=self.name,
                 route=route,
             ) from exc
@@ -420,7 +421,7 @@ class NodeClient:
             ) from exc
         except httpx.TransportError as exc:
             raise NodeConnectionError(
-                f"node {self.name} is unreachable at {self.url} ({exc or type(exc).__name__})",
+                f"node {self.name} is unreachable at {redact_url(self.url)} ({exc or type(exc).__name__})",
                 node=self.name,
                 route=route,
             ) from exc

@@ -241,6 +241,9 @@ class RunEvents:
 
     def note(self, message: str) -> None: ...
 
+    def secret(self, value: str) -> None:
+        """``value`` is a credential found while the run goes on: mask it from now on."""
+
 
 @dataclass
 class RunContext:
@@ -261,6 +264,15 @@ class RunContext:
     ready_timeout: float = 60.0
     #: Nodes the workflow stopped or paused, until a step brings them back.
     halted: dict[str, Halt] = field(default_factory=dict)
+    #: Credentials masked wherever the run is shown or written (the run result's list).
+    secrets: list[str] = field(default_factory=list)
+
+    def add_secret(self, value: str) -> None:
+        """Mask ``value`` from now on, wherever the run is shown or written: a
+        token obtained from a node, a credential a placeholder brought."""
+        if isinstance(value, str) and value.strip() and value not in self.secrets:
+            self.secrets.append(value)
+            self.events.secret(value)
 
     @functools.cached_property
     def run_variables(self) -> dict[str, Any]:

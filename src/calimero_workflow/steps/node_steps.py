@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from ..appfetch import AppFetchError, download_app
 from ..appinstall import install_local_app
 from ..client import NodeError, NodeUnsupportedError
+from ..credentials import redact_url, url_secrets
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -155,6 +156,10 @@ class InstallApplication(BaseStep):
         installs no URLs. A remote node is asked to fetch it itself."""
         ctx = run.ctx
         assert config.url is not None
+        # its password and token-like query values, even from a placeholder
+        for secret in url_secrets(config.url):
+            ctx.add_secret(secret)
+        shown = redact_url(config.url)
         if ctx.node(config.node).kind == "remote" or ctx.backend is None:
             app_id = await ctx.client(config.node).install_application(
                 config.url,
@@ -173,10 +178,10 @@ class InstallApplication(BaseStep):
             raise StepFailure(
                 exc.message, location=self.key_location(exc.key), hint=exc.hint
             ) from None
-        run.log(f"downloaded {config.url} ({local.stat().st_size} bytes) to {local}")
+        run.log(f"downloaded {shown} ({local.stat().st_size} bytes) to {local}")
         installed = await self._install_file(config, run, local)
         app_id = installed["application_id"]
-        run.log(f"installed {config.url} on {config.node} as {app_id}")
+        run.log(f"installed {shown} on {config.node} as {app_id}")
         run.response = {"applicationId": app_id}
         return {
             **installed,
