@@ -321,6 +321,39 @@ async def test_wait_for_sync_on_a_group_a_node_is_not_in(tmp_path: Path):
     assert "`join`" in sync.error.hint
 
 
+@pytest.mark.parametrize(
+    "key, value, answer",
+    [
+        ("group_id", "abcd", "invalid group id"),
+        ("group_id", "5", "invalid group id"),
+        ("context_id", b58encode(b"\x01" * 32), "base58"),
+    ],
+)
+async def test_wait_for_sync_fails_at_once_on_an_id_the_node_refuses(
+    tmp_path: Path, key: str, value: str, answer: str
+):
+    # The id comes from a placeholder (one written out is refused at load):
+    # the node answers 400, which polling cannot change.
+    steps = f"""
+  - {{name: id, type: assert, actual: "{value}", is_set: true}}
+  - name: sync
+    type: wait_for_sync
+    {key}: "${{results.id.actual}}"
+    timeout: 30
+"""
+    started = time.monotonic()
+    result = await run_workflow(tmp_path, 2, steps)
+    assert time.monotonic() - started < 10
+    sync = next(s for s in result.steps if s.name == "sync")
+    assert sync.status is Status.FAILED and sync.error.kind == "refused"
+    kind = key.removesuffix("_id")
+    assert sync.error.message.startswith(f"node-1 refuses {kind} {value}: GET /admin-api/")
+    assert "failed with HTTP 400" in sync.error.message and answer in sync.error.message
+    assert "unreachable" not in sync.error.message
+    assert "join" not in sync.error.hint and f"check `{key}`" in sync.error.hint
+    assert (sync.error.location.line, sync.error.location.col) == (8, 7 + len(key))
+
+
 async def test_wait_for_sync_needs_a_context_or_a_group(tmp_path: Path):
     with pytest.raises(WorkflowValidationError, match="`context_id`.*`group_id`"):
         await run_workflow(tmp_path, 1, "  - {type: wait_for_sync, timeout: 1}\n")
