@@ -474,19 +474,110 @@ async def test_unknown_context_and_uninstalled_app(tmp_path: Path):
 
 
 async def test_a_base58_id_is_refused_with_a_hint(tmp_path: Path):
-    """Ids are 64 hex digits, as in merod since 0.11.0-rc.27."""
-    steps = SETUP + """
+    """Ids are 64 hex digits, as in merod since 0.11.0-rc.27: one written out is
+    checked when the file loads; one that arrives at run time, by the node."""
+    base58 = "11111111111111111111111111111112"
+    with pytest.raises(WorkflowValidationError) as info:
+        await run_workflow(
+            tmp_path, 1, f"  - {{type: call, node: node-1, context_id: {base58}, method: len}}\n"
+        )
+    (problem,) = info.value.problems
+    assert problem.message == (
+        f"step 'call #1' (call): context_id: '{base58}' is not an id: expected 64 hex "
+        "digits (32 bytes), got 32 characters"
+    )
+    assert "base58" in problem.hint and "${results.ctx.context_id}" in problem.hint
+    steps = SETUP + f"""
+  - {{name: b, type: assert, actual: "{base58}", is_set: true}}
   - name: base58
     type: call
     node: node-1
-    context_id: 11111111111111111111111111111112
+    context_id: ${{results.b.actual}}
     method: len
     retries: 0
 """
     result = await run_workflow(tmp_path, 1, steps)
-    base58 = next(s for s in result.steps if s.name == "base58")
-    assert base58.status is Status.FAILED
-    assert base58.error.kind == "ParseError" and "base58" in base58.error.message
+    step = next(s for s in result.steps if s.name == "base58")
+    assert step.status is Status.FAILED
+    assert step.error.kind == "ParseError" and "base58" in step.error.message
+
+
+@pytest.mark.parametrize(
+    "step, key, message, hint",
+    [
+        ("{type: create_namespace, node: node-1, application_id: abcd}", "application_id",
+         "'abcd' is not an id: expected 64 hex digits (32 bytes), got 4 characters",
+         "${results.install.application_id}"),
+        ("{type: wait_for_sync, group_id: 5}", "group_id",
+         "'5' is not an id: expected 64 hex digits (32 bytes), got 1 characters",
+         "${results.ns.namespace_id}"),
+        ("{type: invite, node: node-1, namespace_id: 0102030405}", "namespace_id",
+         "YAML reads the unquoted 0102030405 as the number 17314053, not as text",
+         "quote it: '0102030405'"),
+        ("{type: delete_context, node: node-1, context_id: '0102030405'}", "context_id",
+         "'0102030405' is not an id", "${results.ctx.context_id}"),
+        ("{type: delete_context, node: node-1, context_id: %s, requester: x1}" % ("ab" * 32),
+         "requester", "'x1' is not an id", "${results.ctx.member_public_key}"),
+        ("{type: download_blob, node: node-1, blob_id: %s}" % ("0" * 65), "blob_id",
+         "YAML reads the unquoted %s as the number 0" % ("0" * 65), "quote it"),
+        (f"{{type: call, node: node-1, context_id: {'ab' * 32}, method: m, "
+         f"executor_public_key: {b58encode(bytes([7] * 32))}}}", "executor_public_key",
+         f"'{b58encode(bytes([7] * 32))}' is not an id", "base58"),
+    ],
+)
+def test_ids_written_out_are_checked_when_the_file_loads(step: str, key: str, message: str, hint: str):
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(
+            f"name: ids\nnodes: {{count: 1, prefix: node}}\nsteps:\n  - {step}\n",
+            file=Path("wf.yml"), environ={},
+        )
+    (problem,) = info.value.problems
+    assert f"{key}: {message}" in problem.message
+    assert hint in problem.hint
+    assert problem.location.line == 4 and problem.location.col == step.index(f"{key}:") + len(key) + 7
+
+
+def test_ids_in_uppercase_and_placeholders_load():
+    upper = "AB" * 32
+    workflow = parse_workflow(
+        "name: ids\nnodes: {count: 1, prefix: node}\nsteps:\n"
+        f"  - {{type: get_application, node: node-1, application_id: {upper}}}\n"
+        "  - {type: wait_for_sync, group_id: '{{ns}}'}\n"
+        # 64 decimal digits YAML reads as a number give the same text back
+        f"  - {{type: download_blob, node: node-1, blob_id: {'1' * 64}}}\n",
+        file=Path("wf.yml"), environ={},
+    )
+    assert workflow.steps[0].static_config.application_id == upper.lower()
+    assert workflow.steps[2].static_config.blob_id == "1" * 64
+
+
+async def test_ids_are_sent_and_echoed_in_lowercase(tmp_path: Path):
+    # Ids from a script in uppercase: every step sends them, and its results
+    # show them, in lowercase.
+    (tmp_path / "blob.txt").write_text("blob")
+    steps = SETUP + """
+  - {name: up, type: upload_blob, node: node-1, file_path: blob.txt}
+  - name: upper
+    type: script
+    json_output: true
+    run: |
+      python3 -c 'import json, os; r = json.load(open(os.environ["CW_RESULTS_FILE"])); print(json.dumps({k: v.upper() for k, v in dict(app=r["install"]["application_id"], ns=r["ns"]["namespace_id"], ctx=r["ctx"]["context_id"], blob=r["up"]["blob_id"]).items()}))'
+  - {name: cc, type: create_context, node: node-1, application_id: "${results.upper.output.app}", namespace_id: "${results.upper.output.ns}"}
+  - {name: db, type: download_blob, node: node-1, blob_id: "${results.upper.output.blob}"}
+  - {name: sync, type: wait_for_sync, context_id: "${results.upper.output.ctx}", group_id: "${results.upper.output.ns}"}
+  - {name: dc, type: delete_context, node: node-1, context_id: "${results.upper.output.ctx}"}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert result.passed, failures(result)
+    r = result.workflow_results
+    assert r["upper"]["output"]["app"] == r["install"]["application_id"].upper()
+    assert r["cc"]["application_id"] == r["install"]["application_id"]
+    assert r["cc"]["namespace_id"] == r["ns"]["namespace_id"]
+    assert r["db"]["blob_id"] == r["up"]["blob_id"]
+    assert r["dc"]["context_id"] == r["ctx"]["context_id"]
+    assert set(r["sync"]["hashes"]) == {"node-1"}
+    log = Path(result.node_log_files["node-1"]).read_text()
+    assert r["upper"]["output"]["ctx"] not in log  # what reached the node was lowercase
 
 
 # -- install_application: the sources current merod takes, and those it does not ----

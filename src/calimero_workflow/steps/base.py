@@ -38,6 +38,7 @@ from ..placeholders import Resolver, Scope
 from ..results import ErrorInfo, Status, StepRecord, error_from_exception
 from ..validation import locate, validate_model
 from ..yamlsrc import LocatedDict
+from .ids import id_problems
 
 if TYPE_CHECKING:
     from ..backends.base import NodeBackend
@@ -414,7 +415,14 @@ class BaseStep:
             self.static_config = config
             problems.extend(self.check(config, vctx))
         problems.extend(self.check_raw(vctx))
+        problems.extend(
+            p for p in id_problems(self.Config, self.raw, self.file, (), self._what())
+            if p.location not in said
+        )
         return problems
+
+    def _what(self) -> str:
+        return f"step {self.display_name!r} ({self.type_name})"
 
     def _validatable(self, raw: LocatedDict) -> Any:
         return raw

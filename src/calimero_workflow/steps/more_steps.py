@@ -24,10 +24,11 @@ from .base import (
     register_step,
     workflow_file,
 )
+from .ids import HexId
 
 
 class GetApplicationConfig(NodeStepConfig):
-    application_id: str
+    application_id: HexId
 
 
 @register_step
@@ -56,7 +57,7 @@ def _confined(step: BaseStep, value: str, base: Path, key: str, *, existing: boo
 
 class UploadBlobConfig(NodeStepConfig):
     file_path: PathText = Field(validation_alias=AliasChoices("file_path", "path"))
-    context_id: str | None = None
+    context_id: HexId | None = None
 
 
 @register_step
@@ -95,8 +96,8 @@ class UploadBlob(BaseStep):
 
 
 class DownloadBlobConfig(NodeStepConfig):
-    blob_id: str
-    context_id: str | None = None
+    blob_id: HexId
+    context_id: HexId | None = None
     output_path: PathText | None = None
     expected_size: int | None = Field(default=None, ge=0)
     expected_sha256: str | None = None
@@ -169,7 +170,7 @@ class DownloadBlob(BaseStep):
 
 class CreateMeshConfig(StepConfig):
     context_node: str
-    application_id: str
+    application_id: HexId
     nodes: list[str] = Field(min_length=1)
     params: dict[str, Any] | str | None = None
     #: A wasm file to dev-install on every other node first (relative to the workflow).

@@ -24,6 +24,7 @@ from .base import (
     register_step,
     workflow_file,
 )
+from .ids import HexId
 
 
 def _ns_field() -> Any:
@@ -211,7 +212,7 @@ class InstallApplication(BaseStep):
 
 
 class CreateNamespaceConfig(NodeStepConfig):
-    application_id: str
+    application_id: HexId
     namespace_name: str | None = Field(default=None, validation_alias=AliasChoices("namespace_name", "group_name"))
     app_key: str | None = None
 
@@ -234,7 +235,7 @@ class CreateNamespace(BaseStep):
 
 
 class InviteConfig(NodeStepConfig):
-    namespace_id: str = _ns_field()
+    namespace_id: HexId = _ns_field()
     recursive: bool | None = None
     expiration_timestamp: int | None = None
 
@@ -298,7 +299,7 @@ def _unwrap_invitation(value: Any) -> Any:
 
 
 class JoinConfig(NodeStepConfig):
-    namespace_id: str = _ns_field()
+    namespace_id: HexId = _ns_field()
     invitation: Any
 
 
@@ -330,8 +331,8 @@ class Join(BaseStep):
 
 
 class CreateContextConfig(NodeStepConfig):
-    application_id: str
-    namespace_id: str = _ns_field()
+    application_id: HexId
+    namespace_id: HexId = _ns_field()
     #: Initialisation arguments: a mapping, or JSON text.
     params: dict[str, Any] | str | None = None
     seed: str | None = None
@@ -401,7 +402,7 @@ class CreateIdentity(BaseStep):
 
 
 class JoinContextConfig(NodeStepConfig):
-    context_id: str
+    context_id: HexId
 
 
 @register_step
@@ -431,12 +432,12 @@ _MISSING = object()
 
 
 class CallConfig(NodeStepConfig):
-    context_id: str
+    context_id: HexId
     method: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_]+$")
     args: dict[str, Any] | None = None
     #: Accepted for merobox files; every call is a JSON-RPC execute.
     exec_type: str | None = None
-    executor_public_key: str | None = None
+    executor_public_key: HexId | None = None
     #: When given, the call fails unless its output equals this value.
     expected: Any = Field(default=_MISSING)
     #: The step passes whether the call succeeds or fails; `success` and the
@@ -553,9 +554,9 @@ class Call(BaseStep):
 
 
 class DeleteContextConfig(NodeStepConfig):
-    context_id: str
+    context_id: HexId
     #: The admin identity merod asks for when the context belongs to a group.
-    requester: str | None = None
+    requester: HexId | None = None
 
 
 @register_step
@@ -574,7 +575,7 @@ class DeleteContext(BaseStep):
 
 
 class UninstallApplicationConfig(NodeStepConfig):
-    application_id: str
+    application_id: HexId
 
 
 @register_step

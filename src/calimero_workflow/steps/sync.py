@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..client import NodeApiError, NodeError, is_zero_hash
 from ..errors import Problem, StepFailure
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .ids import HexId
 from .node_steps import outputs_equal
 
 #: How long a node may go on answering 404 for the context while the other
@@ -49,9 +50,9 @@ class ExpectConfig(BaseModel):
 
 class WaitForSyncConfig(StepConfig):
     #: The context whose contextStateHash must agree; and/or
-    context_id: str | None = None
+    context_id: HexId | None = None
     #: the group (a namespace) whose groupStateHash must agree, as merobox has it.
-    group_id: str | None = None
+    group_id: HexId | None = None
     #: Nodes to compare; all nodes of the run when omitted.
     nodes: list[str] | str | None = None
     timeout: float = Field(default=60.0, gt=0)  # type: ignore[assignment]
