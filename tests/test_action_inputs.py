@@ -256,6 +256,16 @@ def test_numeric_inputs_are_ascii_numbers(workspace, name, value):
     assert not (workspace / "calimero-workflow-results").exists()
 
 
+def test_a_bad_wasm_time_limit_in_the_environment_is_invalid_input(workspace):
+    write(workspace, "wf/a.yml", PASSING)
+    env = {**env_for(workspace, workflows="wf/a.yml"), "CW_WASM_TIME_LIMIT": "abc"}
+    with pytest.raises(InputError, match=r"environment: CW_WASM_TIME_LIMIT='abc' is not a number"):
+        read_settings(env)
+    code, printed, outputs = run(env)
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert "Traceback" not in printed
+
+
 def test_numeric_inputs_in_their_plain_spelling_are_read(workspace):
     settings = read_settings(
         env_for(workspace, workflows="a.yml", retries="10", timeout_minutes="0.5")

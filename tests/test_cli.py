@@ -336,6 +336,23 @@ def test_result_files_that_a_workflow_reads_are_refused_before_the_run(tmp_path:
     assert not (tmp_path / "w").exists()
 
 
+def test_a_bad_wasm_time_limit_is_refused_before_the_run(tmp_path: Path):
+    wf = write(tmp_path, "ok.yml", "name: n\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: 0.01}\n")
+    results = tmp_path / "results.json"
+    env = {**os.environ, "CW_WASM_TIME_LIMIT": "abc",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--results", str(results),
+         "--workdir", str(tmp_path / "w")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "environment: CW_WASM_TIME_LIMIT='abc' is not a number of seconds" in done.stderr
+    assert "hint: unset CW_WASM_TIME_LIMIT" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not results.exists() and not (tmp_path / "w").exists()
+
+
 def test_output_folders_that_are_files_are_refused_before_the_run(tmp_path: Path, capsys):
     wf = write(tmp_path, "ok.yml", PASSING)
     afile = write(tmp_path, "afile", "not a folder")

@@ -46,6 +46,7 @@ from .credentials import is_secret_key, reads_as_setting
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .interrupts import Interrupts
+from .node.interrupt import time_limit_from
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
 from .report.junit import junit_xml
@@ -353,6 +354,10 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
             f"input image: {problem} (e.g. ghcr.io/calimero-network/merod:edge)"
         )
     settings_env = _parse_env(_input(env, "env"), problems)
+    try:  # read by the embedded nodes' runtime
+        time_limit_from(env)
+    except ValueError as exc:
+        problems.append(f"environment: {exc}")
     summary = _bool(env, "summary", problems)
     annotations = _bool(env, "annotations", problems)
     fail_on_failure = _bool(env, "fail-on-failure", problems)

@@ -339,8 +339,21 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def _check_environment() -> None:
+    """Settings the engine reads from its own environment, checked before anything runs."""
+    from .node.interrupt import TIME_LIMIT_ENV, time_limit_from
+
+    try:
+        time_limit_from(os.environ)
+    except ValueError as exc:
+        raise WorkflowValidationError(
+            [Problem(f"environment: {exc}", hint=f"unset {TIME_LIMIT_ENV}, or set it to e.g. 30")]
+        ) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     env = _parse_env(args.env)
+    _check_environment()
     _check_outputs(args)
     with _Interrupts() as interrupts:
 
