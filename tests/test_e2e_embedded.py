@@ -817,6 +817,118 @@ async def test_a_tampered_bundle_is_refused_with_merods_text(tmp_path: Path):
     )
 
 
+def _tar_gz_with_manifest_after(filler: int) -> bytes:
+    """A gzipped tar whose manifest.json comes after ``filler`` bytes of another entry."""
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, body in (("filler.bin", bytes(filler)), ("manifest.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return gzip.compress(raw.getvalue())
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("garbage.mpk", bytes(range(256)) * 20),
+        ("zlib.mpk", __import__("zlib").compress(b"not a tar at all" * 100)),
+        ("late-manifest.mpk", _tar_gz_with_manifest_after(9 << 20)),
+        # a wasm module named as a bundle goes as one too: never bundled behind its back
+        ("module.mpk", APP.read_bytes()),
+        ("garbage.wasm", b"MZ\x90\x00 not wasm"),
+    ],
+)
+async def test_a_file_that_is_not_wasm_is_sent_as_a_bundle_and_refused_as_merod_does(
+    tmp_path: Path, name: str, content: bytes
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    steps = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    path: {path}
+    retries: 0
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    (step,) = result.steps
+    assert step.status is Status.FAILED and step.error.kind == "HTTP 500"
+    assert step.error.message.endswith(
+        f"install-dev-application failed with HTTP 500: not a signed application bundle: {path}"
+    )
+    assert "cannot bundle" not in step.error.message and not step.error.hint
+    assert list((tmp_path / "runs").glob("*/bundles/*")) == []
+
+
+def test_a_huge_module_is_refused_by_its_size_before_it_is_read(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.wasm"
+    with big.open("wb") as fh:  # sparse: 700 MiB on paper, nothing on disk
+        fh.write(b"\0asm\x01\0\0\0")
+        fh.truncate(700 << 20)
+    wf = tmp_path / "wf.yml"
+    wf.write_text(
+        "name: big\nnodes: {count: 1, prefix: n}\nsteps:\n"
+        "  - {type: install_application, node: n-1, path: big.wasm, retries: 0}\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--workdir",
+         str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert time.monotonic() - started < 10
+    assert (
+        "big.wasm is 734003200 bytes (700 MiB), over merod's module size limit "
+        "(max_module_size) of 128 MiB (134217728 bytes)" in out
+    )
+    assert list((tmp_path / "w").glob("*/bundles/*")) == []
+
+
+def test_the_bundle_cache_key_is_streamed_and_unchanged(tmp_path: Path):
+    wasm = tmp_path / "kv_store.wasm"
+    wasm.write_bytes(APP.read_bytes())
+    out = bundle.dev_bundle_for(wasm, tmp_path / "cache", package="com.x.y", version="1.2.3")
+    # the digest of everything that goes into the bundle, as before
+    key = hashlib.sha256(
+        b"\0".join([APP.read_bytes(), b"com.x.y", b"1.2.3", bundle.SCHEME_V1.encode()])
+    ).hexdigest()[:16]
+    assert out.name == f"com.x.y-1.2.3-{key}.mpk"
+    big = tmp_path / "big.wasm"
+    with big.open("wb") as fh:
+        fh.write(b"\0asm\x01\0\0\0")
+        fh.truncate((128 << 20) + 1)
+    with pytest.raises(ValueError, match=r"over merod's module size limit \(max_module_size\) of 128 MiB"):
+        bundle.dev_bundle_for(big, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("package", ["../x", "a/b"])
+def test_a_package_no_bundle_can_have_is_refused_when_the_file_loads(package: str):
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(
+            f"name: p\nnodes: {{count: 1, prefix: node}}\nsteps:\n"
+            f"  - {{type: install_application, node: node-1, path: {APP}, package: '{package}', version: 1.0.0}}\n",
+            file=Path("wf.yml"), environ={},
+        )
+    (problem,) = info.value.problems
+    assert problem.message == (
+        f"package: invalid package id "
+        f"`{package}`: may contain only ASCII letters, digits, `.`, `-`, and `_`"
+    )
+    assert problem.location.line == 4
+
+
 async def test_registry_install_sends_the_coordinates(tmp_path: Path):
     steps = """
   - name: install

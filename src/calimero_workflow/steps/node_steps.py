@@ -81,7 +81,23 @@ class InstallApplication(BaseStep):
     )
 
     def check(self, config: InstallConfig, vctx: ValidationContext) -> list[Problem]:
+        from ..bundle import coordinates_problem
+
         problems = super().check(config, vctx)
+        # what a bundle built for the node, and merod's registry, take
+        for key in ("package", "version"):
+            value = getattr(config, key)
+            if value is None or contains_deferred(value):
+                continue
+            problem = coordinates_problem(**{key: value, ("version" if key == "package" else "package"): None})
+            if problem:
+                problems.append(
+                    self.problem(
+                        f"{key}: {problem}",
+                        key=key,
+                        hint="a package id such as com.example.app, and a version such as 1.0.0",
+                    )
+                )
         if config.path and vctx.check_files and not contains_deferred(config.path):
             if not workflow_file(vctx.base_dir, config.path).is_file():
                 problems.append(
