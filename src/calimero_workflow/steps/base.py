@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..backends.base import BackendError, NodeUnavailableError, is_warning_or_error
+from ..backends.base import (
+    BackendError,
+    NodeNotRunningError,
+    NodeUnavailableError,
+    is_warning_or_error,
+)
 from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
@@ -765,7 +770,9 @@ class BaseStep:
             except (NodeError, BackendError) as exc:
                 halted = _halted(run.ctx, exc)
                 explicit = config.retries is not None and attempt <= retries
-                if halted is not None and (not explicit or config.expected_failure):
+                if halted is not None and (
+                    not explicit or config.expected_failure or not _is_transient(exc)
+                ):
                     # The workflow took the node down itself: say so, at once
                     # (unless the step asked for retries, to ride out a restart).
                     node, halt = halted
@@ -868,11 +875,12 @@ class BaseStep:
 
 
 def _halted(ctx: RunContext, exc: BaseException) -> tuple[str, Halt] | None:
-    """The node an error is about, when the workflow took that node down."""
+    """The node an error is about, when the workflow took that node down: it
+    does not answer, or (a fault step) it does not run."""
     node = getattr(exc, "node", None)
     if node not in ctx.halted:
         return None
-    if isinstance(exc, NodeConnectionError):
+    if isinstance(exc, (NodeConnectionError, NodeNotRunningError)):
         return node, ctx.halted[node]
     return None
 
