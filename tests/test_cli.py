@@ -496,6 +496,36 @@ def test_a_file_that_does_not_load_is_an_error_testcase_and_the_others_run(
     }
 
 
+def test_several_files_end_with_one_line_for_all_of_them(tmp_path: Path, capsys, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "good.yml", PASSING)
+    write(tmp_path, "bad.yml", FAILING)
+    # two problems: two `phase load` testcases, told apart by their lines
+    write(tmp_path, "broken.yml", "name: broken\nsteps:\n  - type: wait\n  - {type: nope}\n")
+    code = main(["run", "bad.yml", "broken.yml", "good.yml", "--junit", "j.xml", "--report", "r.json",
+                 "--workdir", "w", "--color", "never"])
+    assert code == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("PASSED passing: 1 passed")  # the last workflow's own line
+    assert lines[-1] == "FAILED 3 workflows: 1 passed, 1 failed, 1 invalid"
+    phases = json.loads((tmp_path / "r.json").read_text())[1]["phases"]
+    assert [(p["name"], p["error"]["location"]) for p in phases] == [
+        ("load", "broken.yml:3:5"), ("load", "broken.yml:4:12")
+    ]
+    suite = next(s for s in ET.parse(tmp_path / "j.xml").getroot().iter("testsuite") if s.get("file") == "broken.yml")
+    assert [(c.get("name"), c.get("file"), c.get("line")) for c in suite.iter("testcase")] == [
+        ("phase load", "broken.yml", "3"), ("phase load", "broken.yml", "4")
+    ]
+    # all passing: the line says so; one file: no such line
+    write(tmp_path, "bad.yml", PASSING.replace("passing", "other"))
+    assert main(["run", "bad.yml", "good.yml", "--workdir", "w", "--color", "never"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "PASSED 2 workflows: 2 passed, 0 failed, 0 invalid"
+    assert main(["run", "good.yml", "--workdir", "w", "--color", "never"]) == 0
+    assert "workflows:" not in capsys.readouterr().out
+
+
 def test_a_failed_phase_counts_as_failed_and_keeps_its_time(tmp_path: Path, capsys):
     import socket
 

@@ -198,10 +198,27 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
         reporter.run_finished(result)
         results.append(result)
         if result.interrupted:
+            _print_overall(loaded, results, interrupted=True)
             return EXIT_INTERRUPTED, results
+    _print_overall(loaded, results, interrupted=False)
     if invalid:
         return EXIT_INVALID, results
     return (EXIT_OK if all(r.passed for r in results) else EXIT_FAILED), results
+
+
+def _print_overall(loaded: list[Any], results: list[RunResult], *, interrupted: bool) -> None:
+    """With more than one file, the last line says how all of them went (the
+    last workflow's own line is not the run's outcome)."""
+    if len(loaded) < 2:
+        return
+    invalid = sum(isinstance(w, RunResult) for w in loaded)
+    ran = [r for r in results if not any(r is w for w in loaded)]
+    passed = sum(r.passed for r in ran)
+    counts = f"{passed} passed, {len(ran) - passed} failed, {invalid} invalid"
+    if interrupted:
+        counts += f", {len(loaded) - invalid - len(ran)} not run"
+    word = "INTERRUPTED" if interrupted else "PASSED" if passed == len(loaded) else "FAILED"
+    print(f"{word} {len(loaded)} workflows: {counts}", flush=True)
 
 
 def _safe_name(workflow: Any) -> str:
