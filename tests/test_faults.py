@@ -302,3 +302,23 @@ def test_container_and_peer_steps_are_checked_at_load(tmp_path: Path):
     assert any(":9:" in m and "peers" in m for m in messages), messages
     assert any(":10:" in m and "remote node 'far'" in m for m in messages), messages
     assert any(":10:" in m and "node-9" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "step, key",
+    [
+        ("{type: stop_node, nodes: []}", "nodes"),
+        ("{type: start_node, nodes: []}", "nodes"),
+        ("{type: restart_node, nodes: []}", "nodes"),
+        ("{type: partition_peers, node: node-1, peers: []}", "peers"),
+        ("{type: heal_peers, node: node-1, peers: []}", "peers"),
+    ],
+)
+def test_a_fault_step_on_no_node_is_refused_at_load(tmp_path: Path, step: str, key: str):
+    # it used to pass, doing nothing
+    text = f"name: t\nnodes: {{count: 2, prefix: node}}\nsteps:\n  - {step}\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    (problem,) = info.value.problems
+    assert f"{key}: name at least one node: with an empty list the step would pass doing nothing" in problem.message
+    assert (problem.location.line, problem.location.col) == (4, step.index(f"{key}:") + len(key) + 7)
