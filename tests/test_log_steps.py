@@ -63,6 +63,32 @@ async def test_patterns_present_and_absent_pass(tmp_path: Path):
     assert result.workflow_results["absent"]["match_count"] == 0
 
 
+async def test_an_apps_log_lines_are_in_the_node_log_as_merod_writes_them(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        nodes: {{count: 2, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{name: mesh, type: create_mesh, context_node: node-1, application_id: "${{results.install.application_id}}", nodes: [node-2], path: {APP}}}
+          - {{type: call, node: node-1, context_id: "${{results.mesh.context_id}}", method: set, args: {{key: zebra, value: stripes}}}}
+          - name: app-line
+            type: assert_log_present
+            nodes: [node-1]
+            patterns: ['Setting key: "zebra" to value: "stripes"']
+          - name: not-elsewhere
+            type: assert_log_absent
+            nodes: [node-2]
+            patterns: ['Setting key: "zebra"']
+        """,
+        tmp_path,
+    )
+    assert result.passed, [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    context = result.workflow_results["mesh"]["context_id"]
+    line = result.workflow_results["app-line"]["first_matches"]['Setting key: "zebra" to value: "stripes"']["text"]
+    assert f"context {context}: set: guest log: Setting key: " in line
+
+
 async def test_a_pattern_found_or_missing_fails_with_where(tmp_path: Path):
     result = await run_text(
         f"""
