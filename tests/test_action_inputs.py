@@ -256,6 +256,16 @@ def test_numeric_inputs_are_ascii_numbers(workspace, name, value):
     assert not (workspace / "calimero-workflow-results").exists()
 
 
+def test_a_bad_wasm_time_limit_in_the_environment_is_invalid_input(workspace):
+    write(workspace, "wf/a.yml", PASSING)
+    env = {**env_for(workspace, workflows="wf/a.yml"), "CW_WASM_TIME_LIMIT": "abc"}
+    with pytest.raises(InputError, match=r"environment: CW_WASM_TIME_LIMIT='abc' is not a number"):
+        read_settings(env)
+    code, printed, outputs = run(env)
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert "Traceback" not in printed
+
+
 def test_numeric_inputs_in_their_plain_spelling_are_read(workspace):
     settings = read_settings(
         env_for(workspace, workflows="a.yml", retries="10", timeout_minutes="0.5")
@@ -707,6 +717,43 @@ def test_secret_values_are_redacted_in_every_report_output_and_log_file(workspac
     masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
     assert {token, password, env["APP_KEY"]} <= set(masks)
     assert "visible" not in masks
+
+
+def test_a_script_steps_own_secret_env_is_masked_in_every_output(workspace):
+    secret = "yaml-Sup3rS3cret-5"
+    write(
+        workspace,
+        "wf/script.yml",
+        f"""\
+name: script env
+steps:
+  - name: sc
+    type: script
+    run: 'echo "pw is $DB_PASSWORD"; echo "again $DB_PASSWORD" >&2; exit 1'
+    env: {{DB_PASSWORD: {secret}, LOG_LEVEL: debug}}
+""",
+    )
+    env = env_for(workspace, workflows="wf/script.yml")
+    code, printed, outputs = run(env)
+    assert code == 1, printed
+    assert ("add-mask", {}, secret) in runner_commands(printed)
+    shown = "\n".join(
+        line for line in printed.splitlines() if not line.startswith("::add-mask::")
+    )
+    written = {
+        "log": shown,
+        "summary": Path(env["GITHUB_STEP_SUMMARY"]).read_text(),
+        **{f"output {k}": v for k, v in outputs.items()},
+        **{
+            str(p.relative_to(workspace)): p.read_text(errors="replace")
+            for p in workspace.rglob("*")
+            if p.is_file() and p.suffix not in (".wasm", ".yml")  # not the workflow itself
+        },
+    }
+    assert [where for where, text in written.items() if secret in text] == []
+    assert "pw is ***" in shown
+    # a setting-like value under a non-secret key stays readable
+    assert "debug" not in [m for n, _, m in runner_commands(printed) if n == "add-mask"]
 
 
 def test_the_action_environment_is_hidden_from_workflows_and_no_input_reaches_a_shell(

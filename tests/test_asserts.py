@@ -361,9 +361,9 @@ async def test_a_catastrophic_regex_is_stopped_by_the_step_timeout(tmp_path: Pat
 
 
 async def test_a_catastrophic_regex_without_a_timeout_has_a_default_bound(tmp_path: Path, monkeypatch):
-    from calimero_workflow.steps import asserts
+    from calimero_workflow.steps import regexes
 
-    monkeypatch.setattr(asserts, "REGEX_TIMEOUT", 0.3)
+    monkeypatch.setattr(regexes, "REGEX_TIMEOUT", 0.3)
     result = await run_text(
         f"""
         name: t

@@ -301,6 +301,58 @@ def test_logs_of_two_workflows_with_one_name_go_to_two_folders(tmp_path: Path):
     assert len(files[0] | files[1]) == 2 and all(Path(f).is_file() for f in files[0] | files[1])
 
 
+def test_result_files_that_are_a_workflow_file_are_refused_before_the_run(
+    tmp_path: Path, capsys, monkeypatch
+):
+    wf = write(tmp_path, "w.yml", PASSING)
+    other = write(tmp_path, "other.yml", PASSING.replace("passing", "other"))
+    (tmp_path / "linked.yml").hardlink_to(other)
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["w.yml", "--results", "w.yml"], "--results w.yml is the workflow file w.yml"),
+        (["w.yml", "--junit", "./w.yml"], "--junit w.yml is the workflow file w.yml"),
+        (["w.yml", "--report", str(wf)], f"--report {wf} is the workflow file w.yml"),
+        # any file given, and under another name
+        (["w.yml", "other.yml", "--results", "../" + tmp_path.name + "/other.yml"], "is the workflow file other.yml"),
+        (["w.yml", "other.yml", "--report", "linked.yml"], "--report linked.yml is the workflow file other.yml"),
+    ]
+    for argv, message in cases:
+        assert main(["run", *argv, "--workdir", str(tmp_path / "w")]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "writing the result would overwrite it" in err, err
+        assert "hint: give" in err
+    assert wf.read_text() == PASSING
+    assert other.read_text() == PASSING.replace("passing", "other")
+    assert not (tmp_path / "w").exists()  # nothing ran
+
+
+def test_result_files_that_a_workflow_reads_are_refused_before_the_run(tmp_path: Path, capsys):
+    script = write(tmp_path, "check.sh", "echo ok\n")
+    wf = write(tmp_path, "wf.yml", "name: s\nsteps:\n  - {type: script, script: check.sh}\n")
+    assert main(["run", str(wf), "--junit", str(script), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"--junit {script} is {script}, which {wf} reads: writing the result would overwrite it" in err
+    assert script.read_text() == "echo ok\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_bad_wasm_time_limit_is_refused_before_the_run(tmp_path: Path):
+    wf = write(tmp_path, "ok.yml", "name: n\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: 0.01}\n")
+    results = tmp_path / "results.json"
+    env = {**os.environ, "CW_WASM_TIME_LIMIT": "abc",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--results", str(results),
+         "--workdir", str(tmp_path / "w")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "environment: CW_WASM_TIME_LIMIT='abc' is not a number of seconds" in done.stderr
+    assert "hint: unset CW_WASM_TIME_LIMIT" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not results.exists() and not (tmp_path / "w").exists()
+
+
 def test_output_folders_that_are_files_are_refused_before_the_run(tmp_path: Path, capsys):
     wf = write(tmp_path, "ok.yml", PASSING)
     afile = write(tmp_path, "afile", "not a folder")
@@ -442,6 +494,36 @@ def test_a_file_that_does_not_load_is_an_error_testcase_and_the_others_run(
         "good.yml": {"a": {"check": "equals", "actual": "hello", "expected": "hello", "passed": True}},
         "bad.yml": {},
     }
+
+
+def test_several_files_end_with_one_line_for_all_of_them(tmp_path: Path, capsys, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "good.yml", PASSING)
+    write(tmp_path, "bad.yml", FAILING)
+    # two problems: two `phase load` testcases, told apart by their lines
+    write(tmp_path, "broken.yml", "name: broken\nsteps:\n  - type: wait\n  - {type: nope}\n")
+    code = main(["run", "bad.yml", "broken.yml", "good.yml", "--junit", "j.xml", "--report", "r.json",
+                 "--workdir", "w", "--color", "never"])
+    assert code == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("PASSED passing: 1 passed")  # the last workflow's own line
+    assert lines[-1] == "FAILED 3 workflows: 1 passed, 1 failed, 1 invalid"
+    phases = json.loads((tmp_path / "r.json").read_text())[1]["phases"]
+    assert [(p["name"], p["error"]["location"]) for p in phases] == [
+        ("load", "broken.yml:3:5"), ("load", "broken.yml:4:12")
+    ]
+    suite = next(s for s in ET.parse(tmp_path / "j.xml").getroot().iter("testsuite") if s.get("file") == "broken.yml")
+    assert [(c.get("name"), c.get("file"), c.get("line")) for c in suite.iter("testcase")] == [
+        ("phase load", "broken.yml", "3"), ("phase load", "broken.yml", "4")
+    ]
+    # all passing: the line says so; one file: no such line
+    write(tmp_path, "bad.yml", PASSING.replace("passing", "other"))
+    assert main(["run", "bad.yml", "good.yml", "--workdir", "w", "--color", "never"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "PASSED 2 workflows: 2 passed, 0 failed, 0 invalid"
+    assert main(["run", "good.yml", "--workdir", "w", "--color", "never"]) == 0
+    assert "workflows:" not in capsys.readouterr().out
 
 
 def test_a_failed_phase_counts_as_failed_and_keeps_its_time(tmp_path: Path, capsys):

@@ -142,3 +142,44 @@ async def test_download_blob_refuses_an_output_path_through_a_link(tmp_path: Pat
     assert "passes through 'out', which is a symbolic link" in bad.error.message
     assert bad.error.location.line == 7
     assert list(outside.iterdir()) == []
+
+
+async def test_download_blob_never_overwrites_the_workflow_file(tmp_path: Path):
+    from calimero_workflow.errors import WorkflowValidationError
+    from calimero_workflow.workflow import load_workflow
+
+    (tmp_path / "data.txt").write_text("blob content")
+    wf_file = tmp_path / "wf.yml"
+    # written out: refused when the file loads
+    written = textwrap.dedent("""
+        name: t
+        nodes: {count: 1, prefix: node}
+        steps:
+          - {name: up, type: upload_blob, node: node-1, file_path: data.txt}
+          - {type: download_blob, node: node-1, blob_id: "${results.up.blob_id}", output_path: ./sub/../wf.yml}
+    """)
+    wf_file.write_text(written)
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(wf_file, environ={})
+    (problem,) = info.value.problems
+    assert problem.message == (
+        f"output_path './sub/../wf.yml' is the workflow file {wf_file}: the download would overwrite it"
+    )
+    assert problem.hint.startswith("write the blob to a file of its own")
+    assert (problem.location.line, problem.location.col) == (6, 88)
+    # from a placeholder: refused when the step runs
+    from_value = textwrap.dedent("""
+        name: t
+        nodes: {count: 1, prefix: node}
+        steps:
+          - {name: up, type: upload_blob, node: node-1, file_path: data.txt}
+          - {name: where, type: assert, actual: wf.yml, equals: wf.yml}
+          - {name: dl, type: download_blob, node: node-1, blob_id: "${results.up.blob_id}", output_path: "${results.where.actual}"}
+    """)
+    wf_file.write_text(from_value)
+    result = await WorkflowExecutor(load_workflow(wf_file, environ={}), env={}, workdir=tmp_path / "runs").run()
+    dl = result.steps[2]
+    assert dl.status is Status.FAILED
+    assert f"output_path 'wf.yml' is the workflow file {wf_file}: the download would overwrite it" in dl.error.message
+    assert dl.error.location.line == 7
+    assert wf_file.read_text() == from_value

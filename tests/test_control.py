@@ -166,8 +166,10 @@ async def test_repeat_and_parallel_timings_have_merobox_names(tmp_path: Path):
     assert 0.05 <= par["ok_duration_seconds"] <= par["overall_duration_seconds"]
     assert par["group_0_duration_seconds"] == par["ok_duration_seconds"]
     assert par["group_0_duration_ms"] == par["ok_duration_ms"]
-    # an unnamed group is known by its index, and by its default name
-    assert par["group_1_duration_ns"] == par["group-2_duration_ns"]
+    # as in merobox: an unnamed group is known by its index only ("Group 2" to ${group_name})
+    assert isinstance(par["group_1_duration_ns"], int)
+    assert not [k for k in par if k.startswith(("Group 2_", "group-2_"))]
+    assert par["failed_groups"] == ["Group 2"]
 
 
 async def test_json_assert(tmp_path: Path):
@@ -231,3 +233,24 @@ async def test_json_subset_takes_the_value_first_as_merobox_does(tmp_path: Path)
     )
     assert [s.status for s in result.steps] == [Status.PASSED, Status.PASSED, Status.FAILED]
     assert result.steps[2].error.expected == {"a": 1, "b": 2}
+
+
+async def test_an_unnamed_group_is_named_as_merobox_names_it(tmp_path: Path):
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - name: par
+            type: parallel
+            groups:
+              - name: first
+                steps: [{name: a, type: assert, actual: "${group_name}/${group_index}", equals: first/0}]
+              - steps: [{name: b, type: assert, actual: "${group_name}/${group_index}", equals: Group 2/1}]
+        """,
+        tmp_path,
+    )
+    assert result.passed, [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    assert [c.path for c in result.steps[0].children] == ["par/first/a", "par/Group 2/b"]
+    par = result.workflow_results["par"]
+    assert par["passed_groups"] == ["first", "Group 2"]
+    assert {"group_0_duration_ms", "group_1_duration_ms", "first_duration_ms"} <= set(par)

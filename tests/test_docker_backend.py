@@ -1032,6 +1032,10 @@ async def test_faults_and_log_steps_in_a_workflow_on_containers(client, tmp_path
           - {{type: call, node: node-2, context_id: "${{results.ctx.context_id}}", method: len, expected: 2}}
           - {{name: stop2, type: stop_node, nodes: node-2}}
           - {{type: call, node: node-2, context_id: "${{results.ctx.context_id}}", method: len, expected_failure: true, expected_error: "node-2 was stopped by step 'stop2'"}}
+          - {{type: pause_container, container: node-2, expected_failure: true, expected_error: "node-2 was stopped by step 'stop2'"}}
+          - {{type: unpause_container, container: node-2, expected_failure: true, expected_error: "node-2 was stopped by step 'stop2'"}}
+          - {{name: cut, type: disconnect_node, node: node-2}}
+          - {{type: connect_node, node: node-2}}
           - {{type: start_node, nodes: node-2}}
           - {{type: assert_log_present, nodes: [node-1, node-2], patterns: ["node node-2 started"], min_matches: 3}}
           - {{type: assert_log_absent, nodes: [], patterns: ["Traceback"]}}

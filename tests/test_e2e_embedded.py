@@ -321,6 +321,39 @@ async def test_wait_for_sync_on_a_group_a_node_is_not_in(tmp_path: Path):
     assert "`join`" in sync.error.hint
 
 
+@pytest.mark.parametrize(
+    "key, value, answer",
+    [
+        ("group_id", "abcd", "invalid group id"),
+        ("group_id", "5", "invalid group id"),
+        ("context_id", b58encode(b"\x01" * 32), "base58"),
+    ],
+)
+async def test_wait_for_sync_fails_at_once_on_an_id_the_node_refuses(
+    tmp_path: Path, key: str, value: str, answer: str
+):
+    # The id comes from a placeholder (one written out is refused at load):
+    # the node answers 400, which polling cannot change.
+    steps = f"""
+  - {{name: id, type: assert, actual: "{value}", is_set: true}}
+  - name: sync
+    type: wait_for_sync
+    {key}: "${{results.id.actual}}"
+    timeout: 30
+"""
+    started = time.monotonic()
+    result = await run_workflow(tmp_path, 2, steps)
+    assert time.monotonic() - started < 10
+    sync = next(s for s in result.steps if s.name == "sync")
+    assert sync.status is Status.FAILED and sync.error.kind == "refused"
+    kind = key.removesuffix("_id")
+    assert sync.error.message.startswith(f"node-1 refuses {kind} {value}: GET /admin-api/")
+    assert "failed with HTTP 400" in sync.error.message and answer in sync.error.message
+    assert "unreachable" not in sync.error.message
+    assert "join" not in sync.error.hint and f"check `{key}`" in sync.error.hint
+    assert (sync.error.location.line, sync.error.location.col) == (8, 7 + len(key))
+
+
 async def test_wait_for_sync_needs_a_context_or_a_group(tmp_path: Path):
     with pytest.raises(WorkflowValidationError, match="`context_id`.*`group_id`"):
         await run_workflow(tmp_path, 1, "  - {type: wait_for_sync, timeout: 1}\n")
@@ -441,19 +474,110 @@ async def test_unknown_context_and_uninstalled_app(tmp_path: Path):
 
 
 async def test_a_base58_id_is_refused_with_a_hint(tmp_path: Path):
-    """Ids are 64 hex digits, as in merod since 0.11.0-rc.27."""
-    steps = SETUP + """
+    """Ids are 64 hex digits, as in merod since 0.11.0-rc.27: one written out is
+    checked when the file loads; one that arrives at run time, by the node."""
+    base58 = "11111111111111111111111111111112"
+    with pytest.raises(WorkflowValidationError) as info:
+        await run_workflow(
+            tmp_path, 1, f"  - {{type: call, node: node-1, context_id: {base58}, method: len}}\n"
+        )
+    (problem,) = info.value.problems
+    assert problem.message == (
+        f"step 'call #1' (call): context_id: '{base58}' is not an id: expected 64 hex "
+        "digits (32 bytes), got 32 characters"
+    )
+    assert "base58" in problem.hint and "${results.ctx.context_id}" in problem.hint
+    steps = SETUP + f"""
+  - {{name: b, type: assert, actual: "{base58}", is_set: true}}
   - name: base58
     type: call
     node: node-1
-    context_id: 11111111111111111111111111111112
+    context_id: ${{results.b.actual}}
     method: len
     retries: 0
 """
     result = await run_workflow(tmp_path, 1, steps)
-    base58 = next(s for s in result.steps if s.name == "base58")
-    assert base58.status is Status.FAILED
-    assert base58.error.kind == "ParseError" and "base58" in base58.error.message
+    step = next(s for s in result.steps if s.name == "base58")
+    assert step.status is Status.FAILED
+    assert step.error.kind == "ParseError" and "base58" in step.error.message
+
+
+@pytest.mark.parametrize(
+    "step, key, message, hint",
+    [
+        ("{type: create_namespace, node: node-1, application_id: abcd}", "application_id",
+         "'abcd' is not an id: expected 64 hex digits (32 bytes), got 4 characters",
+         "${results.install.application_id}"),
+        ("{type: wait_for_sync, group_id: 5}", "group_id",
+         "'5' is not an id: expected 64 hex digits (32 bytes), got 1 characters",
+         "${results.ns.namespace_id}"),
+        ("{type: invite, node: node-1, namespace_id: 0102030405}", "namespace_id",
+         "YAML reads the unquoted 0102030405 as the number 17314053, not as text",
+         "quote it: '0102030405'"),
+        ("{type: delete_context, node: node-1, context_id: '0102030405'}", "context_id",
+         "'0102030405' is not an id", "${results.ctx.context_id}"),
+        ("{type: delete_context, node: node-1, context_id: %s, requester: x1}" % ("ab" * 32),
+         "requester", "'x1' is not an id", "${results.ctx.member_public_key}"),
+        ("{type: download_blob, node: node-1, blob_id: %s}" % ("0" * 65), "blob_id",
+         "YAML reads the unquoted %s as the number 0" % ("0" * 65), "quote it"),
+        (f"{{type: call, node: node-1, context_id: {'ab' * 32}, method: m, "
+         f"executor_public_key: {b58encode(bytes([7] * 32))}}}", "executor_public_key",
+         f"'{b58encode(bytes([7] * 32))}' is not an id", "base58"),
+    ],
+)
+def test_ids_written_out_are_checked_when_the_file_loads(step: str, key: str, message: str, hint: str):
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(
+            f"name: ids\nnodes: {{count: 1, prefix: node}}\nsteps:\n  - {step}\n",
+            file=Path("wf.yml"), environ={},
+        )
+    (problem,) = info.value.problems
+    assert f"{key}: {message}" in problem.message
+    assert hint in problem.hint
+    assert problem.location.line == 4 and problem.location.col == step.index(f"{key}:") + len(key) + 7
+
+
+def test_ids_in_uppercase_and_placeholders_load():
+    upper = "AB" * 32
+    workflow = parse_workflow(
+        "name: ids\nnodes: {count: 1, prefix: node}\nsteps:\n"
+        f"  - {{type: get_application, node: node-1, application_id: {upper}}}\n"
+        "  - {type: wait_for_sync, group_id: '{{ns}}'}\n"
+        # 64 decimal digits YAML reads as a number give the same text back
+        f"  - {{type: download_blob, node: node-1, blob_id: {'1' * 64}}}\n",
+        file=Path("wf.yml"), environ={},
+    )
+    assert workflow.steps[0].static_config.application_id == upper.lower()
+    assert workflow.steps[2].static_config.blob_id == "1" * 64
+
+
+async def test_ids_are_sent_and_echoed_in_lowercase(tmp_path: Path):
+    # Ids from a script in uppercase: every step sends them, and its results
+    # show them, in lowercase.
+    (tmp_path / "blob.txt").write_text("blob")
+    steps = SETUP + """
+  - {name: up, type: upload_blob, node: node-1, file_path: blob.txt}
+  - name: upper
+    type: script
+    json_output: true
+    run: |
+      python3 -c 'import json, os; r = json.load(open(os.environ["CW_RESULTS_FILE"])); print(json.dumps({k: v.upper() for k, v in dict(app=r["install"]["application_id"], ns=r["ns"]["namespace_id"], ctx=r["ctx"]["context_id"], blob=r["up"]["blob_id"]).items()}))'
+  - {name: cc, type: create_context, node: node-1, application_id: "${results.upper.output.app}", namespace_id: "${results.upper.output.ns}"}
+  - {name: db, type: download_blob, node: node-1, blob_id: "${results.upper.output.blob}"}
+  - {name: sync, type: wait_for_sync, context_id: "${results.upper.output.ctx}", group_id: "${results.upper.output.ns}"}
+  - {name: dc, type: delete_context, node: node-1, context_id: "${results.upper.output.ctx}"}
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    assert result.passed, failures(result)
+    r = result.workflow_results
+    assert r["upper"]["output"]["app"] == r["install"]["application_id"].upper()
+    assert r["cc"]["application_id"] == r["install"]["application_id"]
+    assert r["cc"]["namespace_id"] == r["ns"]["namespace_id"]
+    assert r["db"]["blob_id"] == r["up"]["blob_id"]
+    assert r["dc"]["context_id"] == r["ctx"]["context_id"]
+    assert set(r["sync"]["hashes"]) == {"node-1"}
+    log = Path(result.node_log_files["node-1"]).read_text()
+    assert r["upper"]["output"]["ctx"] not in log  # what reached the node was lowercase
 
 
 # -- install_application: the sources current merod takes, and those it does not ----
@@ -691,6 +815,118 @@ async def test_a_tampered_bundle_is_refused_with_merods_text(tmp_path: Path):
     assert step.error.message.endswith(
         "install-dev-application failed with HTTP 500: Ed25519 signature verification failed"
     )
+
+
+def _tar_gz_with_manifest_after(filler: int) -> bytes:
+    """A gzipped tar whose manifest.json comes after ``filler`` bytes of another entry."""
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, body in (("filler.bin", bytes(filler)), ("manifest.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return gzip.compress(raw.getvalue())
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("garbage.mpk", bytes(range(256)) * 20),
+        ("zlib.mpk", __import__("zlib").compress(b"not a tar at all" * 100)),
+        ("late-manifest.mpk", _tar_gz_with_manifest_after(9 << 20)),
+        # a wasm module named as a bundle goes as one too: never bundled behind its back
+        ("module.mpk", APP.read_bytes()),
+        ("garbage.wasm", b"MZ\x90\x00 not wasm"),
+    ],
+)
+async def test_a_file_that_is_not_wasm_is_sent_as_a_bundle_and_refused_as_merod_does(
+    tmp_path: Path, name: str, content: bytes
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    steps = f"""
+  - name: install
+    type: install_application
+    node: node-1
+    path: {path}
+    retries: 0
+"""
+    result = await run_workflow(tmp_path, 1, steps)
+    (step,) = result.steps
+    assert step.status is Status.FAILED and step.error.kind == "HTTP 500"
+    assert step.error.message.endswith(
+        f"install-dev-application failed with HTTP 500: not a signed application bundle: {path}"
+    )
+    assert "cannot bundle" not in step.error.message and not step.error.hint
+    assert list((tmp_path / "runs").glob("*/bundles/*")) == []
+
+
+def test_a_huge_module_is_refused_by_its_size_before_it_is_read(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.wasm"
+    with big.open("wb") as fh:  # sparse: 700 MiB on paper, nothing on disk
+        fh.write(b"\0asm\x01\0\0\0")
+        fh.truncate(700 << 20)
+    wf = tmp_path / "wf.yml"
+    wf.write_text(
+        "name: big\nnodes: {count: 1, prefix: n}\nsteps:\n"
+        "  - {type: install_application, node: n-1, path: big.wasm, retries: 0}\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--workdir",
+         str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert time.monotonic() - started < 10
+    assert (
+        "big.wasm is 734003200 bytes (700 MiB), over merod's module size limit "
+        "(max_module_size) of 128 MiB (134217728 bytes)" in out
+    )
+    assert list((tmp_path / "w").glob("*/bundles/*")) == []
+
+
+def test_the_bundle_cache_key_is_streamed_and_unchanged(tmp_path: Path):
+    wasm = tmp_path / "kv_store.wasm"
+    wasm.write_bytes(APP.read_bytes())
+    out = bundle.dev_bundle_for(wasm, tmp_path / "cache", package="com.x.y", version="1.2.3")
+    # the digest of everything that goes into the bundle, as before
+    key = hashlib.sha256(
+        b"\0".join([APP.read_bytes(), b"com.x.y", b"1.2.3", bundle.SCHEME_V1.encode()])
+    ).hexdigest()[:16]
+    assert out.name == f"com.x.y-1.2.3-{key}.mpk"
+    big = tmp_path / "big.wasm"
+    with big.open("wb") as fh:
+        fh.write(b"\0asm\x01\0\0\0")
+        fh.truncate((128 << 20) + 1)
+    with pytest.raises(ValueError, match=r"over merod's module size limit \(max_module_size\) of 128 MiB"):
+        bundle.dev_bundle_for(big, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("package", ["../x", "a/b"])
+def test_a_package_no_bundle_can_have_is_refused_when_the_file_loads(package: str):
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(
+            f"name: p\nnodes: {{count: 1, prefix: node}}\nsteps:\n"
+            f"  - {{type: install_application, node: node-1, path: {APP}, package: '{package}', version: 1.0.0}}\n",
+            file=Path("wf.yml"), environ={},
+        )
+    (problem,) = info.value.problems
+    assert problem.message == (
+        f"package: invalid package id "
+        f"`{package}`: may contain only ASCII letters, digits, `.`, `-`, and `_`"
+    )
+    assert problem.location.line == 4
 
 
 async def test_registry_install_sends_the_coordinates(tmp_path: Path):

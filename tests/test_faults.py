@@ -150,6 +150,58 @@ async def test_a_paused_node_answers_nothing_and_catches_up_once_unpaused(tmp_pa
     assert "node paused by the workflow" in log and "node unpaused by the workflow" in log
 
 
+async def test_pausing_a_node_another_group_stopped_names_the_step_that_stopped_it(tmp_path: Path):
+    text = textwrap.dedent("""
+        name: t
+        nodes: {count: 2, prefix: n}
+        steps:
+          - name: par
+            type: parallel
+            groups:
+              - {name: a, steps: [{name: stop, type: stop_node, nodes: n-2}]}
+              - name: b
+                steps:
+                  - {type: wait, seconds: 0.3}
+                  - {name: pause, type: pause_container, container: n-2}
+          - {name: unpause, type: unpause_container, container: n-2, expected_failure: true,
+             expected_error: "n-2 was stopped by step 'stop' (line"}
+          - {name: pause-again, type: pause_container, container: n-2, expected_failure: true,
+             expected_error: "n-2 was stopped by step 'stop' (line"}
+    """)
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    result = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+    pause = next(r for r in result.all_steps() if r.name == "pause")
+    assert pause.status is Status.FAILED and pause.error.kind == "node_halted"
+    assert pause.error.message == "n-2 was stopped by step 'stop' (line 8)"
+    assert "start_node" in pause.error.hint
+    # fail-slow: the steps after the parallel one do not run; run them on their own
+    text = text.replace("  - name: par\n", "  - name: par\n    failure_mode: continue-on-error\n")
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    result = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+    assert [r.status for r in result.steps[1:]] == [Status.PASSED, Status.PASSED]
+
+
+async def test_a_stopped_node_can_be_disconnected_and_starts_cut_off(tmp_path: Path):
+    text = textwrap.dedent(f"""
+        name: t
+        nodes: {{count: 2, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{name: mesh, type: create_mesh, context_node: node-1, application_id: "${{results.install.application_id}}", nodes: [node-2], path: {APP}}}
+          - {{name: stop, type: stop_node, nodes: node-2}}
+          - {{name: cut, type: disconnect_node, node: node-2}}
+          - {{type: start_node, nodes: node-2, wait_for_ready: false}}
+          - {{type: call, node: node-1, context_id: "${{results.mesh.context_id}}", method: set, args: {{key: k, value: v}}}}
+          - {{name: apart, type: wait_for_sync, context_id: "${{results.mesh.context_id}}", timeout: 1, expected_failure: true}}
+          - {{type: connect_node, node: node-2}}
+          - {{type: wait_for_sync, context_id: "${{results.mesh.context_id}}", timeout: 20, expect: {{method: get, args: {{key: k}}, equals: v}}}}
+    """)
+    wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    result = await WorkflowExecutor(wf, env={}, workdir=tmp_path).run()
+    assert result.passed, [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    assert result.workflow_results["cut"] == {"node": "node-2", "connected": False}
+
+
 async def test_partitioned_peers_stop_talking_and_the_others_do_not(tmp_path: Path):
     from calimero_workflow.backends.base import NodeSpec
     from calimero_workflow.backends.embedded import EmbeddedBackend
@@ -250,3 +302,23 @@ def test_container_and_peer_steps_are_checked_at_load(tmp_path: Path):
     assert any(":9:" in m and "peers" in m for m in messages), messages
     assert any(":10:" in m and "remote node 'far'" in m for m in messages), messages
     assert any(":10:" in m and "node-9" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "step, key",
+    [
+        ("{type: stop_node, nodes: []}", "nodes"),
+        ("{type: start_node, nodes: []}", "nodes"),
+        ("{type: restart_node, nodes: []}", "nodes"),
+        ("{type: partition_peers, node: node-1, peers: []}", "peers"),
+        ("{type: heal_peers, node: node-1, peers: []}", "peers"),
+    ],
+)
+def test_a_fault_step_on_no_node_is_refused_at_load(tmp_path: Path, step: str, key: str):
+    # it used to pass, doing nothing
+    text = f"name: t\nnodes: {{count: 2, prefix: node}}\nsteps:\n  - {step}\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(text, file=tmp_path / "wf.yml", environ={})
+    (problem,) = info.value.problems
+    assert f"{key}: name at least one node: with an empty list the step would pass doing nothing" in problem.message
+    assert (problem.location.line, problem.location.col) == (4, step.index(f"{key}:") + len(key) + 7)

@@ -487,10 +487,10 @@ NODE = "name: x\nnodes: {count: 1}\nsteps:\n"
         ('{type: script, run: x, args: ["a\\0b"]}', "args.0: text passed to a program cannot hold a NUL"),
         ('{type: script, run: x, env: {X: "a\\0b"}}', "the value of X holds a NUL character"),
         ('{type: script, run: x, env: {"A=B": "1"}}', "cannot name an environment variable"),
-        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {d: 2024-01-01}}", "args.d: 2024-01-01 is a YAML date"),
-        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {n: .nan}}", "args.n: .nan is a YAML non-finite number"),
-        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {b: !!binary aGVsbG8=}}", "binary value (!!binary)"),
-        ("{type: call, node: calimero-node-1, context_id: c, method: m, args: {s: !!set {a, b}}}", "set (!!set)"),
+        ("{type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, args: {d: 2024-01-01}}", "args.d: 2024-01-01 is a YAML date"),
+        ("{type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, args: {n: .nan}}", "args.n: .nan is a YAML non-finite number"),
+        ("{type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, args: {b: !!binary aGVsbG8=}}", "binary value (!!binary)"),
+        ("{type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, args: {s: !!set {a, b}}}", "set (!!set)"),
         ("{type: download_blob, node: calimero-node-1, blob_id: b, output_path: ../../outside.bin}", "output_path '../../outside.bin' is outside"),
         ("{type: assert, actual: x, matches: '(unclosed'}", "invalid regular expression '(unclosed'"),
         ("{type: assert, statements: ['regex(a, \"(\")']}", "invalid regular expression '('"),
@@ -502,7 +502,7 @@ def test_bad_literal_values_are_located_errors(step: str, message: str):
 
 
 def test_a_date_in_call_args_says_how_to_quote_it():
-    (msg,) = problems_of(NODE + "  - {type: call, node: calimero-node-1, context_id: c, method: m, args: {d: 2024-01-01}}\n")
+    (msg,) = problems_of(NODE + "  - {type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, args: {d: 2024-01-01}}\n")
     assert "hint: quote it to pass it as text: '2024-01-01'" in msg
 
 
@@ -555,7 +555,7 @@ def test_a_typo_in_a_parallel_group_is_said_once():
 
 def test_a_typo_in_a_fuzzy_operation_names_the_operation():
     (msg,) = problems_of(
-        NODE + "  - name: fz\n    type: fuzzy_test\n    context_id: c\n    nodes: [calimero-node-1]\n"
+        NODE + "  - name: fz\n    type: fuzzy_test\n    context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\n    nodes: [calimero-node-1]\n"
         "    max_operations: 1\n    operations:\n      - name: op\n        wieght: 2\n"
         "        steps: [{type: wait, seconds: 0.01}]\n"
     )
@@ -619,7 +619,7 @@ def test_count_mode_takes_merobox_node_keys():
 
 def test_merobox_step_keys_are_accepted():
     wf = parse_workflow(
-        NODE + "  - {type: call, node: calimero-node-1, context_id: c, method: m, token: eyJhbGciOi.x.y,"
+        NODE + "  - {type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, token: eyJhbGciOi.x.y,"
         " allow_failure: true, state_retry_attempts: 4, state_retry_delay: 0.5, unauthenticated: true}\n"
         "  - {type: script, run: 'echo {}', json_output: true}\n",
         file=Path("wf.yml"), environ={},
@@ -629,7 +629,7 @@ def test_merobox_step_keys_are_accepted():
     assert "eyJhbGciOi.x.y" in wf.secret_values()
     assert any(n.startswith("token:") for n in wf.notes)
     (msg,) = problems_of(
-        NODE + "  - {type: call, node: calimero-node-1, context_id: c, method: m, allow_failure: true,"
+        NODE + "  - {type: call, node: calimero-node-1, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, method: m, allow_failure: true,"
         " expected_failure: true}\n"
     )
     assert "either `allow_failure`" in msg

@@ -63,6 +63,32 @@ async def test_patterns_present_and_absent_pass(tmp_path: Path):
     assert result.workflow_results["absent"]["match_count"] == 0
 
 
+async def test_an_apps_log_lines_are_in_the_node_log_as_merod_writes_them(tmp_path: Path):
+    result = await run_text(
+        f"""
+        name: t
+        nodes: {{count: 2, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{name: mesh, type: create_mesh, context_node: node-1, application_id: "${{results.install.application_id}}", nodes: [node-2], path: {APP}}}
+          - {{type: call, node: node-1, context_id: "${{results.mesh.context_id}}", method: set, args: {{key: zebra, value: stripes}}}}
+          - name: app-line
+            type: assert_log_present
+            nodes: [node-1]
+            patterns: ['Setting key: "zebra" to value: "stripes"']
+          - name: not-elsewhere
+            type: assert_log_absent
+            nodes: [node-2]
+            patterns: ['Setting key: "zebra"']
+        """,
+        tmp_path,
+    )
+    assert result.passed, [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    context = result.workflow_results["mesh"]["context_id"]
+    line = result.workflow_results["app-line"]["first_matches"]['Setting key: "zebra" to value: "stripes"']["text"]
+    assert f"context {context}: set: guest log: Setting key: " in line
+
+
 async def test_a_pattern_found_or_missing_fails_with_where(tmp_path: Path):
     result = await run_text(
         f"""
@@ -112,8 +138,103 @@ def test_log_steps_are_checked_at_load(tmp_path: Path):
     with pytest.raises(WorkflowValidationError) as info:
         parse_workflow(text, file=tmp_path / "wf.yml", environ={})
     messages = [p.render() for p in info.value.problems]
-    assert any(":6:" in m and "not a valid regular expression" in m for m in messages), messages
+    assert any(":6:" in m and "patterns[0]: invalid regular expression 'a('" in m for m in messages), messages
     assert any(":7:" in m and "remote node 'far'" in m for m in messages), messages
     assert any(":7:" in m and "'node-2'" in m for m in messages), messages
     assert any(":8:" in m and "would match every line" in m for m in messages), messages
     assert any(":9:" in m and "min_matches" in m for m in messages), messages
+
+
+_A_RUN = "a" * 48
+
+
+def _a_run_workflow(last: str) -> str:
+    """One node, a line in its log holding a long run of `a` (the node logs
+    the route it refused), then the step ``last``."""
+    return (
+        "name: t\n"
+        "nodes: {count: 1, prefix: node}\n"
+        "steps:\n"
+        f"  - {{name: a, type: assert, actual: {_A_RUN}, equals: {_A_RUN}}}\n"
+        "  - {type: get_application, node: node-1, application_id: \"${results.a.actual}\",\n"
+        "     expected_failure: true, retries: 0}\n"
+        f"{last}"
+    )
+
+
+@pytest.mark.parametrize("kind", ["assert_log_present", "assert_log_absent"])
+async def test_a_catastrophic_log_pattern_fails_within_the_step_timeout(tmp_path: Path, kind: str):
+    import time
+
+    started = time.monotonic()
+    result = await run_text(
+        _a_run_workflow(
+            f"  - {{type: {kind}, nodes: [node-1], patterns: [\"(a|aa)+$\"], regex: true, timeout: 1}}\n"
+            "  - {name: after, type: node_identity, node: node-1, expected_failure: true}\n"
+        ),
+        tmp_path,
+    )
+    assert time.monotonic() - started < 6
+    step = result.steps[2]
+    assert step.status is Status.FAILED
+    message = step.error.message
+    assert "did not finish within 1 s" in message or "timed out after 1 s" in message, message
+    # the run ends as after any failed step: the rest skipped, the nodes cleaned up
+    assert result.steps[3].status is Status.SKIPPED
+    assert result.phases[-1].name == "cleanup" and result.phases[-1].status is Status.PASSED
+
+
+async def test_a_catastrophic_log_pattern_without_a_timeout_has_the_assert_bound(
+    tmp_path: Path, monkeypatch
+):
+    from calimero_workflow.steps import regexes
+
+    monkeypatch.setattr(regexes, "REGEX_TIMEOUT", 0.3)
+    result = await run_text(
+        _a_run_workflow('  - {type: assert_log_absent, patterns: ["(a|aa)+$"], regex: true}\n'),
+        tmp_path,
+    )
+    error = result.steps[2].error
+    assert "the regular expression '(a|aa)+$' did not finish within 0.3 s" in error.message
+    assert "backtracks" in error.hint
+    assert (error.location.line, error.location.col) == (7, 41)  # the step's `patterns:`
+
+
+def test_ctrl_c_stops_a_catastrophic_log_pattern(tmp_path: Path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    wf = tmp_path / "wf.yml"
+    wf.write_text(
+        _a_run_workflow(
+            "  - {type: wait, seconds: 0.01}\n"
+            '  - {type: assert_log_absent, patterns: ["(a|aa)+$"], regex: true, timeout: 60}\n'
+        )
+    )
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calimero_workflow.cli", "run", str(wf), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + 30
+    while "[wait]" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + rest
+    # the run stops at once, without waiting for the matching thread
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in rest
+    data = json.loads(report.read_text())
+    assert data["interrupted"] is True
+    assert data["steps"][-1]["status"] == "skipped"

@@ -149,6 +149,15 @@ def test_run_with_a_bad_config_exits_2(
     assert fragment in capsys.readouterr().err
 
 
+def test_run_with_a_bad_time_limit_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert init(tmp_path, "n", "--server-port", "0", "--swarm-port", "0") == EXIT_OK
+    monkeypatch.setenv("CW_WASM_TIME_LIMIT", "abc")
+    assert main(["--home", str(tmp_path), "--node", "n", "run"]) == EXIT_BAD_CONFIG
+    assert "merod: CW_WASM_TIME_LIMIT='abc' is not a number of seconds" in capsys.readouterr().err
+
+
 def test_config_accepts_merod_extras_and_skips_quic_addresses(tmp_path: Path) -> None:
     assert init(tmp_path, "n", "--server-port", "0", "--swarm-port", "0") == EXIT_OK
     path = tmp_path / "n" / "config.toml"

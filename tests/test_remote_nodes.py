@@ -264,7 +264,8 @@ async def test_node_logs_written_out_mask_the_workflow_credentials(
             remote_nodes:
               far: {{url: "http://admin:{secret}@127.0.0.1:{port}"}}
             steps:
-              - {{type: get_application, node: node-1, application_id: "id-{secret}-x", expected_failure: true}}
+              - {{name: v, type: assert, actual: "id-{secret}-x", is_set: true}}
+              - {{type: get_application, node: node-1, application_id: "${{results.v.actual}}", expected_failure: true}}
               {last}
         """),
         file=tmp_path / "wf.yml",

@@ -42,9 +42,11 @@ from typing import Any, TextIO
 
 from .backends.docker import image_reference_problem
 from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from .credentials import is_secret_key, reads_as_setting
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .interrupts import Interrupts
+from .node.interrupt import time_limit_from
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
 from .report.junit import junit_xml
@@ -110,22 +112,6 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: '²', '٣', '1_0', '1e3', 'nan' and 'inf'.
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
-#: ``env`` entries whose key looks like this are masked in the log. Short
-#: names only as a whole word of the key, and ``PWD`` only after a prefix
-#: (``DB_PWD``; ``PWD`` alone is the shell's folder).
-_SECRET_KEY = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSPHRASE|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE"
-    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING"
-    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER)(?:_|$)|_PWD(?:_|$)",
-    re.I,
-)
-#: A value under a secret-looking key that reads as a setting, not a secret:
-#: masking ``true`` or ``file`` would rewrite every such word in the log and
-#: in the reports. Numbers, words of up to 7 letters, and these.
-_SETTING_VALUE = re.compile(
-    r"(?i:true|false|yes|no|on|off|null|none|nil|undefined|enabled|disabled|required|optional)"
-    r"|[-+]?[0-9]+(?:\.[0-9]+)?|[A-Za-z]{1,7}"
-)
 #: Variables of the action's own environment a workflow must not read:
 #: the inputs, and the runner's tokens for the Actions services.
 _HIDDEN_ENV = re.compile(r"^(INPUT_|ACTIONS_)")
@@ -368,6 +354,10 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
             f"input image: {problem} (e.g. ghcr.io/calimero-network/merod:edge)"
         )
     settings_env = _parse_env(_input(env, "env"), problems)
+    try:  # read by the embedded nodes' runtime
+        time_limit_from(env)
+    except ValueError as exc:
+        problems.append(f"environment: {exc}")
     summary = _bool(env, "summary", problems)
     annotations = _bool(env, "annotations", problems)
     fail_on_failure = _bool(env, "fail-on-failure", problems)
@@ -1258,7 +1248,7 @@ def _runner_tokens(env: Mapping[str, str]) -> dict[str, str]:
         key: value
         for key, value in env.items()
         if key.startswith("ACTIONS_")
-        and _SECRET_KEY.search(key.removeprefix("ACTIONS_"))
+        and is_secret_key(key.removeprefix("ACTIONS_"))
         and not key.endswith("_URL")
         and value.strip()
     }
@@ -1310,9 +1300,9 @@ def _mask_env_secrets(
     keys = [*settings.env, *(k for k in readable if k not in settings.env)]
     for key in keys:
         value = readable[key]
-        if not _SECRET_KEY.search(key) or not value.strip():
+        if not is_secret_key(key) or not value.strip():
             continue
-        if _SETTING_VALUE.fullmatch(value.strip()):
+        if reads_as_setting(value):
             # the log says so, never what the value is
             gh.echo(
                 f"calimero-workflow: the value of {key} reads as a setting (a number, "

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .credentials import redact_url, redact_urls
+
 __all__ = ["MAX_APP_BYTES", "AppFetchError", "decode_app_hash", "download_app"]
 
 #: Largest application downloaded: merod's ``max_module_size`` (128 MiB).
@@ -73,6 +75,7 @@ async def download_app(
     import httpx
 
     want = decode_app_hash(expected_hash) if expected_hash else None
+    shown = redact_url(url)  # messages never show its password or token
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     size = 0
@@ -81,26 +84,26 @@ async def download_app(
             async with client.stream("GET", url) as resp:
                 if resp.status_code != 200:
                     raise AppFetchError(
-                        f"downloading {url} failed: HTTP {resp.status_code} {resp.reason_phrase}",
+                        f"downloading {shown} failed: HTTP {resp.status_code} {resp.reason_phrase}",
                         key="url",
                     )
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)
                     if size > MAX_APP_BYTES:
                         raise AppFetchError(
-                            f"{url} is larger than {MAX_APP_BYTES} bytes, merod's module size limit",
+                            f"{shown} is larger than {MAX_APP_BYTES} bytes, merod's module size limit",
                             key="url",
                         )
                     digest.update(chunk)
                     chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise AppFetchError(
-            f"downloading {url} failed: {exc or type(exc).__name__}", key="url"
+            f"downloading {shown} failed: {redact_urls(str(exc)) or type(exc).__name__}", key="url"
         ) from exc
     got = digest.digest()
     if want is not None and got != want:
         raise AppFetchError(
-            f"{url} has SHA-256 {got.hex()}, not the expected {want.hex()} ({expected_hash})",
+            f"{shown} has SHA-256 {got.hex()}, not the expected {want.hex()} ({expected_hash})",
             key="hash",
             hint="the file changed, or `hash` is of another file",
         )

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .ed25519 import L, decode_point, is_small_order
+from .node.abi import LIMITS
 from .node.ids import b58encode
 
 __all__ = [
@@ -67,10 +68,12 @@ __all__ = [
     "MAX_ARCHIVE_BYTES",
     "MAX_MANIFEST_BYTES",
     "MAX_MANIFEST_SCAN_BYTES",
+    "MAX_MODULE_BYTES",
     "NOT_A_BUNDLE",
     "SemVer",
     "SCHEME_UNTAGGED",
     "SCHEME_V1",
+    "WASM_MAGIC",
     "BuiltBundle",
     "BundleError",
     "VerifiedBundle",
@@ -81,16 +84,20 @@ __all__ = [
     "bundle_hash",
     "canonical_manifest",
     "canonicalize",
+    "coordinates_problem",
     "default_coordinates",
     "dev_bundle_for",
     "dev_signing_key",
     "is_bundle",
+    "is_bundle_file",
+    "is_wasm_file",
     "load_bundle_file",
     "open_bundle",
     "parse_semver",
     "sign_manifest",
     "signer_id_for_public_key",
     "signing_payload",
+    "size_problem",
     "verify_bundle",
     "verify_manifest_signature",
 ]
@@ -114,6 +121,12 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 
 #: cargo-mero manifest.rs: the manifest schema version it writes.
 MANIFEST_VERSION = "1.0"
+
+#: The first bytes of a wasm module: any other file is a bundle, or nothing.
+WASM_MAGIC = b"\0asm"
+
+#: merod's ``max_module_size`` (VMLimits): the largest wasm module it installs.
+MAX_MODULE_BYTES = LIMITS.max_module_size
 
 #: crates/bundle signature.rs (core#4307): prefixed to the canonical manifest
 #: before it is hashed for signing.
@@ -1339,9 +1352,59 @@ def load_bundle_file(path: str | Path, **options: Any) -> tuple[VerifiedBundle, 
     return verify_bundle(data, source=str(real), **options), data, real
 
 
+def is_wasm_file(path: str | Path) -> bool:
+    """Whether the file starts as a wasm module does (``\\0asm``), read without
+    reading the rest."""
+    with Path(path).open("rb") as fh:
+        return fh.read(len(WASM_MAGIC)) == WASM_MAGIC
+
+
+def is_bundle_file(path: str | Path) -> bool:
+    """:func:`is_bundle` of a file, reading only what its probe can reach: the
+    manifest must lie within the first 8 MiB decompressed, which no stream
+    encodes in more than that plus its block overhead."""
+    with Path(path).open("rb") as fh:
+        return is_bundle(fh.read(MAX_MANIFEST_SCAN_BYTES + (1 << 20)))
+
+
+def size_problem(path: str | Path, *, wasm: bool) -> str | None:
+    """Why merod would refuse the file for its size before reading it, or None:
+    a wasm module over ``max_module_size`` (128 MiB), a bundle over the
+    archive cap (512 MiB)."""
+    size = Path(path).stat().st_size
+    limit = MAX_MODULE_BYTES if wasm else MAX_ARCHIVE_BYTES
+    if size <= limit:
+        return None
+    what = "module size limit (max_module_size)" if wasm else "bundle cap"
+    return (
+        f"{Path(path).name} is {size} bytes ({size / (1 << 20):.0f} MiB), over merod's {what} "
+        f"of {limit >> 20} MiB ({limit} bytes)"
+    )
+
+
 # -- building ---------------------------------------------------------------------------
 
 _PACKAGE_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def coordinates_problem(package: str | None, version: str | None) -> str | None:
+    """Why ``package`` or ``version`` cannot name a bundle, or None (None for
+    one not given): the checks of :func:`build_bundle`, merod's texts."""
+    if package is not None and package and not _PACKAGE_ID.fullmatch(package):
+        return (
+            f"invalid package id `{package}`: may contain only ASCII letters, digits, "
+            "`.`, `-`, and `_`"
+        )
+    for text, what in ((package, "package"), (version, "appVersion")):
+        if text is None:
+            continue
+        if not text:
+            return f"bundle manifest '{what}' field is empty"
+        try:
+            _validate_path_component(text, what)
+        except BundleError as exc:
+            return str(exc)
+    return None
 _VERSIONED_STEM = re.compile(r"(?P<name>.+?)-(?P<version>\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]*)?)")
 
 
@@ -1477,17 +1540,11 @@ def build_bundle(
     defaults to the development key; ``scheme`` picks the signing payload
     (:data:`SCHEME_UNTAGGED` for merod releases before core#4307).
     """
-    if wasm[:4] != b"\0asm":
+    if wasm[:4] != WASM_MAGIC:
         raise ValueError("not a wasm module (no \\0asm magic); pass the .wasm file, not a bundle")
-    if not _PACKAGE_ID.fullmatch(package):
-        raise ValueError(f"invalid package id `{package}`: may contain only ASCII letters, digits, `.`, `-`, and `_`")
-    for text, what in ((package, "package"), (version, "appVersion")):
-        if not text:
-            raise ValueError(f"bundle manifest '{what}' field is empty")
-        try:
-            _validate_path_component(text, what)
-        except BundleError as exc:
-            raise ValueError(str(exc)) from None
+    problem = coordinates_problem(package, version)
+    if problem:
+        raise ValueError(problem)
     try:
         parse_semver(min_runtime_version)
     except _SemverError as exc:
@@ -1557,16 +1614,23 @@ def dev_bundle_for(
     already a bundle, else a dev-signed bundle of it in ``cache_dir``, named by a
     digest of everything that went into it (so reruns reuse it)."""
     source = Path(path)
-    data = source.read_bytes()
-    if is_bundle(data):
-        return source
+    if not is_wasm_file(source):
+        if is_bundle_file(source):
+            return source
+        raise ValueError("not a wasm module (no \\0asm magic); pass the .wasm file, not a bundle")
+    problem = size_problem(source, wasm=True)
+    if problem:
+        raise ValueError(problem)
     default_package, default_version, _ = default_coordinates(source)
     package = package or default_package
     version = version or default_version
-    digest = hashlib.sha256(
-        b"\0".join([data, package.encode(), version.encode(), scheme.encode()])
-    ).hexdigest()[:16]
-    out = Path(cache_dir) / f"{package}-{version}-{digest}.mpk"
+    # streamed: a cached bundle is found without holding the module in memory
+    digest = hashlib.sha256()
+    with source.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    digest.update(b"\0".join([b"", package.encode(), version.encode(), scheme.encode()]))
+    out = Path(cache_dir) / f"{package}-{version}-{digest.hexdigest()[:16]}.mpk"
     if not out.is_file():
         build_dev_bundle_file(source, out, package=package, version=version, scheme=scheme)
     return out

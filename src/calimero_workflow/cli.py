@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .credentials import secret_env_values
 from .errors import Problem, WorkflowValidationError
 from .results import RunResult, problems_result
 
@@ -166,9 +167,12 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             _print_problems(exc)
             invalid = True
             loaded.append(problems_result(file.name, str(file), args.backend or "-", exc.problems))
+    workflows = [w for w in loaded if not isinstance(w, RunResult)]
+    _check_files_read(args, workflows)
+    # the environment's credentials (--env MY_API_TOKEN=…), by the action's rule
+    env_secrets = secret_env_values(env)
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
-    workflows = [w for w in loaded if not isinstance(w, RunResult)]
     results: list[RunResult] = []
     folders: list[str] = []
     for workflow in loaded:
@@ -190,16 +194,34 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
             logs_dir=(args.logs_dir / folder) if args.logs_dir and len(workflows) > 1 else args.logs_dir,
             nuke=args.nuke,
             force_pull=args.force_pull,
+            secret_values=env_secrets,
         )
         reporter.run_started(executor.result)
         result = await executor.run()
         reporter.run_finished(result)
         results.append(result)
         if result.interrupted:
+            _print_overall(loaded, results, interrupted=True)
             return EXIT_INTERRUPTED, results
+    _print_overall(loaded, results, interrupted=False)
     if invalid:
         return EXIT_INVALID, results
     return (EXIT_OK if all(r.passed for r in results) else EXIT_FAILED), results
+
+
+def _print_overall(loaded: list[Any], results: list[RunResult], *, interrupted: bool) -> None:
+    """With more than one file, the last line says how all of them went (the
+    last workflow's own line is not the run's outcome)."""
+    if len(loaded) < 2:
+        return
+    invalid = sum(isinstance(w, RunResult) for w in loaded)
+    ran = [r for r in results if not any(r is w for w in loaded)]
+    passed = sum(r.passed for r in ran)
+    counts = f"{passed} passed, {len(ran) - passed} failed, {invalid} invalid"
+    if interrupted:
+        counts += f", {len(loaded) - invalid - len(ran)} not run"
+    word = "INTERRUPTED" if interrupted else "PASSED" if passed == len(loaded) else "FAILED"
+    print(f"{word} {len(loaded)} workflows: {counts}", flush=True)
 
 
 def _safe_name(workflow: Any) -> str:
@@ -264,7 +286,7 @@ class _Interrupts:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse result paths that cannot be written before anything runs."""
     problems = []
-    given = [(flag, path) for flag, path in (("--results", args.results), ("--report", args.report), ("--junit", args.junit)) if path is not None]
+    given = _result_files(args)
     for flag, path in given:
         if path.is_dir():
             example = path / ("junit.xml" if flag == "--junit" else "out.json")
@@ -273,6 +295,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         for other, other_path in given[i + 1:]:
             if path.resolve() == other_path.resolve():
                 problems.append(Problem(f"{flag} and {other} name the same file", hint="give each its own file"))
+    problems += _overwritten(given, [(file, f"the workflow file {file}") for file in args.files])
     # Found now rather than after the whole run: a folder that is a file, or
     # one that cannot be written.
     places = [(flag, path.parent, False) for flag, path in given if not path.is_dir()]
@@ -283,6 +306,43 @@ def _check_outputs(args: argparse.Namespace) -> None:
             what = f"{flag} {path}" if is_the_dir else f"the folder of {flag} ({path})"
             wanted = "a folder that can be created and written" if is_the_dir else "a file in a writable folder"
             problems.append(Problem(f"{what} {problem}", hint=f"give {flag} {wanted}"))
+    if problems:
+        raise WorkflowValidationError(problems)
+
+
+def _result_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    pairs = (("--results", args.results), ("--report", args.report), ("--junit", args.junit))
+    return [(flag, path) for flag, path in pairs if path is not None]
+
+
+def _overwritten(given: list[tuple[str, Path]], read: list[tuple[Path, str]]) -> list[Problem]:
+    """Result files that are files the run reads (``read``: each file and how
+    to name it), which writing the results would replace."""
+    from .confined import same_file
+
+    problems = []
+    for flag, path in given:
+        for file, what in read:
+            if same_file(path, file):
+                problems.append(
+                    Problem(
+                        f"{flag} {path} is {what}: writing the result would overwrite it",
+                        hint=f"give {flag} a file of its own, e.g. {flag} "
+                        + ("junit.xml" if flag == "--junit" else f"{flag.lstrip('-')}.json"),
+                    )
+                )
+    return problems
+
+
+def _check_files_read(args: argparse.Namespace, workflows: list[Any]) -> None:
+    """Refuse, before anything runs, result files that are files the loaded
+    workflows read (an app's `path`, a script, a file to upload)."""
+    read = [
+        (file, f"{file}, which {workflow.path} reads")
+        for workflow in workflows
+        for file in workflow.files_read()
+    ]
+    problems = _overwritten(_result_files(args), read)
     if problems:
         raise WorkflowValidationError(problems)
 
@@ -299,8 +359,21 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def _check_environment() -> None:
+    """Settings the engine reads from its own environment, checked before anything runs."""
+    from .node.interrupt import TIME_LIMIT_ENV, time_limit_from
+
+    try:
+        time_limit_from(os.environ)
+    except ValueError as exc:
+        raise WorkflowValidationError(
+            [Problem(f"environment: {exc}", hint=f"unset {TIME_LIMIT_ENV}, or set it to e.g. 30")]
+        ) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     env = _parse_env(args.env)
+    _check_environment()
     _check_outputs(args)
     with _Interrupts() as interrupts:
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .credentials import redact_url
 from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
 
 if TYPE_CHECKING:
@@ -428,7 +429,7 @@ class NodeClient:
             ) from exc
         except HttpError as exc:
             raise NodeConnectionError(
-                f"node {self.name} is unreachable at {self.url} ({exc})",
+                f"node {self.name} is unreachable at {redact_url(self.url)} ({exc})",
                 node=self.name,
                 route=route,
             ) from exc
@@ -458,7 +459,7 @@ class NodeClient:
             ) from exc
         except httpx.TransportError as exc:
             raise NodeConnectionError(
-                f"node {self.name} is unreachable at {self.url} ({exc or type(exc).__name__})",
+                f"node {self.name} is unreachable at {redact_url(self.url)} ({exc or type(exc).__name__})",
                 node=self.name,
                 route=route,
             ) from exc
@@ -623,8 +624,10 @@ class NodeClient:
         """Install the ``.wasm`` or ``.mpk`` at ``local`` as a dev application.
 
         ``stage`` makes a file readable by the node and returns the node's path
-        for it (default: the path as is). A ``.mpk`` (recognised by content, as
-        merod does) is installed as given. A raw ``.wasm`` goes as is to a node
+        for it (default: the path as is). A file that is not a wasm module (no
+        ``\\0asm`` magic), or is named ``.mpk``, is installed as given: the node
+        verifies it as a bundle. A wasm module over merod's module size limit
+        is refused before it is read. A raw ``.wasm`` goes as is to a node
         that takes it; a node that answers ``not a signed application bundle``
         (merod 0.11.0-rc.31 and later), or that :meth:`expect_bundles` named,
         gets a bundle of it signed with the public dev key, written to
@@ -640,8 +643,23 @@ class NodeClient:
             async def stage(path: Path) -> str:
                 return str(path)
 
-        data = local.read_bytes()
-        if mpk.is_bundle(data):
+        route = "POST /admin-api/install-dev-application"
+        # A file that is not a wasm module (or is named as a bundle) goes as
+        # given: the node verifies it as a bundle, and says what is wrong with
+        # it (merod: `not a signed application bundle: <path>`). Sizes are
+        # checked before anything reads the file.
+        wasm = mpk.is_wasm_file(local) and local.suffix.lower() != ".mpk"
+        too_big = mpk.size_problem(local, wasm=wasm)
+        if too_big:
+            raise NodeUnsupportedError(
+                too_big,
+                node=self.name,
+                route=route,
+                fields=("path",),
+                hint="merod refuses it at install: build a smaller module (release profile, "
+                "stripped, e.g. wasm-opt -Oz)" if wasm else "merod refuses a bundle that large",
+            )
+        if not wasm:
             node_path = await stage(local)
             app_id = await self.install_dev_application(
                 node_path, metadata=metadata, package=package, version=version

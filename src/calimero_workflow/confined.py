@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ConfinedPathError", "write_confined"]
+__all__ = ["ConfinedPathError", "same_file", "write_confined"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -27,6 +27,15 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 
 class ConfinedPathError(ValueError):
     """The path leaves the allowed folders, or passes through a symbolic link."""
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: one path once resolved, or one
+    existing file under two names (a symbolic or a hard link)."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except (OSError, ValueError):  # one does not exist (yet), or cannot be a path
+        return False
 
 
 def write_confined(path_text: str, data: bytes, *, base: Path, roots: Sequence[Path]) -> Path:

@@ -38,6 +38,7 @@ from .backends.base import (
     PhaseReport,
 )
 from .client import NodeClient, NodeError
+from .credentials import redact_url
 from .errors import StepFailure, WorkflowValidationError
 from .placeholders import Resolver
 from .results import (
@@ -49,7 +50,7 @@ from .results import (
     error_from_exception,
 )
 from .steps.base import NodeRef, RunContext, RunEvents, StepRun
-from .workflow import Workflow, backend_problems, redact_url
+from .workflow import Workflow, backend_problems
 
 log = logging.getLogger("calimero_workflow")
 
@@ -121,6 +122,7 @@ class WorkflowExecutor:
         nuke: bool | None = None,
         force_pull: bool | None = None,
         backend_factory: Callable[..., NodeBackend] | None = None,
+        secret_values: list[str] | None = None,
     ):
         self.workflow = workflow
         self.backend_kind = backend or workflow.settings.backend or "embedded"
@@ -153,7 +155,8 @@ class WorkflowExecutor:
             workflow_file=str(workflow.path) if workflow.path else None,
             run_id=self.run_id,
             backend=self.backend_kind,
-            secrets=workflow.secret_values(),
+            # the workflow's, and the caller's (values of the environment)
+            secrets=list(dict.fromkeys([*workflow.secret_values(), *(secret_values or ())])),
         )
 
     # -- phases ---------------------------------------------------------------------
@@ -299,7 +302,10 @@ class WorkflowExecutor:
             try:
                 await client.health(timeout=10)
                 if auth is not None and auth.method in ("password", "user_password"):
-                    await client.obtain_token(auth.username or "", auth.password or "")
+                    # masked before anything can show it (a node may echo it back)
+                    self.ctx.add_secret(
+                        await client.obtain_token(auth.username or "", auth.password or "")
+                    )
                 if auth is not None and auth.method != "none":
                     # health is public; a guarded route proves the credentials work
                     await client.peers_count()
@@ -436,6 +442,7 @@ class WorkflowExecutor:
             events=self.events,
             results=self.result.workflow_results,
             ready_timeout=self.workflow.settings.wait_timeout,
+            secrets=self.result.secrets,
         )
         failed = False
         for note in self.workflow.notes:

@@ -227,7 +227,8 @@ def problems_result(
     phase: str = "load",
 ) -> RunResult:
     """A failed result for a workflow that never ran: each problem is a failed
-    ``phase`` at its ``file:line`` (reports show it as an error testcase)."""
+    ``phase`` at its ``file:line`` (reports show it as an error testcase). The
+    phases share the name (``load``); their locations tell them apart."""
     result = RunResult(
         workflow_name=name,
         workflow_file=file,
@@ -236,10 +237,10 @@ def problems_result(
         status=Status.FAILED,
         started_at=time.time(),
     )
-    for number, problem in enumerate(problems, start=1):
+    for problem in problems:
         result.phases.append(
             PhaseRecord(
-                name=phase if len(problems) == 1 else f"{phase} {number}",
+                name=phase,
                 status=Status.FAILED,
                 error=ErrorInfo(
                     message=problem.message,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from .credentials import redact_urls
 from .errors import Location, Problem
 from .yamlsrc import LocatedDict, LocatedList
 
@@ -21,14 +22,12 @@ M = TypeVar("M", bound=BaseModel)
 _DEFERRED_RE = re.compile(r"\$\{[^{}]+\}|\{\{[^{}]+\}\}")
 
 #: Keys whose values are credentials: the ones the action masks in its
-#: ``env`` input (action._SECRET_KEY), less the bare ``KEY`` (an app's ``key``
+#: ``env`` input (credentials.SECRET_KEY), less the bare ``KEY`` (an app's ``key``
 #: argument is data). Everything under a remote node's ``auth`` is one too.
 SECRET_KEY_RE = re.compile(
     r"TOKEN|SECRET|PASSW|PASS$|API_?KEY|PRIVATE|SIGNING_?KEY|CREDENTIAL|COOKIE|SESSION|^AUTH",
     re.I,
 )
-#: The password of a URL's user part: ``scheme://user:password@host``.
-_URL_PASSWORD_RE = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
 
 
 def contains_deferred(value: Any) -> bool:
@@ -84,10 +83,10 @@ def is_secret_path(path: Iterable[Any]) -> bool:
 
 
 def mask_credentials(value: Any) -> Any:
-    """``value`` with credentials hidden: values under secret keys, and the
-    passwords of URLs (``http://user:***@host``)."""
+    """``value`` with credentials hidden: values under secret keys, and in URLs
+    the password and token-like query values (``http://user:***@host/?token=***``)."""
     if isinstance(value, str):
-        return _URL_PASSWORD_RE.sub(r"\1:***@", value)
+        return redact_urls(value)
     if isinstance(value, dict):
         return {
             k: "***" if is_secret_path([k]) else mask_credentials(v) for k, v in value.items()

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .backends.base import NodeSpec
+from .credentials import secret_env_values, url_secrets, values_in
 from .errors import Location, Problem, WorkflowValidationError
 from .steps import load_builtin_steps
 from .steps.base import (
@@ -30,7 +31,7 @@ from .steps.base import (
     ValidationContext,
     registry,
 )
-from .validation import validate_model
+from .validation import contains_deferred, validate_model
 from .yamlsrc import (
     RAW_COMMAND_SECTIONS,
     LocatedDict,
@@ -246,14 +247,38 @@ class Workflow:
                 continue
             secrets.extend(v for v in (auth.password, auth.api_key, auth.key) if v)
         for remote in self.settings.remote_nodes.values():
-            password = urlsplit(remote.url).password
-            if password:
-                secrets.append(password)
-        # merobox's per-step `token:` (a JWT), unused but written in the file.
-        secrets.extend(
-            s.raw["token"] for s in _all_steps(self.steps) if isinstance(s.raw.get("token"), str)
-        )
-        return secrets
+            secrets.extend(url_secrets(remote.url))
+        for step in _all_steps(self.steps):
+            # merobox's per-step `token:` (a JWT), unused but written in the file.
+            if isinstance(step.raw.get("token"), str):
+                secrets.append(step.raw["token"])
+            # a script's own `env:` under secret-looking keys (written out;
+            # those from placeholders are added when the step runs)
+            env = step.raw.get("env") if step.type_name == "script" else None
+            if isinstance(env, dict):
+                secrets.extend(
+                    secret_env_values(
+                        {str(k): v for k, v in env.items() if isinstance(v, str) and not contains_deferred(v)}
+                    )
+                )
+            # a URL's password and token-like query values (`url:` of an install)
+            for text in values_in({k: v for k, v in step.raw.items() if k not in _NESTED_KEYS}):
+                secrets.extend(url_secrets(text))
+        return list(dict.fromkeys(secrets))
+
+    def files_read(self) -> list[Path]:
+        """The files the steps read that are written out in the file (an app's
+        ``path``, ``upload_blob.file_path``, a script), where they are found."""
+        from .steps.base import workflow_file
+        from .validation import contains_deferred
+
+        files = []
+        for step in _all_steps(self.steps):
+            for key in _FILE_KEYS.get(step.type_name, ()):
+                value = getattr(step.static_config, key, None)
+                if isinstance(value, str) and value and not contains_deferred(value):
+                    files.append(workflow_file(self.base_dir, value))
+        return files
 
     def location(self, *keys: Any) -> Location:
         node: Any = self.raw
@@ -268,13 +293,13 @@ class Workflow:
         return Location(self.path, line, col)
 
 
-def redact_url(url: str) -> str:
-    """``url`` with the password of its user part (``https://u:pw@host``) hidden."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+#: The keys of each step type that name a file the step reads.
+_FILE_KEYS = {
+    "install_application": ("path",),
+    "create_mesh": ("path",),
+    "upload_blob": ("file_path",),
+    "script": ("script",),
+}
 
 
 def mask_secrets(text: str, secrets: list[str]) -> str:

@@ -59,11 +59,15 @@ class LocatedDict(dict):
     col: int = 0
     key_marks: dict[Any, tuple[int, int]]
     value_marks: dict[Any, tuple[int, int]]
+    #: A value YAML read as something else than text (``0102`` → the number
+    #: 66), as it is written: messages can say "quote it" with the original.
+    scalar_texts: dict[Any, str]
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.key_marks = {}
         self.value_marks = {}
+        self.scalar_texts = {}
 
     def key_pos(self, key: Any) -> tuple[int, int]:
         return self.key_marks.get(key, (self.line, self.col))
@@ -335,6 +339,12 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LocatedDict:
             result[key] = loader.construct_object(value_node, deep=True)
         result.key_marks[key] = _pos(key_node.start_mark)
         result.value_marks[key] = _pos(value_node.start_mark)
+        if (
+            isinstance(value_node, yaml.ScalarNode)
+            and not isinstance(result[key], str)
+            and not _ENV_RE.search(value_node.value)
+        ):
+            result.scalar_texts[key] = value_node.value
     return result
 
 

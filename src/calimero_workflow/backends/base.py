@@ -38,6 +38,10 @@ class BackendError(Exception):
         self.hint = hint
 
 
+class NodeNotRunningError(BackendError):
+    """An operation on a node's process (pause, unpause) found it not running."""
+
+
 class NodeUnavailableError(BackendError):
     """A node is gone: it exited, was stopped, or never became ready."""
 

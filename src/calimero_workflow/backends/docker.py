@@ -58,6 +58,7 @@ from .base import (
     BackendError,
     NodeBackend,
     NodeHandle,
+    NodeNotRunningError,
     NodeSpec,
     NodeState,
     NodeUnavailableError,
@@ -1165,7 +1166,7 @@ class DockerBackend(NodeBackend):
         if container.status == "paused":
             return False
         if container.status != "running":
-            raise BackendError(f"node {name} is not running, so it cannot be paused", node=name)
+            raise NodeNotRunningError(f"node {name} is not running, so it cannot be paused", node=name)
         await self._io(container.pause)
         self._paused.add(name)
         return True
@@ -1174,6 +1175,10 @@ class DockerBackend(NodeBackend):
         container = self._container(name)
         await self._io(container.reload)
         if container.status != "paused":
+            if container.status != "running":
+                raise NodeNotRunningError(
+                    f"node {name} is not running, so it cannot be unpaused", node=name
+                )
             return False
         await self._io(container.unpause)
         self._paused.discard(name)

@@ -30,6 +30,7 @@ from .base import (
     BackendError,
     NodeBackend,
     NodeHandle,
+    NodeNotRunningError,
     NodeSpec,
     NodeState,
     NodeUnavailableError,
@@ -247,10 +248,10 @@ class EmbeddedBackend(NodeBackend):
             raise BackendError(f"no node named {name!r} in this run", node=name)
         return self._nodes.get(name)
 
-    def _running(self, name: str):
+    def _running(self, name: str, doing: str):
         node = self._node(name)
         if node is None:
-            raise BackendError(f"node {name} is not running", node=name)
+            raise NodeNotRunningError(f"node {name} is not running, so it cannot be {doing}", node=name)
         return node
 
     def _note(self, name: str, text: str) -> None:
@@ -309,7 +310,7 @@ class EmbeddedBackend(NodeBackend):
     # -- pause ---------------------------------------------------------------------
 
     async def _pause_node(self, name: str) -> bool:
-        node = self._running(name)
+        node = self._running(name, "paused")
         if name in self._frozen:
             return False
         # The node's HTTP server (uvicorn's); EmbeddedNode has no public handle on it.
@@ -330,7 +331,7 @@ class EmbeddedBackend(NodeBackend):
         return True
 
     async def _unpause_node(self, name: str) -> bool:
-        node = self._running(name)
+        node = self._running(name, "unpaused")
         if name not in self._frozen:
             return False
         listeners = self._thaw(name, node, listen=True)
@@ -358,15 +359,18 @@ class EmbeddedBackend(NodeBackend):
     # -- partitions ------------------------------------------------------------------
 
     async def _disconnect_node(self, name: str) -> None:
-        node = self._running(name)
-        node.swarm.partitioned = True
+        # Like a container's networks, this outlives a stop: a stopped node
+        # starts again cut off (see _start_node).
+        node = self._node(name)
+        if node is not None:
+            node.swarm.partitioned = True
         self._disconnected.add(name)
         self._note(name, "node disconnected from its peers by the workflow")
 
     async def _connect_node(self, name: str) -> None:
-        node = self._running(name)
+        node = self._node(name)
         self._disconnected.discard(name)
-        if name not in self._frozen:
+        if node is not None and name not in self._frozen:
             node.swarm.partitioned = False
         self._note(name, "node reconnected to its peers by the workflow")
 

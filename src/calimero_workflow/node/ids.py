@@ -30,6 +30,7 @@ __all__ = [
     "b58encode",
     "canonical_hex32",
     "hex32",
+    "looks_base58",
     "parse_hex32",
     "parse_multiaddr",
     "peer_id_from_public_key",
@@ -94,7 +95,8 @@ def hex32(data: bytes) -> str:
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def _looks_base58(text: str) -> bool:
+def looks_base58(text: str) -> bool:
+    """Whether ``text`` is the base58 of 32 bytes (how merod showed ids before 0.11.0-rc.27)."""
     try:
         return len(b58decode(text)) == 32
     except IdError:
@@ -111,7 +113,7 @@ def parse_hex32(text: object, what: str = "id") -> bytes:
     if isinstance(text, str) and _HEX64.fullmatch(text):
         return bytes.fromhex(text)
     msg = f"invalid {what} {text!r}: expected 64 hex digits (32 bytes)"
-    if isinstance(text, str) and _looks_base58(text):
+    if isinstance(text, str) and looks_base58(text):
         msg += (
             "; it looks like a base58 id, which merod no longer reads "
             "(every id is hex since 0.11.0-rc.27)"

@@ -166,11 +166,18 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from .interrupt import time_limit_from
+
     node_dir = Path(args.home).expanduser() / args.node
     try:
         cfg = load_config(node_dir, args.node)
     except ConfigError as exc:
         print(f"merod: bad config: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        time_limit_from(os.environ)
+    except ValueError as exc:
+        print(f"merod: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     logging.basicConfig(
         level=_log_level(os.environ),

@@ -907,7 +907,7 @@ class NodeService:
             cancellation.cancel(self._closing)
         self._calls.add(cancellation)
         try:
-            return await self.wasm.run(
+            outcome = await self.wasm.run(
                 module.run, method, input, cancellation=cancellation, **kwargs
             )
         except asyncio.CancelledError:
@@ -915,6 +915,13 @@ class NodeService:
             raise
         finally:
             self._calls.discard(cancellation)
+        # merod logs each log_utf8 line at INFO (target runtime::guest::log)
+        if outcome.logs and self.log.isEnabledFor(logging.INFO):
+            context = kwargs.get("context_id")
+            where = context.hex() if isinstance(context, bytes) else "-"
+            for line in outcome.logs:
+                self.log.info("context %s: %s: guest log: %s", where, method, line)
+        return outcome
 
     def interrupt_calls(self, reason: str) -> None:
         """Interrupt the guest calls under way and refuse new ones (the node stops)."""

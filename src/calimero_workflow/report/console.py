@@ -117,6 +117,14 @@ class ConsoleReporter(RunEvents):
         where = f" ({result.workflow_file})" if result.workflow_file else ""
         self._write(f"== {sanitize_line(result.workflow_name)}{where}  backend={result.backend} run={result.run_id}")
 
+    def secret(self, value: str) -> None:
+        # found during the run (a token a node gave): masked from here on, by
+        # the base too (the action's, which masks its outputs and files)
+        for redactor in (self.redactor, self._base_redactor):
+            if redactor is not None:
+                for part in redactor.parts(value):
+                    redactor.add(part)
+
     def note(self, message: str) -> None:
         if not self.quiet:
             self._block("  note: ", message)

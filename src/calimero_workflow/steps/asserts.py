@@ -8,14 +8,11 @@ split an argument.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import Location, PlaceholderError, Problem, StepFailure
@@ -24,6 +21,7 @@ from ..validation import contains_deferred
 from ..yamlsrc import LocatedList
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .node_steps import outputs_equal
+from .regexes import match_limit, pattern_problem, search
 
 _MISSING: Any = object()
 
@@ -268,71 +266,7 @@ def _ordered(op: str, a: Any, b: Any) -> bool:
     }[op]
 
 
-#: Seconds a regular expression may take on one value when the step sets no
-#: `timeout:`. Python's `re` cannot be stopped once it runs; the `regex`
-#: package (same syntax) takes a timeout, and runs in a worker thread without
-#: holding the interpreter, so the step's timeout and Ctrl-C still work.
-REGEX_TIMEOUT = 5.0
-
 _REGEX_OPS = frozenset({"regex", "matches"})
-
-
-def pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` is not a regular expression, or None."""
-    try:
-        regex.compile(pattern)
-    except (regex.error, ValueError, OverflowError) as exc:
-        return f"invalid regular expression {pattern!r}: {exc}"
-    return None
-
-
-async def search(pattern: str, value: Any, limit: float) -> bool:
-    """``re.search`` semantics, bounded by ``limit`` seconds and interruptible."""
-    problem = pattern_problem(pattern)
-    if problem:
-        raise StepFailure(problem, kind="invalid")
-    compiled = regex.compile(pattern)
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    try:
-        found = await _in_daemon_thread(lambda: compiled.search(text, timeout=limit, concurrent=True))
-    except TimeoutError:
-        raise StepFailure(
-            f"the regular expression {pattern!r} did not finish within {limit:g} s "
-            f"on a {len(text)}-character value",
-            kind="invalid",
-            hint="the pattern backtracks catastrophically (nested repeats such as `(a|aa)+`); "
-            "simplify it, or raise the step's `timeout:` if the value is just large",
-        ) from None
-    return found is not None
-
-
-async def _in_daemon_thread(work: Any) -> Any:
-    """``work()`` in a daemon thread. A cancelled step (its timeout, Ctrl-C)
-    stops waiting at once, and the process may exit without joining the
-    thread, which ends by itself within its regex timeout."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)
-
-    def run() -> None:
-        try:
-            outcome: tuple[Any, BaseException | None] = (work(), None)
-        except BaseException as exc:  # handed to the awaiting step
-            outcome = (None, exc)
-        try:
-            loop.call_soon_threadsafe(settle, *outcome)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    threading.Thread(target=run, name="cw-regex", daemon=True).start()
-    return await done
 
 
 def _equal_as_merobox(a: Any, b: Any) -> bool:
@@ -458,7 +392,7 @@ class Assert(BaseStep):
                 exc.location = location
                 raise
             try:
-                ok = await evaluate_async(stmt.op, values, self._regex_limit(config))
+                ok = await evaluate_async(stmt.op, values, match_limit(config.timeout))
             except StepFailure as exc:
                 exc.location = exc.location or location
                 raise
@@ -483,10 +417,6 @@ class Assert(BaseStep):
             )
         return data
 
-    @staticmethod
-    def _regex_limit(config: StepConfig) -> float:
-        return config.timeout or REGEX_TIMEOUT
-
     async def _single(self, config: AssertConfig) -> dict[str, Any]:
         check = config.given_checks()[0]
         expected = getattr(config, check)
@@ -500,7 +430,7 @@ class Assert(BaseStep):
             ok = _is_set(actual) == bool(expected) if check == "is_set" else (not _is_set(actual)) == bool(expected)
         else:
             try:
-                ok = await evaluate_async(op, [actual, expected], self._regex_limit(config))
+                ok = await evaluate_async(op, [actual, expected], match_limit(config.timeout))
             except StepFailure as exc:
                 exc.location = self.key_location(check)
                 raise

@@ -31,13 +31,19 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..backends.base import BackendError, NodeUnavailableError, is_warning_or_error
+from ..backends.base import (
+    BackendError,
+    NodeNotRunningError,
+    NodeUnavailableError,
+    is_warning_or_error,
+)
 from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
 from ..results import ErrorInfo, Status, StepRecord, error_from_exception
 from ..validation import locate, validate_model
 from ..yamlsrc import LocatedDict
+from .ids import id_problems
 
 if TYPE_CHECKING:
     from ..backends.base import NodeBackend
@@ -241,6 +247,9 @@ class RunEvents:
 
     def note(self, message: str) -> None: ...
 
+    def secret(self, value: str) -> None:
+        """``value`` is a credential found while the run goes on: mask it from now on."""
+
 
 @dataclass
 class RunContext:
@@ -261,6 +270,15 @@ class RunContext:
     ready_timeout: float = 60.0
     #: Nodes the workflow stopped or paused, until a step brings them back.
     halted: dict[str, Halt] = field(default_factory=dict)
+    #: Credentials masked wherever the run is shown or written (the run result's list).
+    secrets: list[str] = field(default_factory=list)
+
+    def add_secret(self, value: str) -> None:
+        """Mask ``value`` from now on, wherever the run is shown or written: a
+        token obtained from a node, a credential a placeholder brought."""
+        if isinstance(value, str) and value.strip() and value not in self.secrets:
+            self.secrets.append(value)
+            self.events.secret(value)
 
     @functools.cached_property
     def run_variables(self) -> dict[str, Any]:
@@ -406,7 +424,14 @@ class BaseStep:
             self.static_config = config
             problems.extend(self.check(config, vctx))
         problems.extend(self.check_raw(vctx))
+        problems.extend(
+            p for p in id_problems(self.Config, self.raw, self.file, (), self._what())
+            if p.location not in said
+        )
         return problems
+
+    def _what(self) -> str:
+        return f"step {self.display_name!r} ({self.type_name})"
 
     def _validatable(self, raw: LocatedDict) -> Any:
         return raw
@@ -754,7 +779,9 @@ class BaseStep:
             except (NodeError, BackendError) as exc:
                 halted = _halted(run.ctx, exc)
                 explicit = config.retries is not None and attempt <= retries
-                if halted is not None and (not explicit or config.expected_failure):
+                if halted is not None and (
+                    not explicit or config.expected_failure or not _is_transient(exc)
+                ):
                     # The workflow took the node down itself: say so, at once
                     # (unless the step asked for retries, to ride out a restart).
                     node, halt = halted
@@ -857,11 +884,12 @@ class BaseStep:
 
 
 def _halted(ctx: RunContext, exc: BaseException) -> tuple[str, Halt] | None:
-    """The node an error is about, when the workflow took that node down."""
+    """The node an error is about, when the workflow took that node down: it
+    does not answer, or (a fault step) it does not run."""
     node = getattr(exc, "node", None)
     if node not in ctx.halted:
         return None
-    if isinstance(exc, NodeConnectionError):
+    if isinstance(exc, (NodeConnectionError, NodeNotRunningError)):
         return node, ctx.halted[node]
     return None
 

@@ -207,6 +207,8 @@ class Parallel(BaseStep):
     def __init__(self, raw: LocatedDict, *, file, index: int):
         super().__init__(raw, file=file, index=index)
         self.groups: list[tuple[str, list[BaseStep], int]] = []
+        #: The groups the file names (the others are "Group <n>", as in merobox).
+        self.named: set[str] = set()
 
     def validate(self, vctx: ValidationContext) -> list[Problem]:
         problems = super().validate(vctx)
@@ -216,7 +218,11 @@ class Parallel(BaseStep):
         for gi, group in enumerate(groups):
             if not isinstance(group, dict):
                 continue
-            name = group.get("name") if isinstance(group.get("name"), str) else f"group-{gi + 1}"
+            named = isinstance(group.get("name"), str)
+            # merobox's name for an unnamed group (its ${group_name}), counted from 1
+            name = group["name"] if named else f"Group {gi + 1}"
+            if named:
+                self.named.add(name)
             # A group without `steps` is reported by the model, once.
             steps, found = (
                 _nested(self, "groups", group.get("steps"), vctx)
@@ -331,8 +337,10 @@ class Parallel(BaseStep):
         }
         for index, (name, _, _) in enumerate(self.groups):
             if name in durations:
+                # as merobox: by index from 0, and by name for a group the file names
                 data.update(_durations(f"group_{index}_duration", durations[name]))
-                data.update(_durations(f"{name}_duration", durations[name]))
+                if name in self.named:
+                    data.update(_durations(f"{name}_duration", durations[name]))
         if config.failure_mode == "continue-on-error":
             if passed:
                 return data

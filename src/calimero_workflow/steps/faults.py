@@ -9,9 +9,9 @@ a node stopped twice is ``already stopped`` the second time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from ..client import NodeClient
 from ..errors import Problem, StepFailure
@@ -26,9 +26,19 @@ from .base import (
 )
 
 
+def _some_nodes(names: list[str]) -> list[str]:
+    if not names:
+        raise ValueError("name at least one node: with an empty list the step would pass doing nothing")
+    return names
+
+
+#: Node names a fault step acts on: never none.
+NodeNames = Annotated[list[str], AfterValidator(_some_nodes)]
+
+
 class NodesConfig(StepConfig):
     #: One node name or a list of them.
-    nodes: list[str] | str
+    nodes: NodeNames | str
 
 
 class StartConfig(NodesConfig):
@@ -55,7 +65,7 @@ class RestartContainerConfig(ContainerConfig):
 class PeersConfig(StepConfig):
     node: str
     #: The nodes ``node`` stops (or starts again) exchanging anything with.
-    peers: list[str] = Field(min_length=1)
+    peers: NodeNames
 
 
 def _names(value: list[str] | str) -> list[str]:

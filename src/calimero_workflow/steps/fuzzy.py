@@ -22,6 +22,7 @@ from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
 from ..validation import contains_deferred
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .ids import HexId
 from .sync import WaitForSyncConfig, converge
 
 #: Failed operations kept as nested records (the rest are only counted).
@@ -43,7 +44,7 @@ class Operation(BaseModel):
 
 
 class FuzzyConfig(StepConfig):
-    context_id: str
+    context_id: HexId
     nodes: list[FuzzyNode | str] = Field(min_length=1)
     operations: list[Operation] = Field(min_length=1)
     #: Stop after this many operations…

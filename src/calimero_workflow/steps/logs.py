@@ -7,7 +7,7 @@ memory; Docker nodes are read from the container's log, as the node wrote it.
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +16,14 @@ from pydantic import Field, field_validator
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .regexes import (
+    Deadline,
+    compile_pattern,
+    in_daemon_thread,
+    match_limit,
+    pattern_problem,
+    too_slow,
+)
 
 #: How much of a matching line results and messages show (merobox's cut).
 _SHOWN_CHARS = 200
@@ -47,6 +55,17 @@ class LogPresentConfig(LogAssertConfig):
     min_matches: int = Field(default=1, ge=1)
 
 
+#: Whether a line matches, given the scan's deadline.
+_Matcher = Callable[[str, Deadline], bool]
+
+
+def _search(compiled: Any, pattern: str, line: str, deadline: Deadline) -> bool:
+    try:
+        return compiled.search(line, timeout=deadline.remaining(), concurrent=True) is not None
+    except TimeoutError:
+        raise too_slow(pattern, deadline.limit, line) from None
+
+
 def _shown(line: str) -> str:
     return line if len(line) <= _SHOWN_CHARS else line[: _SHOWN_CHARS - 3] + "..."
 
@@ -58,12 +77,9 @@ class _LogStep(BaseStep):
             for i, pattern in enumerate(config.patterns):
                 if contains_deferred(pattern):
                     continue
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    problems.append(
-                        self.problem(f"patterns[{i}] is not a valid regular expression: {exc}", key="patterns")
-                    )
+                problem = pattern_problem(pattern, ignore_case=not config.case_sensitive)
+                if problem:
+                    problems.append(self.problem(f"patterns[{i}]: {problem}", key="patterns"))
         return problems
 
     def check_raw(self, vctx: ValidationContext) -> list[Problem]:
@@ -82,26 +98,52 @@ class _LogStep(BaseStep):
                 problems.append(self.unknown_node_problem(name, "nodes", vctx))
         return problems
 
-    def _matchers(self, config: LogAssertConfig) -> list[tuple[str, Callable[[str], bool]]]:
-        patterns = list(dict.fromkeys(config.patterns))  # a repeated pattern counts once
-        matchers: list[tuple[str, Callable[[str], bool]]] = []
-        for pattern in patterns:
+    def _matchers(self, config: LogAssertConfig) -> list[tuple[str, _Matcher]]:
+        """One test per pattern (a repeated pattern counts once), run in the
+        scan's daemon thread: a regular expression bounded per line."""
+        matchers: list[tuple[str, _Matcher]] = []
+        for pattern in dict.fromkeys(config.patterns):
             if config.regex:
-                try:
-                    compiled = re.compile(pattern, 0 if config.case_sensitive else re.IGNORECASE)
-                except re.error as exc:
+                problem = pattern_problem(pattern, ignore_case=not config.case_sensitive)
+                if problem:
                     raise StepFailure(
-                        f"pattern {pattern!r} is not a valid regular expression: {exc}",
-                        kind="invalid",
-                        location=self.key_location("patterns"),
-                    ) from None
-                matchers.append((pattern, lambda line, c=compiled: c.search(line) is not None))
+                        f"patterns: {problem}", kind="invalid", location=self.key_location("patterns")
+                    )
+                compiled = compile_pattern(pattern, ignore_case=not config.case_sensitive)
+                matchers.append((pattern, functools.partial(_search, compiled, pattern)))
             elif config.case_sensitive:
-                matchers.append((pattern, lambda line, p=pattern: p in line))
+                matchers.append((pattern, lambda line, _, p=pattern: p in line))
             else:
                 needle = pattern.lower()
-                matchers.append((pattern, lambda line, p=needle: p in line.lower()))
+                matchers.append((pattern, lambda line, _, p=needle: p in line.lower()))
         return matchers
+
+    async def _scan(
+        self, config: LogAssertConfig, matchers: list[tuple[str, _Matcher]],
+        logs: dict[str, list[str]],
+    ) -> list[tuple[str, int, str, str]]:
+        """Every ``(node, line number, pattern, line)`` that matches, in log order.
+
+        The scan runs in a daemon thread, each regular expression bounded per
+        line like the ``assert`` step's: a pattern that backtracks without end
+        fails the step instead of hanging the run, and the step's timeout and
+        Ctrl-C stop it at once.
+        """
+
+        def scan(deadline: Deadline) -> list[tuple[str, int, str, str]]:
+            found = []
+            for node, lines in logs.items():
+                for number, line in enumerate(lines, start=1):
+                    for pattern, matches in matchers:
+                        if matches(line, deadline):
+                            found.append((node, number, pattern, line))
+            return found
+
+        try:
+            return await in_daemon_thread(scan, match_limit(config.timeout))
+        except StepFailure as exc:
+            exc.location = self.key_location("patterns")
+            raise
 
     async def _logs(self, config: LogAssertConfig, run: StepRun) -> dict[str, list[str]]:
         """Each target node's log lines; fails when there is nothing to read."""
@@ -148,12 +190,10 @@ class AssertLogAbsent(_LogStep):
     async def execute(self, config: LogAssertConfig, run: StepRun) -> dict[str, Any]:
         matchers = self._matchers(config)
         logs = await self._logs(config, run)
-        matches: list[dict[str, Any]] = []
-        for node, lines in logs.items():
-            for number, line in enumerate(lines, start=1):
-                for pattern, matches_line in matchers:
-                    if matches_line(line):
-                        matches.append({"node": node, "line": number, "pattern": pattern, "text": _shown(line)})
+        matches = [
+            {"node": node, "line": number, "pattern": pattern, "text": _shown(line)}
+            for node, number, pattern, line in await self._scan(config, matchers, logs)
+        ]
         data = {
             "nodes": list(logs),
             "patterns": [p for p, _ in matchers],
@@ -191,12 +231,9 @@ class AssertLogPresent(_LogStep):
         logs = await self._logs(config, run)
         hits = {pattern: 0 for pattern, _ in matchers}
         first: dict[str, dict[str, Any]] = {}
-        for node, lines in logs.items():
-            for number, line in enumerate(lines, start=1):
-                for pattern, matches_line in matchers:
-                    if matches_line(line):
-                        hits[pattern] += 1
-                        first.setdefault(pattern, {"node": node, "line": number, "text": _shown(line)})
+        for node, number, pattern, line in await self._scan(config, matchers, logs):
+            hits[pattern] += 1
+            first.setdefault(pattern, {"node": node, "line": number, "text": _shown(line)})
         data = {"nodes": list(logs), "hits": hits, "first_matches": first}
         for pattern, match in first.items():
             run.log(

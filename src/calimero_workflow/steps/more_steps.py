@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from ..appinstall import install_local_app
-from ..confined import ConfinedPathError, write_confined
+from ..confined import ConfinedPathError, same_file, write_confined
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -24,10 +24,11 @@ from .base import (
     register_step,
     workflow_file,
 )
+from .ids import HexId
 
 
 class GetApplicationConfig(NodeStepConfig):
-    application_id: str
+    application_id: HexId
 
 
 @register_step
@@ -56,7 +57,7 @@ def _confined(step: BaseStep, value: str, base: Path, key: str, *, existing: boo
 
 class UploadBlobConfig(NodeStepConfig):
     file_path: PathText = Field(validation_alias=AliasChoices("file_path", "path"))
-    context_id: str | None = None
+    context_id: HexId | None = None
 
 
 @register_step
@@ -95,8 +96,8 @@ class UploadBlob(BaseStep):
 
 
 class DownloadBlobConfig(NodeStepConfig):
-    blob_id: str
-    context_id: str | None = None
+    blob_id: HexId
+    context_id: HexId | None = None
     output_path: PathText | None = None
     expected_size: int | None = Field(default=None, ge=0)
     expected_sha256: str | None = None
@@ -123,7 +124,16 @@ class DownloadBlob(BaseStep):
                         hint="write downloads next to the workflow or inside the repository",
                     )
                 )
+            elif vctx.file is not None and same_file(vctx.base_dir / out, vctx.file):
+                problems.append(self._overwrites_workflow(out, vctx.file))
         return problems
+
+    def _overwrites_workflow(self, out: str, workflow: Path) -> Problem:
+        return self.problem(
+            f"output_path {out!r} is the workflow file {workflow}: the download would overwrite it",
+            key="output_path",
+            hint="write the blob to a file of its own, e.g. output_path: downloads/blob.bin",
+        )
 
     async def execute(self, config: DownloadBlobConfig, run: StepRun) -> dict[str, Any]:
         content = await run.ctx.client(config.node).download_blob(config.blob_id, context_id=config.context_id)
@@ -131,6 +141,11 @@ class DownloadBlob(BaseStep):
         data: dict[str, Any] = {"blob_id": config.blob_id, "size": len(content), "sha256": digest}
         if config.output_path:
             base = run.ctx.workflow.base_dir
+            workflow = run.ctx.workflow.path
+            if workflow is not None and same_file(base / config.output_path, workflow):
+                # written out, refused at load; this one came from a placeholder
+                problem = self._overwrites_workflow(config.output_path, workflow)
+                raise StepFailure(problem.message, location=problem.location, hint=problem.hint, data=data)
             try:
                 out = await asyncio.to_thread(
                     write_confined, config.output_path, content, base=base, roots=[base, Path.cwd()]
@@ -155,7 +170,7 @@ class DownloadBlob(BaseStep):
 
 class CreateMeshConfig(StepConfig):
     context_node: str
-    application_id: str
+    application_id: HexId
     nodes: list[str] = Field(min_length=1)
     params: dict[str, Any] | str | None = None
     #: A wasm file to dev-install on every other node first (relative to the workflow).

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from ..appfetch import AppFetchError, download_app
 from ..appinstall import install_local_app
 from ..client import NodeError, NodeUnsupportedError
+from ..credentials import redact_url, url_secrets
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -23,6 +24,7 @@ from .base import (
     register_step,
     workflow_file,
 )
+from .ids import HexId
 
 
 def _ns_field() -> Any:
@@ -79,7 +81,23 @@ class InstallApplication(BaseStep):
     )
 
     def check(self, config: InstallConfig, vctx: ValidationContext) -> list[Problem]:
+        from ..bundle import coordinates_problem
+
         problems = super().check(config, vctx)
+        # what a bundle built for the node, and merod's registry, take
+        for key in ("package", "version"):
+            value = getattr(config, key)
+            if value is None or contains_deferred(value):
+                continue
+            problem = coordinates_problem(**{key: value, ("version" if key == "package" else "package"): None})
+            if problem:
+                problems.append(
+                    self.problem(
+                        f"{key}: {problem}",
+                        key=key,
+                        hint="a package id such as com.example.app, and a version such as 1.0.0",
+                    )
+                )
         if config.path and vctx.check_files and not contains_deferred(config.path):
             if not workflow_file(vctx.base_dir, config.path).is_file():
                 problems.append(
@@ -155,6 +173,10 @@ class InstallApplication(BaseStep):
         installs no URLs. A remote node is asked to fetch it itself."""
         ctx = run.ctx
         assert config.url is not None
+        # its password and token-like query values, even from a placeholder
+        for secret in url_secrets(config.url):
+            ctx.add_secret(secret)
+        shown = redact_url(config.url)
         if ctx.node(config.node).kind == "remote" or ctx.backend is None:
             app_id = await ctx.client(config.node).install_application(
                 config.url,
@@ -173,10 +195,10 @@ class InstallApplication(BaseStep):
             raise StepFailure(
                 exc.message, location=self.key_location(exc.key), hint=exc.hint
             ) from None
-        run.log(f"downloaded {config.url} ({local.stat().st_size} bytes) to {local}")
+        run.log(f"downloaded {shown} ({local.stat().st_size} bytes) to {local}")
         installed = await self._install_file(config, run, local)
         app_id = installed["application_id"]
-        run.log(f"installed {config.url} on {config.node} as {app_id}")
+        run.log(f"installed {shown} on {config.node} as {app_id}")
         run.response = {"applicationId": app_id}
         return {
             **installed,
@@ -206,7 +228,7 @@ class InstallApplication(BaseStep):
 
 
 class CreateNamespaceConfig(NodeStepConfig):
-    application_id: str
+    application_id: HexId
     namespace_name: str | None = Field(default=None, validation_alias=AliasChoices("namespace_name", "group_name"))
     app_key: str | None = None
 
@@ -229,7 +251,7 @@ class CreateNamespace(BaseStep):
 
 
 class InviteConfig(NodeStepConfig):
-    namespace_id: str = _ns_field()
+    namespace_id: HexId = _ns_field()
     recursive: bool | None = None
     expiration_timestamp: int | None = None
 
@@ -293,7 +315,7 @@ def _unwrap_invitation(value: Any) -> Any:
 
 
 class JoinConfig(NodeStepConfig):
-    namespace_id: str = _ns_field()
+    namespace_id: HexId = _ns_field()
     invitation: Any
 
 
@@ -325,8 +347,8 @@ class Join(BaseStep):
 
 
 class CreateContextConfig(NodeStepConfig):
-    application_id: str
-    namespace_id: str = _ns_field()
+    application_id: HexId
+    namespace_id: HexId = _ns_field()
     #: Initialisation arguments: a mapping, or JSON text.
     params: dict[str, Any] | str | None = None
     seed: str | None = None
@@ -396,7 +418,7 @@ class CreateIdentity(BaseStep):
 
 
 class JoinContextConfig(NodeStepConfig):
-    context_id: str
+    context_id: HexId
 
 
 @register_step
@@ -426,12 +448,12 @@ _MISSING = object()
 
 
 class CallConfig(NodeStepConfig):
-    context_id: str
+    context_id: HexId
     method: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_]+$")
     args: dict[str, Any] | None = None
     #: Accepted for merobox files; every call is a JSON-RPC execute.
     exec_type: str | None = None
-    executor_public_key: str | None = None
+    executor_public_key: HexId | None = None
     #: When given, the call fails unless its output equals this value.
     expected: Any = Field(default=_MISSING)
     #: The step passes whether the call succeeds or fails; `success` and the
@@ -548,9 +570,9 @@ class Call(BaseStep):
 
 
 class DeleteContextConfig(NodeStepConfig):
-    context_id: str
+    context_id: HexId
     #: The admin identity merod asks for when the context belongs to a group.
-    requester: str | None = None
+    requester: HexId | None = None
 
 
 @register_step
@@ -569,7 +591,7 @@ class DeleteContext(BaseStep):
 
 
 class UninstallApplicationConfig(NodeStepConfig):
-    application_id: str
+    application_id: HexId
 
 
 @register_step

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..credentials import secret_env_values
 from ..errors import Problem, StepFailure
 from .base import (
     BaseStep,
@@ -283,6 +284,9 @@ class Script(BaseStep):
         return env
 
     async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+        # values under secret-looking keys of its `env:`, placeholders resolved
+        for value in secret_env_values({str(k): _as_env_value(v) for k, v in config.env.items()}):
+            run.ctx.add_secret(value)
         if config.target == "nodes":
             return await self._in_nodes(config, run)
         base = run.ctx.workflow.base_dir.resolve()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..client import NodeApiError, NodeError, is_zero_hash
 from ..errors import Problem, StepFailure
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
+from .ids import HexId
 from .node_steps import outputs_equal
 
 #: How long a node may go on answering 404 for the context while the other
@@ -49,9 +50,9 @@ class ExpectConfig(BaseModel):
 
 class WaitForSyncConfig(StepConfig):
     #: The context whose contextStateHash must agree; and/or
-    context_id: str | None = None
+    context_id: HexId | None = None
     #: the group (a namespace) whose groupStateHash must agree, as merobox has it.
-    group_id: str | None = None
+    group_id: HexId | None = None
     #: Nodes to compare; all nodes of the run when omitted.
     nodes: list[str] | str | None = None
     timeout: float = Field(default=60.0, gt=0)  # type: ignore[assignment]
@@ -103,7 +104,11 @@ class WaitForSync(BaseStep):
         return data, 1
 
     async def execute(self, config: WaitForSyncConfig, run: StepRun) -> dict[str, Any]:
-        data = await converge(run, config)
+        try:
+            data = await converge(run, config)
+        except _Refused as exc:
+            exc.location = self.key_location(exc.key)
+            raise
         targets = data.pop("targets")
         # merobox's names, for `outputs:` written for it.
         run.response = {
@@ -122,6 +127,28 @@ class WaitForSync(BaseStep):
         return data
 
 
+#: HTTP statuses of an answer that may change with time: not found (yet), or
+#: forbidden for a namespace the node only heard of (handled as "not a member"),
+#: and the ones that say "later" (timeout, too early, too many requests).
+_TRANSIENT_4XX = frozenset({403, 404, 408, 425, 429})
+
+
+def _permanent(exc: NodeApiError) -> bool:
+    """Whether a node's error answer will not change however long we poll: a
+    4xx (other than those of :data:`_TRANSIENT_4XX`) that is not one of merod's
+    "not synced yet" answers (``Uninitialized``, ``GroupKeyPending``, 503)."""
+    status = exc.status or 0
+    return 400 <= status < 500 and status not in _TRANSIENT_4XX and not exc.transient
+
+
+class _Refused(StepFailure):
+    """A node refuses the id itself; ``key`` is the step key that holds it."""
+
+    def __init__(self, message: str, *, key: str, hint: str, data: dict[str, Any]) -> None:
+        super().__init__(message, kind="refused", hint=hint, data=data)
+        self.key = key
+
+
 class _Target:
     """One hash the nodes must agree on: a context's state, or a group's."""
 
@@ -134,6 +161,8 @@ class _Target:
         self.errors: dict[str, str] = {}
         #: Nodes that answer that they are not members, with their answer.
         self.absent: dict[str, str] = {}
+        #: Nodes that refuse the id itself (HTTP 400…): asking again cannot help.
+        self.refused: dict[str, NodeApiError] = {}
         #: Since when the absent nodes are all that keeps the others from agreeing.
         self.absent_since: float | None = None
 
@@ -169,10 +198,27 @@ class _Target:
             if isinstance(exc, NodeApiError) and exc.status in refused:
                 # "GET /admin-api/contexts/… failed with HTTP 404: Context not found"
                 self.absent[name] = exc.message.split(" failed with ", 1)[-1]
+            elif isinstance(exc, NodeApiError) and _permanent(exc):
+                self.refused[name] = exc
             else:
                 self.errors[name] = exc.message
         else:
             self.hashes[name] = value
+
+    def refusal(self) -> _Refused | None:
+        """The failure for an id a node refuses outright, if one does."""
+        if not self.refused:
+            return None
+        name, exc = next(iter(self.refused.items()))
+        return _Refused(
+            f"{name} refuses {self.kind} {self.id}: {exc.message}",
+            key=f"{self.kind}_id",
+            hint=f"asking again would not help: check `{self.kind}_id`, 64 hex digits as a "
+            "step's results give it (e.g. ${results.<step>."
+            + ("context_id" if self.kind == "context" else "namespace_id")
+            + "})",
+            data={"node": name, "status": exc.status, "error": exc.message},
+        )
 
     def node_state(self, name: str) -> str:
         """One node in a failure message: its hash, or why it has none."""
@@ -234,6 +280,10 @@ async def converge(run: StepRun, config: WaitForSyncConfig) -> dict[str, Any]:
         ):
             await asyncio.gather(*(trigger(n) for n in names))
         await asyncio.gather(*(fetch(t, n) for t in targets for n in names))
+        for target in targets:
+            refusal = target.refusal()
+            if refusal is not None:
+                raise refusal
         converged = all(t.converged() for t in targets)
         if converged and config.expect is not None:
             converged, expect_outputs = await _expect_matches(config, names, run)
