@@ -638,7 +638,7 @@ def test_merobox_step_keys_are_accepted():
 def test_older_merobox_mesh_capability_is_accepted_with_a_note():
     wf = parse_workflow(
         "name: x\nnodes: {count: 2}\nsteps:\n"
-        "  - {type: create_mesh, context_node: calimero-node-1, application_id: a,"
+        "  - {type: create_mesh, context_node: calimero-node-1, application_id: '" + "ab" * 32 + "',"
         " nodes: [calimero-node-2], capability: member}\n",
         file=Path("wf.yml"), environ={},
     )
