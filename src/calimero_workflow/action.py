@@ -12,8 +12,9 @@ entry point is a pipeline of small stages:
    with its problems at their ``file:line`` (no exception escapes);
 4. each workflow runs with :class:`WorkflowExecutor`, again on failure up to
    ``retries`` times, each attempt bounded by ``timeout-minutes``;
-5. JUnit XML, the step summary, annotations and outputs are written, and the
-   files handed to the workspace's owner (the action runs as root).
+5. JUnit XML, the step summary, annotations and outputs are written
+   (:mod:`.report.action`), and the files handed to the workspace's owner
+   (the action runs as root).
 
 Called with arguments (``docker run <image> run wf.yml``) the image is the
 plain ``calimero-workflow`` command line instead; ``post`` is the action's
@@ -23,10 +24,8 @@ post step, which removes whatever Docker objects a run left behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import glob
-import json
 import logging
 import os
 import re
@@ -41,21 +40,22 @@ from types import MappingProxyType
 from typing import Any, TextIO
 
 from .backends.docker import image_reference_problem
-from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from .cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .interrupts import Interrupts
+from .report.action import (
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_INVALID,
+    ActionRun,
+    count_workflows,
+    exit_code,
+    write_reports,
+)
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
-from .report.junit import junit_xml
-from .report.summary import (
-    DEFAULT_BUDGET,
-    build_summary,
-    display_path,
-    error_details,
-    failures_of,
-    is_flaky,
-)
+from .report.summary import display_path
 from .results import (
     ErrorInfo,
     PhaseRecord,
@@ -64,7 +64,7 @@ from .results import (
     StepRecord,
     problems_result,
 )
-from .workspace import Workspace
+from .workspace import NewFiles, Workspace, workspace_owner
 
 __all__ = [
     "ActionSettings",
@@ -99,11 +99,6 @@ INPUTS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-STATUS_PASSED = "passed"
-STATUS_FAILED = "failed"
-STATUS_INVALID = "invalid"
-STATUS_CANCELLED = "cancelled"
-
 _MAX_RETRIES = 10
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Numeric inputs are ASCII digits: str.isdigit() and float() also take
@@ -133,8 +128,6 @@ _TRUE = ("true", "True", "TRUE")
 _FALSE = ("false", "False", "FALSE")
 #: Groups of step logs printed per workflow attempt; the rest is in the reports.
 _MAX_LOG_GROUPS = 20
-#: Below this many bytes of room a step summary is not worth writing.
-_MIN_SUMMARY = 2000
 
 
 class InputError(Exception):
@@ -627,21 +620,6 @@ def _attach_to_network(run_id: str, network_name: str) -> list[str]:
     return attached
 
 
-@dataclass
-class _Run:
-    """Everything the action ran, for the reports."""
-
-    workflows: list[list[RunResult]] = field(default_factory=list)
-    run_ids: list[str] = field(default_factory=list)
-    #: Per attempt, where the engine wrote its node logs (scratch space of
-    #: ours) and the folder of the workspace they are copied to.
-    node_logs: list[tuple[Path, Path]] = field(default_factory=list)
-    cancelled: bool = False
-    invalid: bool = False
-    #: The run stopped on an error of the action itself (a bug).
-    crashed: str | None = None
-
-
 def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str]:
     """What ``${VAR}`` in a workflow (and its scripts) may read."""
     base = {k: v for k, v in env.items() if not _HIDDEN_ENV.match(k)}
@@ -656,13 +634,13 @@ class _Runner:
         self.settings = settings
         self.gh = gh
         self.load_env = _load_env(env, settings)
-        self.run = _Run()
+        self.run = ActionRun()
         self.job_network = _job_network() if settings.backend == "docker" else None
         self._executor: WorkflowExecutor | None = None
         #: Attempts of the workflow being run, kept if the action is cancelled.
         self._pending_attempts: list[RunResult] = []
 
-    async def run_all(self, files: Sequence[Path]) -> _Run:
+    async def run_all(self, files: Sequence[Path]) -> ActionRun:
         for index, file in enumerate(files):
             try:
                 self.run.workflows.append(await self._attempts(file))
@@ -847,385 +825,6 @@ def _blame_running_step(step: StepRecord, minutes: float) -> bool:
     return True
 
 
-# -- stage 5: reports -------------------------------------------------------------------
-
-
-def _status(run: _Run) -> str:
-    if run.cancelled:
-        return STATUS_CANCELLED
-    if run.invalid:
-        return STATUS_INVALID
-    if not run.crashed and all(attempts[-1].passed for attempts in run.workflows):
-        return STATUS_PASSED
-    return STATUS_FAILED
-
-
-def _counts(workflows: Sequence[Sequence[RunResult]]) -> dict[str, int]:
-    finals = [attempts[-1] for attempts in workflows]
-    return {
-        "total": len(finals),
-        "passed": sum(r.status is Status.PASSED for r in finals),
-        "failed": sum(r.status is Status.FAILED for r in finals),
-        "skipped": sum(r.status is Status.SKIPPED for r in finals),
-        "flaky": sum(is_flaky(attempts) for attempts in workflows),
-    }
-
-
-def _annotation_message(error: ErrorInfo) -> str:
-    return "\n".join([error.message, *error_details(error)])
-
-
-def _annotate(
-    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
-) -> None:
-    for attempts in workflows:
-        final = attempts[-1]
-        for failure in failures_of(final):
-            location = failure.location
-            gh.annotate(
-                Annotation(
-                    "error",
-                    _annotation_message(failure.error),
-                    file=display_path(location.file, workspace)
-                    if location and location.file
-                    else None,
-                    line=location.line if location else None,
-                    col=location.col if location else None,
-                    title=f"{final.workflow_name}: {failure.what}",
-                )
-            )
-        if is_flaky(attempts):
-            earlier = "; ".join(f.what for a in attempts[:-1] for f in failures_of(a))
-            gh.annotate(
-                Annotation(
-                    "warning",
-                    f"passed on attempt {len(attempts)} of {len(attempts)}; earlier attempts failed at: {earlier}",
-                    file=display_path(final.workflow_file, workspace)
-                    if final.workflow_file
-                    else None,
-                    line=1,
-                    title=f"{final.workflow_name}: flaky",
-                )
-            )
-    gh.flush_annotations()
-
-
-def _failed_steps(
-    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
-) -> list[dict[str, Any]]:
-    rows = []
-    for attempts in workflows:
-        final = attempts[-1]
-        for failure in failures_of(final):
-            location = failure.location
-            rows.append(
-                {
-                    "workflow": final.workflow_name,
-                    "file": display_path(final.workflow_file, workspace)
-                    if final.workflow_file
-                    else None,
-                    "step": failure.what,
-                    "line": location.line if location else None,
-                    # redacted, then cut: never half a secret
-                    "message": gh.redactor.cut(failure.error.message, 300, note="…"),
-                }
-            )
-    return rows
-
-
-def _json_bytes(data: Any, *, indent: int | None = 2) -> bytes:
-    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
-    return (text + "\n").encode("utf-8")
-
-
-def _workspace_owner(workspace: Path) -> tuple[int, int] | None:
-    """Whom to give what we write: the workspace's owner, when we are root.
-
-    The action runs as root, but later steps run as the runner's user, who
-    could not otherwise change or delete these files (actions/runner#434).
-    """
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None
-    owner = workspace.stat()
-    ids = (owner.st_uid, owner.st_gid)
-    return None if ids == (0, 0) else ids
-
-
-class _NewFiles:
-    """Root-owned entries that appear under ``top`` during a run, for its owner.
-
-    What the run's own scripts write (build output, a downloaded blob, node
-    data in the command line's folder) would otherwise stay root's. Entries
-    that were root's before the run are left alone; symlinks are changed,
-    never what they point to.
-    """
-
-    def __init__(self, top: Path):
-        self.top = top
-        owner = top.stat()
-        self.ids = (owner.st_uid, owner.st_gid)
-        self.active = (
-            hasattr(os, "geteuid") and os.geteuid() == 0 and self.ids != (0, 0)
-        )
-        self.before = self._root_owned() if self.active else set()
-
-    def _root_owned(self) -> set[Path]:
-        found = set()
-        for folder, dirs, files in os.walk(self.top):
-            for name in [*dirs, *files]:
-                path = Path(folder) / name
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    if path.lstat().st_uid == 0:
-                        found.add(path)
-        return found
-
-    def hand_over(self) -> int:
-        """Give the new root-owned entries to ``top``'s owner; how many."""
-        if not self.active:
-            return 0
-        new = self._root_owned() - self.before
-        for path in new:
-            with contextlib.suppress(OSError):
-                os.chown(path, *self.ids, follow_symlinks=False)
-        return len(new)
-
-
-def _results_key(result: RunResult, workspace: Path) -> str:
-    if result.workflow_file:
-        return display_path(result.workflow_file, workspace)
-    return result.workflow_name
-
-
-def _claims(
-    settings: ActionSettings, files: Workspace, found: Discovery
-) -> list[str]:
-    """Why the reports or node logs may not be written where the inputs say.
-
-    The action replaces only what an earlier run of it wrote: the report
-    files beside the JUnit file, and a folder per workflow in
-    ``node-logs-dir``.
-    """
-    reports = settings.report_files
-    slugs = {
-        _slug(display_path(file, settings.workspace)) for file in found.files
-    }
-    problems = [
-        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: {why}"
-        for why in files.claims(settings.reports_dir, [p.name for p in reports])
-    ]
-    problems += [
-        f"input node-logs-dir {display_path(settings.node_logs_dir, settings.workspace)!r}: {why}"
-        for why in files.claims(settings.node_logs_dir, sorted(slugs))
-    ]
-    if problems:
-        problems.append(
-            "the action writes its reports only where nothing is, or over what an earlier "
-            "run of it wrote there: choose another junit-path or node-logs-dir, e.g. "
-            f"{INPUTS['junit-path']}"
-        )
-    return problems
-
-
-def _log_redactor(gh: GitHub) -> Callable[[Path, bytes], bytes]:
-    """Node logs and states as they go into the workspace: redacted, JSON as data."""
-
-    def redact(source: Path, data: bytes) -> bytes:
-        if source.suffix == ".json":
-            try:
-                parsed = json.loads(data)
-            except ValueError:
-                pass
-            else:
-                return _json_bytes(gh.redactor.redact_data(parsed))
-        return gh.redactor.redact_bytes(data)
-
-    return redact
-
-
-def _relocate(value: Any, moves: Mapping[str, str]) -> Any:
-    """``value`` with paths under a scratch folder pointing at their copies."""
-    if isinstance(value, str):
-        for old, new in moves.items():
-            if value == old or value.startswith(old + os.sep):
-                return new + value[len(old) :]
-        return value
-    if isinstance(value, dict):
-        return {k: _relocate(v, moves) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relocate(v, moves) for v in value]
-    return value
-
-
-def _copy_node_logs(
-    gh: GitHub, run: _Run, files: Workspace, trouble: list[str]
-) -> dict[str, str]:
-    """Copy each attempt's node logs into the workspace; the moves made."""
-    moves: dict[str, str] = {}
-    redact = _log_redactor(gh)
-    for scratch, dest in run.node_logs:
-        if not scratch.is_dir():
-            continue
-        try:
-            written = files.copy_tree(scratch, dest, redact)
-        except OSError as exc:
-            trouble.append(f"node logs were not copied to {display_path(dest, files.root)}: {exc}")
-            continue
-        moves[str(scratch)] = str(dest)
-        trouble += [
-            f"{display_path(w.path, files.root)} was a symbolic link; it was replaced by the file"
-            for w in written
-            if w.replaced_link
-        ]
-    return moves
-
-
-def _report(
-    settings: ActionSettings,
-    gh: GitHub,
-    run: _Run,
-    files: Workspace,
-    interrupts: Interrupts,
-) -> str:
-    """Write every report and output; return the status.
-
-    Everything is made of the run's records redacted first
-    (:meth:`Redactor.redact_data`): no file is redacted as text afterwards,
-    which could change its syntax, and no text is cut before it is redacted.
-    """
-    workspace = settings.workspace
-    trouble: list[str] = []
-    moves = _copy_node_logs(gh, run, files, trouble)
-    workflows = gh.redactor.redact_data(run.workflows)
-    for attempts in workflows:
-        for result in attempts:
-            result.node_log_files = _relocate(result.node_log_files, moves)
-            for phase in result.phases:
-                phase.data = _relocate(phase.data, moves)
-
-    properties = {"action.backend": settings.backend}
-    if settings.image:
-        properties["action.image"] = settings.image
-    cancelled = run.cancelled or interrupts.cancelled
-    title = "calimero-workflow" + (" (cancelled)" if cancelled else "")
-    summary_text = build_summary(
-        workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
-    )
-    results = {_results_key(a[-1], workspace): a[-1].workflow_results for a in workflows}
-    failed_steps = _failed_steps(gh, workflows, workspace)
-    junit_path, summary_path, results_path, failed_path, report_path = (
-        settings.report_files
-    )
-    contents = {
-        junit_path: junit_xml(workflows, root=workspace, properties=properties),
-        summary_path: summary_text.encode("utf-8"),
-        results_path: _json_bytes(results),
-        failed_path: _json_bytes(failed_steps),
-        report_path: _json_bytes([[r.to_dict() for r in a] for a in workflows]),
-    }
-    written = []
-    for path, data in contents.items():
-        try:
-            done = files.write(path, data)
-        except OSError as exc:
-            trouble.append(f"{display_path(path, workspace)} was not written: {exc}")
-            continue
-        written.append(path.name)
-        if done.replaced_link:
-            trouble.append(
-                f"{display_path(path, workspace)} was a symbolic link; it was replaced by the report"
-            )
-    # what we wrote, so that a later run of the action may replace it
-    folders = {Path(d).relative_to(settings.node_logs_dir).parts[0] for d in moves.values()}
-    for folder, names in ((settings.reports_dir, written), (settings.node_logs_dir, folders)):
-        if names:
-            with contextlib.suppress(OSError):  # the folder is unusable: said above
-                files.record(folder, names)
-
-    if settings.summary:
-        room = gh.summary_room()
-        text = summary_text
-        if len(text.encode("utf-8")) > room:
-            # other tools filled this step's summary first: fit into what is left
-            text = (
-                build_summary(workflows, root=workspace, budget=room, title=title)
-                if room >= _MIN_SUMMARY
-                else ""
-            )
-        if text:
-            gh.append_summary(text, redact=False)
-        else:
-            gh.echo(
-                f"the step summary has only {room} bytes left; the summary is in {display_path(summary_path, workspace)}"
-            )
-    for problem in trouble:
-        level = "error" if "not written" in problem or "not copied" in problem else "warning"
-        gh.annotate(Annotation(level, problem, title="calimero-workflow: reports"))
-    if run.crashed:
-        gh.annotate(
-            Annotation("error", run.crashed, title="calimero-workflow: internal error")
-        )
-    if settings.annotations:
-        _annotate(gh, workflows, workspace)
-    else:
-        gh.flush_annotations()
-
-    # the status is decided and written as one step: a signal waits for it
-    with interrupts.held():
-        run.cancelled = run.cancelled or interrupts.cancelled
-        status = _status(run)
-        if status == STATUS_PASSED and any("not written" in t for t in trouble):
-            status = STATUS_FAILED
-        _write_outputs(settings, gh, status, workflows, results, failed_steps)
-    return status
-
-
-def _write_outputs(
-    settings: ActionSettings,
-    gh: GitHub,
-    status: str,
-    workflows: Sequence[Sequence[RunResult]],
-    results: Any,
-    failed_steps: list[dict[str, Any]],
-) -> None:
-    """The step's outputs: our own words and counts, and JSON of redacted records
-    (so none is redacted as text, which could break it)."""
-    workspace = settings.workspace
-    junit_path, summary_path, results_path, failed_path, _ = settings.report_files
-
-    def rel(path: Path) -> str:
-        return display_path(path, workspace)
-
-    gh.set_output("status", status, redact=False)
-    for name, value in _counts(workflows).items():
-        gh.set_output(name, str(value), redact=False)
-    gh.set_output(
-        "results",
-        json.dumps(results, ensure_ascii=False, default=str),
-        is_json=True,
-        full_value=rel(results_path),
-        redact=False,
-    )
-    gh.set_output(
-        "failed-steps",
-        json.dumps(failed_steps, ensure_ascii=False, separators=(",", ":")),
-        is_json=True,
-        full_value=rel(failed_path),
-        redact=False,
-    )
-    gh.set_output("junit-path", rel(junit_path), redact=False)
-    gh.set_output("summary-path", rel(summary_path), redact=False)
-
-
-def _exit_code(status: str, settings: ActionSettings | None) -> int:
-    if status == STATUS_CANCELLED:
-        return EXIT_INTERRUPTED
-    if status == STATUS_INVALID:
-        return EXIT_INVALID
-    if status == STATUS_FAILED:
-        return EXIT_FAILED if settings is None or settings.fail_on_failure else EXIT_OK
-    return EXIT_OK
-
-
 # -- the entry points -------------------------------------------------------------------
 
 
@@ -1325,6 +924,36 @@ def _mask_env_secrets(
             )
 
 
+def _claims(
+    settings: ActionSettings, files: Workspace, found: Discovery
+) -> list[str]:
+    """Why the reports or node logs may not be written where the inputs say.
+
+    The action replaces only what an earlier run of it wrote: the report
+    files beside the JUnit file, and a folder per workflow in
+    ``node-logs-dir``.
+    """
+    reports = settings.report_files
+    slugs = {
+        _slug(display_path(file, settings.workspace)) for file in found.files
+    }
+    problems = [
+        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: {why}"
+        for why in files.claims(settings.reports_dir, [p.name for p in reports])
+    ]
+    problems += [
+        f"input node-logs-dir {display_path(settings.node_logs_dir, settings.workspace)!r}: {why}"
+        for why in files.claims(settings.node_logs_dir, sorted(slugs))
+    ]
+    if problems:
+        problems.append(
+            "the action writes its reports only where nothing is, or over what an earlier "
+            "run of it wrote there: choose another junit-path or node-logs-dir, e.g. "
+            f"{INPUTS['junit-path']}"
+        )
+    return problems
+
+
 def _start(
     settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
 ) -> _Runner:
@@ -1364,9 +993,9 @@ def _run(
     env: Mapping[str, str],
     found: Discovery,
     interrupts: Interrupts,
-) -> _Run:
+) -> ActionRun:
     """Stages 3 and 4; whatever happens, a record of what ran."""
-    run = _Run()
+    run = ActionRun()
     try:
         runner = _start(settings, gh, env, found)
         run = runner.run
@@ -1424,7 +1053,7 @@ def run_action(
         return _invalid(gh, exc.problems)
 
     found = discover_workflows(settings)
-    files = Workspace(settings.workspace, _workspace_owner(settings.workspace))
+    files = Workspace(settings.workspace, workspace_owner(settings.workspace))
     clashes = [
         f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
         f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
@@ -1437,12 +1066,12 @@ def run_action(
 
     _mask_env_secrets(gh, settings, env)
     _LineSafeFormatter.redact = staticmethod(gh.redact)
-    new_files = _NewFiles(settings.workspace)
+    new_files = NewFiles(settings.workspace)
     status = STATUS_FAILED
-    run = _Run()
+    run = ActionRun()
     try:
         run = _run(settings, gh, env, found, interrupts)
-        status = _report(settings, gh, run, files, interrupts)
+        status = write_reports(settings, gh, run, files, interrupts)
     except Exception as exc:  # a bug in the reports: still a status, never a traceback alone
         log.error("writing the reports failed", exc_info=True)
         gh.annotate(
@@ -1458,13 +1087,13 @@ def run_action(
     finally:
         new_files.hand_over()
     # a signal after the status was written changes nothing: the work is done
-    counts = _counts(run.workflows)
+    counts = count_workflows(run.workflows)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
         f"{counts['failed']} failed, {counts['flaky']} flaky; JUnit report at "
         f"{display_path(settings.junit_path, settings.workspace)}"
     )
-    return _exit_code(status, settings)
+    return exit_code(status, settings)
 
 
 def post(env: Mapping[str, str], stream: TextIO | None = None) -> int:
@@ -1518,7 +1147,7 @@ def main(
                 return EXIT_INTERRUPTED
         # the image as the command line, run as root on a mounted folder:
         # what the run writes there belongs to the folder's owner
-        new_files = _NewFiles(Path.cwd())
+        new_files = NewFiles(Path.cwd())
         try:
             return cli_main(args)
         finally:

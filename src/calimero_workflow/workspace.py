@@ -15,10 +15,14 @@ So every file and folder the action writes goes through :class:`Workspace`:
   of the action wrote it: each folder it writes into lists what it wrote
   there in :data:`MARKER` (:meth:`Workspace.claims` checks this before the
   run starts).
+
+:class:`NewFiles` hands what a run's own scripts created in the workspace to
+the workspace's owner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MARKER", "UnsafePathError", "Workspace", "Written"]
+__all__ = ["MARKER", "NewFiles", "UnsafePathError", "Workspace", "Written", "workspace_owner"]
 
 #: The file, in each folder the action writes into, that lists what it wrote there.
 MARKER = ".calimero-workflow.json"
@@ -50,6 +54,19 @@ class Written:
     path: Path
     #: A symbolic link stood at the path; it was replaced, not followed.
     replaced_link: bool = False
+
+
+def workspace_owner(workspace: Path) -> tuple[int, int] | None:
+    """Whom to give what we write: the workspace's owner, when we are root.
+
+    The action runs as root, but later steps run as the runner's user, who
+    could not otherwise change or delete these files (actions/runner#434).
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    owner = workspace.stat()
+    ids = (owner.st_uid, owner.st_gid)
+    return None if ids == (0, 0) else ids
 
 
 class Workspace:
@@ -271,3 +288,42 @@ class Workspace:
             self._write_in(fd, folder / MARKER, data.encode() + b"\n")
         finally:
             os.close(fd)
+
+
+class NewFiles:
+    """Root-owned entries that appear under ``top`` during a run, for its owner.
+
+    What the run's own scripts write (build output, a downloaded blob, node
+    data in the command line's folder) would otherwise stay root's. Entries
+    that were root's before the run are left alone; symlinks are changed,
+    never what they point to.
+    """
+
+    def __init__(self, top: Path):
+        self.top = top
+        owner = top.stat()
+        self.ids = (owner.st_uid, owner.st_gid)
+        self.active = (
+            hasattr(os, "geteuid") and os.geteuid() == 0 and self.ids != (0, 0)
+        )
+        self.before = self._root_owned() if self.active else set()
+
+    def _root_owned(self) -> set[Path]:
+        found = set()
+        for folder, dirs, files in os.walk(self.top):
+            for name in [*dirs, *files]:
+                path = Path(folder) / name
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    if path.lstat().st_uid == 0:
+                        found.add(path)
+        return found
+
+    def hand_over(self) -> int:
+        """Give the new root-owned entries to ``top``'s owner; how many."""
+        if not self.active:
+            return 0
+        new = self._root_owned() - self.before
+        for path in new:
+            with contextlib.suppress(OSError):
+                os.chown(path, *self.ids, follow_symlinks=False)
+        return len(new)
