@@ -32,6 +32,7 @@ from calimero_workflow.action import (
     read_settings,
     run_action,
 )
+from calimero_workflow.interrupts import Interrupts
 from test_report_github import read_env_file, runner_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,15 +403,10 @@ def test_a_run_with_a_passing_a_failing_and_an_invalid_workflow(workspace):
         outputs["total"],
         outputs["passed"],
         outputs["failed"],
+        outputs["cancelled"],
         outputs["skipped"],
         outputs["flaky"],
-    ) == (
-        "3",
-        "1",
-        "2",
-        "0",
-        "0",
-    )
+    ) == ("3", "1", "2", "0", "0", "0")
     results = json.loads(outputs["results"])
     assert results["wf/1-passing.yml"]["greet"]["actual"] == "hello"
     assert results["wf/2-failing.yml"]["install"]["node"] == "node-1"
@@ -529,6 +525,114 @@ def test_a_workflow_that_passes_on_a_retry_is_flaky(workspace):
     assert warnings == [
         "passed on attempt 2 of 2; earlier attempts failed at: first-time-fails"
     ]
+
+
+@pytest.fixture
+def interrupts():
+    """The action's signal handlers, installed in this process for one test."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield Interrupts().install()
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def signal_on_load(monkeypatch, number: int) -> None:
+    """SIGINT to this process as the ``number``-th workflow load returns: the
+    cancellation lands before the attempt's run begins."""
+    from calimero_workflow import workflow
+
+    real, calls = workflow.load_workflow, []
+
+    def load(*args, **kwargs):
+        calls.append(args)
+        loaded = real(*args, **kwargs)
+        if len(calls) == number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loaded
+
+    monkeypatch.setattr(workflow, "load_workflow", load)
+
+
+BOOM = "name: boom\nsteps:\n  - {name: boom, type: assert, actual: 1, equals: 2}\n"
+
+
+def test_a_retry_cancelled_before_it_starts_leaves_the_failed_attempt_failed(
+    workspace, monkeypatch, interrupts
+):
+    write(workspace, "wf/boom.yml", BOOM)
+    signal_on_load(monkeypatch, 2)  # attempt 2
+    env = env_for(workspace, workflows="wf/boom.yml", retries="1")
+    out = io.StringIO()
+    code = run_action(env, out, interrupts=interrupts)
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped", "flaky")}
+    assert (code, outputs["status"]) == (130, "cancelled"), out.getvalue()
+    assert counts == {"total": "1", "passed": "0", "failed": "1", "cancelled": "0", "skipped": "0", "flaky": "0"}
+    assert [f["step"] for f in json.loads(outputs["failed-steps"])] == ["boom"]
+    reports = workspace / "calimero-workflow-results"
+    (suite,) = ET.parse(reports / "junit.xml").getroot()
+    assert (suite.get("failures"), suite.get("skipped")) == ("1", "0")
+    assert suite.find("testcase/flakyFailure") is None
+    assert suite.find("properties/property[@name='status']").get("value") == "failed"
+    (attempts,) = json.loads((reports / "report.json").read_text())
+    assert [a["status"] for a in attempts] == ["failed"]
+    assert attempts[0]["phases"][-1] == {
+        "name": "retry", "status": "skipped", "duration_s": 0.0,
+        "detail": "attempt 2 of 2 did not start: the action was cancelled; attempt 1 failed",
+        "error": None, "data": {},
+    }  # fmt: skip
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert summary.startswith("## ❌ calimero-workflow (cancelled): 1 of 1 workflow(s) failed")
+    assert "### ❌ boom (failed)" in summary and "attempt 2 of 2 did not start" in summary
+    assert "flaky" not in [n for n, _, _ in runner_commands(out.getvalue())]
+
+
+def test_a_workflow_cancelled_before_it_starts_is_skipped_never_passed(
+    workspace, monkeypatch, interrupts
+):
+    write(workspace, "wf/1-ok.yml", PASSING)
+    write(workspace, "wf/2-boom.yml", BOOM)
+    signal_on_load(monkeypatch, 2)  # the second workflow
+    env = env_for(workspace, workflows="wf/*.yml", env="GREETING=hello")
+    code = run_action(env, io.StringIO(), interrupts=interrupts)
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped")}
+    assert (code, outputs["status"]) == (130, "cancelled")
+    assert counts == {"total": "2", "passed": "1", "failed": "0", "cancelled": "0", "skipped": "1"}
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    never = next(s for s in junit if s.get("file") == "wf/2-boom.yml")
+    assert never.find("properties/property[@name='status']").get("value") == "skipped"
+    assert never.find("testcase/skipped").get("message") == "not run: the action was cancelled"
+    assert never.get("timestamp")[:4] == time.strftime("%Y", time.gmtime())
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "### ⏭️ 2-boom.yml (skipped)" in summary
+
+
+def test_a_failure_before_a_cancellation_stays_a_failure(workspace):
+    write(
+        workspace,
+        "wf/fail-then-cancel.yml",
+        """\
+name: fail then cancel
+steps:
+  - {name: bad, type: assert, non_blocking: true, actual: 1, equals: 2}
+  - {name: stop, type: script, run: 'kill -INT $PPID; sleep 30'}
+  - {name: after, type: assert, actual: 1, equals: 1}
+""",
+    )
+    env = env_for(workspace, workflows="wf/*.yml")
+    proc = _start_action(env, workspace)
+    out, err = proc.communicate(timeout=120)
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped")}
+    assert (proc.returncode, outputs["status"]) == (130, "cancelled"), out + err
+    assert counts == {"total": "1", "passed": "0", "failed": "1", "cancelled": "0", "skipped": "0"}
+    assert [f["step"] for f in json.loads(outputs["failed-steps"])] == ["bad"]
+    (suite,) = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    assert (suite.get("failures"), suite.get("skipped")) == ("1", "2")
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "### ❌ fail then cancel (failed)" in summary and "cancelled during" in summary
+    assert "0 of 1 workflow(s) passed, 1 failed, 0 cancelled" in out
 
 
 SLOW = """\
@@ -836,21 +940,23 @@ def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
     printed = seen + rest
     assert proc.returncode == 130, printed
     outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
-    assert (outputs["status"], outputs["total"], outputs["skipped"]) == (
-        "cancelled",
-        "2",
-        "1",
-    )
+    # cut short before anything failed: cancelled, not failed
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped")}
+    assert outputs["status"] == "cancelled"
+    assert counts == {"total": "2", "passed": "0", "failed": "0", "cancelled": "1", "skipped": "1"}
+    assert json.loads(outputs["failed-steps"]) == []
     report = json.loads(
         (workspace / "calimero-workflow-results" / "report.json").read_text()
     )
     slow = report[0][-1]
     assert slow["interrupted"] is True
     assert {p["name"]: p["status"] for p in slow["phases"]}["cleanup"] == "passed"
-    assert (
-        "## ❌ calimero-workflow (cancelled)"
-        in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert summary.startswith(
+        "## ⛔ calimero-workflow (cancelled): 1 of 2 workflow(s) cancelled, 1 not run"
     )
+    assert "### ⛔ slow (cancelled)" in summary
+    assert "calimero-workflow: cancelled: 0 of 2 workflow(s) passed, 0 failed, 1 cancelled" in printed
     # the workflow that never ran is a skipped testcase, not an empty suite
     junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
     never = next(s for s in junit if s.get("file") == "wf/2-ok.yml")

@@ -55,7 +55,7 @@ from .report.action import (
 )
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
-from .report.summary import display_path
+from .report.summary import RETRY_PHASE, display_path, failures_of
 from .results import (
     ErrorInfo,
     PhaseRecord,
@@ -651,19 +651,42 @@ class _Runner:
                 )
             except asyncio.CancelledError:
                 self.run.cancelled = True
-                partial = self._executor.result if self._executor is not None else None
-                done = (
-                    [partial]
-                    if partial is not None
-                    else [_skipped_result(file, self.settings.backend)]
-                )
-                self.run.workflows.append(self._pending_attempts + done)
+                self.run.workflows.append(self._cut_short(file))
                 for rest in files[index + 1 :]:
                     self.run.workflows.append(
                         [_skipped_result(rest, self.settings.backend)]
                     )
                 break
         return self.run
+
+    def _cut_short(self, file: Path) -> list[RunResult]:
+        """The attempts of the workflow a cancellation landed in.
+
+        An attempt that had not begun is none: the workflow was not run, or
+        its earlier attempt stands. So does an earlier attempt when the
+        retry was cut short before anything in it failed: a retry can turn a
+        failure into a pass, never into a cancellation. The attempt that
+        stands then says what became of the retry.
+        """
+        attempts = list(self._pending_attempts)
+        executor = self._executor
+        if executor is not None and executor.started:
+            if not attempts or failures_of(executor.result):
+                return [*attempts, executor.result]
+            what = "was cancelled before it finished"
+        elif attempts:
+            what = "did not start: the action was cancelled"
+        else:
+            return [_skipped_result(file, self.settings.backend)]
+        number, total = len(attempts) + 1, self.settings.retries + 1
+        attempts[-1].phases.append(
+            PhaseRecord(
+                RETRY_PHASE,
+                Status.SKIPPED,
+                detail=f"attempt {number} of {total} {what}; attempt {number - 1} failed",
+            )
+        )
+        return attempts
 
     def _crashed(self, file: Path, exc: Exception) -> RunResult:
         rel = display_path(file, self.settings.workspace)
@@ -1090,7 +1113,8 @@ def run_action(
     counts = count_workflows(run.workflows)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
-        f"{counts['failed']} failed, {counts['flaky']} flaky; JUnit report at "
+        f"{counts['failed']} failed, {counts['cancelled']} cancelled, {counts['skipped']} not run, "
+        f"{counts['flaky']} flaky; JUnit report at "
         f"{display_path(settings.junit_path, settings.workspace)}"
     )
     return exit_code(status, settings)

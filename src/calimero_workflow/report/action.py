@@ -6,6 +6,10 @@ step summary, annotates the failures and sets the outputs. Everything is
 made of the run's records redacted first (:meth:`Redactor.redact_data`):
 no file is redacted as text afterwards, which could change its syntax, and
 no text is cut before it is redacted.
+
+Every report counts workflows by :func:`~.summary.workflow_outcome` (passed,
+flaky, failed, cancelled, skipped), so the outputs, the step summary, the
+JUnit file and the closing log line agree.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from ..interrupts import Interrupts
-from ..results import ErrorInfo, RunResult, Status
+from ..results import ErrorInfo, RunResult
 from ..workspace import Workspace
 from .github import Annotation, GitHub
 from .junit import junit_xml
@@ -31,6 +35,7 @@ from .summary import (
     error_details,
     failures_of,
     is_flaky,
+    workflow_outcome,
 )
 
 if TYPE_CHECKING:
@@ -73,14 +78,15 @@ class ActionRun:
 
 
 def count_workflows(workflows: Sequence[Sequence[RunResult]]) -> dict[str, int]:
-    """The outputs' counts: by the last attempt of each workflow."""
-    finals = [attempts[-1] for attempts in workflows]
+    """The outputs' counts, by :func:`workflow_outcome` (flaky ones are passed too)."""
+    outcomes = [workflow_outcome(attempts) for attempts in workflows]
     return {
-        "total": len(finals),
-        "passed": sum(r.status is Status.PASSED for r in finals),
-        "failed": sum(r.status is Status.FAILED for r in finals),
-        "skipped": sum(r.status is Status.SKIPPED for r in finals),
-        "flaky": sum(is_flaky(attempts) for attempts in workflows),
+        "total": len(outcomes),
+        "passed": outcomes.count("passed") + outcomes.count("flaky"),
+        "failed": outcomes.count("failed"),
+        "cancelled": outcomes.count("cancelled"),
+        "skipped": outcomes.count("skipped"),
+        "flaky": outcomes.count("flaky"),
     }
 
 
@@ -89,7 +95,9 @@ def _status(run: ActionRun) -> str:
         return STATUS_CANCELLED
     if run.invalid:
         return STATUS_INVALID
-    if not run.crashed and all(attempts[-1].passed for attempts in run.workflows):
+    if not run.crashed and all(
+        workflow_outcome(attempts) in ("passed", "flaky") for attempts in run.workflows
+    ):
         return STATUS_PASSED
     return STATUS_FAILED
 
