@@ -656,7 +656,7 @@ def test_links_and_files_in_the_way_of_the_reports_are_refused(action_image, run
     ):
         if inputs.get("junit-path") == "README.md":
             (ws / "README.md").write_text("# the project\n")
-            said = "README.md is already there"
+            said = "names a file of the repository (README.md)"
         run = run_like_the_runner(
             runner,
             action_image,
@@ -724,6 +724,21 @@ def test_signals_as_pid_1_at_any_time_end_cancelled_with_every_output(
     assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {
         (RUNNER_UID, RUNNER_GID)
     }
+
+
+def test_a_fifo_where_a_marker_goes_never_hangs_the_action(action_image, runner):
+    (runner.workspace / "tests").mkdir()
+    (runner.workspace / "tests" / "ok.yml").write_text(OK_WORKFLOW)
+    reports = runner.workspace / "calimero-workflow-results"
+    reports.mkdir()
+    os.mkfifo(reports / ".calimero-workflow.json")
+    give_to_the_runner(runner.workspace)
+    started = start_like_the_runner(
+        runner, action_image, {"workflows": "tests/ok.yml", "backend": "embedded"}
+    )
+    run = started.finish(120)
+    assert (run.code, run.outputs["status"]) == (2, "invalid"), run.stdout
+    assert any(".calimero-workflow.json is neither a file nor a folder" in m for _, _, m in run.errors())
 
 
 def test_the_runners_tokens_are_masked_and_gone_from_the_process(action_image, runner):

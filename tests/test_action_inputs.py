@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1109,7 +1110,7 @@ def test_the_reports_folder_swapped_for_a_link_is_refused_not_followed(
     ("junit", "existing"),
     [
         ("docs/junit.xml", "docs/summary.md"),
-        ("README.md", "README.md"),
+        ("notes.xml", "notes.xml"),
         ("calimero-workflow-results/junit.xml", "calimero-workflow-results/report.json"),
     ],
 )
@@ -1156,6 +1157,140 @@ def test_node_logs_folders_are_never_links_nor_someone_elses(workspace, tmp_path
     assert code == 0, printed
     assert (logs / "wf-a-yml" / "calimero-node-1.log").is_file()
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["summary.md", "results.json", "report.json", "failed-steps.json", ".calimero-workflow.json"]
+)
+def test_junit_path_cannot_take_the_name_of_a_file_written_beside_it(workspace, name):
+    write(workspace, "wf/ok.yml", PASSING)
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", junit_path=f"out/{name}"))
+    assert (code, outputs["status"]) == (2, "invalid")
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert errors == [
+        f"input junit-path 'out/{name}': {name} is written beside the JUnit file; "
+        "name the JUnit file otherwise, e.g. out/junit.xml"
+    ]
+    assert not (workspace / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("input_name", "value", "said"),
+    [
+        ("junit_path", "README.md", "names a file of the repository (README.md)"),
+        ("junit_path", "docs/LICENSE.txt", "names a file of the repository (LICENSE.txt)"),
+        ("junit_path", "pkg/package.json", "names a file of the repository (package.json)"),
+        ("junit_path", ".git/config", "lies in .git, the repository's own data"),
+        ("node_logs_dir", ".git/hooks", "lies in .git, the repository's own data"),
+    ],
+)
+def test_the_reports_never_go_to_a_repository_file_nor_into_git(
+    workspace, input_name, value, said
+):
+    write(workspace, "wf/ok.yml", PASSING)
+    # whatever a marker there says
+    write(workspace, ".calimero-workflow.json", json.dumps({"written": ["README.md"]}))
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", **{input_name: value}))
+    assert (code, outputs["status"]) == (2, "invalid")
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert any(said in m for m in errors), errors
+
+
+def _git(workspace: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(workspace), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="makes a checkout with git")
+def test_a_forged_marker_cannot_make_the_reports_replace_a_file(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml", junit_path="out/junit.xml", env="GREETING=hello")
+    # an earlier run's marker, as the action writes it
+    assert run(env)[0] == 0
+    marker = workspace / "out" / ".calimero-workflow.json"
+    listed = json.loads(marker.read_text())["written"]
+    assert listed["junit.xml"]["size"] == (workspace / "out" / "junit.xml").stat().st_size
+    assert len(listed["junit.xml"]["sha256"]) == 64
+
+    # a file changed since the action wrote it is someone else's now
+    (workspace / "out" / "summary.md").write_text("edited by hand\n")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "out/summary.md is already there and changed since this action wrote it" in printed
+    (workspace / "out" / "summary.md").unlink()
+    assert run(env)[0] == 0
+
+    # the repository's own files: a marker may list them, hashes and all
+    _git(workspace, "init", "-q")
+    _git(workspace, "add", "out/summary.md")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "out/summary.md is tracked by git in the workspace" in printed
+    _git(workspace, "rm", "-q", "--cached", "out/summary.md")
+    assert run(env)[0] == 0
+
+    # a committed marker is never the action's: what it lists is not believed
+    _git(workspace, "add", "out/.calimero-workflow.json")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "out/junit.xml is already there, and this action did not write it" in printed
+    _git(workspace, "rm", "-q", "--cached", "out/.calimero-workflow.json")
+
+    # nor is a marker of the old format, which lists bare names
+    marker.write_text(json.dumps({"written": ["junit.xml", "summary.md"]}))
+    code, printed, _ = run(env)
+    assert code == 2 and "out/junit.xml is already there" in printed
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="makes a checkout with git")
+def test_node_logs_folders_holding_a_repository_file_are_not_replaced(workspace):
+    write(workspace, "wf/a.yml", "name: a\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    env = env_for(workspace, workflows="wf/a.yml")
+    assert run(env)[0] == 0
+    folder = workspace / "calimero-workflow-results" / "node-logs" / "wf-a-yml"
+    assert json.loads((folder / ".calimero-workflow.json").read_text())["written"]
+    write(workspace, "calimero-workflow-results/node-logs/wf-a-yml/extra.txt", "mine\n")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "node-logs/wf-a-yml/extra.txt is already there, and this action did not write it" in printed
+    (folder / "extra.txt").unlink()
+    _git(workspace, "init", "-q")
+    _git(workspace, "add", "calimero-workflow-results/node-logs/wf-a-yml/calimero-node-1.log")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "node-logs/wf-a-yml is tracked by git in the workspace" in printed
+
+
+def test_a_fifo_where_the_action_reads_never_hangs_it(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    reports = workspace / "calimero-workflow-results"
+    reports.mkdir()
+    os.mkfifo(reports / ".calimero-workflow.json")
+    started = time.monotonic()
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml"))
+    assert time.monotonic() - started < 30
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert ".calimero-workflow.json is neither a file nor a folder" in printed
+
+
+def test_workflows_whose_paths_map_alike_get_their_own_node_logs_folder(workspace):
+    write(workspace, "tests/a-b.yml", "name: first\nnodes: {count: 1, prefix: one}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    write(workspace, "tests/a_b.yml", "name: second\nnodes: {count: 1, prefix: two}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    env = env_for(workspace, workflows="tests/*.yml")
+    for _ in range(2):  # the same folders again on a second run
+        code, printed, _ = run(env)
+        assert code == 0, printed
+    logs = workspace / "calimero-workflow-results" / "node-logs"
+    assert sorted(p.name for p in logs.iterdir()) == [".calimero-workflow.json", "tests-a-b-yml", "tests-a-b-yml-2"]
+    assert [p.name for p in (logs / "tests-a-b-yml").glob("*.log")] == ["one-1.log"]
+    assert [p.name for p in (logs / "tests-a-b-yml-2").glob("*.log")] == ["two-1.log"]
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    links = {s.get("file"): s.find("system-out").text for s in junit}
+    assert "node-logs/tests-a-b-yml/one-1.log" in links["tests/a-b.yml"]
+    assert "node-logs/tests-a-b-yml-2/two-1.log" in links["tests/a_b.yml"]
 
 
 def test_a_secret_at_a_cut_is_never_half_shown(workspace):

@@ -43,6 +43,7 @@ from .backends.docker import image_reference_problem
 from .cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
+from .gitindex import tracked_paths
 from .interrupts import Interrupts
 from .report.action import (
     STATUS_CANCELLED,
@@ -51,6 +52,7 @@ from .report.action import (
     ActionRun,
     count_workflows,
     exit_code,
+    node_log_folders,
     write_reports,
 )
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
@@ -64,7 +66,7 @@ from .results import (
     StepRecord,
     problems_result,
 )
-from .workspace import NewFiles, Workspace, workspace_owner
+from .workspace import MARKER, NewFiles, Workspace, workspace_owner
 
 __all__ = [
     "ActionSettings",
@@ -128,6 +130,25 @@ _TRUE = ("true", "True", "TRUE")
 _FALSE = ("false", "False", "FALSE")
 #: Groups of step logs printed per workflow attempt; the rest is in the reports.
 _MAX_LOG_GROUPS = 20
+#: The files the reports are written to, beside ``junit-path`` (which may
+#: not have one of their names, nor the marker's).
+_REPORT_NAMES = ("summary.md", "results.json", "failed-steps.json", "report.json")
+#: Files of a repository that ``junit-path`` may never name, whatever is
+#: there: names, and the part of a name before its first dot (``README.md``,
+#: ``LICENSE.txt``). Other files are safe by the rules of :mod:`.workspace`.
+_REPOSITORY_NAMES = frozenset(
+    {
+        ".gitignore", ".gitattributes", ".gitmodules", ".mailmap", "action.yml",
+        "action.yaml", "dockerfile", "makefile", "package.json", "pyproject.toml",
+        "setup.py", "setup.cfg", "cargo.toml", "cargo.lock", "go.mod", "go.sum",
+    }
+)  # fmt: skip
+_REPOSITORY_STEMS = frozenset(
+    {
+        "readme", "license", "licence", "copying", "changelog", "contributing",
+        "security", "codeowners", "notice", "authors",
+    }
+)  # fmt: skip
 
 
 class InputError(Exception):
@@ -166,8 +187,7 @@ class ActionSettings:
     @property
     def report_files(self) -> tuple[Path, ...]:
         """Every file the reports are written to."""
-        names = ("summary.md", "results.json", "failed-steps.json", "report.json")
-        return (self.junit_path, *(self.reports_dir / n for n in names))
+        return (self.junit_path, *(self.reports_dir / n for n in _REPORT_NAMES))
 
 
 # -- stage 1: settings ----------------------------------------------------------------
@@ -241,6 +261,23 @@ def _folders_fit(
         if not stat.S_ISDIR(mode):
             problems.append(f"{what} {value!r}: {rel} is a file, not a folder")
             return
+
+
+def _junit_name_problems(text: str, path: Path) -> list[str]:
+    """``junit-path`` may not take the name of a file written beside it, nor
+    that of a well-known file of a repository."""
+    name = path.name
+    if name in _REPORT_NAMES or name == MARKER:
+        return [
+            f"input junit-path {text!r}: {name} is written beside the JUnit file; "
+            f"name the JUnit file otherwise, e.g. {Path(text).with_name('junit.xml').as_posix()}"
+        ]
+    if name.lower() in _REPOSITORY_NAMES or name.lower().split(".")[0] in _REPOSITORY_STEMS:
+        return [
+            f"input junit-path {text!r} names a file of the repository ({name}); the action "
+            f"never writes its reports there: use e.g. {INPUTS['junit-path']}"
+        ]
+    return []
 
 
 def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
@@ -344,10 +381,20 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         _folders_fit(
             workspace, junit_path.parent, "input junit-path", junit_text, problems
         )
+        problems += _junit_name_problems(junit_text, junit_path)
     logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
     node_logs_dir = _confined(
         workspace, workspace, logs_text, "input node-logs-dir", problems, to_write=True
     )
+    for what, text, path in (
+        ("junit-path", junit_text, junit_path),
+        ("node-logs-dir", logs_text, node_logs_dir),
+    ):
+        if path.is_relative_to(workspace) and ".git" in path.relative_to(workspace).parts:
+            problems.append(
+                f"input {what} {text!r} lies in .git, the repository's own data; "
+                f"use a folder of its own, e.g. {INPUTS[what]}"
+            )
     if node_logs_dir.is_file() and not node_logs_dir.is_symlink():
         problems.append(f"input node-logs-dir {logs_text!r} is a file, not a folder")
     else:
@@ -539,10 +586,6 @@ def _skipped_result(file: Path, backend: str) -> RunResult:
     return result
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "workflow"
-
-
 class _ActionEvents(ConsoleReporter):
     """The console reporter, plus putting Docker nodes on the job's network."""
 
@@ -630,10 +673,18 @@ def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str
 class _Runner:
     """Stage 3 and 4: load, run with retries and a timeout, print grouped logs."""
 
-    def __init__(self, settings: ActionSettings, gh: GitHub, env: Mapping[str, str]):
+    def __init__(
+        self,
+        settings: ActionSettings,
+        gh: GitHub,
+        env: Mapping[str, str],
+        folders: Mapping[Path, str],
+    ):
         self.settings = settings
         self.gh = gh
         self.load_env = _load_env(env, settings)
+        #: Per workflow file, its folder in ``node-logs-dir``.
+        self.folders = folders
         self.run = ActionRun()
         self.job_network = _job_network() if settings.backend == "docker" else None
         self._executor: WorkflowExecutor | None = None
@@ -731,7 +782,7 @@ class _Runner:
             # the engine writes node logs to scratch space of ours; the report
             # stage copies them into the workspace (redacted, through no link)
             logs_dir = settings.workdir / "node-logs" / run_id
-            dest = settings.node_logs_dir / _slug(rel)
+            dest = settings.node_logs_dir / self.folders[file]
             if total > 1:
                 dest = dest / f"attempt-{attempt}"
             self.run.node_logs.append((logs_dir, dest))
@@ -948,40 +999,45 @@ def _mask_env_secrets(
 
 
 def _claims(
-    settings: ActionSettings, files: Workspace, found: Discovery
+    settings: ActionSettings, files: Workspace, folders: Mapping[Path, str]
 ) -> list[str]:
     """Why the reports or node logs may not be written where the inputs say.
 
-    The action replaces only what an earlier run of it wrote: the report
-    files beside the JUnit file, and a folder per workflow in
-    ``node-logs-dir``.
+    The action replaces only what an earlier run of it wrote, unchanged
+    since (see :meth:`Workspace.claims`): the report files beside the JUnit
+    file, and a folder per workflow in ``node-logs-dir``.
     """
-    reports = settings.report_files
-    slugs = {
-        _slug(display_path(file, settings.workspace)) for file in found.files
-    }
+
+    def rel(path: Path) -> str:
+        return display_path(path, settings.workspace)
+
+    names = [path.name for path in settings.report_files]
     problems = [
-        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: {why}"
-        for why in files.claims(settings.reports_dir, [p.name for p in reports])
+        f"input junit-path {rel(settings.junit_path)!r}: {why}"
+        for why in files.claims(settings.reports_dir, names)
     ]
     problems += [
-        f"input node-logs-dir {display_path(settings.node_logs_dir, settings.workspace)!r}: {why}"
-        for why in files.claims(settings.node_logs_dir, sorted(slugs))
+        f"input node-logs-dir {rel(settings.node_logs_dir)!r}: {why}"
+        for why in files.claims(settings.node_logs_dir, sorted(set(folders.values())))
     ]
     if problems:
         problems.append(
             "the action writes its reports only where nothing is, or over what an earlier "
-            "run of it wrote there: choose another junit-path or node-logs-dir, e.g. "
-            f"{INPUTS['junit-path']}"
+            "run of it wrote there and nobody changed since: choose another junit-path or "
+            f"node-logs-dir, e.g. {INPUTS['junit-path']}"
         )
     return problems
 
 
 def _start(
-    settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
+    settings: ActionSettings,
+    gh: GitHub,
+    env: Mapping[str, str],
+    found: Discovery,
+    folders: Mapping[Path, str],
 ) -> _Runner:
     """The runner, with the patterns that matched nothing as failed workflows."""
-    runner = _Runner(settings, gh, env)
+    runner = _Runner(settings, gh, env, folders)
     for pattern, reason in found.unmatched.items():
         runner.run.invalid = True
         problem = Problem(
@@ -1015,12 +1071,13 @@ def _run(
     gh: GitHub,
     env: Mapping[str, str],
     found: Discovery,
+    folders: Mapping[Path, str],
     interrupts: Interrupts,
 ) -> ActionRun:
     """Stages 3 and 4; whatever happens, a record of what ran."""
     run = ActionRun()
     try:
-        runner = _start(settings, gh, env, found)
+        runner = _start(settings, gh, env, found, folders)
         run = runner.run
         if interrupts.cancelled:  # before anything ran
             run.workflows += [[_skipped_result(f, settings.backend)] for f in found.files]
@@ -1076,14 +1133,19 @@ def run_action(
         return _invalid(gh, exc.problems)
 
     found = discover_workflows(settings)
-    files = Workspace(settings.workspace, workspace_owner(settings.workspace))
+    folders = node_log_folders(found.files, settings.workspace)
+    files = Workspace(
+        settings.workspace,
+        workspace_owner(settings.workspace),
+        tracked=tracked_paths(settings.workspace),
+    )
     clashes = [
         f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
         f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
         for path in settings.report_files
         if path in found.files
     ]
-    clashes = clashes or _claims(settings, files, found)
+    clashes = clashes or _claims(settings, files, folders)
     if clashes:
         return _invalid(gh, clashes)
 
@@ -1093,7 +1155,7 @@ def run_action(
     status = STATUS_FAILED
     run = ActionRun()
     try:
-        run = _run(settings, gh, env, found, interrupts)
+        run = _run(settings, gh, env, found, folders, interrupts)
         status = write_reports(settings, gh, run, files, interrupts)
     except Exception as exc:  # a bug in the reports: still a status, never a traceback alone
         log.error("writing the reports failed", exc_info=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ __all__ = [
     "ActionRun",
     "count_workflows",
     "exit_code",
+    "node_log_folders",
     "write_reports",
 ]
 
@@ -59,6 +61,8 @@ STATUS_CANCELLED = "cancelled"
 
 #: Below this many bytes of room a step summary is not worth writing.
 _MIN_SUMMARY = 2000
+#: Folder names in ``node-logs-dir`` are cut to this many characters.
+_FOLDER_CHARS = 80
 
 
 @dataclass
@@ -75,6 +79,30 @@ class ActionRun:
     invalid: bool = False
     #: The run stopped on an error of the action itself (a bug).
     crashed: str | None = None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:_FOLDER_CHARS] or "workflow"
+
+
+def node_log_folders(files: Sequence[Path], workspace: Path) -> dict[Path, str]:
+    """Per workflow file, its folder's name in ``node-logs-dir``: the file's
+    path as a slug (``tests/a-b.yml`` → ``tests-a-b-yml``), cut to 80
+    characters. Files whose slugs collide (``tests/a_b.yml``) get ``-2``,
+    ``-3``… in the order of ``files``, so the names are the same for the
+    whole run and no two files share a folder."""
+    natural = {file: _slug(display_path(file, workspace)) for file in files}
+    # a suffixed name never takes another file's own name
+    reserved = set(natural.values())
+    folders: dict[Path, str] = {}
+    for file, own in natural.items():
+        name, number = own, 1
+        while name in folders.values() or (name != own and name in reserved):
+            number += 1
+            suffix = f"-{number}"
+            name = own[: _FOLDER_CHARS - len(suffix)] + suffix
+        folders[file] = name
+    return folders
 
 
 def count_workflows(workflows: Sequence[Sequence[RunResult]]) -> dict[str, int]:
@@ -223,9 +251,13 @@ def _relocate(value: Any, moves: Mapping[str, str]) -> Any:
 
 
 def _copy_node_logs(
-    gh: GitHub, run: ActionRun, files: Workspace, trouble: list[str]
+    gh: GitHub, run: ActionRun, files: Workspace, logs_dir: Path, trouble: list[str]
 ) -> dict[str, str]:
-    """Copy each attempt's node logs into the workspace; the moves made."""
+    """Copy each attempt's node logs into the workspace; the moves made.
+
+    Each folder on the way from ``logs_dir`` lists the folder below it as
+    the action's in its marker, so a later run may write there again.
+    """
     moves: dict[str, str] = {}
     redact = _log_redactor(gh)
     for scratch, dest in run.node_logs:
@@ -233,6 +265,10 @@ def _copy_node_logs(
             continue
         try:
             written = files.copy_tree(scratch, dest, redact)
+            for below in [dest, *dest.parents]:
+                if below == logs_dir or logs_dir not in below.parents:
+                    break
+                files.record(below.parent, {below.name: None})
         except OSError as exc:
             trouble.append(f"node logs were not copied to {display_path(dest, files.root)}: {exc}")
             continue
@@ -243,6 +279,24 @@ def _copy_node_logs(
             if w.replaced_link
         ]
     return moves
+
+
+def _write_files(
+    files: Workspace, contents: Sequence[tuple[Path, bytes]], trouble: list[str]
+) -> dict[Path, dict[str, bytes | None]]:
+    """Write each report file; per folder, what went into it."""
+    written: dict[Path, dict[str, bytes | None]] = {}
+    for path, data in contents:
+        rel = display_path(path, files.root)
+        try:
+            done = files.write(path, data)
+        except OSError as exc:
+            trouble.append(f"{rel} was not written: {exc}")
+            continue
+        written.setdefault(path.parent, {})[path.name] = data
+        if done.replaced_link:
+            trouble.append(f"{rel} was a symbolic link; it was replaced by the report")
+    return written
 
 
 # -- the stage --------------------------------------------------------------------------
@@ -258,7 +312,7 @@ def write_reports(
     """Write every report and output; return the status."""
     workspace = settings.workspace
     trouble: list[str] = []
-    moves = _copy_node_logs(gh, run, files, trouble)
+    moves = _copy_node_logs(gh, run, files, settings.node_logs_dir, trouble)
     workflows = gh.redactor.redact_data(run.workflows)
     for attempts in workflows:
         for result in attempts:
@@ -279,31 +333,17 @@ def write_reports(
     junit_path, summary_path, results_path, failed_path, report_path = (
         settings.report_files
     )
-    contents = {
-        junit_path: junit_xml(workflows, root=workspace, properties=properties),
-        summary_path: summary_text.encode("utf-8"),
-        results_path: _json_bytes(results),
-        failed_path: _json_bytes(failed_steps),
-        report_path: _json_bytes([[r.to_dict() for r in a] for a in workflows]),
-    }
-    written = []
-    for path, data in contents.items():
-        try:
-            done = files.write(path, data)
-        except OSError as exc:
-            trouble.append(f"{display_path(path, workspace)} was not written: {exc}")
-            continue
-        written.append(path.name)
-        if done.replaced_link:
-            trouble.append(
-                f"{display_path(path, workspace)} was a symbolic link; it was replaced by the report"
-            )
+    contents = [
+        (junit_path, junit_xml(workflows, root=workspace, properties=properties)),
+        (summary_path, summary_text.encode("utf-8")),
+        (results_path, _json_bytes(results)),
+        (failed_path, _json_bytes(failed_steps)),
+        (report_path, _json_bytes([[r.to_dict() for r in a] for a in workflows])),
+    ]
     # what we wrote, so that a later run of the action may replace it
-    folders = {Path(d).relative_to(settings.node_logs_dir).parts[0] for d in moves.values()}
-    for folder, names in ((settings.reports_dir, written), (settings.node_logs_dir, folders)):
-        if names:
-            with contextlib.suppress(OSError):  # the folder is unusable: said above
-                files.record(folder, names)
+    for folder, written in _write_files(files, contents, trouble).items():
+        with contextlib.suppress(OSError):  # the folder is unusable: said above
+            files.record(folder, written)
 
     if settings.summary:
         _append_summary(gh, workflows, workspace, title, summary_text, summary_path)
