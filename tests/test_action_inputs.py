@@ -898,6 +898,52 @@ steps:
 
 @pytest.mark.skipif(
     os.geteuid() != 0,
+    reason="handing files over needs root, as in the action container",
+)
+def test_handing_over_never_follows_a_folder_swapped_for_a_link(tmp_path):
+    import ctypes
+    import threading
+
+    from calimero_workflow.workspace import NewFiles
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        pytest.skip("needs renameat2 to swap folders")
+    ws, victim = tmp_path / "ws", tmp_path / "victim"
+    ws.mkdir()
+    os.chown(ws, 4321, 4322)
+    (victim / "sub").mkdir(parents=True)
+    new_files = NewFiles(ws)  # what is root's before the run stays root's
+    (ws / "x" / "sub").mkdir(parents=True)
+    for i in range(200):
+        (victim / "sub" / f"f{i}").touch()
+        (ws / "x" / "sub" / f"f{i}").touch()
+    (ws / "x.alt").symlink_to(victim)
+    real, link = bytes(ws / "x"), bytes(ws / "x.alt")
+    swaps, stop = [], threading.Event()
+
+    def swap() -> None:  # exchange the folder and the link, again and again
+        while not stop.is_set():
+            swaps.append(libc.renameat2(-100, real, -100, link, 2))
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        for _ in range(30):
+            new_files.hand_over()
+    finally:
+        stop.set()
+        swapper.join()
+    assert swaps.count(0) > 100
+    assert [p for p in [victim, *victim.rglob("*")] if p.lstat().st_uid != 0] == []
+    if (ws / "x").is_symlink():
+        libc.renameat2(-100, real, -100, link, 2)
+    new_files.hand_over()
+    assert {p.lstat().st_uid for p in (ws / "x").rglob("*")} == {4321}
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
     reason="handing files over needs root, as in the image's command line",
 )
 def test_the_command_line_in_the_image_hands_its_files_to_the_folder_owner(
@@ -1274,6 +1320,13 @@ def test_a_fifo_where_the_action_reads_never_hangs_it(workspace):
     assert time.monotonic() - started < 30
     assert (code, outputs["status"]) == (2, "invalid")
     assert ".calimero-workflow.json is neither a file nor a folder" in printed
+    # a workflow file (or one it names) swapped for a FIFO is refused, never read
+    from calimero_workflow.errors import WorkflowValidationError
+    from calimero_workflow.workflow import load_workflow
+
+    os.mkfifo(workspace / "wf" / "fifo.yml")
+    with pytest.raises(WorkflowValidationError, match="not a regular file"):
+        load_workflow(workspace / "wf" / "fifo.yml")
 
 
 def test_workflows_whose_paths_map_alike_get_their_own_node_logs_folder(workspace):
@@ -1491,3 +1544,51 @@ def test_a_signal_while_the_reports_are_written_ends_cancelled_with_every_output
         text = fh.read()
     assert text.startswith("## ")
     _cancelled_with_everything(workspace, env, proc)
+
+
+def test_a_hung_finish_ends_cancelled_when_signalled_again(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    os.mkfifo(env["GITHUB_STEP_SUMMARY"])  # nobody reads it: the reports hang there
+    proc = _start_action(env, workspace)
+    for line in proc.stdout:
+        if line.startswith("::endgroup::"):
+            break
+    time.sleep(0.5)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # the third stops it
+        assert proc.poll() is None
+        proc.send_signal(sig)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "stopped before the action finished" in err and "Traceback" not in err
+    assert read_env_file(Path(env["GITHUB_OUTPUT"])) == {"status": "cancelled"}
+
+
+def test_after_a_second_signal_the_action_has_a_bounded_time(tmp_path):
+    script = (
+        "import os, sys\n"
+        "from calimero_workflow.interrupts import Interrupts\n"
+        "interrupts = Interrupts(grace=0.5).install()\n"
+        "interrupts.last_word = lambda: open(sys.argv[1], 'w').write('cancelled')\n"
+        "os.mkfifo(sys.argv[2])\n"
+        "print('ready', flush=True)\n"
+        "open(sys.argv[2]).read()  # hangs: nobody writes\n"
+    )
+    said, fifo = tmp_path / "said", tmp_path / "fifo"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(said), str(fifo)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert proc.poll() is None  # the first signal only asks
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and 0.3 < time.monotonic() - started < 10, err
+    assert said.read_text() == "cancelled"

@@ -40,7 +40,7 @@ from types import MappingProxyType
 from typing import Any, TextIO
 
 from .backends.docker import image_reference_problem
-from .cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from .cli import EXIT_INTERRUPTED, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .gitindex import tracked_paths
@@ -1099,15 +1099,19 @@ def _run(
     return run
 
 
-def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
-    """Report invalid inputs; nothing has run and no file is written."""
+def _invalid(gh: GitHub, problems: Sequence[str], interrupts: Interrupts) -> int:
+    """Report invalid inputs; nothing has run and no file is written. A signal
+    that came meanwhile makes it cancelled, as at any other time."""
     for problem in problems:
         gh.annotate(
             Annotation("error", problem, title="calimero-workflow: invalid input")
         )
     gh.flush_annotations()
-    gh.set_output("status", STATUS_INVALID, redact=False)
-    return EXIT_INVALID
+    with interrupts.held():
+        status = STATUS_CANCELLED if interrupts.cancelled else STATUS_INVALID
+        gh.set_output("status", status, redact=False)
+        interrupts.finished(exit_code(status, None))
+    return exit_code(status, None)
 
 
 def run_action(
@@ -1127,10 +1131,12 @@ def run_action(
     # the runner's tokens never reach a workflow, but a script could find them
     for value in _runner_tokens(env).values():
         gh.add_mask(value)
+    # if the action gives up, cancelled, before its outputs are written
+    interrupts.last_word = lambda: gh.set_output("status", STATUS_CANCELLED, redact=False)
     try:
         settings = read_settings(env)
     except InputError as exc:
-        return _invalid(gh, exc.problems)
+        return _invalid(gh, exc.problems, interrupts)
 
     found = discover_workflows(settings)
     folders = node_log_folders(found.files, settings.workspace)
@@ -1147,7 +1153,7 @@ def run_action(
     ]
     clashes = clashes or _claims(settings, files, folders)
     if clashes:
-        return _invalid(gh, clashes)
+        return _invalid(gh, clashes, interrupts)
 
     _mask_env_secrets(gh, settings, env)
     _LineSafeFormatter.redact = staticmethod(gh.redact)
@@ -1169,6 +1175,7 @@ def run_action(
         with interrupts.held():
             status = STATUS_CANCELLED if interrupts.cancelled else STATUS_FAILED
             gh.set_output("status", status, redact=False)
+            interrupts.finished(exit_code(status, settings))
     finally:
         new_files.hand_over()
     # a signal after the status was written changes nothing: the work is done

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from .confined import read_file
 from .ed25519 import L, decode_point, is_small_order
 from .node.ids import b58encode
 
@@ -1335,7 +1336,7 @@ def load_bundle_file(path: str | Path, **options: Any) -> tuple[VerifiedBundle, 
     cap = options.get("archive_limit", MAX_ARCHIVE_BYTES)
     if size > cap:
         raise BundleError(f"application file at {real} is {size} bytes, exceeding the {cap} byte bundle cap")
-    data = real.read_bytes()
+    data = read_file(real)
     return verify_bundle(data, source=str(real), **options), data, real
 
 
@@ -1532,7 +1533,7 @@ def build_dev_bundle_file(
     default_package, default_version, name = default_coordinates(source)
     options.setdefault("name", name)
     built = build_bundle(
-        source.read_bytes(),
+        read_file(source),
         package=package or default_package,
         version=version or default_version,
         **options,
@@ -1557,7 +1558,7 @@ def dev_bundle_for(
     already a bundle, else a dev-signed bundle of it in ``cache_dir``, named by a
     digest of everything that went into it (so reruns reuse it)."""
     source = Path(path)
-    data = source.read_bytes()
+    data = read_file(source)
     if is_bundle(data):
         return source
     default_package, default_version, _ = default_coordinates(source)

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .confined import read_file
 from .http1 import ConnectionPool, HttpError, HttpTimeout, Reply
 
 if TYPE_CHECKING:
@@ -602,7 +603,7 @@ class NodeClient:
             async def stage(path: Path) -> str:
                 return str(path)
 
-        data = local.read_bytes()
+        data = read_file(local)  # a FIFO there would hold the run forever
         if mpk.is_bundle(data):
             node_path = await stage(local)
             app_id = await self.install_dev_application(

@@ -10,8 +10,9 @@ place within that directory. A link swapped in at any moment makes the write
 fail; it never redirects it.
 
 Reading is the other hazard: opening a FIFO for reading waits for a writer,
-forever. :func:`read_regular` opens with ``O_NONBLOCK`` and reads only a
-regular file.
+forever, and a read in the event loop would stop the run, its timeout and
+its cancellation with it. :func:`read_regular` and :func:`read_file` open
+with ``O_NONBLOCK`` and read only a regular file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ConfinedPathError", "read_regular", "write_confined"]
+__all__ = [
+    "ConfinedPathError",
+    "NotARegularFileError",
+    "read_file",
+    "read_regular",
+    "write_confined",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -33,6 +40,28 @@ _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 class ConfinedPathError(ValueError):
     """The path leaves the allowed folders, or passes through a symbolic link."""
+
+
+class NotARegularFileError(OSError):
+    """A file to read is a FIFO, a socket, a device or a folder."""
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The contents of the regular file at ``path`` (a link to one is followed).
+
+    Raises:
+        NotARegularFileError: it is a FIFO, a socket, a device or a folder,
+            which is never opened for a blocking read.
+        OSError: it cannot be opened or read.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(
+                f"{os.fspath(path)} is not a regular file (a FIFO, socket, device or folder)"
+            )
+        return fh.read()
 
 
 def read_regular(name: str, dir_fd: int, limit: int | None = None) -> bytes | None:

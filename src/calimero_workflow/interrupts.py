@@ -9,6 +9,11 @@ way the action goes on to write its reports and outputs with the status
 ``cancelled`` and exits 130. No signal raises ``KeyboardInterrupt``, so none
 cuts the reports or the hand-over of files short.
 
+The finishing is bounded, though: after a second signal it has
+:data:`FINISH_GRACE_S` seconds (a third signal ends it at once). Then the
+process stops where it is, with the status ``cancelled`` written if no
+status was (the post step removes nodes left behind).
+
 The action's console script starts in :func:`action_entry`, which installs
 the handlers before the engine is imported. (As PID 1 of a container, the
 process would otherwise ignore SIGTERM, and SIGINT would end the import
@@ -21,21 +26,37 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
-__all__ = ["Interrupts", "action_entry"]
+__all__ = ["FINISH_GRACE_S", "Interrupts", "action_entry"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: What :meth:`Interrupts.held` holds back: the signals, and the give-up alarm.
+_HELD = (*_SIGNALS, signal.SIGALRM) if hasattr(signal, "SIGALRM") else _SIGNALS
+#: Seconds the action may still take after a second signal.
+FINISH_GRACE_S = 30.0
+_EXIT_CANCELLED = 130
 
 
 class Interrupts:
-    """Counts SIGINT and SIGTERM; the first cancels the attached task."""
+    """Counts SIGINT and SIGTERM; the first cancels the attached task.
 
-    def __init__(self) -> None:
+    Args:
+        grace: Seconds the action may take after a second signal.
+    """
+
+    def __init__(self, *, grace: float = FINISH_GRACE_S) -> None:
         self.count = 0
+        self.grace = grace
+        #: Writes the status ``cancelled`` when the action gives up before
+        #: its outputs were written (set once the outputs can be written).
+        self.last_word: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        #: The exit code, once the outputs are written.
+        self._code: int | None = None
+        self._giving_up = False
 
     @property
     def cancelled(self) -> bool:
@@ -67,7 +88,7 @@ class Interrupts:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Signals wait (pending) until the block ends.
+        """Signals (and the give-up alarm) wait, pending, until the block ends.
 
         For the last word: the status is decided and written as one step, so
         a signal cannot land between the two; one that comes later finds the
@@ -76,11 +97,15 @@ class Interrupts:
         if not hasattr(signal, "pthread_sigmask"):
             yield
             return
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
         try:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    def finished(self, code: int) -> None:
+        """The outputs are written: giving up now ends with ``code``."""
+        self._code = code
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -91,13 +116,42 @@ class Interrupts:
                 # maybe inside the loop: hand the cancellation to the loop
                 loop.call_soon_threadsafe(task.cancel)
             return
-        try:
-            os.write(
-                2,
-                b"calimero-workflow: cancelled; finishing cleanup, the reports and the outputs first\n",
+        if self.count >= 3:
+            self._give_up()
+        if self.count == 2 and hasattr(signal, "setitimer"):
+            signal.signal(signal.SIGALRM, self._alarm)
+            signal.setitimer(signal.ITIMER_REAL, self.grace)
+            _say(
+                f"calimero-workflow: cancelled again; finishing for at most {self.grace:g} "
+                "more seconds (a third signal stops at once)\n"
             )
-        except OSError:
-            pass
+            return
+        _say(
+            "calimero-workflow: cancelled; finishing cleanup, the reports and the outputs first\n"
+        )
+
+    def _alarm(self, signum: int, frame: FrameType | None) -> None:
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Stop where the action is: the status ``cancelled`` if none was written."""
+        if self._giving_up:  # a signal while the last word is being written
+            os._exit(_EXIT_CANCELLED if self._code is None else self._code)
+        self._giving_up = True
+        if self._code is None and self.last_word is not None:
+            try:
+                self.last_word()
+            except BaseException:  # nothing may stop the exit
+                pass
+        _say("calimero-workflow: stopped before the action finished, as it was cancelled\n")
+        os._exit(_EXIT_CANCELLED if self._code is None else self._code)
+
+
+def _say(text: str) -> None:
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def action_entry() -> int:

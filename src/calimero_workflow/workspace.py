@@ -22,7 +22,9 @@ So every file and folder the action writes goes through :class:`Workspace`:
   in place of a marker would otherwise hold the action forever).
 
 :class:`NewFiles` hands what a run's own scripts created in the workspace to
-the workspace's owner.
+the workspace's owner, walking and changing it through folder descriptors
+opened without following links, so a folder swapped for a link meanwhile
+leads nowhere.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,9 @@ _MARKER_VERSION = 2
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: :class:`NewFiles` leaves what lies deeper than this alone (one descriptor
+#: is open per level).
+_MAX_DEPTH = 256
 #: Folders the action wrote nest this deep at most (node logs per attempt);
 #: a deeper tree is not its own.
 _MAX_FOLDER_DEPTH = 8
@@ -404,8 +409,12 @@ class NewFiles:
 
     What the run's own scripts write (build output, a downloaded blob, node
     data in the command line's folder) would otherwise stay root's. Entries
-    that were root's before the run are left alone; symlinks are changed,
-    never what they point to.
+    that were root's before the run (by device and inode) are left alone.
+    The tree is walked through folder descriptors opened without following
+    links, and each entry changed relative to its folder's descriptor without
+    following a link (``fchownat`` with ``AT_SYMLINK_NOFOLLOW``): a folder
+    swapped for a link during the walk is not entered, and a link is changed
+    itself, never what it points to.
     """
 
     def __init__(self, top: Path):
@@ -415,24 +424,65 @@ class NewFiles:
         self.active = (
             hasattr(os, "geteuid") and os.geteuid() == 0 and self.ids != (0, 0)
         )
-        self.before = self._root_owned() if self.active else set()
+        self.before = (
+            {(st.st_dev, st.st_ino) for _, _, st in self._walk() if st.st_uid == 0}
+            if self.active
+            else set()
+        )
 
-    def _root_owned(self) -> set[Path]:
-        found = set()
-        for folder, dirs, files in os.walk(self.top):
-            for name in [*dirs, *files]:
-                path = Path(folder) / name
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    if path.lstat().st_uid == 0:
-                        found.add(path)
-        return found
+    def _walk(self) -> Iterator[tuple[int, str, os.stat_result]]:
+        """``(folder fd, name, lstat)`` of every entry below ``top``, depth
+        first; the descriptor is valid until the next item is asked for."""
+        try:
+            top = os.open(self.top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        stack = [(top, _names(top))]
+        try:
+            while stack:
+                fd, names = stack[-1]
+                if not names:
+                    os.close(fd)
+                    stack.pop()
+                    continue
+                name = names.pop()
+                try:
+                    found = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:  # gone meanwhile
+                    continue
+                yield fd, name, found
+                if not stat.S_ISDIR(found.st_mode) or len(stack) >= _MAX_DEPTH:
+                    continue
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:  # gone, or swapped for a link or a file
+                    continue
+                opened = os.fstat(child)
+                if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
+                    os.close(child)  # swapped for another folder meanwhile
+                    continue
+                stack.append((child, _names(child)))
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
 
     def hand_over(self) -> int:
         """Give the new root-owned entries to ``top``'s owner; how many."""
         if not self.active:
             return 0
-        new = self._root_owned() - self.before
-        for path in new:
-            with contextlib.suppress(OSError):
-                os.chown(path, *self.ids, follow_symlinks=False)
-        return len(new)
+        given = 0
+        for fd, name, found in self._walk():
+            if found.st_uid != 0 or (found.st_dev, found.st_ino) in self.before:
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile
+                os.chown(name, *self.ids, dir_fd=fd, follow_symlinks=False)
+                given += 1
+        return given
+
+
+def _names(dir_fd: int) -> list[str]:
+    """The names in a folder, last first (the walk pops them in order)."""
+    try:
+        return sorted(os.listdir(dir_fd), reverse=True)
+    except OSError:
+        return []

@@ -366,6 +366,7 @@ def write_reports(
         if status == STATUS_PASSED and any("not written" in t for t in trouble):
             status = STATUS_FAILED
         _write_outputs(settings, gh, status, workflows, results, failed_steps)
+        interrupts.finished(exit_code(status, settings))
     return status
 
 
