@@ -719,12 +719,18 @@ steps:
     executed = runner_commands(printed)
     masks = [m for n, _, m in executed if n == "add-mask"]
     assert masks == ["tok-123", "hunter2-pass"]
-    # too short to mask without hiding those characters everywhere: said so
-    assert (
-        "the value of SHORT_KEY is shorter than 4 characters and is not masked"
-        in printed
-    )
-    assert "a credential in wf/remote.yml is shorter than 4 characters" in printed
+    # too short to mask without hiding those characters everywhere: a
+    # warning names them (never their values)
+    warnings = [(p, m) for n, p, m in executed if n == "warning"]
+    assert any(
+        "SHORT_KEY: a secret in it is shorter than 4 characters" in m for _, m in warnings
+    ), warnings
+    assert any(
+        p.get("file") == "wf/remote.yml"
+        and "a credential in wf/remote.yml is shorter than 4 characters" in m
+        for p, m in warnings
+    ), warnings
+    assert not [m for _, m in warnings if "x9" in m or "k9" in m]
     assert executed[0] == ("add-mask", {}, "tok-123")
     first_mask_line = printed.index("::add-mask::hunter2-pass")
     assert "hunter2-pass" not in printed[:first_mask_line]
@@ -1369,26 +1375,71 @@ def test_a_secret_at_a_cut_is_never_half_shown(workspace):
     assert not [t for t in written if secret[:6] in t]
 
 
-def test_values_that_read_as_settings_never_break_what_the_action_writes(workspace):
+def test_only_values_that_cannot_be_secrets_stay_unmasked_and_a_warning_names_them(
+    workspace,
+):
     write(workspace, "wf/ok.yml", PASSING)
-    env = env_for(
-        workspace,
-        workflows="wf/ok.yml",
-        env="AUTH_REQUIRED=true\nSESSION_LIMIT=null\nKEY_MODE=failed\nSESSION_STORE=file\n"
-        "RETRY_TOKEN=3",
-    )
-    code, printed, outputs = run(env)
-    assert (code, outputs["status"]) == (1, "failed")
-    assert outputs["failed"] == "1"
+    settings = {"AUTH_REQUIRED": "true", "SESSION_LIMIT": "null", "RETRY_TOKEN": "3", "API_PORT_KEY": "8080"}
+    secrets = {
+        "API_TOKEN": "84726193051234567890",
+        "DB_PASSWORD": "letmein",
+        "SESSION_KEY": "Zebra",
+        "KEY_MODE": "failed",  # a word of the reports' own: masked, and they stay whole
+        "SESSION_STORE": "file",
+    }
+    text = "\n".join(f"{k}={v}" for k, v in {**settings, **secrets}.items())
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", env=text))
+    executed = runner_commands(printed)
+    assert [m for n, _, m in executed if n == "add-mask"] == list(secrets.values())
+    (warning,) = [m for n, _, m in executed if n == "warning"]
+    assert "AUTH_REQUIRED, SESSION_LIMIT, RETRY_TOKEN, API_PORT_KEY: each reads as a setting" in warning
+    assert "8080" not in warning and "true" not in warning.split(":")[0]
+
+    # what the action writes stays whole: its own words and the syntax are never masked
+    assert (code, outputs["status"], outputs["failed"]) == (1, "failed", "1")
     json.loads(outputs["results"]) and json.loads(outputs["failed-steps"])
     reports = workspace / "calimero-workflow-results"
     for name in ("results.json", "failed-steps.json", "report.json"):
         json.loads((reports / name).read_text())
+    assert json.loads((reports / "report.json").read_text())[0][0]["status"] == "failed"
     junit = ET.parse(reports / "junit.xml").getroot()
     assert junit.find("testsuite").get("file") == "wf/ok.yml"
-    assert [n for n, _, _ in runner_commands(printed)].count("add-mask") == 0
-    for key in ("AUTH_REQUIRED", "SESSION_LIMIT", "KEY_MODE", "SESSION_STORE", "RETRY_TOKEN"):
-        assert f"the value of {key} reads as a setting" in printed
+    written = [
+        printed.replace("::add-mask::", "").split("\n", len(secrets))[-1],
+        Path(env_for(workspace)["GITHUB_STEP_SUMMARY"]).read_text(),
+        *(p.read_text() for p in reports.rglob("*") if p.is_file()),
+    ]
+    for value in ("84726193051234567890", "letmein", "Zebra"):
+        assert not [t for t in written if value in t], value
+
+
+def test_secrets_are_found_by_their_key_and_by_their_shape(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    values = {
+        "GH_PAT": "pat-value-1234",
+        "DEPLOY_PAT": "pat-value-5678",
+        "SLACK_WEBHOOK": "https://hooks.slack.com/services/T0001/B0001/XyZsecretpath",
+        "SEED_PHRASE": "abandon ability able about above absent",
+        "WALLET_SEED": "seed-value-0000",
+        "APP_MNEMONIC": "mnemonic-words-here",
+        "OTP_SECRET_BASE": "JBSWY3DPEHPK3PXP",
+        "OTP_CODE_KEYS": "otp-value-9999",
+        # not a secret-looking key: only what is shaped like a secret is masked
+        "DATABASE_URL": "postgres://app:Sup3r%40Secret@db:5432/x",
+        "NOTES": "pass ghp_AbCdEf0123456789AbCdEf0123456789abcd along",
+        "MORE": "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+        "PATH_HINT": "/usr/local/bin",
+    }
+    text = "\n".join(f"{k}={v}" for k, v in values.items())
+    _, printed, _ = run(env_for(workspace, workflows="wf/ok.yml", env=text))
+    masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
+    assert masks == [
+        *(values[k] for k in list(values)[:8]),
+        "Sup3r%40Secret",
+        "Sup3r@Secret",
+        "ghp_AbCdEf0123456789AbCdEf0123456789abcd",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+    ]
 
 
 def test_an_explicit_secret_that_is_a_word_of_our_syntax_breaks_nothing(workspace):

@@ -45,6 +45,7 @@ from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
 from .gitindex import tracked_paths
 from .interrupts import Interrupts
+from .masking import mask_env_secrets, runner_tokens, scrub_runner_tokens
 from .report.action import (
     STATUS_CANCELLED,
     STATUS_FAILED,
@@ -107,22 +108,6 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: '²', '٣', '1_0', '1e3', 'nan' and 'inf'.
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
-#: ``env`` entries whose key looks like this are masked in the log. Short
-#: names only as a whole word of the key, and ``PWD`` only after a prefix
-#: (``DB_PWD``; ``PWD`` alone is the shell's folder).
-_SECRET_KEY = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSPHRASE|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE"
-    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING"
-    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER)(?:_|$)|_PWD(?:_|$)",
-    re.I,
-)
-#: A value under a secret-looking key that reads as a setting, not a secret:
-#: masking ``true`` or ``file`` would rewrite every such word in the log and
-#: in the reports. Numbers, words of up to 7 letters, and these.
-_SETTING_VALUE = re.compile(
-    r"(?i:true|false|yes|no|on|off|null|none|nil|undefined|enabled|disabled|required|optional)"
-    r"|[-+]?[0-9]+(?:\.[0-9]+)?|[A-Za-z]{1,7}"
-)
 #: Variables of the action's own environment a workflow must not read:
 #: the inputs, and the runner's tokens for the Actions services.
 _HIDDEN_ENV = re.compile(r"^(INPUT_|ACTIONS_)")
@@ -690,6 +675,8 @@ class _Runner:
         self._executor: WorkflowExecutor | None = None
         #: Attempts of the workflow being run, kept if the action is cancelled.
         self._pending_attempts: list[RunResult] = []
+        #: Files whose short credentials were warned about already.
+        self._warned: set[str] = set()
 
     async def run_all(self, files: Sequence[Path]) -> ActionRun:
         for index, file in enumerate(files):
@@ -768,10 +755,17 @@ class _Runner:
                     _problem_result(rel, file, settings.backend, "load", exc.problems)
                 ]
             for secret in workflow.secret_values():
-                if not self.gh.add_mask(secret):
-                    self.gh.echo(
-                        f"calimero-workflow: a credential in {sanitize_line(rel)} is shorter "
-                        f"than {MIN_SECRET_CHARS} characters and is not masked"
+                if not self.gh.add_mask(secret) and rel not in self._warned:
+                    self._warned.add(rel)
+                    self.gh.annotate(
+                        Annotation(
+                            "warning",
+                            f"a credential in {rel} is shorter than {MIN_SECRET_CHARS} "
+                            "characters and is not masked (masking it would hide those "
+                            "characters everywhere)",
+                            file=rel,
+                            title="calimero-workflow: values left unmasked",
+                        )
                     )
 
             run_id = new_run_id()
@@ -924,80 +918,6 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _runner_tokens(env: Mapping[str, str]) -> dict[str, str]:
-    """The runner's own secrets in the environment (``ACTIONS_RUNTIME_TOKEN``,
-    ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, …): token-like ``ACTIONS_*`` values."""
-    return {
-        key: value
-        for key, value in env.items()
-        if key.startswith("ACTIONS_")
-        and _SECRET_KEY.search(key.removeprefix("ACTIONS_"))
-        and not key.endswith("_URL")
-        and value.strip()
-    }
-
-
-def _scrub_runner_tokens(names: Sequence[str]) -> None:
-    """Take the runner's tokens out of this process's environment.
-
-    Workflows never see them (``${VAR}`` and scripts get an environment
-    without ``ACTIONS_*``), but a script could read this process's
-    ``/proc/<pid>/environ``, which shows the environment the process started
-    with. So the values are removed from ``os.environ`` and blanked in place
-    in that block; the action itself has no use for them.
-    """
-    for name in names:
-        os.environ.pop(name, None)
-    wanted = {name.encode() for name in names}
-    try:
-        with open("/proc/self/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        # env_start and env_end: fields 50 and 51 of proc(5), after "pid (comm)"
-        start, end = int(fields[47]), int(fields[48])
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            block = mem.read(end - start)
-            offset = 0
-            for entry in block.split(b"\0"):
-                key, eq, value = entry.partition(b"=")
-                if eq and key in wanted:
-                    mem.seek(start + offset + len(key) + 1)
-                    mem.write(b"\0" * len(value))
-                offset += len(entry) + 1
-    except (OSError, ValueError, IndexError) as exc:  # not Linux, or no /proc
-        log.debug("the runner's tokens stay in the process's first environment: %s", exc)
-
-
-def _mask_env_secrets(
-    gh: GitHub, settings: ActionSettings, env: Mapping[str, str]
-) -> None:
-    """Mask values of secret-looking keys: the ``env`` input, then the step's environment.
-
-    The runner masks its own secrets in the log, but not in the files we
-    write; a secret given to the step through ``env:`` reaches workflows as
-    ``${KEY}`` like one from the input. A value that reads as a setting
-    (``AUTH_REQUIRED=true``, ``SESSION_STORE=file``) is not a secret: the log
-    says so instead.
-    """
-    readable = _load_env(env, settings)
-    keys = [*settings.env, *(k for k in readable if k not in settings.env)]
-    for key in keys:
-        value = readable[key]
-        if not _SECRET_KEY.search(key) or not value.strip():
-            continue
-        if _SETTING_VALUE.fullmatch(value.strip()):
-            # the log says so, never what the value is
-            gh.echo(
-                f"calimero-workflow: the value of {key} reads as a setting (a number, "
-                "a word of up to 7 letters, true/false/null…), not a secret, and is not masked"
-            )
-        elif not gh.add_mask(value):
-            gh.echo(
-                f"calimero-workflow: the value of {key} is shorter than "
-                f"{MIN_SECRET_CHARS} characters and is not masked"
-            )
-
-
 def _claims(
     settings: ActionSettings, files: Workspace, folders: Mapping[Path, str]
 ) -> list[str]:
@@ -1129,7 +1049,7 @@ def run_action(
     interrupts = interrupts or Interrupts()
     gh = GitHub(env, stream)
     # the runner's tokens never reach a workflow, but a script could find them
-    for value in _runner_tokens(env).values():
+    for value in runner_tokens(env).values():
         gh.add_mask(value)
     # if the action gives up, cancelled, before its outputs are written
     interrupts.last_word = lambda: gh.set_output("status", STATUS_CANCELLED, redact=False)
@@ -1155,7 +1075,8 @@ def run_action(
     if clashes:
         return _invalid(gh, clashes, interrupts)
 
-    _mask_env_secrets(gh, settings, env)
+    readable = _load_env(env, settings)
+    mask_env_secrets(gh, {**{k: readable[k] for k in settings.env}, **readable})
     _LineSafeFormatter.redact = staticmethod(gh.redact)
     new_files = NewFiles(settings.workspace)
     status = STATUS_FAILED
@@ -1249,7 +1170,7 @@ def main(
         interrupts = Interrupts().install()
     _setup_logging()
     env = dict(os.environ)
-    _scrub_runner_tokens(list(_runner_tokens(env)))
+    scrub_runner_tokens(list(runner_tokens(env)))
     return run_action(env, interrupts=interrupts)
 
 

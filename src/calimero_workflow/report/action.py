@@ -323,6 +323,7 @@ def write_reports(
     properties = {"action.backend": settings.backend}
     if settings.image:
         properties["action.image"] = settings.image
+    properties = gh.redactor.redact_data(properties)
     cancelled = run.cancelled or interrupts.cancelled
     title = "calimero-workflow" + (" (cancelled)" if cancelled else "")
     summary_text = build_summary(

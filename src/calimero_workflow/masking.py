@@ -1,0 +1,160 @@
+"""Which values of the action's environment are secrets, and masking them.
+
+The runner masks its own secrets in the log it shows, never in the files the
+action writes, and knows nothing of a secret handed to the step through
+``env:`` or the ``env`` input. So the action decides, per variable, what to
+mask (:func:`secret_parts`):
+
+* the whole value of a key that looks secret (``API_TOKEN``, ``DB_PASSWORD``,
+  ``GH_PAT``, ``SLACK_WEBHOOK``, ``SEED_PHRASE``, ``OTP_SEED``…), unless the
+  value cannot be a secret at all: empty, ``true``/``false``/``yes``/``no``/
+  ``on``/``off``/``null``/``none``, or a number of up to 5 digits (a port, a
+  count). Masking those would rewrite every such word in the log and the
+  reports, and a secret never reads like them;
+* whatever the key, a GitHub token in the value (``ghp_…``, ``gho_…``,
+  ``ghs_…``, ``ghu_…``, ``ghr_…``, ``github_pat_…``) and the password of a
+  URL's user part (``postgres://app:PASSWORD@db/x``), as written and
+  percent-decoded.
+
+A value under a secret-looking key that is left unmasked (it reads as a
+setting, or is shorter than :data:`~.report.github.MIN_SECRET_CHARS`) is
+named in a warning annotation, never shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from urllib.parse import unquote
+
+from .report.github import MIN_SECRET_CHARS, Annotation, GitHub
+
+__all__ = [
+    "SECRET_KEY",
+    "mask_env_secrets",
+    "runner_tokens",
+    "scrub_runner_tokens",
+    "secret_parts",
+]
+
+log = logging.getLogger("calimero_workflow.action")
+
+#: Keys whose values are secrets. Short names only as a whole word of the key
+#: (``GH_PAT``, not ``PATH``), and ``PWD`` only after a prefix (``DB_PWD``;
+#: ``PWD`` alone is the shell's folder).
+SECRET_KEY = re.compile(
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE"
+    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING|WEBHOOK|SEED_?PHRASE"
+    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER|PAT|SEED|OTP)(?:_|$)"
+    r"|_PWD(?:_|$)",
+    re.I,
+)
+#: Values that cannot plausibly be secrets, so a secret-looking key's value
+#: that reads like one is left alone: empty, a switch, or a port or count.
+_NOT_A_SECRET = re.compile(r"(?i:true|false|yes|no|on|off|null|none)|[-+]?[0-9]{1,5}|")
+#: GitHub's token formats, whatever the key they come under.
+_GITHUB_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"
+)
+#: The password of a URL's user part: ``scheme://user:PASSWORD@host``.
+_URL_PASSWORD = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:(?P<password>[^\s/?#@]+)@"
+)
+
+
+def secret_parts(key: str, value: str) -> list[str]:
+    """What of ``key=value`` is a secret to mask (see the module's rules)."""
+    parts = []
+    if SECRET_KEY.search(key) and not _NOT_A_SECRET.fullmatch(value.strip()):
+        parts.append(value)
+    parts += [match.group(0) for match in _GITHUB_TOKEN.finditer(value)]
+    for match in _URL_PASSWORD.finditer(value):
+        password = match.group("password")
+        parts += [password, unquote(password)]
+    return list(dict.fromkeys(parts))
+
+
+def mask_env_secrets(gh: GitHub, env: Mapping[str, str]) -> None:
+    """Mask the secrets of every variable in ``env`` (in its order).
+
+    A secret-looking key whose value stays unmasked is named in one warning
+    annotation (the log says which keys and why, never the values).
+    """
+    setting: list[str] = []
+    short: list[str] = []
+    for key, value in env.items():
+        parts = secret_parts(key, value)
+        masked = {part for part in parts if gh.add_mask(part)}
+        looks_secret = bool(SECRET_KEY.search(key)) and bool(value.strip())
+        if looks_secret and value not in parts:
+            setting.append(key)
+        elif len(masked) < len(parts):
+            short.append(key)
+    reasons = []
+    if setting:
+        reasons.append(
+            f"{', '.join(setting)}: each reads as a setting (true, false, yes, no, on, "
+            "off, null, none, or a number of up to 5 digits)"
+        )
+    if short:
+        reasons.append(
+            f"{', '.join(short)}: a secret in it is shorter than {MIN_SECRET_CHARS} "
+            "characters, and masking it would hide those characters everywhere"
+        )
+    if reasons:
+        gh.annotate(
+            Annotation(
+                "warning",
+                "not masked, although the key looks secret (the values are not shown): "
+                + "; ".join(reasons)
+                + ". If one of them is a secret, make it longer or pass it differently.",
+                title="calimero-workflow: values left unmasked",
+            )
+        )
+
+
+def runner_tokens(env: Mapping[str, str]) -> dict[str, str]:
+    """The runner's own secrets in the environment (``ACTIONS_RUNTIME_TOKEN``,
+    ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, …): token-like ``ACTIONS_*`` values."""
+    return {
+        key: value
+        for key, value in env.items()
+        if key.startswith("ACTIONS_")
+        and SECRET_KEY.search(key.removeprefix("ACTIONS_"))
+        and not key.endswith("_URL")
+        and value.strip()
+    }
+
+
+def scrub_runner_tokens(names: Sequence[str]) -> None:
+    """Take the runner's tokens out of this process's environment.
+
+    Workflows never see them (``${VAR}`` and scripts get an environment
+    without ``ACTIONS_*``), but a script could read this process's
+    ``/proc/<pid>/environ``, which shows the environment the process started
+    with. So the values are removed from ``os.environ`` and blanked in place
+    in that block; the action itself has no use for them.
+    """
+    for name in names:
+        os.environ.pop(name, None)
+    wanted = {name.encode() for name in names}
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        # env_start and env_end: fields 50 and 51 of proc(5), after "pid (comm)"
+        start, end = int(fields[47]), int(fields[48])
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            block = mem.read(end - start)
+            offset = 0
+            for entry in block.split(b"\0"):
+                key, eq, value = entry.partition(b"=")
+                if eq and key in wanted:
+                    mem.seek(start + offset + len(key) + 1)
+                    mem.write(b"\0" * len(value))
+                offset += len(entry) + 1
+    except (OSError, ValueError, IndexError) as exc:  # not Linux, or no /proc
+        log.debug("the runner's tokens stay in the process's first environment: %s", exc)
+
