@@ -741,6 +741,36 @@ def test_a_fifo_where_a_marker_goes_never_hangs_the_action(action_image, runner)
     assert any(".calimero-workflow.json is neither a file nor a folder" in m for _, _, m in run.errors())
 
 
+def _running(client, name: str) -> bool:
+    try:
+        return client.api.inspect_container(name)["State"]["Running"] is True
+    except docker.errors.NotFound:  # `docker run` has not created it yet
+        return False
+
+
+def test_a_signal_as_the_action_starts_never_ends_in_a_traceback(client, action_image, runner):
+    (runner.workspace / "tests").mkdir()
+    (runner.workspace / "tests" / "ok.yml").write_text(OK_WORKFLOW)
+    give_to_the_runner(runner.workspace)
+    inputs = {"workflows": "tests/ok.yml", "backend": "embedded"}
+    for sig, delay in (("SIGINT", 0.0), ("SIGINT", 0.03), ("SIGTERM", 0.03), ("SIGINT", 0.1)):
+        started = start_like_the_runner(runner, action_image, inputs)
+        while not _running(client, started.name):
+            assert started.proc.poll() is None, started.proc.stdout.read()
+            time.sleep(0.005)
+        time.sleep(delay)
+        with contextlib.suppress(docker.errors.APIError):  # it may have ended already
+            client.api.kill(started.name, signal=sig)
+        run = started.finish(120)
+        assert "Traceback" not in run.stdout and "KeyboardInterrupt" not in run.stdout, run.stdout
+        # as PID 1 the process does not get a signal before it handles one:
+        # then the run is not cancelled; otherwise it ends cancelled, written whole
+        expected = {0: "passed", 130: "cancelled"}
+        assert run.code in expected, run.stdout
+        assert run.outputs["status"] == expected[run.code]
+        assert {"total", "passed", "failed", "cancelled", "skipped", "results"} <= set(run.outputs)
+
+
 def test_the_runners_tokens_are_masked_and_gone_from_the_process(action_image, runner):
     token = f"runtime-{secrets.token_hex(12)}"
     id_token = f"idtoken-{secrets.token_hex(12)}"

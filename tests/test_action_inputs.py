@@ -1521,10 +1521,10 @@ def test_many_nodes_out_of_time_while_starting_fail_cleanly(workspace):
 
 
 def _start_action(env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """The action's console script, as the image starts it."""
+    """The action's entry script, as the image starts it (``python -S``)."""
     env = {**env, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", "from calimero_workflow.interrupts import action_entry; raise SystemExit(action_entry())"],
+        [sys.executable, "-S", str(ROOT / "docker" / "calimero-workflow-action")],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -1533,11 +1533,14 @@ def _start_action(env: dict[str, str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _handles_sigterm(pid: int) -> bool:
-    """Whether the process has its own SIGTERM handler (set first thing)."""
-    status = Path(f"/proc/{pid}/status").read_text()
+def _handles(pid: int, sig: int) -> bool:
+    """Whether the process has a handler of its own for ``sig``."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # it ended
+        return False
     caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
+    return bool(caught & (1 << (sig - 1)))
 
 
 def _cancelled_with_everything(workspace: Path, env: dict[str, str], proc) -> None:
@@ -1560,7 +1563,7 @@ def test_a_signal_while_the_engine_loads_ends_cancelled_with_every_output(worksp
     env = env_for(workspace, workflows="wf/ok.yml")
     proc = _start_action(env, workspace)
     deadline = time.monotonic() + 30
-    while not _handles_sigterm(proc.pid):
+    while not _handles(proc.pid, signal.SIGTERM):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.001)
     proc.send_signal(sig)  # the engine is still being imported
@@ -1595,6 +1598,25 @@ def test_a_signal_while_the_reports_are_written_ends_cancelled_with_every_output
         text = fh.read()
     assert text.startswith("## ")
     _cancelled_with_everything(workspace, env, proc)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_a_sigint_as_python_starts_ends_cancelled_with_every_output(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    for delay in (0.003, 0.005, 0.008, 0.012, 0.02, 0.04):
+        for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
+            Path(env[name]).unlink(missing_ok=True)
+        proc = _start_action(env, workspace)
+        # once Python handles SIGINT at all, with its own handler (which raises
+        # KeyboardInterrupt) until the entry script installs ours; the first
+        # millisecond of that is Python's own start, before any code of ours
+        deadline = time.monotonic() + 30
+        while not _handles(proc.pid, signal.SIGINT):
+            assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _cancelled_with_everything(workspace, env, proc)
 
 
 def test_a_hung_finish_ends_cancelled_when_signalled_again(workspace):
@@ -1643,3 +1665,4 @@ def test_after_a_second_signal_the_action_has_a_bounded_time(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and 0.3 < time.monotonic() - started < 10, err
     assert said.read_text() == "cancelled"
+

@@ -14,26 +14,26 @@ The finishing is bounded, though: after a second signal it has
 process stops where it is, with the status ``cancelled`` written if no
 status was (the post step removes nodes left behind).
 
-The action's console script starts in :func:`action_entry`, which installs
-the handlers before the engine is imported. (As PID 1 of a container, the
-process would otherwise ignore SIGTERM, and SIGINT would end the import
-with a traceback.)
+The action's entry script installs the handlers before anything else is
+imported: this module imports only ``os`` and ``signal``. (As PID 1 of a
+container, the process would otherwise ignore SIGTERM, and SIGINT would
+end the import with a traceback.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
-from types import FrameType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and asyncio take tens of milliseconds to import
+    import asyncio
+    from collections.abc import Callable
+    from types import FrameType
 
 __all__ = ["FINISH_GRACE_S", "Interrupts", "action_entry"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: What :meth:`Interrupts.held` holds back: the signals, and the give-up alarm.
-_HELD = (*_SIGNALS, signal.SIGALRM) if hasattr(signal, "SIGALRM") else _SIGNALS
 #: Seconds the action may still take after a second signal.
 FINISH_GRACE_S = 30.0
 _EXIT_CANCELLED = 130
@@ -43,11 +43,13 @@ class Interrupts:
     """Counts SIGINT and SIGTERM; the first cancels the attached task.
 
     Args:
+        count: Signals that already arrived (one the entry script caught
+            before the handlers were installed).
         grace: Seconds the action may take after a second signal.
     """
 
-    def __init__(self, *, grace: float = FINISH_GRACE_S) -> None:
-        self.count = 0
+    def __init__(self, count: int = 0, *, grace: float = FINISH_GRACE_S) -> None:
+        self.count = count
         self.grace = grace
         #: Writes the status ``cancelled`` when the action gives up before
         #: its outputs were written (set once the outputs can be written).
@@ -75,33 +77,18 @@ class Interrupts:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    @contextlib.contextmanager
-    def cancelling(self, task: asyncio.Task) -> Iterator[None]:
+    def cancelling(self, task: asyncio.Task) -> _Cancelling:
         """While the block runs, a signal cancels ``task`` (once)."""
-        if self.cancelled:  # it came before the run started
-            task.cancel()
-        self._loop, self._task = asyncio.get_running_loop(), task
-        try:
-            yield
-        finally:
-            self._loop = self._task = None
+        return _Cancelling(self, task)
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> _Held:
         """Signals (and the give-up alarm) wait, pending, until the block ends.
 
         For the last word: the status is decided and written as one step, so
         a signal cannot land between the two; one that comes later finds the
         work done and changes nothing.
         """
-        if not hasattr(signal, "pthread_sigmask"):
-            yield
-            return
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        return _Held()
 
     def finished(self, code: int) -> None:
         """The outputs are written: giving up now ends with ``code``."""
@@ -154,9 +141,47 @@ def _say(text: str) -> None:
         pass
 
 
-def action_entry() -> int:
-    """The action's console script: signals are handled before the engine loads."""
-    interrupts = Interrupts().install()
+class _Cancelling:
+    """:meth:`Interrupts.cancelling`."""
+
+    def __init__(self, interrupts: Interrupts, task: asyncio.Task) -> None:
+        self._interrupts = interrupts
+        self._task = task
+
+    def __enter__(self) -> None:
+        if self._interrupts.cancelled:  # it came before the run started
+            self._task.cancel()
+        self._interrupts._loop = self._task.get_loop()
+        self._interrupts._task = self._task
+
+    def __exit__(self, *exc: object) -> None:
+        self._interrupts._loop = self._interrupts._task = None
+
+
+class _Held:
+    """:meth:`Interrupts.held`."""
+
+    _MASK = (*_SIGNALS, signal.SIGALRM) if hasattr(signal, "SIGALRM") else _SIGNALS
+
+    def __enter__(self) -> None:
+        self._before = None
+        if hasattr(signal, "pthread_sigmask"):
+            self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._MASK)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+
+
+def action_entry(interrupts: Interrupts | None = None) -> int:
+    """The action's entry point: signals are handled before the engine loads.
+
+    ``interrupts`` are the handlers the image's entry script installed
+    first thing (docker/calimero-workflow-action); without them they are
+    installed here.
+    """
+    if interrupts is None:
+        interrupts = Interrupts().install()
     from .action import main
 
     return main(interrupts=interrupts)
