@@ -132,10 +132,11 @@ def scrub_runner_tokens(names: Sequence[str]) -> None:
     """Take the runner's tokens out of this process's environment.
 
     Workflows never see them (``${VAR}`` and scripts get an environment
-    without ``ACTIONS_*``), but a script could read this process's
-    ``/proc/<pid>/environ``, which shows the environment the process started
-    with. So the values are removed from ``os.environ`` and blanked in place
-    in that block; the action itself has no use for them.
+    without ``ACTIONS_*``), and a script reading this process's
+    ``/proc/<pid>/environ`` finds them blanked: the values are removed from
+    ``os.environ`` and overwritten in that block. This is no boundary: a
+    script runs as root beside the action, with the Docker socket, and can
+    still find them elsewhere (docs/action.md says so).
     """
     for name in names:
         os.environ.pop(name, None)
