@@ -1326,6 +1326,11 @@ def test_a_fifo_where_the_action_reads_never_hangs_it(workspace):
     assert time.monotonic() - started < 30
     assert (code, outputs["status"]) == (2, "invalid")
     assert ".calimero-workflow.json is neither a file nor a folder" in printed
+    (reports / ".calimero-workflow.json").unlink()
+    (reports / ".calimero-workflow.json").symlink_to(workspace / "README.md")
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml"))
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert ".calimero-workflow.json is a symbolic link; the action's marker never is one" in printed
     # a workflow file (or one it names) swapped for a FIFO is refused, never read
     from calimero_workflow.errors import WorkflowValidationError
     from calimero_workflow.workflow import load_workflow
@@ -1666,3 +1671,29 @@ def test_after_a_second_signal_the_action_has_a_bounded_time(tmp_path):
     assert proc.returncode == 130 and 0.3 < time.monotonic() - started < 10, err
     assert said.read_text() == "cancelled"
 
+
+
+def test_giving_up_waits_for_the_outputs_being_written(tmp_path):
+    # a handler Python runs inside the block (its signal came just before)
+    script = (
+        "import os, signal, sys\n"
+        "from calimero_workflow.interrupts import Interrupts\n"
+        "interrupts = Interrupts(2).install()  # two signals came already\n"
+        "interrupts.last_word = lambda: open(sys.argv[1], 'a').write('last word\\n')\n"
+        "with interrupts.held():\n"
+        "    interrupts._handle(signal.SIGTERM, None)  # the third: stop at once\n"
+        "    open(sys.argv[1], 'a').write('every output\\n')\n"
+        "    interrupts.finished(0)\n"
+        "print('not reached')\n"
+    )
+    written = tmp_path / "outputs"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(written)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr  # the code of the status written
+    assert written.read_text() == "every output\n"
+    assert "not reached" not in done.stdout

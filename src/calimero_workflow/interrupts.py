@@ -59,6 +59,9 @@ class Interrupts:
         #: The exit code, once the outputs are written.
         self._code: int | None = None
         self._giving_up = False
+        #: Blocks of :meth:`held` running, and a give-up that waits for them.
+        self._holding = 0
+        self._deferred = False
 
     @property
     def cancelled(self) -> bool:
@@ -86,9 +89,11 @@ class Interrupts:
 
         For the last word: the status is decided and written as one step, so
         a signal cannot land between the two; one that comes later finds the
-        work done and changes nothing.
+        work done and changes nothing. A handler Python runs inside the block
+        anyway (for a signal that came just before it) does not give up
+        there: that waits for the block's end.
         """
-        return _Held()
+        return _Held(self)
 
     def finished(self, code: int) -> None:
         """The outputs are written: giving up now ends with ``code``."""
@@ -122,6 +127,9 @@ class Interrupts:
 
     def _give_up(self) -> None:
         """Stop where the action is: the status ``cancelled`` if none was written."""
+        if self._holding:  # the outputs are being written: right after them
+            self._deferred = True
+            return
         if self._giving_up:  # a signal while the last word is being written
             os._exit(_EXIT_CANCELLED if self._code is None else self._code)
         self._giving_up = True
@@ -163,14 +171,21 @@ class _Held:
 
     _MASK = (*_SIGNALS, signal.SIGALRM) if hasattr(signal, "SIGALRM") else _SIGNALS
 
+    def __init__(self, interrupts: Interrupts) -> None:
+        self._interrupts = interrupts
+
     def __enter__(self) -> None:
         self._before = None
+        self._interrupts._holding += 1
         if hasattr(signal, "pthread_sigmask"):
             self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._MASK)
 
     def __exit__(self, *exc: object) -> None:
         if self._before is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+        self._interrupts._holding -= 1
+        if self._interrupts._deferred and not self._interrupts._holding:
+            self._interrupts._give_up()
 
 
 def action_entry(interrupts: Interrupts | None = None) -> int:

@@ -317,6 +317,8 @@ class Workspace:
             return None
         unlisted = f"{rel} is already there, and this action did not write it (its {MARKER} does not list it)"
         if stat.S_ISLNK(found.st_mode):
+            if name == MARKER:
+                return f"{rel} is a symbolic link; the action's marker never is one"
             return f"{rel} is a symbolic link, and this action did not write it (its {MARKER} does not list it)"
         if self._is_tracked(folder / name):
             return f"{rel} is tracked by git in the workspace: the action never replaces a file of the repository"
