@@ -34,11 +34,13 @@ RUN /opt/cw/bin/pip wheel --quiet --no-deps --wheel-dir /wheels /src \
  && printf '#!/bin/sh\nexec /opt/cw/bin/merod-embedded "$@"\n' > /opt/cw/bin/merod \
  && chmod 0755 /opt/cw/bin/merod \
  && /opt/cw/bin/python -m pip uninstall --quiet -y pip setuptools
-# The action's own part: the post step's entry point (the main one,
-# calimero-workflow-action, is a console script of the package).
+# The action's own part: its entry points. The main one replaces the
+# package's console script, to handle signals before anything else is
+# imported (see the script); the post step's is a one-liner.
+COPY docker/calimero-workflow-action /opt/cw/bin/calimero-workflow-action
 RUN printf '#!/opt/cw/bin/python\nimport sys\nfrom calimero_workflow.action import main\nsys.exit(main(["post"]))\n' \
       > /opt/cw/bin/calimero-workflow-post \
- && chmod 0755 /opt/cw/bin/calimero-workflow-post
+ && chmod 0755 /opt/cw/bin/calimero-workflow-post /opt/cw/bin/calimero-workflow-action
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/cw /opt/cw

@@ -544,13 +544,14 @@ def test_cancelling_the_job_cancels_the_run_and_cleans_up(client, action_image, 
     run = started.finish(120)
     assert run.code == 130, run.stdout
     out = run.outputs
-    assert (out["status"], out["total"], out["failed"], out["skipped"]) == (
-        "cancelled", "2", "1", "1",
+    # cut short before anything failed: cancelled, not failed
+    assert (out["status"], out["total"], out["failed"], out["cancelled"], out["skipped"]) == (
+        "cancelled", "2", "0", "1", "1",
     )  # fmt: skip
     junit = ET.parse(runner.workspace / "calimero-workflow-results" / "junit.xml")
     never = next(s for s in junit.getroot() if s.get("file") == "2-never.yml")
     assert never.get("skipped") == "1"
-    assert "## ❌ calimero-workflow (cancelled)" in run.summary
+    assert "## ⛔ calimero-workflow (cancelled): 1 of 2 workflow(s) cancelled, 1 not run" in run.summary
     no_leftovers(client, run)
     post = post_like_the_runner(action_image, run)
     assert "removed 0 container(s), 0 network(s), 0 volume(s)" in post.stdout
@@ -655,7 +656,7 @@ def test_links_and_files_in_the_way_of_the_reports_are_refused(action_image, run
     ):
         if inputs.get("junit-path") == "README.md":
             (ws / "README.md").write_text("# the project\n")
-            said = "README.md is already there"
+            said = "names a file of the repository (README.md)"
         run = run_like_the_runner(
             runner,
             action_image,
@@ -723,6 +724,51 @@ def test_signals_as_pid_1_at_any_time_end_cancelled_with_every_output(
     assert {(p.stat().st_uid, p.stat().st_gid) for p in written} == {
         (RUNNER_UID, RUNNER_GID)
     }
+
+
+def test_a_fifo_where_a_marker_goes_never_hangs_the_action(action_image, runner):
+    (runner.workspace / "tests").mkdir()
+    (runner.workspace / "tests" / "ok.yml").write_text(OK_WORKFLOW)
+    reports = runner.workspace / "calimero-workflow-results"
+    reports.mkdir()
+    os.mkfifo(reports / ".calimero-workflow.json")
+    give_to_the_runner(runner.workspace)
+    started = start_like_the_runner(
+        runner, action_image, {"workflows": "tests/ok.yml", "backend": "embedded"}
+    )
+    run = started.finish(120)
+    assert (run.code, run.outputs["status"]) == (2, "invalid"), run.stdout
+    assert any(".calimero-workflow.json is neither a file nor a folder" in m for _, _, m in run.errors())
+
+
+def _running(client, name: str) -> bool:
+    try:
+        return client.api.inspect_container(name)["State"]["Running"] is True
+    except docker.errors.NotFound:  # `docker run` has not created it yet
+        return False
+
+
+def test_a_signal_as_the_action_starts_never_ends_in_a_traceback(client, action_image, runner):
+    (runner.workspace / "tests").mkdir()
+    (runner.workspace / "tests" / "ok.yml").write_text(OK_WORKFLOW)
+    give_to_the_runner(runner.workspace)
+    inputs = {"workflows": "tests/ok.yml", "backend": "embedded"}
+    for sig, delay in (("SIGINT", 0.0), ("SIGINT", 0.03), ("SIGTERM", 0.03), ("SIGINT", 0.1)):
+        started = start_like_the_runner(runner, action_image, inputs)
+        while not _running(client, started.name):
+            assert started.proc.poll() is None, started.proc.stdout.read()
+            time.sleep(0.005)
+        time.sleep(delay)
+        with contextlib.suppress(docker.errors.APIError):  # it may have ended already
+            client.api.kill(started.name, signal=sig)
+        run = started.finish(120)
+        assert "Traceback" not in run.stdout and "KeyboardInterrupt" not in run.stdout, run.stdout
+        # as PID 1 the process does not get a signal before it handles one:
+        # then the run is not cancelled; otherwise it ends cancelled, written whole
+        expected = {0: "passed", 130: "cancelled"}
+        assert run.code in expected, run.stdout
+        assert run.outputs["status"] == expected[run.code]
+        assert {"total", "passed", "failed", "cancelled", "skipped", "results"} <= set(run.outputs)
 
 
 def test_the_runners_tokens_are_masked_and_gone_from_the_process(action_image, runner):

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from calimero_workflow.action import (
     read_settings,
     run_action,
 )
+from calimero_workflow.interrupts import Interrupts
 from test_report_github import read_env_file, runner_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -412,15 +414,10 @@ def test_a_run_with_a_passing_a_failing_and_an_invalid_workflow(workspace):
         outputs["total"],
         outputs["passed"],
         outputs["failed"],
+        outputs["cancelled"],
         outputs["skipped"],
         outputs["flaky"],
-    ) == (
-        "3",
-        "1",
-        "2",
-        "0",
-        "0",
-    )
+    ) == ("3", "1", "2", "0", "0", "0")
     results = json.loads(outputs["results"])
     assert results["wf/1-passing.yml"]["greet"]["actual"] == "hello"
     assert results["wf/2-failing.yml"]["install"]["node"] == "node-1"
@@ -541,6 +538,114 @@ def test_a_workflow_that_passes_on_a_retry_is_flaky(workspace):
     ]
 
 
+@pytest.fixture
+def interrupts():
+    """The action's signal handlers, installed in this process for one test."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield Interrupts().install()
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def signal_on_load(monkeypatch, number: int) -> None:
+    """SIGINT to this process as the ``number``-th workflow load returns: the
+    cancellation lands before the attempt's run begins."""
+    from calimero_workflow import workflow
+
+    real, calls = workflow.load_workflow, []
+
+    def load(*args, **kwargs):
+        calls.append(args)
+        loaded = real(*args, **kwargs)
+        if len(calls) == number:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loaded
+
+    monkeypatch.setattr(workflow, "load_workflow", load)
+
+
+BOOM = "name: boom\nsteps:\n  - {name: boom, type: assert, actual: 1, equals: 2}\n"
+
+
+def test_a_retry_cancelled_before_it_starts_leaves_the_failed_attempt_failed(
+    workspace, monkeypatch, interrupts
+):
+    write(workspace, "wf/boom.yml", BOOM)
+    signal_on_load(monkeypatch, 2)  # attempt 2
+    env = env_for(workspace, workflows="wf/boom.yml", retries="1")
+    out = io.StringIO()
+    code = run_action(env, out, interrupts=interrupts)
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped", "flaky")}
+    assert (code, outputs["status"]) == (130, "cancelled"), out.getvalue()
+    assert counts == {"total": "1", "passed": "0", "failed": "1", "cancelled": "0", "skipped": "0", "flaky": "0"}
+    assert [f["step"] for f in json.loads(outputs["failed-steps"])] == ["boom"]
+    reports = workspace / "calimero-workflow-results"
+    (suite,) = ET.parse(reports / "junit.xml").getroot()
+    assert (suite.get("failures"), suite.get("skipped")) == ("1", "0")
+    assert suite.find("testcase/flakyFailure") is None
+    assert suite.find("properties/property[@name='status']").get("value") == "failed"
+    (attempts,) = json.loads((reports / "report.json").read_text())
+    assert [a["status"] for a in attempts] == ["failed"]
+    assert attempts[0]["phases"][-1] == {
+        "name": "retry", "status": "skipped", "duration_s": 0.0,
+        "detail": "attempt 2 of 2 did not start: the action was cancelled; attempt 1 failed",
+        "error": None, "data": {},
+    }  # fmt: skip
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert summary.startswith("## ❌ calimero-workflow (cancelled): 1 of 1 workflow(s) failed")
+    assert "### ❌ boom (failed)" in summary and "attempt 2 of 2 did not start" in summary
+    assert "flaky" not in [n for n, _, _ in runner_commands(out.getvalue())]
+
+
+def test_a_workflow_cancelled_before_it_starts_is_skipped_never_passed(
+    workspace, monkeypatch, interrupts
+):
+    write(workspace, "wf/1-ok.yml", PASSING)
+    write(workspace, "wf/2-boom.yml", BOOM)
+    signal_on_load(monkeypatch, 2)  # the second workflow
+    env = env_for(workspace, workflows="wf/*.yml", env="GREETING=hello")
+    code = run_action(env, io.StringIO(), interrupts=interrupts)
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped")}
+    assert (code, outputs["status"]) == (130, "cancelled")
+    assert counts == {"total": "2", "passed": "1", "failed": "0", "cancelled": "0", "skipped": "1"}
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    never = next(s for s in junit if s.get("file") == "wf/2-boom.yml")
+    assert never.find("properties/property[@name='status']").get("value") == "skipped"
+    assert never.find("testcase/skipped").get("message") == "not run: the action was cancelled"
+    assert never.get("timestamp")[:4] == time.strftime("%Y", time.gmtime())
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "### ⏭️ 2-boom.yml (skipped)" in summary
+
+
+def test_a_failure_before_a_cancellation_stays_a_failure(workspace):
+    write(
+        workspace,
+        "wf/fail-then-cancel.yml",
+        """\
+name: fail then cancel
+steps:
+  - {name: bad, type: assert, non_blocking: true, actual: 1, equals: 2}
+  - {name: stop, type: script, run: 'kill -INT $PPID; sleep 30'}
+  - {name: after, type: assert, actual: 1, equals: 1}
+""",
+    )
+    env = env_for(workspace, workflows="wf/*.yml")
+    proc = _start_action(env, workspace)
+    out, err = proc.communicate(timeout=120)
+    outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped")}
+    assert (proc.returncode, outputs["status"]) == (130, "cancelled"), out + err
+    assert counts == {"total": "1", "passed": "0", "failed": "1", "cancelled": "0", "skipped": "0"}
+    assert [f["step"] for f in json.loads(outputs["failed-steps"])] == ["bad"]
+    (suite,) = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    assert (suite.get("failures"), suite.get("skipped")) == ("1", "2")
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "### ❌ fail then cancel (failed)" in summary and "cancelled during" in summary
+    assert "0 of 1 workflow(s) passed, 1 failed, 0 cancelled" in out
+
+
 SLOW = """\
 name: slow
 nodes: {count: 1, prefix: node}
@@ -624,12 +729,18 @@ steps:
     executed = runner_commands(printed)
     masks = [m for n, _, m in executed if n == "add-mask"]
     assert masks == ["tok-123", "hunter2-pass"]
-    # too short to mask without hiding those characters everywhere: said so
-    assert (
-        "the value of SHORT_KEY is shorter than 4 characters and is not masked"
-        in printed
-    )
-    assert "a credential in wf/remote.yml is shorter than 4 characters" in printed
+    # too short to mask without hiding those characters everywhere: a
+    # warning names them (never their values)
+    warnings = [(p, m) for n, p, m in executed if n == "warning"]
+    assert any(
+        "SHORT_KEY: a secret in it is shorter than 4 characters" in m for _, m in warnings
+    ), warnings
+    assert any(
+        p.get("file") == "wf/remote.yml"
+        and "a credential in wf/remote.yml is shorter than 4 characters" in m
+        for p, m in warnings
+    ), warnings
+    assert not [m for _, m in warnings if "x9" in m or "k9" in m]
     assert executed[0] == ("add-mask", {}, "tok-123")
     first_mask_line = printed.index("::add-mask::hunter2-pass")
     assert "hunter2-pass" not in printed[:first_mask_line]
@@ -840,6 +951,52 @@ steps:
 
 @pytest.mark.skipif(
     os.geteuid() != 0,
+    reason="handing files over needs root, as in the action container",
+)
+def test_handing_over_never_follows_a_folder_swapped_for_a_link(tmp_path):
+    import ctypes
+    import threading
+
+    from calimero_workflow.workspace import NewFiles
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        pytest.skip("needs renameat2 to swap folders")
+    ws, victim = tmp_path / "ws", tmp_path / "victim"
+    ws.mkdir()
+    os.chown(ws, 4321, 4322)
+    (victim / "sub").mkdir(parents=True)
+    new_files = NewFiles(ws)  # what is root's before the run stays root's
+    (ws / "x" / "sub").mkdir(parents=True)
+    for i in range(200):
+        (victim / "sub" / f"f{i}").touch()
+        (ws / "x" / "sub" / f"f{i}").touch()
+    (ws / "x.alt").symlink_to(victim)
+    real, link = bytes(ws / "x"), bytes(ws / "x.alt")
+    swaps, stop = [], threading.Event()
+
+    def swap() -> None:  # exchange the folder and the link, again and again
+        while not stop.is_set():
+            swaps.append(libc.renameat2(-100, real, -100, link, 2))
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        for _ in range(30):
+            new_files.hand_over()
+    finally:
+        stop.set()
+        swapper.join()
+    assert swaps.count(0) > 100
+    assert [p for p in [victim, *victim.rglob("*")] if p.lstat().st_uid != 0] == []
+    if (ws / "x").is_symlink():
+        libc.renameat2(-100, real, -100, link, 2)
+    new_files.hand_over()
+    assert {p.lstat().st_uid for p in (ws / "x").rglob("*")} == {4321}
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
     reason="handing files over needs root, as in the image's command line",
 )
 def test_the_command_line_in_the_image_hands_its_files_to_the_folder_owner(
@@ -883,21 +1040,23 @@ def test_cancelling_the_action_cleans_up_and_never_passes(workspace):
     printed = seen + rest
     assert proc.returncode == 130, printed
     outputs = read_env_file(Path(env["GITHUB_OUTPUT"]))
-    assert (outputs["status"], outputs["total"], outputs["skipped"]) == (
-        "cancelled",
-        "2",
-        "1",
-    )
+    # cut short before anything failed: cancelled, not failed
+    counts = {k: outputs[k] for k in ("total", "passed", "failed", "cancelled", "skipped")}
+    assert outputs["status"] == "cancelled"
+    assert counts == {"total": "2", "passed": "0", "failed": "0", "cancelled": "1", "skipped": "1"}
+    assert json.loads(outputs["failed-steps"]) == []
     report = json.loads(
         (workspace / "calimero-workflow-results" / "report.json").read_text()
     )
     slow = report[0][-1]
     assert slow["interrupted"] is True
     assert {p["name"]: p["status"] for p in slow["phases"]}["cleanup"] == "passed"
-    assert (
-        "## ❌ calimero-workflow (cancelled)"
-        in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert summary.startswith(
+        "## ⛔ calimero-workflow (cancelled): 1 of 2 workflow(s) cancelled, 1 not run"
     )
+    assert "### ⛔ slow (cancelled)" in summary
+    assert "calimero-workflow: cancelled: 0 of 2 workflow(s) passed, 0 failed, 1 cancelled" in printed
     # the workflow that never ran is a skipped testcase, not an empty suite
     junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
     never = next(s for s in junit if s.get("file") == "wf/2-ok.yml")
@@ -1050,7 +1209,7 @@ def test_the_reports_folder_swapped_for_a_link_is_refused_not_followed(
     ("junit", "existing"),
     [
         ("docs/junit.xml", "docs/summary.md"),
-        ("README.md", "README.md"),
+        ("notes.xml", "notes.xml"),
         ("calimero-workflow-results/junit.xml", "calimero-workflow-results/report.json"),
     ],
 )
@@ -1099,6 +1258,152 @@ def test_node_logs_folders_are_never_links_nor_someone_elses(workspace, tmp_path
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "name", ["summary.md", "results.json", "report.json", "failed-steps.json", ".calimero-workflow.json"]
+)
+def test_junit_path_cannot_take_the_name_of_a_file_written_beside_it(workspace, name):
+    write(workspace, "wf/ok.yml", PASSING)
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", junit_path=f"out/{name}"))
+    assert (code, outputs["status"]) == (2, "invalid")
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert errors == [
+        f"input junit-path 'out/{name}': {name} is written beside the JUnit file; "
+        "name the JUnit file otherwise, e.g. out/junit.xml"
+    ]
+    assert not (workspace / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("input_name", "value", "said"),
+    [
+        ("junit_path", "README.md", "names a file of the repository (README.md)"),
+        ("junit_path", "docs/LICENSE.txt", "names a file of the repository (LICENSE.txt)"),
+        ("junit_path", "pkg/package.json", "names a file of the repository (package.json)"),
+        ("junit_path", ".git/config", "lies in .git, the repository's own data"),
+        ("node_logs_dir", ".git/hooks", "lies in .git, the repository's own data"),
+    ],
+)
+def test_the_reports_never_go_to_a_repository_file_nor_into_git(
+    workspace, input_name, value, said
+):
+    write(workspace, "wf/ok.yml", PASSING)
+    # whatever a marker there says
+    write(workspace, ".calimero-workflow.json", json.dumps({"written": ["README.md"]}))
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", **{input_name: value}))
+    assert (code, outputs["status"]) == (2, "invalid")
+    errors = [m for n, _, m in runner_commands(printed) if n == "error"]
+    assert any(said in m for m in errors), errors
+
+
+def _git(workspace: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(workspace), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="makes a checkout with git")
+def test_a_forged_marker_cannot_make_the_reports_replace_a_file(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml", junit_path="out/junit.xml", env="GREETING=hello")
+    # an earlier run's marker, as the action writes it
+    assert run(env)[0] == 0
+    marker = workspace / "out" / ".calimero-workflow.json"
+    listed = json.loads(marker.read_text())["written"]
+    assert listed["junit.xml"]["size"] == (workspace / "out" / "junit.xml").stat().st_size
+    assert len(listed["junit.xml"]["sha256"]) == 64
+
+    # a file changed since the action wrote it is someone else's now
+    (workspace / "out" / "summary.md").write_text("edited by hand\n")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "out/summary.md is already there and changed since this action wrote it" in printed
+    (workspace / "out" / "summary.md").unlink()
+    assert run(env)[0] == 0
+
+    # the repository's own files: a marker may list them, hashes and all
+    _git(workspace, "init", "-q")
+    _git(workspace, "add", "out/summary.md")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "out/summary.md is tracked by git in the workspace" in printed
+    _git(workspace, "rm", "-q", "--cached", "out/summary.md")
+    assert run(env)[0] == 0
+
+    # a committed marker is never the action's: what it lists is not believed
+    _git(workspace, "add", "out/.calimero-workflow.json")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "out/junit.xml is already there, and this action did not write it" in printed
+    _git(workspace, "rm", "-q", "--cached", "out/.calimero-workflow.json")
+
+    # nor is a marker of the old format, which lists bare names
+    marker.write_text(json.dumps({"written": ["junit.xml", "summary.md"]}))
+    code, printed, _ = run(env)
+    assert code == 2 and "out/junit.xml is already there" in printed
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="makes a checkout with git")
+def test_node_logs_folders_holding_a_repository_file_are_not_replaced(workspace):
+    write(workspace, "wf/a.yml", "name: a\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    env = env_for(workspace, workflows="wf/a.yml")
+    assert run(env)[0] == 0
+    folder = workspace / "calimero-workflow-results" / "node-logs" / "wf-a-yml"
+    assert json.loads((folder / ".calimero-workflow.json").read_text())["written"]
+    write(workspace, "calimero-workflow-results/node-logs/wf-a-yml/extra.txt", "mine\n")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "node-logs/wf-a-yml/extra.txt is already there, and this action did not write it" in printed
+    (folder / "extra.txt").unlink()
+    _git(workspace, "init", "-q")
+    _git(workspace, "add", "calimero-workflow-results/node-logs/wf-a-yml/calimero-node-1.log")
+    code, printed, _ = run(env)
+    assert code == 2
+    assert "node-logs/wf-a-yml is tracked by git in the workspace" in printed
+
+
+def test_a_fifo_where_the_action_reads_never_hangs_it(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    reports = workspace / "calimero-workflow-results"
+    reports.mkdir()
+    os.mkfifo(reports / ".calimero-workflow.json")
+    started = time.monotonic()
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml"))
+    assert time.monotonic() - started < 30
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert ".calimero-workflow.json is neither a file nor a folder" in printed
+    (reports / ".calimero-workflow.json").unlink()
+    (reports / ".calimero-workflow.json").symlink_to(workspace / "README.md")
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml"))
+    assert (code, outputs["status"]) == (2, "invalid")
+    assert ".calimero-workflow.json is a symbolic link; the action's marker never is one" in printed
+    # a workflow file (or one it names) swapped for a FIFO is refused, never read
+    from calimero_workflow.errors import WorkflowValidationError
+    from calimero_workflow.workflow import load_workflow
+
+    os.mkfifo(workspace / "wf" / "fifo.yml")
+    with pytest.raises(WorkflowValidationError, match="not a regular file"):
+        load_workflow(workspace / "wf" / "fifo.yml")
+
+
+def test_workflows_whose_paths_map_alike_get_their_own_node_logs_folder(workspace):
+    write(workspace, "tests/a-b.yml", "name: first\nnodes: {count: 1, prefix: one}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    write(workspace, "tests/a_b.yml", "name: second\nnodes: {count: 1, prefix: two}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    env = env_for(workspace, workflows="tests/*.yml")
+    for _ in range(2):  # the same folders again on a second run
+        code, printed, _ = run(env)
+        assert code == 0, printed
+    logs = workspace / "calimero-workflow-results" / "node-logs"
+    assert sorted(p.name for p in logs.iterdir()) == [".calimero-workflow.json", "tests-a-b-yml", "tests-a-b-yml-2"]
+    assert [p.name for p in (logs / "tests-a-b-yml").glob("*.log")] == ["one-1.log"]
+    assert [p.name for p in (logs / "tests-a-b-yml-2").glob("*.log")] == ["two-1.log"]
+    junit = ET.parse(workspace / "calimero-workflow-results" / "junit.xml").getroot()
+    links = {s.get("file"): s.find("system-out").text for s in junit}
+    assert "node-logs/tests-a-b-yml/one-1.log" in links["tests/a-b.yml"]
+    assert "node-logs/tests-a-b-yml-2/two-1.log" in links["tests/a_b.yml"]
+
+
 def test_a_secret_at_a_cut_is_never_half_shown(workspace):
     secret = "tok-" + "0123456789abcdefghij"
     steps = "".join(
@@ -1122,26 +1427,71 @@ def test_a_secret_at_a_cut_is_never_half_shown(workspace):
     assert not [t for t in written if secret[:6] in t]
 
 
-def test_values_that_read_as_settings_never_break_what_the_action_writes(workspace):
+def test_only_values_that_cannot_be_secrets_stay_unmasked_and_a_warning_names_them(
+    workspace,
+):
     write(workspace, "wf/ok.yml", PASSING)
-    env = env_for(
-        workspace,
-        workflows="wf/ok.yml",
-        env="AUTH_REQUIRED=true\nSESSION_LIMIT=null\nKEY_MODE=failed\nSESSION_STORE=file\n"
-        "RETRY_TOKEN=3",
-    )
-    code, printed, outputs = run(env)
-    assert (code, outputs["status"]) == (1, "failed")
-    assert outputs["failed"] == "1"
+    settings = {"AUTH_REQUIRED": "true", "SESSION_LIMIT": "null", "RETRY_TOKEN": "3", "API_PORT_KEY": "8080"}
+    secrets = {
+        "API_TOKEN": "84726193051234567890",
+        "DB_PASSWORD": "letmein",
+        "SESSION_KEY": "Zebra",
+        "KEY_MODE": "failed",  # a word of the reports' own: masked, and they stay whole
+        "SESSION_STORE": "file",
+    }
+    text = "\n".join(f"{k}={v}" for k, v in {**settings, **secrets}.items())
+    code, printed, outputs = run(env_for(workspace, workflows="wf/ok.yml", env=text))
+    executed = runner_commands(printed)
+    assert [m for n, _, m in executed if n == "add-mask"] == list(secrets.values())
+    (warning,) = [m for n, _, m in executed if n == "warning"]
+    assert "AUTH_REQUIRED, SESSION_LIMIT, RETRY_TOKEN, API_PORT_KEY: each reads as a setting" in warning
+    assert "8080" not in warning and "true" not in warning.split(":")[0]
+
+    # what the action writes stays whole: its own words and the syntax are never masked
+    assert (code, outputs["status"], outputs["failed"]) == (1, "failed", "1")
     json.loads(outputs["results"]) and json.loads(outputs["failed-steps"])
     reports = workspace / "calimero-workflow-results"
     for name in ("results.json", "failed-steps.json", "report.json"):
         json.loads((reports / name).read_text())
+    assert json.loads((reports / "report.json").read_text())[0][0]["status"] == "failed"
     junit = ET.parse(reports / "junit.xml").getroot()
     assert junit.find("testsuite").get("file") == "wf/ok.yml"
-    assert [n for n, _, _ in runner_commands(printed)].count("add-mask") == 0
-    for key in ("AUTH_REQUIRED", "SESSION_LIMIT", "KEY_MODE", "SESSION_STORE", "RETRY_TOKEN"):
-        assert f"the value of {key} reads as a setting" in printed
+    written = [
+        printed.replace("::add-mask::", "").split("\n", len(secrets))[-1],
+        Path(env_for(workspace)["GITHUB_STEP_SUMMARY"]).read_text(),
+        *(p.read_text() for p in reports.rglob("*") if p.is_file()),
+    ]
+    for value in ("84726193051234567890", "letmein", "Zebra"):
+        assert not [t for t in written if value in t], value
+
+
+def test_secrets_are_found_by_their_key_and_by_their_shape(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    values = {
+        "GH_PAT": "pat-value-1234",
+        "DEPLOY_PAT": "pat-value-5678",
+        "SLACK_WEBHOOK": "https://hooks.slack.com/services/T0001/B0001/XyZsecretpath",
+        "SEED_PHRASE": "abandon ability able about above absent",
+        "WALLET_SEED": "seed-value-0000",
+        "APP_MNEMONIC": "mnemonic-words-here",
+        "OTP_SECRET_BASE": "JBSWY3DPEHPK3PXP",
+        "OTP_CODE_KEYS": "otp-value-9999",
+        # not a secret-looking key: only what is shaped like a secret is masked
+        "DATABASE_URL": "postgres://app:Sup3r%40Secret@db:5432/x",
+        "NOTES": "pass ghp_AbCdEf0123456789AbCdEf0123456789abcd along",
+        "MORE": "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+        "PATH_HINT": "/usr/local/bin",
+    }
+    text = "\n".join(f"{k}={v}" for k, v in values.items())
+    _, printed, _ = run(env_for(workspace, workflows="wf/ok.yml", env=text))
+    masks = [m for n, _, m in runner_commands(printed) if n == "add-mask"]
+    assert masks == [
+        *(values[k] for k in list(values)[:8]),
+        "Sup3r%40Secret",
+        "Sup3r@Secret",
+        "ghp_AbCdEf0123456789AbCdEf0123456789abcd",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+    ]
 
 
 def test_an_explicit_secret_that_is_a_word_of_our_syntax_breaks_nothing(workspace):
@@ -1223,10 +1573,10 @@ def test_many_nodes_out_of_time_while_starting_fail_cleanly(workspace):
 
 
 def _start_action(env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """The action's console script, as the image starts it."""
+    """The action's entry script, as the image starts it (``python -S``)."""
     env = {**env, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", "from calimero_workflow.interrupts import action_entry; raise SystemExit(action_entry())"],
+        [sys.executable, "-S", str(ROOT / "docker" / "calimero-workflow-action")],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -1235,11 +1585,14 @@ def _start_action(env: dict[str, str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _handles_sigterm(pid: int) -> bool:
-    """Whether the process has its own SIGTERM handler (set first thing)."""
-    status = Path(f"/proc/{pid}/status").read_text()
+def _handles(pid: int, sig: int) -> bool:
+    """Whether the process has a handler of its own for ``sig``."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # it ended
+        return False
     caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16)
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
+    return bool(caught & (1 << (sig - 1)))
 
 
 def _cancelled_with_everything(workspace: Path, env: dict[str, str], proc) -> None:
@@ -1262,7 +1615,7 @@ def test_a_signal_while_the_engine_loads_ends_cancelled_with_every_output(worksp
     env = env_for(workspace, workflows="wf/ok.yml")
     proc = _start_action(env, workspace)
     deadline = time.monotonic() + 30
-    while not _handles_sigterm(proc.pid):
+    while not _handles(proc.pid, signal.SIGTERM):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.001)
     proc.send_signal(sig)  # the engine is still being imported
@@ -1297,3 +1650,97 @@ def test_a_signal_while_the_reports_are_written_ends_cancelled_with_every_output
         text = fh.read()
     assert text.startswith("## ")
     _cancelled_with_everything(workspace, env, proc)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_a_sigint_as_python_starts_ends_cancelled_with_every_output(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    for delay in (0.003, 0.005, 0.008, 0.012, 0.02, 0.04):
+        for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
+            Path(env[name]).unlink(missing_ok=True)
+        proc = _start_action(env, workspace)
+        # once Python handles SIGINT at all, with its own handler (which raises
+        # KeyboardInterrupt) until the entry script installs ours; the first
+        # millisecond of that is Python's own start, before any code of ours
+        deadline = time.monotonic() + 30
+        while not _handles(proc.pid, signal.SIGINT):
+            assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _cancelled_with_everything(workspace, env, proc)
+
+
+def test_a_hung_finish_ends_cancelled_when_signalled_again(workspace):
+    write(workspace, "wf/ok.yml", PASSING)
+    env = env_for(workspace, workflows="wf/ok.yml")
+    os.mkfifo(env["GITHUB_STEP_SUMMARY"])  # nobody reads it: the reports hang there
+    proc = _start_action(env, workspace)
+    for line in proc.stdout:
+        if line.startswith("::endgroup::"):
+            break
+    time.sleep(0.5)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # the third stops it
+        assert proc.poll() is None
+        proc.send_signal(sig)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "stopped before the action finished" in err and "Traceback" not in err
+    assert read_env_file(Path(env["GITHUB_OUTPUT"])) == {"status": "cancelled"}
+
+
+def test_after_a_second_signal_the_action_has_a_bounded_time(tmp_path):
+    script = (
+        "import os, sys\n"
+        "from calimero_workflow.interrupts import Interrupts\n"
+        "interrupts = Interrupts(grace=0.5).install()\n"
+        "interrupts.last_word = lambda: open(sys.argv[1], 'w').write('cancelled')\n"
+        "os.mkfifo(sys.argv[2])\n"
+        "print('ready', flush=True)\n"
+        "open(sys.argv[2]).read()  # hangs: nobody writes\n"
+    )
+    said, fifo = tmp_path / "said", tmp_path / "fifo"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(said), str(fifo)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert proc.poll() is None  # the first signal only asks
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and 0.3 < time.monotonic() - started < 10, err
+    assert said.read_text() == "cancelled"
+
+
+
+def test_giving_up_waits_for_the_outputs_being_written(tmp_path):
+    # a handler Python runs inside the block (its signal came just before)
+    script = (
+        "import os, signal, sys\n"
+        "from calimero_workflow.interrupts import Interrupts\n"
+        "interrupts = Interrupts(2).install()  # two signals came already\n"
+        "interrupts.last_word = lambda: open(sys.argv[1], 'a').write('last word\\n')\n"
+        "with interrupts.held():\n"
+        "    interrupts._handle(signal.SIGTERM, None)  # the third: stop at once\n"
+        "    open(sys.argv[1], 'a').write('every output\\n')\n"
+        "    interrupts.finished(0)\n"
+        "print('not reached')\n"
+    )
+    written = tmp_path / "outputs"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(written)],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr  # the code of the status written
+    assert written.read_text() == "every output\n"
+    assert "not reached" not in done.stdout

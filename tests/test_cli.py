@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from calimero_workflow.cli import main
@@ -141,6 +142,33 @@ def test_sigterm_interrupts_cleans_up_and_exits_130(tmp_path: Path):
     assert data["interrupted"] is True and data["status"] == "failed"
     assert data["phases"][-1]["name"] == "cleanup"
     assert "INTERRUPTED slow" in rest
+
+
+def test_a_signal_as_the_last_run_ends_still_writes_the_result_files(tmp_path: Path):
+    # the signal lands after the last await of the run: asyncio then cancels
+    # the finished task, which must not lose what ran
+    wf = write(tmp_path, "ok.yml", PASSING)
+    junit, report = tmp_path / "junit.xml", tmp_path / "report.json"
+    script = (
+        "import os, signal, sys\n"
+        "from calimero_workflow.report.console import ConsoleReporter\n"
+        "finished = ConsoleReporter.run_finished\n"
+        "def signal_after(self, result):\n"
+        "    finished(self, result)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "ConsoleReporter.run_finished = signal_after\n"
+        "from calimero_workflow.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "run", str(wf), "--junit", str(junit), "--report", str(report),
+         "--workdir", str(tmp_path / "w"), "--color", "never"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )  # fmt: skip
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert json.loads(report.read_text())["status"] == "passed"
+    assert ET.parse(junit).getroot().get("tests") == "1"
 
 
 def test_text_with_line_breaks_cannot_start_a_workflow_command_line(tmp_path: Path, capsys):

@@ -19,7 +19,7 @@ import pytest
 
 from calimero_workflow.cli import main
 from calimero_workflow.credentials import (
-    reads_as_setting,
+    not_a_secret,
     redact_url,
     secret_env_values,
     url_secrets,
@@ -59,13 +59,15 @@ def test_the_env_rule_is_the_actions_and_urls_give_up_their_credentials():
     env = {
         "MY_API_TOKEN": f"env-{MARK}-4",
         "DB_PASSWORD": "hunter2-pass",
-        "AUTH_REQUIRED": "true",  # a setting, not a secret
-        "SESSION_STORE": "file",
+        "AUTH_REQUIRED": "true",  # a switch, not a secret
+        "SESSION_STORE": "file",  # a word: masked, it could be a password
         "HOME": "/root",
         "PWD": "/work",
+        "DATABASE_URL": "postgres://app:db-pw-1@db/app",  # a URL's password, any key
     }
-    assert secret_env_values(env) == [f"env-{MARK}-4", "hunter2-pass"]
-    assert reads_as_setting(" 8080 ") and not reads_as_setting("s3cr3t-value")
+    assert secret_env_values(env) == [f"env-{MARK}-4", "hunter2-pass", "file", "db-pw-1"]
+    assert not_a_secret(" 8080 ") and not not_a_secret("s3cr3t-value")
+    assert not not_a_secret("letmein") and not not_a_secret("84726193051234567890")
     url = "https://u:p%40ss-word@files.example/app.wasm?v=2&token=t-123456&X-Amz-Signature=abcd"
     assert redact_url(url) == "https://u:***@files.example/app.wasm?v=2&token=***&X-Amz-Signature=***"
     assert set(url_secrets(f"fetch {url} now")) == {"p%40ss-word", "p@ss-word", "t-123456", "abcd"}
@@ -73,10 +75,10 @@ def test_the_env_rule_is_the_actions_and_urls_give_up_their_credentials():
 
 
 def test_the_action_decides_with_the_same_rule():
-    from calimero_workflow import action, credentials
+    from calimero_workflow import credentials, masking
 
-    assert action.is_secret_key is credentials.is_secret_key
-    assert action.reads_as_setting is credentials.reads_as_setting
+    assert masking.secret_parts is credentials.secret_parts
+    assert masking.is_secret_key is credentials.is_secret_key
 
 
 # -- a script's own env, and --env ------------------------------------------------------

@@ -12,8 +12,9 @@ entry point is a pipeline of small stages:
    with its problems at their ``file:line`` (no exception escapes);
 4. each workflow runs with :class:`WorkflowExecutor`, again on failure up to
    ``retries`` times, each attempt bounded by ``timeout-minutes``;
-5. JUnit XML, the step summary, annotations and outputs are written, and the
-   files handed to the workspace's owner (the action runs as root).
+5. JUnit XML, the step summary, annotations and outputs are written
+   (:mod:`.report.action`), and the files handed to the workspace's owner
+   (the action runs as root).
 
 Called with arguments (``docker run <image> run wf.yml``) the image is the
 plain ``calimero-workflow`` command line instead; ``post`` is the action's
@@ -23,10 +24,8 @@ post step, which removes whatever Docker objects a run left behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import glob
-import json
 import logging
 import os
 import re
@@ -41,23 +40,26 @@ from types import MappingProxyType
 from typing import Any, TextIO
 
 from .backends.docker import image_reference_problem
-from .cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
-from .credentials import is_secret_key, reads_as_setting
+from .cli import EXIT_INTERRUPTED, EXIT_OK
 from .errors import Problem, WorkflowValidationError
 from .executor import BACKENDS, WorkflowExecutor, new_run_id
+from .gitindex import tracked_paths
 from .interrupts import Interrupts
+from .masking import mask_env_secrets, runner_tokens, scrub_runner_tokens
 from .node.interrupt import time_limit_from
+from .report.action import (
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_INVALID,
+    ActionRun,
+    count_workflows,
+    exit_code,
+    node_log_folders,
+    write_reports,
+)
 from .report.console import ConsoleReporter, inert_line, sanitize, sanitize_line
 from .report.github import MIN_SECRET_CHARS, Annotation, GitHub, Redactor
-from .report.junit import junit_xml
-from .report.summary import (
-    DEFAULT_BUDGET,
-    build_summary,
-    display_path,
-    error_details,
-    failures_of,
-    is_flaky,
-)
+from .report.summary import RETRY_PHASE, display_path, failures_of
 from .results import (
     ErrorInfo,
     PhaseRecord,
@@ -66,7 +68,7 @@ from .results import (
     StepRecord,
     problems_result,
 )
-from .workspace import Workspace
+from .workspace import MARKER, NewFiles, Workspace, workspace_owner
 
 __all__ = [
     "ActionSettings",
@@ -101,11 +103,6 @@ INPUTS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-STATUS_PASSED = "passed"
-STATUS_FAILED = "failed"
-STATUS_INVALID = "invalid"
-STATUS_CANCELLED = "cancelled"
-
 _MAX_RETRIES = 10
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Numeric inputs are ASCII digits: str.isdigit() and float() also take
@@ -119,8 +116,25 @@ _TRUE = ("true", "True", "TRUE")
 _FALSE = ("false", "False", "FALSE")
 #: Groups of step logs printed per workflow attempt; the rest is in the reports.
 _MAX_LOG_GROUPS = 20
-#: Below this many bytes of room a step summary is not worth writing.
-_MIN_SUMMARY = 2000
+#: The files the reports are written to, beside ``junit-path`` (which may
+#: not have one of their names, nor the marker's).
+_REPORT_NAMES = ("summary.md", "results.json", "failed-steps.json", "report.json")
+#: Files of a repository that ``junit-path`` may never name, whatever is
+#: there: names, and the part of a name before its first dot (``README.md``,
+#: ``LICENSE.txt``). Other files are safe by the rules of :mod:`.workspace`.
+_REPOSITORY_NAMES = frozenset(
+    {
+        ".gitignore", ".gitattributes", ".gitmodules", ".mailmap", "action.yml",
+        "action.yaml", "dockerfile", "makefile", "package.json", "pyproject.toml",
+        "setup.py", "setup.cfg", "cargo.toml", "cargo.lock", "go.mod", "go.sum",
+    }
+)  # fmt: skip
+_REPOSITORY_STEMS = frozenset(
+    {
+        "readme", "license", "licence", "copying", "changelog", "contributing",
+        "security", "codeowners", "notice", "authors",
+    }
+)  # fmt: skip
 
 
 class InputError(Exception):
@@ -159,8 +173,7 @@ class ActionSettings:
     @property
     def report_files(self) -> tuple[Path, ...]:
         """Every file the reports are written to."""
-        names = ("summary.md", "results.json", "failed-steps.json", "report.json")
-        return (self.junit_path, *(self.reports_dir / n for n in names))
+        return (self.junit_path, *(self.reports_dir / n for n in _REPORT_NAMES))
 
 
 # -- stage 1: settings ----------------------------------------------------------------
@@ -234,6 +247,23 @@ def _folders_fit(
         if not stat.S_ISDIR(mode):
             problems.append(f"{what} {value!r}: {rel} is a file, not a folder")
             return
+
+
+def _junit_name_problems(text: str, path: Path) -> list[str]:
+    """``junit-path`` may not take the name of a file written beside it, nor
+    that of a well-known file of a repository."""
+    name = path.name
+    if name in _REPORT_NAMES or name == MARKER:
+        return [
+            f"input junit-path {text!r}: {name} is written beside the JUnit file; "
+            f"name the JUnit file otherwise, e.g. {Path(text).with_name('junit.xml').as_posix()}"
+        ]
+    if name.lower() in _REPOSITORY_NAMES or name.lower().split(".")[0] in _REPOSITORY_STEMS:
+        return [
+            f"input junit-path {text!r} names a file of the repository ({name}); the action "
+            f"never writes its reports there: use e.g. {INPUTS['junit-path']}"
+        ]
+    return []
 
 
 def _parse_env(text: str, problems: list[str]) -> dict[str, str]:
@@ -337,10 +367,20 @@ def read_settings(env: Mapping[str, str]) -> ActionSettings:
         _folders_fit(
             workspace, junit_path.parent, "input junit-path", junit_text, problems
         )
+        problems += _junit_name_problems(junit_text, junit_path)
     logs_text = _input(env, "node-logs-dir") or INPUTS["node-logs-dir"]
     node_logs_dir = _confined(
         workspace, workspace, logs_text, "input node-logs-dir", problems, to_write=True
     )
+    for what, text, path in (
+        ("junit-path", junit_text, junit_path),
+        ("node-logs-dir", logs_text, node_logs_dir),
+    ):
+        if path.is_relative_to(workspace) and ".git" in path.relative_to(workspace).parts:
+            problems.append(
+                f"input {what} {text!r} lies in .git, the repository's own data; "
+                f"use a folder of its own, e.g. {INPUTS[what]}"
+            )
     if node_logs_dir.is_file() and not node_logs_dir.is_symlink():
         problems.append(f"input node-logs-dir {logs_text!r} is a file, not a folder")
     else:
@@ -536,10 +576,6 @@ def _skipped_result(file: Path, backend: str) -> RunResult:
     return result
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80] or "workflow"
-
-
 class _ActionEvents(ConsoleReporter):
     """The console reporter, plus putting Docker nodes on the job's network."""
 
@@ -617,21 +653,6 @@ def _attach_to_network(run_id: str, network_name: str) -> list[str]:
     return attached
 
 
-@dataclass
-class _Run:
-    """Everything the action ran, for the reports."""
-
-    workflows: list[list[RunResult]] = field(default_factory=list)
-    run_ids: list[str] = field(default_factory=list)
-    #: Per attempt, where the engine wrote its node logs (scratch space of
-    #: ours) and the folder of the workspace they are copied to.
-    node_logs: list[tuple[Path, Path]] = field(default_factory=list)
-    cancelled: bool = False
-    invalid: bool = False
-    #: The run stopped on an error of the action itself (a bug).
-    crashed: str | None = None
-
-
 def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str]:
     """What ``${VAR}`` in a workflow (and its scripts) may read."""
     base = {k: v for k, v in env.items() if not _HIDDEN_ENV.match(k)}
@@ -642,17 +663,27 @@ def _load_env(env: Mapping[str, str], settings: ActionSettings) -> dict[str, str
 class _Runner:
     """Stage 3 and 4: load, run with retries and a timeout, print grouped logs."""
 
-    def __init__(self, settings: ActionSettings, gh: GitHub, env: Mapping[str, str]):
+    def __init__(
+        self,
+        settings: ActionSettings,
+        gh: GitHub,
+        env: Mapping[str, str],
+        folders: Mapping[Path, str],
+    ):
         self.settings = settings
         self.gh = gh
         self.load_env = _load_env(env, settings)
-        self.run = _Run()
+        #: Per workflow file, its folder in ``node-logs-dir``.
+        self.folders = folders
+        self.run = ActionRun()
         self.job_network = _job_network() if settings.backend == "docker" else None
         self._executor: WorkflowExecutor | None = None
         #: Attempts of the workflow being run, kept if the action is cancelled.
         self._pending_attempts: list[RunResult] = []
+        #: Files whose short credentials were warned about already.
+        self._warned: set[str] = set()
 
-    async def run_all(self, files: Sequence[Path]) -> _Run:
+    async def run_all(self, files: Sequence[Path]) -> ActionRun:
         for index, file in enumerate(files):
             try:
                 self.run.workflows.append(await self._attempts(file))
@@ -663,19 +694,42 @@ class _Runner:
                 )
             except asyncio.CancelledError:
                 self.run.cancelled = True
-                partial = self._executor.result if self._executor is not None else None
-                done = (
-                    [partial]
-                    if partial is not None
-                    else [_skipped_result(file, self.settings.backend)]
-                )
-                self.run.workflows.append(self._pending_attempts + done)
+                self.run.workflows.append(self._cut_short(file))
                 for rest in files[index + 1 :]:
                     self.run.workflows.append(
                         [_skipped_result(rest, self.settings.backend)]
                     )
                 break
         return self.run
+
+    def _cut_short(self, file: Path) -> list[RunResult]:
+        """The attempts of the workflow a cancellation landed in.
+
+        An attempt that had not begun is none: the workflow was not run, or
+        its earlier attempt stands. So does an earlier attempt when the
+        retry was cut short before anything in it failed: a retry can turn a
+        failure into a pass, never into a cancellation. The attempt that
+        stands then says what became of the retry.
+        """
+        attempts = list(self._pending_attempts)
+        executor = self._executor
+        if executor is not None and executor.started:
+            if not attempts or failures_of(executor.result):
+                return [*attempts, executor.result]
+            what = "was cancelled before it finished"
+        elif attempts:
+            what = "did not start: the action was cancelled"
+        else:
+            return [_skipped_result(file, self.settings.backend)]
+        number, total = len(attempts) + 1, self.settings.retries + 1
+        attempts[-1].phases.append(
+            PhaseRecord(
+                RETRY_PHASE,
+                Status.SKIPPED,
+                detail=f"attempt {number} of {total} {what}; attempt {number - 1} failed",
+            )
+        )
+        return attempts
 
     def _crashed(self, file: Path, exc: Exception) -> RunResult:
         rel = display_path(file, self.settings.workspace)
@@ -706,10 +760,17 @@ class _Runner:
                     _problem_result(rel, file, settings.backend, "load", exc.problems)
                 ]
             for secret in workflow.secret_values():
-                if not self.gh.add_mask(secret):
-                    self.gh.echo(
-                        f"calimero-workflow: a credential in {sanitize_line(rel)} is shorter "
-                        f"than {MIN_SECRET_CHARS} characters and is not masked"
+                if not self.gh.add_mask(secret) and rel not in self._warned:
+                    self._warned.add(rel)
+                    self.gh.annotate(
+                        Annotation(
+                            "warning",
+                            f"a credential in {rel} is shorter than {MIN_SECRET_CHARS} "
+                            "characters and is not masked (masking it would hide those "
+                            "characters everywhere)",
+                            file=rel,
+                            title="calimero-workflow: values left unmasked",
+                        )
                     )
 
             run_id = new_run_id()
@@ -720,7 +781,7 @@ class _Runner:
             # the engine writes node logs to scratch space of ours; the report
             # stage copies them into the workspace (redacted, through no link)
             logs_dir = settings.workdir / "node-logs" / run_id
-            dest = settings.node_logs_dir / _slug(rel)
+            dest = settings.node_logs_dir / self.folders[file]
             if total > 1:
                 dest = dest / f"attempt-{attempt}"
             self.run.node_logs.append((logs_dir, dest))
@@ -837,385 +898,6 @@ def _blame_running_step(step: StepRecord, minutes: float) -> bool:
     return True
 
 
-# -- stage 5: reports -------------------------------------------------------------------
-
-
-def _status(run: _Run) -> str:
-    if run.cancelled:
-        return STATUS_CANCELLED
-    if run.invalid:
-        return STATUS_INVALID
-    if not run.crashed and all(attempts[-1].passed for attempts in run.workflows):
-        return STATUS_PASSED
-    return STATUS_FAILED
-
-
-def _counts(workflows: Sequence[Sequence[RunResult]]) -> dict[str, int]:
-    finals = [attempts[-1] for attempts in workflows]
-    return {
-        "total": len(finals),
-        "passed": sum(r.status is Status.PASSED for r in finals),
-        "failed": sum(r.status is Status.FAILED for r in finals),
-        "skipped": sum(r.status is Status.SKIPPED for r in finals),
-        "flaky": sum(is_flaky(attempts) for attempts in workflows),
-    }
-
-
-def _annotation_message(error: ErrorInfo) -> str:
-    return "\n".join([error.message, *error_details(error)])
-
-
-def _annotate(
-    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
-) -> None:
-    for attempts in workflows:
-        final = attempts[-1]
-        for failure in failures_of(final):
-            location = failure.location
-            gh.annotate(
-                Annotation(
-                    "error",
-                    _annotation_message(failure.error),
-                    file=display_path(location.file, workspace)
-                    if location and location.file
-                    else None,
-                    line=location.line if location else None,
-                    col=location.col if location else None,
-                    title=f"{final.workflow_name}: {failure.what}",
-                )
-            )
-        if is_flaky(attempts):
-            earlier = "; ".join(f.what for a in attempts[:-1] for f in failures_of(a))
-            gh.annotate(
-                Annotation(
-                    "warning",
-                    f"passed on attempt {len(attempts)} of {len(attempts)}; earlier attempts failed at: {earlier}",
-                    file=display_path(final.workflow_file, workspace)
-                    if final.workflow_file
-                    else None,
-                    line=1,
-                    title=f"{final.workflow_name}: flaky",
-                )
-            )
-    gh.flush_annotations()
-
-
-def _failed_steps(
-    gh: GitHub, workflows: Sequence[Sequence[RunResult]], workspace: Path
-) -> list[dict[str, Any]]:
-    rows = []
-    for attempts in workflows:
-        final = attempts[-1]
-        for failure in failures_of(final):
-            location = failure.location
-            rows.append(
-                {
-                    "workflow": final.workflow_name,
-                    "file": display_path(final.workflow_file, workspace)
-                    if final.workflow_file
-                    else None,
-                    "step": failure.what,
-                    "line": location.line if location else None,
-                    # redacted, then cut: never half a secret
-                    "message": gh.redactor.cut(failure.error.message, 300, note="…"),
-                }
-            )
-    return rows
-
-
-def _json_bytes(data: Any, *, indent: int | None = 2) -> bytes:
-    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
-    return (text + "\n").encode("utf-8")
-
-
-def _workspace_owner(workspace: Path) -> tuple[int, int] | None:
-    """Whom to give what we write: the workspace's owner, when we are root.
-
-    The action runs as root, but later steps run as the runner's user, who
-    could not otherwise change or delete these files (actions/runner#434).
-    """
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None
-    owner = workspace.stat()
-    ids = (owner.st_uid, owner.st_gid)
-    return None if ids == (0, 0) else ids
-
-
-class _NewFiles:
-    """Root-owned entries that appear under ``top`` during a run, for its owner.
-
-    What the run's own scripts write (build output, a downloaded blob, node
-    data in the command line's folder) would otherwise stay root's. Entries
-    that were root's before the run are left alone; symlinks are changed,
-    never what they point to.
-    """
-
-    def __init__(self, top: Path):
-        self.top = top
-        owner = top.stat()
-        self.ids = (owner.st_uid, owner.st_gid)
-        self.active = (
-            hasattr(os, "geteuid") and os.geteuid() == 0 and self.ids != (0, 0)
-        )
-        self.before = self._root_owned() if self.active else set()
-
-    def _root_owned(self) -> set[Path]:
-        found = set()
-        for folder, dirs, files in os.walk(self.top):
-            for name in [*dirs, *files]:
-                path = Path(folder) / name
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    if path.lstat().st_uid == 0:
-                        found.add(path)
-        return found
-
-    def hand_over(self) -> int:
-        """Give the new root-owned entries to ``top``'s owner; how many."""
-        if not self.active:
-            return 0
-        new = self._root_owned() - self.before
-        for path in new:
-            with contextlib.suppress(OSError):
-                os.chown(path, *self.ids, follow_symlinks=False)
-        return len(new)
-
-
-def _results_key(result: RunResult, workspace: Path) -> str:
-    if result.workflow_file:
-        return display_path(result.workflow_file, workspace)
-    return result.workflow_name
-
-
-def _claims(
-    settings: ActionSettings, files: Workspace, found: Discovery
-) -> list[str]:
-    """Why the reports or node logs may not be written where the inputs say.
-
-    The action replaces only what an earlier run of it wrote: the report
-    files beside the JUnit file, and a folder per workflow in
-    ``node-logs-dir``.
-    """
-    reports = settings.report_files
-    slugs = {
-        _slug(display_path(file, settings.workspace)) for file in found.files
-    }
-    problems = [
-        f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: {why}"
-        for why in files.claims(settings.reports_dir, [p.name for p in reports])
-    ]
-    problems += [
-        f"input node-logs-dir {display_path(settings.node_logs_dir, settings.workspace)!r}: {why}"
-        for why in files.claims(settings.node_logs_dir, sorted(slugs))
-    ]
-    if problems:
-        problems.append(
-            "the action writes its reports only where nothing is, or over what an earlier "
-            "run of it wrote there: choose another junit-path or node-logs-dir, e.g. "
-            f"{INPUTS['junit-path']}"
-        )
-    return problems
-
-
-def _log_redactor(gh: GitHub) -> Callable[[Path, bytes], bytes]:
-    """Node logs and states as they go into the workspace: redacted, JSON as data."""
-
-    def redact(source: Path, data: bytes) -> bytes:
-        if source.suffix == ".json":
-            try:
-                parsed = json.loads(data)
-            except ValueError:
-                pass
-            else:
-                return _json_bytes(gh.redactor.redact_data(parsed))
-        return gh.redactor.redact_bytes(data)
-
-    return redact
-
-
-def _relocate(value: Any, moves: Mapping[str, str]) -> Any:
-    """``value`` with paths under a scratch folder pointing at their copies."""
-    if isinstance(value, str):
-        for old, new in moves.items():
-            if value == old or value.startswith(old + os.sep):
-                return new + value[len(old) :]
-        return value
-    if isinstance(value, dict):
-        return {k: _relocate(v, moves) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relocate(v, moves) for v in value]
-    return value
-
-
-def _copy_node_logs(
-    gh: GitHub, run: _Run, files: Workspace, trouble: list[str]
-) -> dict[str, str]:
-    """Copy each attempt's node logs into the workspace; the moves made."""
-    moves: dict[str, str] = {}
-    redact = _log_redactor(gh)
-    for scratch, dest in run.node_logs:
-        if not scratch.is_dir():
-            continue
-        try:
-            written = files.copy_tree(scratch, dest, redact)
-        except OSError as exc:
-            trouble.append(f"node logs were not copied to {display_path(dest, files.root)}: {exc}")
-            continue
-        moves[str(scratch)] = str(dest)
-        trouble += [
-            f"{display_path(w.path, files.root)} was a symbolic link; it was replaced by the file"
-            for w in written
-            if w.replaced_link
-        ]
-    return moves
-
-
-def _report(
-    settings: ActionSettings,
-    gh: GitHub,
-    run: _Run,
-    files: Workspace,
-    interrupts: Interrupts,
-) -> str:
-    """Write every report and output; return the status.
-
-    Everything is made of the run's records redacted first
-    (:meth:`Redactor.redact_data`): no file is redacted as text afterwards,
-    which could change its syntax, and no text is cut before it is redacted.
-    """
-    workspace = settings.workspace
-    trouble: list[str] = []
-    moves = _copy_node_logs(gh, run, files, trouble)
-    workflows = gh.redactor.redact_data(run.workflows)
-    for attempts in workflows:
-        for result in attempts:
-            result.node_log_files = _relocate(result.node_log_files, moves)
-            for phase in result.phases:
-                phase.data = _relocate(phase.data, moves)
-
-    properties = {"action.backend": settings.backend}
-    if settings.image:
-        properties["action.image"] = settings.image
-    cancelled = run.cancelled or interrupts.cancelled
-    title = "calimero-workflow" + (" (cancelled)" if cancelled else "")
-    summary_text = build_summary(
-        workflows, root=workspace, budget=DEFAULT_BUDGET, title=title
-    )
-    results = {_results_key(a[-1], workspace): a[-1].workflow_results for a in workflows}
-    failed_steps = _failed_steps(gh, workflows, workspace)
-    junit_path, summary_path, results_path, failed_path, report_path = (
-        settings.report_files
-    )
-    contents = {
-        junit_path: junit_xml(workflows, root=workspace, properties=properties),
-        summary_path: summary_text.encode("utf-8"),
-        results_path: _json_bytes(results),
-        failed_path: _json_bytes(failed_steps),
-        report_path: _json_bytes([[r.to_dict() for r in a] for a in workflows]),
-    }
-    written = []
-    for path, data in contents.items():
-        try:
-            done = files.write(path, data)
-        except OSError as exc:
-            trouble.append(f"{display_path(path, workspace)} was not written: {exc}")
-            continue
-        written.append(path.name)
-        if done.replaced_link:
-            trouble.append(
-                f"{display_path(path, workspace)} was a symbolic link; it was replaced by the report"
-            )
-    # what we wrote, so that a later run of the action may replace it
-    folders = {Path(d).relative_to(settings.node_logs_dir).parts[0] for d in moves.values()}
-    for folder, names in ((settings.reports_dir, written), (settings.node_logs_dir, folders)):
-        if names:
-            with contextlib.suppress(OSError):  # the folder is unusable: said above
-                files.record(folder, names)
-
-    if settings.summary:
-        room = gh.summary_room()
-        text = summary_text
-        if len(text.encode("utf-8")) > room:
-            # other tools filled this step's summary first: fit into what is left
-            text = (
-                build_summary(workflows, root=workspace, budget=room, title=title)
-                if room >= _MIN_SUMMARY
-                else ""
-            )
-        if text:
-            gh.append_summary(text, redact=False)
-        else:
-            gh.echo(
-                f"the step summary has only {room} bytes left; the summary is in {display_path(summary_path, workspace)}"
-            )
-    for problem in trouble:
-        level = "error" if "not written" in problem or "not copied" in problem else "warning"
-        gh.annotate(Annotation(level, problem, title="calimero-workflow: reports"))
-    if run.crashed:
-        gh.annotate(
-            Annotation("error", run.crashed, title="calimero-workflow: internal error")
-        )
-    if settings.annotations:
-        _annotate(gh, workflows, workspace)
-    else:
-        gh.flush_annotations()
-
-    # the status is decided and written as one step: a signal waits for it
-    with interrupts.held():
-        run.cancelled = run.cancelled or interrupts.cancelled
-        status = _status(run)
-        if status == STATUS_PASSED and any("not written" in t for t in trouble):
-            status = STATUS_FAILED
-        _write_outputs(settings, gh, status, workflows, results, failed_steps)
-    return status
-
-
-def _write_outputs(
-    settings: ActionSettings,
-    gh: GitHub,
-    status: str,
-    workflows: Sequence[Sequence[RunResult]],
-    results: Any,
-    failed_steps: list[dict[str, Any]],
-) -> None:
-    """The step's outputs: our own words and counts, and JSON of redacted records
-    (so none is redacted as text, which could break it)."""
-    workspace = settings.workspace
-    junit_path, summary_path, results_path, failed_path, _ = settings.report_files
-
-    def rel(path: Path) -> str:
-        return display_path(path, workspace)
-
-    gh.set_output("status", status, redact=False)
-    for name, value in _counts(workflows).items():
-        gh.set_output(name, str(value), redact=False)
-    gh.set_output(
-        "results",
-        json.dumps(results, ensure_ascii=False, default=str),
-        is_json=True,
-        full_value=rel(results_path),
-        redact=False,
-    )
-    gh.set_output(
-        "failed-steps",
-        json.dumps(failed_steps, ensure_ascii=False, separators=(",", ":")),
-        is_json=True,
-        full_value=rel(failed_path),
-        redact=False,
-    )
-    gh.set_output("junit-path", rel(junit_path), redact=False)
-    gh.set_output("summary-path", rel(summary_path), redact=False)
-
-
-def _exit_code(status: str, settings: ActionSettings | None) -> int:
-    if status == STATUS_CANCELLED:
-        return EXIT_INTERRUPTED
-    if status == STATUS_INVALID:
-        return EXIT_INVALID
-    if status == STATUS_FAILED:
-        return EXIT_FAILED if settings is None or settings.fail_on_failure else EXIT_OK
-    return EXIT_OK
-
-
 # -- the entry points -------------------------------------------------------------------
 
 
@@ -1241,85 +923,46 @@ def _setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _runner_tokens(env: Mapping[str, str]) -> dict[str, str]:
-    """The runner's own secrets in the environment (``ACTIONS_RUNTIME_TOKEN``,
-    ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, …): token-like ``ACTIONS_*`` values."""
-    return {
-        key: value
-        for key, value in env.items()
-        if key.startswith("ACTIONS_")
-        and is_secret_key(key.removeprefix("ACTIONS_"))
-        and not key.endswith("_URL")
-        and value.strip()
-    }
+def _claims(
+    settings: ActionSettings, files: Workspace, folders: Mapping[Path, str]
+) -> list[str]:
+    """Why the reports or node logs may not be written where the inputs say.
 
-
-def _scrub_runner_tokens(names: Sequence[str]) -> None:
-    """Take the runner's tokens out of this process's environment.
-
-    Workflows never see them (``${VAR}`` and scripts get an environment
-    without ``ACTIONS_*``), but a script could read this process's
-    ``/proc/<pid>/environ``, which shows the environment the process started
-    with. So the values are removed from ``os.environ`` and blanked in place
-    in that block; the action itself has no use for them.
+    The action replaces only what an earlier run of it wrote, unchanged
+    since (see :meth:`Workspace.claims`): the report files beside the JUnit
+    file, and a folder per workflow in ``node-logs-dir``.
     """
-    for name in names:
-        os.environ.pop(name, None)
-    wanted = {name.encode() for name in names}
-    try:
-        with open("/proc/self/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        # env_start and env_end: fields 50 and 51 of proc(5), after "pid (comm)"
-        start, end = int(fields[47]), int(fields[48])
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            block = mem.read(end - start)
-            offset = 0
-            for entry in block.split(b"\0"):
-                key, eq, value = entry.partition(b"=")
-                if eq and key in wanted:
-                    mem.seek(start + offset + len(key) + 1)
-                    mem.write(b"\0" * len(value))
-                offset += len(entry) + 1
-    except (OSError, ValueError, IndexError) as exc:  # not Linux, or no /proc
-        log.debug("the runner's tokens stay in the process's first environment: %s", exc)
 
+    def rel(path: Path) -> str:
+        return display_path(path, settings.workspace)
 
-def _mask_env_secrets(
-    gh: GitHub, settings: ActionSettings, env: Mapping[str, str]
-) -> None:
-    """Mask values of secret-looking keys: the ``env`` input, then the step's environment.
-
-    The runner masks its own secrets in the log, but not in the files we
-    write; a secret given to the step through ``env:`` reaches workflows as
-    ``${KEY}`` like one from the input. A value that reads as a setting
-    (``AUTH_REQUIRED=true``, ``SESSION_STORE=file``) is not a secret: the log
-    says so instead.
-    """
-    readable = _load_env(env, settings)
-    keys = [*settings.env, *(k for k in readable if k not in settings.env)]
-    for key in keys:
-        value = readable[key]
-        if not is_secret_key(key) or not value.strip():
-            continue
-        if reads_as_setting(value):
-            # the log says so, never what the value is
-            gh.echo(
-                f"calimero-workflow: the value of {key} reads as a setting (a number, "
-                "a word of up to 7 letters, true/false/null…), not a secret, and is not masked"
-            )
-        elif not gh.add_mask(value):
-            gh.echo(
-                f"calimero-workflow: the value of {key} is shorter than "
-                f"{MIN_SECRET_CHARS} characters and is not masked"
-            )
+    names = [path.name for path in settings.report_files]
+    problems = [
+        f"input junit-path {rel(settings.junit_path)!r}: {why}"
+        for why in files.claims(settings.reports_dir, names)
+    ]
+    problems += [
+        f"input node-logs-dir {rel(settings.node_logs_dir)!r}: {why}"
+        for why in files.claims(settings.node_logs_dir, sorted(set(folders.values())))
+    ]
+    if problems:
+        problems.append(
+            "the action writes its reports only where nothing is, or over what an earlier "
+            "run of it wrote there and nobody changed since: choose another junit-path or "
+            f"node-logs-dir, e.g. {INPUTS['junit-path']}"
+        )
+    return problems
 
 
 def _start(
-    settings: ActionSettings, gh: GitHub, env: Mapping[str, str], found: Discovery
+    settings: ActionSettings,
+    gh: GitHub,
+    env: Mapping[str, str],
+    found: Discovery,
+    folders: Mapping[Path, str],
 ) -> _Runner:
     """The runner, with the patterns that matched nothing as failed workflows."""
-    runner = _Runner(settings, gh, env)
+    runner = _Runner(settings, gh, env, folders)
     for pattern, reason in found.unmatched.items():
         runner.run.invalid = True
         problem = Problem(
@@ -1353,12 +996,13 @@ def _run(
     gh: GitHub,
     env: Mapping[str, str],
     found: Discovery,
+    folders: Mapping[Path, str],
     interrupts: Interrupts,
-) -> _Run:
+) -> ActionRun:
     """Stages 3 and 4; whatever happens, a record of what ran."""
-    run = _Run()
+    run = ActionRun()
     try:
-        runner = _start(settings, gh, env, found)
+        runner = _start(settings, gh, env, found, folders)
         run = runner.run
         if interrupts.cancelled:  # before anything ran
             run.workflows += [[_skipped_result(f, settings.backend)] for f in found.files]
@@ -1380,15 +1024,19 @@ def _run(
     return run
 
 
-def _invalid(gh: GitHub, problems: Sequence[str]) -> int:
-    """Report invalid inputs; nothing has run and no file is written."""
+def _invalid(gh: GitHub, problems: Sequence[str], interrupts: Interrupts) -> int:
+    """Report invalid inputs; nothing has run and no file is written. A signal
+    that came meanwhile makes it cancelled, as at any other time."""
     for problem in problems:
         gh.annotate(
             Annotation("error", problem, title="calimero-workflow: invalid input")
         )
     gh.flush_annotations()
-    gh.set_output("status", STATUS_INVALID, redact=False)
-    return EXIT_INVALID
+    with interrupts.held():
+        status = STATUS_CANCELLED if interrupts.cancelled else STATUS_INVALID
+        gh.set_output("status", status, redact=False)
+        interrupts.finished(exit_code(status, None))
+    return exit_code(status, None)
 
 
 def run_action(
@@ -1406,33 +1054,41 @@ def run_action(
     interrupts = interrupts or Interrupts()
     gh = GitHub(env, stream)
     # the runner's tokens never reach a workflow, but a script could find them
-    for value in _runner_tokens(env).values():
+    for value in runner_tokens(env).values():
         gh.add_mask(value)
+    # if the action gives up, cancelled, before its outputs are written
+    interrupts.last_word = lambda: gh.set_output("status", STATUS_CANCELLED, redact=False)
     try:
         settings = read_settings(env)
     except InputError as exc:
-        return _invalid(gh, exc.problems)
+        return _invalid(gh, exc.problems, interrupts)
 
     found = discover_workflows(settings)
-    files = Workspace(settings.workspace, _workspace_owner(settings.workspace))
+    folders = node_log_folders(found.files, settings.workspace)
+    files = Workspace(
+        settings.workspace,
+        workspace_owner(settings.workspace),
+        tracked=tracked_paths(settings.workspace),
+    )
     clashes = [
         f"input junit-path {display_path(settings.junit_path, settings.workspace)!r}: "
         f"the reports would overwrite the workflow file {display_path(path, settings.workspace)}"
         for path in settings.report_files
         if path in found.files
     ]
-    clashes = clashes or _claims(settings, files, found)
+    clashes = clashes or _claims(settings, files, folders)
     if clashes:
-        return _invalid(gh, clashes)
+        return _invalid(gh, clashes, interrupts)
 
-    _mask_env_secrets(gh, settings, env)
+    readable = _load_env(env, settings)
+    mask_env_secrets(gh, {**{k: readable[k] for k in settings.env}, **readable})
     _LineSafeFormatter.redact = staticmethod(gh.redact)
-    new_files = _NewFiles(settings.workspace)
+    new_files = NewFiles(settings.workspace)
     status = STATUS_FAILED
-    run = _Run()
+    run = ActionRun()
     try:
-        run = _run(settings, gh, env, found, interrupts)
-        status = _report(settings, gh, run, files, interrupts)
+        run = _run(settings, gh, env, found, folders, interrupts)
+        status = write_reports(settings, gh, run, files, interrupts)
     except Exception as exc:  # a bug in the reports: still a status, never a traceback alone
         log.error("writing the reports failed", exc_info=True)
         gh.annotate(
@@ -1445,16 +1101,18 @@ def run_action(
         with interrupts.held():
             status = STATUS_CANCELLED if interrupts.cancelled else STATUS_FAILED
             gh.set_output("status", status, redact=False)
+            interrupts.finished(exit_code(status, settings))
     finally:
         new_files.hand_over()
     # a signal after the status was written changes nothing: the work is done
-    counts = _counts(run.workflows)
+    counts = count_workflows(run.workflows)
     gh.echo(
         f"calimero-workflow: {status}: {counts['passed']} of {counts['total']} workflow(s) passed, "
-        f"{counts['failed']} failed, {counts['flaky']} flaky; JUnit report at "
+        f"{counts['failed']} failed, {counts['cancelled']} cancelled, {counts['skipped']} not run, "
+        f"{counts['flaky']} flaky; JUnit report at "
         f"{display_path(settings.junit_path, settings.workspace)}"
     )
-    return _exit_code(status, settings)
+    return exit_code(status, settings)
 
 
 def post(env: Mapping[str, str], stream: TextIO | None = None) -> int:
@@ -1508,7 +1166,7 @@ def main(
                 return EXIT_INTERRUPTED
         # the image as the command line, run as root on a mounted folder:
         # what the run writes there belongs to the folder's owner
-        new_files = _NewFiles(Path.cwd())
+        new_files = NewFiles(Path.cwd())
         try:
             return cli_main(args)
         finally:
@@ -1517,7 +1175,7 @@ def main(
         interrupts = Interrupts().install()
     _setup_logging()
     env = dict(os.environ)
-    _scrub_runner_tokens(list(_runner_tokens(env)))
+    scrub_runner_tokens(list(runner_tokens(env)))
     return run_action(env, interrupts=interrupts)
 
 

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from .confined import open_regular, read_file
 from .ed25519 import L, decode_point, is_small_order
 from .node.abi import LIMITS
 from .node.ids import b58encode
@@ -1348,14 +1349,14 @@ def load_bundle_file(path: str | Path, **options: Any) -> tuple[VerifiedBundle, 
     cap = options.get("archive_limit", MAX_ARCHIVE_BYTES)
     if size > cap:
         raise BundleError(f"application file at {real} is {size} bytes, exceeding the {cap} byte bundle cap")
-    data = real.read_bytes()
+    data = read_file(real)
     return verify_bundle(data, source=str(real), **options), data, real
 
 
 def is_wasm_file(path: str | Path) -> bool:
     """Whether the file starts as a wasm module does (``\\0asm``), read without
     reading the rest."""
-    with Path(path).open("rb") as fh:
+    with open_regular(path) as fh:
         return fh.read(len(WASM_MAGIC)) == WASM_MAGIC
 
 
@@ -1363,7 +1364,7 @@ def is_bundle_file(path: str | Path) -> bool:
     """:func:`is_bundle` of a file, reading only what its probe can reach: the
     manifest must lie within the first 8 MiB decompressed, which no stream
     encodes in more than that plus its block overhead."""
-    with Path(path).open("rb") as fh:
+    with open_regular(path) as fh:
         return is_bundle(fh.read(MAX_MANIFEST_SCAN_BYTES + (1 << 20)))
 
 
@@ -1589,7 +1590,7 @@ def build_dev_bundle_file(
     default_package, default_version, name = default_coordinates(source)
     options.setdefault("name", name)
     built = build_bundle(
-        source.read_bytes(),
+        read_file(source),
         package=package or default_package,
         version=version or default_version,
         **options,

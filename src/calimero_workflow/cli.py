@@ -150,7 +150,11 @@ def _cmd_steps() -> int:
     return EXIT_OK
 
 
-async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, list[RunResult]]:
+async def _run_all(
+    args: argparse.Namespace, env: dict[str, str], results: list[RunResult]
+) -> int:
+    """Run every file, adding each result to ``results`` as it is done (so a
+    cancellation that lands between two runs keeps what ran)."""
     from .executor import WorkflowExecutor
     from .report.console import ConsoleReporter
     from .workflow import load_workflow
@@ -173,7 +177,6 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
     env_secrets = secret_env_values(env)
     color = {"always": True, "never": False}.get(args.color)
     reporter = ConsoleReporter(verbose=args.verbose, quiet=args.quiet, color=color)
-    results: list[RunResult] = []
     folders: list[str] = []
     for workflow in loaded:
         if isinstance(workflow, RunResult):
@@ -202,11 +205,11 @@ async def _run_all(args: argparse.Namespace, env: dict[str, str]) -> tuple[int, 
         results.append(result)
         if result.interrupted:
             _print_overall(loaded, results, interrupted=True)
-            return EXIT_INTERRUPTED, results
+            return EXIT_INTERRUPTED
     _print_overall(loaded, results, interrupted=False)
     if invalid:
-        return EXIT_INVALID, results
-    return (EXIT_OK if all(r.passed for r in results) else EXIT_FAILED), results
+        return EXIT_INVALID
+    return EXIT_OK if all(r.passed for r in results) else EXIT_FAILED
 
 
 def _print_overall(loaded: list[Any], results: list[RunResult], *, interrupted: bool) -> None:
@@ -375,20 +378,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     env = _parse_env(args.env)
     _check_environment()
     _check_outputs(args)
+    results: list[RunResult] = []
     with _Interrupts() as interrupts:
 
-        async def main() -> tuple[int, list[RunResult]]:
+        async def main() -> int:
             # A shell starts background jobs with SIGINT ignored, and `kill -INT`
             # from a CI wrapper must still stop the run cleanly: both signals
             # are handled here whatever they were before.
             interrupts.loop = asyncio.get_running_loop()
             interrupts.task = asyncio.current_task()
-            return await _run_all(args, env)
+            return await _run_all(args, env, results)
 
         try:
-            code, results = asyncio.run(main())
+            code = asyncio.run(main())
         except (KeyboardInterrupt, asyncio.CancelledError):
-            return EXIT_INTERRUPTED
+            # before anything ran, or just as the last run ended: the result
+            # files still get what ran
+            code = EXIT_INTERRUPTED
         if results:
             secrets = [s for r in results for s in r.secrets]
             try:

@@ -1,4 +1,4 @@
-"""Writing a file a workflow names, inside a folder, without following symbolic links.
+"""Files in folders the action does not control: written through no link, read without hanging.
 
 Resolving a path and then writing to it leaves a window in which a directory
 on the way can be swapped for a symbolic link, and the write lands wherever
@@ -8,6 +8,11 @@ refusing symbolic links (``O_NOFOLLOW``), creates the file under a fresh
 temporary name in the last one (``O_CREAT | O_EXCL``) and renames it into
 place within that directory. A link swapped in at any moment makes the write
 fail; it never redirects it.
+
+Reading is the other hazard: opening a FIFO for reading waits for a writer,
+forever, and a read in the event loop would stop the run, its timeout and
+its cancellation with it. :func:`read_regular` and :func:`read_file` open
+with ``O_NONBLOCK`` and read only a regular file.
 """
 
 from __future__ import annotations
@@ -16,13 +21,24 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["ConfinedPathError", "same_file", "write_confined"]
+__all__ = [
+    "ConfinedPathError",
+    "NotARegularFileError",
+    "open_regular",
+    "read_file",
+    "read_regular",
+    "same_file",
+    "write_confined",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class ConfinedPathError(ValueError):
@@ -36,6 +52,48 @@ def same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or os.path.samefile(a, b)
     except (OSError, ValueError):  # one does not exist (yet), or cannot be a path
         return False
+
+
+class NotARegularFileError(OSError):
+    """A file to read is a FIFO, a socket, a device or a folder."""
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """The regular file at ``path`` opened for reading (a link to one is followed).
+
+    Raises:
+        NotARegularFileError: it is a FIFO, a socket, a device or a folder,
+            which is never opened for a blocking read.
+        OSError: it cannot be opened.
+    """
+    fd = os.open(path, _READ_FLAGS)
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise NotARegularFileError(
+            f"{os.fspath(path)} is not a regular file (a FIFO, socket, device or folder)"
+        )
+    return fh
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The contents of the regular file at ``path``; see :func:`open_regular`."""
+    with open_regular(path) as fh:
+        return fh.read()
+
+
+def read_regular(name: str, dir_fd: int, limit: int | None = None) -> bytes | None:
+    """The contents of regular file ``name`` in ``dir_fd``, at most ``limit``
+    bytes when given (one more tells the caller it was bigger); None when it
+    is missing, a symbolic link, or not a regular file."""
+    try:
+        fd = os.open(name, _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read() if limit is None else fh.read(limit + 1)
 
 
 def write_confined(path_text: str, data: bytes, *, base: Path, roots: Sequence[Path]) -> Path:

@@ -2,13 +2,16 @@
 
 Two kinds are found by their place rather than given one by one:
 
-* an environment value under a secret-looking key (``API_TOKEN``,
-  ``DB_PASSWORD``), unless it reads as a setting (``AUTH_REQUIRED=true``):
-  masking ``true`` or ``file`` would rewrite every such word. The action's
-  ``env`` input, the CLI's ``--env`` and the process environment, and a
-  script step's own ``env:`` all follow this one rule;
-* the password of a URL's user part (``https://user:pw@host``) and the values
-  of its credential-looking query parameters (``?token=…``, ``&sig=…``).
+* in an environment (the action's ``env`` input, the CLI's ``--env`` and the
+  process environment, a script step's own ``env:``), by one rule
+  (:func:`secret_parts`): the whole value of a secret-looking key
+  (``API_TOKEN``, ``DB_PASSWORD``, ``GH_PAT``, ``SLACK_WEBHOOK``…) unless it
+  cannot plausibly be a secret (empty, ``true``/``false``/``yes``/``no``/
+  ``on``/``off``/``null``/``none``, a number of up to 5 digits: masking those
+  would rewrite every such word), and whatever the key, a GitHub token in the
+  value and the password of a URL's user part;
+* in URLs anywhere: the password of the user part (``https://user:pw@host``)
+  and the values of credential-looking query parameters (``?token=…``).
 
 :class:`~calimero_workflow.report.github.Redactor` then masks the values
 found, in every spelling the reports use.
@@ -22,30 +25,36 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "SECRET_KEY",
-    "SETTING_VALUE",
     "is_secret_key",
-    "reads_as_setting",
+    "not_a_secret",
     "redact_url",
     "redact_urls",
     "secret_env_values",
+    "secret_parts",
     "url_secrets",
     "values_in",
 ]
 
-#: Keys whose values are secrets. Short names only as a whole word of the
-#: key, and ``PWD`` only after a prefix (``DB_PWD``; ``PWD`` alone is the
-#: shell's folder).
+#: Keys whose values are secrets. Short names only as a whole word of the key
+#: (``GH_PAT``, not ``PATH``), and ``PWD`` only after a prefix (``DB_PWD``;
+#: ``PWD`` alone is the shell's folder).
 SECRET_KEY = re.compile(
     r"TOKEN|SECRET|PASSW|PASSPHRASE|PASS$|KEY|AUTH|CREDENTIAL|PRIVATE|COOKIE"
-    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING"
-    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER)(?:_|$)|_PWD(?:_|$)",
+    r"|SESSION|BEARER|MNEMONIC|SIGNATURE|CONNECTION_?STRING|WEBHOOK|SEED_?PHRASE"
+    r"|(?:^|_)(?:CREDS?|JWT|DSN|CONN_?STR|SALT|PEPPER|PAT|SEED|OTP)(?:_|$)"
+    r"|_PWD(?:_|$)",
     re.I,
 )
-#: A value under a secret-looking key that reads as a setting, not a secret:
-#: numbers, words of up to 7 letters, and these.
-SETTING_VALUE = re.compile(
-    r"(?i:true|false|yes|no|on|off|null|none|nil|undefined|enabled|disabled|required|optional)"
-    r"|[-+]?[0-9]+(?:\.[0-9]+)?|[A-Za-z]{1,7}"
+#: Values that cannot plausibly be secrets, so a secret-looking key's value
+#: that reads like one is left alone: empty, a switch, or a port or count.
+_NOT_A_SECRET = re.compile(r"(?i:true|false|yes|no|on|off|null|none)|[-+]?[0-9]{1,5}|")
+#: GitHub's token formats, whatever the key they come under.
+_GITHUB_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"
+)
+#: The password of a URL's user part: ``scheme://user:PASSWORD@host``.
+_URL_PASSWORD = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:(?P<password>[^\s/?#@]+)@"
 )
 #: Query parameters whose values are credentials (``token``, ``access_token``,
 #: ``api_key``, ``X-Amz-Signature``, ``sig``, ``password``, ``client_secret``…).
@@ -62,22 +71,31 @@ def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY.search(key))
 
 
-def reads_as_setting(value: str) -> bool:
-    """Whether ``value`` reads as a setting (a number, a short word, true/false…)."""
-    return bool(SETTING_VALUE.fullmatch(value.strip()))
+def not_a_secret(value: str) -> bool:
+    """Whether ``value`` cannot plausibly be a secret: empty, a switch
+    (true, off, none…) or a number of up to 5 digits (a port, a count)."""
+    return bool(_NOT_A_SECRET.fullmatch(value.strip()))
+
+
+def secret_parts(key: str, value: str) -> list[str]:
+    """What of the variable ``key=value`` is a secret to mask (see the module)."""
+    parts = []
+    if is_secret_key(key) and not not_a_secret(value):
+        parts.append(value)
+    parts += [match.group(0) for match in _GITHUB_TOKEN.finditer(value)]
+    for match in _URL_PASSWORD.finditer(value):
+        password = match.group("password")
+        parts += [password, unquote(password)]
+    return list(dict.fromkeys(parts))
 
 
 def secret_env_values(env: Mapping[str, str]) -> list[str]:
-    """The values of ``env`` to mask: under a secret-looking key, not blank,
-    and not a setting."""
-    return [
-        value
-        for key, value in env.items()
-        if isinstance(value, str)
-        and is_secret_key(key)
-        and value.strip()
-        and not reads_as_setting(value)
-    ]
+    """The secrets of every variable of ``env`` (:func:`secret_parts`)."""
+    found: list[str] = []
+    for key, value in env.items():
+        if isinstance(value, str):
+            found += secret_parts(key, value)
+    return list(dict.fromkeys(found))
 
 
 def url_secrets(text: str) -> list[str]:

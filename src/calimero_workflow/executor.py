@@ -150,6 +150,8 @@ class WorkflowExecutor:
         self.backend: NodeBackend | None = None
         self.sandbox: Any = None
         self.ctx: RunContext | None = None
+        #: Whether :meth:`run` began; until it does, ``result`` is skipped.
+        self.started = False
         self.result = RunResult(
             workflow_name=workflow.name,
             workflow_file=str(workflow.path) if workflow.path else None,
@@ -430,6 +432,7 @@ class WorkflowExecutor:
 
     async def run(self) -> RunResult:
         """Run every phase; always clean up; return the result."""
+        self.started = True
         started = time.perf_counter()
         self.result.started_at = time.time()
         self.workdir.mkdir(parents=True, exist_ok=True)

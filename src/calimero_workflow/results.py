@@ -122,7 +122,9 @@ class RunResult:
     workflow_file: str | None
     run_id: str
     backend: str
-    status: Status = Status.PASSED
+    #: Skipped until the run decides: a result whose run never began (the
+    #: action was cancelled first) must never read as passed.
+    status: Status = Status.SKIPPED
     phases: list[PhaseRecord] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     workflow_results: dict[str, Any] = field(default_factory=dict)
@@ -138,7 +140,6 @@ class RunResult:
     @property
     def passed(self) -> bool:
         return self.status is Status.PASSED
-
     def all_steps(self):
         for step in self.steps:
             yield from step.walk()

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .backends.base import NodeSpec
+from .confined import read_file
 from .credentials import secret_env_values, url_secrets, values_in
 from .errors import Location, Problem, WorkflowValidationError
 from .steps import load_builtin_steps
@@ -669,13 +670,13 @@ def load_workflow(
     load_builtin_steps()
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = read_file(file)  # never a blocking read of a FIFO put there
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise WorkflowValidationError(
             [Problem(f"workflow file not found: {file}", hint="check the path and the working directory")]
         ) from None
     except UnicodeDecodeError as exc:
-        raw = file.read_bytes()
         line = raw.count(b"\n", 0, exc.start) + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise WorkflowValidationError(

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ..confined import read_file
 from .base import (
     BackendError,
     NodeBackend,
@@ -1078,7 +1079,7 @@ class DockerBackend(NodeBackend):
         target = re.sub(r"[^A-Za-z0-9._-]", "_", source.name).lstrip(".") or "staged"
         if target in self._specs:  # the node's own directory under /app/data
             target = f"staged-{target}"
-        data = await asyncio.to_thread(source.read_bytes)
+        data = await asyncio.to_thread(read_file, source)
         await self._io(
             container.put_archive, DATA, _tar_one(target, data, owner=self._tar_owner())
         )

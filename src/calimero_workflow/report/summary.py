@@ -28,6 +28,8 @@ from .console import sanitize
 __all__ = [
     "DEFAULT_BUDGET",
     "Failure",
+    "Outcome",
+    "RETRY_PHASE",
     "build_summary",
     "display_path",
     "error_details",
@@ -36,6 +38,7 @@ __all__ = [
     "format_value",
     "is_flaky",
     "reported_steps",
+    "workflow_outcome",
 ]
 
 #: Bytes a summary may take: GitHub's 1 MiB limit, less a margin for the
@@ -46,6 +49,10 @@ DEFAULT_BUDGET = 1024 * 1024 - 16 * 1024
 _NOTE_RESERVE = 600
 #: A cut block keeps at least this much of its body, or is left out.
 _MIN_BODY = 160
+
+#: The phase an attempt is given when the retry after it was cut short by a
+#: cancellation; its detail says so (see :func:`workflow_outcome`).
+RETRY_PHASE = "retry"
 
 _ICON = {
     "passed": "✅",
@@ -132,6 +139,28 @@ def failures_of(run: RunResult) -> list[Failure]:
 def is_flaky(attempts: Sequence[RunResult]) -> bool:
     """A workflow that failed, was run again and then passed."""
     return len(attempts) > 1 and attempts[-1].passed
+
+
+#: What a workflow's attempts amount to; every report counts by these words.
+Outcome = Literal["passed", "flaky", "failed", "cancelled", "skipped"]
+
+
+def workflow_outcome(attempts: Sequence[RunResult]) -> Outcome:
+    """What a workflow's attempts amount to, the same in every report.
+
+    ``passed`` (``flaky`` after failed attempts) when the last attempt passed;
+    ``failed`` when an attempt failed on its own, even if a cancellation cut
+    it or a later attempt short; ``cancelled`` when a cancellation cut it
+    short before anything failed; ``skipped`` when it never ran.
+    """
+    final = attempts[-1]
+    if final.passed:
+        return "flaky" if is_flaky(attempts) else "passed"
+    if any(failures_of(attempt) for attempt in attempts):
+        return "failed"
+    if final.status is Status.SKIPPED:
+        return "skipped"
+    return "cancelled" if final.interrupted else "failed"
 
 
 def format_duration(seconds: float) -> str:
@@ -278,26 +307,30 @@ def _closing_note(left_out: list[str], cut: list[str], budget: int) -> str:
 # -- the summary ----------------------------------------------------------------------
 
 
-def _workflow_state(attempts: Sequence[RunResult]) -> str:
-    final = attempts[-1]
-    if final.interrupted:
-        return "cancelled"
-    if is_flaky(attempts):
-        return "flaky"
-    return str(final.status)
-
-
 def _header(workflows: Sequence[Sequence[RunResult]], title: str) -> _Block:
-    states = [_workflow_state(a) for a in workflows]
-    failed = sum(s in ("failed", "cancelled") for s in states)
-    flaky = states.count("flaky")
-    icon = _ICON["failed"] if failed else _ICON["passed"]
+    states = [workflow_outcome(a) for a in workflows]
+    total = len(workflows)
+    parts = []
+    for state, words in (
+        ("failed", "failed"),
+        ("cancelled", "cancelled"),
+        ("skipped", "not run"),
+    ):
+        count = states.count(state)
+        if count:
+            # the first part says "of how many"
+            parts.append(f"{count} {words}" if parts else f"{count} of {total} workflow(s) {words}")
+    if "failed" in states:
+        icon = _ICON["failed"]
+    elif parts:
+        icon = _ICON["cancelled"]
+    else:
+        icon = _ICON["passed"]
     if not workflows:
         line = "no workflows ran"
-    elif failed:
-        line = f"{failed} of {len(workflows)} workflow(s) failed"
     else:
-        line = f"{len(workflows)} workflow(s) passed"
+        line = ", ".join(parts) or f"{total} workflow(s) passed"
+    flaky = states.count("flaky")
     if flaky:
         line += f", {flaky} flaky (passed on a retry)"
     return _Block(0, "the header", f"## {icon} {_esc(title)}: {line}\n\n")
@@ -305,7 +338,7 @@ def _header(workflows: Sequence[Sequence[RunResult]], title: str) -> _Block:
 
 def _status_line(attempts: Sequence[RunResult], root: Path | None) -> _Block:
     final = attempts[-1]
-    state = _workflow_state(attempts)
+    state = workflow_outcome(attempts)
     counts = final.counts()
     facts = [
         _code(display_path(final.workflow_file, root)),
@@ -325,6 +358,10 @@ def _status_line(attempts: Sequence[RunResult], root: Path | None) -> _Block:
         text += f"<br>{word} on attempt {len(attempts)} of {len(attempts)}"
         if state == "flaky":
             text += " (flaky: earlier attempts failed)"
+    for phase in final.phases:
+        # a retry the cancellation cut short, before anything of its own failed
+        if phase.name == RETRY_PHASE and phase.status is Status.SKIPPED:
+            text += f"<br>{_esc(phase.detail)}"
     return _Block(0, f"the status of {final.workflow_name}", text + "\n\n")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import AliasChoices, Field
 
 from ..appinstall import install_local_app
-from ..confined import ConfinedPathError, same_file, write_confined
+from ..confined import ConfinedPathError, read_file, same_file, write_confined
 from ..errors import Problem, StepFailure
 from ..validation import contains_deferred
 from .base import (
@@ -88,7 +88,7 @@ class UploadBlob(BaseStep):
 
     async def execute(self, config: UploadBlobConfig, run: StepRun) -> dict[str, Any]:
         path = _confined(self, config.file_path, run.ctx.workflow.base_dir, "file_path", existing=True)
-        content = path.read_bytes()
+        content = read_file(path)
         data = await run.ctx.client(config.node).upload_blob(content, context_id=config.context_id)
         run.response = data
         blob_id = data.get("blobId") or data.get("blob_id")

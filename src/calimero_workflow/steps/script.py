@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..confined import read_file
 from ..credentials import secret_env_values
 from ..errors import Problem, StepFailure
 from .base import (
@@ -425,7 +426,7 @@ class Script(BaseStep):
             else [n for n, ref in ctx.nodes.items() if ref.kind != "remote"]
         )
         if config.script:
-            body = workflow_file(ctx.workflow.base_dir, config.script).read_text(encoding="utf-8")
+            body = read_file(workflow_file(ctx.workflow.base_dir, config.script)).decode("utf-8")
         else:
             body = unescape_run(config.run or "")
         env = {str(k): _as_env_value(v) for k, v in config.env.items()}
