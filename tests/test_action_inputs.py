@@ -8,6 +8,7 @@ of test_report_github.py.
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -744,6 +746,79 @@ steps:
     assert executed[0] == ("add-mask", {}, "tok-123")
     first_mask_line = printed.index("::add-mask::hunter2-pass")
     assert "hunter2-pass" not in printed[:first_mask_line]
+
+
+class _LoginNode(http.server.BaseHTTPRequestHandler):
+    """A remote node that gives a token for a user name and password."""
+
+    token = "tok-from-login-8d21"
+
+    def _answer(self, status: int, payload: dict) -> None:
+        raw = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:
+        if self.path == "/admin-api/health":
+            return self._answer(200, {"data": {"status": "alive"}})
+        if self.headers.get("authorization") != f"Bearer {self.token}":
+            return self._answer(401, {"error": "Unauthorized"})
+        if self.path == "/admin-api/peers":
+            return self._answer(200, {"count": 0})
+        # a node that echoes the caller's credentials back
+        return self._answer(200, {"data": {"seen": self.headers.get("authorization")}})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        if self.path == "/auth/token" and body.get("provider_data") == {
+            "username": "ci",
+            "password": "pw-for-login-77",
+        }:
+            return self._answer(200, {"data": {"access_token": self.token}})
+        return self._answer(401, {"error": "bad credentials"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_token_a_node_gives_during_the_run_is_masked_by_the_runner_too(workspace):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginNode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        write(
+            workspace,
+            "wf/login.yml",
+            f"""\
+name: login
+remote_nodes:
+  far: {{url: "{url}", auth: {{method: password, username: ci, password: pw-for-login-77}}}}
+steps:
+  - name: echo
+    type: assert_api_response
+    node: far
+    path: /admin-api/whoami
+    match: {{data.seen: nobody}}
+""",
+        )
+        code, printed, outputs = run(env_for(workspace, workflows="wf/login.yml"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    token = _LoginNode.token
+    assert code == 1  # the node's echo is shown, redacted, as the actual value
+    assert "data.seen: expected" in printed
+    executed = runner_commands(printed)
+    masks = [m for n, _, m in executed if n == "add-mask"]
+    assert masks[:1] == ["pw-for-login-77"]
+    assert token in masks, masks
+    # masked by the runner before anything the run prints could carry it
+    assert printed.count(token) == 1, printed
+    assert token not in json.dumps(outputs)
 
 
 SECRET_USE = """\

@@ -339,6 +339,22 @@ def test_stop_commands_tokens_are_random_and_avoid_the_text(gh, out):
     assert len(tokens) == 20 and all(len(t) >= 32 for t in tokens)
 
 
+def test_a_mask_added_while_commands_are_off_still_reaches_the_runner(gh, out):
+    with gh.stop_commands():
+        gh.stream.write("::error::before\n")
+        assert gh.add_mask("token-found-mid-run")
+        gh.stream.write("::error::after token-found-mid-run\n")
+        gh.add_mask("token-found-mid-run")  # known: no second command
+    gh.annotate(Annotation("error", "ours"))
+    executed = runner_commands(out.getvalue())
+    # the mask ran, nothing printed inside the block did, and the block ended
+    assert [(n, m) for n, _, m in executed] == [
+        ("add-mask", "token-found-mid-run"),
+        ("error", "ours"),
+    ]
+    assert "after ***" in out.getvalue()
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -586,11 +586,20 @@ class _ActionEvents(ConsoleReporter):
         run_id: str,
         job_network: str | None,
         redactor: Redactor | None = None,
+        add_mask: Callable[[str], object] | None = None,
     ):
         # with the action's secrets: text is cut (expected/actual) after redaction
         super().__init__(stream, color=True, redactor=redactor)
         self.run_id = run_id
         self.job_network = job_network
+        self._add_mask = add_mask
+
+    def secret(self, value: str) -> None:
+        # a token a node gave mid-run: the runner masks it too (first, while
+        # the value is new to the shared redactor, which then knows it)
+        if self._add_mask is not None:
+            self._add_mask(value)
+        super().secret(value)
 
     def phase_finished(self, record: PhaseRecord) -> None:
         super().phase_finished(record)
@@ -790,6 +799,7 @@ class _Runner:
                 run_id=run_id,
                 job_network=self.job_network,
                 redactor=self.gh.redactor,
+                add_mask=self.gh.add_mask,
             )
             executor = WorkflowExecutor(
                 workflow,

@@ -419,6 +419,8 @@ class GitHub:
         #: Every value masked so far, in all its spellings.
         self.redactor = Redactor()
         self._in_group = False
+        #: The resume token while command processing is off (stop_commands).
+        self._stop_token: str | None = None
 
     # -- workflow commands ----------------------------------------------------------
 
@@ -460,10 +462,18 @@ class GitHub:
         of ``value`` could be.
         """
         parts = Redactor.parts(value)
-        for part in parts:
-            if self.redactor.add(part):
-                # the runner's mask, before anything else can print the value
+        new = [part for part in parts if self.redactor.add(part)]
+        if new:
+            # the runner's mask, before anything else can print the value;
+            # with commands off (a run in progress), on for just these lines
+            stopped = self._stop_token is not None
+            if stopped:
+                self._emit(f"::{self._stop_token}::")
+            for part in new:
                 self._emit(_format_command("add-mask", {}, part))
+            if stopped:
+                self._stop_token = self._new_stop_token()
+                self._emit(f"::stop-commands::{self._stop_token}")
         return bool(parts)
 
     @contextlib.contextmanager
@@ -490,14 +500,26 @@ class GitHub:
         node cannot guess it; ``avoid`` is text already known to be printed,
         and the token is drawn again in the (unlikely) case it occurs there.
         """
-        token = secrets.token_hex(16)
-        while token in avoid:
-            token = secrets.token_hex(16)
+        if self._stop_token is not None:
+            # already off: the runner would not read a second stop anyway
+            yield self._stop_token
+            return
+        token = self._new_stop_token(avoid)
+        self._stop_token = token
         self._emit(f"::stop-commands::{token}")
         try:
             yield token
         finally:
-            self._emit(f"::{token}::")
+            # add_mask may have changed the token meanwhile
+            self._emit(f"::{self._stop_token}::")
+            self._stop_token = None
+
+    @staticmethod
+    def _new_stop_token(avoid: str = "") -> str:
+        token = secrets.token_hex(16)
+        while token in avoid:
+            token = secrets.token_hex(16)
+        return token
 
     def untrusted(self, text: str | Iterable[str]) -> None:
         """Print text we do not control (node logs, app output) inertly."""
