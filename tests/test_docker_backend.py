@@ -1084,6 +1084,12 @@ async def test_merobox_steps_on_containers_api_blobs_and_node_scripts(client, tm
               - 'equal({{{{script_exit_code_node-1}}}}, 0)'
               - 'contains({{{{script_output_node-2}}}}, "hello from")'
               - 'gte({{{{script_execution_time_node-1}}}}, 0)'
+          - name: each
+            type: script
+            target: nodes
+            run: 'if [ -d /app/data/node-1 ]; then exit 4; fi; exit 5'
+            expected_failure: true
+            expected_error: "script failed on 2 of 2 nodes (node-1, node-2); [node-1] script exited with code 4; [node-2] script exited with code 5"
     """)
     wf = parse_workflow(text, file=tmp_path / "wf.yml", environ={})
     assert any("`outputs:` is not applied" in note for note in wf.notes)

@@ -431,6 +431,8 @@ class Script(BaseStep):
             body = unescape_run(config.run or "")
         env = {str(k): _as_env_value(v) for k, v in config.env.items()}
         per_node: dict[str, Any] = {}
+        failures: list[StepFailure] = []
+        # every node runs it, so that one report shows each node that failed
         for name in names:
             started = time.perf_counter()
             code, stdout, stderr = await ctx.backend.exec_in_node(
@@ -438,5 +440,27 @@ class Script(BaseStep):
                 # One byte more than is kept, so a cut is noticed.
                 limit=_OUTPUT_LIMIT + 1,
             )
-            per_node[name] = self._finish(run, code, stdout, stderr, time.perf_counter() - started, node=name)
-        return {"nodes": per_node, "exit_code": 0}
+            try:
+                per_node[name] = self._finish(
+                    run, code, stdout, stderr, time.perf_counter() - started, node=name
+                )
+            except StepFailure as failure:
+                per_node[name] = failure.data
+                failures.append(failure)
+        if not failures:
+            return {"nodes": per_node, "exit_code": 0}
+        failed = [n for n in names if per_node[n].get("exit_code") != 0]
+        first = failures[0]
+        raise StepFailure(
+            (
+                first.message
+                if len(failures) == 1
+                else f"script failed on {len(failures)} of {len(names)} nodes ({', '.join(failed)}); "
+                + "; ".join(f.message for f in failures)
+            ),
+            kind="script",
+            expected="exit code 0 on every node",
+            actual=", ".join(f"{n}: exit code {per_node[n]['exit_code']}" for n in failed),
+            location=self.location,
+            data={"nodes": per_node, "exit_code": per_node[failed[0]]["exit_code"]},
+        )
