@@ -45,6 +45,21 @@ async def run_text(text: str, tmp_path: Path):
         ("'b' > 'a'", True),
         ("'a,b' == 'a,b'", True),
         ("EQUAL(1, 1)", True),
+        # integers compare exactly, beyond a float's 53 bits
+        ("equal(1733350000000000001, 1733350000000000000)", False),
+        ("equal('1733350000000000001', 1733350000000000001)", True),
+        ("1733350000000000001 > 1733350000000000000", True),
+        ("equal(9007199254740993, 9007199254740992.0)", False),
+        (f"equal({10**400}, 1)", False),
+        (f"{10**400} > 1.5", True),
+        (f"{10**400} <= 1e300", False),
+        # numbers written as text: digits, decimals, exponents, nothing more
+        ("equal('2.5', 2.5)", True),
+        ("equal(' 7 ', 7.0)", True),
+        ("equal('1e3', 1000)", True),
+        ("equal('1_000', 1000)", False),
+        ("equal('infinity', 'inf')", False),
+        ("equal('nan', 'nan')", True),
     ],
 )
 async def test_statement_semantics(statement: str, passes: bool, tmp_path: Path):
@@ -127,6 +142,38 @@ async def test_single_checks(check, value, actual, passes, tmp_path: Path):
     if not passes:
         assert result.steps[0].error.location.line == 6
         assert "expected" in result.steps[0].error.message
+
+
+@pytest.mark.parametrize(
+    "check, passes",
+    [
+        ("{actual: 1733350000000000001, equals: 1733350000000000000}", False),
+        ("{actual: 1733350000000000001, greater_than: 1733350000000000000}", True),
+        (f"{{actual: {10**400}, equals: 1}}", False),
+        (f"{{actual: 5, less_than: {10**400}}}", True),
+        (f"{{actual: {10**400}, less_or_equal: 1.0e300}}", False),
+    ],
+)
+async def test_single_checks_on_integers_beyond_a_float(check: str, passes: bool, tmp_path: Path):
+    result = await run_text(f"name: t\nsteps:\n  - type: assert\n    <<: {check}\n", tmp_path)
+    assert result.passed is passes, result.steps[0].error
+    assert "internal" not in str(result.steps[0].error)
+
+
+@pytest.mark.parametrize(
+    "statement, passes",
+    [
+        ("json_equal(9007199254740993, 9007199254740992)", False),
+        (f"json_equal({10**400}, {10**400})", True),
+        (f"json_equal({10**400}, 1)", False),
+        ('json_subset({"n": 18446744073709551615}, {"n": 18446744073709551614})', False),
+    ],
+)
+async def test_json_assert_compares_integers_exactly(statement: str, passes: bool, tmp_path: Path):
+    result = await run_text(
+        f"name: t\nsteps:\n  - type: json_assert\n    statements: ['{statement}']\n", tmp_path
+    )
+    assert result.passed is passes, result.steps[0].error
 
 
 async def test_non_blocking_failure_continues_but_fails_the_run(tmp_path: Path):

@@ -494,11 +494,25 @@ NODE = "name: x\nnodes: {count: 1}\nsteps:\n"
         ("{type: download_blob, node: calimero-node-1, blob_id: b, output_path: ../../outside.bin}", "output_path '../../outside.bin' is outside"),
         ("{type: assert, actual: x, matches: '(unclosed'}", "invalid regular expression '(unclosed'"),
         ("{type: assert, statements: ['regex(a, \"(\")']}", "invalid regular expression '('"),
+        # times beyond a week break timers and regex deadlines
+        ("{type: assert, actual: a, equals: a, timeout: 1.0e+15}", "timeout: Input should be less than or equal to 604800"),
+        ("{type: wait, seconds: 1, retry_delay: 1e400}", "retry_delay: Input should be less than or equal to 604800"),
+        ("{type: wait_for_sync, context_id: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc, check_interval: 1e9}", "check_interval: Input should be less than or equal to 604800"),
+        ("{type: fuzzy_test, duration_minutes: 1e9, operations: [{steps: [{type: wait, seconds: 1}]}]}", "duration_minutes: Input should be less than or equal to 10080"),
     ],
 )
 def test_bad_literal_values_are_located_errors(step: str, message: str):
     msgs = problems_of(NODE + f"  - {step}\n")
     assert any(m.startswith("wf.yml:4:") and message in m for m in msgs), msgs
+
+
+@pytest.mark.parametrize("value", [".inf", "1e400", "604801"])
+def test_the_ready_timeout_is_at_most_a_week(value: str):
+    msgs = problems_of(f"name: t\nwait_timeout: {value}\nsteps: [{{type: wait, seconds: 1}}]\n")
+    assert any(
+        m.startswith("wf.yml:2:15:") and "wait_timeout: Input should be less than or equal to 604800" in m
+        for m in msgs
+    ), msgs
 
 
 def test_a_date_in_call_args_says_how_to_quote_it():

@@ -18,6 +18,10 @@ from .yamlsrc import LocatedDict, LocatedList
 
 M = TypeVar("M", bound=BaseModel)
 
+#: The longest time a timeout, interval or duration may be: a week, longer
+#: than any CI job runs (larger values break timers and regex deadlines).
+MAX_SECONDS = 7 * 24 * 3600
+
 #: Placeholders that only get a value when the step runs.
 _DEFERRED_RE = re.compile(r"\$\{[^{}]+\}|\{\{[^{}]+\}\}")
 

@@ -32,7 +32,7 @@ from .steps.base import (
     ValidationContext,
     registry,
 )
-from .validation import contains_deferred, validate_model
+from .validation import MAX_SECONDS, contains_deferred, validate_model
 from .yamlsrc import (
     RAW_COMMAND_SECTIONS,
     LocatedDict,
@@ -164,7 +164,7 @@ class SandboxSettings(_Strict):
     ready_path: str | None = None
     command: list[str] | str | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
-    timeout: float = Field(default=60, gt=0)
+    timeout: float = Field(default=60, gt=0, le=MAX_SECONDS)
 
 
 class ContractsSettings(_Strict):
@@ -176,7 +176,7 @@ class ContractsSettings(_Strict):
     #: Image of the deploy container (default: the sandbox image).
     image: str | None = None
     env: dict[EnvName, str] = Field(default_factory=dict)
-    timeout: float = Field(default=300, gt=0)
+    timeout: float = Field(default=300, gt=0, le=MAX_SECONDS)
 
 
 class WorkflowSettings(_Strict):
@@ -189,7 +189,7 @@ class WorkflowSettings(_Strict):
     steps: Any = None
     backend: Literal["embedded", "docker"] | None = None
     image: str | None = None
-    wait_timeout: float = Field(default=60, gt=0)
+    wait_timeout: float = Field(default=60, gt=0, le=MAX_SECONDS)
     restart: bool = False
     stop_all_nodes: bool = False
     nuke_on_start: bool = False

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field
 
 from ..client import NodeError, api_path_problem
 from ..errors import Problem, StepFailure
+from ..validation import MAX_SECONDS
 from .base import (
     BaseStep,
     NodeStepConfig,
@@ -87,7 +88,7 @@ class AssertApiResponseConfig(NodeStepConfig):
     #: Reads until the assertions hold (merobox's meaning); 1 by default.
     retries: int | None = Field(default=None, gt=0, le=10_000)
     #: Seconds between reads (1).
-    interval: float | None = Field(default=None, gt=0)
+    interval: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
 
 def lookup(body: Any, path: str) -> Any:

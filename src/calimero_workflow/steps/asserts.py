@@ -213,16 +213,28 @@ def parse_statement(text: str) -> Statement:
     )
 
 
-def _as_number(value: Any) -> float | None:
+#: Numbers written as text: digits, a decimal part, an exponent. Not Python's
+#: wider float syntax (``1_000``, ``inf``, ``nan`` stay text).
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _as_number(value: Any) -> int | float | None:
+    """``value`` as a number: ints stay ints, so that they compare exactly
+    (a u64 or a nanosecond timestamp is beyond a float's 53 bits)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        return value
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+        text = value.strip()
+        if _INTEGER_TEXT.fullmatch(text):
+            try:
+                return int(text)
+            except ValueError:  # more digits than Python converts: text
+                return None
+        if _NUMBER_TEXT.fullmatch(text):
+            return float(text)
     return None
 
 

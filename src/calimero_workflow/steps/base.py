@@ -41,7 +41,7 @@ from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
 from ..results import ErrorInfo, Status, StepRecord, error_from_exception
-from ..validation import locate, validate_model
+from ..validation import MAX_SECONDS, locate, validate_model
 from ..yamlsrc import LocatedDict
 from .ids import id_problems
 
@@ -77,11 +77,11 @@ class StepConfig(BaseModel):
     name: str | None = None
     description: str | None = None
     #: Seconds the step may take before it fails.
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     #: Extra attempts after a transient node error (unreachable, 503, uninitialised).
     retries: int | None = Field(default=None, ge=0, le=100)
     #: First delay between attempts, doubled each time.
-    retry_delay: float = Field(default=0.2, ge=0)
+    retry_delay: float = Field(default=0.2, ge=0, le=MAX_SECONDS)
     #: The step passes only if its operation fails.
     expected_failure: bool = False
     #: With expected_failure: a substring the error must contain.

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field
 
 from ..client import NodeClient
 from ..errors import Problem, StepFailure
+from ..validation import MAX_SECONDS
 from .base import (
     BaseStep,
     Halt,
@@ -43,7 +44,7 @@ class NodesConfig(StepConfig):
 
 class StartConfig(NodesConfig):
     wait_for_ready: bool = True
-    wait_timeout: float | None = Field(default=None, gt=0)
+    wait_timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
 
 class NodeConfig(StepConfig):

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import Location, Problem, StepFailure
 from ..results import Status, StepRecord
-from ..validation import contains_deferred
+from ..validation import MAX_SECONDS, contains_deferred
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .ids import HexId
 from .sync import WaitForSyncConfig, converge
@@ -50,14 +50,14 @@ class FuzzyConfig(StepConfig):
     #: Stop after this many operations…
     max_operations: int | None = Field(default=None, ge=1)
     #: …or after this long (whichever comes first).
-    duration_seconds: float | None = Field(default=None, gt=0)
-    duration_minutes: float | None = Field(default=None, gt=0)
+    duration_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    duration_minutes: float | None = Field(default=None, gt=0, le=MAX_SECONDS / 60)
     seed: int | None = None
     success_threshold: float = Field(default=95.0, ge=0, le=100)
-    operation_delay_ms: float = Field(default=0, ge=0)
-    summary_interval_seconds: float = Field(default=60, gt=0)
+    operation_delay_ms: float = Field(default=0, ge=0, le=MAX_SECONDS * 1000)
+    summary_interval_seconds: float = Field(default=60, gt=0, le=MAX_SECONDS)
     convergence_check: bool = True
-    convergence_timeout: float = Field(default=60, gt=0)
+    convergence_timeout: float = Field(default=60, gt=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _bounded(self) -> FuzzyConfig:

@@ -13,7 +13,7 @@ from ..appinstall import install_local_app
 from ..client import NodeError, NodeUnsupportedError
 from ..credentials import redact_url, url_secrets
 from ..errors import Problem, StepFailure
-from ..validation import contains_deferred
+from ..validation import MAX_SECONDS, contains_deferred
 from .base import (
     BaseStep,
     NodeStepConfig,
@@ -462,7 +462,7 @@ class CallConfig(NodeStepConfig):
     #: merobox's names for retrying a call while the node's state is not
     #: synced yet (``Uninitialized``): attempts in all, and the first delay.
     state_retry_attempts: int | None = Field(default=None, ge=1, le=101)
-    state_retry_delay: float | None = Field(default=None, ge=0)
+    state_retry_delay: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
     #: Accepted for merobox files: calls carry the node's credentials.
     unauthenticated: bool = False
 
@@ -487,7 +487,8 @@ def outputs_equal(expected: Any, actual: Any) -> bool:
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected == actual and isinstance(expected, bool) and isinstance(actual, bool)
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
-        return float(expected) == float(actual)
+        # Python compares an int with a float exactly, with no rounding
+        return expected == actual
     if isinstance(expected, dict) and isinstance(actual, dict):
         return expected.keys() == actual.keys() and all(
             outputs_equal(expected[k], actual[k]) for k in expected

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..client import NodeApiError, NodeError, is_zero_hash
 from ..errors import Problem, StepFailure
+from ..validation import MAX_SECONDS
 from .base import BaseStep, StepConfig, StepRun, ValidationContext, register_step
 from .ids import HexId
 from .node_steps import outputs_equal
@@ -55,11 +56,11 @@ class WaitForSyncConfig(StepConfig):
     group_id: HexId | None = None
     #: Nodes to compare; all nodes of the run when omitted.
     nodes: list[str] | str | None = None
-    timeout: float = Field(default=60.0, gt=0)  # type: ignore[assignment]
+    timeout: float = Field(default=60.0, gt=0, le=MAX_SECONDS)  # type: ignore[assignment]
     #: Ask each node to sync the context before polling (and again every few polls).
     trigger_sync: bool = True
-    initial_check_interval: float = Field(default=0.02, gt=0)
-    check_interval: float = Field(default=0.5, gt=0)
+    initial_check_interval: float = Field(default=0.02, gt=0, le=MAX_SECONDS)
+    check_interval: float = Field(default=0.5, gt=0, le=MAX_SECONDS)
     backoff_factor: float = Field(default=1.5, ge=1)
     retry_attempts: int | None = Field(default=None, ge=1)
     expect: ExpectConfig | None = None
