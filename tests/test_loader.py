@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -391,6 +393,15 @@ def test_of_two_merged_mappings_the_first_listed_wins(loader):
     assert yamlsrc.load_yaml(text, source_file=None, environ={})["c"] == {"k": 1, "j": 3}
 
 
+def test_a_merge_key_written_twice_is_refused(loader):
+    text = "a: &a {k: 1}\nb: &b {k: 2}\nc:\n  <<: *a\n  <<: *b\n"
+    with pytest.raises(WorkflowValidationError) as info:
+        yamlsrc.load_yaml(text, source_file=Path("wf.yml"), environ={})
+    (problem,) = info.value.problems
+    assert problem.render().startswith("wf.yml:5:3: key '<<' is given twice in one mapping")
+    assert "`<<: [*first, *second]`" in problem.render()
+
+
 def test_a_key_written_twice_is_still_refused(loader):
     text = "base: &w {type: wait}\nname: x\nsteps:\n  - <<: *w\n    seconds: 1\n    seconds: 2\n"
     with pytest.raises(WorkflowValidationError) as info:
@@ -421,6 +432,28 @@ def test_yaml_errors_are_located_with_a_fitting_hint(loader, text: str, message:
     assert message in problem
     assert hint in problem.split("hint:", 1)[1]
     assert "json_subset" not in problem
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "message: " + "[" * 40_000 + "]" * 40_000,
+        "message: " + "{a: " * 20_000 + "b" + "}" * 20_000,
+        "message:\n" + "".join(" " * (6 + i) + "- \n" for i in range(3_000)),
+    ],
+    ids=["flow-sequences", "flow-mappings", "block-sequences"],
+)
+def test_tens_of_thousands_of_levels_are_refused_without_crashing(tmp_path: Path, body: str):
+    # in a process of its own: libyaml's composer (PyYAML < 6.0.4) recursed
+    # in C until the process died
+    wf = tmp_path / "deep.yml"
+    wf.write_text("name: deep\nsteps:\n  - type: assert\n    actual: a\n    equals: a\n    " + body + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "calimero_workflow", "validate", str(wf)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert "deep.yml:" in done.stderr and "nest" in done.stderr, done.stderr[-500:]
 
 
 def test_the_run_hint_is_valid_yaml():

@@ -127,6 +127,33 @@ if hasattr(yaml, "CSafeLoader"):
 
 _Loader: type = _CLoader or _PyLoader
 
+#: Nesting (a bound of it, see :func:`_nesting_bound`) above which a document
+#: is parsed by the pure-Python parser: libyaml's composer, in PyYAML before
+#: 6.0.4, recurses in C once per level and crashes the process on tens of
+#: thousands of levels, where Python's stops at its recursion limit.
+_C_NESTING_LIMIT = 1000
+
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _nesting_bound(text: str) -> int:
+    """At least as many levels as ``text`` can nest (cheap; usually far more).
+
+    Block collections nest one column, or one ``- `` on a line, per level, so
+    the longest line bounds them; flow collections nest one bracket per level.
+    """
+    lines = max(map(len, text.splitlines()), default=0)
+    if text.count("[") + text.count("{") + lines <= _C_NESTING_LIMIT:
+        return lines
+    depth = deepest = 0
+    for bracket in _BRACKETS.finditer(text):
+        if bracket.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif depth:
+            depth -= 1
+    return lines + deepest
+
 #: Values a document may hold once its aliases are expanded. A workflow holds a
 #: few thousand; nested aliases ("billion laughs") reach millions from a few lines.
 MAX_EXPANDED_VALUES = 200_000
@@ -292,7 +319,18 @@ def _construct_raw(loader: Any, node: yaml.Node) -> Any:
 
 
 def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LocatedDict:
-    explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+    merge_keys = [k for k, _ in node.value if k.tag == "tag:yaml.org,2002:merge"]
+    for again in merge_keys[1:]:
+        loader.problems.append(
+            Problem(
+                f"key '<<' is given twice in one mapping (first at line "
+                f"{merge_keys[0].start_mark.line + 1}, again at line {again.start_mark.line + 1})",
+                Location(loader.source_file, *_pos(again.start_mark)),
+                hint="merge several mappings with one key: `<<: [*first, *second]` "
+                "(the first listed wins)",
+            )
+        )
+    explicit = len(node.value) - len(merge_keys)
     loader.flatten_mapping(node)
     # flatten_mapping puts the entries of `<<: *anchor` first.
     merged = len(node.value) - explicit
@@ -609,7 +647,8 @@ def load_yaml(
 
     Raises :class:`WorkflowValidationError` listing every problem found.
     """
-    loader = _Loader(text)
+    loader_class = _Loader if _nesting_bound(text) <= _C_NESTING_LIMIT else _PyLoader
+    loader = loader_class(text)
     loader.source_file = source_file
     loader.environ = environ
     loader.problems = []
