@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from calimero_workflow import bundle
-from calimero_workflow.backends.base import BackendError, NodeSpec, NodeUnavailableError
+from calimero_workflow.backends.base import BackendError, NodeSpec, NodeUnavailableError, release_run
 from calimero_workflow.backends.docker import (
     LABEL_RUN,
     LABEL_WORKFLOW,
@@ -907,14 +907,18 @@ async def test_node_names_that_would_collide_are_refused(client, tmp_path: Path)
 async def test_nuke_removes_only_this_workflows_leftovers(client, tmp_path: Path):
     # A crashed earlier run of "nuke me", a live run of "nuke-me" (same slug!)
     # and one of "nuke me too" (whose name starts with "nuke me").
+    # A run of "nuke me" still in progress is left alone too.
     crashed = _backend(tmp_path, "nuke me")
-    others = [_backend(tmp_path, "nuke-me"), _backend(tmp_path, "nuke me too")]
+    live = _backend(tmp_path, "nuke me")
+    others = [_backend(tmp_path, "nuke-me"), _backend(tmp_path, "nuke me too"), live]
     try:
         for backend in (crashed, *others):
             await backend.start_nodes([NodeSpec(name="n")], ready_timeout=60)
+        release_run(crashed.workdir)  # as the kernel does when a process dies
         fresh = _backend(tmp_path, "nuke me")
         report = await fresh.nuke()
         assert report.data["data_dirs"] == [crashed.workdir.name]
+        assert report.data["in_progress"] == [live.workdir.name]
         assert "1 container(s), 2 network(s)" in report.detail
         assert leftovers(client, f"{LABEL_RUN}={crashed.run_id}") == NOTHING
         assert not (crashed.workdir / "nodes").exists()

@@ -116,6 +116,28 @@ async def test_embedded_nuke_removes_node_data_of_earlier_runs(tmp_path: Path):
     assert not (old / "nodes").exists()
 
 
+async def test_nuke_leaves_a_run_still_in_progress_alone(tmp_path: Path):
+    busy = parse_workflow(
+        "name: busy\nnodes: {count: 1}\nsteps:\n  - {type: wait, seconds: 1.5}\n", environ={}
+    )
+    first = asyncio.create_task(WorkflowExecutor(busy, env={}, workdir=tmp_path).run())
+    while not list(tmp_path.glob("*/nodes")):
+        await asyncio.sleep(0.01)
+    (live,) = [p.parent for p in tmp_path.glob("*/nodes")]
+    quick = parse_workflow("name: busy\nnodes: {count: 1}\nsteps: []\n", environ={})
+    second = await WorkflowExecutor(quick, env={}, workdir=tmp_path, nuke=True).run()
+    nuke = next(p for p in second.phases if p.name == "nuke")
+    assert nuke.data == {"removed": [], "in_progress": [live.name]}
+    assert "left 1 run(s) still in progress alone" in nuke.detail
+    assert (await first).passed
+    assert (live / "nodes").is_dir()
+    # once it is over, it is a leftover like any other
+    third = await WorkflowExecutor(quick, env={}, workdir=tmp_path, nuke=True).run()
+    nuke = next(p for p in third.phases if p.name == "nuke")
+    assert live.name in nuke.data["removed"] and nuke.data["in_progress"] == []
+    assert not (live / "nodes").exists()
+
+
 async def test_nuke_leaves_workflows_whose_name_only_starts_the_same(tmp_path: Path):
     # "kv" is a prefix of "kv store replicates" (folders kv-<run>, kv-store-replicates-<run>),
     # and "kv store" differs from "kv-store" only in punctuation (one slug).

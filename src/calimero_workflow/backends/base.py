@@ -11,12 +11,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: Written into each run's folder: which workflow the run belongs to, so
 #: ``nuke`` removes exactly that workflow's leftovers (never a workflow whose
@@ -319,11 +320,60 @@ def is_warning_or_error(line: str) -> bool:
     return _LEVEL_RE.search(line) is not None
 
 
+#: Held (``flock``) by a run from its marker to its cleanup, and by the
+#: kernel no longer once the process is gone: ``nuke`` leaves such runs alone.
+RUN_LOCK = ".run.lock"
+
+#: The lock files this process holds, by run folder.
+_held_locks: dict[Path, IO[bytes]] = {}
+
+
 def write_run_marker(workdir: Path, *, workflow_name: str, run_id: str, backend: str) -> None:
-    """Record in the run's folder which workflow it belongs to (read by ``nuke``)."""
+    """Record in the run's folder which workflow it belongs to (read by ``nuke``),
+    and mark the run as in progress until :func:`release_run` (or the process ends)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir.resolve()
+    if key not in _held_locks:
+        lock = open(workdir / RUN_LOCK, "ab")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()  # held elsewhere: a folder given to two runs
+        else:
+            _held_locks[key] = lock
     marker = {"workflow": workflow_name, "run_id": run_id, "backend": backend}
     (workdir / RUN_MARKER).write_text(json.dumps(marker) + "\n")
+
+
+def release_run(workdir: Path) -> None:
+    """The run in ``workdir`` is over: a later ``nuke`` may remove what it left."""
+    lock = _held_locks.pop(workdir.resolve(), None)
+    if lock is not None:
+        lock.close()
+
+
+def run_in_progress(run_dir: Path) -> bool:
+    """Whether a live run (of any process, this one too) holds ``run_dir``."""
+    try:
+        lock = open(run_dir / RUN_LOCK, "rb")  # noqa: SIM115
+    except OSError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+def run_id_of(run_dir: Path) -> str | None:
+    """The run id a run folder's marker records."""
+    with contextlib.suppress(OSError, ValueError):
+        marker = json.loads((run_dir / RUN_MARKER).read_text())
+        if isinstance(marker, dict) and isinstance(marker.get("run_id"), str):
+            return marker["run_id"]
+    return None
 
 
 def runs_of_workflow(parent: Path, workflow_name: str) -> Iterator[Path]:

@@ -64,6 +64,9 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    release_run,
+    run_id_of,
+    run_in_progress,
     runs_of_workflow,
     write_run_marker,
 )
@@ -1327,20 +1330,28 @@ class DockerBackend(NodeBackend):
 
     # -- teardown -----------------------------------------------------------------
 
-    def _remove_labelled(self, label: str) -> tuple[int, int, int]:
-        """Remove containers, then networks, then volumes carrying ``label``."""
+    def _remove_labelled(self, label: str, keep_runs: Collection[str] = ()) -> tuple[int, int, int]:
+        """Remove containers, then networks, then volumes carrying ``label``
+        (except those of the runs ``keep_runs``)."""
         client = self.client
+
+        def kept(obj: Any) -> bool:
+            labels = (obj.attrs.get("Config") or {}).get("Labels") or obj.attrs.get("Labels") or {}
+            return labels.get(LABEL_RUN) in keep_runs
+
         # The SDK inspects each listed container; one removed in between (an
         # init container finishing) must be skipped, not fail the cleanup.
-        containers = client.containers.list(
-            all=True, filters={"label": label}, ignore_removed=True
-        )
+        containers = [
+            c
+            for c in client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+            if not kept(c)
+        ]
         for container in containers:
             try:
                 container.remove(force=True, v=False)
             except Exception as exc:  # already gone
                 log.debug("removing %s: %s", container.name, exc)
-        networks = client.networks.list(filters={"label": label})
+        networks = [n for n in client.networks.list(filters={"label": label}) if not kept(n)]
         for network in networks:
             try:
                 network.reload()
@@ -1350,7 +1361,7 @@ class DockerBackend(NodeBackend):
                 network.remove()
             except Exception as exc:
                 log.debug("removing network %s: %s", network.name, exc)
-        volumes = client.volumes.list(filters={"label": label})
+        volumes = [v for v in client.volumes.list(filters={"label": label}) if not kept(v)]
         for volume in volumes:
             try:
                 volume.remove(force=True)
@@ -1361,6 +1372,7 @@ class DockerBackend(NodeBackend):
     async def cleanup(self) -> PhaseReport:
         """Remove everything labelled with this run id. Safe to call twice, and
         while a cancelled start is still creating objects."""
+        release_run(self.workdir)
         with self._idle:
             self._closed = True
             busy = self._busy > 0
@@ -1387,34 +1399,47 @@ class DockerBackend(NodeBackend):
             detail=f"removed {counts[0]} container(s), {counts[1]} network(s), {counts[2]} volume(s)"
         )
 
-    def _remove_old_data(self) -> list[str]:
+    def _live_runs(self) -> dict[str, str]:
+        """Other runs of this workflow still in progress here: folder name → run id."""
+        return {
+            run_dir.name: run_id_of(run_dir) or ""
+            for run_dir in runs_of_workflow(self.workdir.parent, self.workflow_name)
+            if run_dir.resolve() != self.workdir.resolve() and run_in_progress(run_dir)
+        }
+
+    def _remove_old_data(self, live: Collection[str]) -> list[str]:
         removed = []
         for run_dir in runs_of_workflow(self.workdir.parent, self.workflow_name):
-            if (run_dir / "nodes").is_dir():
+            if run_dir.name not in live and (run_dir / "nodes").is_dir():
                 shutil.rmtree(run_dir / "nodes")
                 removed.append(run_dir.name)
         return removed
 
     async def nuke(self) -> PhaseReport:
-        """Remove containers, networks, volumes and node data dirs of earlier runs of this workflow."""
+        """Remove containers, networks, volumes and node data dirs of earlier runs
+        of this workflow (not of one still in progress on this machine)."""
         # Allowed after cleanup: the engine nukes at the end with `nuke_on_end`.
+        live = await asyncio.to_thread(self._live_runs)
         counts = await self._io(
             self._remove_labelled,
             f"{LABEL_WORKFLOW}={self.workflow_name}",
+            {run_id for run_id in live.values() if run_id},
             _cleanup=True,
         )
         try:
-            dirs = await asyncio.to_thread(self._remove_old_data)
+            dirs = await asyncio.to_thread(self._remove_old_data, live)
         except OSError as exc:
             raise BackendError(
                 f"cannot remove node data of an earlier run: {exc}",
                 hint="the files may belong to another user; remove them by hand",
             ) from exc
-        return PhaseReport(
-            detail=f"removed leftovers of this workflow: {counts[0]} container(s), "
-            f"{counts[1]} network(s), {counts[2]} volume(s), node data of {len(dirs)} run(s)",
-            data={"data_dirs": dirs},
+        detail = (
+            f"removed leftovers of this workflow: {counts[0]} container(s), "
+            f"{counts[1]} network(s), {counts[2]} volume(s), node data of {len(dirs)} run(s)"
         )
+        if live:
+            detail += f"; left {len(live)} run(s) still in progress alone: {', '.join(live)}"
+        return PhaseReport(detail=detail, data={"data_dirs": dirs, "in_progress": list(live)})
 
 
 def remove_run(run_id: str) -> tuple[int, int, int]:

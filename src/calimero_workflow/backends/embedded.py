@@ -35,6 +35,8 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    release_run,
+    run_in_progress,
     runs_of_workflow,
     write_run_marker,
 )
@@ -144,15 +146,22 @@ class EmbeddedBackend(NodeBackend):
         run marker's exact workflow name, never by a folder name prefix)."""
         import shutil
 
-        removed = []
+        removed, live = [], []
         for old in runs_of_workflow(self.workdir.parent, self.workflow_name):
-            if old != self.workdir and (old / "nodes").is_dir():
-                shutil.rmtree(old / "nodes", ignore_errors=True)
-                removed.append(old.name)
-        return PhaseReport(
-            detail=f"removed node data of {len(removed)} earlier run(s)" if removed else "nothing left by earlier runs",
-            data={"removed": removed},
+            if old == self.workdir or not (old / "nodes").is_dir():
+                continue
+            if run_in_progress(old):
+                # another run of this workflow, still going: its nodes use it
+                live.append(old.name)
+                continue
+            shutil.rmtree(old / "nodes", ignore_errors=True)
+            removed.append(old.name)
+        detail = (
+            f"removed node data of {len(removed)} earlier run(s)" if removed else "nothing left by earlier runs"
         )
+        if live:
+            detail += f"; left {len(live)} run(s) still in progress alone: {', '.join(live)}"
+        return PhaseReport(detail=detail, data={"removed": removed, "in_progress": live})
 
     def _home(self, spec: NodeSpec) -> Path:
         if spec.data_dir is not None:
@@ -456,6 +465,7 @@ class EmbeddedBackend(NodeBackend):
                 )
             stopped.append(name)
         self._logger.removeHandler(self._handler)
+        release_run(self.workdir)
         return PhaseReport(detail=f"stopped {len(stopped)} embedded node(s)" if stopped else "")
 
 
