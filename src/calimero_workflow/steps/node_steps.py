@@ -425,6 +425,10 @@ class JoinContextConfig(NodeStepConfig):
 class JoinContext(BaseStep):
     type_name = "join_context"
     Config = JoinContextConfig
+    exports = {
+        "context_id_{node}": "context_id",
+        "context_member_public_key_{node}": "member_public_key",
+    }
     default_retries = 2
     summary = (
         "join a context of a namespace the node belongs to (done by `join` already; "
