@@ -26,7 +26,12 @@ import httpx
 import pytest
 
 from calimero_workflow import bundle
-from calimero_workflow.backends.base import BackendError, NodeSpec, NodeUnavailableError, release_run
+from calimero_workflow.backends.base import (
+    BackendError,
+    NodeSpec,
+    NodeUnavailableError,
+    release_run,
+)
 from calimero_workflow.backends.docker import (
     LABEL_RUN,
     LABEL_WORKFLOW,

@@ -89,6 +89,44 @@ async def test_an_apps_log_lines_are_in_the_node_log_as_merod_writes_them(tmp_pa
     assert f"context {context}: set: guest log: Setting key: " in line
 
 
+@pytest.mark.parametrize(
+    "log_level, own_info, app_line, debug",
+    [
+        (None, True, True, False),
+        ("info", True, True, False),
+        ("debug", True, True, True),
+        ("warn", False, False, False),
+        # merod's own default: its crates at INFO, so no app lines
+        ("merod=info,calimero_=info", True, False, False),
+        ("error,runtime::guest::log=info", False, True, False),
+        ("info,runtime::guest::log=off", True, False, False),
+    ],
+)
+async def test_log_level_filters_embedded_node_logs_as_rust_log_does(
+    tmp_path: Path, log_level: str | None, own_info: bool, app_line: bool, debug: bool
+):
+    level = f"log_level: {log_level!r}" if log_level else ""
+    result = await run_text(
+        f"""
+        name: t
+        {level}
+        nodes: {{count: 1, prefix: node}}
+        steps:
+          - {{name: install, type: install_application, node: node-1, path: {APP}}}
+          - {{name: ns, type: create_namespace, node: node-1, application_id: "${{results.install.application_id}}"}}
+          - {{name: ctx, type: create_context, node: node-1, application_id: "${{results.install.application_id}}", namespace_id: "${{results.ns.namespace_id}}"}}
+          - {{type: call, node: node-1, context_id: "${{results.ctx.context_id}}", method: set, args: {{key: zebra, value: stripes}}}}
+        """,
+        tmp_path,
+    )
+    assert result.passed, [f"{s.path}: {s.error.message}" for s in result.all_steps() if s.error]
+    (log,) = (tmp_path / "runs").glob("*/node-logs/node-1.log")
+    text = log.read_text()
+    assert ("INFO" in text and "installed application" in text) is own_info, text
+    assert ('guest log: Setting key: "zebra"' in text) is app_line, text
+    assert (" DEBUG " in text and ": set: ran in " in text) is debug, text
+
+
 async def test_a_pattern_found_or_missing_fails_with_where(tmp_path: Path):
     result = await run_text(
         f"""

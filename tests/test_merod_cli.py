@@ -237,8 +237,11 @@ class MerodProcess:
         return int(self.proc.returncode or 0)
 
 
-async def spawn(home: Path, node: str) -> MerodProcess:
+async def spawn(home: Path, node: str, rust_log: str | None = None) -> MerodProcess:
     env = dict(os.environ)
+    env.pop("RUST_LOG", None)
+    if rust_log is not None:
+        env["RUST_LOG"] = rust_log
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -280,6 +283,33 @@ async def test_run_serves_health_and_exits_0_on_sigterm(
     assert resp.json() == {"data": {"status": "alive"}}
     assert await node.stop() == 0
     assert any("stopped" in line for line in node.lines)
+
+
+@pytest.mark.parametrize(
+    "rust_log, shown",
+    [
+        (None, ["INFO", "GET /admin-api/health"]),
+        ("warn", []),
+        ("merod=debug", ["INFO", "GET /admin-api/health"]),
+        ("loud", ["RUST_LOG: 'loud' is not a log level", "GET /admin-api/health"]),
+    ],
+)
+async def test_run_logs_as_rust_log_says(
+    tmp_path: Path, processes: list[MerodProcess], rust_log: str | None, shown: list[str]
+) -> None:
+    assert init(tmp_path, "n", "--server-port", "0", "--swarm-port", "0") == EXIT_OK
+    node = await spawn(tmp_path, "n", rust_log)
+    processes.append(node)
+    await node.ready()
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(node.url + "/admin-api/health")).status_code == 200
+    assert await node.stop() == 0
+    text = "\n".join(node.lines)
+    for part in shown:
+        assert part in text, text
+    if not shown:
+        # nothing below WARNING: only the ready line the backend waits for
+        assert [line for line in node.lines if " INFO " in line] == [], text
 
 
 async def test_sigint_also_exits_cleanly(

@@ -23,6 +23,7 @@ from .backends.base import NodeSpec
 from .confined import read_file
 from .credentials import secret_env_values, url_secrets, values_in
 from .errors import Location, Problem, WorkflowValidationError
+from .node.logfilter import LogFilter
 from .steps import load_builtin_steps
 from .steps.base import (
     BaseStep,
@@ -213,6 +214,13 @@ class WorkflowSettings(_Strict):
     auth_image: str | None = None
     auth_use_cached: bool = False
     webui_use_cached: bool = False
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_filter(cls, value: str | None) -> str | None:
+        # the nodes' RUST_LOG: checked here, not when the nodes start
+        LogFilter.parse(value)
+        return value
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import NodeClient, NodeError
+from ..node.logfilter import LogFilter
 from .base import (
     BackendError,
     NodeBackend,
@@ -43,6 +44,9 @@ from .base import (
 
 _MAX_LOG_LINES = 20_000
 
+#: A node without a ``log_level`` logs its own lines and the app's at INFO.
+_DEFAULT_FILTER = LogFilter()
+
 #: One log line and when it was written (seconds since the epoch).
 LogLine = tuple[float, str]
 
@@ -53,6 +57,8 @@ class _NodeLogHandler(logging.Handler):
     def __init__(self, buffers: dict[str, deque[LogLine]]):
         super().__init__(level=logging.DEBUG)
         self.buffers = buffers
+        #: Each node's ``log_level`` (its RUST_LOG filter).
+        self.node_filters: dict[str, LogFilter] = {}
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -61,7 +67,7 @@ class _NodeLogHandler(logging.Handler):
             # Loggers may also be named "...node.<name>" or carry the name last.
             tail = record.name.rsplit(".", 1)[-1]
             node = tail if tail in self.buffers else None
-        if node in self.buffers:
+        if node in self.buffers and self.node_filters.get(node, _DEFAULT_FILTER).allows(record):
             try:
                 self.buffers[node].append((record.created, self.format(record)))
             except Exception:  # logging must never break a node
@@ -187,6 +193,11 @@ class EmbeddedBackend(NodeBackend):
         for spec in specs:
             self._specs[spec.name] = spec
             self._logs.setdefault(spec.name, deque(maxlen=_MAX_LOG_LINES))
+            log_filter = LogFilter.parse(spec.log_level)
+            self._handler.node_filters[spec.name] = log_filter
+            if log_filter.lowest < self._logger.getEffectiveLevel():
+                # debug lines are made only when some node writes them
+                self._logger.setLevel(log_filter.lowest)
             home = self._home(spec)
             home.mkdir(parents=True, exist_ok=True)
             config = NodeConfig(

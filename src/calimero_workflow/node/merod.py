@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .config import CONFIG_FILE, ConfigError, NodeConfig, load_config, write_config
 from .ids import Keypair
+from .logfilter import LogFilter
 
 # asyncio, logging and the server (uvicorn, wasmtime) are imported by `run`
 # only: a Docker node runs `init` in a container of its own, and those imports
@@ -149,17 +150,23 @@ async def _serve(cfg: NodeConfig) -> int:
         await stop.wait()
     finally:
         logging.getLogger(_LOGGER).info("shutting down node %s", cfg.name)
+        # already on the way out: a second signal (docker stop after a
+        # Ctrl-C) must not kill the process once the loop's handlers are gone
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         await node.stop()
     return EXIT_OK
 
 
-def _log_level(environ: Mapping[str, str]) -> int:
-    import logging
-
-    # merobox passes RUST_LOG; honour its common values.
-    value = environ.get("RUST_LOG", "info").split(",")[0].split("=")[-1].lower()
-    levels = {"trace": logging.DEBUG, "debug": logging.DEBUG, "warn": logging.WARNING}
-    return levels.get(value, getattr(logging, value.upper(), logging.INFO))
+def _log_filter(environ: Mapping[str, str]) -> LogFilter:
+    # merobox passes RUST_LOG; a value that is not a filter is reported, and
+    # the node logs at INFO
+    try:
+        return LogFilter.parse(environ.get("RUST_LOG"))
+    except ValueError as exc:
+        print(f"merod: RUST_LOG: {exc}; logging at info", file=sys.stderr)
+        return LogFilter()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -179,11 +186,14 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"merod: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    log_filter = _log_filter(os.environ)
     logging.basicConfig(
-        level=_log_level(os.environ),
+        level=log_filter.lowest,
         stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(log_filter.allows)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     return asyncio.run(_serve(cfg))
 

@@ -915,12 +915,20 @@ class NodeService:
             raise
         finally:
             self._calls.discard(cancellation)
+        context = kwargs.get("context_id")
+        where = context.hex() if isinstance(context, bytes) else "-"
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug(
+                "context %s: %s: ran in %.3f ms, %d log line(s), %d event(s)%s",
+                where, method, outcome.duration_s * 1000, len(outcome.logs),
+                len(outcome.events), f", failed: {outcome.failure}" if outcome.failure else "",
+            )
         # merod logs each log_utf8 line at INFO (target runtime::guest::log)
         if outcome.logs and self.log.isEnabledFor(logging.INFO):
-            context = kwargs.get("context_id")
-            where = context.hex() if isinstance(context, bytes) else "-"
             for line in outcome.logs:
-                self.log.info("context %s: %s: guest log: %s", where, method, line)
+                self.log.info(
+                    "context %s: %s: guest log: %s", where, method, line, extra={"guest": True}
+                )
         return outcome
 
     def interrupt_calls(self, reason: str) -> None:
