@@ -113,6 +113,29 @@ def test_several_files_one_failing(tmp_path: Path):
     assert set(data) == {str(ok), str(bad)}
 
 
+def test_a_file_named_twice_runs_once_and_a_failed_steps_data_is_in_the_report(
+    tmp_path: Path, capsys
+):
+    wf = write(
+        tmp_path,
+        "par.yml",
+        "name: par\nsteps:\n  - name: both\n    type: parallel\n    groups:\n"
+        "      - {name: good, steps: [{type: wait, seconds: 0.01}]}\n"
+        "      - {name: bad, steps: [{type: assert, actual: 1, equals: 2}]}\n",
+    )
+    out, report = tmp_path / "r.json", tmp_path / "report.json"
+    code = main(
+        ["run", str(wf), str(tmp_path / "." / "par.yml"), "--results", str(out),
+         "--report", str(report), "--workdir", str(tmp_path / "w")]
+    )
+    assert code == 1
+    assert "par.yml is named twice; it runs once" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == {}  # one workflow: its own results, none passed
+    (step,) = json.loads(report.read_text())["steps"]
+    assert step["status"] == "failed"
+    assert step["data"]["passed_groups"] == ["good"] and step["data"]["failed_groups"] == ["bad"]
+
+
 def test_node_text_cannot_drive_the_terminal(tmp_path: Path, capsys):
     wf = write(tmp_path, "esc.yml", 'name: esc\nsteps:\n  - {type: assert, actual: "\\e[2Jboom", equals: x}\n')
     assert main(["run", str(wf), "--workdir", str(tmp_path / "w"), "--color", "never"]) == 1

@@ -124,6 +124,7 @@ def _print_problems(exc: WorkflowValidationError) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .workflow import load_workflow
 
+    args.files = _unique_files(args.files)
     env = _parse_env(args.env)
     status = EXIT_OK
     for file in args.files:
@@ -374,7 +375,26 @@ def _check_environment() -> None:
         ) from None
 
 
+def _unique_files(files: list[Path]) -> list[Path]:
+    """``files`` with each file once (the first time it is named): a workflow
+    named twice (``wf/*.yml wf/a.yml``) runs once, and its results keep one key."""
+    seen: set[Path] = set()
+    unique = []
+    for file in files:
+        try:
+            key = file.resolve()
+        except OSError:
+            key = file
+        if key in seen:
+            print(f"calimero-workflow: {file} is named twice; it runs once", file=sys.stderr)
+            continue
+        seen.add(key)
+        unique.append(file)
+    return unique
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    args.files = _unique_files(args.files)
     env = _parse_env(args.env)
     _check_environment()
     _check_outputs(args)

@@ -88,6 +88,9 @@ class StepRecord:
             "attempts": self.attempts,
             "non_blocking": self.non_blocking,
             "error": self.error.to_dict() if self.error else None,
+            # what a failed step got before it failed (a passed one's data is
+            # in workflow_results)
+            **({"data": self.data} if self.status is Status.FAILED and self.data else {}),
             "children": [c.to_dict() for c in self.children],
         }
 
