@@ -315,7 +315,7 @@ def report(suite: Suite, started: float, load_before: tuple[float, ...], argv: l
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (a minute or so); numbers are rough")
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (about 20 s with Docker, a few seconds without); numbers are rough")
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker benchmarks")
     parser.add_argument("--repeat", type=int, metavar="N", help="runs per benchmark (default 5; --quick 1)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="JSON results (default benchmarks/results/<timestamp>.json)")

@@ -263,6 +263,36 @@ def test_a_literal_dollar_brace_in_settings_is_unescaped():
     assert wf.name == "cost ${X}"
 
 
+def test_nested_placeholders_are_refused_at_load():
+    (problem,) = problems_of(
+        "name: x\nnodes: {count: 1, prefix: n}\nsteps:\n"
+        "  - {name: s, type: script, run: 'echo {}', json_output: true}\n"
+        "  - {type: assert, actual: '${results.s.output[${nodes.n-1.url}]}', equals: x}\n"
+    )
+    assert problem.startswith("wf.yml:5:")
+    assert "has a placeholder inside a placeholder; they do not nest" in problem
+
+
+def test_an_empty_parallel_group_is_refused():
+    (problem,) = problems_of(
+        "name: x\nsteps:\n  - type: parallel\n    groups:\n"
+        "      - {name: a, steps: [{type: wait, seconds: 0.01}]}\n      - {name: b, steps: []}\n"
+    )
+    assert problem.startswith("wf.yml:6:9: group 'b': `steps` is empty")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nsteps: {a: 1}\n", "wf.yml:2:8: `steps` must be a list of steps, got a mapping"),
+        ("name: x\nnodes: 3\nsteps: []\n", "wf.yml:2:8: `nodes` must be a mapping, got the number 3"),
+    ],
+)
+def test_a_wrong_kind_of_value_is_named_in_yaml_words(text: str, message: str):
+    (problem,) = problems_of(text)
+    assert problem.startswith(message), problem
+
+
 def test_github_expression_syntax_is_reported_at_load():
     (problem,) = problems_of("name: x\ndescription: ${{ secrets.TOKEN }}\nsteps: []\n")
     assert "${{ secrets.TOKEN }} is not a valid reference" in problem

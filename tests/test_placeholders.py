@@ -207,3 +207,25 @@ async def test_values_resolved_into_process_fields_fail_the_step_cleanly(field: 
     assert error.kind == "invalid", error
     assert message in error.message
     assert error.location.line == 6
+
+
+@pytest.mark.parametrize(
+    "expr, choices",
+    [
+        ('random_choice(["a", "b", 3])', {"a", "b", 3}),
+        ("random_choice([alpha, beta, gamma])", {"alpha", "beta", "gamma"}),  # as merobox reads it
+        ("random_choice(['x', \"y\"])", {"x", "y"}),
+        ("random_choice([1, 2])", {1, 2}),
+    ],
+)
+def test_random_choice_takes_json_or_merobox_word_lists(scope: Scope, expr: str, choices: set):
+    import random
+
+    seeded = Scope(scope.results, scope.nodes, rng=random.Random(7))
+    seen = {Resolver().resolve("${" + expr + "}", seeded) for _ in range(60)}
+    assert seen == choices
+
+
+def test_random_choice_of_nothing_is_an_error(scope: Scope):
+    with pytest.raises(PlaceholderError, match="random_choice"):
+        Resolver().resolve("${random_choice([, ])}", scope)

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", type=Path, metavar="FILE", help="write the full run report as JSON")
     run.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML (a testsuite per workflow, a testcase per step)")
     run.add_argument("--logs-dir", type=Path, metavar="DIR", help="where node logs are written")
-    run.add_argument("--workdir", type=Path, metavar="DIR", help="scratch directory for node data (default ./.cw-runs)")
+    run.add_argument("--workdir", type=Path, metavar="DIR", help="scratch directory for node data (default $CW_WORKDIR, else ./.cw-runs)")
     run.add_argument("--nuke", action="store_true", default=None, help="remove leftovers of an earlier run first")
     run.add_argument(
         "--force-pull", action="store_true", default=None,

@@ -104,6 +104,11 @@ def _generator_args(name: str, text: str | None) -> list[Any]:
     try:
         parsed = json.loads(f"[{text}]")
     except ValueError:
+        if name == "random_choice":
+            # merobox's reading: words between commas, quotes stripped, as text
+            words = [w.strip().strip("'\"") for w in text.strip().strip("[]").split(",")]
+            if all(words):
+                return [words]
         raise PlaceholderError(
             f"cannot read the arguments of {name}({text})",
             hint="e.g. random_int(1, 100), random_string(8), random_choice([\"a\", \"b\"])",

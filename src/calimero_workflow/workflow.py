@@ -386,7 +386,7 @@ def _parse_nodes(
     if not isinstance(raw, dict):
         problems.append(
             Problem(
-                f"`nodes` must be a mapping, got {type(raw).__name__}",
+                f"`nodes` must be a mapping, got {_yaml_kind(raw)}",
                 loc,
                 hint="use `nodes: {count: 3, prefix: node}` or a map of named nodes",
             )
@@ -486,7 +486,13 @@ def build_steps(
         )
         return []
     if not isinstance(raw_steps, list):
-        problems.append(Problem(f"`{what}` must be a list of steps, got {type(raw_steps).__name__}", where))
+        problems.append(
+            Problem(
+                f"`{what}` must be a list of steps, got {_yaml_kind(raw_steps)}",
+                where,
+                hint=f"write each step as a list item: `{what}:` then `  - type: …`",
+            )
+        )
         return []
     steps: list[BaseStep] = []
     for index, raw in enumerate(raw_steps):
@@ -954,3 +960,18 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
         if p not in unique:
             unique.append(p)
     return unique
+
+
+def _yaml_kind(value: Any) -> str:
+    """What a YAML value is, in the words of YAML (not Python's class names)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value[:60]!r}"
+    return type(value).__name__

@@ -513,6 +513,15 @@ def expand_env(
 
     def one(expr: str, whole: str) -> str:
         if is_runtime_reference(expr):
+            if ("${" in expr or "{{" in expr) and not _GENERATOR_CALL_RE.match(expr):
+                found.append(
+                    Problem(
+                        f"{whole} has a placeholder inside a placeholder; they do not nest",
+                        location,
+                        hint="a path is written out (${results.get.output.items.0}); to pick "
+                        "by a value known at run time, compare with an assertion instead",
+                    )
+                )
             return whole
         name, sep, default = expr.partition(":-")
         if not _ENV_NAME_RE.fullmatch(name):

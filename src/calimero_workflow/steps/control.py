@@ -232,6 +232,14 @@ class Parallel(BaseStep):
             problems.extend(found)
             count = group.get("count", 1)
             line, col = groups.item_pos(gi) if hasattr(groups, "item_pos") else (self.location.line, 1)
+            if isinstance(group.get("steps"), list) and not group["steps"]:
+                problems.append(
+                    Problem(
+                        f"group {name!r}: `steps` is empty",
+                        Location(self.file, line, col),
+                        hint="give the group its steps, or remove the group",
+                    )
+                )
             if isinstance(count, str) and contains_deferred(count):
                 problems.append(
                     Problem(

@@ -400,7 +400,8 @@ def _not_members(target: _Target, names: list[str], waited: float) -> StepFailur
         verb, it = ("is not a member", "it") if len(missing) == 1 else ("are not members", "they")
         message = (
             f"{', '.join(missing)} {verb} of {target.kind} {target.id}: {it} stayed out for "
-            f"{waited:.1f}s while {', '.join(members)} agree on {agreed} ({answers})"
+            f"{waited:.1f}s while {', '.join(members)} "
+            f"{'agree' if len(members) > 1 else 'is'} on {agreed} ({answers})"
         )
         hint = _not_member_hint(missing, target.kind)
     else:
