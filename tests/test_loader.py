@@ -263,6 +263,25 @@ def test_a_literal_dollar_brace_in_settings_is_unescaped():
     assert wf.name == "cost ${X}"
 
 
+def test_an_env_value_yaml_reads_as_something_else_gets_a_note():
+    wf = parse_workflow(
+        "name: x\nsteps:\n  - type: script\n    run: 'true'\n    env:\n"
+        "      M: ${MODE}\n      T: ${TIME}\n      N: ${N}\n      Y: ${Y}\n      K: ${API_TOKEN}\n"
+        "      Q: \"${MODE}\"\n",
+        file=Path("wf.yml"),
+        environ={"MODE": "0755", "TIME": "12:30", "N": "42", "Y": "yes", "API_TOKEN": "0x1f2e"},
+    )
+    env = wf.steps[0].raw["env"]
+    assert (env["M"], env["T"], env["N"], env["Y"], env["Q"]) == (493, 750, 42, True, "0755")
+    notes = [n for n in wf.notes if "YAML reads" in n or "read by YAML" in n]
+    assert notes == [
+        "wf.yml:6:10: ${MODE} is '0755', which YAML reads as 493 (write \"${MODE}\" in quotes to keep the text)",
+        "wf.yml:7:10: ${TIME} is '12:30', which YAML reads as 750 (write \"${TIME}\" in quotes to keep the text)",
+        "wf.yml:9:10: ${Y} is 'yes', which YAML reads as True (write \"${Y}\" in quotes to keep the text)",
+        "wf.yml:10:10: the value of ${API_TOKEN} is read by YAML as a number (write \"${API_TOKEN}\" in quotes to keep the text)",
+    ]
+
+
 def test_nested_placeholders_are_refused_at_load():
     (problem,) = problems_of(
         "name: x\nnodes: {count: 1, prefix: n}\nsteps:\n"

@@ -798,7 +798,7 @@ def parse_workflow(
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(
         path=file, settings=settings, raw=data, nodes=nodes, steps=steps,
-        notes=_notes(settings, data) + _step_notes(steps) + notes,
+        notes=list(data.load_notes) + _notes(settings, data) + _step_notes(steps) + notes,
     )
 
 

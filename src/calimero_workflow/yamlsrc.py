@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .credentials import is_secret_key
 from .errors import Location, Problem, WorkflowValidationError
 
 #: Placeholder names that belong to the run, not to the environment.
@@ -57,6 +58,8 @@ class LocatedDict(dict):
 
     line: int = 0
     col: int = 0
+    #: On a document's top mapping: notes made while it was read.
+    load_notes: list[str] = []  # noqa: RUF012 - replaced, never changed in place
     key_marks: dict[Any, tuple[int, int]]
     value_marks: dict[Any, tuple[int, int]]
     #: A value YAML read as something else than text (``0102`` → the number
@@ -103,6 +106,8 @@ class _LoaderMixin:
     source_file: Path | None = None
     environ: Mapping[str, str] = {}
     problems: list[Problem]
+    #: What the reader should know, though nothing is wrong (see Workflow.notes).
+    notes: list[str]
 
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node, self)
@@ -411,10 +416,35 @@ def _construct_str(loader: Any, node: yaml.ScalarNode) -> Any:
     if _ENV_RE.fullmatch(value) and isinstance(expanded, str):
         tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))
         if tag != "tag:yaml.org,2002:str":
-            return loader.construct_object(
+            typed = loader.construct_object(
                 yaml.ScalarNode(tag, expanded, node.start_mark, node.end_mark)
             )
+            if _reads_differently(expanded, typed):
+                line, col = _pos(node.start_mark)
+                where = f"{loader.source_file}:{line}:{col}" if loader.source_file else f"line {line}"
+                name = _ENV_RE.fullmatch(value).group(2).partition(":-")[0]  # type: ignore[union-attr]
+                # a credential's value is never shown, not even as YAML typed it
+                shown = (
+                    f"the value of {value}"
+                    if is_secret_key(name)
+                    else f"{value} is {expanded!r}, which YAML reads as {typed!r}"
+                )
+                kind = "a boolean" if isinstance(typed, bool) else "a number"
+                if is_secret_key(name):
+                    shown += f" is read by YAML as {kind}"
+                loader.notes.append(f'{where}: {shown} (write "{value}" in quotes to keep the text)')
+            return typed
     return expanded
+
+
+def _reads_differently(text: str, typed: Any) -> bool:
+    """Whether YAML 1.1 typed ``text`` as something its text does not show:
+    ``0755`` (octal 493), ``12:30`` (750), ``0x1F``, ``1_000``, ``yes``/``on``."""
+    if isinstance(typed, bool):
+        return text.strip().lower() not in ("true", "false")
+    if isinstance(typed, int):
+        return text.strip().lstrip("+") != str(typed)
+    return False
 
 
 def _readable_scalar(kind: str, construct: Any) -> Any:
@@ -661,6 +691,7 @@ def load_yaml(
     loader.source_file = source_file
     loader.environ = environ
     loader.problems = []
+    loader.notes = []
     try:
         try:
             data = loader.get_single_data()
@@ -695,4 +726,6 @@ def load_yaml(
         ) from None
     if loader.problems:
         raise WorkflowValidationError(loader.problems)
+    if isinstance(data, LocatedDict):
+        data.load_notes = loader.notes
     return data
