@@ -532,6 +532,15 @@ def test_validation_errors_never_show_a_credential(auth: str, secret: str):
     assert any("***" in m for m in msgs)
 
 
+def test_a_misspelled_auth_method_is_shown_but_the_password_next_to_it_is_not():
+    (msg,) = problems_of(
+        "name: x\nremote_nodes:\n  r1:\n    url: http://127.0.0.1:1\n"
+        "    auth: {method: pasword, username: bob, password: sekret-pass-4}\nsteps: []\n"
+    )
+    assert "auth.method: Input should be 'none', 'api_key', 'password' or 'user_password'" in msg
+    assert '(got "pasword")' in msg and "sekret-pass-4" not in msg
+
+
 def test_a_url_password_is_masked_in_errors():
     text = 'name: x\nremote_nodes: {r: {url: "http://bob:Hunter2Pass@"}}\nsteps: []\n'
     (msg,) = problems_of(text)

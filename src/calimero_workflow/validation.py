@@ -82,8 +82,12 @@ def value_at(raw: Any, path: Iterable[Any]) -> Any:
 
 
 def is_secret_path(path: Iterable[Any]) -> bool:
-    """Whether the value at ``path`` is a credential that no message may show."""
-    return any(isinstance(part, str) and SECRET_KEY_RE.search(part) for part in path)
+    """Whether the value at ``path`` is a credential that no message may show
+    (an auth ``method`` is one word of a few, never a credential)."""
+    parts = list(path)
+    if len(parts) >= 2 and parts[-1] == "method" and parts[-2] == "auth":
+        return False
+    return any(isinstance(part, str) and SECRET_KEY_RE.search(part) for part in parts)
 
 
 def mask_credentials(value: Any) -> Any:
