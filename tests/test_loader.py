@@ -750,3 +750,15 @@ def test_older_merobox_mesh_capability_is_accepted_with_a_note():
     assert wf.steps[0].static_config.capability == "member"
     (note,) = [n for n in wf.notes if n.startswith("create_mesh.capability")]
     assert "ignored" in note and "namespace" in note
+
+
+def test_steps_sharing_a_name_get_a_note():
+    wf = parse_workflow(
+        "name: x\nsteps:\n  - {name: w, type: wait, seconds: 0.01}\n  - {name: v, type: wait, seconds: 0.01}\n"
+        "  - {name: w, type: wait, seconds: 0.02}\n",
+        environ={},
+    )
+    assert [n for n in wf.notes if "are named" in n] == [
+        "2 steps are named 'w' (lines 3, 5): ${results.w…} and the results file hold the last "
+        "of them that passed; give each its own name to keep each"
+    ]

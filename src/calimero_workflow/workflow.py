@@ -892,6 +892,17 @@ def _step_notes(steps: list[BaseStep]) -> list[str]:
                 "{{script_exit_code_<node>}}, {{script_output_<node>}} and "
                 "{{script_execution_time_<node>}} are set"
             )
+    lines: dict[str, list[int]] = {}
+    for s in steps:
+        if s.explicit_name:
+            lines.setdefault(s.explicit_name, []).append(s.location.line)
+    for name, at in lines.items():
+        if len(at) > 1:
+            notes.append(
+                f"{len(at)} steps are named {name!r} (lines {', '.join(map(str, at))}): "
+                f"${{results.{name}…}} and the results file hold the last of them that "
+                "passed; give each its own name to keep each"
+            )
     if any(s.type_name == "create_mesh" and "capability" in s.raw for s in everything):
         notes.append(
             "create_mesh.capability: ignored. Older merobox passed it (default `member`) "
