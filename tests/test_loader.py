@@ -762,3 +762,24 @@ def test_steps_sharing_a_name_get_a_note():
         "2 steps are named 'w' (lines 3, 5): ${results.w…} and the results file hold the last "
         "of them that passed; give each its own name to keep each"
     ]
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        # a defaults anchor of another type, overridden by the step's own
+        ("  - <<: *call\n    type: script\n    run: echo \"branch is ${BRANCH}\"\n", "not expanded inside `run`"),
+        ("  - <<: [*script, *call]\n    run: echo ${BRANCH}\n", "not expanded inside `run`"),
+        # the type that wins is a call's, where `run` means nothing
+        ("  - <<: *script\n    type: call\n    run: echo ${BRANCH}\n", "(call): unknown key 'run'"),
+        ("  - <<: [*call, *script]\n    run: echo ${BRANCH}\n", "(call): unknown key 'run'"),
+    ],
+)
+def test_a_merged_type_never_makes_run_expand(loader, step: str, message: str):
+    text = (
+        "x-call: &call {type: call, retries: 1, timeout: 30}\nx-script: &script {type: script}\n"
+        "name: x\nsteps:\n" + step
+    )
+    msgs = problems_of(text, env={"BRANCH": 'x"; id; echo "'})
+    assert any(message in m for m in msgs), msgs
+    assert not any("id; echo" in m for m in msgs)

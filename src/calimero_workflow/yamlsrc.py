@@ -265,8 +265,12 @@ def _first_alias_mark(root: yaml.Node, sizes: dict[int, int]) -> yaml.Mark | Non
     return best[1] if best else None
 
 
-def _expanded_type(loader: Any, node: yaml.MappingNode) -> str | None:
-    """A step mapping's ``type`` as it will read once ``${VAR}`` is expanded."""
+def _expanded_types(loader: Any, node: yaml.MappingNode) -> set[str]:
+    """Every ``type`` a step mapping is given, as it reads once ``${VAR}`` is
+    expanded: the one written out and those merged in with ``<<:``. Which one
+    wins is YAML's rule (and PyYAML's order differs between versions), so a
+    step is shell text when any of them says so."""
+    types = set()
     for key_node, value_node in node.value:
         if (
             isinstance(key_node, yaml.ScalarNode)
@@ -274,8 +278,8 @@ def _expanded_type(loader: Any, node: yaml.MappingNode) -> str | None:
             and isinstance(value_node, yaml.ScalarNode)
         ):
             # Problems are reported when the value itself is constructed.
-            return expand_env(value_node.value, loader.environ, problems=[])
-    return None
+            types.add(expand_env(value_node.value, loader.environ, problems=[]))
+    return types
 
 
 def _raw_value_nodes(loader: Any, node: yaml.MappingNode) -> set[int]:
@@ -285,7 +289,7 @@ def _raw_value_nodes(loader: Any, node: yaml.MappingNode) -> set[int]:
     # Only a script step's `run` is shell text; a `run` key elsewhere (in
     # call args, say) is data like any other. The type is read after
     # expansion, so `type: ${T:-script}` protects `run` as well.
-    if _expanded_type(loader, node) == "script":
+    if "script" in _expanded_types(loader, node):
         raw.update(id(v) for k, v in node.value if getattr(k, "value", None) in RAW_KEYS)
     if node is loader.root_node:
         for key_node, section in node.value:
