@@ -229,3 +229,22 @@ def test_random_choice_takes_json_or_merobox_word_lists(scope: Scope, expr: str,
 def test_random_choice_of_nothing_is_an_error(scope: Scope):
     with pytest.raises(PlaceholderError, match="random_choice"):
         Resolver().resolve("${random_choice([, ])}", scope)
+
+
+def test_a_brace_pair_and_a_long_run_of_spaces_is_plain_text(scope: Scope):
+    # the former pattern backtracked cubically here (minutes for 4,000 spaces)
+    text = "{{" + " " * 200_000 + "x"
+    assert Resolver().resolve(text, scope) == text
+    assert Resolver().resolve("{{ iteration }}", scope) == 3
+    assert Resolver().references("a {{  iteration }} b ${results.x.y}") == ["results.x.y", "iteration"]
+
+
+@pytest.mark.parametrize("length", ["1e12", "-1", str((1 << 20) + 1)])
+def test_random_string_length_is_bounded(scope: Scope, length: str):
+    with pytest.raises(PlaceholderError, match="the length must be from 0 to 1,048,576"):
+        Resolver().resolve("${random_string(" + length + ")}", scope)
+
+
+def test_random_string_up_to_the_bound(scope: Scope):
+    text = Resolver().resolve("${random_string(1048576)}", scope)
+    assert len(text) == 1 << 20 and text.isalnum()

@@ -97,6 +97,9 @@ _NOT_A_GENERATOR = object()
 GENERATOR_RE = re.compile(r"^\s*(random_int|random_float|random_string|random_choice|uuid|timestamp)\s*(?:\((.*)\))?\s*$", re.S)
 _ALPHABET = string.ascii_letters + string.digits
 
+#: The longest ``random_string(n)``: a mebibyte of text.
+MAX_RANDOM_STRING = 1 << 20
+
 
 def _generator_args(name: str, text: str | None) -> list[Any]:
     if not text or not text.strip():
@@ -133,7 +136,11 @@ def generate(scope: Scope, expr: str) -> Any:
             return rng.uniform(low, high)
         if name == "random_string":
             length = int(args[0]) if args else 8
-            return "".join(rng.choice(_ALPHABET) for _ in range(length))
+            if not 0 <= length <= MAX_RANDOM_STRING:
+                # the text is made on the event loop: a huge one would stall
+                # every node and the step's own timeout
+                raise ValueError(f"the length must be from 0 to {MAX_RANDOM_STRING:,}")
+            return "".join(rng.choices(_ALPHABET, k=length))
         if name == "random_choice":
             choices = args[0] if len(args) == 1 and isinstance(args[0], list) else args
             if not choices:
@@ -277,7 +284,9 @@ def mustache_lookup(scope: Scope, expr: str) -> Any:
     )
 
 
-MUSTACHE = Syntax("mustache", re.compile(r"\{\{\s*([^{}]+?)\s*\}\}"), mustache_lookup)
+#: ``{{ name }}``: the spaces are stripped by the lookup, not by the pattern,
+#: whose lazy ``\s*…?\s*`` took cubic time on a ``{{`` and a long run of spaces.
+MUSTACHE = Syntax("mustache", re.compile(r"\{\{([^{}]*[^{}\s][^{}]*)\}\}"), mustache_lookup)
 
 
 def format_embedded(value: Any) -> str:
@@ -340,7 +349,7 @@ class Resolver:
         found: list[str] = []
         if isinstance(value, str):
             for syntax in self.syntaxes:
-                found.extend(m.group(1) for m in syntax.pattern.finditer(value))
+                found.extend(m.group(1).strip() for m in syntax.pattern.finditer(value))
         elif isinstance(value, dict):
             for v in value.values():
                 found.extend(self.references(v))
