@@ -258,6 +258,37 @@ def test_an_env_value_is_literal_text_never_expanded_again():
     assert resolved == "t${results.nope.x}$${z}"
 
 
+@pytest.mark.parametrize(
+    "actual, expected",
+    [
+        ("${A}${B}", "${run_id}"),
+        ("${A}{nodes.n-1.url}", "${nodes.n-1.url}"),
+        ("${A:-$}{run_id}", "${run_id}"),
+        ("x${C} {y}", "xcost$ {y}"),
+    ],
+)
+def test_env_values_never_join_into_a_placeholder(actual: str, expected: str):
+    env = {"A": "$", "B": "{run_id}", "C": "cost$"}
+    wf = parse_workflow(
+        f"name: n\nsteps:\n  - {{name: a, type: assert, actual: '{actual}', is_set: true}}\n",
+        file=Path("wf.yml"), environ=env,
+    )
+    from calimero_workflow.placeholders import Resolver, Scope
+
+    resolved = Resolver().resolve_text(
+        wf.steps[0].raw["actual"], Scope({}, {"n-1": {"url": "http://x"}}, {"run_id": "r1"})
+    )
+    assert resolved == expected
+
+
+def test_deeply_nested_defaults_are_refused_and_many_dollar_braces_load():
+    (msg,) = problems_of("name: n\ndescription: '" + "${A:-" * 40 + "x" + "}" * 40 + "'\nsteps: []\n")
+    assert msg.startswith("wf.yml:2:") and "defaults nest more than 16 deep" in msg
+    # each `${` is matched once: tens of thousands load at once
+    wf = parse_workflow("name: n\ndescription: '" + "${" * 30_000 + "'\nsteps: []\n", environ={})
+    assert wf.settings.description == "${" * 30_000
+
+
 def test_a_literal_dollar_brace_in_settings_is_unescaped():
     wf = parse_workflow("name: 'cost $${X}'\nsteps: []\n", file=Path("wf.yml"), environ={})
     assert wf.name == "cost ${X}"

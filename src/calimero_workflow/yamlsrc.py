@@ -504,17 +504,21 @@ def is_runtime_reference(expr: str) -> bool:
     return expr.strip() in RUNTIME_NAMES
 
 
-def _closing(text: str, opening: int) -> int:
-    """Index of the ``}`` that closes the ``{`` at ``opening``, or -1."""
-    depth = 0
-    for i in range(opening, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+def _closings(text: str) -> dict[int, int]:
+    """For each ``{`` of ``text`` that is closed, the index of its ``}``
+    (one pass: looking each one up anew took quadratic time on ``${${${…``)."""
+    found: dict[int, int] = {}
+    open_at: list[int] = []
+    for match in re.finditer(r"[{}]", text):
+        if match.group() == "{":
+            open_at.append(match.start())
+        elif open_at:
+            found[open_at.pop()] = match.start()
+    return found
+
+
+#: How deeply ``${A:-${B:-…}}`` defaults may nest.
+MAX_DEFAULT_DEPTH = 16
 
 
 def escape_literal(text: str) -> str:
@@ -532,6 +536,7 @@ def expand_env(
     *,
     location: Location | None = None,
     problems: list[Problem] | None = None,
+    _depth: int = 0,
 ) -> str:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in one string.
 
@@ -571,7 +576,18 @@ def expand_env(
         if name in environ:
             return escape_literal(environ[name])
         if sep:
-            return expand_env(default, environ, location=location, problems=found)
+            if _depth >= MAX_DEFAULT_DEPTH:
+                found.append(
+                    Problem(
+                        f"defaults nest more than {MAX_DEFAULT_DEPTH} deep in {whole[:80]}",
+                        location,
+                        hint="a default may name another variable (${A:-${B:-x}}), a few levels deep",
+                    )
+                )
+                return whole
+            return expand_env(
+                default, environ, location=location, problems=found, _depth=_depth + 1
+            )
         found.append(
             Problem(
                 f"environment variable {name} is not set",
@@ -583,25 +599,46 @@ def expand_env(
         return whole
 
     out: list[str] = []
+    # A value that ends in `$` before text that starts with `{` (another
+    # value, or the file's own) would make a `${` nobody wrote: it is
+    # escaped, so that it stays the two characters it is.
+    dollar_ended = False
+
+    def emit(piece: str, substituted: bool = False) -> None:
+        nonlocal dollar_ended
+        if not piece:
+            return
+        if dollar_ended and piece.startswith("{"):
+            out.append("$")
+        out.append(piece)
+        dollar_ended = substituted and piece.endswith("$")
+
+    closings: dict[int, int] | None = None
     i = 0
     while i < len(value):
         j = value.find("$", i)
         if j < 0:
-            out.append(value[i:])
+            emit(value[i:])
             break
-        out.append(value[i:j])
+        emit(value[i:j])
         escaped = value.startswith("$${", j)
         opening = j + 2 if escaped else j + 1
-        close = _closing(value, opening) if value.startswith("{", opening) else -1
+        close = -1
+        if value.startswith("{", opening):
+            if closings is None:
+                closings = _closings(value)
+            close = closings.get(opening, -1)
         if close < 0:
-            out.append("$")
+            emit("$")
             i = j + 1
             continue
         if escaped:
             # Kept escaped; the run-time resolver turns `$${` into `${`.
-            out.append(value[j : close + 1])
+            emit(value[j : close + 1])
         else:
-            out.append(one(value[opening + 1 : close], value[j : close + 1]))
+            whole = value[j : close + 1]
+            piece = one(value[opening + 1 : close], whole)
+            emit(piece, substituted=piece is not whole)
         i = close + 1
     result = "".join(out)
     if found:
