@@ -657,3 +657,27 @@ def test_result_files_are_made_of_redacted_records_then_cut(tmp_path: Path):
     assert json.loads(texts[0]) == {"***": {"***": "***"}}
     messages = [c.find("failure").get("message") for c in ET.parse(args.junit).getroot().iter("testcase")]
     assert all(len(m) <= 1000 for m in messages)
+
+
+def test_result_and_log_files_replace_links_never_write_through_them(tmp_path: Path):
+    wf = write(tmp_path, "l.yml", "name: l\nnodes: {count: 1, prefix: n}\nsteps: [{type: wait, seconds: 0.01}]\n")
+    victims = {name: tmp_path / f"victim-{name}" for name in ("log", "state", "results", "tmp", "junit")}
+    for victim in victims.values():
+        victim.write_text("precious\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "n-1.log").symlink_to(victims["log"])
+    (logs / "n-1.state.json").symlink_to(victims["state"])
+    (tmp_path / "r.json").symlink_to(victims["results"])
+    (tmp_path / "r.json.tmp").symlink_to(victims["tmp"])
+    (tmp_path / "j.xml").symlink_to(victims["junit"])
+    code = main(
+        ["run", str(wf), "--logs-dir", str(logs), "--results", str(tmp_path / "r.json"),
+         "--junit", str(tmp_path / "j.xml"), "--workdir", str(tmp_path / "w")]
+    )
+    assert code == 0
+    assert all(v.read_text() == "precious\n" for v in victims.values())
+    written = list(logs.rglob("n-1.log"))
+    assert written and all(not p.is_symlink() and "started" in p.read_text() for p in written)
+    assert not (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "r.json").read_text()) == {}
+    assert not (tmp_path / "j.xml").is_symlink()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .confined import replace_file
 from .credentials import secret_env_values
 from .errors import Problem, WorkflowValidationError
 from .results import RunResult, problems_result
@@ -235,11 +236,8 @@ def _safe_name(workflow: Any) -> str:
 
 
 def _write_file(path: Path, text: str) -> None:
-    """Write ``text`` atomically: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write ``text`` atomically: never half a file, never through a link."""
+    replace_file(path, text.encode("utf-8"))
 
 
 def _write_json(path: Path, data: Any) -> None:

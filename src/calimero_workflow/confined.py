@@ -32,6 +32,7 @@ __all__ = [
     "open_regular",
     "read_file",
     "read_regular",
+    "replace_file",
     "same_file",
     "write_confined",
 ]
@@ -151,6 +152,18 @@ def _open_dir(folder: int, name: str, path_text: str) -> int:
                 ) from None
             raise
     raise AssertionError("unreachable")
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``path`` whole, never through a link: a new file takes its name
+    (a symlink or a file planted there is replaced, not written into). The
+    folder is made when missing; it is the caller's to choose."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _replace(folder, path.name, data)
+    finally:
+        os.close(folder)
 
 
 def _replace(folder: int, name: str, data: bytes) -> None:

@@ -38,6 +38,7 @@ from .backends.base import (
     PhaseReport,
 )
 from .client import NodeClient, NodeError
+from .confined import replace_file
 from .credentials import redact_url
 from .errors import StepFailure, WorkflowValidationError
 from .placeholders import Resolver
@@ -384,7 +385,7 @@ class WorkflowExecutor:
                 ]
             except NodeError as exc:
                 states[name]["contexts_error"] = exc.message
-        (dest / "node-states.json").write_text(json.dumps(states, indent=2, default=str))
+        replace_file(dest / "node-states.json", json.dumps(states, indent=2, default=str).encode())
         data["states"] = str(dest / "node-states.json")
         files = await self.backend.collect_logs(dest, redact=self._redact())
         self.result.node_log_files.update({n: str(p) for n, p in files.items()})

@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..confined import read_file
+from ..confined import read_file, replace_file
 from .base import (
     BackendError,
     NodeBackend,
@@ -1306,7 +1306,7 @@ class DockerBackend(NodeBackend):
             if redact is not None:
                 text = redact(data.decode("utf-8", "surrogateescape"))
                 data = text.encode("utf-8", "surrogateescape")
-            path.write_bytes(data)
+            replace_file(path, data)
 
         for name, container in list(self._containers.items()):
             path = dest / f"{name}.log"
@@ -1322,8 +1322,8 @@ class DockerBackend(NodeBackend):
                 out[name] = path
                 continue
             write(path, _merge_logs(self._log_history.get(name, b""), raw))
-            (dest / f"{name}.state.json").write_text(
-                json.dumps(asdict(state), indent=2) + "\n"
+            replace_file(
+                dest / f"{name}.state.json", (json.dumps(asdict(state), indent=2) + "\n").encode()
             )
             out[name] = path
         return out

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import NodeClient, NodeError
+from ..confined import replace_file
 from ..node.logfilter import LogFilter
 from .base import (
     BackendError,
@@ -455,10 +456,12 @@ class EmbeddedBackend(NodeBackend):
         for name, buffer in self._logs.items():
             path = dest / f"{name}.log"
             text = "\n".join(line for _, line in buffer) + ("\n" if buffer else "")
-            path.write_text(redact(text) if redact else text, encoding="utf-8")
+            replace_file(path, (redact(text) if redact else text).encode("utf-8"))
             state = self._states.get(name)
             if state is not None:
-                (dest / f"{name}.state.json").write_text(json.dumps(state.__dict__, indent=2))
+                replace_file(
+                    dest / f"{name}.state.json", json.dumps(state.__dict__, indent=2).encode()
+                )
             out[name] = path
         return out
 

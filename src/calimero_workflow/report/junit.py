@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..confined import replace_file
 from ..results import RunResult, Status, StepRecord
 from .console import sanitize
 from .summary import (
@@ -336,9 +337,5 @@ def write_junit(
     properties: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the JUnit XML to ``path`` (atomically) and return ``path``."""
-    data = junit_xml(workflows, root=root, name=name, properties=properties)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    replace_file(path, junit_xml(workflows, root=root, name=name, properties=properties))
     return path
