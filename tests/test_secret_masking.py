@@ -74,6 +74,12 @@ def test_the_env_rule_is_the_actions_and_urls_give_up_their_credentials():
     assert url_secrets("http://host/app.wasm?v=2") == []
 
 
+def test_a_url_password_holding_an_at_sign_is_masked_whole():
+    env = {"DB_URL": "postgres://app:p@ssw0rdXYZ@db/app", "NOTE": "see https://u:a@b@c/x then"}
+    assert secret_env_values(env) == ["p@ssw0rdXYZ", "a@b"]
+    assert redact_url(env["DB_URL"]) == "postgres://app:***@db/app"
+
+
 def test_the_action_decides_with_the_same_rule():
     from calimero_workflow import credentials, masking
 

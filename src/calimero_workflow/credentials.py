@@ -52,10 +52,6 @@ _NOT_A_SECRET = re.compile(r"(?i:true|false|yes|no|on|off|null|none)|[-+]?[0-9]{
 _GITHUB_TOKEN = re.compile(
     r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"
 )
-#: The password of a URL's user part: ``scheme://user:PASSWORD@host``.
-_URL_PASSWORD = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:(?P<password>[^\s/?#@]+)@"
-)
 #: Query parameters whose values are credentials (``token``, ``access_token``,
 #: ``api_key``, ``X-Amz-Signature``, ``sig``, ``password``, ``client_secret``…).
 _CREDENTIAL_PARAM = re.compile(
@@ -83,9 +79,14 @@ def secret_parts(key: str, value: str) -> list[str]:
     if is_secret_key(key) and not not_a_secret(value):
         parts.append(value)
     parts += [match.group(0) for match in _GITHUB_TOKEN.finditer(value)]
-    for match in _URL_PASSWORD.finditer(value):
-        password = match.group("password")
-        parts += [password, unquote(password)]
+    for match in _URL_IN_TEXT.finditer(value):
+        try:
+            # the user part ends at the last `@`: a password may hold one
+            password = urlsplit(match.group(0)).password
+        except ValueError:
+            continue
+        if password:
+            parts += [password, unquote(password)]
     return list(dict.fromkeys(parts))
 
 
