@@ -7,17 +7,22 @@ background sync runs every 100 ms here so catch-up tests finish quickly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import socket
+import struct
+from collections.abc import Callable
 
 import pytest
 
 from calimero_workflow import bundle
 from calimero_workflow.node import ids
-from calimero_workflow.node.errors import ApiError
-from calimero_workflow.node.ids import Keypair
+from calimero_workflow.node.errors import ApiError, PeerError
+from calimero_workflow.node.ids import Keypair, Multiaddr
 from calimero_workflow.node.server import EmbeddedNode, NodeConfig
+from calimero_workflow.node.swarm import _check_proof, _Handshake
 from node_fixtures import (
     KV_STORE_WASM,
     Api,
@@ -537,3 +542,356 @@ async def test_a_fetched_bundle_never_replaces_a_newer_version(cluster: Cluster,
     ns2 = node2.node.service.store.namespaces[ns_id]
     await node2.node.service.sync.fetch_application(app_id, ns2)
     assert node2.node.service.store.apps[app_id].version == "2.0.0"
+
+
+# -- the handshake: who may claim a peer id, and what may come before it ----------
+
+#: The handshake's wire name, written out: the tests speak the protocol themselves.
+PROTO = "calimero-embedded-swarm/2"
+
+
+def _frame(msg: dict) -> bytes:
+    data = json.dumps(msg).encode()
+    return struct.pack(">I", len(data)) + data
+
+
+async def _recv(reader: asyncio.StreamReader) -> dict | None:
+    """The next frame, or None once the node closed the connection."""
+    try:
+        (length,) = struct.unpack(">I", await reader.readexactly(4))
+        return dict(json.loads(await reader.readexactly(length)))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+async def _relay(victim: EmbeddedNode, other: EmbeddedNode) -> dict | None:
+    """The reviewer's attack: pose as ``other`` to ``victim`` with signatures
+    that ``other`` makes for an attacker posing as ``victim``.
+
+    Dial ``victim`` claiming ``other`` and take its challenge; dial ``other``
+    claiming ``victim``, presenting that challenge as our own; hand ``victim``
+    whatever ``other`` signed. Answers what ``victim`` sent after our proof:
+    None when it closed the connection, a frame when it took us for ``other``.
+    """
+    v_reader, v_writer = await asyncio.open_connection("127.0.0.1", victim.swarm.port)
+    o_reader, o_writer = await asyncio.open_connection("127.0.0.1", other.swarm.port)
+    try:
+        async with asyncio.timeout(20):  # bounds a failure only
+            hello = {"t": "hello", "proto": PROTO, "peer": other.peer_id, "port": 1}
+            v_writer.write(_frame(hello | {"nonce": os.urandom(32).hex()}))
+            challenge = await _recv(v_reader)
+            assert challenge is not None and challenge.get("peer") == victim.peer_id
+            hello = {"t": "hello", "proto": PROTO, "peer": victim.peer_id, "port": 1}
+            o_writer.write(_frame(hello | {"nonce": challenge["nonce"]}))
+            answer = await _recv(o_reader)
+            assert answer is not None and answer.get("peer") == other.peer_id
+            # ``other`` signs nothing for an unproven dialer any more; a
+            # signature it did make is the one the attack forwards.
+            sig = answer.get("sig") or "00" * 64
+            v_writer.write(_frame({"t": "auth", "sig": sig}))
+            return await _recv(v_reader)
+    finally:
+        for writer in (v_writer, o_writer):
+            writer.close()
+
+
+async def test_a_relay_attacker_is_taken_for_neither_node(cluster: Cluster) -> None:
+    first = (await cluster.start("node-1", bootstrap=[])).node
+    second = (await cluster.start("node-2", bootstrap=[])).node
+    for victim, other in ((second, first), (first, second)):
+        reply = await _relay(victim, other)
+        assert reply is None, f"{victim.config.name} took the attacker for the other"
+        assert not victim.swarm.is_connected(other.peer_id)
+        assert not other.swarm.is_connected(victim.peer_id)
+    assert first.peer_count == second.peer_count == 0
+
+
+async def _stream_until_closed(
+    writer: asyncio.StreamWriter, total: int, chunk: int = 1024 * 1024
+) -> int:
+    """Write ``total`` bytes; answers how many went out before the peer closed."""
+    sent = 0
+    data = b"x" * chunk
+    with contextlib.suppress(ConnectionError):
+        while sent < total:
+            writer.write(data)
+            await writer.drain()
+            sent += chunk
+    return sent
+
+
+async def test_an_oversized_frame_before_the_handshake_closes_the_connection(
+    cluster: Cluster,
+) -> None:
+    node = (await cluster.start("node-1", bootstrap=[])).node
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.swarm.port)
+    try:
+        async with asyncio.timeout(30):  # bounds a failure only
+            # 200 MiB is under the limit for a peer that proved its id, but
+            # nobody has proved anything yet: the node must not take it in.
+            size = 200 * 1024 * 1024
+            writer.write(struct.pack(">I", size))
+            sent = await _stream_until_closed(writer, size)
+            assert await _recv(reader) is None
+    finally:
+        writer.close()
+    # What the socket buffers hold before the node's close is noticed, not the frame.
+    assert sent < size // 4, f"the node read {sent} bytes of an unauthenticated frame"
+    assert node.peer_count == 0
+
+
+
+def _prove(key: Keypair, shake: _Handshake, role: str) -> dict:
+    return {"t": "auth", "sig": key.sign(shake.transcript(role)).hex()}
+
+
+def test_a_handshake_proof_verifies_only_for_its_own_handshake() -> None:
+    key = Keypair.generate()
+    me = key.peer_id
+    listener, other = Keypair.generate().peer_id, Keypair.generate().peer_id
+    mine, theirs = os.urandom(32), os.urandom(32)
+    proof = _prove(key, _Handshake(me, listener, mine, theirs, 2428), "dialer")
+    _check_proof(_Handshake(me, listener, mine, theirs, 2428), "dialer", proof)
+
+    # Handshakes that each differ from the one signed in one thing only.
+    elsewhere = {
+        # the same parties and nonces with us as the listener: only the role differs
+        "the other role": (_Handshake(listener, me, mine, theirs, 2428), "listener"),
+        "another listener": (_Handshake(me, other, mine, theirs, 2428), "dialer"),
+        "another dialer nonce": (
+            _Handshake(me, listener, os.urandom(32), theirs, 2428),
+            "dialer",
+        ),
+        "another listener nonce": (
+            _Handshake(me, listener, mine, os.urandom(32), 2428),
+            "dialer",
+        ),
+        "the nonces swapped": (_Handshake(me, listener, theirs, mine, 2428), "dialer"),
+        "another port": (_Handshake(me, listener, mine, theirs, 2429), "dialer"),
+        "another signer": (_Handshake(other, listener, mine, theirs, 2428), "dialer"),
+    }
+    for what, (shake, role) in elsewhere.items():
+        with pytest.raises(PeerError, match="does not verify"):
+            _check_proof(shake, role, proof)
+            pytest.fail(f"a proof replayed with {what} was taken")
+
+
+async def _dial_as(
+    node: EmbeddedNode, peer: str, nonce: bytes, proof: Callable[[bytes], dict]
+) -> tuple[dict, dict | None, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Dial ``node`` claiming ``peer`` and send ``proof(its nonce)``. Answers its
+    hello and what it sent next (None: it closed), and the open connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.swarm.port)
+    async with asyncio.timeout(20):  # bounds a failure only
+        hello = {"t": "hello", "proto": PROTO, "peer": peer, "port": 2428}
+        writer.write(_frame(hello | {"nonce": nonce.hex()}))
+        theirs = await _recv(reader)
+        assert theirs is not None and theirs["peer"] == node.peer_id
+        writer.write(_frame(proof(bytes.fromhex(theirs["nonce"]))))
+        return theirs, await _recv(reader), reader, writer
+
+
+async def test_a_signature_from_one_handshake_is_refused_in_another(
+    cluster: Cluster,
+) -> None:
+    first = (await cluster.start("node-1", bootstrap=[])).node
+    second = (await cluster.start("node-2", bootstrap=[])).node
+    key = Keypair.generate()
+    me, mine = key.peer_id, os.urandom(32)
+    shakes: list[_Handshake] = []
+
+    def genuine(theirs: bytes) -> dict:
+        shakes.append(_Handshake(me, first.peer_id, mine, theirs, 2428))
+        return _prove(key, shakes[-1], "dialer")
+
+    # A genuine handshake with node 1: our proof gets us in, node 1's comes back.
+    _, first_proof, reader, writer = await _dial_as(first, me, mine, genuine)
+    assert first_proof is not None
+    _check_proof(shakes[-1], "listener", first_proof)
+    assert first.swarm.is_connected(me)
+    # Past the handshake, frames over its 64 KiB limit are fine.
+    writer.write(_frame({"t": "peers", "id": 1, "body": {"pad": "x" * 200_000}}))
+    reply: dict | None = {}
+    while reply is not None and reply.get("re") != 1:
+        reply = await _recv(reader)
+    assert reply is not None and "addresses" in reply["body"]
+    writer.close()
+    our_proof = _prove(key, shakes[-1], "dialer")
+
+    replays = [
+        # our proof again, to node 1, in a new handshake with our same nonce
+        (first, me, our_proof),
+        # our proof, made for node 1, to node 2
+        (second, me, our_proof),
+        # node 1's proof (made as listener, for us), to node 2 as node 1's own
+        (second, first.peer_id, first_proof),
+    ]
+    for node, claimed, proof in replays:
+        _, answer, _, writer = await _dial_as(node, claimed, mine, lambda _, p=proof: p)
+        writer.close()
+        assert answer is None, f"{node.config.name} took a replayed proof of {claimed}"
+        assert not node.swarm.is_connected(claimed)
+    assert second.peer_count == 0
+
+
+class _FakeListener:
+    """A listening socket the test answers by hand, one connection at a time."""
+
+    def __init__(self) -> None:
+        self.accepted: asyncio.Queue[
+            tuple[asyncio.StreamReader, asyncio.StreamWriter]
+        ] = asyncio.Queue()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> _FakeListener:
+        self.server = await asyncio.start_server(
+            lambda r, w: self.accepted.put_nowait((r, w)), "127.0.0.1", 0
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while not self.accepted.empty():  # e.g. the node redialing meanwhile
+            self.writers.append(self.accepted.get_nowait()[1])
+        for writer in self.writers:
+            writer.close()
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def next(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with asyncio.timeout(20):  # bounds a failure only
+            reader, writer = await self.accepted.get()
+        self.writers.append(writer)
+        return reader, writer
+
+
+async def test_a_dialing_node_takes_the_listener_only_once_its_proof_verifies(
+    cluster: Cluster,
+) -> None:
+    node = (await cluster.start("node-1", bootstrap=[])).node
+    key = Keypair.generate()
+    public = ids.public_key_from_peer_id(node.peer_id)
+    async with _FakeListener() as fake:
+        addr = Multiaddr("127.0.0.1", fake.port, key.peer_id)
+
+        async def answer_hello() -> tuple[
+            asyncio.StreamReader, asyncio.StreamWriter, _Handshake
+        ]:
+            reader, writer = await fake.next()
+            hello = await _recv(reader)
+            assert hello is not None and hello["peer"] == node.peer_id
+            mine = os.urandom(32)
+            ours = {"t": "hello", "proto": PROTO, "peer": key.peer_id, "port": 1}
+            writer.write(_frame(ours | {"nonce": mine.hex()}))
+            theirs = bytes.fromhex(hello["nonce"])
+            shake = _Handshake(node.peer_id, key.peer_id, theirs, mine, hello["port"])
+            # the node proves itself first, in the dialer's role
+            proof = await _recv(reader)
+            assert proof is not None
+            assert ids.verify_signature(
+                public, bytes.fromhex(proof["sig"]), shake.transcript("dialer")
+            )
+            return reader, writer, shake
+
+        # The right key, but the node's own transcript signed back: refused.
+        dial = asyncio.ensure_future(node.swarm._dial(addr))
+        reader, writer, shake = await answer_hello()
+        writer.write(_frame(_prove(key, shake, "dialer")))
+        await dial
+        assert await _recv(reader) is None
+        assert not node.swarm.is_connected(key.peer_id)
+
+        # Until the listener's proof arrives the node has no such peer, then it has.
+        dial = asyncio.ensure_future(node.swarm._dial(addr))
+        reader, writer, shake = await answer_hello()
+        assert not dial.done() and not node.swarm.is_connected(key.peer_id)
+        writer.write(_frame(_prove(key, shake, "listener")))
+        await dial
+        assert node.swarm.is_connected(key.peer_id)
+        writer.close()
+
+
+async def test_an_oversized_frame_from_a_listener_ends_the_dial(
+    cluster: Cluster,
+) -> None:
+    node = (await cluster.start("node-1", bootstrap=[])).node
+    async with _FakeListener() as fake:
+        addr = Multiaddr("127.0.0.1", fake.port, Keypair.generate().peer_id)
+        dial = asyncio.ensure_future(node.swarm._dial(addr))
+        reader, writer = await fake.next()
+        assert await _recv(reader) is not None  # the node's hello
+        size = 200 * 1024 * 1024
+        writer.write(struct.pack(">I", size))
+        async with asyncio.timeout(30):  # bounds a failure only
+            sent = await _stream_until_closed(writer, size)
+            await dial
+    assert sent < size // 4, f"the node read {sent} bytes of an unauthenticated frame"
+    assert node.peer_count == 0
+
+
+async def test_malformed_hellos_close_the_connection(cluster: Cluster) -> None:
+    node = (await cluster.start("node-1", bootstrap=[])).node
+    loop = asyncio.get_running_loop()
+    failures: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: failures.append(context["message"]))
+    good = {
+        "t": "hello",
+        "proto": PROTO,
+        "peer": Keypair.generate().peer_id,
+        "nonce": os.urandom(32).hex(),
+        "port": 1,
+    }
+    frames = {
+        "nested too deeply": b"[" * 60_000,
+        "not an object": b"[1]",
+        "not JSON": b"\xff",
+        "an older protocol": json.dumps(good | {"proto": "calimero-embedded-swarm/1"}),
+        "no protocol": json.dumps({k: v for k, v in good.items() if k != "proto"}),
+        "not a peer id": json.dumps(good | {"peer": "12D3KooWnope"}),
+        "a long peer id": json.dumps(good | {"peer": "1" * 60_000}),
+        "a short nonce": json.dumps(good | {"nonce": "00" * 8}),
+    }
+    try:
+        for what, data in frames.items():
+            raw = data.encode() if isinstance(data, str) else data
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.swarm.port)
+            writer.write(struct.pack(">I", len(raw)) + raw)
+            async with asyncio.timeout(20):  # bounds a failure only
+                assert await _recv(reader) is None, f"a hello with {what} was answered"
+            writer.close()
+    finally:
+        loop.set_exception_handler(previous)
+    assert failures == []
+
+
+async def test_a_listener_that_refuses_the_connection_sends_no_proof(
+    cluster: Cluster,
+) -> None:
+    # The embedded backend's partition guard refuses a connection as it is
+    # registered, after the handshake: the dialer must not be told yes.
+    from calimero_workflow.backends.embedded import _guard_swarm
+
+    node = (await cluster.start("node-1", bootstrap=[])).node
+    key = Keypair.generate()
+    blocked: set[str] = set()
+    _guard_swarm(node.swarm, blocked)
+    mine = os.urandom(32)
+
+    def genuine(theirs: bytes) -> dict:
+        shake = _Handshake(key.peer_id, node.peer_id, mine, theirs, 2428)
+        return _prove(key, shake, "dialer")
+
+    blocked.add(key.peer_id)
+    _, answer, _, writer = await _dial_as(node, key.peer_id, mine, genuine)
+    writer.close()
+    assert answer is None
+    blocked.clear()
+    _, answer, _, writer = await _dial_as(node, key.peer_id, mine, genuine)
+    writer.close()
+    assert answer is not None and answer["t"] == "auth"
