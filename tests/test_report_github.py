@@ -554,6 +554,38 @@ def test_redacting_records_keeps_their_shape(tmp_path):
     assert run.workflow_name == "wf failed"  # the original is left alone
 
 
+def test_redacting_values_nested_deeper_than_the_recursion_limit():
+    from calimero_workflow.results import Status, StepRecord
+
+    # as deep as a script's JSON output or a node's answer may be, and deeper
+    deep: object = "key-secret here"
+    for level in range(20_000):
+        deep = {"key-secret": deep, "n": level} if level % 2 else [deep, ("key-secret",)]
+    record = StepRecord("a", "script", "a", Status.PASSED, data={"output": deep})
+    copy = Redactor(["key-secret"]).redact_data(record)
+    node, levels = copy.data["output"], 0
+    while not isinstance(node, str):
+        if isinstance(node, dict):
+            assert list(node) == ["***", "n"]
+            node = node["***"]
+        else:
+            assert node[1] == ("***",)
+            node = node[0]
+        levels += 1
+    assert (levels, node) == (20_000, "*** here")
+    assert copy.status is Status.PASSED
+
+
+def test_redacting_a_value_that_holds_itself_is_refused_not_endless():
+    loop: list[object] = ["key-secret"]
+    loop.append({"again": loop})
+    with pytest.raises(ValueError, match="contains itself"):
+        Redactor(["key-secret"]).redact_data(loop)
+    # the same list twice, side by side, is no loop
+    twice = ["key-secret"]
+    assert Redactor(["key-secret"]).redact_data([twice, twice]) == [["***"], ["***"]]
+
+
 def test_our_own_outputs_are_not_redacted(gh, tmp_path):
     gh.add_mask("failed")
     gh.set_output("status", "failed", redact=False)
