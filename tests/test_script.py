@@ -95,6 +95,52 @@ async def test_json_stdout_is_parsed_and_nonzero_exit_fails(tmp_path: Path):
     assert boom.data["exit_code"] == 7
 
 
+def _levels(value: object) -> int:
+    levels = 0
+    while isinstance(value, list):
+        value, levels = (value[0] if value else None), levels + 1
+    return levels
+
+
+async def test_deeply_nested_json_stdout_is_data_up_to_a_limit_then_text(tmp_path: Path):
+    # Python's parser stops near its recursion limit (a RecursionError, which
+    # failed the step as an internal error); what parses must leave every
+    # later walk over the results room to go down it
+    for levels in (800, 801, 980, 100_000):
+        (tmp_path / f"deep{levels}.json").write_text("[" * levels + "]" * levels + "\n")
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {name: d800, type: script, run: cat deep800.json, json_output: true}
+          - {name: d801, type: script, run: cat deep801.json}
+          - {name: d980, type: script, run: cat deep980.json}
+          - {name: d100000, type: script, run: cat deep100000.json, outputs: {out: output}}
+          - name: later
+            type: repeat
+            count: 1
+            steps:
+              - type: script
+                run: 'test -s "$CW_RESULTS_FILE" && test -n "$D800_OUTPUT"'
+                env: {D800_OUTPUT: "${results.d800.output}"}
+          - {name: asked, type: script, run: cat deep980.json, json_output: true}
+        """,
+        tmp_path,
+    )
+    statuses = [s.status for s in result.steps]
+    assert statuses == [Status.PASSED] * 5 + [Status.FAILED], [
+        s.error for s in result.all_steps() if s.error
+    ]
+    results = result.workflow_results
+    assert _levels(results["d800"]["output"]) == 800
+    for name in ("d801", "d980", "d100000"):
+        assert results[name]["output"] is None and results[name]["stdout"].startswith("[[[")
+    assert any("kept as text only" in line for line in result.steps[2].logs)
+    asked = result.steps[5].error
+    assert asked.kind == "script"
+    assert "nests more than 800 levels deep" in asked.message
+
+
 async def test_timeout_kills_the_script(tmp_path: Path):
     pidfile = tmp_path / "pid"
     result = await run_text(

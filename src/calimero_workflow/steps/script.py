@@ -41,6 +41,12 @@ _ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _OUTPUT_LIMIT = 1024 * 1024
 #: Linux's limit on one ``NAME=value`` string given to a program (MAX_ARG_STRLEN).
 _ENV_VALUE_LIMIT = 128 * 1024
+#: Levels of arrays and objects a script's JSON stdout may nest and still be
+#: read as data (``output``, ``json_output``); deeper JSON stays text. Each
+#: later walk over the results (placeholders, the results file of later
+#: scripts, the reports) goes down the levels one call at a time, and must
+#: keep room below Python's recursion limit (1000) wherever it runs.
+_JSON_NESTING_LIMIT = 800
 
 
 class ScriptConfig(StepConfig):
@@ -96,6 +102,40 @@ SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ash"})
 def env_name(key: str) -> str:
     """``app_id_node-1`` → ``APP_ID_NODE_1``."""
     return _ENV_NAME_RE.sub("_", key).strip("_").upper()
+
+
+def _nesting(value: Any) -> int:
+    """How many arrays and objects ``value`` holds inside one another, counted
+    without recursion and only up to one past :data:`_JSON_NESTING_LIMIT`."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > _JSON_NESTING_LIMIT:
+            break
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _read_json(text: str) -> tuple[Any, bool]:
+    """``text`` as JSON data: ``(value, False)``; ``(None, False)`` when it is
+    not JSON; ``(None, True)`` when it nests deeper than
+    :data:`_JSON_NESTING_LIMIT`, or so deep that Python's parser, which goes
+    down one call per level, reaches the recursion limit first."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, True
+    except ValueError:
+        return None, False
+    if _nesting(value) > _JSON_NESTING_LIMIT:
+        return None, True
+    return value, False
 
 
 def _as_env_value(value: Any) -> str:
@@ -322,6 +362,15 @@ class Script(BaseStep):
         """With ``json_output``: stdout is JSON, and an object's keys can be captured."""
         if data["output"] is None:
             tail = data["stdout"].strip()[-200:]
+            if not data["stdout_truncated"] and _read_json(data["stdout"])[1]:
+                raise StepFailure(
+                    f"json_output is set, but the script's stdout nests more than "
+                    f"{_JSON_NESTING_LIMIT} levels deep, too deep to be read as data: {tail!r}",
+                    kind="script",
+                    location=self.key_location("json_output"),
+                    hint=f"print JSON nested at most {_JSON_NESTING_LIMIT} levels deep",
+                    data=data,
+                )
             raise StepFailure(
                 f"json_output is set, but the script's stdout is not JSON: {tail!r}",
                 kind="script",
@@ -391,10 +440,14 @@ class Script(BaseStep):
                 # Node containers report no total: their output stops being read at the cut.
                 written = f" of {size} bytes" if node is None else ""
                 run.log(f"{prefix}{stream}: [cut at 1 MiB{written}; the rest was dropped]")
-        try:
-            parsed = json.loads(out) if out.strip() and not truncated["stdout"] else None
-        except ValueError:
-            parsed = None
+        parsed = None
+        if out.strip() and not truncated["stdout"]:
+            parsed, too_deep = _read_json(out)
+            if too_deep:
+                run.log(
+                    f"{prefix}stdout: JSON nested more than {_JSON_NESTING_LIMIT} levels "
+                    "deep is kept as text only (`output` is null)"
+                )
         data = {
             "exit_code": code,
             "stdout": out,
