@@ -141,6 +141,81 @@ async def test_deeply_nested_json_stdout_is_data_up_to_a_limit_then_text(tmp_pat
     assert "nests more than 800 levels deep" in asked.message
 
 
+async def test_a_result_no_environment_can_hold_is_left_out_never_failing_later_steps(
+    tmp_path: Path,
+):
+    # every earlier result reaches a script as a variable; one with a NUL (or a
+    # lone surrogate, from JSON) made every later script step an internal error
+    result = await run_text(
+        r"""
+        name: t
+        steps:
+          - name: nul
+            type: script
+            run: 'printf "Sup3rS3cretTok\0en"'
+          - name: lone
+            type: script
+            run: "printf '{\"a\": \"x\\\\ud800y\"}'"
+            json_output: true
+            outputs: {lone_value: a}
+          - name: unrelated
+            type: script
+            run: 'echo fine; test -z "$${LONE_VALUE+set}"'
+          - name: reads_the_file
+            type: script
+            run: 'cat "$CW_RESULTS_FILE"'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    assert result.workflow_results["nul"]["stdout"] == "Sup3rS3cretTok\0en"
+    lone, unrelated, reads = result.steps[1:]
+    said = [line for line in lone.logs if "left out of the environment" in line]
+    assert said == [
+        "SCRIPT_OUTPUT_LOCAL is left out of the environment: its value holds a NUL character, "
+        "which no environment can; a named step's results are in $CW_RESULTS_FILE"
+    ]
+    said = [line for line in unrelated.logs if "left out" in line]
+    assert len(said) == 1 and said[0].startswith(
+        "LONE_VALUE is left out of the environment: its value holds '\\ud800' (a lone surrogate"
+    )
+    # the results file has them all, as JSON spells them
+    seen = json.loads(result.workflow_results["reads_the_file"]["stdout"])
+    assert seen["nul"]["stdout"] == "Sup3rS3cretTok\0en"
+    assert seen["lone"]["output"] == {"a": "x\ud800y"}
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("env: {VALUE: '{{lone_value}}'}", "the value of VALUE holds '\\ud800' (a lone surrogate"),
+        ("args: ['{{lone_value}}']", "text passed to a program cannot hold '\\ud800' (a lone surrogate"),
+    ],
+)
+async def test_a_value_no_program_can_be_given_fails_its_own_step_clearly(
+    tmp_path: Path, given: str, said: str
+):
+    result = await run_text(
+        r"""
+        name: t
+        steps:
+          - name: lone
+            type: script
+            run: "printf '{\"a\": \"x\\\\ud800y\"}'"
+            json_output: true
+            outputs: {lone_value: a}
+          - name: uses_it
+            type: script
+            run: 'echo "$VALUE"'
+            GIVEN
+        """.replace("GIVEN", given),
+        tmp_path,
+    )
+    error = result.steps[1].error
+    assert error is not None and error.kind == "invalid", error
+    assert said in error.message
+
+
 async def test_timeout_kills_the_script(tmp_path: Path):
     pidfile = tmp_path / "pid"
     result = await run_text(

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -127,9 +128,23 @@ def _usable_path(value: str) -> str:
     return value
 
 
-def _no_nul(value: str) -> str:
+def process_text_problem(value: str) -> str | None:
+    """What in ``value`` no program can be given, as an argument or an
+    environment value ("a NUL character"), or None. A NUL would end the text
+    there; a lone surrogate (JSON's ``"\\ud800"``) has no bytes at all."""
     if "\0" in value:
-        raise ValueError("text passed to a program cannot hold a NUL character")
+        return "a NUL character"
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError as exc:
+        return f"{value[exc.start]!r} (a lone surrogate, which has no bytes)"
+    return None
+
+
+def _no_nul(value: str) -> str:
+    problem = process_text_problem(value)
+    if problem:
+        raise ValueError(f"text passed to a program cannot hold {problem}")
     return value
 
 

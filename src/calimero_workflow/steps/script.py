@@ -33,6 +33,7 @@ from .base import (
     StepRun,
     ValidationContext,
     file_hint,
+    process_text_problem,
     register_step,
     workflow_file,
 )
@@ -79,8 +80,9 @@ class ScriptConfig(StepConfig):
     @classmethod
     def _env_values(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key, item in value.items():
-            if isinstance(item, str) and "\0" in item:
-                raise ValueError(f"the value of {key} holds a NUL character, which no environment can")
+            problem = process_text_problem(_as_env_value(item))
+            if problem:
+                raise ValueError(f"the value of {key} holds {problem}, which no environment can")
         return value
 
     @model_validator(mode="after")
@@ -303,16 +305,27 @@ class Script(BaseStep):
     def _environment(self, config: ScriptConfig, run: StepRun, results_file: Path) -> dict[str, str]:
         ctx = run.ctx
         env = dict(ctx.env)
+        left_out: set[str] = set()
         for key, value in [*ctx.captured.items(), *run.variables.items()]:
             name, text = env_name(key), _as_env_value(value)
             if len(name) + len(text) + 2 > _ENV_VALUE_LIMIT:
                 # The kernel refuses to start a program given a longer variable.
-                env.pop(name, None)
-                run.log(
-                    f"{name} is left out of the environment: its value has {len(text)} "
-                    "characters, over the system's limit for one variable (128 KiB); "
-                    "a named step's results are in $CW_RESULTS_FILE"
+                why = (
+                    f"its value has {len(text)} characters, over the system's limit "
+                    "for one variable (128 KiB)"
                 )
+            else:
+                problem = process_text_problem(text)
+                why = f"its value holds {problem}, which no environment can" if problem else ""
+            if why:
+                # An earlier result this step may not even use: the step runs without it.
+                env.pop(name, None)
+                if name not in left_out:
+                    left_out.add(name)
+                    run.log(
+                        f"{name} is left out of the environment: {why}; "
+                        "a named step's results are in $CW_RESULTS_FILE"
+                    )
                 continue
             env[name] = text
         for name, ref in ctx.nodes.items():
