@@ -135,6 +135,31 @@ def test_a_secret_a_placeholder_brings_into_a_script_env_is_masked(tmp_path: Pat
     assert "using ***" in written["console"]
 
 
+def test_a_secret_from_a_placeholder_is_masked_even_when_its_step_fails_validation(
+    tmp_path: Path, capsys
+):
+    # the step's `args` is wrong once resolved (a mapping): it fails before it
+    # runs, and the credential its `env:` got must still be masked everywhere
+    code, written = run_cli(
+        tmp_path,
+        capsys,
+        f"""
+        name: runtime secret
+        steps:
+          - {{name: made, type: script, run: 'printf rt-{MARK}-12'}}
+          - name: use
+            type: script
+            run: 'echo "using $API_TOKEN"'
+            env: {{API_TOKEN: "${{results.made.stdout}}"}}
+            args: ["${{results.made}}"]
+        """,
+    )
+    assert code == 1
+    assert "invalid value after resolving placeholders" in written["console"]
+    assert leaks(written) == []
+    assert json.loads(written["results.json"])["made"]["stdout"] == "***"
+
+
 # -- a remote node's token, obtained with a password ----------------------------------------
 
 

@@ -16,6 +16,7 @@ import re
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,6 +145,12 @@ def _as_env_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _register_env_secrets(env: Mapping[Any, Any], run: StepRun) -> None:
+    """Mask the values of ``env`` under secret-looking keys (by the action's rule)."""
+    for value in secret_env_values({str(k): _as_env_value(v) for k, v in env.items()}):
+        run.ctx.add_secret(value)
 
 
 class _CappedOutput(asyncio.SubprocessProtocol):
@@ -337,10 +344,14 @@ class Script(BaseStep):
             env[str(key)] = _as_env_value(value)
         return env
 
-    async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+    def register_secrets(self, resolved: Mapping[str, Any], run: StepRun) -> None:
         # values under secret-looking keys of its `env:`, placeholders resolved
-        for value in secret_env_values({str(k): _as_env_value(v) for k, v in config.env.items()}):
-            run.ctx.add_secret(value)
+        env = resolved.get("env")
+        if isinstance(env, dict):
+            _register_env_secrets(env, run)
+
+    async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+        _register_env_secrets(config.env, run)  # known already when resolved
         if config.target == "nodes":
             return await self._in_nodes(config, run)
         base = run.ctx.workflow.base_dir.resolve()
