@@ -980,6 +980,39 @@ steps:
     assert secret not in "".join(outputs.values())
 
 
+def test_a_secret_of_the_env_input_cut_in_two_at_the_output_limit_is_masked(workspace):
+    # the run must know the action's secrets to mask one a cut has made partial
+    token = "ZZsecretTOKEN1234567"
+    write(
+        workspace,
+        "wf/cut.yml",
+        """\
+name: cut
+steps:
+  - name: big
+    type: script
+    run: 'head -c 1048566 /dev/zero | tr "\\0" A; printf "%s and more" "$API_TOKEN"'
+""",
+    )
+    env = env_for(workspace, workflows="wf/cut.yml", env=f"API_TOKEN={token}")
+    code, printed, outputs = run(env)
+    assert code == 0, printed[-2000:]
+    reports = workspace / "calimero-workflow-results"
+    assert ("add-mask", {}, token) in runner_commands(printed)
+    shown = "\n".join(
+        line for line in printed.splitlines() if not line.startswith("::add-mask::")
+    )
+    written = {
+        "log": shown,
+        "summary": Path(env["GITHUB_STEP_SUMMARY"]).read_text(),
+        **{f"output {k}": v for k, v in outputs.items()},
+        **{str(p): p.read_text(errors="replace") for p in reports.rglob("*") if p.is_file()},
+    }
+    assert [where for where, text in written.items() if token[:4] in text] == []
+    results = json.loads((reports / "results.json").read_text())
+    assert results["wf/cut.yml"]["big"]["stdout"].endswith("AAAA***")
+
+
 def test_the_action_environment_is_hidden_from_workflows_and_no_input_reaches_a_shell(
     workspace,
 ):

@@ -515,6 +515,20 @@ def test_cutting_redacts_first_and_drops_a_partial_secret_at_the_cut():
     assert Redactor().trim_partial("tok-0123") == "tok-0123"
 
 
+def test_the_start_of_a_secret_at_the_end_of_text_cut_by_others_is_masked():
+    secret = "ZZsecretTOKEN1234567"
+    redactor = Redactor([secret])
+    assert redactor.mask_partial("AAAAZZsecretTO") == "AAAA***"
+    # as JSON spells it, too (a quote escaped)
+    assert Redactor(['pw"with-quote']).mask_partial('{"pw": "pw\\"wi') == '{"pw": "***'
+    # fewer than 4 characters of it say no more than a value too short to mask
+    assert redactor.mask_partial("AAAAZZs") == "AAAAZZs"
+    # whole values are redact()'s; other text is left alone
+    assert redactor.mask_partial("x " + secret) == "x " + secret
+    assert redactor.mask_partial("nothing here") == "nothing here"
+    assert Redactor().mask_partial("AAAAZZsecretTO") == "AAAAZZsecretTO"
+
+
 def test_annotations_are_redacted_before_they_are_cut(gh, out):
     secret = "s3cret-value-" + "q" * 20
     gh.add_mask(secret)

@@ -216,6 +216,15 @@ async def test_a_value_no_program_can_be_given_fails_its_own_step_clearly(
     assert said in error.message
 
 
+def test_output_cut_at_the_limit_ends_at_a_whole_character():
+    from calimero_workflow.steps.script import _OUTPUT_LIMIT, _kept_text
+
+    data = b"a" * (_OUTPUT_LIMIT - 1) + "é".encode()  # its second byte is past the limit
+    assert _kept_text(data, True, []) == "a" * (_OUTPUT_LIMIT - 1)
+    # output that was not cut is read as it is, a bad byte included
+    assert _kept_text(b"ok \xff", False, []) == "ok \ufffd"
+
+
 async def test_timeout_kills_the_script(tmp_path: Path):
     pidfile = tmp_path / "pid"
     result = await run_text(

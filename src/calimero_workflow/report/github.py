@@ -189,6 +189,11 @@ class Redactor:
         self._forms = sorted(forms, key=len, reverse=True)
         return True
 
+    @property
+    def values(self) -> list[str]:
+        """The parts masked (see :meth:`parts`), in no particular order."""
+        return list(self._values)
+
     def with_values(self, values: Iterable[str]) -> Redactor:
         """A new redactor masking what this one does, and ``values``."""
         return Redactor([*self._values, *values])
@@ -234,6 +239,22 @@ class Redactor:
         if not longest:
             return text
         return text[: len(text) - longest] if keep == "head" else text[longest:]
+
+    def mask_partial(self, text: str) -> str:
+        """``text``, cut short by someone else, with an end that is the start of
+        a secret spelling (:data:`MIN_SECRET_CHARS` characters or more) masked.
+
+        Unlike :meth:`trim_partial`, the text stays as long as it was but for
+        the mask, and a shorter start is kept: it says as little as a value too
+        short to be masked does, and the text is someone's data.
+        """
+        longest = 0
+        for form in self._forms:
+            for size in range(min(len(form) - 1, len(text)), max(longest, MIN_SECRET_CHARS - 1), -1):
+                if text.endswith(form[:size]):
+                    longest = size
+                    break
+        return text[: len(text) - longest] + REDACTED if longest else text
 
     def redact_data(self, value: _T) -> _T:
         """A copy of ``value`` with every text in it redacted.

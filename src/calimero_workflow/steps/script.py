@@ -10,6 +10,7 @@ refused at load time, with a hint to use ``$VARIABLES`` instead.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from ..confined import read_file
 from ..credentials import secret_env_values
 from ..errors import Problem, StepFailure
+from ..report.github import Redactor
 from .base import (
     BaseStep,
     EnvName,
@@ -151,6 +153,22 @@ def _register_env_secrets(env: Mapping[Any, Any], run: StepRun) -> None:
     """Mask the values of ``env`` under secret-looking keys (by the action's rule)."""
     for value in secret_env_values({str(k): _as_env_value(v) for k, v in env.items()}):
         run.ctx.add_secret(value)
+
+
+def _kept_text(data: bytes, cut: bool, secrets: list[str]) -> str:
+    """What is kept of a script's stdout or stderr, as text.
+
+    Output over the limit is cut before the run's masking sees it, which
+    then no longer finds a credential cut in two: the cut ends at a whole
+    character, and an end that is the start of a credential (in any of its
+    spellings, 4 characters or more) is masked here.
+    """
+    data = data[:_OUTPUT_LIMIT]
+    if not cut:
+        return data.decode("utf-8", "replace")
+    # not final: a character cut in two at the limit is left out
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
+    return Redactor(secrets).mask_partial(text) if secrets else text
 
 
 class _CappedOutput(asyncio.SubprocessProtocol):
@@ -449,17 +467,19 @@ class Script(BaseStep):
         self, run: StepRun, code: int, stdout: bytes, stderr: bytes, elapsed: float,
         node: str | None = None, sizes: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        out = stdout[:_OUTPUT_LIMIT].decode("utf-8", "replace")
-        err = stderr[:_OUTPUT_LIMIT].decode("utf-8", "replace")
+        sizes = sizes or (len(stdout), len(stderr))
+        truncated = {
+            stream: size > _OUTPUT_LIMIT
+            for stream, size in zip(("stdout", "stderr"), sizes, strict=True)
+        }
+        out = _kept_text(stdout, truncated["stdout"], run.ctx.secrets)
+        err = _kept_text(stderr, truncated["stderr"], run.ctx.secrets)
         prefix = f"[{node}] " if node else ""
         for line in out.splitlines()[-200:]:
             run.log(f"{prefix}stdout: {line}")
         for line in err.splitlines()[-200:]:
             run.log(f"{prefix}stderr: {line}")
-        sizes = sizes or (len(stdout), len(stderr))
-        truncated = {}
         for stream, size in zip(("stdout", "stderr"), sizes, strict=True):
-            truncated[stream] = size > _OUTPUT_LIMIT
             if truncated[stream]:
                 # Node containers report no total: their output stops being read at the cut.
                 written = f" of {size} bytes" if node is None else ""
