@@ -942,6 +942,77 @@ steps:
     assert "debug" not in [m for n, _, m in runner_commands(printed) if n == "add-mask"]
 
 
+def test_every_report_and_output_is_written_whatever_the_depth_of_a_scripts_json(workspace):
+    # the records are redacted before the reports are made of them; that went
+    # down a script's JSON one call per level, and a 600-level output turned a
+    # passing run into status=failed with no report at all
+    secret = "abcdefgh12"
+    write(workspace, "wf/deep.json", "[" * 600 + f'"{secret}"' + "]" * 600)
+    write(
+        workspace,
+        "wf/deep.yml",
+        """\
+name: deep
+steps:
+  - name: deep
+    type: script
+    run: cat deep.json
+    json_output: true
+""",
+    )
+    env = env_for(workspace, workflows="wf/deep.yml", env=f"API_TOKEN={secret}")
+    code, printed, outputs = run(env)
+    assert code == 0, printed
+    assert outputs["status"] == "passed" and outputs["passed"] == "1"
+    reports = workspace / "calimero-workflow-results"
+    output = json.loads(outputs["results"])["wf/deep.yml"]["deep"]["output"]
+    assert output == json.loads((reports / "results.json").read_text())["wf/deep.yml"]["deep"]["output"]
+    levels = 0
+    while isinstance(output, list):
+        output, levels = output[0], levels + 1
+    assert (levels, output) == (600, "***")
+    case = ET.parse(reports / "junit.xml").getroot().find(".//testcase")
+    assert case is not None and case.find("failure") is None
+    assert json.loads((reports / "report.json").read_text())[0][0]["status"] == "passed"
+    assert "deep" in Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    written = [p for p in reports.rglob("*") if p.is_file()]
+    assert [p for p in written if secret in p.read_text(errors="replace")] == []
+    assert secret not in "".join(outputs.values())
+
+
+def test_a_secret_of_the_env_input_cut_in_two_at_the_output_limit_is_masked(workspace):
+    # the run must know the action's secrets to mask one a cut has made partial
+    token = "ZZsecretTOKEN1234567"
+    write(
+        workspace,
+        "wf/cut.yml",
+        """\
+name: cut
+steps:
+  - name: big
+    type: script
+    run: 'head -c 1048566 /dev/zero | tr "\\0" A; printf "%s and more" "$API_TOKEN"'
+""",
+    )
+    env = env_for(workspace, workflows="wf/cut.yml", env=f"API_TOKEN={token}")
+    code, printed, outputs = run(env)
+    assert code == 0, printed[-2000:]
+    reports = workspace / "calimero-workflow-results"
+    assert ("add-mask", {}, token) in runner_commands(printed)
+    shown = "\n".join(
+        line for line in printed.splitlines() if not line.startswith("::add-mask::")
+    )
+    written = {
+        "log": shown,
+        "summary": Path(env["GITHUB_STEP_SUMMARY"]).read_text(),
+        **{f"output {k}": v for k, v in outputs.items()},
+        **{str(p): p.read_text(errors="replace") for p in reports.rglob("*") if p.is_file()},
+    }
+    assert [where for where, text in written.items() if token[:4] in text] == []
+    results = json.loads((reports / "results.json").read_text())
+    assert results["wf/cut.yml"]["big"]["stdout"].endswith("AAAA***")
+
+
 def test_the_action_environment_is_hidden_from_workflows_and_no_input_reaches_a_shell(
     workspace,
 ):

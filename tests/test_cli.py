@@ -681,3 +681,34 @@ def test_result_and_log_files_replace_links_never_write_through_them(tmp_path: P
     assert written and all(not p.is_symlink() and "started" in p.read_text() for p in written)
     assert not (tmp_path / "r.json").is_symlink() and json.loads((tmp_path / "r.json").read_text()) == {}
     assert not (tmp_path / "j.xml").is_symlink()
+
+
+def test_result_files_are_written_whatever_the_depth_of_a_scripts_json(tmp_path: Path, capsys):
+    # a redacted copy of the records is made before any file is: it went down
+    # a script's JSON one call per level, and a 600-level output lost every file
+    secret = "abcdefgh12"
+    (tmp_path / "deep.json").write_text("[" * 600 + f'"{secret}"' + "]" * 600)
+    wf = write(tmp_path, "deep.yml", """\
+name: deep
+steps:
+  - name: deep
+    type: script
+    run: cat deep.json
+    json_output: true
+""")
+    files = {flag: tmp_path / name for flag, name in
+             (("--results", "r.json"), ("--report", "rep.json"), ("--junit", "j.xml"))}
+    code = main(["run", str(wf), "--env", f"API_TOKEN={secret}", "--workdir", str(tmp_path / "w"),
+                 "--color", "never", *[str(a) for pair in files.items() for a in pair]])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "PASSED deep" in printed.out and "Traceback" not in printed.err
+    output = json.loads(files["--results"].read_text())["deep"]["output"]
+    levels = 0
+    while isinstance(output, list):
+        output, levels = output[0], levels + 1
+    assert (levels, output) == (600, "***")
+    assert json.loads(files["--report"].read_text())["status"] == "passed"
+    case = ET.parse(files["--junit"]).getroot().find(".//testcase")
+    assert case is not None and case.find("failure") is None
+    assert not [p for p in files.values() if secret in p.read_text()]

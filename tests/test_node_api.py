@@ -9,6 +9,7 @@ refuse fields their type does not have.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 import wasmtime
 
 from calimero_workflow import bundle
+from calimero_workflow.node.api import _parse_json_or_text
+from calimero_workflow.node.bodies import NotJson, load_json
 from calimero_workflow.node.ids import ZERO_HASH, b58encode, sha256
 from node_fixtures import KV_STORE_WASM, Api, Cluster, cluster, node_runtime, wait_until
 
@@ -1092,6 +1095,63 @@ async def test_jsonrpc_envelope_rejections_are_plain_http_errors(
     resp = await api.client.post(api.url + "/jsonrpc", content=content, headers=headers)
     assert (resp.status_code, resp.text) == (status, text)
     assert resp.headers["content-type"].startswith("text/plain")
+
+
+def _nested(levels: int, inner: bytes = b"") -> bytes:
+    return b"[" * levels + inner + b"]" * levels
+
+
+@pytest.mark.parametrize("levels", [128, 50_000, 200_000])
+async def test_bodies_nested_past_serdes_limit_are_parse_errors(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, levels: int
+) -> None:
+    # serde_json reads 127 levels of arrays and objects and refuses the next
+    # one as a syntax error; Python's parser fails deeper, with a RecursionError
+    api = await cluster.start("node-1")
+    caplog.set_level(logging.INFO, logger="calimero_workflow.node")
+    json_type = {"content-type": "application/json"}
+    # the envelope object is the first level
+    rpc = b'{"jsonrpc":"2.0","id":1,"method":"execute","params":' + _nested(levels - 1) + b"}"
+    resp = await api.client.post(api.url + "/jsonrpc", content=rpc, headers=json_type)
+    assert (resp.status_code, resp.text) == (
+        400, "Failed to parse the request body as JSON: recursion limit exceeded"
+    )
+    admin = b'{"applicationId":' + _nested(levels - 1) + b"}"
+    resp = await api.post("/admin-api/contexts", content=admin, headers=json_type)
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": "JSON syntax error: Failed to parse the request body as JSON: "
+        "recursion limit exceeded"
+    }
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    # the node goes on answering
+    assert (await api.get("/admin-api/health")).status_code == 200
+
+
+def test_serdes_nesting_limit_counts_arrays_and_objects_alike() -> None:
+    def objects(levels: int) -> bytes:
+        return b'{"a":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+
+    assert load_json(objects(127)) and load_json(_nested(127))
+    for body in (objects(128), _nested(128), _nested(64, objects(64))):
+        with pytest.raises(NotJson, match="^recursion limit exceeded$"):
+            load_json(body)
+    # what an app returns or emits and Python cannot parse is text, not a crash
+    deep = _nested(5000)
+    assert _parse_json_or_text(deep) == deep.decode()
+
+
+async def test_bodies_nested_up_to_serdes_limit_are_read(cluster: Cluster) -> None:
+    api = await cluster.start("node-1")
+    json_type = {"content-type": "application/json"}
+    rpc = b'{"jsonrpc":"2.0","id":1,"method":"execute","params":' + _nested(126) + b"}"
+    resp = await api.client.post(api.url + "/jsonrpc", content=rpc, headers=json_type)
+    # read, then refused as serde refuses the payload: a JSON-RPC answer
+    assert resp.status_code == 200 and resp.json()["error"]["type"] == "ParseError"
+    admin = b'{"applicationId":' + _nested(126) + b"}"
+    resp = await api.post("/admin-api/contexts", content=admin, headers=json_type)
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith(INVALID_DATA)
 
 
 async def test_jsonrpc_ids_are_echoed(cluster: Cluster) -> None:

@@ -515,6 +515,20 @@ def test_cutting_redacts_first_and_drops_a_partial_secret_at_the_cut():
     assert Redactor().trim_partial("tok-0123") == "tok-0123"
 
 
+def test_the_start_of_a_secret_at_the_end_of_text_cut_by_others_is_masked():
+    secret = "ZZsecretTOKEN1234567"
+    redactor = Redactor([secret])
+    assert redactor.mask_partial("AAAAZZsecretTO") == "AAAA***"
+    # as JSON spells it, too (a quote escaped)
+    assert Redactor(['pw"with-quote']).mask_partial('{"pw": "pw\\"wi') == '{"pw": "***'
+    # fewer than 4 characters of it say no more than a value too short to mask
+    assert redactor.mask_partial("AAAAZZs") == "AAAAZZs"
+    # whole values are redact()'s; other text is left alone
+    assert redactor.mask_partial("x " + secret) == "x " + secret
+    assert redactor.mask_partial("nothing here") == "nothing here"
+    assert Redactor().mask_partial("AAAAZZsecretTO") == "AAAAZZsecretTO"
+
+
 def test_annotations_are_redacted_before_they_are_cut(gh, out):
     secret = "s3cret-value-" + "q" * 20
     gh.add_mask(secret)
@@ -552,6 +566,38 @@ def test_redacting_records_keeps_their_shape(tmp_path):
     # JSON of the copy: keys and markup of ours untouched
     assert json.loads(json.dumps(copy.to_dict()))["status"] == "failed"
     assert run.workflow_name == "wf failed"  # the original is left alone
+
+
+def test_redacting_values_nested_deeper_than_the_recursion_limit():
+    from calimero_workflow.results import Status, StepRecord
+
+    # as deep as a script's JSON output or a node's answer may be, and deeper
+    deep: object = "key-secret here"
+    for level in range(20_000):
+        deep = {"key-secret": deep, "n": level} if level % 2 else [deep, ("key-secret",)]
+    record = StepRecord("a", "script", "a", Status.PASSED, data={"output": deep})
+    copy = Redactor(["key-secret"]).redact_data(record)
+    node, levels = copy.data["output"], 0
+    while not isinstance(node, str):
+        if isinstance(node, dict):
+            assert list(node) == ["***", "n"]
+            node = node["***"]
+        else:
+            assert node[1] == ("***",)
+            node = node[0]
+        levels += 1
+    assert (levels, node) == (20_000, "*** here")
+    assert copy.status is Status.PASSED
+
+
+def test_redacting_a_value_that_holds_itself_is_refused_not_endless():
+    loop: list[object] = ["key-secret"]
+    loop.append({"again": loop})
+    with pytest.raises(ValueError, match="contains itself"):
+        Redactor(["key-secret"]).redact_data(loop)
+    # the same list twice, side by side, is no loop
+    twice = ["key-secret"]
+    assert Redactor(["key-secret"]).redact_data([twice, twice]) == [["***"], ["***"]]
 
 
 def test_our_own_outputs_are_not_redacted(gh, tmp_path):

@@ -95,6 +95,136 @@ async def test_json_stdout_is_parsed_and_nonzero_exit_fails(tmp_path: Path):
     assert boom.data["exit_code"] == 7
 
 
+def _levels(value: object) -> int:
+    levels = 0
+    while isinstance(value, list):
+        value, levels = (value[0] if value else None), levels + 1
+    return levels
+
+
+async def test_deeply_nested_json_stdout_is_data_up_to_a_limit_then_text(tmp_path: Path):
+    # Python's parser stops near its recursion limit (a RecursionError, which
+    # failed the step as an internal error); what parses must leave every
+    # later walk over the results room to go down it
+    for levels in (800, 801, 980, 100_000):
+        (tmp_path / f"deep{levels}.json").write_text("[" * levels + "]" * levels + "\n")
+    result = await run_text(
+        """
+        name: t
+        steps:
+          - {name: d800, type: script, run: cat deep800.json, json_output: true}
+          - {name: d801, type: script, run: cat deep801.json}
+          - {name: d980, type: script, run: cat deep980.json}
+          - {name: d100000, type: script, run: cat deep100000.json, outputs: {out: output}}
+          - name: later
+            type: repeat
+            count: 1
+            steps:
+              - type: script
+                run: 'test -s "$CW_RESULTS_FILE" && test -n "$D800_OUTPUT"'
+                env: {D800_OUTPUT: "${results.d800.output}"}
+          - {name: asked, type: script, run: cat deep980.json, json_output: true}
+        """,
+        tmp_path,
+    )
+    statuses = [s.status for s in result.steps]
+    assert statuses == [Status.PASSED] * 5 + [Status.FAILED], [
+        s.error for s in result.all_steps() if s.error
+    ]
+    results = result.workflow_results
+    assert _levels(results["d800"]["output"]) == 800
+    for name in ("d801", "d980", "d100000"):
+        assert results[name]["output"] is None and results[name]["stdout"].startswith("[[[")
+    assert any("kept as text only" in line for line in result.steps[2].logs)
+    asked = result.steps[5].error
+    assert asked.kind == "script"
+    assert "nests more than 800 levels deep" in asked.message
+
+
+async def test_a_result_no_environment_can_hold_is_left_out_never_failing_later_steps(
+    tmp_path: Path,
+):
+    # every earlier result reaches a script as a variable; one with a NUL (or a
+    # lone surrogate, from JSON) made every later script step an internal error
+    result = await run_text(
+        r"""
+        name: t
+        steps:
+          - name: nul
+            type: script
+            run: 'printf "Sup3rS3cretTok\0en"'
+          - name: lone
+            type: script
+            run: "printf '{\"a\": \"x\\\\ud800y\"}'"
+            json_output: true
+            outputs: {lone_value: a}
+          - name: unrelated
+            type: script
+            run: 'echo fine; test -z "$${LONE_VALUE+set}"'
+          - name: reads_the_file
+            type: script
+            run: 'cat "$CW_RESULTS_FILE"'
+        """,
+        tmp_path,
+    )
+    assert result.passed, [s.error for s in result.all_steps() if s.error]
+    assert result.workflow_results["nul"]["stdout"] == "Sup3rS3cretTok\0en"
+    lone, unrelated, reads = result.steps[1:]
+    said = [line for line in lone.logs if "left out of the environment" in line]
+    assert said == [
+        "SCRIPT_OUTPUT_LOCAL is left out of the environment: its value holds a NUL character, "
+        "which no environment can; a named step's results are in $CW_RESULTS_FILE"
+    ]
+    said = [line for line in unrelated.logs if "left out" in line]
+    assert len(said) == 1 and said[0].startswith(
+        "LONE_VALUE is left out of the environment: its value holds '\\ud800' (a lone surrogate"
+    )
+    # the results file has them all, as JSON spells them
+    seen = json.loads(result.workflow_results["reads_the_file"]["stdout"])
+    assert seen["nul"]["stdout"] == "Sup3rS3cretTok\0en"
+    assert seen["lone"]["output"] == {"a": "x\ud800y"}
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("env: {VALUE: '{{lone_value}}'}", "the value of VALUE holds '\\ud800' (a lone surrogate"),
+        ("args: ['{{lone_value}}']", "text passed to a program cannot hold '\\ud800' (a lone surrogate"),
+    ],
+)
+async def test_a_value_no_program_can_be_given_fails_its_own_step_clearly(
+    tmp_path: Path, given: str, said: str
+):
+    result = await run_text(
+        r"""
+        name: t
+        steps:
+          - name: lone
+            type: script
+            run: "printf '{\"a\": \"x\\\\ud800y\"}'"
+            json_output: true
+            outputs: {lone_value: a}
+          - name: uses_it
+            type: script
+            run: 'echo "$VALUE"'
+            GIVEN
+        """.replace("GIVEN", given),
+        tmp_path,
+    )
+    error = result.steps[1].error
+    assert error is not None and error.kind == "invalid", error
+    assert said in error.message
+
+
+def test_output_cut_at_the_limit_ends_at_a_whole_character():
+    from calimero_workflow.steps.script import _OUTPUT_LIMIT, _kept_text
+
+    data = b"a" * (_OUTPUT_LIMIT - 1) + "é".encode()  # its second byte is past the limit
+    assert _kept_text(data, True, []) == "a" * (_OUTPUT_LIMIT - 1)
+    # output that was not cut is read as it is, a bad byte included
+    assert _kept_text(b"ok \xff", False, []) == "ok \ufffd"
+
+
 async def test_timeout_kills_the_script(tmp_path: Path):
     pidfile = tmp_path / "pid"
     result = await run_text(

@@ -141,6 +141,54 @@ def test_a_secret_a_placeholder_brings_into_a_script_env_is_masked(tmp_path: Pat
     assert "using ***" in written["console"]
 
 
+def test_a_secret_from_a_placeholder_is_masked_even_when_its_step_fails_validation(
+    tmp_path: Path, capsys
+):
+    # the step's `args` is wrong once resolved (a mapping): it fails before it
+    # runs, and the credential its `env:` got must still be masked everywhere
+    code, written = run_cli(
+        tmp_path,
+        capsys,
+        f"""
+        name: runtime secret
+        steps:
+          - {{name: made, type: script, run: 'printf rt-{MARK}-12'}}
+          - name: use
+            type: script
+            run: 'echo "using $API_TOKEN"'
+            env: {{API_TOKEN: "${{results.made.stdout}}"}}
+            args: ["${{results.made}}"]
+        """,
+    )
+    assert code == 1
+    assert "invalid value after resolving placeholders" in written["console"]
+    assert leaks(written) == []
+    assert json.loads(written["results.json"])["made"]["stdout"] == "***"
+
+
+def test_a_secret_cut_in_two_at_the_output_limit_never_shows_its_start(tmp_path: Path, capsys):
+    # stdout is kept up to 1 MiB, and was cut before it was masked: the
+    # secret's first ten characters stayed, which masking no longer matched
+    token = "ZZsecretTOKEN1234567"
+    code, written = run_cli(
+        tmp_path,
+        capsys,
+        """
+        name: cut secret
+        steps:
+          - name: big
+            type: script
+            run: 'head -c 1048566 /dev/zero | tr "\\0" A; printf "%s and more" "$API_TOKEN"'
+        """,
+        "--env", f"API_TOKEN={token}", "-v",
+    )
+    assert code == 0, written["console"]
+    assert [where for where, text in written.items() if token[:4] in text] == []
+    stdout = json.loads(written["results.json"])["big"]["stdout"]
+    assert stdout == "A" * 1048566 + "***"
+    assert "AAAA***" in written["console"]
+
+
 # -- a remote node's token, obtained with a password ----------------------------------------
 
 

@@ -810,6 +810,10 @@ class _Runner:
                 workdir=settings.workdir,
                 logs_dir=logs_dir,
                 run_id=run_id,
+                # what the action masks (the env input's secrets...), so that
+                # the run knows them too: a script's output cut in the middle
+                # of one is masked where it is cut
+                secret_values=self.gh.redactor.values,
             )
             self._executor = executor
             title = f"{workflow.name} ({rel})" + (

@@ -234,7 +234,7 @@ def _rust_debug_bytes(data: bytes) -> str:
 def _parse_json_or_text(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return data.decode("utf-8", errors="replace")
 
 
@@ -703,6 +703,10 @@ class NodeApi:
         if outcome.returns is not None:
             try:
                 output = json.loads(outcome.returns)
+            except RecursionError:
+                raise RpcError(
+                    "SerdeError", {"message": "output is not JSON: recursion limit exceeded"}
+                ) from None
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RpcError(
                     "SerdeError", {"message": f"output is not JSON: {exc}"}

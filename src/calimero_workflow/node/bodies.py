@@ -30,13 +30,21 @@ from typing import Any
 from .errors import ApiError
 
 __all__ = [
+    "MAX_NESTING",
     "BodyShape",
+    "NotJson",
     "expected_fields",
     "is_json_content_type",
+    "load_json",
     "read_body",
     "syntax_error",
     "unexpected",
 ]
+
+#: Arrays and objects serde_json reads inside one another: its deserializer
+#: starts with a budget of 128 levels and refuses the level that spends the
+#: last one ("recursion limit exceeded"), a syntax error.
+MAX_NESTING = 127
 
 
 def unexpected(value: Any, *, from_value: bool) -> str:
@@ -74,6 +82,60 @@ def syntax_error(exc: json.JSONDecodeError, body: bytes) -> str:
         container = body.lstrip()[:1]
         return "expected `,` or `]`" if container == b"[" else "expected `,` or `}`"
     return words.get(exc.msg, exc.msg[:1].lower() + exc.msg[1:])
+
+
+class NotJson(ValueError):
+    """A body merod's parser refuses; ``reason`` is serde_json's text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _nesting(value: Any) -> int:
+    """How many arrays and objects ``value`` holds inside one another, counted
+    without recursion and only up to one past :data:`MAX_NESTING`."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def load_json(body: bytes) -> Any:
+    """``body`` parsed as serde_json parses it, nesting limit included.
+
+    Python's parser stops at its own recursion limit, far deeper than
+    serde_json's and with a ``RecursionError`` rather than a syntax error;
+    either way the body is refused as merod refuses it. (A body that nests too
+    deep and also holds a syntax error is reported by what Python's parser
+    meets first; serde_json may name the other.)
+
+    Raises:
+        NotJson: the body is not JSON, or nests deeper than :data:`MAX_NESTING`.
+    """
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise NotJson("recursion limit exceeded") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        reason = (
+            syntax_error(exc, body)
+            if isinstance(exc, json.JSONDecodeError)
+            else "invalid unicode code point"
+        )
+        raise NotJson(reason) from None
+    if _nesting(value) > MAX_NESTING:
+        raise NotJson("recursion limit exceeded")
+    return value
 
 
 def is_json_content_type(content_type: str) -> bool:
@@ -127,15 +189,10 @@ def read_body(body: bytes, content_type: str, shape: BodyShape) -> dict[str, Any
     if not is_json_content_type(content_type):
         raise ApiError(400, "Expected request with `Content-Type: application/json`")
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = (
-            syntax_error(exc, body)
-            if isinstance(exc, json.JSONDecodeError)
-            else "invalid unicode code point"
-        )
+        value = load_json(body)
+    except NotJson as exc:
         raise ApiError(
-            400, f"JSON syntax error: Failed to parse the request body as JSON: {reason}"
+            400, f"JSON syntax error: Failed to parse the request body as JSON: {exc.reason}"
         ) from None
     if not isinstance(value, dict):
         what = unexpected(value, from_value=False)

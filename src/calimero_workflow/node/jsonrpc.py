@@ -15,10 +15,15 @@ the body, which is left out.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from .bodies import expected_fields, is_json_content_type, syntax_error, unexpected
+from .bodies import (
+    NotJson,
+    expected_fields,
+    is_json_content_type,
+    load_json,
+    unexpected,
+)
 from .errors import RpcError
 
 __all__ = [
@@ -58,15 +63,10 @@ def parse_envelope(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]
     if not is_json_content_type(content_type):
         raise EnvelopeRejected(415, "Expected request with `Content-Type: application/json`")
     try:
-        envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = (
-            syntax_error(exc, body)
-            if isinstance(exc, json.JSONDecodeError)
-            else "invalid unicode code point"
-        )
+        envelope = load_json(body)
+    except NotJson as exc:
         raise EnvelopeRejected(
-            400, f"Failed to parse the request body as JSON: {reason}"
+            400, f"Failed to parse the request body as JSON: {exc.reason}"
         ) from None
 
     def reject(reason: str) -> EnvelopeRejected:

@@ -227,7 +227,7 @@ def _log_redactor(gh: GitHub) -> Callable[[Path, bytes], bytes]:
         if source.suffix == ".json":
             try:
                 parsed = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # redacted as text instead
                 pass
             else:
                 return _json_bytes(gh.redactor.redact_data(parsed))

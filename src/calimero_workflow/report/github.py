@@ -142,6 +142,11 @@ def _secret_forms(value: str) -> set[str]:
     return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 
 
+def _init_fields(value: Any) -> list[dataclasses.Field[Any]]:
+    """The fields of a dataclass instance that its constructor takes."""
+    return [f for f in dataclasses.fields(value) if f.init]
+
+
 class Redactor:
     """Replaces secret values, in every spelling our logs and files may hold, by ``***``.
 
@@ -183,6 +188,11 @@ class Redactor:
         forms = set(self._forms) | _secret_forms(part)
         self._forms = sorted(forms, key=len, reverse=True)
         return True
+
+    @property
+    def values(self) -> list[str]:
+        """The parts masked (see :meth:`parts`), in no particular order."""
+        return list(self._values)
 
     def with_values(self, values: Iterable[str]) -> Redactor:
         """A new redactor masking what this one does, and ``values``."""
@@ -230,6 +240,22 @@ class Redactor:
             return text
         return text[: len(text) - longest] if keep == "head" else text[longest:]
 
+    def mask_partial(self, text: str) -> str:
+        """``text``, cut short by someone else, with an end that is the start of
+        a secret spelling (:data:`MIN_SECRET_CHARS` characters or more) masked.
+
+        Unlike :meth:`trim_partial`, the text stays as long as it was but for
+        the mask, and a shorter start is kept: it says as little as a value too
+        short to be masked does, and the text is someone's data.
+        """
+        longest = 0
+        for form in self._forms:
+            for size in range(min(len(form) - 1, len(text)), max(longest, MIN_SECRET_CHARS - 1), -1):
+                if text.endswith(form[:size]):
+                    longest = size
+                    break
+        return text[: len(text) - longest] + REDACTED if longest else text
+
     def redact_data(self, value: _T) -> _T:
         """A copy of ``value`` with every text in it redacted.
 
@@ -243,30 +269,67 @@ class Redactor:
         return self._redact_value(value)
 
     def _redact_value(self, value: Any) -> Any:
+        # Depth first with a stack of our own rather than recursion: a value
+        # may be nested as deep as JSON parsing allows (a script's output, a
+        # node's answer), and what the run wrote must never fail on it.
+        leaf, children = self._open(value)
+        if children is None:
+            return leaf
+        #: The containers on the way down: each with its children and the
+        #: redacted copies of those done so far.
+        stack: list[tuple[Any, list[Any], list[Any]]] = [(value, children, [])]
+        path = {id(value)}
+        while True:
+            node, pending, done = stack[-1]
+            if len(done) < len(pending):
+                child = pending[len(done)]
+                leaf, grandchildren = self._open(child)
+                if grandchildren is None:
+                    done.append(leaf)
+                    continue
+                if id(child) in path:
+                    raise ValueError("cannot redact a value that contains itself")
+                stack.append((child, grandchildren, []))
+                path.add(id(child))
+                continue
+            stack.pop()
+            path.discard(id(node))
+            built = self._rebuild(node, done)
+            if not stack:
+                return built
+            stack[-1][2].append(built)
+
+    def _open(self, value: Any) -> tuple[Any, list[Any] | None]:
+        """``(redacted value, None)`` for a value holding no others, or
+        ``(None, its children)`` for a container, in :meth:`_rebuild`'s order."""
         if isinstance(value, enum.Enum | type):
-            return value
+            return value, None
         if isinstance(value, str):
-            return self.redact(value)
+            return self.redact(value), None
+        if isinstance(value, dict):
+            return None, list(value.values())
+        if isinstance(value, list | tuple):
+            return None, list(value)
+        if dataclasses.is_dataclass(value):
+            return None, [getattr(value, f.name) for f in _init_fields(value)]
+        return value, None
+
+    def _rebuild(self, value: Any, items: list[Any]) -> Any:
+        """A copy of the container ``value`` holding ``items``, its children redacted."""
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
-            for key, item in value.items():
+            for key, item in zip(value, items, strict=True):
                 name = self.redact(key) if isinstance(key, str) else key
                 while name in out:  # two keys masked alike: keep both
                     name = f"{name}+"
-                out[name] = self._redact_value(item)
+                out[name] = item
             return out
         if isinstance(value, list):
-            return [self._redact_value(item) for item in value]
+            return items
         if isinstance(value, tuple):
-            return tuple(self._redact_value(item) for item in value)
-        if dataclasses.is_dataclass(value):
-            changes = {
-                f.name: self._redact_value(getattr(value, f.name))
-                for f in dataclasses.fields(value)
-                if f.init
-            }
-            return dataclasses.replace(value, **changes)
-        return value
+            return tuple(items)
+        changes = {f.name: item for f, item in zip(_init_fields(value), items, strict=True)}
+        return dataclasses.replace(value, **changes)
 
     def redact_bytes(self, data: bytes) -> bytes:
         """Text file contents redacted; bytes that are not UTF-8 are kept as they are."""

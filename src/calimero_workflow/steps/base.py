@@ -21,10 +21,11 @@ import functools
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -127,9 +128,23 @@ def _usable_path(value: str) -> str:
     return value
 
 
-def _no_nul(value: str) -> str:
+def process_text_problem(value: str) -> str | None:
+    """What in ``value`` no program can be given, as an argument or an
+    environment value ("a NUL character"), or None. A NUL would end the text
+    there; a lone surrogate (JSON's ``"\\ud800"``) has no bytes at all."""
     if "\0" in value:
-        raise ValueError("text passed to a program cannot hold a NUL character")
+        return "a NUL character"
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError as exc:
+        return f"{value[exc.start]!r} (a lone surrogate, which has no bytes)"
+    return None
+
+
+def _no_nul(value: str) -> str:
+    problem = process_text_problem(value)
+    if problem:
+        raise ValueError(f"text passed to a program cannot hold {problem}")
     return value
 
 
@@ -507,13 +522,15 @@ class BaseStep:
         scope = run.scope()
         # Located like the step itself, so that a value found invalid once
         # resolved is reported at its own key.
-        resolved = LocatedDict(
-            {
-                key: self._resolve_at(value, (key,), run.ctx.resolver, scope)
-                for key, value in self.raw.items()
-                if key not in self.deferred_keys
-            }
-        )
+        resolved = LocatedDict()
+        try:
+            for key, value in self.raw.items():
+                if key not in self.deferred_keys:
+                    resolved[key] = self._resolve_at(value, (key,), run.ctx.resolver, scope)
+        finally:
+            # as soon as they are known, before anything (a placeholder of
+            # another key, the checks below) can fail the step
+            self.register_secrets(resolved, run)
         resolved.line, resolved.col = self.location.line, self.location.col
         if isinstance(self.raw, LocatedDict):
             resolved.key_marks = dict(self.raw.key_marks)
@@ -534,6 +551,11 @@ class BaseStep:
                 hint=first.hint,
             )
         return config
+
+    def register_secrets(self, resolved: Mapping[str, Any], run: StepRun) -> None:
+        """Mask the credentials among the step's values, placeholders resolved
+        (``resolved`` may lack the keys whose placeholders failed, and is not
+        validated yet). Nothing by default."""
 
     def _resolve_at(self, value: Any, path: tuple[Any, ...], resolver: Resolver, scope: Scope) -> Any:
         """Resolve one value; a placeholder that fails is located at its own key."""

@@ -10,12 +10,14 @@ refused at load time, with a hint to use ``$VARIABLES`` instead.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import re
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from ..confined import read_file
 from ..credentials import secret_env_values
 from ..errors import Problem, StepFailure
+from ..report.github import Redactor
 from .base import (
     BaseStep,
     EnvName,
@@ -33,6 +36,7 @@ from .base import (
     StepRun,
     ValidationContext,
     file_hint,
+    process_text_problem,
     register_step,
     workflow_file,
 )
@@ -41,6 +45,12 @@ _ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _OUTPUT_LIMIT = 1024 * 1024
 #: Linux's limit on one ``NAME=value`` string given to a program (MAX_ARG_STRLEN).
 _ENV_VALUE_LIMIT = 128 * 1024
+#: Levels of arrays and objects a script's JSON stdout may nest and still be
+#: read as data (``output``, ``json_output``); deeper JSON stays text. Each
+#: later walk over the results (placeholders, the results file of later
+#: scripts, the reports) goes down the levels one call at a time, and must
+#: keep room below Python's recursion limit (1000) wherever it runs.
+_JSON_NESTING_LIMIT = 800
 
 
 class ScriptConfig(StepConfig):
@@ -73,8 +83,9 @@ class ScriptConfig(StepConfig):
     @classmethod
     def _env_values(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key, item in value.items():
-            if isinstance(item, str) and "\0" in item:
-                raise ValueError(f"the value of {key} holds a NUL character, which no environment can")
+            problem = process_text_problem(_as_env_value(item))
+            if problem:
+                raise ValueError(f"the value of {key} holds {problem}, which no environment can")
         return value
 
     @model_validator(mode="after")
@@ -98,10 +109,66 @@ def env_name(key: str) -> str:
     return _ENV_NAME_RE.sub("_", key).strip("_").upper()
 
 
+def _nesting(value: Any) -> int:
+    """How many arrays and objects ``value`` holds inside one another, counted
+    without recursion and only up to one past :data:`_JSON_NESTING_LIMIT`."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > _JSON_NESTING_LIMIT:
+            break
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _read_json(text: str) -> tuple[Any, bool]:
+    """``text`` as JSON data: ``(value, False)``; ``(None, False)`` when it is
+    not JSON; ``(None, True)`` when it nests deeper than
+    :data:`_JSON_NESTING_LIMIT`, or so deep that Python's parser, which goes
+    down one call per level, reaches the recursion limit first."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, True
+    except ValueError:
+        return None, False
+    if _nesting(value) > _JSON_NESTING_LIMIT:
+        return None, True
+    return value, False
+
+
 def _as_env_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _register_env_secrets(env: Mapping[Any, Any], run: StepRun) -> None:
+    """Mask the values of ``env`` under secret-looking keys (by the action's rule)."""
+    for value in secret_env_values({str(k): _as_env_value(v) for k, v in env.items()}):
+        run.ctx.add_secret(value)
+
+
+def _kept_text(data: bytes, cut: bool, secrets: list[str]) -> str:
+    """What is kept of a script's stdout or stderr, as text.
+
+    Output over the limit is cut before the run's masking sees it, which
+    then no longer finds a credential cut in two: the cut ends at a whole
+    character, and an end that is the start of a credential (in any of its
+    spellings, 4 characters or more) is masked here.
+    """
+    data = data[:_OUTPUT_LIMIT]
+    if not cut:
+        return data.decode("utf-8", "replace")
+    # not final: a character cut in two at the limit is left out
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
+    return Redactor(secrets).mask_partial(text) if secrets else text
 
 
 class _CappedOutput(asyncio.SubprocessProtocol):
@@ -263,16 +330,27 @@ class Script(BaseStep):
     def _environment(self, config: ScriptConfig, run: StepRun, results_file: Path) -> dict[str, str]:
         ctx = run.ctx
         env = dict(ctx.env)
+        left_out: set[str] = set()
         for key, value in [*ctx.captured.items(), *run.variables.items()]:
             name, text = env_name(key), _as_env_value(value)
             if len(name) + len(text) + 2 > _ENV_VALUE_LIMIT:
                 # The kernel refuses to start a program given a longer variable.
-                env.pop(name, None)
-                run.log(
-                    f"{name} is left out of the environment: its value has {len(text)} "
-                    "characters, over the system's limit for one variable (128 KiB); "
-                    "a named step's results are in $CW_RESULTS_FILE"
+                why = (
+                    f"its value has {len(text)} characters, over the system's limit "
+                    "for one variable (128 KiB)"
                 )
+            else:
+                problem = process_text_problem(text)
+                why = f"its value holds {problem}, which no environment can" if problem else ""
+            if why:
+                # An earlier result this step may not even use: the step runs without it.
+                env.pop(name, None)
+                if name not in left_out:
+                    left_out.add(name)
+                    run.log(
+                        f"{name} is left out of the environment: {why}; "
+                        "a named step's results are in $CW_RESULTS_FILE"
+                    )
                 continue
             env[name] = text
         for name, ref in ctx.nodes.items():
@@ -284,10 +362,14 @@ class Script(BaseStep):
             env[str(key)] = _as_env_value(value)
         return env
 
-    async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+    def register_secrets(self, resolved: Mapping[str, Any], run: StepRun) -> None:
         # values under secret-looking keys of its `env:`, placeholders resolved
-        for value in secret_env_values({str(k): _as_env_value(v) for k, v in config.env.items()}):
-            run.ctx.add_secret(value)
+        env = resolved.get("env")
+        if isinstance(env, dict):
+            _register_env_secrets(env, run)
+
+    async def execute(self, config: ScriptConfig, run: StepRun) -> dict[str, Any]:
+        _register_env_secrets(config.env, run)  # known already when resolved
         if config.target == "nodes":
             return await self._in_nodes(config, run)
         base = run.ctx.workflow.base_dir.resolve()
@@ -322,6 +404,15 @@ class Script(BaseStep):
         """With ``json_output``: stdout is JSON, and an object's keys can be captured."""
         if data["output"] is None:
             tail = data["stdout"].strip()[-200:]
+            if not data["stdout_truncated"] and _read_json(data["stdout"])[1]:
+                raise StepFailure(
+                    f"json_output is set, but the script's stdout nests more than "
+                    f"{_JSON_NESTING_LIMIT} levels deep, too deep to be read as data: {tail!r}",
+                    kind="script",
+                    location=self.key_location("json_output"),
+                    hint=f"print JSON nested at most {_JSON_NESTING_LIMIT} levels deep",
+                    data=data,
+                )
             raise StepFailure(
                 f"json_output is set, but the script's stdout is not JSON: {tail!r}",
                 kind="script",
@@ -376,25 +467,31 @@ class Script(BaseStep):
         self, run: StepRun, code: int, stdout: bytes, stderr: bytes, elapsed: float,
         node: str | None = None, sizes: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        out = stdout[:_OUTPUT_LIMIT].decode("utf-8", "replace")
-        err = stderr[:_OUTPUT_LIMIT].decode("utf-8", "replace")
+        sizes = sizes or (len(stdout), len(stderr))
+        truncated = {
+            stream: size > _OUTPUT_LIMIT
+            for stream, size in zip(("stdout", "stderr"), sizes, strict=True)
+        }
+        out = _kept_text(stdout, truncated["stdout"], run.ctx.secrets)
+        err = _kept_text(stderr, truncated["stderr"], run.ctx.secrets)
         prefix = f"[{node}] " if node else ""
         for line in out.splitlines()[-200:]:
             run.log(f"{prefix}stdout: {line}")
         for line in err.splitlines()[-200:]:
             run.log(f"{prefix}stderr: {line}")
-        sizes = sizes or (len(stdout), len(stderr))
-        truncated = {}
         for stream, size in zip(("stdout", "stderr"), sizes, strict=True):
-            truncated[stream] = size > _OUTPUT_LIMIT
             if truncated[stream]:
                 # Node containers report no total: their output stops being read at the cut.
                 written = f" of {size} bytes" if node is None else ""
                 run.log(f"{prefix}{stream}: [cut at 1 MiB{written}; the rest was dropped]")
-        try:
-            parsed = json.loads(out) if out.strip() and not truncated["stdout"] else None
-        except ValueError:
-            parsed = None
+        parsed = None
+        if out.strip() and not truncated["stdout"]:
+            parsed, too_deep = _read_json(out)
+            if too_deep:
+                run.log(
+                    f"{prefix}stdout: JSON nested more than {_JSON_NESTING_LIMIT} levels "
+                    "deep is kept as text only (`output` is null)"
+                )
         data = {
             "exit_code": code,
             "stdout": out,
