@@ -343,3 +343,26 @@ def test_a_url_from_a_placeholder_is_masked_too(tmp_path: Path, capsys, refusing
     # the script's own output was printed before the step knew it was a credential:
     # it is masked in the files, written at the end
     assert [leak for leak in leaks(written) if not leak.startswith("console")] == []
+
+
+def test_a_url_password_a_placeholder_brings_is_masked_even_when_the_step_is_invalid(
+    tmp_path: Path, capsys
+):
+    # the URL's credentials are known when the placeholder resolves, before
+    # the step finds its other values invalid
+    code, written = run_cli(
+        tmp_path,
+        capsys,
+        f"""
+        name: url secret
+        nodes: {{count: 1, prefix: n}}
+        steps:
+          - name: where
+            type: script
+            run: 'printf "http://u:pw-{MARK}-13@127.0.0.1:9/x.wasm"'
+          - {{name: i, type: install_application, node: n-1, url: "${{results.where.stdout}}", retries: "${{results.where.stdout}}"}}
+        """,
+    )
+    assert code == 1
+    assert "invalid value after resolving placeholders" in written["console"]
+    assert [leak for leak in leaks(written) if not leak.startswith("console")] == []

@@ -151,14 +151,16 @@ def redact_urls(text: str) -> str:
 
 
 def values_in(value: object) -> Iterable[str]:
-    """Every text inside ``value`` (mappings, lists), keys left out."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from values_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from values_in(item)
+    """Every text inside ``value`` (mappings, lists), keys left out; with a
+    stack of its own, so that no depth of nesting is too deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
 
 

@@ -39,6 +39,7 @@ from ..backends.base import (
     is_warning_or_error,
 )
 from ..client import NodeApiError, NodeClient, NodeConnectionError, NodeError
+from ..credentials import url_secrets, values_in
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
 from ..results import ErrorInfo, Status, StepRecord, error_from_exception
@@ -555,7 +556,12 @@ class BaseStep:
     def register_secrets(self, resolved: Mapping[str, Any], run: StepRun) -> None:
         """Mask the credentials among the step's values, placeholders resolved
         (``resolved`` may lack the keys whose placeholders failed, and is not
-        validated yet). Nothing by default."""
+        validated yet): by default those of URLs (a user part's password,
+        token-like query values), wherever a placeholder put them."""
+        for text in values_in(dict(resolved)):
+            if "://" in text:
+                for secret in url_secrets(text):
+                    run.ctx.add_secret(secret)
 
     def _resolve_at(self, value: Any, path: tuple[Any, ...], resolver: Resolver, scope: Scope) -> Any:
         """Resolve one value; a placeholder that fails is located at its own key."""

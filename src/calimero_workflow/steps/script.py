@@ -363,6 +363,7 @@ class Script(BaseStep):
         return env
 
     def register_secrets(self, resolved: Mapping[str, Any], run: StepRun) -> None:
+        super().register_secrets(resolved, run)
         # values under secret-looking keys of its `env:`, placeholders resolved
         env = resolved.get("env")
         if isinstance(env, dict):
