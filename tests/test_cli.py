@@ -712,3 +712,26 @@ steps:
     case = ET.parse(files["--junit"]).getroot().find(".//testcase")
     assert case is not None and case.find("failure") is None
     assert not [p for p in files.values() if secret in p.read_text()]
+
+
+APP = Path(__file__).resolve().parents[1] / "apps" / "kv-store" / "kv_store.wasm"
+
+
+def test_a_result_file_is_never_one_the_run_read_through_a_placeholder(tmp_path: Path, capsys):
+    app = tmp_path / "victim.wasm"
+    app.write_bytes(APP.read_bytes())
+    wf = write(tmp_path, "pick.yml", """\
+name: pick
+nodes: {count: 1, prefix: n}
+steps:
+  - {name: pick, type: script, run: printf victim.wasm}
+  - {name: install, type: install_application, node: n-1, path: "${results.pick.stdout}"}
+""")
+    report = tmp_path / "report.json"
+    code = main(["run", str(wf), "--results", str(app), "--report", str(report),
+                 "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--results {app} is {app.resolve()}, which the run read" in err
+    assert app.read_bytes() == APP.read_bytes()  # the app is intact
+    assert json.loads(report.read_text())["status"] == "passed"  # the rest is written

@@ -415,17 +415,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
             code = EXIT_INTERRUPTED
         if results:
             secrets = [s for r in results for s in r.secrets]
+            # files the steps read that only the run knew (a path a
+            # placeholder gave): a result file that is one is not written
+            read = [(f, f"{f}, which the run read") for r in results for f in r.files_read]
+            skip: set[str] = set()
+            clashes: list[Problem] = []
+            for flag, path in _result_files(args):
+                found = _overwritten([(flag, path)], read)
+                if found:
+                    skip.add(str(path))
+                    clashes += found[:1]
+            if clashes:
+                _print_problems(WorkflowValidationError(clashes))
             try:
-                _write_outputs(args, results, secrets)
+                _write_outputs(args, results, secrets, skip=skip)
             except OSError as exc:
                 print(f"calimero-workflow: cannot write the result files: {exc}", file=sys.stderr)
+                return EXIT_INVALID
+            if clashes:
                 return EXIT_INVALID
         if interrupts.count and code != EXIT_INVALID:
             return EXIT_INTERRUPTED
         return code
 
 
-def _write_outputs(args: argparse.Namespace, results: list[RunResult], secrets: list[str]) -> None:
+def _write_outputs(
+    args: argparse.Namespace,
+    results: list[RunResult],
+    secrets: list[str],
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+) -> None:
     """Write the result files from the runs with their credentials masked.
 
     The records are redacted before anything is made of them, so a message
@@ -435,17 +454,17 @@ def _write_outputs(args: argparse.Namespace, results: list[RunResult], secrets: 
     from .report.github import Redactor
 
     results = Redactor(secrets).redact_data(results)
-    if args.results:
+    if args.results and str(args.results) not in skip:
         data = (
             results[0].workflow_results
             if len(results) == 1
             else {r.workflow_file or r.workflow_name: r.workflow_results for r in results}
         )
         _write_json(args.results, data)
-    if args.report:
+    if args.report and str(args.report) not in skip:
         report = [r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict()
         _write_json(args.report, report)
-    if args.junit:
+    if args.junit and str(args.junit) not in skip:
         from .report.junit import junit_xml
 
         xml = junit_xml([[r] for r in results], root=Path.cwd()).decode("utf-8")

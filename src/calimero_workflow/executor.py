@@ -447,6 +447,7 @@ class WorkflowExecutor:
             results=self.result.workflow_results,
             ready_timeout=self.workflow.settings.wait_timeout,
             secrets=self.result.secrets,
+            files_read=self.result.files_read,
         )
         failed = False
         for note in self.workflow.notes:

@@ -10,6 +10,7 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import Location, Problem
@@ -139,6 +140,8 @@ class RunResult:
     interrupted: bool = False
     #: Credentials of the workflow, masked wherever the run is shown or written.
     secrets: list[str] = field(default_factory=list, repr=False)
+    #: Local files the steps read: no result file written after the run may replace one.
+    files_read: list[Path] = field(default_factory=list, repr=False)
 
     @property
     def passed(self) -> bool:

@@ -288,6 +288,15 @@ class RunContext:
     halted: dict[str, Halt] = field(default_factory=dict)
     #: Credentials masked wherever the run is shown or written (the run result's list).
     secrets: list[str] = field(default_factory=list)
+    #: Local files the steps read (the run result's list): no result file may replace one.
+    files_read: list[Path] = field(default_factory=list)
+
+    def local_file(self, value: str) -> Path:
+        """The file a step names (see :func:`workflow_file`), resolved and noted as read."""
+        path = workflow_file(self.workflow.base_dir, value).resolve()
+        if path not in self.files_read:
+            self.files_read.append(path)
+        return path
 
     def add_secret(self, value: str) -> None:
         """Mask ``value`` from now on, wherever the run is shown or written: a

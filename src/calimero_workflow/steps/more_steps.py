@@ -88,6 +88,7 @@ class UploadBlob(BaseStep):
 
     async def execute(self, config: UploadBlobConfig, run: StepRun) -> dict[str, Any]:
         path = _confined(self, config.file_path, run.ctx.workflow.base_dir, "file_path", existing=True)
+        run.ctx.files_read.append(path)
         content = read_file(path)
         data = await run.ctx.client(config.node).upload_blob(content, context_id=config.context_id)
         run.response = data
@@ -237,7 +238,7 @@ class CreateMesh(BaseStep):
                 continue
             client = ctx.client(name)
             if config.path:
-                local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
+                local = ctx.local_file(config.path)
                 installed = await install_local_app(ctx, name, local)
                 if installed.bundle is not None:
                     run.log(f"{name} installs signed bundles only: installed {installed.bundle['path']}")

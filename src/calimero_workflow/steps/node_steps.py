@@ -149,7 +149,7 @@ class InstallApplication(BaseStep):
     async def _install_path(self, config: InstallConfig, run: StepRun) -> dict[str, Any]:
         ctx = run.ctx
         assert config.path is not None
-        local = workflow_file(ctx.workflow.base_dir, config.path).resolve()
+        local = ctx.local_file(config.path)
         if not local.is_file():
             raise StepFailure(
                 f"application file not found: {config.path}",

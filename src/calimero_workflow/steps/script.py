@@ -378,7 +378,7 @@ class Script(BaseStep):
             problem = self._script_problem(config.script, base)
             if problem:
                 raise StepFailure(problem.message, location=problem.location, hint=problem.hint)
-            argv = [config.shell, str(workflow_file(base, config.script).resolve())]
+            argv = [config.shell, str(run.ctx.local_file(config.script))]
         else:
             argv = [config.shell, "-c", unescape_run(config.run or ""), "script"]
         argv += [_as_env_value(a) for a in config.args]
