@@ -735,3 +735,23 @@ steps:
     assert f"--results {app} is {app.resolve()}, which the run read" in err
     assert app.read_bytes() == APP.read_bytes()  # the app is intact
     assert json.loads(report.read_text())["status"] == "passed"  # the rest is written
+
+
+def test_the_command_ignores_a_signal_once_it_has_finished(tmp_path: Path):
+    # a SIGTERM in the moment between the command's last line and the
+    # process's exit must not turn a finished run's code into a death (143)
+    wf = write(tmp_path, "ok.yml", PASSING)
+    probe = (
+        "import signal, sys\n"
+        "from calimero_workflow import cli\n"
+        "cli._own_process = True\n"
+        f"code = cli.main(['run', {str(wf)!r}, '--workdir', {str(tmp_path / 'w')!r}])\n"
+        "print(code, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN,"
+        " signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-3:] == ["0", "True", "True"], done.stdout + done.stderr
+    # called by a program, it leaves the program's handlers as they were
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", str(wf), "--workdir", str(tmp_path / "w2")]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

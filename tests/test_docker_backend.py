@@ -257,6 +257,15 @@ async def test_node_that_exits_reports_exit_code_and_last_logs(client, tmp_path:
     assert phase.status is Status.FAILED
     assert "exited with code 3 before it was ready" in phase.error.message
     assert "boom-before-exit" in phase.data["last_logs"]
+    # the nodes that never got ready leave their logs and states
+    on_failure = next(p for p in result.phases if p.name == "on_failure")
+    assert on_failure.status is Status.PASSED, on_failure.error
+    assert set(result.node_log_files) == {"calimero-node-1", "calimero-node-2"}
+    for path in result.node_log_files.values():
+        assert "boom-before-exit" in Path(path).read_text()
+    states = json.loads(Path(on_failure.data["states"]).read_text())
+    assert states["calimero-node-1"]["exit_code"] == 3
+    assert states["calimero-node-1"]["contexts_error"] == "the node never got ready"
 
 
 async def test_node_that_never_answers_times_out_clearly(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import textwrap
@@ -276,3 +277,51 @@ async def test_node_log_lines_shown_with_a_failure_are_the_relevant_ones(tmp_pat
         assert await shown("node_halted", StepFailure("x", kind="node_halted")) == ""
     finally:
         await backend.cleanup()
+
+
+async def test_on_failure_does_not_wait_on_a_paused_node(tmp_path: Path):
+    result = await run_text(
+        """
+        name: paused at failure
+        nodes: {count: 2, prefix: node}
+        steps:
+          - {name: freeze, type: pause_container, container: node-2}
+          - {type: assert, actual: 1, equals: 2}
+        """,
+        tmp_path,
+    )
+    phase = next(p for p in result.phases if p.name == "on_failure")
+    assert phase.status is Status.PASSED, phase.error
+    states = json.loads(Path(phase.data["states"]).read_text())
+    assert states["node-2"]["contexts_error"] == "not read: node-2 was paused by step 'freeze' (line 5)"
+    assert states["node-1"]["contexts"] == []
+
+
+async def test_a_signal_during_the_teardown_of_a_passed_run_leaves_it_passed(tmp_path: Path):
+    from calimero_workflow.steps.base import RunEvents
+
+    class CancelAtCleanup(RunEvents):
+        task: asyncio.Task | None = None
+
+        def phase_started(self, name: str) -> None:
+            if name == "cleanup" and self.task is not None:
+                self.task.cancel()
+
+    events = CancelAtCleanup()
+    wf = parse_workflow(
+        "name: t\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 0.01}]\n", environ={}
+    )
+    task = asyncio.ensure_future(WorkflowExecutor(wf, env={}, workdir=tmp_path, events=events).run())
+    events.task = task
+    result = await task
+    assert result.interrupted and result.passed
+    cleanup = next(p for p in result.phases if p.name == "cleanup")
+    assert cleanup.status is Status.PASSED and "stopped 1 embedded node(s)" in cleanup.detail
+
+    # cut during its steps, it is failed
+    slow = parse_workflow("name: t\nnodes: {count: 1}\nsteps: [{type: wait, seconds: 30}]\n", environ={})
+    task = asyncio.ensure_future(WorkflowExecutor(slow, env={}, workdir=tmp_path).run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    result = await task
+    assert result.interrupted and not result.passed

@@ -1,7 +1,5 @@
 """``python -m calimero_workflow``: the ``calimero-workflow`` command."""
 
-import sys
+from .cli import console_main
 
-from .cli import main
-
-sys.exit(main())
+console_main()

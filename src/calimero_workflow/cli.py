@@ -268,8 +268,11 @@ class _Interrupts:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             # Once interrupted, the command is on its way out with 130: a
-            # further signal must not turn that into a death by signal.
-            signal.signal(sig, signal.SIG_IGN if self.count else handler)
+            # further signal must not turn that into a death by signal. Nor
+            # may one that lands as the command's own process is exiting
+            # with its code, the result files written: it is too late to stop.
+            late = _own_process and handler in (signal.SIG_DFL, signal.default_int_handler)
+            signal.signal(sig, signal.SIG_IGN if self.count or late else handler)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.count += 1
@@ -471,6 +474,18 @@ def _write_outputs(
         _write_file(args.junit, xml)
 
 
+#: Whether ``main`` runs as the process's command (not called by a program):
+#: then nothing is left for a signal to stop once the command has finished.
+_own_process = False
+
+
+def console_main() -> None:
+    """The ``calimero-workflow`` command (and ``python -m calimero_workflow``)."""
+    global _own_process
+    _own_process = True
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Node log lines go to per-node files, not to the console.
@@ -491,4 +506,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    console_main()

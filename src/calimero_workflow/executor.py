@@ -74,6 +74,10 @@ class _PhaseFailed(Exception):
     pass
 
 
+#: How long the on_failure phase waits for a node to list its contexts.
+_INSPECT_TIMEOUT = 5.0
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -369,22 +373,35 @@ class WorkflowExecutor:
         dest = self._logs_dir()
         dest.mkdir(parents=True, exist_ok=True)
         states: dict[str, Any] = {}
-        for name, ref in self.ctx.nodes.items():
-            if ref.kind == "remote":
-                continue
+        # every local node, those that never got ready too: their logs and
+        # states are what explains a failed start
+        for spec in self.workflow.nodes:
+            name = spec.name
             try:
                 state = await self.backend.node_state(name)
                 states[name] = state.__dict__
             except Exception as exc:  # a node we cannot inspect is itself a finding
                 states[name] = {"error": str(exc)}
+            ref = self.ctx.nodes.get(name)
+            if ref is None:
+                states[name]["contexts_error"] = "the node never got ready"
+                continue
+            halt = self.ctx.halted.get(name)
+            if halt is not None:
+                # it would not answer: no need to wait for that
+                states[name]["contexts_error"] = f"not read: {halt.describe(name)}"
+                continue
             try:
-                contexts = await ref.client.list_contexts()
+                async with asyncio.timeout(_INSPECT_TIMEOUT):
+                    contexts = await ref.client.list_contexts()
                 states[name]["contexts"] = [
                     {k: c.get(k) for k in ("id", "applicationId", "contextStateHash", "dagHeads")}
                     for c in contexts
                 ]
             except NodeError as exc:
                 states[name]["contexts_error"] = exc.message
+            except TimeoutError:
+                states[name]["contexts_error"] = f"no answer within {_INSPECT_TIMEOUT:g} s"
         replace_file(dest / "node-states.json", json.dumps(states, indent=2, default=str).encode())
         data["states"] = str(dest / "node-states.json")
         files = await self.backend.collect_logs(dest, redact=self._redact())
@@ -407,7 +424,7 @@ class WorkflowExecutor:
     async def _cleanup(self) -> PhaseReport:
         details = []
         if self.backend is not None:
-            if not self.result.node_log_files and self.ctx is not None and self.ctx.nodes:
+            if not self.result.node_log_files and self.workflow.nodes:
                 try:
                     files = await self.backend.collect_logs(self._logs_dir(), redact=self._redact())
                     self.result.node_log_files.update({n: str(p) for n, p in files.items()})
@@ -509,8 +526,8 @@ class WorkflowExecutor:
                     self.result.interrupted = True
             finish.result()
             self.result.duration_s = time.perf_counter() - started
-        if self.result.interrupted:
-            self.result.status = Status.FAILED
+        # A signal during the teardown of a run whose steps had all passed
+        # leaves it passed (and interrupted): the teardown ran to its end.
         return self.result
 
     async def _finish(self, failed: bool) -> None:
@@ -530,7 +547,7 @@ class WorkflowExecutor:
                     location=step.location,
                 )
                 self.result.steps.append(skipped)
-        if failed and self.backend is not None and self.ctx is not None and self.ctx.nodes:
+        if failed and self.backend is not None and self.ctx is not None and self.workflow.nodes:
             try:
                 await self._phase("on_failure", self._on_failure)
             except _PhaseFailed:
