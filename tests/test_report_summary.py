@@ -8,6 +8,7 @@ summary is checked against records the engine really produces; edge cases
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def test_summary_of_a_real_failed_run(failed_run, workspace):
     # a table with durations; passing steps and captured results collapsed
     assert "| ❌ | <code>missing</code> | call |" in text
     assert "| ⏭️ | <code>after</code> | wait |" in text
-    assert "<code>loop[2]/set</code>" in text
+    assert "<code>loop&#91;2&#93;/set</code>" in text  # `[` cannot start a link
     assert "<details><summary>captured results</summary>" in text
     assert text.index("<details><summary>5 passed step(s)</summary>") < text.index(
         "captured results"
@@ -243,6 +244,83 @@ def test_text_from_nodes_and_yaml_cannot_add_markup():
     assert "&lt;/pre&gt;&lt;script&gt;" in text
     assert "<code>a&#124;b</code>" in text  # a pipe cannot split the table row
     assert "node&lt;1&gt;" in text
+
+
+#: A workflow name that, read as markdown, forges a passing heading, a table,
+#: an image (a tracking pixel) and links.
+FORGING_NAME = (
+    "innocent ![pixel](https://example.invalid/p.png) [click me](https://example.invalid/x)"
+    "\n\n---\n## ✅ calimero-workflow: all workflows passed\n\n| fake | table |\n|---|---|\n"
+    "| a | b |\n"
+)
+FORGING_STEP = (
+    "s [link](https://example.invalid) **b** www.example.invalid me@example.invalid"
+    " `c` ~~d~~ $x$ \\"
+)
+
+
+def test_names_cannot_add_markdown_in_headings_cells_code_or_summaries():
+    failing = step(
+        FORGING_STEP,
+        Status.FAILED,
+        error=ErrorInfo("it broke"),
+        logs=["a log"],
+        node_logs={FORGING_NAME: "node log"},
+        location=Location(Path(f"/ws/{FORGING_NAME}.yml"), 3),
+    )
+    runs = [[run_of(failing, step(FORGING_STEP + " ok"), name=FORGING_NAME, status=Status.FAILED)]]
+    for budget in (DEFAULT_BUDGET, 2500):  # the closing note names parts too
+        text = build_summary(runs, root=Path("/ws"), budget=budget)
+        # Rendered with GitHub's cmark-gfm, this summary has no <a>, <img>,
+        # <em>, <del> or <hr> and only our own headings and tables: the names
+        # stay on their line (`\n` shown as text), and every character GFM
+        # reads as syntax there is a character reference, which the parser
+        # takes as literal text and the browser shows as typed.
+        for syntax in ("[", "]", "![", "](", "**b**", "`", "~~", "$", "https:", "www.", "\n## ✅"):
+            assert syntax not in text.replace("> [!NOTE]", ""), syntax  # but our own
+        assert "&#91;click me&#93;(https&#58;//example.invalid/x)" in text
+        # an e-mail autolink is found after references are decoded: a comment breaks it
+        assert "me&#64;<!-- -->example.invalid" in text
+        lines = text.splitlines()
+        headings = [line for line in lines if line.startswith("#")]
+        assert all(h.startswith(("## ❌ calimero-workflow:", "### ❌ innocent", "#### Failures"))
+                   for h in headings), headings
+        # the only table rows are the step tables' own: `|` in a name is a reference
+        rows = [line for line in lines if line.startswith("|")]
+        assert all(r.startswith(("| |", "|---", "| ❌ |", "| ✅ |")) and r.count("|") == 6
+                   for r in rows), rows
+        # `---` mid-line is no thematic break: only at the start of a line
+        assert not any(line.startswith(("---", "- ", "+ ", "1.")) for line in lines)
+        # `<summary>` holds only the name, on its line
+        for line in lines:
+            if line.startswith("<details>"):
+                assert line.endswith("</summary>") and "\\n" not in line, line
+
+
+def test_a_message_cannot_close_its_pre_block():
+    # A <pre> block is an HTML block that only a line holding </pre> (or
+    # </script>, </style>, </textarea>) ends, markdown unread in it: with `<`
+    # escaped, fences, blank lines and headings in the text stay in it.
+    hostile = "boom\n```\n</pre>\n</PRE>\n\n# forged\n[x](https://example.invalid)\n```"
+    failing = step(
+        "s",
+        Status.FAILED,
+        error=ErrorInfo(hostile, expected="```\n</pre>", actual=hostile),
+        logs=hostile.split("\n"),
+        node_logs={"node-1": hostile},
+    )
+    text = build_summary([[run_of(failing, status=Status.FAILED, workflow_results={"k": hostile})]])
+    assert text.count("<pre>") == text.count("</pre>") == 5
+    inside = False
+    for line in text.splitlines():
+        if "<pre>" in line:
+            inside = True
+        if not inside:
+            assert line != "# forged" and "](" not in line and "```" not in line, line
+        if "</pre>" in line:
+            assert line.startswith("</pre>") or line.endswith("</pre>"), line
+            inside = False
+    assert "\n&lt;/pre&gt;\n&lt;/PRE&gt;\n\n# forged\n" in text
 
 
 # -- the budget ----------------------------------------------------------------------------
@@ -311,3 +389,58 @@ def test_any_budget_is_respected(budget):
 def test_a_budget_too_small_for_the_note_is_refused():
     with pytest.raises(ValueError, match="too small"):
         build_summary([], budget=100)
+
+
+def test_a_cut_line_is_counted_in_characters():
+    # one huge line: the cut keeps its end and says how much of it went
+    failing = step("big", Status.FAILED, error=ErrorInfo("it broke"), node_logs={"n": "y" * 2_000_000})
+    text = build_summary([[run_of(failing, status=Status.FAILED)]], budget=64 * 1024)
+    assert len(text.encode("utf-8")) <= 64 * 1024
+    note = re.search(r"… (\d+) of 2000000 characters of the line cut here left out to fit the summary limit …", text)
+    assert note, text[-2000:]
+    kept = text.split(note.group(0))[1].split("</pre>")[0]
+    assert kept.strip("… \n") == "y" * (2_000_000 - int(note.group(1)))
+
+
+def test_a_long_message_is_cut_to_its_bound_with_a_count():
+    message = "head " + "x" * 10_000
+    failing = step("s", Status.FAILED, error=ErrorInfo(message + "\nsecond line"))
+    text = build_summary([[run_of(failing, status=Status.FAILED)]])
+    assert "head xxx" in text
+    body = text.split("<pre>")[1].split("</pre>")[0]
+    assert len(body) < 2200
+    assert body.endswith(
+        "… 1 of 2 lines and 8005 of 10005 characters of the line cut here left out to fit"
+        " the summary limit …"
+    )
+    assert "shortened 1 part(s) (the message of s)" in text
+
+
+def test_huge_failures_leave_room_for_every_workflows_status_and_headline():
+    huge = "script exited with code 1: " + "y" * 2_000_000
+    runs = [
+        [
+            run_of(
+                step("boom", Status.FAILED, error=ErrorInfo(huge), logs=[huge]),
+                name=f"huge{i}",
+                status=Status.FAILED,
+                node_log_files={},
+            )
+        ]
+        for i in range(3)
+    ] + [
+        [run_of(step(f"small{i}", Status.FAILED, error=ErrorInfo(f"small {i} broke")),
+                name=f"small{i}", status=Status.FAILED)]
+        for i in range(40)
+    ]
+    text = build_summary(runs)
+    assert len(text.encode("utf-8")) <= DEFAULT_BUDGET
+    for i in range(3):
+        assert f"### ❌ huge{i} (failed)" in text
+    for i in range(40):
+        assert f"### ❌ small{i} (failed)" in text
+        assert f"**<code>small{i}</code>** (call)" in text and f"small {i} broke" in text
+    assert text.count("**<code>boom</code>** (call)") == 3
+    # each huge message is cut to its bound, and says by how much
+    assert text.count("characters of the line cut here left out") >= 3
+    assert "0 of 1 lines" not in text

@@ -95,6 +95,30 @@ async def test_json_stdout_is_parsed_and_nonzero_exit_fails(tmp_path: Path):
     assert boom.data["exit_code"] == 7
 
 
+async def test_a_huge_last_stderr_line_is_cut_to_its_end_in_the_message(tmp_path: Path):
+    async def message(code: str) -> str:
+        result = await run_text(
+            f"""
+            name: t
+            steps:
+              - name: boom
+                type: script
+                run: python3 -c "import sys; {code}"
+            """,
+            tmp_path,
+        )
+        return result.steps[0].error.message
+
+    # stderr is kept up to 1 MiB; the message quotes the last 500 characters of that
+    assert await message("sys.stderr.write('y' * 2000000); sys.exit(1)") == (
+        f"script exited with code 1: [{1024 * 1024 - 500} characters cut] …" + "y" * 500
+    )
+    # the end of the line, where a program says what went wrong, is what is kept
+    assert await message("sys.stderr.write('x' * 1000 + 'END'); sys.exit(2)") == (
+        "script exited with code 2: [503 characters cut] …" + "x" * 497 + "END"
+    )
+
+
 def _levels(value: object) -> int:
     levels = 0
     while isinstance(value, list):
@@ -524,3 +548,14 @@ async def test_outputs_of_a_script_that_fails_as_expected_are_captured(tmp_path:
         tmp_path,
     )
     assert result.passed, [s.error for s in result.all_steps() if s.error]
+
+
+def test_a_secret_cut_in_two_by_the_stderr_line_limit_is_not_left_half_shown():
+    from calimero_workflow.steps.script import _last_line
+
+    secret = "Sup3r-S3cret-value"
+    # the cut 500 characters from the end falls inside the secret
+    line = "a" * 600 + secret + "b" * (500 - 6)
+    message = _last_line(f"first\n{line}\n", [secret])
+    assert "S3cret" not in message and "value" not in message and "alue" not in message
+    assert message.endswith("b" * (500 - 6)) and "characters cut] …" in message

@@ -1,12 +1,18 @@
 """The markdown step summary, built within a byte budget.
 
 GitHub drops a step summary over 1 MiB whole, so the summary is assembled
-from blocks with priorities: status lines and failure messages first, then
-the step tables, failing node logs, passing steps and captured results.
-Blocks that do not fit are cut (logs keep their last lines) or left out,
-and a closing note says what was left out. Everything that came from a node,
-an app or a YAML file is HTML-escaped, so it cannot add markup or break out
-of a ``<pre>`` block.
+from blocks with priorities: every workflow's status line first, then each
+failure's headline (step and position), then the failure messages (each cut
+to :data:`_MESSAGE_LIMIT` characters, so none can crowd out the others), then
+the step tables, logs, passing steps and captured results. Blocks that do
+not fit are cut (logs keep their last lines) or left out, a cut says how many
+lines and characters it left out, and a closing note says what was cut or
+left out. Everything that came from a node,
+an app or a YAML file cannot add markup: text in ``<pre>`` blocks is
+HTML-escaped, so it cannot close the block, and text on a line of markdown
+(headings, table cells, ``<code>``, ``<summary>``) is shown on one line with
+every character GitHub-flavoured markdown reads as syntax written as a
+character reference (see :func:`_inline`).
 
 The helpers :class:`Failure`, :func:`failures_of` and :func:`display_path`
 are shared with the JUnit writer and the action's annotations.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +30,7 @@ from typing import Any, Literal
 
 from ..errors import Location
 from ..results import ErrorInfo, RunResult, Status, StepRecord
-from .console import sanitize
+from .console import sanitize, sanitize_line
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -49,6 +56,11 @@ DEFAULT_BUDGET = 1024 * 1024 - 16 * 1024
 _NOTE_RESERVE = 600
 #: A cut block keeps at least this much of its body, or is left out.
 _MIN_BODY = 160
+#: Characters of a failure's message (and of its expected and actual values)
+#: the summary shows at most, so that one message cannot crowd out the rest.
+_MESSAGE_LIMIT = 2000
+#: Characters of a name or path the summary shows at most on a line of its own.
+_NAME_LIMIT = 300
 
 #: The phase an attempt is given when the retry after it was cut short by a
 #: cancellation; its detail says so (see :func:`workflow_outcome`).
@@ -195,16 +207,65 @@ def error_details(error: ErrorInfo) -> list[str]:
 
 
 def _esc(text: str) -> str:
+    """Text for the inside of a ``<pre>`` block.
+
+    The block is an HTML block of GFM's first kind: markdown is not read in
+    it and only a line holding ``</pre>`` (or ``</script>``, ``</style>``,
+    ``</textarea>``) ends it, so with ``<`` escaped the text can neither add
+    markup nor close it, blank lines and backtick fences included.
+    """
     return html.escape(sanitize(text), quote=False)
 
 
+#: Characters GitHub-flavoured markdown may read as syntax within a line,
+#: as character references: the parser takes a reference as literal text,
+#: never as syntax, and the browser shows the character. ``\`` escapes,
+#: `` ` `` code, ``*``/``_``/``~`` emphasis and strikethrough, ``[``/``]``/``!``
+#: links, images and footnotes, ``<``/``>``/``&`` HTML and references, ``|``
+#: table cells (GFM splits a row on it before anything else), ``#`` a
+#: heading's closing sequence and issue references, ``:`` URL autolinks
+#: (``https:``, ``mailto:``) and ``$`` math. Syntax that needs the start of
+#: a line (``-``, ``+``, ``1.``, ``>``, ``=``) cannot arise: the text never
+#: starts one and its line breaks are shown as ``\n``.
+_INLINE = str.maketrans(
+    {
+        **{c: f"&#{ord(c)};" for c in "\\`*_~[]!|#:$"},
+        "<": "&lt;",
+        ">": "&gt;",
+        "&": "&amp;",
+        # GFM finds e-mail autolinks in the parsed text, references decoded,
+        # so an empty comment goes between the `@` and the domain
+        "@": "&#64;<!-- -->",
+    }
+)
+#: ``www.`` starts an autolink; a reference for its dot stops it.
+_WWW_RE = re.compile(r"(www)\.", re.IGNORECASE)
+
+
+def _inline(text: str, limit: int = _NAME_LIMIT) -> str:
+    """``text`` on one line of markdown as inert text, at most ``limit`` characters.
+
+    Control characters and line breaks are shown (``\\n``), so the text stays
+    on the line it was put on, and every character that could start syntax
+    there is a character reference (:data:`_INLINE`), so it shows as typed
+    in headings, table cells, ``<code>`` and ``<summary>`` alike.
+    """
+    line = sanitize_line(text)
+    if len(line) > limit:
+        line = line[: limit - 1] + "…"
+    return _WWW_RE.sub(r"\1&#46;", line.translate(_INLINE))
+
+
 def _cell(text: str) -> str:
-    # GFM splits table cells on `|` before it reads inline markup
-    return _esc(text).replace("|", "&#124;").replace("\n", " ")
+    return _inline(text)
 
 
 def _code(text: str) -> str:
-    return f"<code>{_cell(text)}</code>"
+    return f"<code>{_inline(text)}</code>"
+
+
+def _where(location: Location, root: Path | None) -> str:
+    return f"<code>{_inline(display_path(location.file, root))}:{location.line}</code>"
 
 
 @dataclass
@@ -217,37 +278,76 @@ class _Block:
     body: str = ""
     tail: str = ""
     keep: Literal["head", "tail"] = "head"
+    #: Characters of ``body`` shown at most, however much room there is.
+    limit: int | None = None
 
     def render(self, body: str | None = None) -> str:
         text = self.body if body is None else body
         return self.head + (_esc(text) if text else "") + self.tail
 
     def fit(self, room: int) -> str | None:
-        """The block in at most ``room`` bytes: whole, cut, or None."""
+        """The block in at most ``room`` bytes: whole, cut, or None.
+
+        A cut body keeps whole lines where it can, else part of one line,
+        and a note in it says how many lines and characters it left out.
+        """
+        chars = len(self.body)
+        if self.limit is not None:
+            chars = min(chars, self.limit)
         full = self.render()
-        if _size(full) <= room:
+        if chars == len(self.body) and _size(full) <= room:
             return full
         fixed = _size(self.render(""))
         if not self.body or room - fixed < _MIN_BODY:
             return None
-        lines = self.body.split("\n")
-        marker = "… {} of {} lines left out to fit the summary limit …"
         # escaping can grow text, so shrink until the rendered block fits
-        keep = max(len(lines) * (room - fixed) // max(_size(full) - fixed, 1), 1)
-        limit = room - fixed
-        while limit >= _MIN_BODY // 2:
-            note = marker.format(len(lines) - keep, len(lines))
-            part = "\n".join(lines[-keep:] if self.keep == "tail" else lines[:keep])
-            part = _clip(part, limit - _size(note) - 1, self.keep)
-            body = f"{note}\n{part}" if self.keep == "tail" else f"{part}\n{note}"
-            text = self.render(body)
+        chars = min(chars, len(self.body) * (room - fixed) // max(_size(full) - fixed, 1))
+        while chars >= _MIN_BODY // 8:
+            text = self.render(_cut(self.body, chars, self.keep))
             if _size(text) <= room:
                 return text
-            if keep > 1:
-                keep = keep * 3 // 4 or 1
-            else:
-                limit = limit * 3 // 4
+            chars = chars * 3 // 4
         return None
+
+
+def _cut(text: str, chars: int, keep: Literal["head", "tail"]) -> str:
+    """``text`` cut to its first (or last) ``chars`` characters or fewer, with a
+    note at the cut of what it left out.
+
+    The cut is moved back to a line break when that keeps at least half as
+    much, so it keeps whole lines; otherwise a line is cut in two, and the
+    note counts the characters of it left out as well as the lines.
+    """
+    chars = max(chars, 1)
+    if chars >= len(text):
+        return text
+    if keep == "head":
+        part = text[:chars]
+        if text[chars] != "\n" and part.rfind("\n") >= chars // 2:
+            part = part[: part.rindex("\n")]
+        # what is left out of the line the cut is in (nothing at a line break)
+        cut_line = text[len(part) :].split("\n", 1)[0]
+        kept_of_line = part[part.rfind("\n") + 1 :]
+    else:
+        part = text[len(text) - chars :]
+        start = len(text) - chars
+        if text[start - 1] != "\n" and "\n" in part and part.index("\n") < chars // 2:
+            part = part[part.index("\n") + 1 :]
+        cut_line = text[: len(text) - len(part)].rsplit("\n", 1)[-1]
+        kept_of_line = part.split("\n", 1)[0]
+    lines = text.count("\n") + 1
+    # the line cut in two is kept in part; only its characters are left out
+    parts = []
+    left_out = lines - part.count("\n") - 1
+    if left_out:
+        parts.append(f"{left_out} of {lines} lines")
+    if cut_line:
+        parts.append(
+            f"{len(cut_line)} of {len(cut_line) + len(kept_of_line)} characters"
+            " of the line cut here"
+        )
+    note = f"… {' and '.join(parts)} left out to fit the summary limit …"
+    return f"{note}\n{part}" if keep == "tail" else f"{part}\n{note}"
 
 
 def _size(text: str) -> int:
@@ -287,20 +387,26 @@ def _assemble(blocks: list[_Block], budget: int) -> str:
 
 
 def _closing_note(left_out: list[str], cut: list[str], budget: int) -> str:
-    def names(labels: list[str]) -> str:
-        shown = ", ".join(labels[:5])
-        more = f" and {len(labels) - 5} more" if len(labels) > 5 else ""
-        return _esc(shown + more)
+    def names(labels: list[str], shown: int) -> str:
+        listed = ", ".join(_inline(label, 60) for label in labels[:shown])
+        more = len(labels) - shown
+        if not listed:
+            return f"{more} of them"
+        return listed + (f" and {more} more" if more > 0 else "")
 
-    parts = []
-    if left_out:
-        parts.append(f"left out {len(left_out)} part(s) ({names(left_out)})")
-    if cut:
-        parts.append(f"shortened {len(cut)} part(s) ({names(cut)})")
-    text = (
-        f"\n> [!NOTE]\n> To stay under {budget} bytes this summary {'; '.join(parts)}. "
-        "The JUnit report and the node logs have everything.\n"
-    )
+    # labels name workflows and steps: as many as fit are listed
+    for shown in range(5, -1, -1):
+        parts = []
+        if left_out:
+            parts.append(f"left out {len(left_out)} part(s) ({names(left_out, shown)})")
+        if cut:
+            parts.append(f"shortened {len(cut)} part(s) ({names(cut, shown)})")
+        text = (
+            f"\n> [!NOTE]\n> To stay under {budget} bytes this summary {'; '.join(parts)}. "
+            "The JUnit report and the node logs have everything.\n"
+        )
+        if _size(text) <= _NOTE_RESERVE:
+            break
     return _clip(text, _NOTE_RESERVE)
 
 
@@ -333,7 +439,7 @@ def _header(workflows: Sequence[Sequence[RunResult]], title: str) -> _Block:
     flaky = states.count("flaky")
     if flaky:
         line += f", {flaky} flaky (passed on a retry)"
-    return _Block(0, "the header", f"## {icon} {_esc(title)}: {line}\n\n")
+    return _Block(0, "the header", f"## {icon} {_inline(title)}: {line}\n\n")
 
 
 def _status_line(attempts: Sequence[RunResult], root: Path | None) -> _Block:
@@ -342,12 +448,12 @@ def _status_line(attempts: Sequence[RunResult], root: Path | None) -> _Block:
     counts = final.counts()
     facts = [
         _code(display_path(final.workflow_file, root)),
-        f"backend {_esc(final.backend)}",
+        f"backend {_inline(final.backend)}",
         f"run {_code(final.run_id)}",
         f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped",
         format_duration(final.duration_s),
     ]
-    text = f"### {_ICON[state]} {_esc(final.workflow_name)} ({state})\n\n" + " · ".join(
+    text = f"### {_ICON[state]} {_inline(final.workflow_name)} ({state})\n\n" + " · ".join(
         facts
     )
     cut = [p.name for p in final.phases if p.error is not None and p.error.kind == "cancelled"]
@@ -361,7 +467,7 @@ def _status_line(attempts: Sequence[RunResult], root: Path | None) -> _Block:
     for phase in final.phases:
         # a retry the cancellation cut short, before anything of its own failed
         if phase.name == RETRY_PHASE and phase.status is Status.SKIPPED:
-            text += f"<br>{_esc(phase.detail)}"
+            text += f"<br>{_inline(phase.detail, 500)}"
     return _Block(0, f"the status of {final.workflow_name}", text + "\n\n")
 
 
@@ -369,34 +475,36 @@ def _failure_blocks(failure: Failure, root: Path | None, name: str) -> list[_Blo
     error = failure.error
     where = ""
     if failure.location is not None:
-        where = " at " + _code(
-            f"{display_path(failure.location.file, root)}:{failure.location.line}"
-        )
-    kind = f" ({_esc(failure.step.type)})" if failure.step is not None else ""
+        where = " at " + _where(failure.location, root)
+    kind = f" ({_inline(failure.step.type)})" if failure.step is not None else ""
     blocks = [
+        # the headline, before any message: every failure is named
+        _Block(1, f"the failure of {failure.what}", f"**{_code(failure.what)}**{kind}{where}\n\n"),
         _Block(
-            0,
-            f"the failure of {failure.what}",
-            f"**{_code(failure.what)}**{kind}{where}\n\n<pre>",
+            2,
+            f"the message of {failure.what}",
+            "<pre>",
             error.message,
             "</pre>\n\n",
-        )
+            limit=_MESSAGE_LIMIT,
+        ),
     ]
     details = error_details(error)
     if details:
         blocks.append(
             _Block(
-                1,
+                3,
                 f"expected and actual of {failure.what}",
                 "<pre>",
                 "\n".join(details),
                 "</pre>\n\n",
+                limit=_MESSAGE_LIMIT,
             )
         )
     if failure.step is not None and failure.step.logs:
         blocks.append(
             _Block(
-                2,
+                4,
                 f"the step logs of {failure.what}",
                 f"<details><summary>step logs of {_cell(failure.what)}</summary>\n\n<pre>",
                 "\n".join(failure.step.logs),
@@ -407,7 +515,7 @@ def _failure_blocks(failure: Failure, root: Path | None, name: str) -> list[_Blo
     for node, text in (failure.node_logs or {}).items():
         blocks.append(
             _Block(
-                3,
+                5,
                 f"the node logs of {node} ({name})",
                 f"<details><summary>node logs of {_cell(node)}</summary>\n\n<pre>",
                 text.rstrip("\n"),
@@ -421,7 +529,7 @@ def _failure_blocks(failure: Failure, root: Path | None, name: str) -> list[_Blo
 def _step_row(step: StepRecord, root: Path | None) -> str:
     where = ""
     if step.location is not None:
-        where = _code(f"{display_path(step.location.file, root)}:{step.location.line}")
+        where = _where(step.location, root)
     timing = "" if step.status is Status.SKIPPED else format_duration(step.duration_s)
     extra = f" (after {step.attempts} attempts)" if step.attempts > 1 else ""
     extra += " (non-blocking)" if step.non_blocking else ""
@@ -455,14 +563,14 @@ def _step_tables(run: RunResult, root: Path | None) -> list[_Block]:
         rows = "".join(_step_row(s, root) for s in shown)
         blocks.append(
             _Block(
-                1, f"the failed and skipped steps of {name}", _TABLE_HEAD + rows + "\n"
+                3, f"the failed and skipped steps of {name}", _TABLE_HEAD + rows + "\n"
             )
         )
     if passed:
         rows = "".join(_step_row(s, root) for s in passed)
         blocks.append(
             _Block(
-                4,
+                6,
                 f"the passed steps of {name}",
                 f"<details><summary>{len(passed)} passed step(s)</summary>\n\n"
                 + _TABLE_HEAD
@@ -483,11 +591,12 @@ def _earlier_attempts(
         for failure in failures_of(attempt):
             lines.append(f"attempt {number}: {failure.what}: {failure.error.message}")
     return _Block(
-        2,
+        4,
         f"the earlier attempts of {attempts[-1].workflow_name}",
         f"<details><summary>{len(attempts) - 1} earlier attempt(s)</summary>\n\n<pre>",
         "\n".join(lines) or "no failure recorded",
         "</pre>\n</details>\n\n",
+        limit=4 * _MESSAGE_LIMIT,
     )
 
 
@@ -496,7 +605,7 @@ def _captured_results(run: RunResult) -> _Block | None:
         return None
     text = json.dumps(run.workflow_results, indent=2, ensure_ascii=False, default=str)
     return _Block(
-        5,
+        7,
         f"the captured results of {run.workflow_name}",
         "<details><summary>captured results</summary>\n\n<pre>",
         text,
@@ -529,7 +638,7 @@ def build_summary(
         blocks.append(_status_line(attempts, root))
         failures = failures_of(final)
         if failures:
-            blocks.append(_Block(0, "a heading", "#### Failures\n\n"))
+            blocks.append(_Block(1, "a heading", "#### Failures\n\n"))
         for failure in failures:
             blocks.extend(_failure_blocks(failure, root, final.workflow_name))
         blocks.extend(_step_tables(final, root))

@@ -45,6 +45,9 @@ _ENV_NAME_RE = re.compile(r"[^A-Za-z0-9]+")
 _OUTPUT_LIMIT = 1024 * 1024
 #: Linux's limit on one ``NAME=value`` string given to a program (MAX_ARG_STRLEN).
 _ENV_VALUE_LIMIT = 128 * 1024
+#: Characters of a failing script's last stderr line its error message quotes:
+#: the end of the line, where a program says what went wrong.
+_STDERR_LINE_LIMIT = 500
 #: Levels of arrays and objects a script's JSON stdout may nest and still be
 #: read as data (``output``, ``json_output``); deeper JSON stays text. Each
 #: later walk over the results (placeholders, the results file of later
@@ -169,6 +172,25 @@ def _kept_text(data: bytes, cut: bool, secrets: list[str]) -> str:
     # not final: a character cut in two at the limit is left out
     text = codecs.getincrementaldecoder("utf-8")("replace").decode(data)
     return Redactor(secrets).mask_partial(text) if secrets else text
+
+
+def _last_line(err: str, secrets: list[str]) -> str:
+    """The last line of a failing script's stderr, for its error message.
+
+    A line over :data:`_STDERR_LINE_LIMIT` characters keeps its end, behind a
+    note of how much was cut (the whole line is in the step's ``stderr``). It
+    is redacted before it is cut, and a start that is the end of a secret
+    spelling is dropped, so the run's masking still finds no half a secret.
+    """
+    line = err.strip().splitlines()[-1]
+    if len(line) <= _STDERR_LINE_LIMIT:
+        return line
+    redactor = Redactor(secrets)
+    line = redactor.redact(line)
+    if len(line) <= _STDERR_LINE_LIMIT:
+        return line
+    kept = redactor.trim_partial(line[len(line) - _STDERR_LINE_LIMIT :], keep="tail")
+    return f"[{len(line) - len(kept)} characters cut] …{kept}"
 
 
 class _CappedOutput(asyncio.SubprocessProtocol):
@@ -505,7 +527,7 @@ class Script(BaseStep):
         if code != 0:
             raise StepFailure(
                 f"{prefix}script exited with code {code}"
-                + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""),
+                + (f": {_last_line(err, run.ctx.secrets)}" if err.strip() else ""),
                 kind="script",
                 expected="exit code 0",
                 actual=f"exit code {code}",
