@@ -814,3 +814,14 @@ def test_a_merged_type_never_makes_run_expand(loader, step: str, message: str):
     msgs = problems_of(text, env={"BRANCH": 'x"; id; echo "'})
     assert any(message in m for m in msgs), msgs
     assert not any("id; echo" in m for m in msgs)
+
+
+def test_an_unset_variable_does_not_hide_the_files_other_problems():
+    msgs = problems_of(
+        "name: t\nnodes:\n  count: ${N}\nsteps:\n  - type: nosuchstep\n  - type: wait\n    seconds: ${S}\n"
+    )
+    assert [m.split(": ", 1)[0] + ": " + m.split(": ", 1)[1].split("\n")[0] for m in msgs] == [
+        "wf.yml:3:10: environment variable N is not set",
+        "wf.yml:5:11: unknown step type 'nosuchstep'",
+        "wf.yml:7:14: environment variable S is not set",
+    ]

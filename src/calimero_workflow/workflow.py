@@ -721,8 +721,11 @@ def parse_workflow(
     """Parse and validate a workflow's text (see :func:`load_workflow`)."""
     load_builtin_steps()
     env = dict(os.environ if environ is None else environ)
-    data = load_yaml(text, source_file=file, environ=env)
+    read_problems: list[Problem] = []
+    data = load_yaml(text, source_file=file, environ=env, collect=read_problems)
     top_loc = Location(file, 1, 1)
+    if read_problems and not isinstance(data, LocatedDict):
+        raise WorkflowValidationError(read_problems)
     if not isinstance(data, LocatedDict):
         raise WorkflowValidationError(
             [
@@ -794,6 +797,13 @@ def parse_workflow(
     kind = backend or (settings.backend if settings else None) or ("embedded" if for_run else None)
     if kind is not None:
         problems.extend(backend_problems(steps, kind))
+    if read_problems:
+        # the rest of the file's problems too, but not a second one for a
+        # line already reported (an unset ${N} is not also "not a number")
+        lines = {p.location.line for p in read_problems if p.location is not None}
+        problems = read_problems + [
+            p for p in problems if p.location is None or p.location.line not in lines
+        ]
     if problems or settings is None:
         raise WorkflowValidationError(_sorted(problems))
     return Workflow(

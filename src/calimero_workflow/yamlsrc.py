@@ -721,11 +721,18 @@ def _yaml_hint(message: str, line: str, mark: yaml.Mark | None) -> str | None:
 
 
 def load_yaml(
-    text: str, *, source_file: Path | None, environ: Mapping[str, str]
+    text: str,
+    *,
+    source_file: Path | None,
+    environ: Mapping[str, str],
+    collect: list[Problem] | None = None,
 ) -> Any:
     """Parse one YAML document safely, with positions and env expansion.
 
-    Raises :class:`WorkflowValidationError` listing every problem found.
+    Raises :class:`WorkflowValidationError` listing every problem found. With
+    ``collect``, problems of a document that still parsed (an unset variable,
+    a key given twice) go there instead, so that the caller can go on to
+    report the rest of the file's problems too.
     """
     loader_class = _Loader if _nesting_bound(text) <= _C_NESTING_LIMIT else _PyLoader
     loader = loader_class(text)
@@ -766,7 +773,9 @@ def load_yaml(
             ]
         ) from None
     if loader.problems:
-        raise WorkflowValidationError(loader.problems)
+        if collect is None:
+            raise WorkflowValidationError(loader.problems)
+        collect.extend(loader.problems)
     if isinstance(data, LocatedDict):
         data.load_notes = loader.notes
     return data
