@@ -36,6 +36,7 @@ __all__ = [
     "expected_fields",
     "is_json_content_type",
     "load_json",
+    "nesting",
     "read_body",
     "syntax_error",
     "unexpected",
@@ -92,9 +93,9 @@ class NotJson(ValueError):
         self.reason = reason
 
 
-def _nesting(value: Any) -> int:
+def nesting(value: Any, limit: int) -> int:
     """How many arrays and objects ``value`` holds inside one another, counted
-    without recursion and only up to one past :data:`MAX_NESTING`."""
+    without recursion and only up to one past ``limit``."""
     deepest = 0
     stack = [(value, 1)]
     while stack:
@@ -104,7 +105,7 @@ def _nesting(value: Any) -> int:
         if not isinstance(item, list):
             continue
         deepest = max(deepest, depth)
-        if depth > MAX_NESTING:
+        if depth > limit:
             break
         stack.extend((child, depth + 1) for child in item)
     return deepest
@@ -133,7 +134,7 @@ def load_json(body: bytes) -> Any:
             else "invalid unicode code point"
         )
         raise NotJson(reason) from None
-    if _nesting(value) > MAX_NESTING:
+    if nesting(value, MAX_NESTING) > MAX_NESTING:
         raise NotJson("recursion limit exceeded")
     return value
 

@@ -112,24 +112,6 @@ def env_name(key: str) -> str:
     return _ENV_NAME_RE.sub("_", key).strip("_").upper()
 
 
-def _nesting(value: Any) -> int:
-    """How many arrays and objects ``value`` holds inside one another, counted
-    without recursion and only up to one past :data:`_JSON_NESTING_LIMIT`."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if not isinstance(item, list):
-            continue
-        deepest = max(deepest, depth)
-        if depth > _JSON_NESTING_LIMIT:
-            break
-        stack.extend((child, depth + 1) for child in item)
-    return deepest
-
-
 def _read_json(text: str) -> tuple[Any, bool]:
     """``text`` as JSON data: ``(value, False)``; ``(None, False)`` when it is
     not JSON; ``(None, True)`` when it nests deeper than
@@ -141,7 +123,9 @@ def _read_json(text: str) -> tuple[Any, bool]:
         return None, True
     except ValueError:
         return None, False
-    if _nesting(value) > _JSON_NESTING_LIMIT:
+    from ..node.bodies import nesting  # the node's JSON rules, loaded when needed
+
+    if nesting(value, _JSON_NESTING_LIMIT) > _JSON_NESTING_LIMIT:
         return None, True
     return value, False
 
