@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from .confined import open_regular, read_file
+from .confined import open_regular, read_file, replace_file
 from .ed25519 import L, decode_point, is_small_order
 from .node.abi import LIMITS
 from .node.ids import b58encode
@@ -1596,10 +1596,7 @@ def build_dev_bundle_file(
         **options,
     )
     out = Path(out_path) if out_path is not None else source.with_name(f"{source.stem}.dev.mpk")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(built.data)
-    tmp.replace(out)
+    replace_file(out, built.data)
     return out
 
 

@@ -10,7 +10,6 @@ with a small writer of our own, because the standard library has no TOML writer.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..confined import replace_file
 from .ids import IdError, Keypair, parse_multiaddr
 
 __all__ = [
@@ -164,11 +164,8 @@ def write_config(cfg: NodeConfig, path: Path | None = None) -> Path:
         "discovery": {"mdns": False},
         "sync": {"interval_ms": cfg.sync_interval_ms, "timeout_ms": 30000},
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".toml.tmp")
     header = "# Written by merod-embedded (calimero-workflow). Safe to edit.\n"
-    tmp.write_text(header + dump_toml(doc), encoding="utf-8")
-    os.replace(tmp, target)
+    replace_file(target, (header + dump_toml(doc)).encode("utf-8"))
     return target
 
 
