@@ -367,6 +367,27 @@ def run_in_progress(run_dir: Path) -> bool:
         return False
 
 
+def other_runs(
+    parent: Path, workflow_name: str, *, skip: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """The run folders of ``workflow_name`` under ``parent`` (but ``skip``),
+    as ``(over, in_progress)``: what ``nuke`` may clear, and what it leaves alone."""
+    over: list[Path] = []
+    live: list[Path] = []
+    for run_dir in runs_of_workflow(parent, workflow_name):
+        if skip is not None and run_dir.resolve() == skip.resolve():
+            continue
+        (live if run_in_progress(run_dir) else over).append(run_dir)
+    return over, live
+
+
+def in_progress_note(live: Collection[Path]) -> str:
+    """What a nuke's report adds about the runs it left alone (nothing if none)."""
+    if not live:
+        return ""
+    return f"; left {len(live)} run(s) still in progress alone: {', '.join(p.name for p in live)}"
+
+
 def run_id_of(run_dir: Path) -> str | None:
     """The run id a run folder's marker records."""
     with contextlib.suppress(OSError, ValueError):

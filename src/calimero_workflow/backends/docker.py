@@ -64,10 +64,10 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    in_progress_note,
+    other_runs,
     release_run,
     run_id_of,
-    run_in_progress,
-    runs_of_workflow,
     write_run_marker,
 )
 
@@ -1399,18 +1399,11 @@ class DockerBackend(NodeBackend):
             detail=f"removed {counts[0]} container(s), {counts[1]} network(s), {counts[2]} volume(s)"
         )
 
-    def _live_runs(self) -> dict[str, str]:
-        """Other runs of this workflow still in progress here: folder name → run id."""
-        return {
-            run_dir.name: run_id_of(run_dir) or ""
-            for run_dir in runs_of_workflow(self.workdir.parent, self.workflow_name)
-            if run_dir.resolve() != self.workdir.resolve() and run_in_progress(run_dir)
-        }
-
-    def _remove_old_data(self, live: Collection[str]) -> list[str]:
+    @staticmethod
+    def _remove_old_data(over: Collection[Path]) -> list[str]:
         removed = []
-        for run_dir in runs_of_workflow(self.workdir.parent, self.workflow_name):
-            if run_dir.name not in live and (run_dir / "nodes").is_dir():
+        for run_dir in over:
+            if (run_dir / "nodes").is_dir():
                 shutil.rmtree(run_dir / "nodes")
                 removed.append(run_dir.name)
         return removed
@@ -1419,15 +1412,17 @@ class DockerBackend(NodeBackend):
         """Remove containers, networks, volumes and node data dirs of earlier runs
         of this workflow (not of one still in progress on this machine)."""
         # Allowed after cleanup: the engine nukes at the end with `nuke_on_end`.
-        live = await asyncio.to_thread(self._live_runs)
+        # this run's own folder is not in progress here: the nuke at the
+        # start comes before its marker, the one at the end after its cleanup
+        over, live = await asyncio.to_thread(other_runs, self.workdir.parent, self.workflow_name)
         counts = await self._io(
             self._remove_labelled,
             f"{LABEL_WORKFLOW}={self.workflow_name}",
-            {run_id for run_id in live.values() if run_id},
+            {run_id for run_id in map(run_id_of, live) if run_id},
             _cleanup=True,
         )
         try:
-            dirs = await asyncio.to_thread(self._remove_old_data, live)
+            dirs = await asyncio.to_thread(self._remove_old_data, over)
         except OSError as exc:
             raise BackendError(
                 f"cannot remove node data of an earlier run: {exc}",
@@ -1437,9 +1432,10 @@ class DockerBackend(NodeBackend):
             f"removed leftovers of this workflow: {counts[0]} container(s), "
             f"{counts[1]} network(s), {counts[2]} volume(s), node data of {len(dirs)} run(s)"
         )
-        if live:
-            detail += f"; left {len(live)} run(s) still in progress alone: {', '.join(live)}"
-        return PhaseReport(detail=detail, data={"data_dirs": dirs, "in_progress": list(live)})
+        return PhaseReport(
+            detail=detail + in_progress_note(live),
+            data={"data_dirs": dirs, "in_progress": [run_dir.name for run_dir in live]},
+        )
 
 
 def remove_run(run_id: str) -> tuple[int, int, int]:

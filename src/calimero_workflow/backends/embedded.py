@@ -37,9 +37,9 @@ from .base import (
     NodeState,
     NodeUnavailableError,
     PhaseReport,
+    in_progress_note,
+    other_runs,
     release_run,
-    run_in_progress,
-    runs_of_workflow,
     write_run_marker,
 )
 
@@ -153,22 +153,21 @@ class EmbeddedBackend(NodeBackend):
         run marker's exact workflow name, never by a folder name prefix)."""
         import shutil
 
-        removed, live = [], []
-        for old in runs_of_workflow(self.workdir.parent, self.workflow_name):
-            if old == self.workdir or not (old / "nodes").is_dir():
-                continue
-            if run_in_progress(old):
-                # another run of this workflow, still going: its nodes use it
-                live.append(old.name)
-                continue
-            shutil.rmtree(old / "nodes", ignore_errors=True)
-            removed.append(old.name)
+        over, live = other_runs(self.workdir.parent, self.workflow_name, skip=self.workdir)
+        # another run of this workflow still going uses its nodes' data
+        live = [old for old in live if (old / "nodes").is_dir()]
+        removed = []
+        for old in over:
+            if (old / "nodes").is_dir():
+                shutil.rmtree(old / "nodes", ignore_errors=True)
+                removed.append(old.name)
         detail = (
             f"removed node data of {len(removed)} earlier run(s)" if removed else "nothing left by earlier runs"
         )
-        if live:
-            detail += f"; left {len(live)} run(s) still in progress alone: {', '.join(live)}"
-        return PhaseReport(detail=detail, data={"removed": removed, "in_progress": live})
+        return PhaseReport(
+            detail=detail + in_progress_note(live),
+            data={"removed": removed, "in_progress": [old.name for old in live]},
+        )
 
     def _home(self, spec: NodeSpec) -> Path:
         if spec.data_dir is not None:
