@@ -43,7 +43,7 @@ from ..credentials import url_secrets, values_in
 from ..errors import Location, PlaceholderError, Problem, StepFailure
 from ..placeholders import Resolver, Scope
 from ..results import ErrorInfo, Status, StepRecord, error_from_exception
-from ..validation import MAX_SECONDS, locate, validate_model
+from ..validation import MAX_SECONDS, contains_deferred, locate, validate_model
 from ..yamlsrc import LocatedDict
 from .ids import id_problems
 
@@ -566,8 +566,10 @@ class BaseStep:
         """Mask the credentials among the step's values, placeholders resolved
         (``resolved`` may lack the keys whose placeholders failed, and is not
         validated yet): by default those of URLs (a user part's password,
-        token-like query values), wherever a placeholder put them."""
-        for text in values_in(dict(resolved)):
+        token-like query values), wherever a placeholder put them. Those
+        written out in the file are known from the load (Workflow.secret_values)."""
+        placed = {k: v for k, v in resolved.items() if contains_deferred(self.raw.get(k))}
+        for text in values_in(placed):
             if "://" in text:
                 for secret in url_secrets(text):
                     run.ctx.add_secret(secret)

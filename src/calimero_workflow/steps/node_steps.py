@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from ..appfetch import AppFetchError, download_app
 from ..appinstall import install_local_app
 from ..client import NodeError, NodeUnsupportedError
-from ..credentials import redact_url, url_secrets
+from ..credentials import redact_url
 from ..errors import Problem, StepFailure
 from ..validation import MAX_SECONDS, contains_deferred
 from .base import (
@@ -173,9 +173,8 @@ class InstallApplication(BaseStep):
         installs no URLs. A remote node is asked to fetch it itself."""
         ctx = run.ctx
         assert config.url is not None
-        # its password and token-like query values, even from a placeholder
-        for secret in url_secrets(config.url):
-            ctx.add_secret(secret)
+        # its password and token-like query values are masked already: from
+        # the file since the load, from a placeholder since it resolved
         shown = redact_url(config.url)
         if ctx.node(config.node).kind == "remote" or ctx.backend is None:
             app_id = await ctx.client(config.node).install_application(
